@@ -1,0 +1,179 @@
+"""The mitmproxy adapter: options, hooks, and the bookkeeping on each flow.
+
+Hooks stay thin: they pick the flows, call the sans-IO repairs and record what happened.
+An exception inside a hook never breaks a flow: the flow passes through, the error is logged
+and recorded on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from . import flows
+from .policy import (
+    FLAVOR_CHOICES,
+    REASONING_CHOICES,
+    REASONING_FIELD_CHOICES,
+    TOOL_IDS_CHOICES,
+    TOOL_STREAM_CHOICES,
+    Policy,
+    resolve_flavor,
+)
+from .repairs import RepairLog
+from .request_repair import repair_request_body
+
+logger = logging.getLogger("kimiwire")
+
+METADATA_KEY = "kimiwire"
+MARKER = ":wrench:"
+ERROR_MARKER = ":warning:"
+
+_CHOICE_OPTIONS = {
+    "kimi_flavor": FLAVOR_CHOICES,
+    "kimi_tool_ids": TOOL_IDS_CHOICES,
+    "kimi_reasoning": REASONING_CHOICES,
+    "kimi_tool_stream": TOOL_STREAM_CHOICES,
+    "kimi_reasoning_field": REASONING_FIELD_CHOICES,
+}
+
+
+def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The kimiwire entry in `flow.metadata` (created on first use)."""
+    record = flow.metadata.get(METADATA_KEY)
+    if not isinstance(record, dict):
+        record = flow.metadata[METADATA_KEY] = {"repairs": [], "errors": [], "notes": []}
+    return record
+
+
+class KimiWire:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    # -- options ---------------------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "kimi_flavor", str, "auto",
+            "Upstream flavor: auto (from the upstream host), selfhosted (SGLang/vLLM), moonshot, deepinfra.",
+            choices=FLAVOR_CHOICES,
+        )
+        loader.add_option(
+            "kimi_tool_ids", str, "canonical",
+            "canonical: rewrite history tool-call ids to functions.NAME:K; keep: leave them.",
+            choices=TOOL_IDS_CHOICES,
+        )
+        loader.add_option(
+            "kimi_reasoning", str, "auto",
+            "Historical reasoning: strip, loop (keep only the current tool loop), keep; "
+            "auto: strip for selfhosted, loop for moonshot and deepinfra.",
+            choices=REASONING_CHOICES,
+        )
+        loader.add_option(
+            "kimi_tool_stream", str, "whole",
+            "whole: send each streamed tool call once, complete; passthrough: forward tool deltas as they come.",
+            choices=TOOL_STREAM_CHOICES,
+        )
+        loader.add_option(
+            "kimi_reasoning_field", str, "keep",
+            "Name of the reasoning field in responses: keep, reasoning_content, reasoning, both.",
+            choices=REASONING_FIELD_CHOICES,
+        )
+        loader.add_option(
+            "kimi_stream_buffer_limit", int, 8 * 1024 * 1024,
+            "Most bytes of tool-call arguments and held-back text buffered per stream; past it the "
+            "stream is forwarded unrepaired.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        # mitmproxy does not enforce `choices` for --set, so validate here (exits at startup).
+        for name, choices in _CHOICE_OPTIONS.items():
+            if name in updated and getattr(ctx.options, name) not in choices:
+                raise exceptions.OptionsError(
+                    f"{name} must be one of {', '.join(choices)} (got {getattr(ctx.options, name)!r})"
+                )
+        if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
+            raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
+
+    def policy_for(self, flow: http.HTTPFlow) -> Policy:
+        opts = ctx.options
+        return Policy.build(
+            resolve_flavor(opts.kimi_flavor, flow.request.host),
+            tool_ids=opts.kimi_tool_ids,
+            reasoning=opts.kimi_reasoning,
+            tool_stream=opts.kimi_tool_stream,
+            reasoning_field=opts.kimi_reasoning_field,
+            stream_buffer_limit=opts.kimi_stream_buffer_limit,
+        )
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _record_repairs(self, flow: http.HTTPFlow, phase: str, log: RepairLog) -> None:
+        if not log:
+            return
+        record = flow_record(flow)
+        for entry in log.as_list():
+            entry["phase"] = phase
+            record["repairs"].append(entry)
+        self.counts.update(log.counts())
+        if not flow.marked:
+            flow.marked = MARKER
+        counts = Counter(r["kind"] for r in record["repairs"])
+        flow.comment = "kimiwire: " + " ".join(f"{k}={n}" for k, n in sorted(counts.items()))
+        logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, flow.request.path, log.summary())
+
+    def _record_error(self, flow: http.HTTPFlow, where: str, exc: BaseException) -> None:
+        logger.exception("kimiwire: %s failed on %s; the flow passes through unrepaired", where, flow.request.url)
+        flow_record(flow)["errors"].append(f"{where}: {type(exc).__name__}: {exc}")
+        self.counts["addon.error"] += 1
+        flow.marked = ERROR_MARKER
+        flow.comment = (flow.comment + " " if flow.comment else "kimiwire: ") + f"error in {where}"
+
+    def _note(self, flow: http.HTTPFlow, text: str) -> None:
+        flow_record(flow)["notes"].append(text)
+        logger.info("kimiwire: %s %s: %s", flow.request.method, flow.request.path, text)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.live:
+            return  # loaded from a file: it was repaired when it was live
+        try:
+            self._repair_request(flow)
+        except Exception as exc:
+            self._record_error(flow, "request repair", exc)
+
+    def _repair_request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        chat, why_not = flows.is_chat_completions(req.method, req.path, req.headers.get("content-type", ""))
+        if not chat:
+            if why_not:
+                self._note(flow, f"request not repaired: {why_not}")
+            return
+        self.counts["flows.chat"] += 1
+        policy = self.policy_for(flow)
+        record = flow_record(flow)
+        record["policy"] = policy.as_dict()
+        try:
+            raw = req.get_content(strict=True)
+        except ValueError as exc:
+            self._note(flow, f"request not repaired: cannot decode body ({exc})")
+            return
+        if raw is None:
+            self._note(flow, "request not repaired: the body was streamed")
+            return
+        result = repair_request_body(raw, policy)
+        record["facts"] = result.facts.as_dict()
+        flow.backup()  # keeps what the client sent (mitmweb shows it, and Revert works)
+        # Upstream compression would reach the stream callable still compressed.
+        req.headers["accept-encoding"] = "identity"
+        if result.skipped:
+            self._note(flow, f"request not repaired: {result.skipped}")
+            return
+        if result.body is not None:
+            req.content = result.body
+            record["upstream_request"] = result.body
+        self._record_repairs(flow, "request", result.log)

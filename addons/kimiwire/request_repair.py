@@ -1,0 +1,132 @@
+"""The whole request repair: chat-completions body bytes in, repaired body bytes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .history import moonshot_hygiene, repair_history_arguments
+from .policy import Flavor, Policy
+from .reasoning import apply_reasoning_policy
+from .repairs import RepairLog
+from .request_fields import thinking_requested, translate_thinking_fields
+from .tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
+
+
+@dataclass
+class RequestFacts:
+    """What the response repair needs to know about the request it answers."""
+
+    history_tool_calls: int = 0
+    tools: dict[str, Any] = field(default_factory=dict)  # declared name -> parameters schema
+    tools_declared: bool = False
+    stream: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "history_tool_calls": self.history_tool_calls,
+            "tools": self.tools,
+            "tools_declared": self.tools_declared,
+            "stream": self.stream,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestFacts:
+        return cls(
+            int(data.get("history_tool_calls", 0)),
+            dict(data.get("tools") or {}),
+            bool(data.get("tools_declared")),
+            bool(data.get("stream")),
+        )
+
+
+@dataclass
+class RequestRepairResult:
+    body: bytes | None  # the body to send upstream; None: forward the original bytes unchanged
+    log: RepairLog
+    facts: RequestFacts
+    skipped: str | None = None  # why the body was left alone (bad input), if it was
+
+
+def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    tools: dict[str, Any] = {}
+    declared = False
+    for entry in body.get("tools") or []:
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            declared = True
+            tools[function["name"]] = function.get("parameters")
+    for function in body.get("functions") or []:  # the legacy field
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            declared = True
+            tools[function["name"]] = function.get("parameters")
+    return declared, tools
+
+
+def facts_from_body(body: dict[str, Any]) -> RequestFacts:
+    messages = body.get("messages")
+    declared, tools = declared_tools(body)
+    return RequestFacts(
+        count_history_tool_calls(messages) if isinstance(messages, list) else 0,
+        tools,
+        declared,
+        body.get("stream") is True,
+    )
+
+
+def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
+    """Repair a parsed request body in place. Raises UnrepairableShape (before changing
+    anything that matters: the caller forwards the original bytes then)."""
+    messages = body["messages"]
+    log = RepairLog()
+    if policy.flavor is Flavor.MOONSHOT:
+        kept, origin = _moonshot_hygiene_with_origin(messages, log)
+        if len(kept) != len(messages):
+            body["messages"] = messages = kept
+    else:
+        origin = None
+    later = RepairLog()
+    if policy.tool_ids == "canonical":
+        canonicalize_tool_ids(messages, later)
+    apply_reasoning_policy(
+        messages,
+        policy.reasoning,
+        later,
+        placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and thinking_requested(body),
+    )
+    repair_history_arguments(messages, later)
+    if origin is not None:
+        for entry in later.entries:
+            if entry.message_index is not None:
+                entry.message_index = origin[entry.message_index]
+    log.extend(later)
+    translate_thinking_fields(body, policy.flavor, log)
+    return log
+
+
+def _moonshot_hygiene_with_origin(messages: list[Any], log: RepairLog) -> tuple[list[Any], list[int]]:
+    ids = {id(m): i for i, m in enumerate(messages)}
+    kept = moonshot_hygiene(messages, log)
+    return kept, [ids[id(m)] for m in kept]
+
+
+def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
+    log = RepairLog()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return RequestRepairResult(None, log, RequestFacts(), f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return RequestRepairResult(None, log, RequestFacts(), f"body is a JSON {type(body).__name__}, not an object")
+    facts = facts_from_body(body)
+    if not isinstance(body.get("messages"), list):
+        return RequestRepairResult(None, log, facts, "`messages` is missing or not a list")
+    try:
+        log = repair_request_object(body, policy)
+    except UnrepairableShape as exc:
+        return RequestRepairResult(None, RepairLog(), facts, str(exc))
+    if not log:
+        return RequestRepairResult(None, log, facts)
+    return RequestRepairResult(orjson.dumps(body), log, facts)
