@@ -12,7 +12,10 @@ from tests.support.mitm import Mitmdump
 from tests.support.upstream import RecordingUpstream, json_reply
 
 COMPLETION = {
-    "id": "c1", "object": "chat.completion", "created": 1, "model": "kimi",
+    "id": "c1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "kimi",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
 }
 
@@ -39,24 +42,44 @@ def upstream():
         yield up
 
 
-KNOWN_FIELDS = {"model", "messages", "tools", "stream", "chat_template_kwargs", "reasoning_effort", "max_tokens",
-                "max_completion_tokens", "store", "temperature", "stream_options", "tool_choice"}
+KNOWN_FIELDS = {
+    "model",
+    "messages",
+    "tools",
+    "stream",
+    "chat_template_kwargs",
+    "reasoning_effort",
+    "max_tokens",
+    "max_completion_tokens",
+    "store",
+    "temperature",
+    "stream_options",
+    "tool_choice",
+}
 
 
 @pytest.mark.parametrize(
     "flavor,expect_reasoning,expect_thinking_field",
-    [("auto", [None, None, None], False), ("moonshot", [None, None, "r2"], True),
-     ("deepinfra", [None, None, "r2"], False)],
+    [
+        ("auto", [None, None, None], False),
+        ("moonshot", [None, None, "r2"], True),
+        ("deepinfra", [None, None, "r2"], False),
+    ],
 )
 def test_upstream_receives_repaired_request(upstream, tmp_path, flavor, expect_reasoning, expect_thinking_field):
     with Mitmdump(upstream.url, tmp_path, {"kimi_flavor": flavor}) as proxy:
-        r = httpx.post(f"{proxy.url}/v1/chat/completions", json=openclaw_request(thinking={"type": "enabled"},
-                       store=False, reasoning_effort="medium"), timeout=10)
+        r = httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            json=openclaw_request(thinking={"type": "enabled"}, store=False, reasoning_effort="medium"),
+            timeout=10,
+        )
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "hi"
     sent = upstream.requests[0].json()
     msgs = sent["messages"]
-    assert [c["id"] for m in msgs if m.get("tool_calls") for c in m["tool_calls"]] == ["functions.read:0",
-                                                                                      "functions.read:1"]
+    assert [c["id"] for m in msgs if m.get("tool_calls") for c in m["tool_calls"]] == [
+        "functions.read:0",
+        "functions.read:1",
+    ]
     assert [m["tool_call_id"] for m in msgs if m["role"] == "tool"] == ["functions.read:0", "functions.read:1"]
     assert [m.get("reasoning_content") for m in msgs if m["role"] == "assistant"] == expect_reasoning
     assert ("thinking" in sent) is expect_thinking_field
@@ -81,8 +104,9 @@ def test_upstream_receives_repaired_request(upstream, tmp_path, flavor, expect_r
 def test_nothing_to_repair_is_forwarded_byte_for_byte(upstream, tmp_path):
     raw = b'{"model": "k",   "messages": [{"role": "user", "content": "caf\\u00e9"}], "stream": false}'
     with Mitmdump(upstream.url, tmp_path) as proxy:
-        httpx.post(f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"},
-                   timeout=10)
+        httpx.post(
+            f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"}, timeout=10
+        )
     assert upstream.requests[0].body == raw
 
 
@@ -92,15 +116,19 @@ def test_nothing_to_repair_is_forwarded_byte_for_byte(upstream, tmp_path):
         (b'{"model": "k", "messages": [', "application/json", "not valid JSON"),
         (b'["a"]', "application/json", "not an object"),
         (b'{"messages": "hello"}', "application/json", "not a list"),
-        (b'{"messages": [{"role": "assistant", "tool_calls": [{"id": "x", "function": {}}]}]}', "application/json",
-         "without a function name"),
+        (
+            b'{"messages": [{"role": "assistant", "tool_calls": [{"id": "x", "function": {}}]}]}',
+            "application/json",
+            "without a function name",
+        ),
         (b'{"messages": [{"role": "user"}]}', "text/plain", "is not JSON"),
     ],
 )
 def test_bad_input_passes_through_and_says_why(upstream, tmp_path, raw, content_type, reason):
     with Mitmdump(upstream.url, tmp_path) as proxy:
-        r = httpx.post(f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": content_type},
-                       timeout=10)
+        r = httpx.post(
+            f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": content_type}, timeout=10
+        )
         assert r.status_code == 200
     assert upstream.requests[0].body == raw
     [flow] = proxy.read_flows()
@@ -111,8 +139,12 @@ def test_bad_input_passes_through_and_says_why(upstream, tmp_path, raw, content_
 def test_gzip_request_is_repaired_as_decoded(upstream, tmp_path):
     raw = orjson.dumps(openclaw_request())
     with Mitmdump(upstream.url, tmp_path) as proxy:
-        httpx.post(f"{proxy.url}/v1/chat/completions", content=gzip.compress(raw),
-                   headers={"content-type": "application/json", "content-encoding": "gzip"}, timeout=10)
+        httpx.post(
+            f"{proxy.url}/v1/chat/completions",
+            content=gzip.compress(raw),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+            timeout=10,
+        )
     received = upstream.requests[0]
     data = gzip.decompress(received.body) if received.headers.get("content-encoding") == "gzip" else received.body
     assert b"functions.read:1" in data
@@ -121,11 +153,12 @@ def test_gzip_request_is_repaired_as_decoded(upstream, tmp_path):
 def test_other_paths_are_untouched(upstream, tmp_path):
     raw = orjson.dumps(openclaw_request())
     with Mitmdump(upstream.url, tmp_path) as proxy:
-        httpx.post(f"{proxy.url}/v1/completions", content=raw, headers={"content-type": "application/json"},
-                   timeout=10)
+        httpx.post(f"{proxy.url}/v1/completions", content=raw, headers={"content-type": "application/json"}, timeout=10)
     assert upstream.requests[0].body == raw
-    assert "accept-encoding" not in upstream.requests[0].headers or upstream.requests[0].headers[
-        "accept-encoding"] != "identity"
+    assert (
+        "accept-encoding" not in upstream.requests[0].headers
+        or upstream.requests[0].headers["accept-encoding"] != "identity"
+    )
 
 
 def test_bad_option_value_stops_startup(upstream, tmp_path):

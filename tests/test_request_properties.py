@@ -28,9 +28,16 @@ def conversations(draw):
         messages.append({"role": "user", "content": draw(texts)})
         for _ in range(draw(st.integers(0, 3))):
             calls = [
-                {"id": draw(id_shapes), "type": "function",
-                 "function": {"name": draw(st.sampled_from(NAMES)), "arguments": draw(st.sampled_from(
-                     ['{"path": "x"}', "", '"{\\"a\\": 1}"', '{"a":1}{"a":1}', "{broken"]))}}
+                {
+                    "id": draw(id_shapes),
+                    "type": "function",
+                    "function": {
+                        "name": draw(st.sampled_from(NAMES)),
+                        "arguments": draw(
+                            st.sampled_from(['{"path": "x"}', "", '"{\\"a\\": 1}"', '{"a":1}{"a":1}', "{broken"])
+                        ),
+                    },
+                }
                 for _ in range(draw(st.integers(1, 3)))
             ]
             message = {"role": "assistant", "content": draw(st.one_of(st.none(), texts)), "tool_calls": calls}
@@ -40,8 +47,13 @@ def conversations(draw):
             messages.append(message)
             answers = draw(st.permutations(calls))
             for c in answers[: draw(st.integers(0, len(answers)))]:
-                messages.append({"role": "tool", "tool_call_id": draw(st.sampled_from([c["id"], draw(id_shapes)])),
-                                 "content": draw(texts)})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": draw(st.sampled_from([c["id"], draw(id_shapes)])),
+                        "content": draw(texts),
+                    }
+                )
         if draw(st.booleans()):
             messages.append({"role": "assistant", "content": draw(texts)})
     return {"model": "kimi", "messages": messages, "stream": True}
@@ -86,8 +98,10 @@ def test_user_and_tool_text_never_changes(body, policy):
 def test_ids_are_canonical_unique_and_answers_point_at_calls(body, policy):
     out = apply(copy.deepcopy(body), policy)
     call_ids = [c["id"] for m in out["messages"] if m.get("tool_calls") for c in m["tool_calls"]]
-    assert call_ids == [f"functions.{c['function']['name']}:{k}" for k, c in enumerate(
-        c for m in out["messages"] if m.get("tool_calls") for c in m["tool_calls"])]
+    assert call_ids == [
+        f"functions.{c['function']['name']}:{k}"
+        for k, c in enumerate(c for m in out["messages"] if m.get("tool_calls") for c in m["tool_calls"])
+    ]
     assert len(set(call_ids)) == len(call_ids) == count_history_tool_calls(body["messages"])
     answered = [m["tool_call_id"] for m in out["messages"] if m["role"] == "tool"]
     # every answer that could be bound points at a call, and no call is answered twice

@@ -18,8 +18,11 @@ def openclaw_history():
         user("read a.txt and b.txt, then list the dir"),
         assistant(call("functionsread0", "read", {"path": "a.txt"}), reasoning_content="SECRET-R1 I will read a"),
         tool("functionsread0", "A-CONTENT"),
-        assistant(call("functionsread0", "read", {"path": "b.txt"}), call("functionsexec1", "exec", {"command": "ls"}),
-                  reasoning_content="SECRET-R2 now b and ls"),
+        assistant(
+            call("functionsread0", "read", {"path": "b.txt"}),
+            call("functionsexec1", "exec", {"command": "ls"}),
+            reasoning_content="SECRET-R2 now b and ls",
+        ),
         tool("functionsread0", "B-CONTENT"),
         tool("functionsexec1", "LS-OUTPUT"),
         assistant(content="Done: both files read.", reasoning_content="SECRET-R3 summarise"),

@@ -68,10 +68,12 @@ def test_already_canonical_is_not_touched():
 def test_occurrence_suffix_and_hash_suffix_in_one_message():
     # OpenClaw: the 2nd occurrence of functions.read:0 becomes functionsread02; a collision
     # with another sanitized id gets an 8-hex hash suffix.
-    messages, log = run(
+    messages, _ = run(
         [
             user(),
-            assistant(call("functionsread0", "read"), call("functionsread02", "read"), call("functionsread1ac7a8d2f", "read")),
+            assistant(
+                call("functionsread0", "read"), call("functionsread02", "read"), call("functionsread1ac7a8d2f", "read")
+            ),
             tool("functionsread0", "A"),
             tool("functionsread02", "B"),
             tool("functionsread1ac7a8d2f", "C"),
@@ -93,15 +95,24 @@ def test_answers_in_a_different_order_follow_their_ids():
 
 
 def test_duplicated_old_ids_resolve_in_occurrence_order():
-    messages, _ = run([user(), assistant(call("dup", "read"), call("dup", "exec")), tool("dup", "1st"), tool("dup", "2nd")])
+    messages, _ = run(
+        [user(), assistant(call("dup", "read"), call("dup", "exec")), tool("dup", "1st"), tool("dup", "2nd")]
+    )
     tools = [m for m in messages if m["role"] == "tool"]
-    assert [(t["tool_call_id"], t["content"]) for t in tools] == [("functions.read:0", "1st"), ("functions.exec:1", "2nd")]
+    assert [(t["tool_call_id"], t["content"]) for t in tools] == [
+        ("functions.read:0", "1st"),
+        ("functions.exec:1", "2nd"),
+    ]
 
 
 def test_answer_with_mangled_form_of_the_call_id():
     messages, log = run(
-        [user(), assistant(call("functions.read:0", "read"), call("functions.exec:1", "exec")),
-         tool("functionsexec1", "E"), tool("functionsread0", "R")]
+        [
+            user(),
+            assistant(call("functions.read:0", "read"), call("functions.exec:1", "exec")),
+            tool("functionsexec1", "E"),
+            tool("functionsread0", "R"),
+        ]
     )
     tools = [m for m in messages if m["role"] == "tool"]
     assert [(t["tool_call_id"], t["content"]) for t in tools] == [("functions.exec:1", "E"), ("functions.read:0", "R")]
@@ -110,7 +121,9 @@ def test_answer_with_mangled_form_of_the_call_id():
 
 def test_truncated_answer_matches_the_full_call_id():
     long_id = "call_" + "abcdef0123" * 5  # 55 characters
-    messages, _ = run([user(), assistant(call("other", "exec"), call(long_id, "read")), tool(long_id[:40], "R"), tool("other", "E")])
+    messages, _ = run(
+        [user(), assistant(call("other", "exec"), call(long_id, "read")), tool(long_id[:40], "R"), tool("other", "E")]
+    )
     tools = [m for m in messages if m["role"] == "tool"]
     assert [(t["tool_call_id"], t["content"]) for t in tools] == [("functions.read:1", "R"), ("functions.exec:0", "E")]
 
@@ -131,8 +144,16 @@ def test_orphan_is_left_unchanged_and_recorded():
 
 def test_counter_is_global_over_the_conversation():
     messages, _ = run(
-        [user(), assistant(call("x", "read"), call("y", "read")), tool("x"), tool("y"),
-         assistant(content="done"), user("again"), assistant(call("x", "exec")), tool("x")]
+        [
+            user(),
+            assistant(call("x", "read"), call("y", "read")),
+            tool("x"),
+            tool("y"),
+            assistant(content="done"),
+            user("again"),
+            assistant(call("x", "exec")),
+            tool("x"),
+        ]
     )
     assert ids(messages) == (
         ["functions.read:0", "functions.read:1", "functions.exec:2"],
@@ -144,11 +165,18 @@ def test_counter_is_global_over_the_conversation():
 def test_tool_block_is_scoped_to_its_assistant_message():
     # The same raw id on both turns: each answer binds to the call right before it.
     messages, _ = run(
-        [user(), assistant(call("functions.read:0", "read")), tool("functions.read:0", "one"),
-         assistant(call("functions.read:0", "read")), tool("functions.read:0", "two")]
+        [
+            user(),
+            assistant(call("functions.read:0", "read")),
+            tool("functions.read:0", "one"),
+            assistant(call("functions.read:0", "read")),
+            tool("functions.read:0", "two"),
+        ]
     )
     assert [(m["tool_call_id"], m["content"]) for m in messages if m["role"] == "tool"] == [
-        ("functions.read:0", "one"), ("functions.read:1", "two")]
+        ("functions.read:0", "one"),
+        ("functions.read:1", "two"),
+    ]
 
 
 def test_tool_call_without_a_name_is_unrepairable():

@@ -24,7 +24,10 @@ from .policy import (
     resolve_flavor,
 )
 from .repairs import RepairLog
-from .request_repair import repair_request_body
+from .request_repair import RequestFacts, repair_request_body
+from .response_repair import repair_completion_body
+from .stream_callable import RepairingStream
+from .stream_repair import StreamRepairer
 
 logger = logging.getLogger("kimiwire")
 
@@ -57,33 +60,45 @@ class KimiWire:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "kimi_flavor", str, "auto",
+            "kimi_flavor",
+            str,
+            "auto",
             "Upstream flavor: auto (from the upstream host), selfhosted (SGLang/vLLM), moonshot, deepinfra.",
             choices=FLAVOR_CHOICES,
         )
         loader.add_option(
-            "kimi_tool_ids", str, "canonical",
+            "kimi_tool_ids",
+            str,
+            "canonical",
             "canonical: rewrite history tool-call ids to functions.NAME:K; keep: leave them.",
             choices=TOOL_IDS_CHOICES,
         )
         loader.add_option(
-            "kimi_reasoning", str, "auto",
+            "kimi_reasoning",
+            str,
+            "auto",
             "Historical reasoning: strip, loop (keep only the current tool loop), keep; "
             "auto: strip for selfhosted, loop for moonshot and deepinfra.",
             choices=REASONING_CHOICES,
         )
         loader.add_option(
-            "kimi_tool_stream", str, "whole",
+            "kimi_tool_stream",
+            str,
+            "whole",
             "whole: send each streamed tool call once, complete; passthrough: forward tool deltas as they come.",
             choices=TOOL_STREAM_CHOICES,
         )
         loader.add_option(
-            "kimi_reasoning_field", str, "keep",
+            "kimi_reasoning_field",
+            str,
+            "keep",
             "Name of the reasoning field in responses: keep, reasoning_content, reasoning, both.",
             choices=REASONING_FIELD_CHOICES,
         )
         loader.add_option(
-            "kimi_stream_buffer_limit", int, 8 * 1024 * 1024,
+            "kimi_stream_buffer_limit",
+            int,
+            8 * 1024 * 1024,
             "Most bytes of tool-call arguments and held-back text buffered per stream; past it the "
             "stream is forwarded unrepaired.",
         )
@@ -177,3 +192,106 @@ class KimiWire:
             req.content = result.body
             record["upstream_request"] = result.body
         self._record_repairs(flow, "request", result.log)
+
+    # -- responses -------------------------------------------------------------------------
+
+    def _response_context(self, flow: http.HTTPFlow) -> tuple[RequestFacts, Policy] | None:
+        record = flow.metadata.get(METADATA_KEY)
+        if not isinstance(record, dict) or "facts" not in record or "policy" not in record:
+            return None
+        return RequestFacts.from_dict(record["facts"]), Policy.from_dict(record["policy"])
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is None:
+            return
+        try:
+            self._start_stream(flow)
+        except Exception as exc:
+            self._record_error(flow, "response headers", exc)
+
+    def _start_stream(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        assert response is not None
+        if not flows.is_event_stream(response.headers.get("content-type", "")):
+            return
+        context = self._response_context(flow)
+        if context is None:
+            if not response.stream:
+                response.stream = True  # any other event stream: forward it live, untouched
+            return
+        if response.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
+            self._note(flow, "stream not repaired: the upstream compressed it despite accept-encoding: identity")
+            response.stream = True
+            return
+        facts, policy = context
+        # The rewrite changes the length: the client side is re-framed (mitmproxy pitfall P3).
+        response.headers.pop("content-length", None)
+        if flow.request.http_version.startswith("HTTP/1"):
+            response.headers["transfer-encoding"] = "chunked"
+        repairer = StreamRepairer(facts, policy)
+        response.stream = RepairingStream(repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is None:
+            return
+        try:
+            self._finish_response(flow)
+        except Exception as exc:
+            self._record_error(flow, "response repair", exc)
+
+    def _finish_response(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        assert response is not None
+        stream = response.stream
+        if isinstance(stream, RepairingStream):
+            if stream.calls == 0:
+                # Server replay (or a response set by another addon): the body arrives whole and
+                # the stream callable is never called, so repair the whole body here.
+                body = response.raw_content or b""
+                repaired = stream(body) + stream(b"") if body else stream(b"")
+                response.content = b"".join(repaired)
+            else:
+                # Keep what the upstream really sent as the flow's body; the client's copy is in metadata.
+                response.content = bytes(stream.upstream)
+            record = flow_record(flow)
+            record["delivered"] = bytes(stream.delivered)
+            record["stream"] = {
+                "events_in": stream.repairer.events_in,
+                "upstream_bytes": len(stream.upstream),
+                "delivered_bytes": len(stream.delivered),
+                "passthrough": stream.failed or stream.repairer.bypass,
+            }
+            self._record_repairs(flow, "response", stream.repairer.log)
+            return
+        context = self._response_context(flow)
+        if context is None or not flows.is_json(response.headers.get("content-type", "")):
+            return
+        if response.status_code >= 400:
+            return  # upstream errors pass through unchanged
+        body = response.get_content(strict=False)
+        if not body:
+            return
+        facts, policy = context
+        new_body, log, why = repair_completion_body(body, facts, policy)
+        if why:
+            self._note(flow, f"response not repaired: {why}")
+            return
+        if new_body is not None:
+            response.content = new_body
+            flow_record(flow)["delivered"] = new_body
+        self._record_repairs(flow, "response", log)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if not flow.live:
+            return
+        try:
+            record = flow_record(flow)
+            record["errors"].append(f"flow error: {flow.error.msg if flow.error else 'unknown'}")
+            if flow.response is not None and isinstance(flow.response.stream, RepairingStream):
+                stream = flow.response.stream
+                flow.response.content = bytes(stream.upstream)
+                record["delivered"] = bytes(stream.delivered)
+                self._record_repairs(flow, "response", stream.repairer.log)
+            self.counts["flows.error"] += 1
+        except Exception as exc:
+            self._record_error(flow, "error hook", exc)

@@ -83,7 +83,7 @@ def fix_unambiguous(text: Any) -> ArgumentsFix | None:
         if obj2 == obj and not rest2.strip():
             return ArgumentsFix(_dumps(obj), "args.duplicated", obj)
         return None  # two different objects: which one the model meant is a guess
-    if rest[0] in "{[\"" or rest[0].isdigit():
+    if rest[0] in '{["' or rest[0].isdigit():
         return None  # looks like more JSON, not garbage
     return ArgumentsFix(_dumps(obj), "args.trailing_garbage", obj)
 

@@ -64,6 +64,17 @@ class Policy:
             reasoning = "strip" if flavor is Flavor.SELFHOSTED else "loop"
         return cls(flavor, tool_ids, reasoning, tool_stream, reasoning_field, stream_buffer_limit)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Policy:
+        return cls(
+            Flavor(str(data["flavor"])),
+            str(data["tool_ids"]),
+            str(data["reasoning"]),
+            str(data["tool_stream"]),
+            str(data["reasoning_field"]),
+            int(data["stream_buffer_limit"]),  # type: ignore[call-overload]
+        )
+
     def as_dict(self) -> dict[str, object]:
         return {
             "flavor": self.flavor.value,

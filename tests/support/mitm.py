@@ -31,8 +31,19 @@ class Mitmdump:
         self.flows_path = tmp_path / "flows.mitm" if save_flows else None
         confdir = tmp_path / "mitm-conf"
         confdir.mkdir(exist_ok=True)
-        self.args = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:{upstream_url}",
-                     "--set", f"confdir={confdir}", "--set", "termlog_verbosity=debug"]
+        self.args = [
+            str(MITMDUMP),
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--mode",
+            f"reverse:{upstream_url}",
+            "--set",
+            f"confdir={confdir}",
+            "--set",
+            "termlog_verbosity=debug",
+        ]
         if addon:
             self.args += ["-s", str(ADDON)]
         if self.flows_path:
@@ -64,8 +75,9 @@ class Mitmdump:
 
     def __enter__(self) -> Mitmdump:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                      cwd=ROOT)
+        self._proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
         threading.Thread(target=self._drain, daemon=True).start()
         if not self._ready.wait(30) or self.port is None:
             self.stop()

@@ -68,7 +68,9 @@ class RecordingUpstream:
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                request = RecordedRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                request = RecordedRequest(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
                 upstream.requests.append(request)
                 reply = upstream.responder(request)
                 self._send(reply)

@@ -1,0 +1,467 @@
+"""The stream repairer: upstream SSE bytes in, repaired SSE bytes out (sans-IO).
+
+Text (content, reasoning) goes out in the same event it arrived in; only text that may be the
+start of Kimi markup is held back. Tool-call fragments are held and each call goes out once,
+whole (index, id, type, name, complete arguments), as soon as it is complete: when the next
+call starts and its JSON is closed, at `finish_reason`, or at the end of the stream. A client
+that keeps "one current block" (pi-ai) then rebuilds exactly the calls the model made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .markup import MarkupScanner, RecoveredCall
+from .policy import Policy
+from .reasoning_field import TEXT_KEYS, rename_reasoning
+from .repairs import RepairLog
+from .request_repair import RequestFacts
+from .sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
+from .tool_calls import finalize_call, fix_finish_reason
+
+_CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
+
+
+@dataclass(slots=True)
+class _Call:
+    position: int
+    id: Any = None
+    name: str | None = None
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+    fragments: int = 0
+    complete: bool = False
+    emitted: bool = False
+
+    def arguments(self) -> str:
+        return "".join(self.parts)
+
+    def json_closed(self) -> bool:
+        try:
+            return isinstance(orjson.loads(self.arguments()), dict)
+        except orjson.JSONDecodeError:
+            return False
+
+
+@dataclass(slots=True)
+class _Choice:
+    index: int
+    calls: list[_Call] = field(default_factory=list)
+    by_upstream_index: dict[int, _Call] = field(default_factory=dict)
+    current: _Call | None = None
+    next_emit: int = 0
+    emitted_calls: int = 0
+    needs_finish: bool = False
+    upstream_tool_indexes: int = 0  # passthrough mode: calls the upstream streamed itself
+    scanners: dict[str, MarkupScanner] = field(default_factory=dict)
+
+    def new_call(self) -> _Call:
+        call = _Call(len(self.calls))
+        self.calls.append(call)
+        return call
+
+
+class StreamRepairer:
+    def __init__(self, facts: RequestFacts, policy: Policy) -> None:
+        self.facts = facts
+        self.policy = policy
+        self.declared = frozenset(facts.tools)
+        self.log = RepairLog()
+        self.done = False  # `data: [DONE]` has been emitted
+        self.bypass = False  # past the buffer limit: forward the rest unrepaired
+        self.events_in = 0
+        self._decoder = SSEDecoder()
+        self._choices: dict[int, _Choice] = {}
+        self._template: dict[str, Any] = {"object": "chat.completion.chunk"}
+        self._have_template = False
+        self._buffered_arguments = 0
+        self._once: set[str] = set()
+
+    # -- public API ------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self.bypass:
+            return [data] if data else []
+        out: list[bytes] = []
+        for event in self._decoder.feed(data):
+            self._event(event, out)
+        if self.buffered > self.policy.stream_buffer_limit:
+            self.log.add("stream.buffer_limit", None, self.buffered, self.policy.stream_buffer_limit)
+            self.release_held(out)
+        return out
+
+    def end(self) -> list[bytes]:
+        """The upstream body ended: flush what is held, finish every choice, end with [DONE]."""
+        if self.bypass:
+            return []
+        out: list[bytes] = []
+        for event in self._decoder.end():
+            self._event(event, out)
+        if not self.done:
+            self._finish_all(out)
+            out.append(DONE_EVENT)
+            self.done = True
+            self.log.add("done.synthesized", None, None, "[DONE]")
+        return out
+
+    @property
+    def buffered(self) -> int:
+        held_text = sum(len(s.pending) for c in self._choices.values() for s in c.scanners.values())
+        return self._buffered_arguments + held_text + self._decoder.pending
+
+    @property
+    def holding(self) -> bool:
+        return self.buffered > 0
+
+    def undecoded(self) -> bytes:
+        """Raw bytes received but not yet part of a whole event."""
+        return self._decoder.undecoded()
+
+    def release_held(self, out: list[bytes], include_undecoded: bool = True) -> None:
+        """Forward everything held, unrepaired, and pass the rest of the stream through: used
+        past the buffer limit, and by the adapter when a repair raised."""
+        self.bypass = True
+        for state in self._choices.values():
+            for key, scanner in state.scanners.items():
+                if scanner.pending:
+                    out.append(self._chunk_event(state.index, {key: scanner.pending}))
+                    scanner.pending = ""
+            for call in state.calls[state.next_emit :]:
+                if call.emitted:
+                    continue
+                raw = {
+                    "index": call.position,
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments()},
+                }
+                out.append(self._chunk_event(state.index, {"tool_calls": [raw]}))
+                call.emitted = True
+            state.next_emit = len(state.calls)
+        self._buffered_arguments = 0
+        leftover = self._decoder.undecoded()
+        self._decoder = SSEDecoder()
+        if leftover and include_undecoded:
+            out.append(leftover)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _note_once(self, kind: str, before: Any = None, after: Any = None) -> None:
+        if kind not in self._once:
+            self._once.add(kind)
+            self.log.add(kind, None, before, after)
+
+    def _event(self, event: SSEEvent, out: list[bytes]) -> None:
+        self.events_in += 1
+        if self.done:
+            if event.data is not None:
+                self._note_once("stream.after_done", event.data[:200].decode("utf-8", "replace"), None)
+            return
+        data = event.data
+        if data is None:  # comments and keepalives pass as they are
+            out.append(event.raw)
+            return
+        raw = event.raw if event.complete else encode_data(data)
+        if data.strip() == DONE:
+            self._finish_all(out)
+            out.append(raw)
+            self.done = True
+            return
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._note_once("stream.unparsed_event", data[:200].decode("utf-8", "replace"), None)
+            out.append(raw)
+            return
+        if not isinstance(chunk, dict):
+            out.append(raw)
+            return
+        self._chunk(chunk, raw, out)
+
+    def _choice(self, index: int) -> _Choice:
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _Choice(index)
+        return state
+
+    def _chunk(self, chunk: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices:
+            out.append(raw)  # usage-only chunks, error objects
+            return
+        if not self._have_template:
+            self._have_template = True
+            self._template.update({k: chunk[k] for k in _CHUNK_KEYS if k in chunk})
+        changed = False
+        kept: list[Any] = []
+        after: list[bytes] = []
+        for position, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                kept.append(choice)
+                continue
+            index = choice.get("index")
+            state = self._choice(index if isinstance(index, int) else position)
+            choice_changed, keep = self._process_choice(state, choice, chunk, after)
+            changed |= choice_changed
+            if keep:
+                kept.append(choice)
+        if not changed:
+            out.append(raw)
+            return
+        if kept or chunk.get("usage") is not None:
+            chunk["choices"] = kept
+            out.append(encode_data(orjson.dumps(chunk)))
+        out.extend(after)
+
+    def _process_choice(
+        self, state: _Choice, choice: dict[str, Any], chunk: dict[str, Any], after: list[bytes]
+    ) -> tuple[bool, bool]:
+        """Repair one choice of a chunk in place; events that must follow the chunk go to
+        `after`. Returns (changed, keep the choice in the chunk)."""
+        changed = False
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = None
+        else:
+            changed = self._texts(state, delta)
+            if "tool_calls" in delta:
+                if self.policy.tool_stream == "whole":
+                    tool_deltas = delta.pop("tool_calls")
+                    changed = True
+                    if isinstance(tool_deltas, list):
+                        self._absorb(state, tool_deltas)
+                elif isinstance(delta["tool_calls"], list):
+                    state.upstream_tool_indexes = max(
+                        [state.upstream_tool_indexes]
+                        + [
+                            tc["index"] + 1
+                            for tc in delta["tool_calls"]
+                            if isinstance(tc, dict) and isinstance(tc.get("index"), int)
+                        ]
+                    )
+            if rename_reasoning(delta, self.policy.reasoning_field):
+                changed = True
+                self._note_once("reasoning.field_renamed", None, self.policy.reasoning_field)
+        usage = choice.get("usage")
+        if isinstance(usage, dict) and chunk.get("usage") is None:
+            chunk["usage"] = usage
+            changed = True
+            self._note_once("usage.hoisted", None, "usage")
+        finish = choice.get("finish_reason")
+        if finish is None:
+            ready = self._take_ready(state)
+            if not ready:
+                return changed, not changed or self._meaningful(choice)
+            after.extend(ready)
+            state.needs_finish = True
+            return True, self._meaningful(choice)
+        # The choice is finished: held text goes into this delta, every call is complete.
+        if delta is None:
+            delta = choice["delta"] = {}
+        if self._flush_texts(state, delta):
+            changed = True
+        for call in state.calls:
+            call.complete = True
+        ready = self._take_ready(state)
+        fixed = fix_finish_reason(finish, state.emitted_calls > 0, None, self.log)
+        state.needs_finish = False
+        if not ready:
+            if fixed != finish:
+                choice["finish_reason"] = fixed
+                changed = True
+            return changed, True
+        after.extend(ready)
+        finish_choice: dict[str, Any] = {"index": state.index, "delta": {}, "finish_reason": fixed}
+        if "usage" in choice:
+            finish_choice["usage"] = choice.pop("usage")
+        choice["finish_reason"] = None
+        after.append(
+            self._encode(
+                {
+                    **self._template,
+                    "choices": [finish_choice],
+                    **({"usage": chunk.pop("usage")} if chunk.get("usage") is not None else {}),
+                }
+            )
+        )
+        return True, self._meaningful(choice)
+
+    @staticmethod
+    def _meaningful(choice: dict[str, Any]) -> bool:
+        if choice.get("finish_reason") is not None or choice.get("logprobs"):
+            return True
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return False
+        return any(v not in (None, "") for v in delta.values()) or "role" in delta
+
+    # -- text and markup -------------------------------------------------------------------
+
+    def _scanner(self, state: _Choice, key: str) -> MarkupScanner:
+        scanner = state.scanners.get(key)
+        if scanner is None:
+            scanner = state.scanners[key] = MarkupScanner(self.declared)
+        return scanner
+
+    def _texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        changed = False
+        mirrored = isinstance(delta.get("reasoning_content"), str) and delta.get("reasoning_content") == delta.get(
+            "reasoning"
+        )
+        for key in TEXT_KEYS:
+            text = delta.get(key)
+            if not isinstance(text, str) or not text:
+                continue
+            if key == "reasoning" and mirrored:  # the same text under both names: scan it once
+                delta["reasoning"] = delta["reasoning_content"]
+                changed |= delta["reasoning"] != text
+                continue
+            emitted, calls = self._scanner(state, key).feed(text)
+            if emitted == text and not calls:
+                continue
+            changed = True
+            if emitted:
+                delta[key] = emitted
+            else:
+                del delta[key]
+            self._recovered(state, key, calls)
+        return changed
+
+    def _flush_texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        changed = False
+        for key, scanner in state.scanners.items():
+            if not scanner.pending:
+                continue
+            emitted, calls = scanner.finish()
+            if emitted:
+                previous = delta.get(key)
+                delta[key] = (previous if isinstance(previous, str) else "") + emitted
+            self._recovered(state, key, calls)
+            changed = True
+        return changed
+
+    def _recovered(self, state: _Choice, key: str, calls: list[RecoveredCall]) -> None:
+        for recovered in calls:
+            call = state.new_call()
+            call.id, call.name, call.parts, call.complete = (
+                recovered.raw_id,
+                recovered.name,
+                [recovered.arguments],
+                True,
+            )
+            self.log.add(f"markup.recovered_{recovered.form}", call.position, key, recovered.name)
+
+    # -- tool calls ------------------------------------------------------------------------
+
+    def _absorb(self, state: _Choice, tool_deltas: list[Any]) -> None:
+        for tool_delta in tool_deltas:
+            if not isinstance(tool_delta, dict):
+                continue
+            function = tool_delta.get("function")
+            if not isinstance(function, dict):
+                function = {}
+            upstream_index = tool_delta.get("index")
+            delta_id = tool_delta.get("id") or None
+            name = function.get("name") or None
+            if isinstance(upstream_index, int) and not isinstance(upstream_index, bool):
+                call = state.by_upstream_index.get(upstream_index)
+                if call is None:
+                    self._complete_closed_calls(state)
+                    call = state.by_upstream_index[upstream_index] = state.new_call()
+                    if upstream_index != call.position:
+                        self.log.add("index.renumbered", call.position, upstream_index, call.position)
+            else:
+                current = state.current
+                if (
+                    current is None
+                    or current.emitted
+                    or (delta_id and current.id and delta_id != current.id)
+                    or (name and not delta_id and current.json_closed())
+                ):
+                    self._complete_closed_calls(state)
+                    call = state.new_call()
+                    self._note_once("index.missing", upstream_index, call.position)
+                else:
+                    call = current
+            if call.emitted:
+                self.log.add("stream.late_fragment", call.position, function.get("arguments"), None)
+                continue
+            if delta_id and not call.id:
+                call.id = delta_id
+            if name and not call.name:
+                call.name = name
+            arguments = function.get("arguments")
+            if arguments is not None and not isinstance(arguments, str):
+                arguments = orjson.dumps(arguments).decode()
+            if arguments:
+                call.parts.append(arguments)
+                call.size += len(arguments)
+                self._buffered_arguments += len(arguments)
+            call.fragments += 1
+            state.current = call
+
+    @staticmethod
+    def _complete_closed_calls(state: _Choice) -> None:
+        """A new call starts: earlier calls whose JSON is already closed are complete (with
+        interleaved parallel calls, one whose JSON is still open keeps waiting)."""
+        for call in state.calls[state.next_emit :]:
+            if not call.complete and call.json_closed():
+                call.complete = True
+
+    def _take_ready(self, state: _Choice) -> list[bytes]:
+        events: list[bytes] = []
+        offset = state.upstream_tool_indexes
+        while state.next_emit < len(state.calls) and state.calls[state.next_emit].complete:
+            call = state.calls[state.next_emit]
+            state.next_emit += 1
+            if call.emitted:
+                continue
+            finished = finalize_call(
+                call.name or "", call.id, call.arguments(), call.position + offset, self.facts, self.policy, self.log
+            )
+            if call.fragments > 1:
+                self.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
+            call.emitted = True
+            self._buffered_arguments -= call.size
+            call.parts = []
+            state.emitted_calls += 1
+            events.append(
+                self._chunk_event(state.index, {"tool_calls": [{"index": call.position + offset, **finished}]})
+            )
+        return events
+
+    def _finish_all(self, out: list[bytes]) -> None:
+        """The stream ends ([DONE] or end of body): flush every choice still holding something."""
+        for state in self._choices.values():
+            delta: dict[str, Any] = {}
+            if self._flush_texts(state, delta) and delta:
+                out.append(self._chunk_event(state.index, delta))
+            for call in state.calls:
+                call.complete = True
+            ready = self._take_ready(state)
+            out.extend(ready)
+            if ready or state.needs_finish:
+                state.needs_finish = False
+                self.log.add("finish_reason.synthesized", None, None, "tool_calls")
+                out.append(
+                    self._encode(
+                        {
+                            **self._template,
+                            "choices": [{"index": state.index, "delta": {}, "finish_reason": "tool_calls"}],
+                        }
+                    )
+                )
+
+    # -- encoding --------------------------------------------------------------------------
+
+    def _chunk_event(self, choice_index: int, delta: dict[str, Any]) -> bytes:
+        return self._encode(
+            {**self._template, "choices": [{"index": choice_index, "delta": delta, "finish_reason": None}]}
+        )
+
+    @staticmethod
+    def _encode(chunk: dict[str, Any]) -> bytes:
+        return encode_data(orjson.dumps(chunk))

@@ -1,0 +1,163 @@
+"""The adapter's hooks, driven with mitmproxy's own test helpers (no sockets)."""
+
+import orjson
+import pytest
+from kimiwire import addon as addon_module
+from kimiwire.addon import KimiWire
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow, tutils
+
+from tests.support import streams
+from tests.support.conversations import TOOLS, assistant, body, call, tool, user
+from tests.support.piai_model import piai_parse
+from tests.support.streams import EXEC_ARGS, READ_ARGS
+
+TWO = [("read", READ_ARGS), ("exec", EXEC_ARGS)]
+REQUEST = orjson.dumps(body([user(), assistant(call("functionsread0", "read")), tool("functionsread0")]))
+
+
+def chat_flow(content: bytes = REQUEST, live: bool = True):
+    req = tutils.treq(
+        method=b"POST",
+        path=b"/v1/chat/completions",
+        content=content,
+        headers=http.Headers(content_type="application/json"),
+    )
+    flow = tflow.tflow(req=req)
+    flow.live = live
+    return flow
+
+
+def sse_response(content=None):
+    return tutils.tresp(
+        headers=http.Headers(content_type="text/event-stream", transfer_encoding="chunked"), content=content
+    )
+
+
+def test_request_hook_repairs_and_records():
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
+        sent = orjson.loads(flow.request.content)
+        assert sent["messages"][1]["tool_calls"][0]["id"] == "functions.read:0"
+        assert flow.marked == ":wrench:" and "ids.call=1" in flow.comment
+        assert kw.counts["ids.call"] == 1
+
+
+def test_exception_in_request_repair_passes_the_flow_through(monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(addon_module, "repair_request_body", boom)
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
+        assert flow.request.content == REQUEST
+        assert flow.marked == ":warning:"
+        assert "RuntimeError: bug" in flow.metadata["kimiwire"]["errors"][0]
+
+
+def test_loaded_flows_are_not_repaired_again():
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow(live=False)
+        kw.request(flow)
+        assert flow.request.content == REQUEST
+        assert "kimiwire" not in flow.metadata
+
+
+def run_stream(kw, flow, upstream: bytes, step: int = 9) -> bytes:
+    kw.responseheaders(flow)
+    callable_ = flow.response.stream
+    out = []
+    for i in range(0, len(upstream), step):
+        result = callable_(upstream[i : i + step])
+        assert result != b"" and all(result)
+        out += result
+    out += callable_(b"")
+    kw.response(flow)
+    return b"".join(out)
+
+
+def test_stream_callable_repairs_and_keeps_both_copies():
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
+        flow.response = sse_response()
+        upstream = streams.interleaved(TWO).body()
+        delivered = run_stream(kw, flow, upstream)
+        assert [c[1] for c in piai_parse(delivered)["calls"]] == ["read", "exec"]
+        assert flow.response.content == upstream
+        assert flow.metadata["kimiwire"]["delivered"] == delivered
+        assert "content-length" not in flow.response.headers
+
+
+def test_exception_mid_stream_loses_nothing(monkeypatch):
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
+        flow.response = sse_response()
+        upstream = streams.sglang([("read", READ_ARGS)]).body()
+        kw.responseheaders(flow)
+        repairer = flow.response.stream.repairer
+        original = repairer._absorb
+        calls = {"n": 0}
+
+        def flaky(state, deltas):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("repair bug")
+            return original(state, deltas)
+
+        monkeypatch.setattr(repairer, "_absorb", flaky)
+        out = []
+        for i in range(0, len(upstream), 50):
+            out += flow.response.stream(upstream[i : i + 50])
+        out += flow.response.stream(b"")
+        kw.response(flow)
+        parsed = piai_parse(b"".join(out))
+        # the held fragments went out unrepaired, then the raw rest: the full arguments arrive
+        assert [c[1:] for c in parsed["calls"]] == [("read", orjson.loads(READ_ARGS))]
+        assert flow.marked == ":warning:"
+        assert any("repair bug" in e for e in flow.metadata["kimiwire"]["errors"])
+
+
+def test_whole_body_response_is_repaired_when_the_callable_never_ran():
+    # What server replay does: it sets the response at once, the callable sees nothing.
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
+        flow.response = sse_response(streams.interleaved(TWO).body())
+        kw.responseheaders(flow)
+        kw.response(flow)
+        assert [c[1] for c in piai_parse(flow.response.content)["calls"]] == ["read", "exec"]
+
+
+def test_non_chat_event_streams_are_streamed_untouched():
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = tflow.tflow(resp=sse_response())
+        kw.responseheaders(flow)
+        assert flow.response.stream is True
+
+
+@pytest.mark.parametrize("option,value", [("kimi_reasoning", "sometimes"), ("kimi_tool_stream", "bits")])
+def test_bad_option_values_are_rejected(option, value):
+    from mitmproxy import exceptions
+
+    kw = KimiWire()
+    with taddons.context(kw) as tctx, pytest.raises(exceptions.OptionsError, match=option):
+        tctx.configure(kw, **{option: value})
+
+
+def test_tools_declared_reach_the_response_repair():
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
+        assert set(flow.metadata["kimiwire"]["facts"]["tools"]) == {t["function"]["name"] for t in TOOLS}
