@@ -7,13 +7,15 @@ and recorded on it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from . import flows
+from . import flows, proxy_internals
+from .openai_errors import error_body, error_event
 from .policy import (
     FLAVOR_CHOICES,
     REASONING_CHOICES,
@@ -27,7 +29,9 @@ from .repairs import RepairLog
 from .request_repair import RequestFacts, repair_request_body
 from .response_repair import repair_completion_body
 from .stream_callable import RepairingStream
+from .stream_endings import EndingLimits, parse_seconds
 from .stream_repair import StreamRepairer
+from .watchdog import StreamWatchdog
 
 logger = logging.getLogger("kimiwire")
 
@@ -52,9 +56,15 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
     return record
 
 
+_SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
+
+
 class KimiWire:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.limits = EndingLimits()
+        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        self._headers_seen: dict[str, asyncio.Event] = {}
 
     # -- options ---------------------------------------------------------------------------
 
@@ -102,8 +112,38 @@ class KimiWire:
             "Most bytes of tool-call arguments and held-back text buffered per stream; past it the "
             "stream is forwarded unrepaired.",
         )
+        self._load_ending_options(loader)
+
+    def _load_ending_options(self, loader: Any) -> None:
+        loader.add_option(
+            "kimi_done_grace",
+            str,
+            "1",
+            "Seconds after data: [DONE] (or after the last finish_reason) before the proxy ends the "
+            "client's body itself when the upstream keeps it open.",
+        )
+        loader.add_option(
+            "kimi_idle_timeout",
+            str,
+            "120",
+            "Seconds without an upstream event (comments do not count) before a stream is ended with an "
+            "error event; 0 disables.",
+        )
+        loader.add_option(
+            "kimi_first_byte_timeout",
+            str,
+            "600",
+            "Seconds to wait for the upstream's response headers before answering 504; 0 disables.",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if updated & set(_SECONDS_OPTIONS):
+            try:
+                self.limits = EndingLimits(
+                    *(parse_seconds(getattr(ctx.options, name), name) for name in _SECONDS_OPTIONS)
+                )
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
         # mitmproxy does not enforce `choices` for --set, so validate here (exits at startup).
         for name, choices in _CHOICE_OPTIONS.items():
             if name in updated and getattr(ctx.options, name) not in choices:
@@ -112,6 +152,64 @@ class KimiWire:
                 )
         if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
+
+    def running(self) -> None:
+        # Reverse mode connects upstream eagerly by default: when the upstream is down the client
+        # is dropped without any answer (and its SDK retries). Lazy connections turn that into an
+        # error response the client can read.
+        if ctx.options.connection_strategy == "eager":
+            ctx.options.update(connection_strategy="lazy")
+            logger.info("kimiwire: connection_strategy set to lazy, so upstream failures reach clients as errors")
+        if not proxy_internals.install_error_answers():
+            logger.warning("kimiwire: upstream failures will reach clients as mitmproxy's HTML error page")
+
+    def stats_summary(self) -> str:
+        counts = dict(sorted(self.counts.items()))
+        counts["active_tasks"] = self.active_tasks
+        counts["pending_error_answers"] = proxy_internals.pending_error_answers()
+        return " ".join(f"{k}={v}" for k, v in counts.items())
+
+    def done(self) -> None:
+        logger.info("kimiwire stats: %s", self.stats_summary())
+        for tasks in self._tasks.values():
+            for task in tasks:
+                task.cancel()
+        self._tasks.clear()
+        self._headers_seen.clear()
+
+    @property
+    def active_tasks(self) -> int:
+        return sum(len(tasks) for tasks in self._tasks.values())
+
+    def _spawn(self, flow: http.HTTPFlow, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        tasks = self._tasks.setdefault(flow.id, set())
+        tasks.add(task)
+
+        def forget(finished: asyncio.Task[Any]) -> None:
+            remaining = self._tasks.get(flow.id)
+            if remaining is not None:
+                remaining.discard(finished)
+                if not remaining:
+                    self._tasks.pop(flow.id, None)
+
+        task.add_done_callback(forget)
+
+    def _release(self, flow: http.HTTPFlow) -> None:
+        """The flow is over: stop its timers (but not the one that is ending it right now)."""
+        current = asyncio.current_task() if _loop_running() else None
+        for task in list(self._tasks.get(flow.id, ())):
+            if task is not current:
+                task.cancel()
+        event = self._headers_seen.pop(flow.id, None)
+        if event is not None:
+            event.set()
+
+    def _ending(self, flow: http.HTTPFlow, how: str) -> None:
+        record = flow_record(flow)
+        if "ending" not in record:
+            record["ending"] = how
+            self.counts[f"ending.{how.split(':', 1)[0]}"] += 1
 
     def policy_for(self, flow: http.HTTPFlow) -> Policy:
         opts = ctx.options
@@ -192,6 +290,27 @@ class KimiWire:
             req.content = result.body
             record["upstream_request"] = result.body
         self._record_repairs(flow, "request", result.log)
+        if self.limits.first_byte_timeout > 0 and _loop_running():
+            self._headers_seen[flow.id] = asyncio.Event()
+            self._spawn(flow, self._first_byte_watch(flow, self._headers_seen[flow.id]))
+
+    async def _first_byte_watch(self, flow: http.HTTPFlow, headers_seen: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(headers_seen.wait(), self.limits.first_byte_timeout)
+            return
+        except TimeoutError:
+            pass
+        if flow.response is not None or not flow.live:
+            return
+        seconds = self.limits.first_byte_timeout
+        message = f"kimiwire: {flow.request.url} sent no response headers within {seconds:g} s"
+        proxy_internals.set_error_answer(
+            flow, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b"")
+        )
+        self._ending(flow, "first_byte_timeout")
+        flow_record(flow)["errors"].append(message)
+        if not proxy_internals.close_upstream(flow):
+            proxy_internals.close_connections(flow, "no upstream connection to close after the first-byte timeout")
 
     # -- responses -------------------------------------------------------------------------
 
@@ -212,6 +331,9 @@ class KimiWire:
     def _start_stream(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         assert response is not None
+        headers_seen = self._headers_seen.pop(flow.id, None)
+        if headers_seen is not None:
+            headers_seen.set()
         if not flows.is_event_stream(response.headers.get("content-type", "")):
             return
         context = self._response_context(flow)
@@ -229,7 +351,25 @@ class KimiWire:
         if flow.request.http_version.startswith("HTTP/1"):
             response.headers["transfer-encoding"] = "chunked"
         repairer = StreamRepairer(facts, policy)
-        response.stream = RepairingStream(repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc))
+        stream = RepairingStream(repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc))
+        response.stream = stream
+        if _loop_running():
+            watchdog = StreamWatchdog(stream, self.limits, lambda reason: self._end_stream(flow, stream, reason))
+            self._spawn(flow, watchdog.run())
+
+    async def _end_stream(self, flow: http.HTTPFlow, stream: RepairingStream, reason: str) -> str:
+        def before_end() -> None:
+            stream.end_reason = reason
+            self._ending(flow, "idle_timeout" if reason == "idle" else f"proxy_{reason}")
+
+        outcome = await proxy_internals.end_stream(flow, before_end)
+        if outcome.startswith("closed:"):
+            self._ending(flow, outcome)
+            flow_record(flow)["errors"].append(f"stream could not be ended cleanly: {outcome[7:]}")
+        logger.info(
+            "kimiwire: %s %s ended by the proxy (%s): %s", flow.request.method, flow.request.path, reason, outcome
+        )
+        return outcome
 
     def response(self, flow: http.HTTPFlow) -> None:
         if not flow.live or flow.response is None:
@@ -240,6 +380,7 @@ class KimiWire:
             self._record_error(flow, "response repair", exc)
 
     def _finish_response(self, flow: http.HTTPFlow) -> None:
+        self._release(flow)
         response = flow.response
         assert response is not None
         stream = response.stream
@@ -262,6 +403,7 @@ class KimiWire:
                 "passthrough": stream.failed or stream.repairer.bypass,
             }
             self._record_repairs(flow, "response", stream.repairer.log)
+            self._ending(flow, "natural")
             return
         context = self._response_context(flow)
         if context is None or not flows.is_json(response.headers.get("content-type", "")):
@@ -285,13 +427,49 @@ class KimiWire:
         if not flow.live:
             return
         try:
-            record = flow_record(flow)
-            record["errors"].append(f"flow error: {flow.error.msg if flow.error else 'unknown'}")
-            if flow.response is not None and isinstance(flow.response.stream, RepairingStream):
-                stream = flow.response.stream
-                flow.response.content = bytes(stream.upstream)
-                record["delivered"] = bytes(stream.delivered)
-                self._record_repairs(flow, "response", stream.repairer.log)
-            self.counts["flows.error"] += 1
+            self._on_error(flow)
         except Exception as exc:
             self._record_error(flow, "error hook", exc)
+
+    def _on_error(self, flow: http.HTTPFlow) -> None:
+        self._release(flow)
+        message = flow.error.msg if flow.error else "unknown error"
+        record = flow_record(flow)
+        record["errors"].append(f"flow error: {message}")
+        self.counts["flows.error"] += 1
+        stream = flow.response.stream if flow.response is not None else None
+        client_gone = message == "Client disconnected." or "client disconnect" in message.lower()
+        if client_gone:
+            self._ending(flow, "client_disconnected")
+        elif flow.response is None:
+            # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
+            text = (
+                f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
+                f"failed before responding: {message}"
+            )
+            proxy_internals.set_error_answer(
+                flow, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
+            )
+            self._ending(flow, "upstream_error")
+        elif isinstance(stream, RepairingStream) and not stream.ended:
+            # Mid-stream reset or protocol error: end the stream cleanly with an error event.
+            text = f"kimiwire: the upstream connection failed mid-stream: {message}"
+            tail = stream.repairer.end_with_error(error_event(text, "upstream_error", "upstream_disconnected"))
+            stream.delivered += b"".join(tail)
+            proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(502, b"", b"".join(tail)))
+            self._ending(flow, "upstream_error_mid_stream")
+        if isinstance(stream, RepairingStream):
+            flow.response.content = bytes(stream.upstream)  # type: ignore[union-attr]
+            record["delivered"] = bytes(stream.delivered)
+            self._record_repairs(flow, "response", stream.repairer.log)
+
+    def client_disconnected(self, client: Any) -> None:
+        proxy_internals.forget_error_answer(client.id)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -1,6 +1,7 @@
 """The `flow.response.stream` callable around a StreamRepairer, with mitmproxy's rules kept:
 never an empty chunk mid-stream (it would end a chunked body), one chunk per upstream read, and
-an exception turns the rest of the stream into passthrough instead of dropping data.
+an exception turns the rest of the stream into passthrough instead of dropping data. It also
+keeps the times the watchdog needs (last upstream event, [DONE] sent, every choice finished).
 
 No mitmproxy import: it only needs to be a callable `bytes -> list[bytes]`.
 """
@@ -11,27 +12,42 @@ import logging
 import time
 from collections.abc import Callable
 
+from .openai_errors import error_event
+from .stream_endings import StreamTimes
 from .stream_repair import StreamRepairer
 
 logger = logging.getLogger("kimiwire")
 
+IDLE_MESSAGE = "kimiwire: the upstream sent no event for {seconds:g} s; the stream was ended by the proxy"
+
 
 class RepairingStream:
-    def __init__(self, repairer: StreamRepairer, on_error: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        repairer: StreamRepairer,
+        on_error: Callable[[BaseException], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.repairer = repairer
         self.on_error = on_error
+        self.on_change: Callable[[], None] | None = None  # wakes the watchdog
+        self.clock = clock
+        now = clock()
+        self.times = StreamTimes(started_at=now, last_event_at=now)
         self.upstream = bytearray()  # every byte the upstream sent, for the capture and replays
         self.delivered = bytearray()  # every byte sent to the client
         self.calls = 0
         self.ended = False
         self.failed = False
+        self.end_reason: str | None = None  # set when the proxy ends the stream: done|finished|idle
+        self.idle_timeout = 0.0
         self.first_byte_at: float | None = None
         self.last_byte_at: float | None = None
 
     def __call__(self, data: bytes) -> list[bytes]:
         self.calls += 1
         if data:
-            now = time.monotonic()
+            now = self.clock()
             if self.first_byte_at is None:
                 self.first_byte_at = now
             self.last_byte_at = now
@@ -41,8 +57,9 @@ class RepairingStream:
         if self.failed:
             return self._deliver([data] if data else [])
         undecoded = self.repairer.undecoded()
+        events_before = self.repairer.data_events_in
         try:
-            out = self.repairer.feed(data) if data else self.repairer.end()
+            out = self.repairer.feed(data) if data else self._end()
         except Exception as exc:
             # Nothing may be lost: what the repairer held goes out unrepaired, then the raw bytes
             # it had not yet decoded and this chunk; the rest of the stream passes through.
@@ -55,7 +72,29 @@ class RepairingStream:
             out.append(undecoded + data)
             if self.on_error is not None:
                 self.on_error(exc)
+        self._track(events_before)
         return self._deliver(out)
+
+    def _end(self) -> list[bytes]:
+        if self.end_reason == "idle":
+            message = IDLE_MESSAGE.format(seconds=self.idle_timeout)
+            return self.repairer.end_with_error(error_event(message, "upstream_timeout", "upstream_idle_timeout"))
+        return self.repairer.end(drop_partial=self.end_reason is not None)
+
+    def _track(self, events_before: int) -> None:
+        now = self.clock()
+        changed = False
+        if self.repairer.data_events_in != events_before:
+            self.times.last_event_at = now
+            changed = True
+        if self.times.done_at is None and self.repairer.done:
+            self.times.done_at = now
+            changed = True
+        if self.times.finished_at is None and self.repairer.all_finished:
+            self.times.finished_at = now
+            changed = True
+        if changed and self.on_change is not None:
+            self.on_change()
 
     def _deliver(self, out: list[bytes]) -> list[bytes]:
         joined = b"".join(out)

@@ -56,6 +56,7 @@ class _Choice:
     emitted_calls: int = 0
     needs_finish: bool = False
     upstream_tool_indexes: int = 0  # passthrough mode: calls the upstream streamed itself
+    finished: bool = False  # its finish_reason has been seen
     scanners: dict[str, MarkupScanner] = field(default_factory=dict)
 
     def new_call(self) -> _Call:
@@ -73,6 +74,7 @@ class StreamRepairer:
         self.done = False  # `data: [DONE]` has been emitted
         self.bypass = False  # past the buffer limit: forward the rest unrepaired
         self.events_in = 0
+        self.data_events_in = 0  # events that carry data: comments and keepalives do not count
         self._decoder = SSEDecoder()
         self._choices: dict[int, _Choice] = {}
         self._template: dict[str, Any] = {"object": "chat.completion.chunk"}
@@ -93,11 +95,14 @@ class StreamRepairer:
             self.release_held(out)
         return out
 
-    def end(self) -> list[bytes]:
-        """The upstream body ended: flush what is held, finish every choice, end with [DONE]."""
+    def end(self, drop_partial: bool = False) -> list[bytes]:
+        """The upstream body ended: flush what is held, finish every choice, end with [DONE].
+        `drop_partial`: the proxy ended the stream; a half-received event is not forwarded."""
         if self.bypass:
             return []
         out: list[bytes] = []
+        if drop_partial:
+            self._decoder = SSEDecoder()
         for event in self._decoder.end():
             self._event(event, out)
         if not self.done:
@@ -106,6 +111,37 @@ class StreamRepairer:
             self.done = True
             self.log.add("done.synthesized", None, None, "[DONE]")
         return out
+
+    def end_with_error(self, error_event: bytes) -> list[bytes]:
+        """The stream is cut short (timeout, upstream failure): the client gets the text held
+        back and the calls that are complete, then `error_event`, then [DONE]."""
+        if self.done:
+            return []
+        out: list[bytes] = []
+        if self.bypass:
+            return [b"\n\n", error_event, DONE_EVENT]
+        self._decoder = SSEDecoder()  # a half-received event is dropped, never forwarded
+        for state in self._choices.values():
+            delta: dict[str, Any] = {}
+            if self._flush_texts(state, delta) and delta:
+                out.append(self._chunk_event(state.index, delta))
+            for call in state.calls[state.next_emit :]:
+                if call.json_closed():
+                    call.complete = True
+                else:
+                    break
+            out.extend(self._take_ready(state))
+            for call in state.calls[state.next_emit :]:
+                self.log.add("stream.partial_call_dropped", call.position, call.name, call.arguments()[:200])
+        out.append(error_event)
+        out.append(DONE_EVENT)
+        self.done = True
+        return out
+
+    @property
+    def all_finished(self) -> bool:
+        """Every choice seen so far has had its finish_reason."""
+        return bool(self._choices) and all(state.finished for state in self._choices.values())
 
     @property
     def buffered(self) -> int:
@@ -164,6 +200,7 @@ class StreamRepairer:
         if data is None:  # comments and keepalives pass as they are
             out.append(event.raw)
             return
+        self.data_events_in += 1
         raw = event.raw if event.complete else encode_data(data)
         if data.strip() == DONE:
             self._finish_all(out)
@@ -259,6 +296,7 @@ class StreamRepairer:
             state.needs_finish = True
             return True, self._meaningful(choice)
         # The choice is finished: held text goes into this delta, every call is complete.
+        state.finished = True
         if delta is None:
             delta = choice["delta"] = {}
         if self._flush_texts(state, delta):

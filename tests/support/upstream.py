@@ -37,6 +37,8 @@ class Reply:
     framing: str = "chunked"  # chunked | length | close
     hold_open: float = 0.0  # after the last piece, keep the body open this long (chunked: no terminator)
     reset_after: int | None = None  # send this many pieces, then reset the connection
+    header_delay: float = 0.0  # wait this long before sending the status line
+    content_length: int | None = None  # declare this length (framing "length") whatever is sent
 
 
 def json_reply(obj, status: int = 200) -> Reply:
@@ -76,13 +78,16 @@ class RecordingUpstream:
                 self._send(reply)
 
             def _send(self, reply: Reply) -> None:
+                if reply.header_delay:
+                    time.sleep(reply.header_delay)
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
                 if reply.framing == "chunked":
                     self.send_header("transfer-encoding", "chunked")
                 elif reply.framing == "length":
-                    self.send_header("content-length", str(sum(len(p) for p in reply.pieces)))
+                    declared = reply.content_length
+                    self.send_header("content-length", str(declared or sum(len(p) for p in reply.pieces)))
                 else:
                     self.send_header("connection", "close")
                     self.close_connection = True

@@ -1,0 +1,335 @@
+"""The only module that touches mitmproxy's private proxy core (verified on 12.2.x).
+
+mitmproxy gives an addon no public way to end a streamed response while the upstream is silent,
+nor to answer an upstream failure with anything but its own HTML error page. Two techniques:
+
+1. Ending a stream: one synthetic event is fed into the flow's connection handler. Inside the
+   HttpLayer it plays the upstream connection: the upstream parser is detached from the stream,
+   then `ResponseEndOfMessage` makes mitmproxy itself call `stream(b"")` (the repairer's flush),
+   run the `response` hook and end the client body (chunked terminator or HTTP/2 END_STREAM);
+   then the upstream is cancelled (HTTP/1 connection closed, HTTP/2 RST_STREAM on that stream).
+   Every precondition is checked inside that event, serialized with real IO.
+2. Error responses: `Http1Server.send` is wrapped so that a protocol error on a client
+   connection for which kimiwire registered an answer sends that answer (an OpenAI-style JSON
+   error before the response started, or the closing events of a stream already under way).
+
+When a precondition fails, callers fall back to closing the connections at once, so a client
+errors promptly instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import ctx, http, version
+from mitmproxy.connection import ConnectionState
+
+logger = logging.getLogger("kimiwire")
+
+VERIFIED_VERSIONS = ("12.2.",)
+
+try:
+    from mitmproxy.proxy import commands, events
+    from mitmproxy.proxy import layer as proxy_layer
+    from mitmproxy.proxy.layers.http import HttpLayer, SendHttp
+    from mitmproxy.proxy.layers.http._base import ReceiveHttp
+    from mitmproxy.proxy.layers.http._events import (
+        ErrorCode,
+        RequestProtocolError,
+        ResponseEndOfMessage,
+        ResponseProtocolError,
+    )
+    from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
+    from mitmproxy.proxy.layers.http._http2 import Http2Client
+    from mitmproxy.proxy.layers.http._http2 import StreamState as Http2StreamState
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - only on an unverified mitmproxy
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def problems() -> list[str]:
+    """What no longer fits in this mitmproxy (empty when every technique can be used)."""
+    found: list[str] = []
+    if not version.VERSION.startswith(VERIFIED_VERSIONS):
+        found.append(f"mitmproxy {version.VERSION} is not a verified version ({', '.join(VERIFIED_VERSIONS)}x)")
+    if _IMPORT_ERROR:
+        return [*found, f"private imports failed: {_IMPORT_ERROR}"]
+    required: list[tuple[Any, str]] = [
+        (HttpLayer, "_handle_event"),
+        (Http1Client, "read_body"),
+        (Http1Client, "done"),
+        (Http1Server, "send"),
+        (proxy_layer.Layer, "_handle_event"),
+        (events.CommandCompleted, "command"),
+    ]
+    for owner, name in required:
+        if not hasattr(owner, name) and name not in getattr(owner, "__annotations__", {}):
+            found.append(f"{owner.__name__}.{name} is missing")
+    probe = HttpLayer.__init__.__code__.co_names
+    for name in ("streams", "connections", "command_sources"):
+        if name not in probe:
+            found.append(f"HttpLayer no longer sets .{name}")
+    if "our_stream_id" not in Http2Client.__init__.__code__.co_names:
+        found.append("Http2Client no longer sets .our_stream_id")
+    return found
+
+
+_PROBLEMS: list[str] | None = None
+
+
+def usable() -> bool:
+    global _PROBLEMS
+    if _PROBLEMS is None:
+        _PROBLEMS = problems()
+        for problem in _PROBLEMS:
+            logger.warning("kimiwire: %s; streams that must be cut short will be closed instead", problem)
+    return not _PROBLEMS
+
+
+# -- finding a flow's place in the layer tree -------------------------------------------------
+
+
+def _handler(flow: http.HTTPFlow) -> Any:
+    server = ctx.master.addons.get("proxyserver")
+    connections = getattr(server, "connections", None) if server is not None else None
+    return connections.get(flow.client_conn.id) if isinstance(connections, dict) else None
+
+
+def _layers(root: Any) -> Iterator[Any]:
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, HttpLayer):
+            continue
+        for attribute in ("layer", "child_layer"):  # NextLayer.layer; modes, tunnels: .child_layer
+            child = current.__dict__.get(attribute)
+            if isinstance(child, proxy_layer.Layer):
+                todo.append(child)
+
+
+def _locate(handler: Any, flow: http.HTTPFlow) -> tuple[Any, int] | None:
+    for current in _layers(handler.layer):
+        if isinstance(current, HttpLayer):
+            for stream_id, stream in current.streams.items():
+                if getattr(stream, "flow", None) is flow:
+                    return current, stream_id
+    return None
+
+
+def _upstream_parser(http_layer: Any, flow: http.HTTPFlow) -> Any:
+    parser = http_layer.connections.get(flow.server_conn)
+    for _ in range(8):  # HttpClient and server TLS layers wrap the Http1Client / Http2Client
+        if parser is None or isinstance(parser, (Http1Client, Http2Client)):
+            return parser
+        parser = parser.__dict__.get("child_layer")
+    return None
+
+
+# -- the synthetic event ----------------------------------------------------------------------
+
+if not _IMPORT_ERROR:
+
+    class _Wake(commands.Command):
+        """A routing key for HttpLayer.command_sources; never yielded."""
+
+    @dataclass(repr=False)
+    class _WakeDone(events.CommandCompleted):
+        command: _Wake
+        reply: None = None
+
+    class _InsideHttpLayer(proxy_layer.Layer):
+        """Runs a generator inside HttpLayer, serialized with every real IO event."""
+
+        def __init__(self, context: Any, body: Callable[[], Iterator[Any]]) -> None:
+            super().__init__(context)
+            self.body = body
+            self.ran = False
+            self.cancelled = False
+
+        def _handle_event(self, event: Any) -> Iterator[Any]:
+            if self.cancelled:
+                return
+            self.ran = True
+            yield from self.body()
+
+
+async def _run_inside(handler: Any, http_layer: Any, body: Callable[[], Iterator[Any]]) -> bool:
+    wake = _Wake()
+    inside = _InsideHttpLayer(http_layer.context.fork(), body)
+    http_layer.command_sources[wake] = inside
+    await handler.server_event(_WakeDone(wake))
+    if not inside.ran:
+        inside.cancelled = True
+        http_layer.command_sources.pop(wake, None)
+    return inside.ran
+
+
+async def end_stream(flow: http.HTTPFlow, before_end: Callable[[], None], attempts: int = 40) -> str:
+    """End the client's streamed response as if the upstream had ended it; cancel the upstream.
+
+    `before_end` runs just before the end-of-message event (the stream callable learns why it
+    is being flushed). Returns "ended:<parser>", "gone" (the flow finished meanwhile) or
+    "closed:<why>" when the fallback closed the connections instead.
+    """
+    if not usable():
+        return close_connections(flow, "mitmproxy internals not usable")
+    for _ in range(attempts):
+        if not flow.live:
+            return "gone"
+        handler = _handler(flow)
+        found = _locate(handler, flow) if handler is not None else None
+        if found is None:
+            return "gone" if flow.response is None or flow.error else close_connections(flow, "flow not found")
+        http_layer, stream_id = found
+        outcome: dict[str, str] = {}
+        body = _ending_body(flow, http_layer, stream_id, before_end, outcome)
+        ran = await _run_inside(handler, http_layer, body)
+        result = outcome.get("result", "retry" if not ran else "close:no outcome")
+        if result == "retry":
+            await asyncio.sleep(0.05)
+            continue
+        if result.startswith("close:"):
+            return close_connections(flow, result[6:])
+        if result.startswith("ended:Http1Client"):
+            # A detached HTTP/1 connection is mid-body upstream: it must never be reused.
+            server = flow.server_conn
+            if server.state is not ConnectionState.CLOSED and server in handler.transports:
+                handler.close_connection(server)
+        return result
+    return close_connections(flow, "the stream stayed paused")
+
+
+def _ending_body(
+    flow: http.HTTPFlow, http_layer: Any, stream_id: int, before_end: Callable[[], None], outcome: dict[str, str]
+) -> Callable[[], Iterator[Any]]:
+    """What runs inside the HttpLayer: check, detach the upstream parser, end, cancel upstream."""
+
+    def body() -> Iterator[Any]:
+        stream = http_layer.streams.get(stream_id)
+        if stream is None or stream.flow is not flow:
+            outcome["result"] = "gone"
+            return
+        if stream._paused is not None:  # waiting for a hook: try again shortly
+            outcome["result"] = "retry"
+            return
+        if stream.server_state != stream.state_stream_response_body:
+            outcome["result"] = f"close:stream in {getattr(stream.server_state, '__name__', '?')}"
+            return
+        parser = _upstream_parser(http_layer, flow)
+        if isinstance(parser, Http1Client):
+            if parser.stream_id != stream_id or parser.state != parser.read_body:
+                outcome["result"] = "close:HTTP/1 upstream is not reading this body"
+                return
+            parser.state = parser.done  # late upstream bytes and EOF are ignored from now on
+        elif isinstance(parser, Http2Client):
+            ours = parser.our_stream_id.get(stream_id)
+            if ours is None or parser.streams.get(ours) is not Http2StreamState.HEADERS_RECEIVED:
+                outcome["result"] = "close:HTTP/2 upstream stream is not receiving"
+                return
+            parser.streams.pop(ours, None)  # Http2Client ignores frames of unknown streams
+        else:
+            outcome["result"] = f"close:unknown upstream layer {type(parser).__name__}"
+            return
+        before_end()
+        outcome["result"] = f"ended:{type(parser).__name__}"
+        yield ReceiveHttp(ResponseEndOfMessage(stream_id))
+        yield SendHttp(RequestProtocolError(stream_id, "ended by kimiwire", ErrorCode.CANCEL), flow.server_conn)
+
+    return body
+
+
+def close_upstream(flow: http.HTTPFlow) -> bool:
+    """Close the upstream connection of a flow; mitmproxy then runs its error path."""
+    handler = _handler(flow)
+    if handler is None:
+        return False
+    server = flow.server_conn
+    if server.state is ConnectionState.CLOSED or server not in handler.transports:
+        return False
+    handler.close_connection(server)
+    return True
+
+
+def close_connections(flow: http.HTTPFlow, why: str) -> str:
+    """The fallback: close the upstream (or, failing that, the client) now, so nobody waits."""
+    logger.warning("kimiwire: closing the connections of %s: %s", flow.request.url, why)
+    handler = _handler(flow)
+    try:
+        if handler is not None:
+            for conn in (flow.server_conn, flow.client_conn):
+                if conn.state is not ConnectionState.CLOSED and conn in handler.transports:
+                    handler.close_connection(conn)
+                    break
+    except Exception:
+        logger.exception("kimiwire: closing the connections failed")
+    return f"closed:{why}"
+
+
+# -- error answers on HTTP/1 client connections ----------------------------------------------
+
+
+@dataclass(slots=True)
+class ErrorAnswer:
+    status: int
+    body: bytes  # a whole JSON error response body, if no response has started
+    tail: bytes  # SSE events that close a stream already under way
+
+
+_ANSWERS: dict[Any, ErrorAnswer] = {}
+_INSTALLED = False
+
+
+def set_error_answer(flow: http.HTTPFlow, answer: ErrorAnswer, replace: bool = True) -> None:
+    if replace or flow.client_conn.id not in _ANSWERS:
+        _ANSWERS[flow.client_conn.id] = answer
+
+
+def forget_error_answer(client_conn_id: Any) -> None:
+    _ANSWERS.pop(client_conn_id, None)
+
+
+def pending_error_answers() -> int:
+    return len(_ANSWERS)
+
+
+def install_error_answers() -> bool:
+    """Wrap Http1Server.send once; True when error answers can be used."""
+    global _INSTALLED
+    if _INSTALLED:
+        return True
+    if not usable():
+        return False
+    original = Http1Server.send
+
+    def send(self: Any, event: Any) -> Iterator[Any]:
+        answer = _ANSWERS.pop(self.conn.id, None) if isinstance(event, ResponseProtocolError) else None
+        if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
+            yield from original(self, event)
+            return
+        if self.response is None:
+            response = http.Response.make(
+                answer.status, answer.body, {"content-type": "application/json", "connection": "close"}
+            )
+            from mitmproxy.net.http import http1
+
+            yield commands.SendData(self.conn, http1.assemble_response(response))
+        elif answer.tail:
+            chunked = "chunked" in self.response.headers.get("transfer-encoding", "").lower()
+            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer.tail), answer.tail) if chunked else answer.tail
+            yield commands.SendData(self.conn, data)
+        yield commands.CloseConnection(self.conn)
+
+    send.__wrapped__ = original  # type: ignore[attr-defined]
+    Http1Server.send = send  # type: ignore[method-assign]
+    _INSTALLED = True
+    return True

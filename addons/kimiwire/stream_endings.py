@@ -1,0 +1,50 @@
+"""When a stream must be ended by the proxy, and why (pure: times in, a deadline out).
+
+- `done`: the client has been sent `data: [DONE]`; its body ends after `done_grace` even if the
+  upstream keeps its body open (the OpenAI SDKs read until the body ends, not until [DONE]).
+- `finished`: every choice has its `finish_reason` and the upstream went quiet for
+  `done_grace`: the client gets what is held, the finish chunk and [DONE].
+- `idle`: no upstream event for `idle_timeout` (comments and keepalives do not count): the
+  client gets what is held, an OpenAI-style error event and [DONE].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EndingLimits:
+    done_grace: float = 1.0
+    idle_timeout: float = 120.0  # 0: never
+    first_byte_timeout: float = 600.0  # 0: never
+
+
+@dataclass(slots=True)
+class StreamTimes:
+    started_at: float
+    last_event_at: float
+    done_at: float | None = None
+    finished_at: float | None = None
+
+
+def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str] | None:
+    """(monotonic time, reason) at which the stream must end, or None for never."""
+    if times.done_at is not None:
+        return times.done_at + limits.done_grace, "done"
+    if times.finished_at is not None:
+        return max(times.finished_at, times.last_event_at) + limits.done_grace, "finished"
+    if limits.idle_timeout > 0:
+        return times.last_event_at + limits.idle_timeout, "idle"
+    return None
+
+
+def parse_seconds(value: str, name: str) -> float:
+    """Option values are strings (mitmproxy options cannot be floats)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds (got {value!r})") from None
+    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"{name} must be 0 or more seconds (got {value!r})")
+    return seconds

@@ -1,0 +1,45 @@
+"""One asyncio task per repaired stream: sleeps until the stream's next deadline and asks the
+adapter to end the stream then. No mitmproxy import; the ending itself is a callback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+from .stream_callable import RepairingStream
+from .stream_endings import EndingLimits, next_deadline
+
+
+class StreamWatchdog:
+    def __init__(
+        self,
+        stream: RepairingStream,
+        limits: EndingLimits,
+        end: Callable[[str], Awaitable[str]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.end = end
+        self.clock = clock
+        self.outcome: str | None = None
+        self._wake = asyncio.Event()
+        stream.on_change = self._wake.set
+        stream.idle_timeout = limits.idle_timeout
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self.stream.ended:
+            planned = next_deadline(self.stream.times, self.limits)
+            now = self.clock()
+            if planned is not None and now >= planned[0]:
+                self.outcome = await self.end(planned[1])
+                return
+            self._wake.clear()
+            timeout = None if planned is None else planned[0] - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
