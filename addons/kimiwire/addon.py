@@ -12,9 +12,10 @@ import logging
 from collections import Counter
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http
 
 from . import flows, proxy_internals
+from .capture import CaptureFile, saved_flow
 from .openai_errors import error_body, error_event
 from .policy import (
     FLAVOR_CHOICES,
@@ -65,6 +66,8 @@ class KimiWire:
         self.limits = EndingLimits()
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._headers_seen: dict[str, asyncio.Event] = {}
+        self._upstream: dict[str, dict[str, Any]] = {}  # per flow: upstream response headers and body
+        self.capture: CaptureFile | None = None
 
     # -- options ---------------------------------------------------------------------------
 
@@ -113,6 +116,13 @@ class KimiWire:
             "stream is forwarded unrepaired.",
         )
         self._load_ending_options(loader)
+        loader.add_option(
+            "kimi_capture_dir",
+            str,
+            "captures",
+            "Folder for capture files (one per proxy run, every chat-completions flow with what the client "
+            "sent, what the upstream sent and what the client received); empty disables capturing.",
+        )
 
     def _load_ending_options(self, loader: Any) -> None:
         loader.add_option(
@@ -150,6 +160,11 @@ class KimiWire:
                 raise exceptions.OptionsError(
                     f"{name} must be one of {', '.join(choices)} (got {getattr(ctx.options, name)!r})"
                 )
+        if "kimi_capture_dir" in updated:
+            if self.capture is not None:
+                self.capture.close()
+            folder = ctx.options.kimi_capture_dir
+            self.capture = CaptureFile(folder) if folder else None
         if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
 
@@ -169,8 +184,36 @@ class KimiWire:
         counts["pending_error_answers"] = proxy_internals.pending_error_answers()
         return " ".join(f"{k}={v}" for k, v in counts.items())
 
+    @command.command("kimi.stats")
+    def stats(self) -> str:
+        """kimiwire's counters as JSON: repairs by kind, flows seen, flows with errors, bytes in and out."""
+        import orjson
+
+        counts = dict(self.counts)
+        return orjson.dumps(
+            {
+                "flows": counts.get("flows.chat", 0),
+                "flows_with_errors": counts.get("flows.error", 0) + counts.get("addon.error", 0),
+                "bytes_from_upstream": counts.get("bytes.upstream", 0),
+                "bytes_to_clients": counts.get("bytes.delivered", 0),
+                "repairs": {
+                    k: v
+                    for k, v in sorted(counts.items())
+                    if "." in k and k.split(".")[0] not in ("flows", "bytes", "ending", "addon")
+                },
+                "endings": {k[7:]: v for k, v in sorted(counts.items()) if k.startswith("ending.")},
+                "active_tasks": self.active_tasks,
+                "captured": self.capture.flows_written if self.capture else 0,
+                "capture_file": str(self.capture.path) if self.capture and self.capture.flows_written else None,
+            }
+        ).decode()
+
     def done(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
+        if self.capture is not None:
+            if self.capture.flows_written:
+                logger.info("kimiwire: %d flows captured in %s", self.capture.flows_written, self.capture.path)
+            self.capture.close()
         for tasks in self._tasks.values():
             for task in tasks:
                 task.cancel()
@@ -268,7 +311,13 @@ class KimiWire:
             return
         self.counts["flows.chat"] += 1
         policy = self.policy_for(flow)
+        flow.metadata.pop(METADATA_KEY, None)  # a replayed flow brings the record of its first run
         record = flow_record(flow)
+        record["limits"] = {
+            "done_grace": self.limits.done_grace,
+            "idle_timeout": self.limits.idle_timeout,
+            "first_byte_timeout": self.limits.first_byte_timeout,
+        }
         record["policy"] = policy.as_dict()
         try:
             raw = req.get_content(strict=True)
@@ -334,6 +383,8 @@ class KimiWire:
         headers_seen = self._headers_seen.pop(flow.id, None)
         if headers_seen is not None:
             headers_seen.set()
+        if METADATA_KEY in flow.metadata and "facts" in flow.metadata[METADATA_KEY]:
+            self._upstream[flow.id] = {"headers": response.headers.fields}
         if not flows.is_event_stream(response.headers.get("content-type", "")):
             return
         context = self._response_context(flow)
@@ -378,6 +429,41 @@ class KimiWire:
             self._finish_response(flow)
         except Exception as exc:
             self._record_error(flow, "response repair", exc)
+        self._flow_over(flow)
+
+    def _flow_over(self, flow: http.HTTPFlow) -> None:
+        """Count the flow's bytes and write it to the capture file; never raises."""
+        upstream = self._upstream.pop(flow.id, {})
+        record = flow.metadata.get(METADATA_KEY)
+        if not isinstance(record, dict) or "policy" not in record:
+            return
+        try:
+            response = flow.response
+            body = upstream.get("body")
+            if body is None and response is not None:
+                body = response.raw_content or b""
+            record.setdefault("upstream_request", flow.request.raw_content or b"")
+            if response is not None:
+                record.setdefault("delivered", response.raw_content or b"")
+                stream = response.stream
+                if isinstance(stream, RepairingStream):
+                    record["timings"] = {
+                        "request": flow.request.timestamp_start,
+                        "first_byte": stream.first_byte_at,
+                        "last_byte": stream.last_byte_at,
+                    }
+                else:
+                    record["timings"] = {
+                        "request": flow.request.timestamp_start,
+                        "first_byte": response.timestamp_start,
+                        "last_byte": response.timestamp_end,
+                    }
+            self.counts["bytes.upstream"] += len(body or b"")
+            self.counts["bytes.delivered"] += len(record.get("delivered") or b"")
+            if self.capture is not None:
+                self.capture.write(saved_flow(flow, upstream.get("headers"), body))
+        except Exception as exc:
+            self._record_error(flow, "capture", exc)
 
     def _finish_response(self, flow: http.HTTPFlow) -> None:
         self._release(flow)
@@ -396,6 +482,8 @@ class KimiWire:
                 response.content = bytes(stream.upstream)
             record = flow_record(flow)
             record["delivered"] = bytes(stream.delivered)
+            if stream.error_event is not None:
+                record["error_event"] = stream.error_event
             record["stream"] = {
                 "events_in": stream.repairer.events_in,
                 "upstream_bytes": len(stream.upstream),
@@ -414,6 +502,7 @@ class KimiWire:
         if not body:
             return
         facts, policy = context
+        self._upstream[flow.id] = {"headers": response.headers.fields, "body": response.raw_content}
         new_body, log, why = repair_completion_body(body, facts, policy)
         if why:
             self._note(flow, f"response not repaired: {why}")
@@ -430,6 +519,7 @@ class KimiWire:
             self._on_error(flow)
         except Exception as exc:
             self._record_error(flow, "error hook", exc)
+        self._flow_over(flow)
 
     def _on_error(self, flow: http.HTTPFlow) -> None:
         self._release(flow)
@@ -454,7 +544,8 @@ class KimiWire:
         elif isinstance(stream, RepairingStream) and not stream.ended:
             # Mid-stream reset or protocol error: end the stream cleanly with an error event.
             text = f"kimiwire: the upstream connection failed mid-stream: {message}"
-            tail = stream.repairer.end_with_error(error_event(text, "upstream_error", "upstream_disconnected"))
+            tail = stream.end_with_error(error_event(text, "upstream_error", "upstream_disconnected"))
+            record["error_event"] = stream.error_event
             stream.delivered += b"".join(tail)
             proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(502, b"", b"".join(tail)))
             self._ending(flow, "upstream_error_mid_stream")
@@ -462,6 +553,8 @@ class KimiWire:
             flow.response.content = bytes(stream.upstream)  # type: ignore[union-attr]
             record["delivered"] = bytes(stream.delivered)
             self._record_repairs(flow, "response", stream.repairer.log)
+            if stream.error_event is not None:
+                record["error_event"] = stream.error_event
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)

@@ -41,16 +41,17 @@ class RepairingStream:
         self.failed = False
         self.end_reason: str | None = None  # set when the proxy ends the stream: done|finished|idle
         self.idle_timeout = 0.0
-        self.first_byte_at: float | None = None
+        self.first_byte_at: float | None = None  # wall-clock times, for the capture
         self.last_byte_at: float | None = None
+        self.error_event: bytes | None = None  # the error event the stream was ended with, if any
 
     def __call__(self, data: bytes) -> list[bytes]:
         self.calls += 1
         if data:
-            now = self.clock()
+            wall = time.time()
             if self.first_byte_at is None:
-                self.first_byte_at = now
-            self.last_byte_at = now
+                self.first_byte_at = wall
+            self.last_byte_at = wall
             self.upstream += data
         else:
             self.ended = True
@@ -78,8 +79,12 @@ class RepairingStream:
     def _end(self) -> list[bytes]:
         if self.end_reason == "idle":
             message = IDLE_MESSAGE.format(seconds=self.idle_timeout)
-            return self.repairer.end_with_error(error_event(message, "upstream_timeout", "upstream_idle_timeout"))
+            return self.end_with_error(error_event(message, "upstream_timeout", "upstream_idle_timeout"))
         return self.repairer.end(drop_partial=self.end_reason is not None)
+
+    def end_with_error(self, event: bytes) -> list[bytes]:
+        self.error_event = event
+        return self.repairer.end_with_error(event)
 
     def _track(self, events_before: int) -> None:
         now = self.clock()

@@ -48,7 +48,9 @@ class Mitmdump:
             self.args += ["-s", str(ADDON)]
         if self.flows_path:
             self.args += ["-w", str(self.flows_path)]
-        for key, value in (options or {}).items():
+        self.capture_dir = tmp_path / "captures"
+        options = {"kimi_capture_dir": str(self.capture_dir), **(options or {})} if addon else dict(options or {})
+        for key, value in options.items():
             self.args += ["--set", f"{key}={value}"]
         self.args += extra_args or []
         self.lines: list[str] = []
@@ -102,9 +104,13 @@ class Mitmdump:
             assert rc == 0, f"mitmdump exited with {rc}:\n{self.output}"
             assert "Traceback" not in self.output, self.output
 
-    def read_flows(self):
+    def read_flows(self, path: pathlib.Path | None = None):
         from mitmproxy import io
 
-        assert self.flows_path
-        with open(self.flows_path, "rb") as f:
+        path = path or self.flows_path
+        assert path
+        with open(path, "rb") as f:
             return list(io.FlowReader(f).stream())
+
+    def capture_files(self) -> list[pathlib.Path]:
+        return sorted(self.capture_dir.glob("kimiwire-*.mitm"))

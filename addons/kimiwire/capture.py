@@ -1,0 +1,82 @@
+"""Capture files: every chat-completions flow, appended as it ends, to one mitmproxy flow file
+per proxy run. Readable with mitmproxy.io.FlowReader, `mitmdump -nr` and mitmweb.
+
+In each saved flow the request is what the client sent (before repair), the response is what
+the upstream sent (status, headers, full raw body), and `metadata["kimiwire"]` holds the body
+sent upstream, the body delivered to the client, the repairs, timings, flavor and policies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import time
+from typing import Any, BinaryIO
+
+from mitmproxy import http, io
+
+from .redaction import redact_header_fields
+
+logger = logging.getLogger("kimiwire")
+
+
+def saved_flow(flow: http.HTTPFlow, upstream_headers: Any = None, upstream_body: bytes | None = None) -> http.HTTPFlow:
+    """The flow as it goes into a capture: original request, raw upstream response, no secrets."""
+    state = flow.get_state()
+    backup = state.get("backup")
+    if isinstance(backup, dict) and isinstance(backup.get("request"), dict):
+        state["request"] = backup["request"]  # what the client sent, before any repair
+    state["backup"] = None
+    state["request"]["headers"] = redact_header_fields(state["request"]["headers"])
+    response = state.get("response")
+    if isinstance(response, dict):
+        if upstream_headers is not None:
+            response["headers"] = tuple(upstream_headers)
+        if upstream_body is not None:
+            response["content"] = upstream_body
+        response["headers"] = redact_header_fields(response["headers"])
+    return http.HTTPFlow.from_state(state)
+
+
+class CaptureFile:
+    """Appends flows to `<folder>/kimiwire-<start time>.mitm`, created on first use (folder 0700,
+    file 0600), flushed after every flow. A write error is logged once and never raises."""
+
+    def __init__(self, folder: str | os.PathLike[str], started_at: float | None = None) -> None:
+        self.folder = pathlib.Path(folder)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at or time.time()))
+        self.path = self.folder / f"kimiwire-{stamp}-{os.getpid()}.mitm"
+        self.flows_written = 0
+        self._file: BinaryIO | None = None
+        self._writer: io.FlowWriter | None = None
+        self._failed = False
+
+    def _open(self) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file = os.fdopen(descriptor, "ab")
+        self._writer = io.FlowWriter(self._file)
+
+    def write(self, flow: http.HTTPFlow) -> bool:
+        if self._failed:
+            return False
+        try:
+            if self._writer is None:
+                self._open()
+            assert self._writer is not None and self._file is not None
+            self._writer.add(flow)
+            self._file.flush()
+            self.flows_written += 1
+            return True
+        except Exception as exc:
+            self._failed = True
+            logger.error("kimiwire: cannot write captures to %s (%s); capturing is off for this run", self.path, exc)
+            return False
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = self._writer = None

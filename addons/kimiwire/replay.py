@@ -1,0 +1,140 @@
+"""`scripts/replay CAPTURE…`: re-run the current request and response repairs offline on each
+saved flow and show what would change compared with what was delivered at the time.
+
+Exit status: 0 when every flow would be delivered the same, 1 when any differs, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mitmproxy import http, io
+
+from .policy import (
+    FLAVOR_CHOICES,
+    REASONING_CHOICES,
+    REASONING_FIELD_CHOICES,
+    TOOL_IDS_CHOICES,
+    TOOL_STREAM_CHOICES,
+    Flavor,
+    Policy,
+    resolve_flavor,
+)
+from .rerun import compare, rerun_exchange
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/replay",
+        description="Re-run kimiwire's repairs offline on captured flows and report what would change.",
+    )
+    parser.add_argument("captures", nargs="+", type=pathlib.Path, help="capture files (mitmproxy flow files)")
+    parser.add_argument("--flavor", choices=FLAVOR_CHOICES, help="override the flavor recorded in each flow")
+    parser.add_argument("--tool-ids", choices=TOOL_IDS_CHOICES)
+    parser.add_argument("--reasoning", choices=REASONING_CHOICES)
+    parser.add_argument("--tool-stream", choices=TOOL_STREAM_CHOICES)
+    parser.add_argument("--reasoning-field", choices=REASONING_FIELD_CHOICES)
+    parser.add_argument("--stream-buffer-limit", type=int)
+    parser.add_argument("-w", "--write", type=pathlib.Path, help="write the re-repaired flows to this flow file")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only flows that differ and the summary")
+    return parser
+
+
+def policy_for(flow: http.HTTPFlow, recorded: dict[str, Any], args: argparse.Namespace) -> Policy:
+    base = Policy.from_dict(recorded) if recorded else Policy.build(Flavor.SELFHOSTED)
+    flavor = base.flavor if args.flavor is None else resolve_flavor(args.flavor, flow.request.host)
+    reasoning = args.reasoning
+    if reasoning is None:
+        # The recorded policy has `auto` resolved already; a new flavor re-resolves `auto`.
+        reasoning = base.reasoning if args.flavor is None else "auto"
+    return Policy.build(
+        flavor,
+        tool_ids=args.tool_ids or base.tool_ids,
+        reasoning=reasoning,
+        tool_stream=args.tool_stream or base.tool_stream,
+        reasoning_field=args.reasoning_field or base.reasoning_field,
+        stream_buffer_limit=args.stream_buffer_limit or base.stream_buffer_limit,
+    )
+
+
+def _read(paths: Sequence[pathlib.Path]) -> list[tuple[pathlib.Path, http.HTTPFlow]]:
+    found: list[tuple[pathlib.Path, http.HTTPFlow]] = []
+    for path in paths:
+        with open(path, "rb") as f:
+            for flow in io.FlowReader(f).stream():
+                if isinstance(flow, http.HTTPFlow):
+                    found.append((path, flow))
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        captured = _read(args.captures)
+    except (OSError, ValueError) as exc:
+        print(f"replay: cannot read the captures: {exc}", file=sys.stderr)
+        return 2
+    differing = skipped = 0
+    rewritten: list[http.HTTPFlow] = []
+    for number, (path, flow) in enumerate(captured, 1):
+        record = flow.metadata.get("kimiwire")
+        title = f"[{number}] {path.name}: {flow.request.method} {flow.request.pretty_url}"
+        if not isinstance(record, dict) or "policy" not in record or flow.response is None:
+            skipped += 1
+            if not args.quiet:
+                print(f"{title}\n    skipped: no kimiwire record or no response")
+            continue
+        policy = policy_for(flow, record["policy"], args)
+        client_request = flow.request.get_content(strict=False) or b""
+        upstream_body = flow.response.get_content(strict=False) or b""
+        content_type = flow.response.headers.get("content-type", "")
+        result = rerun_exchange(
+            client_request,
+            flow.response.status_code,
+            content_type,
+            upstream_body,
+            policy,
+            ending=record.get("ending"),
+            error_event=record.get("error_event"),
+        )
+        old_request = record.get("upstream_request") or client_request
+        old_delivered = record.get("delivered") or upstream_body
+        lines = compare(old_request, result.upstream_request, old_delivered, result.delivered, content_type)
+        policy_text = f"{policy.flavor.value}/ids={policy.tool_ids}/reasoning={policy.reasoning}"
+        if lines:
+            differing += 1
+            print(f"{title}\n    policy {policy_text}: DIFFERS")
+            print("\n".join("    " + line for line in lines))
+        elif not args.quiet:
+            print(f"{title}\n    policy {policy_text}: same")
+        if args.write:
+            copy = flow.copy()
+            new_record = dict(record)
+            new_record.update(
+                policy=policy.as_dict(),
+                upstream_request=result.upstream_request,
+                delivered=result.delivered,
+                repairs=[{**r, "phase": "request"} for r in result.request_log.as_list()]
+                + [{**r, "phase": "response"} for r in result.response_log.as_list()],
+            )
+            copy.metadata["kimiwire"] = new_record
+            rewritten.append(copy)
+    if args.write:
+        with open(args.write, "wb") as f:
+            writer = io.FlowWriter(f)
+            for flow in rewritten:
+                writer.add(flow)
+    compared = len(captured) - skipped
+    print(f"summary: {compared} flows compared, {differing} differ, {skipped} skipped")
+    if not captured:
+        print("replay: no flows in the given files", file=sys.stderr)
+        return 2
+    return 1 if differing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

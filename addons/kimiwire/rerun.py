@@ -1,0 +1,123 @@
+"""Re-running the repairs offline on a saved exchange (sans-IO): what would the upstream get and
+the client receive now, with the current policy. Used by `scripts/replay`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import flows
+from .assembled import AssembledResponse, assemble
+from .policy import Policy
+from .repairs import RepairLog
+from .request_repair import RequestFacts, repair_request_body
+from .response_repair import repair_completion_body
+from .stream_repair import StreamRepairer
+
+
+@dataclass
+class Rerun:
+    upstream_request: bytes
+    delivered: bytes
+    facts: RequestFacts
+    request_log: RepairLog
+    response_log: RepairLog
+
+
+def rerun_exchange(
+    client_request: bytes,
+    status: int,
+    content_type: str,
+    upstream_body: bytes,
+    policy: Policy,
+    ending: str | None = None,
+    error_event: bytes | None = None,
+) -> Rerun:
+    """`ending` and `error_event` say how the live stream ended, so a stream the proxy cut short
+    (idle timeout, upstream failure) is cut the same way."""
+    request = repair_request_body(client_request, policy)
+    upstream_request = request.body if request.body is not None else client_request
+    response_log = RepairLog()
+    delivered = upstream_body
+    if request.skipped is None and status < 400:
+        if flows.is_event_stream(content_type):
+            repairer = StreamRepairer(request.facts, policy)
+            out = repairer.feed(upstream_body)
+            if error_event is not None:
+                out += repairer.end_with_error(error_event)
+            else:
+                out += repairer.end(drop_partial=ending is not None and ending.startswith("proxy_"))
+            delivered = b"".join(out)
+            response_log = repairer.log
+        elif flows.is_json(content_type):
+            new_body, response_log, _ = repair_completion_body(upstream_body, request.facts, policy)
+            delivered = new_body if new_body is not None else upstream_body
+    return Rerun(upstream_request, delivered, request.facts, request.log, response_log)
+
+
+def _request_ids(body: bytes) -> list[tuple[str, Any]]:
+    import orjson
+
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    ids: list[tuple[str, Any]] = []
+    for message in data.get("messages") or [] if isinstance(data, dict) else []:
+        if not isinstance(message, dict):
+            continue
+        for call in message.get("tool_calls") or []:
+            if isinstance(call, dict):
+                ids.append(("call", call.get("id")))
+        if message.get("role") == "tool":
+            ids.append(("result", message.get("tool_call_id")))
+    return ids
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_differences(
+    old_request: bytes, new_request: bytes, old: AssembledResponse, new: AssembledResponse
+) -> list[str]:
+    """Readable lines for what changed: request ids, then per choice finish_reason, tool calls, text."""
+    lines: list[str] = []
+    old_ids, new_ids = _request_ids(old_request), _request_ids(new_request)
+    if old_ids != new_ids:
+        lines.append("upstream request ids:")
+        for (kind, before), (_, after) in zip(old_ids, new_ids, strict=False):
+            marker = " " if before == after else "~"
+            lines.append(f"  {marker} {kind:6} {before} -> {after}" if before != after else f"    {kind:6} {after}")
+        if len(old_ids) != len(new_ids):
+            lines.append(f"  ~ {len(old_ids)} ids before, {len(new_ids)} now")
+    for index in sorted(set(old.choices) | set(new.choices)):
+        before = old.choices.get(index)
+        after = new.choices.get(index)
+        b = before.as_dict() if before else {}
+        a = after.as_dict() if after else {}
+        if b.get("finish_reason") != a.get("finish_reason"):
+            lines.append(f"choice {index} finish_reason: {b.get('finish_reason')} -> {a.get('finish_reason')}")
+        if b.get("tool_calls") != a.get("tool_calls"):
+            lines.append(f"choice {index} tool calls:")
+            for call in b.get("tool_calls") or []:
+                lines.append(f"  - {call['id']} {call['name']} {_short(call['arguments'])}")
+            for call in a.get("tool_calls") or []:
+                lines.append(f"  + {call['id']} {call['name']} {_short(call['arguments'])}")
+        for key in ("content", "reasoning"):
+            if b.get(key) != a.get(key):
+                lines.append(f"choice {index} {key}: {_short(b.get(key))!r} -> {_short(a.get(key))!r}")
+    if old.errors != new.errors:
+        lines.append(f"errors: {_short(old.errors)} -> {_short(new.errors)}")
+    if old.done != new.done:
+        lines.append(f"[DONE]: {old.done} -> {new.done}")
+    return lines
+
+
+def compare(
+    old_request: bytes, new_request: bytes, old_delivered: bytes, new_delivered: bytes, content_type: str
+) -> list[str]:
+    return describe_differences(
+        old_request, new_request, assemble(old_delivered, content_type), assemble(new_delivered, content_type)
+    )
