@@ -123,6 +123,12 @@ class KimiWire:
             "Folder for capture files (one per proxy run, every chat-completions flow with what the client "
             "sent, what the upstream sent and what the client received); empty disables capturing.",
         )
+        loader.add_option(
+            "kimi_capture_name",
+            str,
+            "",
+            "File name of this run's capture in kimi_capture_dir (default kimiwire-<start time>-<pid>.mitm).",
+        )
 
     def _load_ending_options(self, loader: Any) -> None:
         loader.add_option(
@@ -160,11 +166,14 @@ class KimiWire:
                 raise exceptions.OptionsError(
                     f"{name} must be one of {', '.join(choices)} (got {getattr(ctx.options, name)!r})"
                 )
-        if "kimi_capture_dir" in updated:
+        if updated & {"kimi_capture_dir", "kimi_capture_name"}:
+            name = ctx.options.kimi_capture_name
+            if "/" in name or name in (".", ".."):
+                raise exceptions.OptionsError("kimi_capture_name must be a plain file name")
             if self.capture is not None:
                 self.capture.close()
             folder = ctx.options.kimi_capture_dir
-            self.capture = CaptureFile(folder) if folder else None
+            self.capture = CaptureFile(folder, name) if folder else None
         if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
 
@@ -177,6 +186,8 @@ class KimiWire:
             logger.info("kimiwire: connection_strategy set to lazy, so upstream failures reach clients as errors")
         if not proxy_internals.install_error_answers():
             logger.warning("kimiwire: upstream failures will reach clients as mitmproxy's HTML error page")
+        if self.capture is not None:
+            logger.info("kimiwire: chat flows are captured in %s", self.capture.path)
 
     def stats_summary(self) -> str:
         counts = dict(sorted(self.counts.items()))

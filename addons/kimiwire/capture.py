@@ -44,10 +44,12 @@ class CaptureFile:
     """Appends flows to `<folder>/kimiwire-<start time>.mitm`, created on first use (folder 0700,
     file 0600), flushed after every flow. A write error is logged once and never raises."""
 
-    def __init__(self, folder: str | os.PathLike[str], started_at: float | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike[str], name: str = "", started_at: float | None = None) -> None:
         self.folder = pathlib.Path(folder)
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at or time.time()))
-        self.path = self.folder / f"kimiwire-{stamp}-{os.getpid()}.mitm"
+        if not name:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at or time.time()))
+            name = f"kimiwire-{stamp}-{os.getpid()}.mitm"
+        self.path = self.folder / name
         self.flows_written = 0
         self._file: BinaryIO | None = None
         self._writer: io.FlowWriter | None = None

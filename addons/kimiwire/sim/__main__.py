@@ -1,0 +1,74 @@
+"""`scripts/sim`: run the Kimi server simulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from .server import SETTINGS_HEADER, Simulator
+from .settings import BROKEN_HISTORY, SHAPES, SimSettings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/sim",
+        description="An OpenAI-compatible Kimi K2 server simulator (127.0.0.1 only). Per request, the header "
+        f"'{SETTINGS_HEADER}: shape=vllm, interleave, fault=stall:3' or a model name like "
+        "'kimi-k2-thinking@shape=vllm,interleave' overrides these defaults.",
+    )
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--shape", choices=SHAPES, default="sglang")
+    parser.add_argument("--fragments", type=int, default=4, help="argument fragments per tool call")
+    parser.add_argument("--interleave", action="store_true", help="interleave parallel calls' fragments")
+    parser.add_argument("--reasoning-between", action="store_true", help="reasoning deltas between fragments")
+    parser.add_argument("--whole", action="store_true", help="every tool call whole, in one chunk")
+    parser.add_argument("--no-reasoning", action="store_true")
+    parser.add_argument(
+        "--broken-history",
+        choices=BROKEN_HISTORY,
+        default="markup",
+        help="what the model does after non-canonical ids in history",
+    )
+    parser.add_argument(
+        "--fault", default="none", help="none | stall:N | done-open | reset:N | status:CODE | slow-first-byte:SECONDS"
+    )
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between events")
+    parser.add_argument("--hold", type=float, default=300.0, help="seconds a stall or done-open lasts")
+    args = parser.parse_args(argv)
+    settings = SimSettings(
+        args.shape,
+        args.fragments,
+        args.interleave,
+        args.reasoning_between,
+        args.whole,
+        not args.no_reasoning,
+        args.broken_history,
+        args.fault,
+        args.delay,
+        args.hold,
+    )
+    try:
+        settings.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    async def run() -> None:
+        simulator = Simulator(settings, port=args.port)
+        await simulator.start()
+        print(f"kimiwire simulator listening at {simulator.url} (shape {settings.shape})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await simulator.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

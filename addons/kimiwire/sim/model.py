@@ -1,0 +1,122 @@
+"""The scripted model: deterministic, and as sensitive to broken history as Kimi is.
+
+The last user message is a task in steps separated by "then"; each step asks for one or more
+tool calls joined by "and": `read PATH`, `run `COMMAND``, or `call NAME {json}`. Turn k of the
+current task makes the calls of step k (several calls = parallel calls); once every step has had
+its results, the model answers in text. Only declared tools are called.
+
+Kimi copies the tool-call ids it sees: when the history holds ids that are not canonical
+(`functions.NAME:K`, K counting every call from 0), the model writes its next call with the
+broken pattern, the server's parser fails, and the call reaches the client as raw markup in
+`content` with `finish_reason: stop` (or the turn comes back empty). Sources: shared notes,
+kimi-wire-format.md §1.3 (sglang #21377, #25218, #25358; vLLM blog), §9.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+_STEP_SPLIT = re.compile(r"\bthen\b|;|\n", re.I)
+_READ = re.compile(r"\bread\s+(?P<path>[^\s,;]+)", re.I)
+_RUN = re.compile(r"\b(?:run|exec)\s+`(?P<command>[^`]+)`", re.I)
+_CALL = re.compile(r"\bcall\s+(?P<name>[\w\-]+)\s+(?P<args>\{.*?\})(?=\s+and\b|\s*$)", re.I)
+CANONICAL_ID = re.compile(r"^functions\.[A-Za-z0-9_\-]+:(?P<index>\d+)$")
+
+
+@dataclass
+class PlannedCall:
+    name: str
+    arguments: str  # JSON object text
+
+
+@dataclass
+class TurnPlan:
+    reasoning: str = ""
+    content: str = ""
+    calls: list[PlannedCall] = field(default_factory=list)
+    history_calls: int = 0  # tool calls in the request's history: the next id's number
+    poisoned_by: str | None = None  # the broken id the model copied, if it did
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.calls else "stop"
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _steps(task: str, declared: set[str]) -> list[list[PlannedCall]]:
+    steps: list[list[PlannedCall]] = []
+    for part in _STEP_SPLIT.split(task):
+        calls: list[tuple[int, PlannedCall]] = []
+        for match in _READ.finditer(part):
+            if "read" in declared:
+                calls.append((match.start(), PlannedCall("read", orjson.dumps({"path": match["path"]}).decode())))
+        for match in _RUN.finditer(part):
+            if "exec" in declared:
+                calls.append((match.start(), PlannedCall("exec", orjson.dumps({"command": match["command"]}).decode())))
+        for match in _CALL.finditer(part):
+            if match["name"] in declared:
+                calls.append(
+                    (match.start(), PlannedCall(match["name"], orjson.dumps(orjson.loads(match["args"])).decode()))
+                )
+        if calls:
+            steps.append([c for _, c in sorted(calls, key=lambda pair: pair[0])])
+    return steps
+
+
+def broken_history_id(messages: list[Any]) -> str | None:
+    """The first history id a Kimi model would be confused by (non-canonical or out of order)."""
+    k = 0
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        for call in message.get("tool_calls") or []:
+            call_id = call.get("id") if isinstance(call, dict) else None
+            match = CANONICAL_ID.match(call_id) if isinstance(call_id, str) else None
+            if match is None or int(match["index"]) != k:
+                return str(call_id)
+            k += 1
+    return None
+
+
+def copied_id(broken: str, name: str, k: int) -> str:
+    """The id a model writes after copying a broken pattern from history."""
+    if broken.startswith("call"):
+        return f"call_{k}"
+    if ":" in broken and not broken.startswith("functions."):
+        return f"{name}:{k}"
+    return f"functions{name}{k}"
+
+
+def plan_turn(body: dict[str, Any]) -> TurnPlan:
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    declared = {
+        t["function"]["name"]
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+    }
+    history_calls = sum(len(m.get("tool_calls") or []) for m in messages if m.get("role") == "assistant")
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    task = _text(messages[last_user].get("content")) if last_user >= 0 else ""
+    turns_done = sum(1 for m in messages[last_user + 1 :] if m.get("role") == "assistant" and m.get("tool_calls"))
+    steps = _steps(task, declared)
+    plan = TurnPlan(history_calls=history_calls, poisoned_by=broken_history_id(messages))
+    if turns_done < len(steps):
+        plan.calls = steps[turns_done]
+        names = " and ".join(f"{c.name} {c.arguments}" for c in plan.calls)
+        plan.reasoning = f"Step {turns_done + 1} of {len(steps)}: I should call {names}."
+        return plan
+    results = [_text(m.get("content")) for m in messages[last_user + 1 :] if m.get("role") == "tool"]
+    plan.reasoning = f"All {len(steps)} steps are done; I will summarise." if steps else "A greeting."
+    plan.content = ("Done. " + " | ".join(results)) if results else "Hello! Ask me to read a file or run a command."
+    return plan

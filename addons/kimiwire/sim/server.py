@@ -1,0 +1,248 @@
+"""The simulator's HTTP/1.1 server (asyncio, 127.0.0.1): chunked SSE as uvicorn-based SGLang and
+vLLM servers send it, keep-alive, and the transport faults (stall, [DONE] with the body left open,
+reset, error status, slow first byte)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .model import plan_turn
+from .settings import SimSettings, settings_for_request
+from .shapes import DONE, completion_body, effective_plan, stream_chunks
+
+SETTINGS_HEADER = "x-kimi-sim"
+
+
+@dataclass
+class SimRequest:
+    """What the simulator received, for tests and the demo (GET /_sim/requests)."""
+
+    at: float
+    path: str
+    body: Any
+    settings: str
+    tool_call_ids: list[str] = field(default_factory=list)
+    poisoned_by: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "path": self.path,
+            "settings": self.settings,
+            "tool_call_ids": self.tool_call_ids,
+            "poisoned_by": self.poisoned_by,
+            "body": self.body,
+        }
+
+
+def _status_line(code: int) -> bytes:
+    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+    return f"HTTP/1.1 {code} {reasons.get(code, 'Error')}\r\n".encode()
+
+
+def _headers(pairs: list[tuple[str, str]]) -> bytes:
+    return b"".join(f"{k}: {v}\r\n".encode() for k, v in pairs) + b"\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Simulator:
+    def __init__(self, defaults: SimSettings | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.defaults = defaults or SimSettings()
+        self.defaults.validate()
+        self.host = host
+        self.port = port
+        self.requests: deque[SimRequest] = deque(maxlen=2000)
+        self._server: asyncio.AbstractServer | None = None
+        self._counter = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, value = line.split(":", 1)
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                body = await reader.readexactly(length) if length else b""
+                keep_alive = await self._respond(method, path, headers, body, writer)
+                if not keep_alive or headers.get("connection", "").lower() == "close":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _respond(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
+        route = path.split("?", 1)[0].rstrip("/")
+        if route == "/_sim/requests":
+            if method == "DELETE":
+                self.requests.clear()
+            return await self._json(writer, 200, [r.as_dict() for r in self.requests])
+        if route.endswith("/models") and method == "GET":
+            return await self._json(
+                writer,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "kimi-k2-thinking", "object": "model", "owned_by": "kimiwire-simulator"}],
+                },
+            )
+        if route in ("/health", "/_sim/health"):
+            return await self._json(writer, 200, {"ok": True})
+        if method != "POST" or not route.endswith("/chat/completions"):
+            return await self._json(writer, 404, _error("not found", "invalid_request_error", 404))
+        try:
+            request = orjson.loads(body)
+            assert isinstance(request, dict)
+            settings = settings_for_request(self.defaults, headers.get(SETTINGS_HEADER), request.get("model"))
+        except (orjson.JSONDecodeError, AssertionError):
+            return await self._json(writer, 400, _error("body must be a JSON object", "invalid_request_error", 400))
+        except ValueError as exc:
+            return await self._json(writer, 400, _error(str(exc), "invalid_request_error", 400))
+        plan = plan_turn(request)
+        ids = [
+            c.get("id")
+            for m in request.get("messages") or []
+            if isinstance(m, dict)
+            for c in (m.get("tool_calls") or [])
+            if isinstance(c, dict)
+        ]
+        _, leaked = effective_plan(plan, settings)
+        self.requests.append(
+            SimRequest(
+                time.time(),
+                path,
+                request,
+                headers.get(SETTINGS_HEADER, ""),
+                ids,
+                plan.poisoned_by if leaked is not None else None,
+            )
+        )
+        self._counter += 1
+        request_id = f"chatcmpl-sim{self._counter:06d}"
+        fault, _, argument = settings.fault.partition(":")
+        if fault == "slow-first-byte":
+            await asyncio.sleep(float(argument))
+        if fault == "reset" and int(argument) == 0:
+            _reset(writer)
+            return False
+        if fault == "status":
+            code = int(argument)
+            return await self._json(writer, code, _error(f"simulated HTTP {code}", "simulated_error", code))
+        model = str(request.get("model") or "kimi-k2-thinking")
+        if request.get("stream") is not True:
+            return await self._json(writer, 200, completion_body(plan, settings, model, request_id))
+        stream_options = request.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        chunks = stream_chunks(plan, settings, model, include_usage, request_id)
+        return await self._stream(writer, chunks, settings, fault, argument)
+
+    async def _stream(
+        self, writer: asyncio.StreamWriter, chunks: list[Any], settings: SimSettings, fault: str, argument: str
+    ) -> bool:
+        writer.write(
+            _status_line(200)
+            + _headers(
+                [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("transfer-encoding", "chunked")]
+            )
+        )
+        await writer.drain()
+        limit = int(argument) if fault in ("stall", "reset") else None
+        for n, item in enumerate(chunks):
+            if limit is not None and n >= limit:
+                if fault == "reset":
+                    _reset(writer)
+                    return False
+                await asyncio.sleep(settings.hold)  # stall: nothing more, body left open
+                return False
+            if n and settings.delay:
+                await asyncio.sleep(settings.delay)
+            data = b"data: [DONE]\n\n" if item == DONE else b"data: " + orjson.dumps(item) + b"\n\n"
+            writer.write(_chunk(data))
+            await writer.drain()
+        if fault == "done-open":
+            await asyncio.sleep(settings.hold)
+            return False
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def _json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> bool:
+        data = orjson.dumps(payload)
+        writer.write(
+            _status_line(status)
+            + _headers([("content-type", "application/json"), ("content-length", str(len(data)))])
+            + data
+        )
+        await writer.drain()
+        return True
+
+
+def _error(message: str, error_type: str, code: int) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "code": code}}
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+class SimulatorThread:
+    """The simulator on its own event loop in a background thread (tests, demo, benchmarks)."""
+
+    def __init__(self, defaults: SimSettings | None = None, port: int = 0) -> None:
+        self.simulator = Simulator(defaults, port=port)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kimiwire-simulator", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.simulator.url
+
+    def __enter__(self) -> SimulatorThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -1,0 +1,77 @@
+"""Simulator settings: shape, fragmentation, model behaviour and transport faults.
+
+Set by command-line flags (the defaults) and per request by the header
+`x-kimi-sim: shape=vllm, interleave, fault=stall:3` or a model-name suffix
+`kimi-k2-thinking@shape=vllm,interleave`, so one running simulator serves every test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+SHAPES = ("sglang", "vllm", "moonshot", "deepinfra")
+BROKEN_HISTORY = ("markup", "empty", "off")
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    shape: str = "sglang"
+    fragments: int = 4  # argument fragments per tool call
+    interleave: bool = False  # parallel calls' fragments interleaved (idx0, idx1, idx0, ...)
+    reasoning_between: bool = False  # a reasoning delta between argument fragments
+    whole: bool = False  # every call whole, in one chunk
+    reasoning: bool = True
+    broken_history: str = "markup"  # what a model fed non-canonical ids does: markup | empty | off
+    fault: str = "none"  # none | stall:N | done-open | reset:N | status:CODE | slow-first-byte:SECONDS
+    delay: float = 0.0  # seconds between events
+    hold: float = 300.0  # how long stall and done-open keep the connection
+    answer_events: int = 0  # extra content events in text answers (benchmarks)
+
+    def with_overrides(self, text: str) -> SimSettings:
+        """Apply `key=value` / `flag` items separated by commas or semicolons."""
+        changes: dict[str, object] = {}
+        kinds = {f.name: f.type for f in fields(self)}
+        for item in text.replace(";", ",").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key not in kinds:
+                raise ValueError(f"unknown simulator setting {key!r}")
+            kind = kinds[key]
+            if kind in ("bool", bool):
+                changes[key] = value.strip().lower() not in ("0", "false", "no", "off") if value else True
+            elif kind in ("int", int):
+                changes[key] = int(value)
+            elif kind in ("float", float):
+                changes[key] = float(value)
+            else:
+                changes[key] = value.strip()
+        result = replace(self, **changes)  # type: ignore[arg-type]
+        result.validate()
+        return result
+
+    def validate(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
+        if self.broken_history not in BROKEN_HISTORY:
+            raise ValueError(f"broken_history must be one of {', '.join(BROKEN_HISTORY)}")
+        kind, _, argument = self.fault.partition(":")
+        if kind not in ("none", "stall", "done-open", "reset", "status", "slow-first-byte"):
+            raise ValueError(f"unknown fault {self.fault!r}")
+        if kind in ("stall", "reset", "status"):
+            int(argument)
+        if kind == "slow-first-byte":
+            float(argument)
+        if self.fragments < 1:
+            raise ValueError("fragments must be at least 1")
+
+
+def settings_for_request(defaults: SimSettings, header: str | None, model: str | None) -> SimSettings:
+    settings = defaults
+    if model and "@" in model:
+        settings = settings.with_overrides(model.split("@", 1)[1])
+    if header:
+        settings = settings.with_overrides(header)
+    return settings

@@ -1,0 +1,179 @@
+"""A planned turn rendered the way each server puts it on the wire (sans-IO: dicts out).
+
+Shapes, from the shared notes (kimi-wire-format.md §3-4, §6-7; openclaw-client.md §1.3):
+- sglang: role chunk with `content: ""`; `reasoning_content`; first tool delta with id, name and
+  `arguments: ""`, later deltas `id: null, name: null`; a separate finish chunk; ids
+  `functions.NAME:H+i`; usage in a `choices: []` chunk when asked for.
+- vllm: `reasoning` instead of `reasoning_content` (vLLM >= 0.17); first tool delta without an
+  `arguments` key; then `{index, function: {arguments}}` diffs.
+- moonshot: tool deltas without `index`; ids without the `functions.` prefix (`read:3`); `usage`
+  inside `choices[0]` of the finish chunk.
+- deepinfra: no DeepInfra-specific quirk is documented (§6); OpenAI-like deltas with `index` on
+  every fragment and `reasoning_content` (as opencode declares for DeepInfra's Kimi models).
+Fragmentation: N argument fragments, reasoning deltas between fragments, interleaved parallel
+calls, or every call whole in one chunk. A model poisoned by broken history writes raw markup.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .model import PlannedCall, TurnPlan, copied_id
+from .settings import SimSettings
+
+DONE = "[DONE]"
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    if not text:
+        return []
+    size = max(1, -(-len(text) // max(1, n)))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def server_id(shape: str, name: str, number: int) -> str:
+    return f"{name}:{number}" if shape == "moonshot" else f"functions.{name}:{number}"
+
+
+def _reasoning_key(shape: str) -> str:
+    return "reasoning" if shape == "vllm" else "reasoning_content"
+
+
+def markup_text(plan: TurnPlan, poisoned_by: str) -> str:
+    parts = [
+        f"<|tool_call_begin|>{copied_id(poisoned_by, c.name, plan.history_calls + i)}"
+        f"<|tool_call_argument_begin|>{c.arguments}<|tool_call_end|>"
+        for i, c in enumerate(plan.calls)
+    ]
+    return "<|tool_calls_section_begin|>" + "".join(parts) + "<|tool_calls_section_end|>"
+
+
+def effective_plan(plan: TurnPlan, settings: SimSettings) -> tuple[TurnPlan, str | None]:
+    """The turn as the client will see it: a poisoned model's calls become markup (or nothing)."""
+    poisoned = (
+        plan.calls
+        and plan.poisoned_by is not None
+        and settings.broken_history != "off"
+        and settings.shape != "moonshot"
+    )
+    if not poisoned:
+        return plan, None
+    assert plan.poisoned_by is not None
+    text = markup_text(plan, plan.poisoned_by) if settings.broken_history == "markup" else ""
+    return TurnPlan(plan.reasoning, text, [], plan.history_calls, plan.poisoned_by), text
+
+
+def _usage(plan: TurnPlan) -> dict[str, int]:
+    completion = len(plan.reasoning) // 4 + len(plan.content) // 4 + 8 * len(plan.calls)
+    return {"prompt_tokens": 100, "completion_tokens": completion, "total_tokens": 100 + completion}
+
+
+def _tool_deltas(calls: list[PlannedCall], plan: TurnPlan, settings: SimSettings) -> list[dict[str, Any]]:
+    """The deltas (values of `delta`) that carry the tool calls, in wire order."""
+    shape = settings.shape
+    reasoning_key = _reasoning_key(shape)
+
+    def first(i: int, call: PlannedCall, arguments: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": server_id(shape, call.name, plan.history_calls + i), "type": "function"}
+        function: dict[str, Any] = {"name": call.name}
+        if arguments is not None:
+            function["arguments"] = arguments
+        entry["function"] = function
+        if shape != "moonshot":
+            entry = {"index": i, **entry}
+        return entry
+
+    def fragment(i: int, piece: str) -> dict[str, Any]:
+        if shape == "sglang":
+            return {"id": None, "index": i, "type": "function", "function": {"name": None, "arguments": piece}}
+        if shape == "moonshot":
+            return {"function": {"arguments": piece}}
+        return {"index": i, "function": {"arguments": piece}}
+
+    if settings.whole:
+        return [{"tool_calls": [first(i, c, c.arguments) for i, c in enumerate(calls)]}]
+    first_arguments = None if shape == "vllm" else ""
+    pieces = [_pieces(c.arguments, settings.fragments) for c in calls]
+    deltas: list[dict[str, Any]] = []
+    # Without an index nobody (client or proxy) can tell interleaved fragments apart, and Moonshot's
+    # index-less deltas come one call after the other.
+    if settings.interleave and len(calls) > 1 and shape != "moonshot":
+        deltas += [{"tool_calls": [first(i, c, first_arguments)]} for i, c in enumerate(calls)]
+        for k in range(max(len(p) for p in pieces)):
+            for i, p in enumerate(pieces):
+                if k < len(p):
+                    deltas.append({"tool_calls": [fragment(i, p[k])]})
+                    if settings.reasoning_between and k == 0:
+                        deltas.append({reasoning_key: " (checking the arguments)"})
+        return deltas
+    for i, call in enumerate(calls):
+        deltas.append({"tool_calls": [first(i, call, first_arguments)]})
+        for k, piece in enumerate(pieces[i]):
+            deltas.append({"tool_calls": [fragment(i, piece)]})
+            if settings.reasoning_between and k == 0:
+                deltas.append({reasoning_key: " (checking the arguments)"})
+    return deltas
+
+
+def stream_chunks(
+    plan: TurnPlan, settings: SimSettings, model: str, include_usage: bool, request_id: str = "chatcmpl-sim"
+) -> list[dict[str, Any] | str]:
+    """Every chunk of the streamed answer, then "[DONE]"."""
+    plan, _ = effective_plan(plan, settings)
+    created = int(time.time())
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choice.update(extra)
+        return {**base, "choices": [choice]}
+
+    chunks: list[dict[str, Any] | str] = [chunk({"role": "assistant", "content": ""})]
+    if settings.reasoning and plan.reasoning:
+        key = _reasoning_key(settings.shape)
+        chunks += [chunk({key: piece}) for piece in _pieces(plan.reasoning, 3)]
+    content_pieces = _pieces(plan.content, 4 + settings.answer_events)
+    chunks += [chunk({"content": piece}) for piece in content_pieces]
+    chunks += [chunk(delta) for delta in _tool_deltas(plan.calls, plan, settings)]
+    usage = _usage(plan)
+    if settings.shape == "moonshot":
+        chunks.append(chunk({}, plan.finish_reason, usage=usage))
+    else:
+        chunks.append(chunk({}, plan.finish_reason))
+        if include_usage:
+            chunks.append({**base, "choices": [], "usage": usage})
+    chunks.append(DONE)
+    return chunks
+
+
+def completion_body(plan: TurnPlan, settings: SimSettings, model: str, request_id: str = "chatcmpl-sim") -> dict:
+    """The non-streaming answer."""
+    plan, _ = effective_plan(plan, settings)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": plan.content or ("" if settings.shape == "sglang" else None),
+    }
+    if settings.reasoning and plan.reasoning:
+        message[_reasoning_key(settings.shape)] = plan.reasoning
+    if plan.calls:
+        message["tool_calls"] = [
+            {
+                "id": server_id(settings.shape, c.name, plan.history_calls + i),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for i, c in enumerate(plan.calls)
+        ]
+    choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}
+    usage = _usage(plan)
+    if settings.shape == "moonshot":
+        choice["usage"] = usage
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage,
+    }
