@@ -21,10 +21,17 @@ class ArgumentsFix:
     value: Any = None  # the decoded object when `text` is a JSON object, else None
 
 
+# orjson decodes one long string value with a transient peak of about 13x its size; the stdlib
+# decoder stays near 1x, which matters more than speed for megabyte-sized arguments.
+_LARGE_TEXT = 256 * 1024
+
+
 def _loads(text: str) -> tuple[bool, Any]:
     try:
+        if len(text) > _LARGE_TEXT:
+            return True, _DECODER.decode(text)
         return True, orjson.loads(text)
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, JSONDecodeError):
         return False, None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from .arguments import fix_history_arguments
 from .repairs import RepairLog
 
@@ -22,6 +24,12 @@ def repair_history_arguments(messages: list[Any], log: RepairLog) -> None:
             if not isinstance(function, dict):
                 continue
             before = function.get("arguments")
+            if type(before) is str and before[:1] == "{":
+                try:
+                    if type(orjson.loads(before)) is dict:
+                        continue  # the usual case: already a JSON object
+                except orjson.JSONDecodeError:
+                    pass
             fixed = fix_history_arguments(before)
             if fixed.kind is not None:
                 function["arguments"] = fixed.text

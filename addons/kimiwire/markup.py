@@ -100,6 +100,15 @@ class MarkupScanner:
         self.declared = declared
         self.pending = ""
 
+    def passes_unchanged(self, text: str) -> bool:
+        """True when `feed(text)` would return `text` itself and hold nothing (a cheap check)."""
+        return (
+            not self.pending
+            and MARKER_PREFIX not in text
+            and (not self.declared or BARE_PREFIX not in text)
+            and not self._holdback(text)
+        )
+
     def feed(self, text: str) -> tuple[str, list[RecoveredCall]]:
         if (
             not self.pending
@@ -154,6 +163,9 @@ class MarkupScanner:
         return min(marker, bare)
 
     def _holdback(self, text: str) -> int:
+        tail = text[-len(MARKER_PREFIX) :]
+        if "<" not in tail and (not self.declared or "f" not in tail):
+            return 0
         keep = _longest_prefix_suffix(text, MARKER_PREFIX + "s")
         if self.declared:
             keep = max(keep, _longest_prefix_suffix(text, BARE_PREFIX))

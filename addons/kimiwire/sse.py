@@ -40,6 +40,29 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        if not self._block and b"\r" not in buffer:
+            return self._feed_lf(buffer)
+        return self._feed_lines(buffer)
+
+    def _feed_lf(self, buffer: bytes) -> list[SSEEvent]:
+        """The common case, LF line ends only: whole events are cut at blank lines at once."""
+        end = buffer.rfind(b"\n\n")
+        if end == -1:
+            self._buffer = buffer
+            return []
+        events: list[SSEEvent] = []
+        for block in buffer[:end].split(b"\n\n"):
+            if not block:
+                continue
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SSEEvent(block[6:], block + b"\n\n"))
+                continue
+            self._buffer = b""
+            events += self._feed_lines(block + b"\n\n")
+        self._buffer = buffer[end + 2 :].lstrip(b"\n")
+        return events
+
+    def _feed_lines(self, buffer: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         position = 0
         size = len(buffer)

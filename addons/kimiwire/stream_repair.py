@@ -90,7 +90,7 @@ class StreamRepairer:
         out: list[bytes] = []
         for event in self._decoder.feed(data):
             self._event(event, out)
-        if self.buffered > self.policy.stream_buffer_limit:
+        if self._held_text_may_exceed() and self.buffered > self.policy.stream_buffer_limit:
             self.log.add("stream.buffer_limit", None, self.buffered, self.policy.stream_buffer_limit)
             self.release_held(out)
         return out
@@ -111,6 +111,15 @@ class StreamRepairer:
             self.done = True
             self.log.add("done.synthesized", None, None, "[DONE]")
         return out
+
+    def _held_text_may_exceed(self) -> bool:
+        """Cheap pre-check for the buffer limit: what is held is usually far below it."""
+        quick = self._buffered_arguments + len(self._decoder._buffer)
+        return (
+            quick > self.policy.stream_buffer_limit
+            or any(s.pending for c in self._choices.values() for s in c.scanners.values())
+            or bool(self._decoder._block)
+        )
 
     def end_with_error(self, error_event: bytes) -> list[bytes]:
         """The stream is cut short (timeout, upstream failure): the client gets the text held
@@ -145,7 +154,7 @@ class StreamRepairer:
 
     @property
     def buffered(self) -> int:
-        held_text = sum(len(s.pending) for c in self._choices.values() for s in c.scanners.values())
+        held_text = sum(len(s.pending) for c in self._choices.values() for s in c.scanners.values() if s.pending)
         return self._buffered_arguments + held_text + self._decoder.pending
 
     @property
@@ -202,7 +211,7 @@ class StreamRepairer:
             return
         self.data_events_in += 1
         raw = event.raw if event.complete else encode_data(data)
-        if data.strip() == DONE:
+        if data == DONE or (len(data) < 16 and data.strip() == DONE):
             self._finish_all(out)
             out.append(raw)
             self.done = True
@@ -232,6 +241,9 @@ class StreamRepairer:
         if not self._have_template:
             self._have_template = True
             self._template.update({k: chunk[k] for k in _CHUNK_KEYS if k in chunk})
+        if len(choices) == 1 and self._passes_unchanged(choices[0]):
+            out.append(raw)
+            return
         changed = False
         kept: list[Any] = []
         after: list[bytes] = []
@@ -326,6 +338,28 @@ class StreamRepairer:
             )
         )
         return True, self._meaningful(choice)
+
+    def _passes_unchanged(self, choice: Any) -> bool:
+        """A text-only delta with nothing to repair (most events): forwarded as it came, at once.
+        Mirrors what _process_choice would conclude, without its bookkeeping."""
+        if type(choice) is not dict or choice.get("finish_reason") is not None or "usage" in choice:
+            return False
+        delta = choice.get("delta")
+        if type(delta) is not dict or "tool_calls" in delta:
+            return False
+        index = choice.get("index")
+        state = self._choice(index if isinstance(index, int) else 0)
+        if self.policy.reasoning_field != "keep":
+            return False
+        for key in TEXT_KEYS:
+            text = delta.get(key)
+            if type(text) is str and text:
+                scanner = state.scanners.get(key)
+                if scanner is None:
+                    scanner = self._scanner(state, key)
+                if not scanner.passes_unchanged(text):
+                    return False
+        return True
 
     @staticmethod
     def _meaningful(choice: dict[str, Any]) -> bool:

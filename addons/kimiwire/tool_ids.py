@@ -37,7 +37,13 @@ def _is_tool_call_message(message: Any) -> bool:
 
 def count_history_tool_calls(messages: list[Any]) -> int:
     """The number of tool calls in the history: the first index a new response continues from."""
-    return sum(len(m["tool_calls"]) for m in messages if _is_tool_call_message(m))
+    count = 0
+    for message in messages:
+        if type(message) is dict and message.get("role") == "assistant":
+            calls = message.get("tool_calls")
+            if type(calls) is list:
+                count += len(calls)
+    return count
 
 
 def tool_call_name(call: Any, message_index: int) -> str:

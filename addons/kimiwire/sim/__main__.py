@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between events")
     parser.add_argument("--hold", type=float, default=300.0, help="seconds a stall or done-open lasts")
+    parser.add_argument("--answer-events", type=int, default=0, help="text answers as N one-token events")
+    parser.add_argument("--stamp", action="store_true", help="put the send time in every chunk (sent_at)")
     args = parser.parse_args(argv)
     settings = SimSettings(
         args.shape,

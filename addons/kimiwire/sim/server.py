@@ -191,7 +191,12 @@ class Simulator:
                 return False
             if n and settings.delay:
                 await asyncio.sleep(settings.delay)
-            data = b"data: [DONE]\n\n" if item == DONE else b"data: " + orjson.dumps(item) + b"\n\n"
+            if item == DONE:
+                data = b"data: [DONE]\n\n"
+            else:
+                if settings.stamp:
+                    item["sent_at"] = time.monotonic_ns()
+                data = b"data: " + orjson.dumps(item) + b"\n\n"
             writer.write(_chunk(data))
             await writer.drain()
         if fault == "done-open":

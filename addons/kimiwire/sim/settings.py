@@ -25,7 +25,8 @@ class SimSettings:
     fault: str = "none"  # none | stall:N | done-open | reset:N | status:CODE | slow-first-byte:SECONDS
     delay: float = 0.0  # seconds between events
     hold: float = 300.0  # how long stall and done-open keep the connection
-    answer_events: int = 0  # extra content events in text answers (benchmarks)
+    answer_events: int = 0  # > 0: text answers are this many one-token content events (benchmarks)
+    stamp: bool = False  # put the send time (monotonic ns) in every chunk as `sent_at` (benchmarks)
 
     def with_overrides(self, text: str) -> SimSettings:
         """Apply `key=value` / `flag` items separated by commas or semicolons."""

@@ -133,7 +133,10 @@ def stream_chunks(
     if settings.reasoning and plan.reasoning:
         key = _reasoning_key(settings.shape)
         chunks += [chunk({key: piece}) for piece in _pieces(plan.reasoning, 3)]
-    content_pieces = _pieces(plan.content, 4 + settings.answer_events)
+    if settings.answer_events and not plan.calls:
+        content_pieces = ["tok "] * settings.answer_events
+    else:
+        content_pieces = _pieces(plan.content, 4)
     chunks += [chunk({"content": piece}) for piece in content_pieces]
     chunks += [chunk(delta) for delta in _tool_deltas(plan.calls, plan, settings)]
     usage = _usage(plan)

@@ -1,0 +1,449 @@
+"""kimiwire's benchmarks: what the addon costs, as ratios against baselines measured in the same run.
+
+1. Core, in process: stream repair vs an SSE decode/orjson/re-encode floor; request repair of a
+   1 MB agent history vs orjson loads+dumps; memory while a 1 MB tool argument is buffered.
+2. End to end on loopback: the simulator directly, through mitmdump without the addon (streaming
+   on), and through mitmdump with the addon; time to first byte, per-event latency, events/s at
+   1, 16 and 64 concurrent streams; proxy CPU per 10,000 events; errors; proxy RSS over 1,000 streams.
+
+Prints a markdown table and writes the same figures as JSON. Run with ./scripts/bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
+
+import orjson  # noqa: E402
+from kimiwire.policy import Flavor, Policy  # noqa: E402
+from kimiwire.request_repair import RequestFacts, repair_request_body  # noqa: E402
+from kimiwire.sse import SSEDecoder, encode_data  # noqa: E402
+from kimiwire.stream_repair import StreamRepairer  # noqa: E402
+
+POLICY = Policy.build(Flavor.SELFHOSTED)
+TOOLS = {"read": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+         "exec": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}
+FACTS = RequestFacts(12, TOOLS, True, True)
+
+
+# -- 1. core ---------------------------------------------------------------------------------------
+
+
+def realistic_stream(total: int = 10_000) -> list[bytes]:
+    """SGLang-shaped: reasoning, content, then six parallel calls whose fragments interleave."""
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "kimi-k2-thinking"}
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+
+    events = [event({"role": "assistant", "content": ""})]
+    events += [event({"reasoning_content": f"thinking token {i} "}) for i in range(4000)]
+    events += [event({"content": f"word{i} "}) for i in range(3000)]
+    calls = 6
+    fragments_per_call = (total - len(events) - 2 - calls) // calls
+    for i in range(calls):
+        name = "read" if i % 2 == 0 else "exec"
+        events.append(event({"tool_calls": [{"id": f"functions.{name}:{12 + i}", "index": i, "type": "function",
+                                             "function": {"name": name, "arguments": ""}}]}))
+    key = {"read": "path", "exec": "command"}
+    bodies = []
+    for i in range(calls):
+        name = "read" if i % 2 == 0 else "exec"
+        text = orjson.dumps({key[name]: "x" * (fragments_per_call * 3 - 14)}).decode()
+        size = -(-len(text) // fragments_per_call)
+        bodies.append([text[k: k + size] for k in range(0, len(text), size)])
+    for k in range(max(len(b) for b in bodies)):
+        for i, pieces in enumerate(bodies):
+            if k < len(pieces):
+                events.append(event({"tool_calls": [{"id": None, "index": i, "type": "function",
+                                                     "function": {"name": None, "arguments": pieces[k]}}]}))
+    while len(events) < total - 2:  # round up to the exact count with content tokens
+        events.insert(4001, event({"content": "pad "}))
+    events.append(event({}, "tool_calls"))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def floor_pass(events: list[bytes]) -> int:
+    decoder = SSEDecoder()
+    out = 0
+    for piece in events:
+        for ev in decoder.feed(piece):
+            if ev.data is None or ev.data == b"[DONE]":
+                out += 1
+                continue
+            out += len(encode_data(orjson.dumps(orjson.loads(ev.data))))
+    return out
+
+
+def repair_pass(events: list[bytes]) -> int:
+    repairer = StreamRepairer(FACTS, POLICY)
+    out = 0
+    for piece in events:
+        out += len(repairer.feed(piece))
+    return out + len(repairer.end())
+
+
+def best_time(fn: Any, arg: Any, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn(arg)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def long_history() -> bytes:
+    """About 1 MB: 500 messages, 200 tool calls, reasoning on every assistant turn, OpenClaw ids."""
+    messages: list[dict[str, Any]] = []
+    k = 0
+    for round_ in range(100):
+        messages.append({"role": "user", "content": [{"type": "text", "text": f"step {round_}: " + "u" * 300}]})
+        calls = []
+        for _ in range(2):
+            calls.append({"id": f"functionsread{k}", "type": "function",
+                          "function": {"name": "read", "arguments": orjson.dumps({"path": f"/src/f{k}.py"}).decode()}})
+            k += 1
+        messages.append({"role": "assistant", "content": None, "reasoning_content": "r" * 1500, "tool_calls": calls})
+        for call in calls:
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": "c" * 3000})
+        messages.append({"role": "assistant", "content": "a" * 400, "reasoning_content": "r" * 1500})
+    body = {"model": "kimi-k2-thinking", "stream": True, "messages": messages,
+            "tools": [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in TOOLS.items()]}
+    return orjson.dumps(body)
+
+
+def peak_memory_for_big_argument(size: int = 1_000_000) -> dict[str, Any]:
+    argument = orjson.dumps({"path": "p" * (size - 11)}).decode()
+    pieces = [argument[i: i + 1000] for i in range(0, len(argument), 1000)]
+    events = [b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"functions.read:0",'
+              b'"type":"function","function":{"name":"read","arguments":""}}]}}]}\n\n']
+    events += [b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":'
+               + orjson.dumps(p) + b"}}]}}]}\n\n" for p in pieces]
+    events += [b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n', b"data: [DONE]\n\n"]
+    gc.collect()
+    tracemalloc.start()
+    repairer = StreamRepairer(RequestFacts(0, TOOLS, True, True), POLICY)
+    held_peak = 0
+    for event in events[:-2]:
+        repairer.feed(event)
+        held_peak = max(held_peak, repairer.buffered)
+    _, while_buffering = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    for event in events[-2:]:
+        repairer.feed(event)
+    _, at_flush = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # a 20 MB argument against the 8 MiB limit: what is held never passes the limit (plus one chunk)
+    limited = StreamRepairer(RequestFacts(0, TOOLS, True, True), POLICY)
+    most = 0
+    big_piece = b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"' + \
+        b"q" * 100_000 + b'"}}]}}]}\n\n'
+    limited.feed(events[0])
+    for _ in range(200):
+        limited.feed(big_piece)
+        most = max(most, limited.buffered)
+    return {"argument_bytes": len(argument), "held_peak_bytes": held_peak,
+            "peak_bytes_while_buffering": while_buffering, "peak_bytes_at_flush": at_flush,
+            "limit_bytes": POLICY.stream_buffer_limit, "most_held_with_20mb_argument": most,
+            "bypassed_past_limit": limited.bypass}
+
+
+def core(repeat: int) -> dict[str, Any]:
+    events = realistic_stream()
+    assert len(events) == 10_000, len(events)
+    floor = best_time(floor_pass, events, repeat)
+    repair = best_time(repair_pass, events, repeat)
+    body = long_history()
+    request_floor = best_time(lambda b: orjson.dumps(orjson.loads(b)), body, repeat)
+    request_repair = best_time(lambda b: repair_request_body(b, POLICY), body, repeat)
+    result = repair_request_body(body, POLICY)
+    assert result.body is not None and len(result.log) >= 400
+    return {
+        "stream_events": len(events),
+        "stream_floor_s": floor,
+        "stream_repair_s": repair,
+        "stream_repair_events_per_s": len(events) / repair,
+        "stream_ratio": repair / floor,
+        "history_bytes": len(body),
+        "request_floor_s": request_floor,
+        "request_repair_s": request_repair,
+        "request_ratio": request_repair / request_floor,
+        "memory": peak_memory_for_big_argument(),
+    }
+
+
+# -- 2. end to end ---------------------------------------------------------------------------------
+
+_SENT = re.compile(rb'"sent_at":(\d+)')
+
+
+async def one_stream(port: int, settings: str, expect: int) -> dict[str, Any]:
+    body = orjson.dumps({"model": "kimi-k2-thinking", "stream": True,
+                         "messages": [{"role": "user", "content": "hello"}]})
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+            f"x-kimi-sim: {settings}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+    start = time.monotonic_ns()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + body)
+    await writer.drain()
+    headers = await reader.readuntil(b"\r\n\r\n")
+    ttfb = time.monotonic_ns() - start
+    latencies: list[int] = []
+    carry = b""
+    done = False
+    status_ok = headers.startswith(b"HTTP/1.1 200")
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            now = time.monotonic_ns()
+            if not data:
+                break
+            window = carry + data
+            for match in _SENT.finditer(window, max(0, len(carry) - 40) if carry else 0):
+                if match.end() > len(carry) - 1 or not carry:
+                    latencies.append(now - int(match.group(1)))
+            carry = window[-48:]
+            if b"[DONE]" in window and window.endswith(b"0\r\n\r\n"):
+                done = True
+                break
+    finally:
+        writer.close()
+    return {"ttfb_ns": ttfb, "latencies": latencies, "ok": status_ok and done and len(latencies) >= expect}
+
+
+async def run_streams(port: int, concurrency: int, events: int, delay: float) -> dict[str, Any]:
+    settings = f"answer_events={events},stamp" + (f",delay={delay}" if delay else "")
+    start = time.monotonic()
+    results = await asyncio.gather(*[one_stream(port, settings, events) for _ in range(concurrency)],
+                                   return_exceptions=True)
+    wall = time.monotonic() - start
+    ok = [r for r in results if isinstance(r, dict) and r["ok"]]
+    latencies = sorted(x for r in ok for x in r["latencies"])
+    total_events = sum(len(r["latencies"]) for r in ok)
+    return {
+        "streams": concurrency,
+        "events": total_events,
+        "errors": len(results) - len(ok),
+        "wall_s": wall,
+        "events_per_s": total_events / wall if wall else 0.0,
+        "ttfb_ms_p50": statistics.median(r["ttfb_ns"] for r in ok) / 1e6 if ok else None,
+        "latency_ms_p50": latencies[len(latencies) // 2] / 1e6 if latencies else None,
+        "latency_ms_p99": latencies[int(len(latencies) * 0.99)] / 1e6 if latencies else None,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Process:
+    def __init__(self, args: list[str], ready: str) -> None:
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.port = 0
+        deadline = time.monotonic() + 30
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if ready in line and (m := re.search(r"127\.0\.0\.1:(\d+)", line)):
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            self.stop()
+            raise RuntimeError(f"{args[0]} did not start")
+        self.pid = self.proc.pid
+        # keep draining the output so the process never blocks on a full pipe
+        import threading
+
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def end_to_end(repeat: int, quick: bool) -> dict[str, Any]:
+    bindir = pathlib.Path(sys.executable).parent
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="kimiwire-bench-"))
+    sim = Process([sys.executable, "-m", "kimiwire.sim", "--port", "0"], "listening at")
+    common = ["--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:http://127.0.0.1:{sim.port}",
+              "--set", f"confdir={tmp}", "-q"]
+    plain = Process([str(bindir / "mitmdump"), *common[:-1], "-s", str(ROOT / "scripts" / "bench_baseline_addon.py"),
+                     "--set", "termlog_verbosity=info"], "listening at")
+    addon = Process([str(bindir / "mitmdump"), *common[:-1], "-s", str(ROOT / "addons" / "kimi.py"),
+                     "--set", f"kimi_capture_dir={tmp / 'captures'}", "--set", "termlog_verbosity=info"],
+                    "listening at")
+    paths = {"direct": (sim.port, None), "mitmdump": (plain.port, plain.pid), "kimiwire": (addon.port, addon.pid)}
+    plans = {  # (concurrency, events per stream, seconds between events)
+        "fast": [(1, 2000, 0.0), (16, 400, 0.0), (64, 120, 0.0)],
+        "paced": [(1, 60, 0.02), (16, 60, 0.02), (64, 40, 0.02)],
+    }
+    if quick:
+        plans = {"fast": [(1, 300, 0.0), (16, 50, 0.0), (64, 20, 0.0)], "paced": [(1, 20, 0.02), (64, 10, 0.02)]}
+    results: dict[str, Any] = {"runs": []}
+    try:
+        for mode, plan in plans.items():
+            for concurrency, events, delay in plan:
+                rows: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+                for _ in range(repeat):
+                    for name, (port, pid) in paths.items():  # interleaved, so drift hits all paths alike
+                        before = cpu_seconds(pid) if pid else 0.0
+                        row = asyncio.run(run_streams(port, concurrency, events, delay))
+                        row["proxy_cpu_s"] = cpu_seconds(pid) - before if pid else None
+                        rows[name].append(row)
+                for name, runs in rows.items():
+                    merged = _median_row(runs)
+                    merged.update(mode=mode, path=name, concurrency=concurrency, events_per_stream=events)
+                    results["runs"].append(merged)
+        results["rss"] = rss_growth(addon.port, addon.pid, 200 if quick else 1000)
+    finally:
+        for proc in (addon, plain, sim):
+            proc.stop()
+    return results
+
+
+def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if r[key] is not None]
+        merged[key] = statistics.median(values) if values and key != "errors" else (sum(values) if values else None)
+    return merged
+
+
+def rss_growth(port: int, pid: int, streams: int) -> dict[str, Any]:
+    async def sequential(n: int) -> int:
+        errors = 0
+        for _ in range(n):
+            result = await one_stream(port, "answer_events=20,stamp", 20)
+            errors += not result["ok"]
+        return errors
+
+    asyncio.run(sequential(100))  # warm-up: caches, pools, first allocations
+    before = rss_bytes(pid)
+    errors = asyncio.run(sequential(streams))
+    after = rss_bytes(pid)
+    return {"streams": streams, "rss_before": before, "rss_after": after, "ratio": after / before, "errors": errors}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
+
+
+def table(core_results: dict[str, Any], e2e: dict[str, Any] | None) -> str:
+    c = core_results
+    m = c["memory"]
+    lines = [
+        "| core (in process) | kimiwire | floor | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| stream repair, 10,000 realistic events | {c['stream_repair_s'] * 1e3:.1f} ms "
+        f"({c['stream_repair_events_per_s']:,.0f} ev/s) | {c['stream_floor_s'] * 1e3:.1f} ms (SSE+orjson) | "
+        f"{c['stream_ratio']:.2f}x | >= 100,000 ev/s, <= 3x |",
+        f"| request repair, {c['history_bytes'] / 1e6:.2f} MB history | {c['request_repair_s'] * 1e3:.1f} ms | "
+        f"{c['request_floor_s'] * 1e3:.1f} ms (orjson loads+dumps) | {c['request_ratio']:.2f}x | <= 2x |",
+        f"| memory, 1 MB argument held | held {m['held_peak_bytes'] / 1e6:.2f} MB, peak "
+        f"{m['peak_bytes_while_buffering'] / 1e6:.2f} MB buffering, {m['peak_bytes_at_flush'] / 1e6:.2f} MB at flush "
+        f"| - | {m['peak_bytes_while_buffering'] / m['argument_bytes']:.2f}x the argument | bounded |",
+        f"| buffer limit, 20 MB argument | most held {m['most_held_with_20mb_argument'] / 2**20:.2f} MiB, "
+        f"bypassed: {m['bypassed_past_limit']} | limit {m['limit_bytes'] / 2**20:.0f} MiB | - | <= limit |",
+    ]
+    if e2e:
+        lines += ["", "| end to end | streams | path | TTFB p50 ms | event latency p50 / p99 ms | events/s | "
+                  "proxy CPU s / 10k events | errors |", "|---|---|---|---|---|---|---|---|"]
+        for r in e2e["runs"]:
+            cpu = f"{r['proxy_cpu_s'] / r['events'] * 1e4:.2f}" if r.get("proxy_cpu_s") and r["events"] else "-"
+            lines.append(
+                f"| {r['mode']} | {r['concurrency']} x {r['events_per_stream']} | {r['path']} | "
+                f"{r['ttfb_ms_p50']:.2f} | {r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} | "
+                f"{r['events_per_s']:,.0f} | {cpu} | {r['errors']} |")
+        lines += ["", "| kimiwire vs plain mitmdump (same run) | streams | p50 latency ratio | TTFB added ms | "
+                  "throughput ratio | target |", "|---|---|---|---|---|---|"]
+        for ratio in e2e["ratios"]:
+            lines.append(f"| {ratio['mode']} | {ratio['concurrency']} | {ratio['latency_p50_ratio']:.2f} | "
+                         f"{ratio['ttfb_added_ms']:+.2f} | {ratio['throughput_ratio']:.2f} | "
+                         "<= 1.10, <= 1 ms, >= 0.90 |")
+        rss = e2e["rss"]
+        lines += ["", f"Proxy RSS over {rss['streams']} sequential streams: {rss['rss_before'] / 2**20:.1f} MiB -> "
+                  f"{rss['rss_after'] / 2**20:.1f} MiB ({rss['ratio']:.3f}x, target <= 1.05), errors {rss['errors']}."]
+    return "\n".join(lines)
+
+
+def ratios(e2e: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    by = {(r["mode"], r["concurrency"], r["path"]): r for r in e2e["runs"]}
+    for (mode, concurrency, path), row in by.items():
+        if path != "kimiwire":
+            continue
+        base = by[(mode, concurrency, "mitmdump")]
+        out.append({
+            "mode": mode, "concurrency": concurrency,
+            "latency_p50_ratio": row["latency_ms_p50"] / base["latency_ms_p50"],
+            "ttfb_added_ms": row["ttfb_ms_p50"] - base["ttfb_ms_p50"],
+            "throughput_ratio": row["events_per_s"] / base["events_per_s"],
+        })
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best or median is kept)")
+    parser.add_argument("--core-only", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="small end-to-end runs (a smoke test)")
+    parser.add_argument("--json", type=pathlib.Path, default=ROOT / ".cache" / "bench" / "latest.json")
+    args = parser.parse_args()
+    started = time.monotonic()
+    core_results = core(max(args.repeat, 3))
+    e2e = None if args.core_only else end_to_end(args.repeat, args.quick)
+    if e2e:
+        e2e["ratios"] = ratios(e2e)
+    report = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "core": core_results, "e2e": e2e,
+              "seconds": time.monotonic() - started}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"machine: {report['machine']}")
+    print(table(core_results, e2e))
+    print(f"\n{report['seconds']:.0f} s; figures also in {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
