@@ -37,8 +37,10 @@ from kimiwire.sse import SSEDecoder, encode_data  # noqa: E402
 from kimiwire.stream_repair import StreamRepairer  # noqa: E402
 
 POLICY = Policy.build(Flavor.SELFHOSTED)
-TOOLS = {"read": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
-         "exec": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}
+TOOLS = {
+    "read": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+    "exec": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+}
 FACTS = RequestFacts(12, TOOLS, True, True)
 
 
@@ -60,20 +62,44 @@ def realistic_stream(total: int = 10_000) -> list[bytes]:
     fragments_per_call = (total - len(events) - 2 - calls) // calls
     for i in range(calls):
         name = "read" if i % 2 == 0 else "exec"
-        events.append(event({"tool_calls": [{"id": f"functions.{name}:{12 + i}", "index": i, "type": "function",
-                                             "function": {"name": name, "arguments": ""}}]}))
+        events.append(
+            event(
+                {
+                    "tool_calls": [
+                        {
+                            "id": f"functions.{name}:{12 + i}",
+                            "index": i,
+                            "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
     key = {"read": "path", "exec": "command"}
     bodies = []
     for i in range(calls):
         name = "read" if i % 2 == 0 else "exec"
         text = orjson.dumps({key[name]: "x" * (fragments_per_call * 3 - 14)}).decode()
         size = -(-len(text) // fragments_per_call)
-        bodies.append([text[k: k + size] for k in range(0, len(text), size)])
+        bodies.append([text[k : k + size] for k in range(0, len(text), size)])
     for k in range(max(len(b) for b in bodies)):
         for i, pieces in enumerate(bodies):
             if k < len(pieces):
-                events.append(event({"tool_calls": [{"id": None, "index": i, "type": "function",
-                                                     "function": {"name": None, "arguments": pieces[k]}}]}))
+                events.append(
+                    event(
+                        {
+                            "tool_calls": [
+                                {
+                                    "id": None,
+                                    "index": i,
+                                    "type": "function",
+                                    "function": {"name": None, "arguments": pieces[k]},
+                                }
+                            ]
+                        }
+                    )
+                )
     while len(events) < total - 2:  # round up to the exact count with content tokens
         events.insert(4001, event({"content": "pad "}))
     events.append(event({}, "tool_calls"))
@@ -119,25 +145,40 @@ def long_history() -> bytes:
         messages.append({"role": "user", "content": [{"type": "text", "text": f"step {round_}: " + "u" * 300}]})
         calls = []
         for _ in range(2):
-            calls.append({"id": f"functionsread{k}", "type": "function",
-                          "function": {"name": "read", "arguments": orjson.dumps({"path": f"/src/f{k}.py"}).decode()}})
+            calls.append(
+                {
+                    "id": f"functionsread{k}",
+                    "type": "function",
+                    "function": {"name": "read", "arguments": orjson.dumps({"path": f"/src/f{k}.py"}).decode()},
+                }
+            )
             k += 1
         messages.append({"role": "assistant", "content": None, "reasoning_content": "r" * 1500, "tool_calls": calls})
         for call in calls:
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": "c" * 3000})
         messages.append({"role": "assistant", "content": "a" * 400, "reasoning_content": "r" * 1500})
-    body = {"model": "kimi-k2-thinking", "stream": True, "messages": messages,
-            "tools": [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in TOOLS.items()]}
+    body = {
+        "model": "kimi-k2-thinking",
+        "stream": True,
+        "messages": messages,
+        "tools": [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in TOOLS.items()],
+    }
     return orjson.dumps(body)
 
 
 def peak_memory_for_big_argument(size: int = 1_000_000) -> dict[str, Any]:
     argument = orjson.dumps({"path": "p" * (size - 11)}).decode()
-    pieces = [argument[i: i + 1000] for i in range(0, len(argument), 1000)]
-    events = [b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"functions.read:0",'
-              b'"type":"function","function":{"name":"read","arguments":""}}]}}]}\n\n']
-    events += [b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":'
-               + orjson.dumps(p) + b"}}]}}]}\n\n" for p in pieces]
+    pieces = [argument[i : i + 1000] for i in range(0, len(argument), 1000)]
+    events = [
+        b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"functions.read:0",'
+        b'"type":"function","function":{"name":"read","arguments":""}}]}}]}\n\n'
+    ]
+    events += [
+        b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":'
+        + orjson.dumps(p)
+        + b"}}]}}]}\n\n"
+        for p in pieces
+    ]
     events += [b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\n', b"data: [DONE]\n\n"]
     gc.collect()
     tracemalloc.start()
@@ -155,16 +196,24 @@ def peak_memory_for_big_argument(size: int = 1_000_000) -> dict[str, Any]:
     # a 20 MB argument against the 8 MiB limit: what is held never passes the limit (plus one chunk)
     limited = StreamRepairer(RequestFacts(0, TOOLS, True, True), POLICY)
     most = 0
-    big_piece = b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"' + \
-        b"q" * 100_000 + b'"}}]}}]}\n\n'
+    big_piece = (
+        b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"'
+        + b"q" * 100_000
+        + b'"}}]}}]}\n\n'
+    )
     limited.feed(events[0])
     for _ in range(200):
         limited.feed(big_piece)
         most = max(most, limited.buffered)
-    return {"argument_bytes": len(argument), "held_peak_bytes": held_peak,
-            "peak_bytes_while_buffering": while_buffering, "peak_bytes_at_flush": at_flush,
-            "limit_bytes": POLICY.stream_buffer_limit, "most_held_with_20mb_argument": most,
-            "bypassed_past_limit": limited.bypass}
+    return {
+        "argument_bytes": len(argument),
+        "held_peak_bytes": held_peak,
+        "peak_bytes_while_buffering": while_buffering,
+        "peak_bytes_at_flush": at_flush,
+        "limit_bytes": POLICY.stream_buffer_limit,
+        "most_held_with_20mb_argument": most,
+        "bypassed_past_limit": limited.bypass,
+    }
 
 
 def core(repeat: int) -> dict[str, Any]:
@@ -197,10 +246,13 @@ _SENT = re.compile(rb'"sent_at":(\d+)')
 
 
 async def one_stream(port: int, settings: str, expect: int) -> dict[str, Any]:
-    body = orjson.dumps({"model": "kimi-k2-thinking", "stream": True,
-                         "messages": [{"role": "user", "content": "hello"}]})
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
-            f"x-kimi-sim: {settings}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+    body = orjson.dumps(
+        {"model": "kimi-k2-thinking", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+    )
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+        f"x-kimi-sim: {settings}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode()
     start = time.monotonic_ns()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head + body)
@@ -233,8 +285,9 @@ async def one_stream(port: int, settings: str, expect: int) -> dict[str, Any]:
 async def run_streams(port: int, concurrency: int, events: int, delay: float) -> dict[str, Any]:
     settings = f"answer_events={events},stamp" + (f",delay={delay}" if delay else "")
     start = time.monotonic()
-    results = await asyncio.gather(*[one_stream(port, settings, events) for _ in range(concurrency)],
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *[one_stream(port, settings, events) for _ in range(concurrency)], return_exceptions=True
+    )
     wall = time.monotonic() - start
     ok = [r for r in results if isinstance(r, dict) and r["ok"]]
     latencies = sorted(x for r in ok for x in r["latencies"])
@@ -265,8 +318,14 @@ def rss_bytes(pid: int) -> int:
 
 class Process:
     def __init__(self, args: list[str], ready: str) -> None:
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         self.port = 0
         deadline = time.monotonic() + 30
         assert self.proc.stdout is not None
@@ -274,7 +333,7 @@ class Process:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            if ready in line and (m := re.search(r"127\.0\.0\.1:(\d+)", line)):
+            if ready in line and (m := re.search(r"listening at (?:http://)?127\.0\.0\.1:(\d+)", line)):
                 self.port = int(m.group(1))
                 break
         if not self.port:
@@ -298,13 +357,41 @@ def end_to_end(repeat: int, quick: bool) -> dict[str, Any]:
     bindir = pathlib.Path(sys.executable).parent
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kimiwire-bench-"))
     sim = Process([sys.executable, "-m", "kimiwire.sim", "--port", "0"], "listening at")
-    common = ["--listen-host", "127.0.0.1", "-p", "0", "--mode", f"reverse:http://127.0.0.1:{sim.port}",
-              "--set", f"confdir={tmp}", "-q"]
-    plain = Process([str(bindir / "mitmdump"), *common[:-1], "-s", str(ROOT / "scripts" / "bench_baseline_addon.py"),
-                     "--set", "termlog_verbosity=info"], "listening at")
-    addon = Process([str(bindir / "mitmdump"), *common[:-1], "-s", str(ROOT / "addons" / "kimi.py"),
-                     "--set", f"kimi_capture_dir={tmp / 'captures'}", "--set", "termlog_verbosity=info"],
-                    "listening at")
+    common = [
+        "--listen-host",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--mode",
+        f"reverse:http://127.0.0.1:{sim.port}",
+        "--set",
+        f"confdir={tmp}",
+        "-q",
+    ]
+    plain = Process(
+        [
+            str(bindir / "mitmdump"),
+            *common[:-1],
+            "-s",
+            str(ROOT / "scripts" / "bench_baseline_addon.py"),
+            "--set",
+            "termlog_verbosity=info",
+        ],
+        "listening at",
+    )
+    addon = Process(
+        [
+            str(bindir / "mitmdump"),
+            *common[:-1],
+            "-s",
+            str(ROOT / "addons" / "kimi.py"),
+            "--set",
+            f"kimi_capture_dir={tmp / 'captures'}",
+            "--set",
+            "termlog_verbosity=info",
+        ],
+        "listening at",
+    )
     paths = {"direct": (sim.port, None), "mitmdump": (plain.port, plain.pid), "kimiwire": (addon.port, addon.pid)}
     plans = {  # (concurrency, events per stream, seconds between events)
         "fast": [(1, 2000, 0.0), (16, 400, 0.0), (64, 120, 0.0)],
@@ -327,6 +414,7 @@ def end_to_end(repeat: int, quick: bool) -> dict[str, Any]:
                     merged = _median_row(runs)
                     merged.update(mode=mode, path=name, concurrency=concurrency, events_per_stream=events)
                     results["runs"].append(merged)
+        results["ttfb"] = {name: ttfb_samples(port, 10 if quick else 40) for name, (port, _) in paths.items()}
         results["rss"] = rss_growth(addon.port, addon.pid, 200 if quick else 1000)
     finally:
         for proc in (addon, plain, sim):
@@ -340,6 +428,16 @@ def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in runs if r[key] is not None]
         merged[key] = statistics.median(values) if values and key != "errors" else (sum(values) if values else None)
     return merged
+
+
+def ttfb_samples(port: int, n: int) -> dict[str, float]:
+    """Time to first byte over n sequential short streams (one sample per stream is too noisy)."""
+
+    async def sequential() -> list[int]:
+        return [(await one_stream(port, "answer_events=3,stamp", 3))["ttfb_ns"] for _ in range(n)]
+
+    samples = sorted(asyncio.run(sequential()))
+    return {"samples": n, "p50_ms": samples[n // 2] / 1e6, "p90_ms": samples[int(n * 0.9)] / 1e6}
 
 
 def rss_growth(port: int, pid: int, streams: int) -> dict[str, Any]:
@@ -387,23 +485,50 @@ def table(core_results: dict[str, Any], e2e: dict[str, Any] | None) -> str:
         f"bypassed: {m['bypassed_past_limit']} | limit {m['limit_bytes'] / 2**20:.0f} MiB | - | <= limit |",
     ]
     if e2e:
-        lines += ["", "| end to end | streams | path | TTFB p50 ms | event latency p50 / p99 ms | events/s | "
-                  "proxy CPU s / 10k events | errors |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| end to end | streams | path | TTFB p50 ms | event latency p50 / p99 ms | events/s | "
+            "proxy CPU s / 10k events | errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in e2e["runs"]:
-            cpu = f"{r['proxy_cpu_s'] / r['events'] * 1e4:.2f}" if r.get("proxy_cpu_s") and r["events"] else "-"
+            cpu = (
+                f"{r['proxy_cpu_s'] / r['events'] * 1e4:.2f}"
+                if r.get("proxy_cpu_s") is not None and r["events"]
+                else "-"
+            )
             lines.append(
                 f"| {r['mode']} | {r['concurrency']} x {r['events_per_stream']} | {r['path']} | "
                 f"{r['ttfb_ms_p50']:.2f} | {r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} | "
-                f"{r['events_per_s']:,.0f} | {cpu} | {r['errors']} |")
-        lines += ["", "| kimiwire vs plain mitmdump (same run) | streams | p50 latency ratio | TTFB added ms | "
-                  "throughput ratio | target |", "|---|---|---|---|---|---|"]
+                f"{r['events_per_s']:,.0f} | {cpu} | {r['errors']} |"
+            )
+        lines += [
+            "",
+            "| kimiwire vs plain mitmdump (same run) | streams | p50 latency ratio | TTFB added ms | "
+            "throughput ratio | target |",
+            "|---|---|---|---|---|---|",
+        ]
         for ratio in e2e["ratios"]:
-            lines.append(f"| {ratio['mode']} | {ratio['concurrency']} | {ratio['latency_p50_ratio']:.2f} | "
-                         f"{ratio['ttfb_added_ms']:+.2f} | {ratio['throughput_ratio']:.2f} | "
-                         "<= 1.10, <= 1 ms, >= 0.90 |")
+            lines.append(
+                f"| {ratio['mode']} | {ratio['concurrency']} | {ratio['latency_p50_ratio']:.2f} | "
+                f"{ratio['ttfb_added_ms']:+.2f} | {ratio['throughput_ratio']:.2f} | "
+                "<= 1.10, <= 1 ms, >= 0.90 |"
+            )
+        t = e2e["ttfb"]
+        lines += [
+            "",
+            "| time to first byte, sequential streams | direct | mitmdump | kimiwire | added by kimiwire |",
+            "|---|---|---|---|---|",
+            f"| p50 over {t['direct']['samples']} streams | {t['direct']['p50_ms']:.2f} ms | "
+            f"{t['mitmdump']['p50_ms']:.2f} ms | {t['kimiwire']['p50_ms']:.2f} ms | "
+            f"{t['kimiwire']['p50_ms'] - t['mitmdump']['p50_ms']:+.2f} ms (target <= 1 ms) |",
+        ]
         rss = e2e["rss"]
-        lines += ["", f"Proxy RSS over {rss['streams']} sequential streams: {rss['rss_before'] / 2**20:.1f} MiB -> "
-                  f"{rss['rss_after'] / 2**20:.1f} MiB ({rss['ratio']:.3f}x, target <= 1.05), errors {rss['errors']}."]
+        lines += [
+            "",
+            f"Proxy RSS over {rss['streams']} sequential streams: {rss['rss_before'] / 2**20:.1f} MiB -> "
+            f"{rss['rss_after'] / 2**20:.1f} MiB ({rss['ratio']:.3f}x, target <= 1.05), errors {rss['errors']}.",
+        ]
     return "\n".join(lines)
 
 
@@ -414,12 +539,15 @@ def ratios(e2e: dict[str, Any]) -> list[dict[str, Any]]:
         if path != "kimiwire":
             continue
         base = by[(mode, concurrency, "mitmdump")]
-        out.append({
-            "mode": mode, "concurrency": concurrency,
-            "latency_p50_ratio": row["latency_ms_p50"] / base["latency_ms_p50"],
-            "ttfb_added_ms": row["ttfb_ms_p50"] - base["ttfb_ms_p50"],
-            "throughput_ratio": row["events_per_s"] / base["events_per_s"],
-        })
+        out.append(
+            {
+                "mode": mode,
+                "concurrency": concurrency,
+                "latency_p50_ratio": row["latency_ms_p50"] / base["latency_ms_p50"],
+                "ttfb_added_ms": row["ttfb_ms_p50"] - base["ttfb_ms_p50"],
+                "throughput_ratio": row["events_per_s"] / base["events_per_s"],
+            }
+        )
     return out
 
 
@@ -435,8 +563,13 @@ def main() -> int:
     e2e = None if args.core_only else end_to_end(args.repeat, args.quick)
     if e2e:
         e2e["ratios"] = ratios(e2e)
-    report = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), "core": core_results, "e2e": e2e,
-              "seconds": time.monotonic() - started}
+    report = {
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "core": core_results,
+        "e2e": e2e,
+        "seconds": time.monotonic() - started,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"machine: {report['machine']}")

@@ -38,8 +38,12 @@ def describe(report: dict, requests: list[dict]) -> dict:
         ending = "turn ended, but the task failed (wrong tool arguments or leaked markup)"
     else:
         ending = report["outcome"]
-    return {"rounds": rounds, "ids": [r["tool_call_ids"] for r in requests], "ending": ending,
-            "poisoned": [r["poisoned_by"] for r in requests if r["poisoned_by"]]}
+    return {
+        "rounds": rounds,
+        "ids": [r["tool_call_ids"] for r in requests],
+        "ending": ending,
+        "poisoned": [r["poisoned_by"] for r in requests if r["poisoned_by"]],
+    }
 
 
 def side_by_side(left: list[str], right: list[str], width: int) -> list[str]:
@@ -50,8 +54,9 @@ def side_by_side(left: list[str], right: list[str], width: int) -> list[str]:
         a_lines = textwrap.wrap(a, width) or [""]
         b_lines = textwrap.wrap(b, width) or [""]
         for k in range(max(len(a_lines), len(b_lines))):
-            rows.append(f"{(a_lines[k] if k < len(a_lines) else ''):<{width}} | "
-                        f"{b_lines[k] if k < len(b_lines) else ''}")
+            rows.append(
+                f"{(a_lines[k] if k < len(a_lines) else ''):<{width}} | {b_lines[k] if k < len(b_lines) else ''}"
+            )
     return rows
 
 
@@ -59,8 +64,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
     parser.add_argument("--piai", default="0.67.68", choices=["0.67.68", "0.73.0"])
     parser.add_argument("--shape", default=HARDEST, help=f"simulator settings (default: {HARDEST})")
-    parser.add_argument("--sanitize", default="strict", choices=["strict", "none"],
-                        help="strict: OpenClaw 2026.4.21's tool-call id rewrite, as in the original bug reports")
+    parser.add_argument(
+        "--sanitize",
+        default="strict",
+        choices=["strict", "none"],
+        help="strict: OpenClaw 2026.4.21's tool-call id rewrite, as in the original bug reports",
+    )
     args = parser.parse_args()
     print(f"task: {TASK}")
     print(f"client: pi-ai {args.piai} (ids rewritten like OpenClaw: {args.sanitize}); simulator: {args.shape}")
@@ -88,13 +97,19 @@ def main() -> int:
             print(row)
     print("-" * width + "-+-" + "-" * width)
     print("ids the server saw in its last request:")
-    for row in side_by_side(["  " + json.dumps(left["ids"][-1] if left["ids"] else [])],
-                            ["  " + json.dumps(right["ids"][-1] if right["ids"] else [])], width):
+    for row in side_by_side(
+        ["  " + json.dumps(left["ids"][-1] if left["ids"] else [])],
+        ["  " + json.dumps(right["ids"][-1] if right["ids"] else [])],
+        width,
+    ):
         print(row)
     if left["poisoned"] or right["poisoned"]:
         print("model copied a broken id and leaked markup:")
-        for row in side_by_side([f"  after {x}" for x in left["poisoned"]] or ["  no"],
-                                [f"  after {x}" for x in right["poisoned"]] or ["  no"], width):
+        for row in side_by_side(
+            [f"  after {x}" for x in left["poisoned"]] or ["  no"],
+            [f"  after {x}" for x in right["poisoned"]] or ["  no"],
+            width,
+        ):
             print(row)
     print("how the run ended:")
     for row in side_by_side(["  " + left["ending"]], ["  " + right["ending"]], width):

@@ -41,8 +41,13 @@ def install() -> pathlib.Path:
         CACHE.mkdir(parents=True)
         shutil.copy(SOURCE / "package.json", CACHE)
         print("installing OpenClaw 2026.4.21 and Node 22 into .cache/ (about a minute) ...", flush=True)
-        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=CACHE,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=CACHE,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if done.returncode != 0:
             raise SystemExit(f"npm install failed:\n{done.stdout}\n{done.stderr}")
         stamp.write_bytes(manifest)
@@ -50,14 +55,34 @@ def install() -> pathlib.Path:
 
 
 def config(home: pathlib.Path, workspace: pathlib.Path, base_url: str) -> None:
-    model = {"id": "kimi-k2-thinking", "name": "Kimi K2", "reasoning": True, "input": ["text"],
-             "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0}, "contextWindow": 131072,
-             "maxTokens": 8192}
+    model = {
+        "id": "kimi-k2-thinking",
+        "name": "Kimi K2",
+        "reasoning": True,
+        "input": ["text"],
+        "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
+        "contextWindow": 131072,
+        "maxTokens": 8192,
+    }
     settings = {
-        "models": {"mode": "merge", "providers": {"kimiwire": {
-            "baseUrl": f"{base_url}/v1", "apiKey": "sk-local", "api": "openai-completions", "models": [model]}}},
-        "agents": {"defaults": {"llm": {"idleTimeoutSeconds": 60}, "model": {"primary": "kimiwire/kimi-k2-thinking"},
-                                "workspace": str(workspace)}},
+        "models": {
+            "mode": "merge",
+            "providers": {
+                "kimiwire": {
+                    "baseUrl": f"{base_url}/v1",
+                    "apiKey": "sk-local",
+                    "api": "openai-completions",
+                    "models": [model],
+                }
+            },
+        },
+        "agents": {
+            "defaults": {
+                "llm": {"idleTimeoutSeconds": 60},
+                "model": {"primary": "kimiwire/kimi-k2-thinking"},
+                "workspace": str(workspace),
+            }
+        },
     }
     (home / ".openclaw").mkdir(parents=True, exist_ok=True)
     (home / ".openclaw" / "openclaw.json").write_text(json.dumps(settings, indent=2))
@@ -75,19 +100,39 @@ def main() -> int:
     workspace.mkdir(parents=True)
     for name, text in FILES.items():
         (workspace / name).write_text(text + "\n")
-    task = (f"read {workspace / 'a.txt'} then read {workspace / 'b.txt'} and run `ls {workspace}` "
-            f"then read {workspace / 'c.txt'}")
+    task = (
+        f"read {workspace / 'a.txt'} then read {workspace / 'b.txt'} and run `ls {workspace}` "
+        f"then read {workspace / 'c.txt'}"
+    )
     settings = SimSettings(shape="sglang", interleave=True, reasoning_between=True, fragments=5)
     with SimulatorThread(settings) as sim, Mitmdump(sim.url, scratch, save_flows=False) as proxy:
         config(home, workspace, sim.url if args.direct else proxy.url)
         env = dict(os.environ, HOME=str(home), PATH=f"{node_bin}:{os.environ['PATH']}")
-        print(f"running openclaw agent --local through {'nothing (direct)' if args.direct else 'kimiwire'} ...",
-              flush=True)
+        print(
+            f"running openclaw agent --local through {'nothing (direct)' if args.direct else 'kimiwire'} ...",
+            flush=True,
+        )
         started = time.monotonic()
         done = subprocess.run(
-            ["node", "node_modules/openclaw/openclaw.mjs", "agent", "--local", "--session-id", "e2e",
-             "--message", task, "--thinking", "medium", "--json"],
-            cwd=install_dir, env=env, capture_output=True, text=True, timeout=args.timeout)
+            [
+                "node",
+                "node_modules/openclaw/openclaw.mjs",
+                "agent",
+                "--local",
+                "--session-id",
+                "e2e",
+                "--message",
+                task,
+                "--thinking",
+                "medium",
+                "--json",
+            ],
+            cwd=install_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+        )
         elapsed = time.monotonic() - started
         requests = httpx.get(f"{sim.url}/_sim/requests").json()
     (scratch / "openclaw.out").write_text(done.stdout)

@@ -96,8 +96,10 @@ def test_upstream_receives_repaired_request(upstream, tmp_path, flavor, expect_r
     assert flow.marked == ":wrench:"
     assert "ids.call=2" in flow.comment and "ids.result=2" in flow.comment
     assert "reasoning.stripped=" in flow.comment
-    # the client's original request is kept as the flow's backup
-    assert b"functionsread0" in flow._backup["request"]["content"]
+    # the client's original request is in the run's capture
+    [capture] = proxy.capture_files()
+    [saved] = proxy.read_flows(capture)
+    assert b"functionsread0" in saved.request.content and b"functionsread0" not in flow.request.content
     assert "kimiwire request POST /v1/chat/completions:" in proxy.output
 
 

@@ -28,10 +28,23 @@ SHAPES = {
 }
 # Shapes that break pi-ai without the proxy (shared notes, openclaw-client.md §1.3-1.4).
 BREAKS_PIAI = {
-    "0.67.68": ["sglang-interleaved", "sglang-reasoning-between", "vllm-interleaved", "vllm-reasoning-between",
-                "moonshot-reasoning-between", "deepinfra-interleaved"],
-    "0.73.0": ["sglang-interleaved", "sglang-reasoning-between", "vllm-interleaved", "vllm-reasoning-between",
-               "moonshot", "moonshot-reasoning-between", "deepinfra-interleaved"],
+    "0.67.68": [
+        "sglang-interleaved",
+        "sglang-reasoning-between",
+        "vllm-interleaved",
+        "vllm-reasoning-between",
+        "moonshot-reasoning-between",
+        "deepinfra-interleaved",
+    ],
+    "0.73.0": [
+        "sglang-interleaved",
+        "sglang-reasoning-between",
+        "vllm-interleaved",
+        "vllm-reasoning-between",
+        "moonshot",
+        "moonshot-reasoning-between",
+        "deepinfra-interleaved",
+    ],
 }
 
 
@@ -129,6 +142,7 @@ def test_piai_faults_end_promptly_through_the_proxy(proxy, fault):
 
 
 def test_done_open_hangs_piai_without_the_proxy(simulator):
-    report = run_piai("0.67.68", simulator.url, "shape=sglang,fault=done-open,hold=30", task="read /w/a.txt",
-                      turn_timeout_ms=3000)
+    report = run_piai(
+        "0.67.68", simulator.url, "shape=sglang,fault=done-open,hold=30", task="read /w/a.txt", turn_timeout_ms=3000
+    )
     assert report["turns"][0]["stopReason"] == "aborted" or "abort" in report["outcome"]

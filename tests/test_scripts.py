@@ -29,9 +29,23 @@ def port_open(port: int) -> bool:
 def test_run_without_upstream_starts_the_simulator_and_the_proxy(tmp_path):
     port, sim_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [str(ROOT / "scripts" / "run"), "--port", str(port), "--sim-port", str(sim_port), "--",
-         "--set", f"confdir={tmp_path}", "--set", f"kimi_capture_dir={tmp_path / 'captures'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=ROOT,
+        [
+            str(ROOT / "scripts" / "run"),
+            "--port",
+            str(port),
+            "--sim-port",
+            str(sim_port),
+            "--",
+            "--set",
+            f"confdir={tmp_path}",
+            "--set",
+            f"kimi_capture_dir={tmp_path / 'captures'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=ROOT,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     lines: list[str] = []
@@ -50,9 +64,16 @@ def test_run_without_upstream_starts_the_simulator_and_the_proxy(tmp_path):
         assert "built-in Kimi server simulator" in banner
         assert re.search(r"captures: captures/kimiwire-\d{8}-\d{6}-\d+\.mitm", banner)
         assert "curl -sN" in banner and '"kimiwire": { baseUrl: "http://127.0.0.1:' in banner
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10, json={
-            "model": "kimi-k2-thinking", "stream": True, "tools": TOOLS,
-            "messages": [{"role": "user", "content": "read /w/a.txt"}]})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=10,
+            json={
+                "model": "kimi-k2-thinking",
+                "stream": True,
+                "tools": TOOLS,
+                "messages": [{"role": "user", "content": "read /w/a.txt"}],
+            },
+        )
         assert b'"id":"functions.read:0","type":"function","function":{"name":"read"' in r.content
         assert r.content.endswith(b"data: [DONE]\n\n")
     finally:
@@ -65,8 +86,9 @@ def test_run_without_upstream_starts_the_simulator_and_the_proxy(tmp_path):
 
 
 def test_run_rejects_a_bad_upstream():
-    done = subprocess.run([str(ROOT / "scripts" / "run"), "--upstream", "localhost:1"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "run"), "--upstream", "localhost:1"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "must start with http://" in done.stderr
 
 
@@ -84,8 +106,9 @@ def test_setup_says_what_to_do_without_python_312(tmp_path):
     (fake_root / "scripts" / "probe").write_text('source "$(dirname "$0")/_setup.sh"\nensure_venv\n')
     (fake_root / "pyproject.toml").write_text("")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path / "nopyenv")}
-    done = subprocess.run(["bash", str(fake_root / "scripts" / "probe")], capture_output=True, text=True,
-                          timeout=60, env=env)
+    done = subprocess.run(
+        ["bash", str(fake_root / "scripts" / "probe")], capture_output=True, text=True, timeout=60, env=env
+    )
     if done.returncode == 0:  # this machine has a system Python 3.12+: nothing to show
         assert (fake_root / ".venv").exists()
         return
@@ -96,15 +119,31 @@ def test_sim_settings_reach_the_simulator_per_request():
     from kimiwire.sim.server import SimulatorThread
 
     with SimulatorThread() as sim:
-        r = httpx.post(f"{sim.url}/v1/chat/completions", headers={"x-kimi-sim": "fault=status:429"},
-                       json={"model": "k", "messages": []}, timeout=5)
+        r = httpx.post(
+            f"{sim.url}/v1/chat/completions",
+            headers={"x-kimi-sim": "fault=status:429"},
+            json={"model": "k", "messages": []},
+            timeout=5,
+        )
         assert r.status_code == 429 and r.json()["error"]["code"] == 429
-        r = httpx.post(f"{sim.url}/v1/chat/completions", json={"model": "k@shape=moonshot", "stream": False,
-                       "messages": [{"role": "user", "content": "read /w/a.txt"}], "tools": TOOLS}, timeout=5)
+        r = httpx.post(
+            f"{sim.url}/v1/chat/completions",
+            json={
+                "model": "k@shape=moonshot",
+                "stream": False,
+                "messages": [{"role": "user", "content": "read /w/a.txt"}],
+                "tools": TOOLS,
+            },
+            timeout=5,
+        )
         call = r.json()["choices"][0]["message"]["tool_calls"][0]
         assert call["id"] == "read:0" and orjson.loads(call["function"]["arguments"]) == {"path": "/w/a.txt"}
-        bad = httpx.post(f"{sim.url}/v1/chat/completions", headers={"x-kimi-sim": "shape=nope"},
-                         json={"model": "k", "messages": []}, timeout=5)
+        bad = httpx.post(
+            f"{sim.url}/v1/chat/completions",
+            headers={"x-kimi-sim": "shape=nope"},
+            json={"model": "k", "messages": []},
+            timeout=5,
+        )
         assert bad.status_code == 400 and "shape must be one of" in bad.json()["error"]["message"]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from mitmproxy import command, ctx, exceptions, http
 
 from . import flows, proxy_internals
-from .capture import CaptureFile, saved_flow
+from .capture import CaptureFile, saved_state
 from .openai_errors import error_body, error_event
 from .policy import (
     FLAVOR_CHOICES,
@@ -340,7 +340,9 @@ class KimiWire:
             return
         result = repair_request_body(raw, policy)
         record["facts"] = result.facts.as_dict()
-        flow.backup()  # keeps what the client sent (mitmweb shows it, and Revert works)
+        # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
+        # state on the path to the upstream, which showed up in time to first byte.)
+        self._upstream[flow.id] = {"client_request": req.get_state()}
         # Upstream compression would reach the stream callable still compressed.
         req.headers["accept-encoding"] = "identity"
         if result.skipped:
@@ -395,7 +397,7 @@ class KimiWire:
         if headers_seen is not None:
             headers_seen.set()
         if METADATA_KEY in flow.metadata and "facts" in flow.metadata[METADATA_KEY]:
-            self._upstream[flow.id] = {"headers": response.headers.fields}
+            self._upstream.setdefault(flow.id, {})["headers"] = response.headers.fields
         if not flows.is_event_stream(response.headers.get("content-type", "")):
             return
         context = self._response_context(flow)
@@ -472,7 +474,7 @@ class KimiWire:
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered") or b"")
             if self.capture is not None:
-                self.capture.write(saved_flow(flow, upstream.get("headers"), body))
+                self.capture.write(saved_state(flow, upstream.get("client_request"), upstream.get("headers"), body))
         except Exception as exc:
             self._record_error(flow, "capture", exc)
 
@@ -513,7 +515,7 @@ class KimiWire:
         if not body:
             return
         facts, policy = context
-        self._upstream[flow.id] = {"headers": response.headers.fields, "body": response.raw_content}
+        self._upstream.setdefault(flow.id, {}).update(headers=response.headers.fields, body=response.raw_content)
         new_body, log, why = repair_completion_body(body, facts, policy)
         if why:
             self._note(flow, f"response not repaired: {why}")

@@ -15,19 +15,26 @@ import pathlib
 import time
 from typing import Any, BinaryIO
 
-from mitmproxy import http, io
+from mitmproxy import http
+from mitmproxy.io import tnetstring
 
 from .redaction import redact_header_fields
 
 logger = logging.getLogger("kimiwire")
 
 
-def saved_flow(flow: http.HTTPFlow, upstream_headers: Any = None, upstream_body: bytes | None = None) -> http.HTTPFlow:
-    """The flow as it goes into a capture: original request, raw upstream response, no secrets."""
+def saved_state(
+    flow: http.HTTPFlow,
+    client_request: dict | None = None,
+    upstream_headers: Any = None,
+    upstream_body: bytes | None = None,
+) -> dict:
+    """The flow's serialized state as it goes into a capture: the request as the client sent it
+    (`client_request`, a request state taken before repair), the raw upstream response, no
+    secrets. The same format `FlowWriter` writes, without building a flow again."""
     state = flow.get_state()
-    backup = state.get("backup")
-    if isinstance(backup, dict) and isinstance(backup.get("request"), dict):
-        state["request"] = backup["request"]  # what the client sent, before any repair
+    if isinstance(client_request, dict):
+        state["request"] = client_request
     state["backup"] = None
     state["request"]["headers"] = redact_header_fields(state["request"]["headers"])
     response = state.get("response")
@@ -37,7 +44,16 @@ def saved_flow(flow: http.HTTPFlow, upstream_headers: Any = None, upstream_body:
         if upstream_body is not None:
             response["content"] = upstream_body
         response["headers"] = redact_header_fields(response["headers"])
-    return http.HTTPFlow.from_state(state)
+    return state
+
+
+def saved_flow(
+    flow: http.HTTPFlow,
+    client_request: dict | None = None,
+    upstream_headers: Any = None,
+    upstream_body: bytes | None = None,
+) -> http.HTTPFlow:
+    return http.HTTPFlow.from_state(saved_state(flow, client_request, upstream_headers, upstream_body))
 
 
 class CaptureFile:
@@ -52,23 +68,22 @@ class CaptureFile:
         self.path = self.folder / name
         self.flows_written = 0
         self._file: BinaryIO | None = None
-        self._writer: io.FlowWriter | None = None
         self._failed = False
 
     def _open(self) -> None:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._file = os.fdopen(descriptor, "ab")
-        self._writer = io.FlowWriter(self._file)
 
-    def write(self, flow: http.HTTPFlow) -> bool:
+    def write(self, state: dict) -> bool:
+        """Append one flow, given as its serialized state (see `saved_state`)."""
         if self._failed:
             return False
         try:
-            if self._writer is None:
+            if self._file is None:
                 self._open()
-            assert self._writer is not None and self._file is not None
-            self._writer.add(flow)
+            assert self._file is not None
+            tnetstring.dump(state, self._file)
             self._file.flush()
             self.flows_written += 1
             return True
@@ -81,4 +96,4 @@ class CaptureFile:
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
-        self._file = self._writer = None
+        self._file = None

@@ -87,18 +87,19 @@ class RepairingStream:
         return self.repairer.end_with_error(event)
 
     def _track(self, events_before: int) -> None:
-        now = self.clock()
-        changed = False
-        if self.repairer.data_events_in != events_before:
-            self.times.last_event_at = now
-            changed = True
-        if self.times.done_at is None and self.repairer.done:
-            self.times.done_at = now
-            changed = True
-        if self.times.finished_at is None and self.repairer.all_finished:
-            self.times.finished_at = now
-            changed = True
-        if changed and self.on_change is not None:
+        repairer = self.repairer
+        if repairer.data_events_in != events_before:
+            # A later event only moves the idle deadline later: the watchdog notices when it
+            # wakes up, so it is not woken for every event.
+            self.times.last_event_at = self.clock()
+        sooner = False
+        if self.times.done_at is None and repairer.done:
+            self.times.done_at = self.clock()
+            sooner = True
+        if self.times.finished_at is None and repairer.all_finished:
+            self.times.finished_at = self.clock()
+            sooner = True
+        if sooner and self.on_change is not None:
             self.on_change()
 
     def _deliver(self, out: list[bytes]) -> list[bytes]:

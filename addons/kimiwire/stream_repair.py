@@ -79,6 +79,7 @@ class StreamRepairer:
         self._choices: dict[int, _Choice] = {}
         self._template: dict[str, Any] = {"object": "chat.completion.chunk"}
         self._have_template = False
+        self._finished_choices = 0
         self._buffered_arguments = 0
         self._once: set[str] = set()
 
@@ -150,7 +151,7 @@ class StreamRepairer:
     @property
     def all_finished(self) -> bool:
         """Every choice seen so far has had its finish_reason."""
-        return bool(self._choices) and all(state.finished for state in self._choices.values())
+        return self._finished_choices > 0 and self._finished_choices == len(self._choices)
 
     @property
     def buffered(self) -> int:
@@ -308,7 +309,9 @@ class StreamRepairer:
             state.needs_finish = True
             return True, self._meaningful(choice)
         # The choice is finished: held text goes into this delta, every call is complete.
-        state.finished = True
+        if not state.finished:
+            state.finished = True
+            self._finished_choices += 1
         if delta is None:
             delta = choice["delta"] = {}
         if self._flush_texts(state, delta):

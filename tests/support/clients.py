@@ -27,10 +27,22 @@ EXPECTED_TOOL_RUNS = [
 EXPECTED_ANSWER = "Done. alpha | bravo | ran ls -la /w | charlie"
 FILES = {"/w/a.txt": "alpha", "/w/b.txt": "bravo", "/w/c.txt": "charlie"}
 TOOLS = [
-    {"type": "function", "function": {"name": "read", "description": "Read a file", "parameters": {
-        "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}},
-    {"type": "function", "function": {"name": "exec", "description": "Run a shell command", "parameters": {
-        "type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "read",
+            "description": "Read a file",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "exec",
+            "description": "Run a shell command",
+            "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+        },
+    },
 ]
 _install_lock = threading.Lock()
 
@@ -51,8 +63,13 @@ def piai_dir(version: str) -> pathlib.Path:
             target.mkdir(parents=True)
             shutil.copy(source / "package.json", target)
             shutil.copy(source / "package-lock.json", target)
-            done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=target,
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+                cwd=target,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"npm ci failed for pi-ai {version}:\n{done.stdout}\n{done.stderr}")
             stamp.write_bytes(lock)
@@ -60,15 +77,31 @@ def piai_dir(version: str) -> pathlib.Path:
     return target
 
 
-def run_piai(version: str, base_url: str, sim: str = "", sanitize: str = "none", task: str = TASK,
-             turn_timeout_ms: int = 20000) -> dict[str, Any]:
+def run_piai(
+    version: str, base_url: str, sim: str = "", sanitize: str = "none", task: str = TASK, turn_timeout_ms: int = 20000
+) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is needed for the pi-ai tests")
     done = subprocess.run(
-        [node, "piai_driver.mjs", "--base-url", f"{base_url}/v1", "--task", task, "--sim", sim or "shape=sglang",
-         "--sanitize", sanitize, "--turn-timeout-ms", str(turn_timeout_ms)],
-        cwd=piai_dir(version), capture_output=True, text=True, timeout=120,
+        [
+            node,
+            "piai_driver.mjs",
+            "--base-url",
+            f"{base_url}/v1",
+            "--task",
+            task,
+            "--sim",
+            sim or "shape=sglang",
+            "--sanitize",
+            sanitize,
+            "--turn-timeout-ms",
+            str(turn_timeout_ms),
+        ],
+        cwd=piai_dir(version),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -92,8 +125,13 @@ def run_openai_sdk(base_url: str, sim: str = "", turns: int = 6) -> dict[str, An
     """The same task with the OpenAI Python SDK's own stream accumulation (`chat.completions.stream`)."""
     messages: list[dict[str, Any]] = [{"role": "user", "content": TASK}]
     report: dict[str, Any] = {"toolRuns": [], "turns": [], "finalText": None, "outcome": "unfinished"}
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-test", max_retries=0, timeout=20,
-                       default_headers={"x-kimi-sim": sim or "shape=sglang"}) as client:
+    with openai.OpenAI(
+        base_url=f"{base_url}/v1",
+        api_key="sk-test",
+        max_retries=0,
+        timeout=20,
+        default_headers={"x-kimi-sim": sim or "shape=sglang"},
+    ) as client:
         for _ in range(turns):
             try:
                 with client.chat.completions.stream(model="kimi-k2-thinking", messages=messages, tools=TOOLS) as s:
@@ -103,22 +141,36 @@ def run_openai_sdk(base_url: str, sim: str = "", turns: int = 6) -> dict[str, An
                 return report
             choice = completion.choices[0]
             calls = choice.message.tool_calls or []
-            report["turns"].append({"finish_reason": choice.finish_reason,
-                                    "ids": [c.id for c in calls]})
+            report["turns"].append({"finish_reason": choice.finish_reason, "ids": [c.id for c in calls]})
             if not calls:
                 report["finalText"] = choice.message.content
                 report["outcome"] = "answered" if choice.finish_reason == "stop" else f"stopped: {choice.finish_reason}"
                 return report
-            messages.append({"role": "assistant", "content": choice.message.content, "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.function.name,
-                                                              "arguments": c.function.arguments}} for c in calls]})
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": choice.message.content,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.function.name, "arguments": c.function.arguments},
+                        }
+                        for c in calls
+                    ],
+                }
+            )
             for call in calls:
                 try:
                     arguments = json.loads(call.function.arguments)
                 except ValueError:
                     arguments = call.function.arguments
                 report["toolRuns"].append({"name": call.function.name, "arguments": arguments})
-                messages.append({"role": "tool", "tool_call_id": call.id,
-                                 "content": _run_tool(call.function.name, arguments if isinstance(arguments, dict)
-                                                      else {})})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call.id,
+                        "content": _run_tool(call.function.name, arguments if isinstance(arguments, dict) else {}),
+                    }
+                )
     return report
