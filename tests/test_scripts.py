@@ -154,3 +154,24 @@ def test_demo_shows_the_failure_and_the_fix():
     text = "\n".join(last)
     assert "task failed" in text and "task done: every tool got its exact arguments" in text
     assert "functionsread0" in done.stdout  # the broken ids the server saw without the proxy
+
+
+def test_bench_runs_end_to_end_without_errors(tmp_path):
+    # No timing is asserted here (benchmarks report ratios); this keeps the benchmark working.
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--quick", "--repeat", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = orjson.loads(out.read_bytes())
+    runs = report["e2e"]["runs"]
+    assert {r["path"] for r in runs} == {"direct", "mitmdump", "kimiwire"}
+    assert all(r["errors"] == 0 and r["events"] > 0 for r in runs)
+    assert all(r["proxy_cpu_s"] is not None for r in runs if r["path"] != "direct")
+    memory = report["core"]["memory"]
+    assert memory["most_held_with_20mb_argument"] <= memory["limit_bytes"] and memory["bypassed_past_limit"]
+    assert "| kimiwire vs plain mitmdump" in done.stdout
