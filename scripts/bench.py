@@ -357,41 +357,29 @@ def end_to_end(repeat: int, quick: bool) -> dict[str, Any]:
     bindir = pathlib.Path(sys.executable).parent
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kimiwire-bench-"))
     sim = Process([sys.executable, "-m", "kimiwire.sim", "--port", "0"], "listening at")
-    common = [
-        "--listen-host",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--mode",
-        f"reverse:http://127.0.0.1:{sim.port}",
-        "--set",
-        f"confdir={tmp}",
-        "-q",
-    ]
-    plain = Process(
-        [
+
+    def mitmdump(script: pathlib.Path, *options: str) -> Process:
+        args = [
             str(bindir / "mitmdump"),
-            *common[:-1],
-            "-s",
-            str(ROOT / "scripts" / "bench_baseline_addon.py"),
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--mode",
+            f"reverse:http://127.0.0.1:{sim.port}",
+            "--set",
+            f"confdir={tmp}",
             "--set",
             "termlog_verbosity=info",
-        ],
-        "listening at",
-    )
-    addon = Process(
-        [
-            str(bindir / "mitmdump"),
-            *common[:-1],
             "-s",
-            str(ROOT / "addons" / "kimi.py"),
-            "--set",
-            f"kimi_capture_dir={tmp / 'captures'}",
-            "--set",
-            "termlog_verbosity=info",
-        ],
-        "listening at",
-    )
+            str(script),
+        ]
+        for option in options:
+            args += ["--set", option]
+        return Process(args, "listening at")
+
+    plain = mitmdump(ROOT / "scripts" / "bench_baseline_addon.py")
+    addon = mitmdump(ROOT / "addons" / "kimi.py", f"kimi_capture_dir={tmp / 'captures'}")
     paths = {"direct": (sim.port, None), "mitmdump": (plain.port, plain.pid), "kimiwire": (addon.port, addon.pid)}
     plans = {  # (concurrency, events per stream, seconds between events)
         "fast": [(1, 2000, 0.0), (16, 400, 0.0), (64, 120, 0.0)],

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import httpx  # noqa: E402
 from kimiwire.sim.server import SimulatorThread  # noqa: E402
 from kimiwire.sim.settings import SimSettings  # noqa: E402
 
+from tests.support.clients import npm_install  # noqa: E402
 from tests.support.mitm import Mitmdump  # noqa: E402
 
 SOURCE = ROOT / "tests" / "clients" / "openclaw-2026.4.21"
@@ -33,25 +33,9 @@ FILES = {"a.txt": "alpha-0d1f", "b.txt": "bravo-7c2e", "c.txt": "charlie-93ab"}
 
 
 def install() -> pathlib.Path:
-    stamp = CACHE / ".installed"
-    manifest = (SOURCE / "package.json").read_bytes()
-    if not stamp.exists() or stamp.read_bytes() != manifest:
-        if CACHE.exists():
-            shutil.rmtree(CACHE)
-        CACHE.mkdir(parents=True)
-        shutil.copy(SOURCE / "package.json", CACHE)
+    if not (CACHE / ".installed").exists():
         print("installing OpenClaw 2026.4.21 and Node 22 into .cache/ (about a minute) ...", flush=True)
-        done = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=CACHE,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"npm install failed:\n{done.stdout}\n{done.stderr}")
-        stamp.write_bytes(manifest)
-    return CACHE
+    return npm_install(SOURCE, CACHE, timeout=900)
 
 
 def config(home: pathlib.Path, workspace: pathlib.Path, base_url: str) -> None:

@@ -308,10 +308,7 @@ class KimiWire:
     def request(self, flow: http.HTTPFlow) -> None:
         if not flow.live:
             return  # loaded from a file: it was repaired when it was live
-        try:
-            self._repair_request(flow)
-        except Exception as exc:
-            self._record_error(flow, "request repair", exc)
+        self._guarded(flow, "request repair", self._repair_request)
 
     def _repair_request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -385,10 +382,7 @@ class KimiWire:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if not flow.live or flow.response is None:
             return
-        try:
-            self._start_stream(flow)
-        except Exception as exc:
-            self._record_error(flow, "response headers", exc)
+        self._guarded(flow, "response headers", self._start_stream)
 
     def _start_stream(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -435,13 +429,17 @@ class KimiWire:
         )
         return outcome
 
+    def _guarded(self, flow: http.HTTPFlow, where: str, step: Any) -> None:
+        """Run one step of a hook; an exception is logged and recorded, never raised."""
+        try:
+            step(flow)
+        except Exception as exc:
+            self._record_error(flow, where, exc)
+
     def response(self, flow: http.HTTPFlow) -> None:
         if not flow.live or flow.response is None:
             return
-        try:
-            self._finish_response(flow)
-        except Exception as exc:
-            self._record_error(flow, "response repair", exc)
+        self._guarded(flow, "response repair", self._finish_response)
         self._flow_over(flow)
 
     def _flow_over(self, flow: http.HTTPFlow) -> None:
@@ -528,10 +526,7 @@ class KimiWire:
     def error(self, flow: http.HTTPFlow) -> None:
         if not flow.live:
             return
-        try:
-            self._on_error(flow)
-        except Exception as exc:
-            self._record_error(flow, "error hook", exc)
+        self._guarded(flow, "error hook", self._on_error)
         self._flow_over(flow)
 
     def _on_error(self, flow: http.HTTPFlow) -> None:

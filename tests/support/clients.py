@@ -47,33 +47,41 @@ TOOLS = [
 _install_lock = threading.Lock()
 
 
-def piai_dir(version: str) -> pathlib.Path:
-    """pi-ai `version` installed with `npm ci` (once; reinstalled when the lockfile changes)."""
-    source = CLIENTS / f"piai-{version}"
-    target = CACHE / f"piai-{version}"
+def npm_install(source: pathlib.Path, target: pathlib.Path, timeout: int = 300) -> pathlib.Path:
+    """The npm project in `source` installed into `target` (`npm ci` when `source` has a lockfile,
+    else `npm install`), once: again only when its manifest or lockfile changes."""
+    files = [f for f in ("package.json", "package-lock.json") if (source / f).exists()]
+    fingerprint = b"\0".join((source / f).read_bytes() for f in files)
+    stamp = target / ".installed"
     with _install_lock:
-        lock = (source / "package-lock.json").read_bytes()
-        stamp = target / ".installed-lock"
-        if not stamp.exists() or stamp.read_bytes() != lock:
-            npm = shutil.which("npm")
-            if npm is None:
-                raise RuntimeError("npm is needed for the pi-ai tests (Node.js and npm are on every machine here)")
-            if target.exists():
-                shutil.rmtree(target)
-            target.mkdir(parents=True)
-            shutil.copy(source / "package.json", target)
-            shutil.copy(source / "package-lock.json", target)
-            done = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-                cwd=target,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"npm ci failed for pi-ai {version}:\n{done.stdout}\n{done.stderr}")
-            stamp.write_bytes(lock)
-        shutil.copy(CLIENTS / "piai_driver.mjs", target / "piai_driver.mjs")
+        if stamp.exists() and stamp.read_bytes() == fingerprint:
+            return target
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is needed here (Node.js and npm are on every machine of this project)")
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for name in files:
+            shutil.copy(source / name, target)
+        command = "ci" if "package-lock.json" in files else "install"
+        done = subprocess.run(
+            [npm, command, "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=target,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"npm {command} failed for {source.name}:\n{done.stdout}\n{done.stderr}")
+        stamp.write_bytes(fingerprint)
+    return target
+
+
+def piai_dir(version: str) -> pathlib.Path:
+    """pi-ai `version`, installed with `npm ci` from the committed lockfile into .cache/."""
+    target = npm_install(CLIENTS / f"piai-{version}", CACHE / f"piai-{version}")
+    shutil.copy(CLIENTS / "piai_driver.mjs", target / "piai_driver.mjs")
     return target
 
 
