@@ -284,3 +284,18 @@ def test_repaired_flows_are_found_by_mitmproxy_filters(live):
     assert flowfilter.match("~marked", flow)
     assert flowfilter.match("~comment ids", flow)
     assert flowfilter.match("~comment stream.tool_call_joined", flow)
+
+
+def test_a_killed_proxy_leaves_a_readable_capture(upstream, tmp_path):
+    proxy = Mitmdump(upstream.url, tmp_path)
+    proxy.__enter__()
+    try:
+        for _ in range(2):
+            r = httpx.post(f"{proxy.url}/v1/chat/completions", json=REQUEST, timeout=10)
+            assert r.status_code == 200
+    finally:
+        proxy._proc.kill()  # SIGKILL: no shutdown hook runs
+        proxy._proc.wait(10)
+    [capture] = proxy.capture_files()
+    flows = proxy.read_flows(capture)
+    assert len(flows) == 2 and all(f.metadata["kimiwire"]["delivered"].endswith(b"[DONE]\n\n") for f in flows)
