@@ -16,7 +16,7 @@ from mitmproxy.test import taddons
 
 from tests.support import streams
 from tests.support.conversations import assistant, body, call, tool, user
-from tests.support.mitm import ROOT, Mitmdump
+from tests.support.mitm import ROOT, Mitmdump, free_port
 from tests.support.streams import EXEC_ARGS, READ_ARGS
 from tests.support.upstream import RecordingUpstream, sse_reply
 
@@ -299,3 +299,60 @@ def test_a_killed_proxy_leaves_a_readable_capture(upstream, tmp_path):
     [capture] = proxy.capture_files()
     flows = proxy.read_flows(capture)
     assert len(flows) == 2 and all(f.metadata["kimiwire"]["delivered"].endswith(b"[DONE]\n\n") for f in flows)
+
+
+def test_mitmweb_shows_captured_flows_with_the_kimi_views(live, tmp_path):
+    web_port, proxy_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "mitmweb"),
+            "-r",
+            str(live["capture"]),
+            "-s",
+            str(ROOT / "addons" / "kimi.py"),
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            str(proxy_port),
+            "--mode",
+            "reverse:http://127.0.0.1:9",
+            "--set",
+            "web_open_browser=false",
+            "--set",
+            "web_host=127.0.0.1",
+            "--set",
+            f"web_port={web_port}",
+            "--set",
+            "web_password=test-pw",
+            "--set",
+            f"confdir={tmp_path}",
+            "--set",
+            "kimi_capture_dir=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    headers = {"authorization": "Bearer test-pw"}
+    try:
+        flows = []
+        for _ in range(100):
+            try:
+                flows = httpx.get(f"http://127.0.0.1:{web_port}/flows", headers=headers, timeout=2).json()
+                if len(flows) == 2:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        assert len(flows) == 2
+        assert flows[0]["marked"] and "ids.call=1" in flows[0]["comment"]
+        base = f"http://127.0.0.1:{web_port}/flows/{flows[0]['id']}"
+        response = httpx.get(f"{base}/response/content/auto.json", headers=headers, timeout=5).json()
+        assert response["view_name"] == "Kimi Response"
+        assert "tool call [1] exec id=functions.exec:2" in response["text"]
+        request = httpx.get(f"{base}/request/content/auto.json", headers=headers, timeout=5).json()
+        assert request["view_name"] == "Kimi Request"
+        assert "(rewritten to functions.read:0)" in request["text"]
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -12,13 +12,7 @@ import httpx
 import orjson
 
 from tests.support.clients import TOOLS
-from tests.support.mitm import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.mitm import ROOT, free_port
 
 
 def port_open(port: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 ADDON = ROOT / "addons" / "kimi.py"
 MITMDUMP = pathlib.Path(sys.executable).parent / "mitmdump"
 _LISTENING = re.compile(r"listening at .*?:(\d+)")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Mitmdump:
