@@ -62,6 +62,8 @@ SCENARIOS = {
     ),
     "reset_mid_stream": lambda: sse_reply([*text_events().events, b"data: never\n\n"], reset_after=4),
     "slow_first_byte": lambda: sse_reply(text_events().chunk({}, "stop").done().events, header_delay=30),
+    "headers_then_nothing": lambda: sse_reply([], hold_open=30),
+    "first_event_slow": lambda: sse_reply(text_events().chunk({}, "stop").done().events, gap=0.0, first_gap=1.8),
     "rate_limited": lambda: json_reply({"error": {"message": "slow down", "type": "rate_limit", "code": 429}}, 429),
 }
 
@@ -174,6 +176,18 @@ def test_reset_mid_stream_gets_error_event_and_clean_end(proxy):
     assert orjson.loads(tail[0])["error"]["type"] == "upstream_error"
     assert tail[1] == b"[DONE]"
     assert got.elapsed < 3
+
+
+def test_headers_then_no_event_uses_the_first_byte_budget(upstream, tmp_path):
+    # Prefill can take long after the headers: before the first event the first-byte budget
+    # applies, not the (shorter) idle timeout.
+    with Mitmdump(upstream.url, tmp_path, {**OPTIONS, "kimi_idle_timeout": 1, "kimi_first_byte_timeout": 2.5}) as p:
+        slow = fetch(p, "first_event_slow")
+        silent = fetch(p, "headers_then_nothing")
+    assert slow.body == text_events().chunk({}, "stop").done().body()  # 1.8 s > idle, < first-byte
+    error = orjson.loads(datas(silent.body)[0])["error"]
+    assert error["code"] == "upstream_first_event_timeout" and datas(silent.body)[1:] == [b"[DONE]"]
+    assert 2.5 <= silent.elapsed < 4.5
 
 
 def test_slow_first_byte_gets_504_json(proxy):

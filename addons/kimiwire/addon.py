@@ -406,7 +406,7 @@ class KimiWire:
         facts, policy = context
         # The rewrite changes the length: the client side is re-framed (mitmproxy pitfall P3).
         response.headers.pop("content-length", None)
-        if flow.request.http_version.startswith("HTTP/1"):
+        if flow.request.http_version == "HTTP/1.1":
             response.headers["transfer-encoding"] = "chunked"
         repairer = StreamRepairer(facts, policy)
         stream = RepairingStream(repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc))
@@ -418,7 +418,8 @@ class KimiWire:
     async def _end_stream(self, flow: http.HTTPFlow, stream: RepairingStream, reason: str) -> str:
         def before_end() -> None:
             stream.end_reason = reason
-            self._ending(flow, "idle_timeout" if reason == "idle" else f"proxy_{reason}")
+            endings = {"idle": "idle_timeout", "first_event": "first_event_timeout"}
+            self._ending(flow, endings.get(reason, f"proxy_{reason}"))
 
         outcome = await proxy_internals.end_stream(flow, before_end)
         if outcome.startswith("closed:"):

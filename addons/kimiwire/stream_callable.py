@@ -19,6 +19,9 @@ from .stream_repair import StreamRepairer
 logger = logging.getLogger("kimiwire")
 
 IDLE_MESSAGE = "kimiwire: the upstream sent no event for {seconds:g} s; the stream was ended by the proxy"
+FIRST_EVENT_MESSAGE = (
+    "kimiwire: the upstream sent headers but no event within {seconds:g} s; the stream was ended by the proxy"
+)
 
 
 class RepairingStream:
@@ -41,6 +44,7 @@ class RepairingStream:
         self.failed = False
         self.end_reason: str | None = None  # set when the proxy ends the stream: done|finished|idle
         self.idle_timeout = 0.0
+        self.first_event_timeout = 0.0
         self.first_byte_at: float | None = None  # wall-clock times, for the capture
         self.last_byte_at: float | None = None
         self.error_event: bytes | None = None  # the error event the stream was ended with, if any
@@ -80,6 +84,9 @@ class RepairingStream:
         if self.end_reason == "idle":
             message = IDLE_MESSAGE.format(seconds=self.idle_timeout)
             return self.end_with_error(error_event(message, "upstream_timeout", "upstream_idle_timeout"))
+        if self.end_reason == "first_event":
+            message = FIRST_EVENT_MESSAGE.format(seconds=self.first_event_timeout)
+            return self.end_with_error(error_event(message, "upstream_timeout", "upstream_first_event_timeout"))
         return self.repairer.end(drop_partial=self.end_reason is not None)
 
     def end_with_error(self, event: bytes) -> list[bytes]:
@@ -88,16 +95,20 @@ class RepairingStream:
 
     def _track(self, events_before: int) -> None:
         repairer = self.repairer
+        times = self.times
+        sooner = False  # the watchdog's deadline may have moved earlier: wake it
         if repairer.data_events_in != events_before:
-            # A later event only moves the idle deadline later: the watchdog notices when it
-            # wakes up, so it is not woken for every event.
-            self.times.last_event_at = self.clock()
-        sooner = False
-        if self.times.done_at is None and repairer.done:
-            self.times.done_at = self.clock()
+            # Later events only move the idle deadline later: the watchdog notices when it wakes
+            # up, so it is not woken for every event, only for the first (first-event budget -> idle).
+            times.last_event_at = self.clock()
+            if not times.events_seen:
+                times.events_seen = True
+                sooner = True
+        if times.done_at is None and repairer.done:
+            times.done_at = self.clock()
             sooner = True
-        if self.times.finished_at is None and repairer.all_finished:
-            self.times.finished_at = self.clock()
+        if times.finished_at is None and repairer.all_finished:
+            times.finished_at = self.clock()
             sooner = True
         if sooner and self.on_change is not None:
             self.on_change()

@@ -6,6 +6,9 @@
   `done_grace`: the client gets what is held, the finish chunk and [DONE].
 - `idle`: no upstream event for `idle_timeout` (comments and keepalives do not count): the
   client gets what is held, an OpenAI-style error event and [DONE].
+- `first_event`: headers came, but no event yet. Servers often send headers at once and the
+  first event after prefill, which takes long on long contexts: this wait gets the first-byte
+  budget, not the idle one. It ends like `idle`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class StreamTimes:
     last_event_at: float
     done_at: float | None = None
     finished_at: float | None = None
+    events_seen: bool = False
 
 
 def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str] | None:
@@ -34,6 +38,8 @@ def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str]
         return times.done_at + limits.done_grace, "done"
     if times.finished_at is not None:
         return max(times.finished_at, times.last_event_at) + limits.done_grace, "finished"
+    if not times.events_seen and limits.first_byte_timeout > 0:
+        return times.started_at + max(limits.first_byte_timeout, limits.idle_timeout), "first_event"
     if limits.idle_timeout > 0:
         return times.last_event_at + limits.idle_timeout, "idle"
     return None

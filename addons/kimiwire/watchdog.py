@@ -28,6 +28,7 @@ class StreamWatchdog:
         self._wake = asyncio.Event()
         stream.on_change = self._wake.set
         stream.idle_timeout = limits.idle_timeout
+        stream.first_event_timeout = max(limits.first_byte_timeout, limits.idle_timeout)
 
     def wake(self) -> None:
         self._wake.set()

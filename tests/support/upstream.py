@@ -39,6 +39,7 @@ class Reply:
     reset_after: int | None = None  # send this many pieces, then reset the connection
     header_delay: float = 0.0  # wait this long before sending the status line
     content_length: int | None = None  # declare this length (framing "length") whatever is sent
+    first_gap: float = 0.0  # wait this long after the headers before the first piece
 
 
 def json_reply(obj, status: int = 200) -> Reply:
@@ -93,6 +94,8 @@ class RecordingUpstream:
                     self.close_connection = True
                 self.end_headers()
                 self.wfile.flush()
+                if reply.first_gap:
+                    time.sleep(reply.first_gap)
                 try:
                     for n, piece in enumerate(reply.pieces):
                         if reply.reset_after is not None and n >= reply.reset_after:
