@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -462,7 +463,7 @@ class KimiWire:
                     record["timings"] = {
                         "request": flow.request.timestamp_start,
                         "first_byte": stream.first_byte_at,
-                        "last_byte": stream.last_byte_at,
+                        "last_byte": stream.last_byte_at or time.time(),
                     }
                 else:
                     record["timings"] = {

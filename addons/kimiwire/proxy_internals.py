@@ -311,11 +311,7 @@ def install_error_answers() -> bool:
         return False
     original = Http1Server.send
 
-    def send(self: Any, event: Any) -> Iterator[Any]:
-        answer = _ANSWERS.pop(self.conn.id, None) if isinstance(event, ResponseProtocolError) else None
-        if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
-            yield from original(self, event)
-            return
+    def answer_error(self: Any, answer: ErrorAnswer, event: Any) -> Iterator[Any]:
         if self.response is None:
             response = http.Response.make(
                 answer.status, answer.body, {"content-type": "application/json", "connection": "close"}
@@ -328,6 +324,16 @@ def install_error_answers() -> bool:
             data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer.tail), answer.tail) if chunked else answer.tail
             yield commands.SendData(self.conn, data)
         yield commands.CloseConnection(self.conn)
+
+    def send(self: Any, event: Any) -> Iterator[Any]:
+        # Not a generator itself: every event sent to every client passes here, and only
+        # protocol errors with a registered answer take the other way.
+        if type(event) is not ResponseProtocolError:
+            return original(self, event)
+        answer = _ANSWERS.pop(self.conn.id, None)
+        if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
+            return original(self, event)
+        return answer_error(self, answer, event)
 
     send.__wrapped__ = original  # type: ignore[attr-defined]
     Http1Server.send = send  # type: ignore[method-assign]

@@ -50,35 +50,56 @@ class RepairingStream:
         self.error_event: bytes | None = None  # the error event the stream was ended with, if any
 
     def __call__(self, data: bytes) -> list[bytes]:
+        # Called once per upstream chunk, usually one event: kept flat, it is on every event's path.
         self.calls += 1
+        repairer = self.repairer
         if data:
-            wall = time.time()
             if self.first_byte_at is None:
-                self.first_byte_at = wall
-            self.last_byte_at = wall
+                self.first_byte_at = time.time()
             self.upstream += data
         else:
             self.ended = True
+            self.last_byte_at = time.time()
         if self.failed:
             return self._deliver([data] if data else [])
-        undecoded = self.repairer.undecoded()
-        events_before = self.repairer.data_events_in
+        undecoded = repairer.undecoded()
+        events_before = repairer.data_events_in
         try:
-            out = self.repairer.feed(data) if data else self._end()
+            out = repairer.feed(data) if data else self._end()
         except Exception as exc:
             # Nothing may be lost: what the repairer held goes out unrepaired, then the raw bytes
             # it had not yet decoded and this chunk; the rest of the stream passes through.
             self.failed = True
             out = []
             try:
-                self.repairer.release_held(out, include_undecoded=False)
+                repairer.release_held(out, include_undecoded=False)
             except Exception:
                 logger.exception("kimiwire: could not release held stream data")
             out.append(undecoded + data)
             if self.on_error is not None:
                 self.on_error(exc)
-        self._track(events_before)
+        times = self.times
+        if repairer.data_events_in != events_before:
+            # Later events only move the idle deadline later: the watchdog notices when it wakes
+            # up, so it is woken only when a deadline may move earlier.
+            times.last_event_at = self.clock()
+            if not times.events_seen:
+                times.events_seen = True
+                self._wake()
+        if times.done_at is None and repairer.done:
+            times.done_at = self.clock()
+            self._wake()
+        if times.finished_at is None and repairer.all_finished:
+            times.finished_at = self.clock()
+            self._wake()
+        if len(out) == 1 and out[0]:
+            self.delivered += out[0]
+            return out
         return self._deliver(out)
+
+    def _wake(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _end(self) -> list[bytes]:
         if self.end_reason == "idle":
@@ -92,26 +113,6 @@ class RepairingStream:
     def end_with_error(self, event: bytes) -> list[bytes]:
         self.error_event = event
         return self.repairer.end_with_error(event)
-
-    def _track(self, events_before: int) -> None:
-        repairer = self.repairer
-        times = self.times
-        sooner = False  # the watchdog's deadline may have moved earlier: wake it
-        if repairer.data_events_in != events_before:
-            # Later events only move the idle deadline later: the watchdog notices when it wakes
-            # up, so it is not woken for every event, only for the first (first-event budget -> idle).
-            times.last_event_at = self.clock()
-            if not times.events_seen:
-                times.events_seen = True
-                sooner = True
-        if times.done_at is None and repairer.done:
-            times.done_at = self.clock()
-            sooner = True
-        if times.finished_at is None and repairer.all_finished:
-            times.finished_at = self.clock()
-            sooner = True
-        if sooner and self.on_change is not None:
-            self.on_change()
 
     def _deliver(self, out: list[bytes]) -> list[bytes]:
         joined = b"".join(out)
