@@ -67,7 +67,8 @@ class KimiWire:
         self.limits = EndingLimits()
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._headers_seen: dict[str, asyncio.Event] = {}
-        self._upstream: dict[str, dict[str, Any]] = {}  # per flow: upstream response headers and body
+        # per flow until it ends: the client's original request, the upstream's response headers and body
+        self._upstream: dict[str, dict[str, Any]] = {}
         self.capture: CaptureFile | None = None
 
     # -- options ---------------------------------------------------------------------------
@@ -150,7 +151,8 @@ class KimiWire:
             "kimi_first_byte_timeout",
             str,
             "600",
-            "Seconds to wait for the upstream's response headers before answering 504; 0 disables.",
+            "Seconds to wait for the upstream's response headers before answering 504 (and, once headers came, "
+            "for the first event); 0 disables.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -231,6 +233,7 @@ class KimiWire:
                 task.cancel()
         self._tasks.clear()
         self._headers_seen.clear()
+        self._upstream.clear()
 
     @property
     def active_tasks(self) -> int:
