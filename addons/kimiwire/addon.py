@@ -159,7 +159,9 @@ class KimiWire:
         if updated & set(_SECONDS_OPTIONS):
             try:
                 self.limits = EndingLimits(
-                    *(parse_seconds(getattr(ctx.options, name), name) for name in _SECONDS_OPTIONS)
+                    done_grace=parse_seconds(ctx.options.kimi_done_grace, "kimi_done_grace"),
+                    idle_timeout=parse_seconds(ctx.options.kimi_idle_timeout, "kimi_idle_timeout"),
+                    first_byte_timeout=parse_seconds(ctx.options.kimi_first_byte_timeout, "kimi_first_byte_timeout"),
                 )
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
@@ -325,11 +327,7 @@ class KimiWire:
         policy = self.policy_for(flow)
         flow.metadata.pop(METADATA_KEY, None)  # a replayed flow brings the record of its first run
         record = flow_record(flow)
-        record["limits"] = {
-            "done_grace": self.limits.done_grace,
-            "idle_timeout": self.limits.idle_timeout,
-            "first_byte_timeout": self.limits.first_byte_timeout,
-        }
+        record["limits"] = self.limits.as_dict()
         record["policy"] = policy.as_dict()
         try:
             raw = req.get_content(strict=True)
@@ -413,10 +411,12 @@ class KimiWire:
         if flow.request.http_version == "HTTP/1.1":
             response.headers["transfer-encoding"] = "chunked"
         repairer = StreamRepairer(facts, policy)
-        stream = RepairingStream(repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc))
+        stream = RepairingStream(
+            repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc), limits=self.limits
+        )
         response.stream = stream
         if _loop_running():
-            watchdog = StreamWatchdog(stream, self.limits, lambda reason: self._end_stream(flow, stream, reason))
+            watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(flow, stream, reason))
             self._spawn(flow, watchdog.run())
 
     async def _end_stream(self, flow: http.HTTPFlow, stream: RepairingStream, reason: str) -> str:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from .openai_errors import error_event
-from .stream_endings import StreamTimes
+from .stream_endings import EndingLimits, StreamTimes
 from .stream_repair import StreamRepairer
 
 logger = logging.getLogger("kimiwire")
@@ -30,8 +30,10 @@ class RepairingStream:
         repairer: StreamRepairer,
         on_error: Callable[[BaseException], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        limits: EndingLimits | None = None,
     ) -> None:
         self.repairer = repairer
+        self.limits = limits or EndingLimits()
         self.on_error = on_error
         self.on_change: Callable[[], None] | None = None  # wakes the watchdog
         self.clock = clock
@@ -42,9 +44,7 @@ class RepairingStream:
         self.calls = 0
         self.ended = False
         self.failed = False
-        self.end_reason: str | None = None  # set when the proxy ends the stream: done|finished|idle
-        self.idle_timeout = 0.0
-        self.first_event_timeout = 0.0
+        self.end_reason: str | None = None  # set when the proxy ends the stream: done|finished|idle|first_event
         self.first_byte_at: float | None = None  # wall-clock times, for the capture
         self.last_byte_at: float | None = None
         self.error_event: bytes | None = None  # the error event the stream was ended with, if any
@@ -103,10 +103,10 @@ class RepairingStream:
 
     def _end(self) -> list[bytes]:
         if self.end_reason == "idle":
-            message = IDLE_MESSAGE.format(seconds=self.idle_timeout)
+            message = IDLE_MESSAGE.format(seconds=self.limits.idle_timeout)
             return self.end_with_error(error_event(message, "upstream_timeout", "upstream_idle_timeout"))
         if self.end_reason == "first_event":
-            message = FIRST_EVENT_MESSAGE.format(seconds=self.first_event_timeout)
+            message = FIRST_EVENT_MESSAGE.format(seconds=self.limits.first_event_timeout)
             return self.end_with_error(error_event(message, "upstream_timeout", "upstream_first_event_timeout"))
         return self.repairer.end(drop_partial=self.end_reason is not None)
 

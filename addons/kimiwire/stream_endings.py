@@ -22,6 +22,18 @@ class EndingLimits:
     idle_timeout: float = 120.0  # 0: never
     first_byte_timeout: float = 600.0  # 0: never
 
+    @property
+    def first_event_timeout(self) -> float:
+        """How long a stream may wait for its first event after the headers."""
+        return max(self.first_byte_timeout, self.idle_timeout)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "done_grace": self.done_grace,
+            "idle_timeout": self.idle_timeout,
+            "first_byte_timeout": self.first_byte_timeout,
+        }
+
 
 @dataclass(slots=True)
 class StreamTimes:
@@ -39,7 +51,7 @@ def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str]
     if times.finished_at is not None:
         return max(times.finished_at, times.last_event_at) + limits.done_grace, "finished"
     if not times.events_seen and limits.first_byte_timeout > 0:
-        return times.started_at + max(limits.first_byte_timeout, limits.idle_timeout), "first_event"
+        return times.started_at + limits.first_event_timeout, "first_event"
     if limits.idle_timeout > 0:
         return times.last_event_at + limits.idle_timeout, "idle"
     return None

@@ -1,5 +1,6 @@
-"""One asyncio task per repaired stream: sleeps until the stream's next deadline and asks the
-adapter to end the stream then. No mitmproxy import; the ending itself is a callback."""
+"""One asyncio task per repaired stream: sleeps until the stream's next deadline (by the stream's
+own limits) and asks the adapter to end the stream then. No mitmproxy import; the ending itself
+is a callback."""
 
 from __future__ import annotations
 
@@ -9,36 +10,28 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .stream_callable import RepairingStream
-from .stream_endings import EndingLimits, next_deadline
+from .stream_endings import next_deadline
 
 
 class StreamWatchdog:
     def __init__(
         self,
         stream: RepairingStream,
-        limits: EndingLimits,
         end: Callable[[str], Awaitable[str]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
-        self.limits = limits
         self.end = end
         self.clock = clock
-        self.outcome: str | None = None
         self._wake = asyncio.Event()
         stream.on_change = self._wake.set
-        stream.idle_timeout = limits.idle_timeout
-        stream.first_event_timeout = max(limits.first_byte_timeout, limits.idle_timeout)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self) -> None:
         while not self.stream.ended:
-            planned = next_deadline(self.stream.times, self.limits)
+            planned = next_deadline(self.stream.times, self.stream.limits)
             now = self.clock()
             if planned is not None and now >= planned[0]:
-                self.outcome = await self.end(planned[1])
+                await self.end(planned[1])
                 return
             self._wake.clear()
             timeout = None if planned is None else planned[0] - now
