@@ -33,7 +33,7 @@ class SSEDecoder:
     @property
     def pending(self) -> int:
         """Bytes received but not yet part of a dispatched event."""
-        return len(self._buffer) + sum(len(line) for line in self._block)
+        return len(self._buffer) + (sum(len(line) for line in self._block) if self._block else 0)
 
     def undecoded(self) -> bytes:
         return b"".join(self._block) + self._buffer if self._block else self._buffer

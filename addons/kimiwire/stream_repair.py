@@ -91,7 +91,7 @@ class StreamRepairer:
         out: list[bytes] = []
         for event in self._decoder.feed(data):
             self._event(event, out)
-        if self._held_text_may_exceed() and self.buffered > self.policy.stream_buffer_limit:
+        if self.buffered > self.policy.stream_buffer_limit:
             self.log.add("stream.buffer_limit", None, self.buffered, self.policy.stream_buffer_limit)
             self.release_held(out)
         return out
@@ -112,15 +112,6 @@ class StreamRepairer:
             self.done = True
             self.log.add("done.synthesized", None, None, "[DONE]")
         return out
-
-    def _held_text_may_exceed(self) -> bool:
-        """Cheap pre-check for the buffer limit: what is held is usually far below it."""
-        quick = self._buffered_arguments + len(self._decoder._buffer)
-        return (
-            quick > self.policy.stream_buffer_limit
-            or any(s.pending for c in self._choices.values() for s in c.scanners.values())
-            or bool(self._decoder._block)
-        )
 
     def end_with_error(self, error_event: bytes) -> list[bytes]:
         """The stream is cut short (timeout, upstream failure): the client gets the text held
@@ -155,12 +146,14 @@ class StreamRepairer:
 
     @property
     def buffered(self) -> int:
-        held_text = sum(len(s.pending) for c in self._choices.values() for s in c.scanners.values() if s.pending)
-        return self._buffered_arguments + held_text + self._decoder.pending
-
-    @property
-    def holding(self) -> bool:
-        return self.buffered > 0
+        """Bytes held back: tool-call arguments, text that may be markup, an unfinished event.
+        Checked after every upstream chunk, so written as plain loops."""
+        held = self._buffered_arguments + self._decoder.pending
+        for state in self._choices.values():
+            for scanner in state.scanners.values():
+                if scanner.pending:
+                    held += len(scanner.pending)
+        return held
 
     def undecoded(self) -> bytes:
         """Raw bytes received but not yet part of a whole event."""
@@ -350,18 +343,14 @@ class StreamRepairer:
         delta = choice.get("delta")
         if type(delta) is not dict or "tool_calls" in delta:
             return False
-        index = choice.get("index")
-        state = self._choice(index if isinstance(index, int) else 0)
         if self.policy.reasoning_field != "keep":
             return False
+        index = choice.get("index")
+        state = self._choice(index if isinstance(index, int) else 0)
         for key in TEXT_KEYS:
             text = delta.get(key)
-            if type(text) is str and text:
-                scanner = state.scanners.get(key)
-                if scanner is None:
-                    scanner = self._scanner(state, key)
-                if not scanner.passes_unchanged(text):
-                    return False
+            if type(text) is str and text and not self._scanner(state, key).passes_unchanged(text):
+                return False
         return True
 
     @staticmethod
