@@ -202,9 +202,7 @@ async def end_stream(flow: http.HTTPFlow, before_end: Callable[[], None], attemp
             return close_connections(flow, result[6:])
         if result.startswith("ended:Http1Client"):
             # A detached HTTP/1 connection is mid-body upstream: it must never be reused.
-            server = flow.server_conn
-            if server.state is not ConnectionState.CLOSED and server in handler.transports:
-                handler.close_connection(server)
+            _close_if_open(handler, flow.server_conn)
         return result
     return close_connections(flow, "the stream stayed paused")
 
@@ -248,16 +246,17 @@ def _ending_body(
     return body
 
 
+def _close_if_open(handler: Any, conn: Any) -> bool:
+    if conn.state is ConnectionState.CLOSED or conn not in handler.transports:
+        return False
+    handler.close_connection(conn)
+    return True
+
+
 def close_upstream(flow: http.HTTPFlow) -> bool:
     """Close the upstream connection of a flow; mitmproxy then runs its error path."""
     handler = _handler(flow)
-    if handler is None:
-        return False
-    server = flow.server_conn
-    if server.state is ConnectionState.CLOSED or server not in handler.transports:
-        return False
-    handler.close_connection(server)
-    return True
+    return handler is not None and _close_if_open(handler, flow.server_conn)
 
 
 def close_connections(flow: http.HTTPFlow, why: str) -> str:
@@ -265,11 +264,8 @@ def close_connections(flow: http.HTTPFlow, why: str) -> str:
     logger.warning("kimiwire: closing the connections of %s: %s", flow.request.url, why)
     handler = _handler(flow)
     try:
-        if handler is not None:
-            for conn in (flow.server_conn, flow.client_conn):
-                if conn.state is not ConnectionState.CLOSED and conn in handler.transports:
-                    handler.close_connection(conn)
-                    break
+        if handler is not None and not _close_if_open(handler, flow.server_conn):
+            _close_if_open(handler, flow.client_conn)
     except Exception:
         logger.exception("kimiwire: closing the connections failed")
     return f"closed:{why}"
