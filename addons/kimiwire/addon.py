@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import orjson
 from mitmproxy import command, ctx, exceptions, http
 
 from . import flows, proxy_internals
@@ -203,8 +204,6 @@ class KimiWire:
     @command.command("kimi.stats")
     def stats(self) -> str:
         """kimiwire's counters as JSON: repairs by kind, flows seen, flows with errors, bytes in and out."""
-        import orjson
-
         counts = dict(self.counts)
         return orjson.dumps(
             {
@@ -392,11 +391,11 @@ class KimiWire:
         headers_seen = self._headers_seen.pop(flow.id, None)
         if headers_seen is not None:
             headers_seen.set()
-        if METADATA_KEY in flow.metadata and "facts" in flow.metadata[METADATA_KEY]:
+        context = self._response_context(flow)
+        if context is not None:  # a chat flow: the capture keeps the upstream's own headers
             self._upstream.setdefault(flow.id, {})["headers"] = response.headers.fields
         if not flows.is_event_stream(response.headers.get("content-type", "")):
             return
-        context = self._response_context(flow)
         if context is None:
             if not response.stream:
                 response.stream = True  # any other event stream: forward it live, untouched
@@ -496,17 +495,7 @@ class KimiWire:
             else:
                 # Keep what the upstream really sent as the flow's body; the client's copy is in metadata.
                 response.content = bytes(stream.upstream)
-            record = flow_record(flow)
-            record["delivered"] = bytes(stream.delivered)
-            if stream.error_event is not None:
-                record["error_event"] = stream.error_event
-            record["stream"] = {
-                "events_in": stream.repairer.events_in,
-                "upstream_bytes": len(stream.upstream),
-                "delivered_bytes": len(stream.delivered),
-                "passthrough": stream.failed or stream.repairer.bypass,
-            }
-            self._record_repairs(flow, "response", stream.repairer.log)
+            self._record_stream(flow, stream)
             self._ending(flow, "natural")
             return
         context = self._response_context(flow)
@@ -518,7 +507,7 @@ class KimiWire:
         if not body:
             return
         facts, policy = context
-        self._upstream.setdefault(flow.id, {}).update(headers=response.headers.fields, body=response.raw_content)
+        self._upstream.setdefault(flow.id, {})["body"] = response.raw_content
         new_body, log, why = repair_completion_body(body, facts, policy)
         if why:
             self._note(flow, f"response not repaired: {why}")
@@ -557,17 +546,27 @@ class KimiWire:
         elif isinstance(stream, RepairingStream) and not stream.ended:
             # Mid-stream reset or protocol error: end the stream cleanly with an error event.
             text = f"kimiwire: the upstream connection failed mid-stream: {message}"
-            tail = stream.end_with_error(error_event(text, "upstream_error", "upstream_disconnected"))
-            record["error_event"] = stream.error_event
-            stream.delivered += b"".join(tail)
-            proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(502, b"", b"".join(tail)))
+            tail = b"".join(stream.end_with_error(error_event(text, "upstream_error", "upstream_disconnected")))
+            stream.delivered += tail
+            proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(502, b"", tail))
             self._ending(flow, "upstream_error_mid_stream")
         if isinstance(stream, RepairingStream):
             flow.response.content = bytes(stream.upstream)  # type: ignore[union-attr]
-            record["delivered"] = bytes(stream.delivered)
-            self._record_repairs(flow, "response", stream.repairer.log)
-            if stream.error_event is not None:
-                record["error_event"] = stream.error_event
+            self._record_stream(flow, stream)
+
+    def _record_stream(self, flow: http.HTTPFlow, stream: RepairingStream) -> None:
+        """What a repaired stream leaves on its flow, however it ended."""
+        record = flow_record(flow)
+        record["delivered"] = bytes(stream.delivered)
+        if stream.error_event is not None:
+            record["error_event"] = stream.error_event
+        record["stream"] = {
+            "events_in": stream.repairer.events_in,
+            "upstream_bytes": len(stream.upstream),
+            "delivered_bytes": len(stream.delivered),
+            "passthrough": stream.failed or stream.repairer.bypass,
+        }
+        self._record_repairs(flow, "response", stream.repairer.log)
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)
