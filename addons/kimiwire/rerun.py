@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from . import flows
 from .assembled import AssembledResponse, assemble
 from .policy import Policy
@@ -34,12 +36,13 @@ def rerun_exchange(
     error_event: bytes | None = None,
 ) -> Rerun:
     """`ending` and `error_event` say how the live stream ended, so a stream the proxy cut short
-    (idle timeout, upstream failure) is cut the same way."""
+    (idle timeout, upstream failure) is cut the same way. As live, the response is repaired even
+    when the request was left alone (with what could be learnt from it)."""
     request = repair_request_body(client_request, policy)
     upstream_request = request.body if request.body is not None else client_request
     response_log = RepairLog()
     delivered = upstream_body
-    if request.skipped is None and status < 400:
+    if status < 400:
         if flows.is_event_stream(content_type):
             repairer = StreamRepairer(request.facts, policy)
             out = repairer.feed(upstream_body)
@@ -56,8 +59,6 @@ def rerun_exchange(
 
 
 def _request_ids(body: bytes) -> list[tuple[str, Any]]:
-    import orjson
-
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
