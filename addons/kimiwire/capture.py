@@ -47,15 +47,6 @@ def saved_state(
     return state
 
 
-def saved_flow(
-    flow: http.HTTPFlow,
-    client_request: dict | None = None,
-    upstream_headers: Any = None,
-    upstream_body: bytes | None = None,
-) -> http.HTTPFlow:
-    return http.HTTPFlow.from_state(saved_state(flow, client_request, upstream_headers, upstream_body))
-
-
 class CaptureFile:
     """Appends flows to `<folder>/kimiwire-<start time>.mitm`, created on first use (folder 0700,
     file 0600), flushed after every flow. A write error is logged once and never raises."""

@@ -17,10 +17,6 @@ class SSEEvent:
     event: bytes | None = None
     complete: bool = True  # False for a block cut off by the end of the stream
 
-    @property
-    def is_comment_only(self) -> bool:
-        return self.data is None and self.event is None
-
 
 class SSEDecoder:
     def __init__(self) -> None:
