@@ -340,7 +340,8 @@ class KimiWire:
         record["facts"] = result.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
-        self._upstream[flow.id] = {"client_request": req.get_state()}
+        if self.capture is not None:
+            self._upstream[flow.id] = {"client_request": req.get_state()}
         # Upstream compression would reach the stream callable still compressed.
         req.headers["accept-encoding"] = "identity"
         if result.skipped:
