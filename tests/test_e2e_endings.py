@@ -215,6 +215,9 @@ def test_connection_refused_gets_502_json_naming_the_upstream(tmp_path):
     error = r.json()["error"]
     assert f"127.0.0.1:{port}" in error["message"] and error["type"] == "upstream_error"
     assert elapsed < 2
+    [flow] = p.read_flows()
+    assert flow.metadata["kimiwire"]["error_answer"] == 502  # visible on the flow
+    assert flow.metadata["kimiwire"]["ending"] == "upstream_error"
 
 
 @pytest.mark.parametrize("scenario,error", [("stall", "upstream_idle_timeout"), ("reset_mid_stream", None)])

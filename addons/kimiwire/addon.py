@@ -19,15 +19,7 @@ from mitmproxy import command, ctx, exceptions, http
 from . import flows, proxy_internals
 from .capture import CaptureFile, saved_state
 from .openai_errors import error_body, error_event
-from .policy import (
-    FLAVOR_CHOICES,
-    REASONING_CHOICES,
-    REASONING_FIELD_CHOICES,
-    TOOL_IDS_CHOICES,
-    TOOL_STREAM_CHOICES,
-    Policy,
-    resolve_flavor,
-)
+from .policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
 from .repairs import RepairLog
 from .request_repair import RequestFacts, repair_request_body
 from .response_repair import repair_completion_body
@@ -42,12 +34,8 @@ METADATA_KEY = "kimiwire"
 MARKER = ":wrench:"
 ERROR_MARKER = ":warning:"
 
-_CHOICE_OPTIONS = {
-    "kimi_flavor": FLAVOR_CHOICES,
-    "kimi_tool_ids": TOOL_IDS_CHOICES,
-    "kimi_reasoning": REASONING_CHOICES,
-    "kimi_tool_stream": TOOL_STREAM_CHOICES,
-    "kimi_reasoning_field": REASONING_FIELD_CHOICES,
+_CHOICE_OPTIONS = {"kimi_flavor": FLAVOR_CHOICES} | {
+    f"kimi_{field}": choices for field, (choices, _) in POLICY_OPTIONS.items()
 }
 
 
@@ -82,35 +70,8 @@ class KimiWire:
             "Upstream flavor: auto (from the upstream host), selfhosted (SGLang/vLLM), moonshot, deepinfra.",
             choices=FLAVOR_CHOICES,
         )
-        loader.add_option(
-            "kimi_tool_ids",
-            str,
-            "canonical",
-            "canonical: rewrite history tool-call ids to functions.NAME:K; keep: leave them.",
-            choices=TOOL_IDS_CHOICES,
-        )
-        loader.add_option(
-            "kimi_reasoning",
-            str,
-            "auto",
-            "Historical reasoning: strip, loop (keep only the current tool loop), keep; "
-            "auto: strip for selfhosted, loop for moonshot and deepinfra.",
-            choices=REASONING_CHOICES,
-        )
-        loader.add_option(
-            "kimi_tool_stream",
-            str,
-            "whole",
-            "whole: send each streamed tool call once, complete; passthrough: forward tool deltas as they come.",
-            choices=TOOL_STREAM_CHOICES,
-        )
-        loader.add_option(
-            "kimi_reasoning_field",
-            str,
-            "keep",
-            "Name of the reasoning field in responses: keep, reasoning_content, reasoning, both.",
-            choices=REASONING_FIELD_CHOICES,
-        )
+        for field, (choices, help_text) in POLICY_OPTIONS.items():
+            loader.add_option(f"kimi_{field}", str, choices[0], help_text, choices=choices)
         loader.add_option(
             "kimi_stream_buffer_limit",
             int,
@@ -119,6 +80,20 @@ class KimiWire:
             "stream is forwarded unrepaired.",
         )
         self._load_ending_options(loader)
+        loader.add_option(
+            "kimi_lazy_connect",
+            bool,
+            True,
+            "Set connection_strategy to lazy: in reverse mode mitmproxy's default (eager) drops clients without "
+            "any answer when the upstream is down.",
+        )
+        loader.add_option(
+            "kimi_json_errors",
+            bool,
+            True,
+            "Answer upstream failures with OpenAI-style errors (502/504 JSON bodies; an error event, [DONE] and "
+            "a clean end mid-stream) instead of mitmproxy's HTML page or a torn connection.",
+        )
         loader.add_option(
             "kimi_capture_dir",
             str,
@@ -187,10 +162,10 @@ class KimiWire:
         # Reverse mode connects upstream eagerly by default: when the upstream is down the client
         # is dropped without any answer (and its SDK retries). Lazy connections turn that into an
         # error response the client can read.
-        if ctx.options.connection_strategy == "eager":
+        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager":
             ctx.options.update(connection_strategy="lazy")
             logger.info("kimiwire: connection_strategy set to lazy, so upstream failures reach clients as errors")
-        if not proxy_internals.install_error_answers():
+        if ctx.options.kimi_json_errors and not proxy_internals.install_error_answers():
             logger.warning("kimiwire: upstream failures will reach clients as mitmproxy's HTML error page")
         if self.capture is not None:
             logger.info("kimiwire: chat flows are captured in %s", self.capture.path)
@@ -274,11 +249,8 @@ class KimiWire:
         opts = ctx.options
         return Policy.build(
             resolve_flavor(opts.kimi_flavor, flow.request.host),
-            tool_ids=opts.kimi_tool_ids,
-            reasoning=opts.kimi_reasoning,
-            tool_stream=opts.kimi_tool_stream,
-            reasoning_field=opts.kimi_reasoning_field,
             stream_buffer_limit=opts.kimi_stream_buffer_limit,
+            **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
         )
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -365,9 +337,7 @@ class KimiWire:
             return
         seconds = self.limits.first_byte_timeout
         message = f"kimiwire: {flow.request.url} sent no response headers within {seconds:g} s"
-        proxy_internals.set_error_answer(
-            flow, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b"")
-        )
+        self._answer_error(flow, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
         self._ending(flow, "first_byte_timeout")
         flow_record(flow)["errors"].append(message)
         if not proxy_internals.close_upstream(flow):
@@ -540,20 +510,29 @@ class KimiWire:
                 f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
                 f"failed before responding: {message}"
             )
-            proxy_internals.set_error_answer(
+            self._answer_error(
                 flow, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
             )
             self._ending(flow, "upstream_error")
-        elif isinstance(stream, RepairingStream) and not stream.ended:
+        elif isinstance(stream, RepairingStream) and not stream.ended and ctx.options.kimi_json_errors:
             # Mid-stream reset or protocol error: end the stream cleanly with an error event.
             text = f"kimiwire: the upstream connection failed mid-stream: {message}"
             tail = b"".join(stream.end_with_error(error_event(text, "upstream_error", "upstream_disconnected")))
             stream.delivered += tail
-            proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(502, b"", tail))
+            self._answer_error(flow, proxy_internals.ErrorAnswer(502, b"", tail))
             self._ending(flow, "upstream_error_mid_stream")
         if isinstance(stream, RepairingStream):
             flow.response.content = bytes(stream.upstream)  # type: ignore[union-attr]
             self._record_stream(flow, stream)
+
+    @staticmethod
+    def _answer_error(flow: http.HTTPFlow, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
+        if not ctx.options.kimi_json_errors:
+            return
+        record = flow_record(flow)
+        if replace or "error_answer" not in record:
+            proxy_internals.set_error_answer(flow, answer, replace)
+            record["error_answer"] = answer.status
 
     def _record_stream(self, flow: http.HTTPFlow, stream: RepairingStream) -> None:
         """What a repaired stream leaves on its flow, however it ended."""

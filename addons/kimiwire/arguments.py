@@ -104,6 +104,14 @@ def fix_history_arguments(text: Any) -> ArgumentsFix:
     return ArgumentsFix("{}", "args.replaced", {})
 
 
+def unrepaired_arguments(text: Any) -> ArgumentsFix:
+    """Arguments forwarded as sent (`kimi_arguments=keep`), decoded only to check the schema."""
+    if not isinstance(text, str):
+        return ArgumentsFix(_dumps(text), None, text if isinstance(text, dict) else None)
+    ok, value = _loads(text) if text.strip() else (False, None)
+    return ArgumentsFix(text, None, value if ok and isinstance(value, dict) else None)
+
+
 def fix_response_arguments(text: Any) -> ArgumentsFix:
     """For calls the model just made: unambiguous repairs, then a JSON-repair library when it
     yields an object; otherwise the text is forwarded as is and reported as invalid."""

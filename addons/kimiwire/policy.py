@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any
 
 
 class Flavor(StrEnum):
@@ -17,6 +18,51 @@ TOOL_IDS_CHOICES = ("canonical", "keep")
 REASONING_CHOICES = ("auto", "strip", "loop", "keep")
 TOOL_STREAM_CHOICES = ("whole", "passthrough")
 REASONING_FIELD_CHOICES = ("keep", "reasoning_content", "reasoning", "both")
+THINKING_FIELDS_CHOICES = ("translate", "keep")
+HISTORY_CHOICES = ("repair", "keep")
+MARKUP_CHOICES = ("recover", "keep")
+ARGUMENTS_CHOICES = ("repair", "keep")
+FINISH_CHOICES = ("fix", "keep")
+
+# Each choice option is `kimi_<field>` on the addon and `--<field>` for scripts/replay; the first
+# choice is the default.
+POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tool_ids": (TOOL_IDS_CHOICES, "canonical: rewrite history tool-call ids to functions.NAME:K; keep: leave them."),
+    "reasoning": (
+        REASONING_CHOICES,
+        "Historical reasoning: strip, loop (keep only the current tool loop), keep; "
+        "auto: strip for selfhosted, loop for moonshot and deepinfra.",
+    ),
+    "thinking_fields": (
+        THINKING_FIELDS_CHOICES,
+        "translate: thinking / enable_thinking become what the flavor understands "
+        "(chat_template_kwargs.thinking, reasoning_effort none); keep: forward them as sent.",
+    ),
+    "history": (
+        HISTORY_CHOICES,
+        "repair: historical tool-call arguments made JSON objects, and on moonshot empty assistant messages "
+        "and empty text parts removed; keep: leave the history as sent.",
+    ),
+    "tool_stream": (
+        TOOL_STREAM_CHOICES,
+        "whole: send each streamed tool call once, complete; passthrough: forward tool deltas as they come.",
+    ),
+    "markup": (MARKUP_CHOICES, "recover: raw Kimi tool-call markup in text becomes tool calls; keep: leave it."),
+    "arguments": (
+        ARGUMENTS_CHOICES,
+        "repair: tool-call arguments in responses made JSON objects (empty, double-encoded, duplicated, "
+        "json-repair); keep: forward them as sent (still checked against the schema).",
+    ),
+    "finish": (
+        FINISH_CHOICES,
+        "fix: finish_reason tool_calls whenever calls were sent, engine end reasons become stop, usage found "
+        "in a choice also at the top level; keep: forward them as sent.",
+    ),
+    "reasoning_field": (
+        REASONING_FIELD_CHOICES,
+        "Name of the reasoning field in responses: keep, reasoning_content, reasoning, both.",
+    ),
+}
 
 _MOONSHOT_HOST_SUFFIXES = ("moonshot.ai", "moonshot.cn", "kimi.ai", "kimi.com")
 _DEEPINFRA_HOST_SUFFIXES = ("deepinfra.com",)
@@ -41,7 +87,8 @@ def resolve_flavor(option: str, host: str) -> Flavor:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The repairs in force for one flow, after `auto` has been resolved."""
+    """The repairs in force for one flow, after `auto` has been resolved. Each field is the value
+    of the `kimi_<field>` option."""
 
     flavor: Flavor = Flavor.SELFHOSTED
     tool_ids: str = "canonical"
@@ -49,38 +96,24 @@ class Policy:
     tool_stream: str = "whole"
     reasoning_field: str = "keep"
     stream_buffer_limit: int = 8 * 1024 * 1024
+    thinking_fields: str = "translate"  # request: thinking / enable_thinking per flavor
+    history: str = "repair"  # request: historical arguments, Moonshot's empty messages and parts
+    markup: str = "recover"  # response: raw Kimi markup in text becomes tool calls
+    arguments: str = "repair"  # response: tool-call arguments made JSON objects
+    finish: str = "fix"  # response: finish_reason corrected, usage found in a choice also at the top
 
     @classmethod
-    def build(
-        cls,
-        flavor: Flavor,
-        tool_ids: str = "canonical",
-        reasoning: str = "auto",
-        tool_stream: str = "whole",
-        reasoning_field: str = "keep",
-        stream_buffer_limit: int = 8 * 1024 * 1024,
-    ) -> Policy:
+    def build(cls, flavor: Flavor, reasoning: str = "auto", **options: Any) -> Policy:
         if reasoning == "auto":
             reasoning = "strip" if flavor is Flavor.SELFHOSTED else "loop"
-        return cls(flavor, tool_ids, reasoning, tool_stream, reasoning_field, stream_buffer_limit)
+        return cls(flavor=flavor, reasoning=reasoning, **options)
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Policy:
-        return cls(
-            Flavor(str(data["flavor"])),
-            str(data["tool_ids"]),
-            str(data["reasoning"]),
-            str(data["tool_stream"]),
-            str(data["reasoning_field"]),
-            int(data["stream_buffer_limit"]),  # type: ignore[call-overload]
-        )
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        """From `as_dict`; fields a record predates keep their defaults."""
+        known = {f.name for f in fields(cls)} - {"flavor"}
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(flavor=Flavor(str(data["flavor"])), **values)
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "flavor": self.flavor.value,
-            "tool_ids": self.tool_ids,
-            "reasoning": self.reasoning,
-            "tool_stream": self.tool_stream,
-            "reasoning_field": self.reasoning_field,
-            "stream_buffer_limit": self.stream_buffer_limit,
-        }
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"flavor": self.flavor.value}

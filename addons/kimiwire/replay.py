@@ -14,16 +14,7 @@ from typing import Any
 
 from mitmproxy import http, io
 
-from .policy import (
-    FLAVOR_CHOICES,
-    REASONING_CHOICES,
-    REASONING_FIELD_CHOICES,
-    TOOL_IDS_CHOICES,
-    TOOL_STREAM_CHOICES,
-    Flavor,
-    Policy,
-    resolve_flavor,
-)
+from .policy import FLAVOR_CHOICES, POLICY_OPTIONS, Flavor, Policy, resolve_flavor
 from .rerun import compare, rerun_exchange
 
 
@@ -34,10 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("captures", nargs="+", type=pathlib.Path, help="capture files (mitmproxy flow files)")
     parser.add_argument("--flavor", choices=FLAVOR_CHOICES, help="override the flavor recorded in each flow")
-    parser.add_argument("--tool-ids", choices=TOOL_IDS_CHOICES)
-    parser.add_argument("--reasoning", choices=REASONING_CHOICES)
-    parser.add_argument("--tool-stream", choices=TOOL_STREAM_CHOICES)
-    parser.add_argument("--reasoning-field", choices=REASONING_FIELD_CHOICES)
+    for field, (choices, help_text) in POLICY_OPTIONS.items():
+        parser.add_argument(f"--{field.replace('_', '-')}", choices=choices, help=f"override kimi_{field}: {help_text}")
     parser.add_argument("--stream-buffer-limit", type=int)
     parser.add_argument("-w", "--write", type=pathlib.Path, help="write the re-repaired flows to this flow file")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only flows that differ and the summary")
@@ -51,14 +40,9 @@ def policy_for(flow: http.HTTPFlow, recorded: dict[str, Any], args: argparse.Nam
     if reasoning is None:
         # The recorded policy has `auto` resolved already; a new flavor re-resolves `auto`.
         reasoning = base.reasoning if args.flavor is None else "auto"
-    return Policy.build(
-        flavor,
-        tool_ids=args.tool_ids or base.tool_ids,
-        reasoning=reasoning,
-        tool_stream=args.tool_stream or base.tool_stream,
-        reasoning_field=args.reasoning_field or base.reasoning_field,
-        stream_buffer_limit=args.stream_buffer_limit or base.stream_buffer_limit,
-    )
+    overrides = {field: getattr(args, field) or getattr(base, field) for field in POLICY_OPTIONS}
+    overrides["reasoning"] = reasoning
+    return Policy.build(flavor, stream_buffer_limit=args.stream_buffer_limit or base.stream_buffer_limit, **overrides)
 
 
 def _read(paths: Sequence[pathlib.Path]) -> list[tuple[pathlib.Path, http.HTTPFlow]]:

@@ -81,7 +81,8 @@ def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
     anything that matters: the caller forwards the original bytes then)."""
     messages = body["messages"]
     log = RepairLog()
-    if policy.flavor is Flavor.MOONSHOT:
+    repair_history = policy.history == "repair"
+    if repair_history and policy.flavor is Flavor.MOONSHOT:
         kept, origin = _moonshot_hygiene_with_origin(messages, log)
         if len(kept) != len(messages):
             body["messages"] = messages = kept
@@ -96,13 +97,15 @@ def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
         later,
         placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and thinking_requested(body),
     )
-    repair_history_arguments(messages, later)
+    if repair_history:
+        repair_history_arguments(messages, later)
     if origin is not None:
         for entry in later.entries:
             if entry.message_index is not None:
                 entry.message_index = origin[entry.message_index]
     log.extend(later)
-    translate_thinking_fields(body, policy.flavor, log)
+    if policy.thinking_fields == "translate":
+        translate_thinking_fields(body, policy.flavor, log)
     return log
 
 

@@ -44,7 +44,7 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             continue
         message = choice["message"]
-        recovered = _recover_markup(message, declared, log)
+        recovered = _recover_markup(message, declared, log) if policy.markup == "recover" else []
         existing = message.get("tool_calls")
         raw_calls: list[tuple[str, Any, Any]] = []
         if isinstance(existing, list):
@@ -66,9 +66,9 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
                 message["tool_calls"] = calls
         if rename_reasoning(message, policy.reasoning_field):
             log.add("reasoning.field_renamed", None, None, policy.reasoning_field)
-        choice["finish_reason"] = fix_finish_reason(choice.get("finish_reason"), bool(raw_calls), None, log)
+        choice["finish_reason"] = fix_finish_reason(choice.get("finish_reason"), bool(raw_calls), None, log, policy)
         usage = choice.get("usage")
-        if isinstance(usage, dict) and body.get("usage") is None:
+        if policy.finish == "fix" and isinstance(usage, dict) and body.get("usage") is None:
             body["usage"] = usage
             log.add("usage.hoisted", None, None, "usage")
     return log

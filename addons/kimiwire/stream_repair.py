@@ -70,6 +70,7 @@ class StreamRepairer:
         self.facts = facts
         self.policy = policy
         self.declared = frozenset(facts.tools)
+        self.scan_markup = policy.markup == "recover"
         self.log = RepairLog()
         self.done = False  # `data: [DONE]` has been emitted
         self.bypass = False  # past the buffer limit: forward the rest unrepaired
@@ -289,7 +290,7 @@ class StreamRepairer:
                 changed = True
                 self._note_once("reasoning.field_renamed", None, self.policy.reasoning_field)
         usage = choice.get("usage")
-        if isinstance(usage, dict) and chunk.get("usage") is None:
+        if self.policy.finish == "fix" and isinstance(usage, dict) and chunk.get("usage") is None:
             chunk["usage"] = usage
             changed = True
             self._note_once("usage.hoisted", None, "usage")
@@ -312,7 +313,7 @@ class StreamRepairer:
         for call in state.calls:
             call.complete = True
         ready = self._take_ready(state)
-        fixed = fix_finish_reason(finish, state.emitted_calls > 0, None, self.log)
+        fixed = fix_finish_reason(finish, state.emitted_calls > 0, None, self.log, self.policy)
         state.needs_finish = False
         if not ready:
             if fixed != finish:
@@ -347,6 +348,8 @@ class StreamRepairer:
             return False
         index = choice.get("index")
         state = self._choice(index if isinstance(index, int) else 0)
+        if not self.scan_markup:
+            return True
         for key in TEXT_KEYS:
             text = delta.get(key)
             if type(text) is str and text and not self._scanner(state, key).passes_unchanged(text):
@@ -371,6 +374,8 @@ class StreamRepairer:
         return scanner
 
     def _texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        if not self.scan_markup:
+            return False
         changed = False
         mirrored = isinstance(delta.get("reasoning_content"), str) and delta.get("reasoning_content") == delta.get(
             "reasoning"

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from .arguments import fix_response_arguments
+from .arguments import fix_response_arguments, unrepaired_arguments
 from .policy import Policy
 from .repairs import RepairLog
 from .request_repair import RequestFacts
@@ -25,7 +25,7 @@ def finalize_call(
     log: RepairLog,
 ) -> dict[str, Any]:
     """The complete OpenAI tool call for the call at `position` in this response's choice."""
-    fixed = fix_response_arguments(arguments)
+    fixed = fix_response_arguments(arguments) if policy.arguments == "repair" else unrepaired_arguments(arguments)
     if fixed.kind is not None:
         log.add(fixed.kind, position, arguments, fixed.text)
     if not name:
@@ -45,8 +45,11 @@ def finalize_call(
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": fixed.text}}
 
 
-def fix_finish_reason(reason: Any, has_tool_calls: bool, position: int | None, log: RepairLog) -> Any:
-    """`tool_calls` whenever calls were emitted; engine-specific end reasons become `stop`."""
+def fix_finish_reason(reason: Any, has_tool_calls: bool, position: int | None, log: RepairLog, policy: Policy) -> Any:
+    """`tool_calls` whenever calls were emitted; engine-specific end reasons become `stop`
+    (`kimi_finish=fix`)."""
+    if policy.finish != "fix":
+        return reason
     fixed = reason
     if has_tool_calls:
         fixed = "tool_calls"
