@@ -10,8 +10,8 @@ _HERE = str(pathlib.Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from kimiwire import contentview  # noqa: E402
-from kimiwire.addon import KimiWire  # noqa: E402
+from kimiwire.mitm import contentview  # noqa: E402
+from kimiwire.mitm.addon import KimiWire  # noqa: E402
 
 contentview.register()
 addons = [KimiWire()]

@@ -31,10 +31,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
 import orjson  # noqa: E402
-from kimiwire.policy import Flavor, Policy  # noqa: E402
-from kimiwire.request_repair import RequestFacts, repair_request_body  # noqa: E402
-from kimiwire.sse import SSEDecoder, encode_data  # noqa: E402
-from kimiwire.stream_repair import StreamRepairer  # noqa: E402
+from kimiwire.wire.facts import RequestFacts  # noqa: E402
+from kimiwire.wire.policy import Flavor, Policy  # noqa: E402
+from kimiwire.wire.request.repair import repair_request_body  # noqa: E402
+from kimiwire.wire.response.stream_repair import StreamRepairer  # noqa: E402
+from kimiwire.wire.sse import SSEDecoder, encode_data  # noqa: E402
 
 POLICY = Policy.build(Flavor.SELFHOSTED)
 TOOLS = {

@@ -2,8 +2,8 @@
 
 import orjson
 import pytest
-from kimiwire import addon as addon_module
-from kimiwire.addon import KimiWire
+from kimiwire.mitm import addon as addon_module
+from kimiwire.mitm.addon import KimiWire
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 

@@ -9,8 +9,8 @@ import time
 import httpx
 import orjson
 import pytest
-from kimiwire.addon import KimiWire
-from kimiwire.contentview import register
+from kimiwire.mitm.addon import KimiWire
+from kimiwire.mitm.contentview import register
 from mitmproxy import contentviews
 from mitmproxy.test import taddons
 

@@ -13,10 +13,10 @@ import httpx
 import openai
 import orjson
 import pytest
-from kimiwire import proxy_internals
-from kimiwire.policy import Flavor, Policy
-from kimiwire.request_repair import RequestFacts
-from kimiwire.stream_repair import StreamRepairer
+from kimiwire.mitm import proxy_internals
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.response.stream_repair import StreamRepairer
 
 from tests.support.conversations import TOOLS, user
 from tests.support.mitm import Mitmdump

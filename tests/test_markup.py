@@ -1,5 +1,5 @@
 import pytest
-from kimiwire.markup import MarkupScanner, name_from_id
+from kimiwire.wire.response.markup import MarkupScanner, name_from_id
 
 DECLARED = frozenset({"read", "exec"})
 SECTION = (

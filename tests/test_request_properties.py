@@ -5,9 +5,9 @@ import copy
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kimiwire.policy import Flavor, Policy
-from kimiwire.request_repair import repair_request_body
-from kimiwire.tool_ids import count_history_tool_calls
+from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.request.tool_ids import count_history_tool_calls
 
 NAMES = ["read", "exec", "web_search", "a-b"]
 id_shapes = st.one_of(

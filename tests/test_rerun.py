@@ -1,10 +1,10 @@
 """scripts/replay's core must deliver what the live addon delivered for the same exchange."""
 
 import orjson
-from kimiwire.policy import Flavor, Policy
-from kimiwire.request_repair import repair_request_body
-from kimiwire.rerun import rerun_exchange
-from kimiwire.stream_repair import StreamRepairer
+from kimiwire.inspection.rerun import rerun_exchange
+from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.response.stream_repair import StreamRepairer
 
 from tests.support import streams
 from tests.support.conversations import TOOLS, assistant, user

@@ -1,5 +1,5 @@
 import pytest
-from kimiwire.stream_endings import EndingLimits, StreamTimes, next_deadline, parse_seconds
+from kimiwire.wire.stream_endings import EndingLimits, StreamTimes, next_deadline, parse_seconds
 
 LIMITS = EndingLimits(done_grace=1.0, idle_timeout=120.0, first_byte_timeout=600.0)
 

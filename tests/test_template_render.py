@@ -4,8 +4,8 @@ import re
 
 import orjson
 import pytest
-from kimiwire.policy import Flavor, Policy
-from kimiwire.request_repair import repair_request_body
+from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.request.repair import repair_request_body
 
 from tests.support.conversations import assistant, body, call, tool, user
 from tests.support.template import ASSISTANT_TURN, CALL_ID, RETURN_OF, SHARED_TEMPLATE, TEMPLATE, THINK, render

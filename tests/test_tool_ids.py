@@ -1,8 +1,8 @@
 import copy
 
 import pytest
-from kimiwire.repairs import RepairLog
-from kimiwire.tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
 
 from tests.support.conversations import assistant, call, tool, user
 

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 from mitmproxy import contentviews, http
 
-from . import flows
-from .assembled import assemble
-from .presentation import render_repairs, render_request, render_response
+from kimiwire.inspection.assembled import assemble
+from kimiwire.inspection.presentation import render_repairs, render_request, render_response
+from kimiwire.wire import chat_exchanges
 
 
 def _record(metadata: contentviews.Metadata) -> dict[str, Any]:
@@ -49,9 +49,9 @@ class KimiResponseContentview(contentviews.Contentview):
         if not isinstance(metadata.http_message, http.Response):
             return -1
         content_type = metadata.content_type or ""
-        if flows.is_event_stream(content_type) and b"data:" in data[:4096]:
+        if chat_exchanges.is_event_stream(content_type) and b"data:" in data[:4096]:
             return 2 if _is_chat_path(metadata) or b'"choices"' in data[:8192] else -1
-        if flows.is_json(content_type) and _is_chat_path(metadata) and b'"choices"' in data[:65536]:
+        if chat_exchanges.is_json(content_type) and _is_chat_path(metadata) and b'"choices"' in data[:65536]:
             return 2
         return -1
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .repairs import RepairLog
+from kimiwire.wire.repairs import RepairLog
 
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]")
 _TRUNCATED_ID_LENGTH = 40  # OpenClaw and pi-ai cut ids to 40 characters

@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .history import moonshot_hygiene, repair_history_arguments
-from .policy import Flavor, Policy
-from .reasoning import apply_reasoning_policy
-from .repairs import RepairLog
-from .request_fields import thinking_requested, translate_thinking_fields
-from .tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
-
-
-@dataclass
-class RequestFacts:
-    """What the response repair needs to know about the request it answers."""
-
-    history_tool_calls: int = 0
-    tools: dict[str, Any] = field(default_factory=dict)  # declared name -> parameters schema
-    tools_declared: bool = False
-    stream: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "history_tool_calls": self.history_tool_calls,
-            "tools": self.tools,
-            "tools_declared": self.tools_declared,
-            "stream": self.stream,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RequestFacts:
-        return cls(
-            int(data.get("history_tool_calls", 0)),
-            dict(data.get("tools") or {}),
-            bool(data.get("tools_declared")),
-            bool(data.get("stream")),
-        )
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.request.history import moonshot_hygiene, repair_history_arguments
+from kimiwire.wire.request.reasoning import apply_reasoning_policy
+from kimiwire.wire.request.thinking_fields import thinking_requested, translate_thinking_fields
+from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
 
 
 @dataclass

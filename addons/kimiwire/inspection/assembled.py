@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .sse import DONE, SSEDecoder
+from kimiwire.wire.sse import DONE, SSEDecoder
 
 
 @dataclass

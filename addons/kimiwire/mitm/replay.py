@@ -14,8 +14,8 @@ from typing import Any
 
 from mitmproxy import http, io
 
-from .policy import FLAVOR_CHOICES, POLICY_OPTIONS, Flavor, Policy, resolve_flavor
-from .rerun import compare, rerun_exchange
+from kimiwire.inspection.rerun import compare, rerun_exchange
+from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Flavor, Policy, resolve_flavor
 
 
 def _parser() -> argparse.ArgumentParser:

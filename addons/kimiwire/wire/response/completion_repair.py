@@ -6,12 +6,12 @@ from typing import Any
 
 import orjson
 
-from .markup import MarkupScanner, RecoveredCall
-from .policy import Policy
-from .reasoning_field import TEXT_KEYS, rename_reasoning
-from .repairs import RepairLog
-from .request_repair import RequestFacts
-from .tool_calls import finalize_call, fix_finish_reason
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Policy
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
+from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
+from kimiwire.wire.response.tool_calls import finalize_call, fix_finish_reason
 
 
 def _recover_markup(message: dict[str, Any], declared: frozenset[str], log: RepairLog) -> list[RecoveredCall]:

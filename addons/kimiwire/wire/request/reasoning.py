@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .repairs import RepairLog
+from kimiwire.wire.repairs import RepairLog
 
 REASONING_KEYS = ("reasoning_content", "reasoning", "reasoning_text")
 # Moonshot rejects a tool-call turn in the current loop whose reasoning is missing or empty

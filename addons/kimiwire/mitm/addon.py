@@ -16,17 +16,19 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from . import flows, proxy_internals
-from .capture import CaptureFile, saved_state
-from .openai_errors import error_body, error_event
-from .policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
-from .repairs import RepairLog
-from .request_repair import RequestFacts, repair_request_body
-from .response_repair import repair_completion_body
-from .stream_callable import RepairingStream
-from .stream_endings import EndingLimits, parse_seconds
-from .stream_repair import StreamRepairer
-from .watchdog import StreamWatchdog
+from kimiwire.mitm import proxy_internals
+from kimiwire.mitm.capture import CaptureFile, saved_state
+from kimiwire.mitm.stream_callable import RepairingStream
+from kimiwire.mitm.watchdog import StreamWatchdog
+from kimiwire.wire import chat_exchanges
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.openai_errors import error_body, error_event
+from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.response.completion_repair import repair_completion_body
+from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
 
 logger = logging.getLogger("kimiwire")
 
@@ -289,7 +291,7 @@ class KimiWire:
 
     def _repair_request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        chat, why_not = flows.is_chat_completions(req.method, req.path, req.headers.get("content-type", ""))
+        chat, why_not = chat_exchanges.is_chat_completions(req.method, req.path, req.headers.get("content-type", ""))
         if not chat:
             if why_not:
                 self._note(flow, f"request not repaired: {why_not}")
@@ -365,7 +367,7 @@ class KimiWire:
         context = self._response_context(flow)
         if context is not None:  # a chat flow: the capture keeps the upstream's own headers
             self._upstream.setdefault(flow.id, {})["headers"] = response.headers.fields
-        if not flows.is_event_stream(response.headers.get("content-type", "")):
+        if not chat_exchanges.is_event_stream(response.headers.get("content-type", "")):
             return
         if context is None:
             if not response.stream:
@@ -470,7 +472,7 @@ class KimiWire:
             self._ending(flow, "natural")
             return
         context = self._response_context(flow)
-        if context is None or not flows.is_json(response.headers.get("content-type", "")):
+        if context is None or not chat_exchanges.is_json(response.headers.get("content-type", "")):
             return
         if response.status_code >= 400:
             return  # upstream errors pass through unchanged

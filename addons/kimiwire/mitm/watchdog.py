@@ -9,8 +9,8 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from .stream_callable import RepairingStream
-from .stream_endings import next_deadline
+from kimiwire.mitm.stream_callable import RepairingStream
+from kimiwire.wire.stream_endings import next_deadline
 
 
 class StreamWatchdog:

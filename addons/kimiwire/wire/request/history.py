@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 
-from .arguments import fix_history_arguments
-from .repairs import RepairLog
+from kimiwire.wire.arguments import fix_history_arguments
+from kimiwire.wire.repairs import RepairLog
 
 
 def repair_history_arguments(messages: list[Any], log: RepairLog) -> None:

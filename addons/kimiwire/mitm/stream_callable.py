@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from .openai_errors import error_event
-from .stream_endings import EndingLimits, StreamTimes
-from .stream_repair import StreamRepairer
+from kimiwire.wire.openai_errors import error_event
+from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
 
 logger = logging.getLogger("kimiwire")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .policy import Flavor
-from .repairs import RepairLog
+from kimiwire.wire.policy import Flavor
+from kimiwire.wire.repairs import RepairLog
 
 
 def _thinking_enabled(value: Any) -> bool | None:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from mitmproxy import http
 from mitmproxy.io import tnetstring
 
-from .redaction import redact_header_fields
+from kimiwire.wire.redaction import redact_header_fields
 
 logger = logging.getLogger("kimiwire")
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 
-from .arguments import fix_response_arguments, unrepaired_arguments
-from .policy import Policy
-from .repairs import RepairLog
-from .request_repair import RequestFacts
-from .schema_check import schema_violation
-from .tool_ids import canonical_id
+from kimiwire.wire.arguments import fix_response_arguments, unrepaired_arguments
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Policy
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.request.tool_ids import canonical_id
+from kimiwire.wire.response.schema_check import schema_violation
 
 
 def finalize_call(

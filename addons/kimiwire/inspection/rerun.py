@@ -8,13 +8,14 @@ from typing import Any
 
 import orjson
 
-from . import flows
-from .assembled import AssembledResponse, assemble
-from .policy import Policy
-from .repairs import RepairLog
-from .request_repair import RequestFacts, repair_request_body
-from .response_repair import repair_completion_body
-from .stream_repair import StreamRepairer
+from kimiwire.inspection.assembled import AssembledResponse, assemble
+from kimiwire.wire import chat_exchanges
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Policy
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.response.completion_repair import repair_completion_body
+from kimiwire.wire.response.stream_repair import StreamRepairer
 
 
 @dataclass
@@ -43,7 +44,7 @@ def rerun_exchange(
     response_log = RepairLog()
     delivered = upstream_body
     if status < 400:
-        if flows.is_event_stream(content_type):
+        if chat_exchanges.is_event_stream(content_type):
             repairer = StreamRepairer(request.facts, policy)
             out = repairer.feed(upstream_body)
             if error_event is not None:
@@ -52,7 +53,7 @@ def rerun_exchange(
                 out += repairer.end(drop_partial=ending is not None and ending.startswith("proxy_"))
             delivered = b"".join(out)
             response_log = repairer.log
-        elif flows.is_json(content_type):
+        elif chat_exchanges.is_json(content_type):
             new_body, response_log, _ = repair_completion_body(upstream_body, request.facts, policy)
             delivered = new_body if new_body is not None else upstream_body
     return Rerun(upstream_request, delivered, request.facts, request.log, response_log)

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from .assembled import AssembledResponse
+from kimiwire.inspection.assembled import AssembledResponse
 
 
 def _block(text: str, indent: str = "    ") -> str:

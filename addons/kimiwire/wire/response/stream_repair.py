@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
-from .markup import MarkupScanner, RecoveredCall
-from .policy import Policy
-from .reasoning_field import TEXT_KEYS, rename_reasoning
-from .repairs import RepairLog
-from .request_repair import RequestFacts
-from .sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
-from .tool_calls import finalize_call, fix_finish_reason
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Policy
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
+from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
+from kimiwire.wire.response.tool_calls import finalize_call, fix_finish_reason
+from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
 

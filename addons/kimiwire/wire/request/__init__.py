@@ -1,0 +1,1 @@
+"""Request repairs: the chat-completions body a harness sends, made right for a Kimi server."""
