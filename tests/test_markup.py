@@ -1,5 +1,6 @@
+import orjson
 import pytest
-from kimiwire.wire.response.markup import MarkupScanner, name_from_id
+from kimiwire.wire.response.markup import MarkupScanner, embedded_markup, name_from_id
 
 DECLARED = frozenset({"read", "exec"})
 SECTION = (
@@ -87,3 +88,101 @@ def test_stray_tokens_are_removed(stray):
 def test_without_declared_tools_bare_text_is_never_held():
     scanner = MarkupScanner(frozenset())
     assert scanner.feed("functions.") == ("functions.", [])
+
+
+# -- begin markers consumed by a router (typeclaw PR #344, a K2.6 router) ---------------------------
+
+CONSUMED = 'read:0<|tool_call_argument_begin|>{"path": "a.py"}<|tool_calls_section_end|>'
+CONSUMED_TWO = (
+    'functions.read:0<|tool_call_argument_begin|>{"path": "a.py"}'
+    'functions.exec:1<|tool_call_argument_begin|>{"command": "ls"}<|tool_calls_section_end|>'
+)
+CONSUMED_EXPECTED = [("read", '{"path": "a.py"}', "consumed")]
+
+
+def every_split(full, expected_text, expected_calls, declared=DECLARED):
+    assert scan([full], declared) == (expected_text, expected_calls)
+    for cut in range(len(full) + 1):
+        assert scan([full[:cut], full[cut:]], declared) == (expected_text, expected_calls), cut
+    for cut in range(1, len(full)):  # three pieces: the second one character long
+        assert scan([full[:cut], full[cut : cut + 1], full[cut + 1 :]], declared) == (expected_text, expected_calls)
+
+
+def test_consumed_begin_markers_at_every_split_point():
+    every_split("Let me look. " + CONSUMED + " ok", "Let me look.  ok", CONSUMED_EXPECTED)
+
+
+def test_consumed_begin_markers_with_functions_prefix_several_in_a_row():
+    every_split(
+        CONSUMED_TWO,
+        "",
+        [("read", '{"path": "a.py"}', "consumed"), ("exec", '{"command": "ls"}', "consumed")],
+    )
+
+
+def test_consumed_begin_markers_each_with_its_own_section_end():
+    text = CONSUMED + CONSUMED.replace("read:0", "exec:1").replace('{"path": "a.py"}', '{"command": "ls"}')
+    every_split(text, "", [("read", '{"path": "a.py"}', "consumed"), ("exec", '{"command": "ls"}', "consumed")])
+
+
+def test_section_whose_call_begin_was_consumed():
+    text = (
+        '<|tool_calls_section_begin|>functions.read:0<|tool_call_argument_begin|>{"path": "a.py"}'
+        "<|tool_calls_section_end|>"
+    )
+    every_split("x " + text, "x ", [("read", '{"path": "a.py"}', "markup")])
+
+
+def test_consumed_form_needs_a_known_name():
+    text = 'web:0<|tool_call_argument_begin|>{"q": 1}<|tool_calls_section_end|>'
+    assert scan([text]) == ('web:0{"q": 1}', [])
+    assert scan([CONSUMED], frozenset()) == ('read:0{"path": "a.py"}', [])
+
+
+def test_a_word_that_may_become_a_known_head_is_held_one_piece_only():
+    scanner = MarkupScanner(DECLARED)
+    assert scanner.feed("I will re") == ("I will ", [])
+    assert scanner.feed("ad it now") == ("read it now", [])
+    assert scanner.feed("note:") == ("note:", [])  # not a known name
+    assert scanner.feed("read:2 ") == ("", [])
+    assert scanner.feed("is it") == ("read:2 is it", [])
+    assert MarkupScanner(frozenset()).feed("read:0") == ("read:0", [])
+
+
+def test_bare_form_with_history_names_as_known():
+    history_known = frozenset({"read"})
+    every_split('functions.read:3{"path": "x"}', "", [("read", '{"path": "x"}', "bare")], history_known)
+
+
+# -- markup inside a call's arguments (vLLM 0.24 + K2.6, anomalyco/opencode#37297) ---------------
+
+NESTED_ARGUMENTS = (
+    '{"path": "<|tool_calls_section_begin|><|tool_call_begin|>functions.read:3<|tool_call_argument_begin|>'
+    '{"path": "/w/b.txt"}<|tool_call_end|><|tool_calls_section_end|>'
+)
+
+
+def test_embedded_calls_are_found_in_raw_arguments():
+    found = embedded_markup(NESTED_ARGUMENTS, DECLARED)
+    assert found is not None
+    assert [(c.name, c.arguments) for c in found.calls] == [("read", '{"path": "/w/b.txt"}')]
+    assert found.incomplete == []
+    assert found.remainder == '{"path": "'
+
+
+def test_embedded_calls_in_an_escaped_string_value():
+    arguments = orjson.dumps(
+        {"path": '<|tool_call_begin|>functions.read:3<|tool_call_argument_begin|>{"path": "/w/b.txt"}'}
+    )
+    found = embedded_markup(arguments.decode(), DECLARED)
+    assert [(c.name, c.arguments) for c in found.calls] == [("read", '{"path": "/w/b.txt"}')]
+
+
+def test_an_embedded_call_cut_short_is_never_a_call():
+    cut = NESTED_ARGUMENTS.split("/w/b")[0]
+    found = embedded_markup(cut, DECLARED)
+    assert found.calls == [] and [c.name for c in found.incomplete] == ["read"]
+
+
+def test_arguments_without_markers_are_left_alone():
+    assert embedded_markup('{"path": "functions.read:3 <| x"}', DECLARED) is None

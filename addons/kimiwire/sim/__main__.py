@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .server import SETTINGS_HEADER, Simulator
-from .settings import BROKEN_HISTORY, SHAPES, SimSettings
+from .settings import BROKEN_HISTORY, LEAKS, SHAPES, THINKS, SimSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between events")
     parser.add_argument("--hold", type=float, default=300.0, help="seconds a stall or done-open lasts")
     parser.add_argument("--answer-events", type=int, default=0, help="text answers as N one-token events")
+    parser.add_argument("--leak", choices=LEAKS, default="none", help="how tool parsing fails on a turn with calls")
+    parser.add_argument("--think", choices=THINKS, default="field", help="how reasoning reaches the client")
     parser.add_argument("--stamp", action="store_true", help="put the send time in every chunk (sent_at)")
     args = parser.parse_args(argv)
     settings = SimSettings(
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.fault,
         args.delay,
         args.hold,
+        leak=args.leak,
+        think=args.think,
     )
     try:
         settings.validate()

@@ -40,6 +40,7 @@ class TurnPlan:
     calls: list[PlannedCall] = field(default_factory=list)
     history_calls: int = 0  # tool calls in the request's history: the next id's number
     poisoned_by: str | None = None  # the broken id the model copied, if it did
+    tools_declared: bool = True  # the request declared tools (SGLang parses calls only then)
 
     @property
     def finish_reason(self) -> str:
@@ -98,19 +99,33 @@ def copied_id(broken: str, name: str, k: int) -> str:
     return f"functions{name}{k}"
 
 
-def plan_turn(body: dict[str, Any]) -> TurnPlan:
+def plan_turn(body: dict[str, Any], history_tools: bool = False) -> TurnPlan:
+    """`history_tools`: with no tools declared, the model still calls the tools its history
+    called (it sees them there; pi-ai then sends `tools: []`)."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     declared = {
         t["function"]["name"]
         for t in body.get("tools") or []
         if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
     }
+    if history_tools and not declared:
+        declared = {
+            c["function"]["name"]
+            for m in messages
+            if m.get("role") == "assistant"
+            for c in m.get("tool_calls") or []
+            if isinstance(c, dict)
+            and isinstance(c.get("function"), dict)
+            and isinstance(c["function"].get("name"), str)
+        }
     history_calls = sum(len(m.get("tool_calls") or []) for m in messages if m.get("role") == "assistant")
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     task = _text(messages[last_user].get("content")) if last_user >= 0 else ""
     turns_done = sum(1 for m in messages[last_user + 1 :] if m.get("role") == "assistant" and m.get("tool_calls"))
     steps = _steps(task, declared)
-    plan = TurnPlan(history_calls=history_calls, poisoned_by=broken_history_id(messages))
+    plan = TurnPlan(
+        history_calls=history_calls, poisoned_by=broken_history_id(messages), tools_declared=bool(body.get("tools"))
+    )
     if turns_done < len(steps):
         plan.calls = steps[turns_done]
         names = " and ".join(f"{c.name} {c.arguments}" for c in plan.calls)

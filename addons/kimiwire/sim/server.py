@@ -18,7 +18,7 @@ import orjson
 
 from .model import plan_turn
 from .settings import SimSettings, settings_for_request
-from .shapes import DONE, completion_body, effective_plan, stream_chunks
+from .shapes import DONE, completion_body, poisoned_plan, stream_chunks
 
 SETTINGS_HEADER = "x-kimi-sim"
 
@@ -133,7 +133,7 @@ class Simulator:
             return await self._json(writer, 400, _error("body must be a JSON object", "invalid_request_error", 400))
         except ValueError as exc:
             return await self._json(writer, 400, _error(str(exc), "invalid_request_error", 400))
-        plan = plan_turn(request)
+        plan = plan_turn(request, history_tools=settings.leak == "untooled")
         ids = [
             c.get("id")
             for m in request.get("messages") or []
@@ -141,7 +141,7 @@ class Simulator:
             for c in (m.get("tool_calls") or [])
             if isinstance(c, dict)
         ]
-        _, leaked = effective_plan(plan, settings)
+        _, leaked = poisoned_plan(plan, settings)
         self.requests.append(
             SimRequest(
                 time.time(),

@@ -11,6 +11,10 @@ from dataclasses import dataclass, fields, replace
 
 SHAPES = ("sglang", "vllm", "moonshot", "deepinfra")
 BROKEN_HISTORY = ("markup", "empty", "off")
+# How a server's tool parsing fails on a turn with calls (sources in shapes.py).
+LEAKS = ("none", "consumed", "consumed-functions", "in-arguments", "untooled")
+# How reasoning reaches the client when the engine's reasoning parser does not split it.
+THINKS = ("field", "prefilled", "block")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class SimSettings:
     hold: float = 300.0  # how long stall and done-open keep the connection
     answer_events: int = 0  # > 0: text answers are this many one-token content events (benchmarks)
     stamp: bool = False  # put the send time (monotonic ns) in every chunk as `sent_at` (benchmarks)
+    leak: str = "none"  # none | consumed | consumed-functions | in-arguments | untooled
+    think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
 
     def with_overrides(self, text: str) -> SimSettings:
         """Apply `key=value` / `flag` items separated by commas or semicolons."""
@@ -58,6 +64,10 @@ class SimSettings:
             raise ValueError(f"shape must be one of {', '.join(SHAPES)}")
         if self.broken_history not in BROKEN_HISTORY:
             raise ValueError(f"broken_history must be one of {', '.join(BROKEN_HISTORY)}")
+        if self.leak not in LEAKS:
+            raise ValueError(f"leak must be one of {', '.join(LEAKS)}")
+        if self.think not in THINKS:
+            raise ValueError(f"think must be one of {', '.join(THINKS)}")
         kind, _, argument = self.fault.partition(":")
         if kind not in ("none", "stall", "done-open", "reset", "status", "slow-first-byte"):
             raise ValueError(f"unknown fault {self.fault!r}")

@@ -12,12 +12,29 @@ Shapes, from the shared notes (kimi-wire-format.md §3-4, §6-7; openclaw-client
   every fragment and `reasoning_content` (as opencode declares for DeepInfra's Kimi models).
 Fragmentation: N argument fragments, reasoning deltas between fragments, interleaved parallel
 calls, or every call whole in one chunk. A model poisoned by broken history writes raw markup.
+
+Tool parsing that fails (`leak`), from public reports:
+- consumed / consumed-functions: a K2.6 router consumed the section and call begin markers:
+  `NAME:N<|tool_call_argument_begin|>{json}` per call, in a row, then `<|tool_calls_section_end|>`,
+  as content (typeclaw PR #344), with or without `functions.`;
+- in-arguments: the model opened a new tool section inside the first call's string value, and
+  vLLM streamed it as that call's arguments (vLLM 0.24 + K2.6, anomalyco/opencode#37297);
+- untooled: the request declares no tools (pi-ai sends `tools: []` after tool history), the model
+  calls its history's tools anyway, and SGLang, which parses calls only when `request.tools` is
+  set, streams the text with special tokens skipped: `functions.NAME:N{json}`.
+Reasoning that the engine does not split (`think`): prefilled: the K2.5/K2.6 template prefilled
+`<think>`, so reasoning and a literal `</think>` arrive as content (smg-project/smg#1873, SGLang
+without `force_reasoning`); block: the whole `<think>…</think>` as content (vllm PR #32490). Both
+in small pieces, so the tags are split across chunks.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from .model import PlannedCall, TurnPlan, copied_id
 from .settings import SimSettings
@@ -49,8 +66,55 @@ def markup_text(plan: TurnPlan, poisoned_by: str) -> str:
     return "<|tool_calls_section_begin|>" + "".join(parts) + "<|tool_calls_section_end|>"
 
 
-def effective_plan(plan: TurnPlan, settings: SimSettings) -> tuple[TurnPlan, str | None]:
-    """The turn as the client will see it: a poisoned model's calls become markup (or nothing)."""
+def consumed_markup_text(plan: TurnPlan, prefix: str) -> str:
+    return (
+        "".join(
+            f"{prefix}{c.name}:{plan.history_calls + i}<|tool_call_argument_begin|>{c.arguments}"
+            for i, c in enumerate(plan.calls)
+        )
+        + "<|tool_calls_section_end|>"
+    )
+
+
+def bare_text(plan: TurnPlan) -> str:
+    return "".join(f"functions.{c.name}:{plan.history_calls + i}{c.arguments}" for i, c in enumerate(plan.calls))
+
+
+def nested_arguments(plan: TurnPlan) -> str:
+    """The first call's arguments: a string value opened, then a new tool section with the calls."""
+    key = next(iter(orjson.loads(plan.calls[0].arguments)), "path")
+    section = "".join(
+        f"<|tool_call_begin|>functions.{c.name}:{plan.history_calls + 1 + i}<|tool_call_argument_begin|>"
+        f"{c.arguments}<|tool_call_end|>"
+        for i, c in enumerate(plan.calls)
+    )
+    return f'{{"{key}": "<|tool_calls_section_begin|>{section}<|tool_calls_section_end|>'
+
+
+def effective_plan(plan: TurnPlan, settings: SimSettings) -> TurnPlan:
+    """The turn as the client will see it: poisoned by broken history, or its calls leaked."""
+    plan, _ = poisoned_plan(plan, settings)
+    if not plan.calls or settings.leak == "none":
+        return plan
+    if settings.leak == "in-arguments":
+        return replace(plan, calls=[PlannedCall(plan.calls[0].name, nested_arguments(plan))])
+    if settings.leak == "untooled":
+        return replace(plan, content=plan.content + bare_text(plan), calls=[]) if not plan.tools_declared else plan
+    prefix = "functions." if settings.leak == "consumed-functions" else ""
+    return replace(plan, content=plan.content + consumed_markup_text(plan, prefix), calls=[])
+
+
+def visible_text(plan: TurnPlan, settings: SimSettings) -> tuple[str, str]:
+    """(reasoning field, content) as the engine streams them."""
+    reasoning = plan.reasoning if settings.reasoning else ""
+    if settings.think == "field" or not reasoning:
+        return reasoning, plan.content
+    opening = "<think>" if settings.think == "block" else ""
+    return "", f"{opening}{reasoning}</think>{plan.content}"
+
+
+def poisoned_plan(plan: TurnPlan, settings: SimSettings) -> tuple[TurnPlan, str | None]:
+    """A poisoned model's calls become markup (or nothing)."""
     poisoned = (
         plan.calls
         and plan.poisoned_by is not None
@@ -61,7 +125,7 @@ def effective_plan(plan: TurnPlan, settings: SimSettings) -> tuple[TurnPlan, str
         return plan, None
     assert plan.poisoned_by is not None
     text = markup_text(plan, plan.poisoned_by) if settings.broken_history == "markup" else ""
-    return TurnPlan(plan.reasoning, text, [], plan.history_calls, plan.poisoned_by), text
+    return replace(plan, content=text, calls=[]), text
 
 
 def _usage(plan: TurnPlan) -> dict[str, int]:
@@ -120,7 +184,8 @@ def stream_chunks(
     plan: TurnPlan, settings: SimSettings, model: str, include_usage: bool, request_id: str = "chatcmpl-sim"
 ) -> list[dict[str, Any] | str]:
     """Every chunk of the streamed answer, then "[DONE]"."""
-    plan, _ = effective_plan(plan, settings)
+    plan = effective_plan(plan, settings)
+    reasoning, content = visible_text(plan, settings)
     created = int(time.time())
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -130,13 +195,15 @@ def stream_chunks(
         return {**base, "choices": [choice]}
 
     chunks: list[dict[str, Any] | str] = [chunk({"role": "assistant", "content": ""})]
-    if settings.reasoning and plan.reasoning:
+    if reasoning:
         key = _reasoning_key(settings.shape)
-        chunks += [chunk({key: piece}) for piece in _pieces(plan.reasoning, 3)]
+        chunks += [chunk({key: piece}) for piece in _pieces(reasoning, 3)]
     if settings.answer_events and not plan.calls:
         content_pieces = ["tok "] * settings.answer_events
+    elif settings.think != "field":
+        content_pieces = [content[i : i + 5] for i in range(0, len(content), 5)]  # tags split across chunks
     else:
-        content_pieces = _pieces(plan.content, 4)
+        content_pieces = _pieces(content, 4)
     chunks += [chunk({"content": piece}) for piece in content_pieces]
     chunks += [chunk(delta) for delta in _tool_deltas(plan.calls, plan, settings)]
     usage = _usage(plan)
@@ -152,13 +219,14 @@ def stream_chunks(
 
 def completion_body(plan: TurnPlan, settings: SimSettings, model: str, request_id: str = "chatcmpl-sim") -> dict:
     """The non-streaming answer."""
-    plan, _ = effective_plan(plan, settings)
+    plan = effective_plan(plan, settings)
+    reasoning, content = visible_text(plan, settings)
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": plan.content or ("" if settings.shape == "sglang" else None),
+        "content": content or ("" if settings.shape == "sglang" else None),
     }
-    if settings.reasoning and plan.reasoning:
-        message[_reasoning_key(settings.shape)] = plan.reasoning
+    if reasoning:
+        message[_reasoning_key(settings.shape)] = reasoning
     if plan.calls:
         message["tool_calls"] = [
             {

@@ -14,6 +14,17 @@ class RequestFacts:
     tools: dict[str, Any] = field(default_factory=dict)  # declared name -> parameters schema
     tools_declared: bool = False
     stream: bool = False
+    # Tools the history's assistant messages called, in first-call order: they count as known
+    # when the request declares no tools (pi-ai sends `tools: []` after tool history).
+    history_tool_names: list[str] = field(default_factory=list)
+    # The request goes to a K2.5/K2.6 model with thinking on: its chat template prefills `<think>`,
+    # so the output starts inside reasoning (smg-project/smg#1873).
+    thinking_prefilled: bool = False
+
+    @property
+    def known_tool_names(self) -> frozenset[str]:
+        """Names a leaked call may use: the declared tools, else the tools the history called."""
+        return frozenset(self.tools) if self.tools else frozenset(self.history_tool_names)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -21,6 +32,8 @@ class RequestFacts:
             "tools": self.tools,
             "tools_declared": self.tools_declared,
             "stream": self.stream,
+            "history_tool_names": self.history_tool_names,
+            "thinking_prefilled": self.thinking_prefilled,
         }
 
     @classmethod
@@ -30,4 +43,6 @@ class RequestFacts:
             dict(data.get("tools") or {}),
             bool(data.get("tools_declared")),
             bool(data.get("stream")),
+            [str(n) for n in data.get("history_tool_names") or []],
+            bool(data.get("thinking_prefilled")),
         )

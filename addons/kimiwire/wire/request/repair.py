@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,9 @@ from kimiwire.wire.request.history import moonshot_hygiene, repair_history_argum
 from kimiwire.wire.request.reasoning import apply_reasoning_policy
 from kimiwire.wire.request.thinking_fields import thinking_requested, translate_thinking_fields
 from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
+
+# K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
+_PREFILLING_MODEL = re.compile(r"k2(?:[.\-_ ]?|p)[56](?!\d)", re.I)
 
 
 @dataclass
@@ -39,6 +43,19 @@ def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     return declared, tools
 
 
+def history_tool_names(messages: list[Any]) -> list[str]:
+    """The tools the history's assistant messages called, each once, in order."""
+    names: dict[str, None] = {}
+    for message in messages:
+        if type(message) is dict and message.get("role") == "assistant" and type(message.get("tool_calls")) is list:
+            for call in message["tool_calls"]:
+                function = call.get("function") if type(call) is dict else None
+                name = function.get("name") if type(function) is dict else None
+                if type(name) is str and name:
+                    names[name] = None
+    return list(names)
+
+
 def facts_from_body(body: dict[str, Any]) -> RequestFacts:
     messages = body.get("messages")
     declared, tools = declared_tools(body)
@@ -47,6 +64,10 @@ def facts_from_body(body: dict[str, Any]) -> RequestFacts:
         tools,
         declared,
         body.get("stream") is True,
+        history_tool_names(messages) if isinstance(messages, list) else [],
+        isinstance(body.get("model"), str)
+        and _PREFILLING_MODEL.search(body["model"]) is not None
+        and thinking_requested(body),
     )
 
 

@@ -3,14 +3,24 @@
 When a server's tool parser fails, the model's own tokens reach the client as text:
 `<|tool_calls_section_begin|><|tool_call_begin|>functions.read:0<|tool_call_argument_begin|>{...}
 <|tool_call_end|><|tool_calls_section_end|>` (also the singular `<|tool_call_section_begin|>`),
-or, with special tokens skipped, `functions.read:0{...}`. A scanner per text field holds back
-only what may still become markup and returns the rest at once.
+or, with special tokens skipped, `functions.read:0{...}`. Routers that consume the begin markers
+leave `read:0<|tool_call_argument_begin|>{...}<|tool_calls_section_end|>`, with or without
+`functions.`, several calls in a row (typeclaw PR #344, a K2.6 router); a section may also lose
+only its `<|tool_call_begin|>`. A scanner per text field holds back only what may still become
+markup and returns the rest at once.
+
+Known names: the forms without any begin marker (`functions.NAME:N{json}`, `NAME:N<|tool_call_
+argument_begin|>…`) are recovered only for tools the request declared, or, when it declares none
+(pi-ai sends `tools: []` after tool history, and SGLang then parses no calls), for tools its
+history called. What is held: a tail that may start a marker (`<|tool_call…`), `functions.…`, or
+a word at a word boundary that may still become `KNOWN_NAME:N` before an argument marker.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -21,18 +31,17 @@ SECTION_ENDS = ("<|tool_calls_section_end|>", "<|tool_call_section_end|>")
 CALL_BEGIN = "<|tool_call_begin|>"
 ARGUMENT_BEGIN = "<|tool_call_argument_begin|>"
 CALL_END = "<|tool_call_end|>"
-STRAY_TOKENS = (*SECTION_ENDS, ARGUMENT_BEGIN, CALL_END)
-KNOWN_TOKENS = (*SECTION_BEGINS, CALL_BEGIN, *STRAY_TOKENS)
+STRAY_TOKENS = (*SECTION_ENDS, CALL_END)
+KNOWN_TOKENS = (*SECTION_BEGINS, CALL_BEGIN, ARGUMENT_BEGIN, *STRAY_TOKENS)
+_CALL_STOPS = (CALL_END, CALL_BEGIN, *SECTION_ENDS)
+_HEAD_WINDOW = 200  # how far before an argument marker its `NAME:N` head is looked for
 
-_CALL = re.compile(
-    re.escape(CALL_BEGIN) + r"\s*(?P<id>.*?)\s*" + re.escape(ARGUMENT_BEGIN) + r"\s*(?P<args>.*?)\s*"
-    r"(?:" + re.escape(CALL_END) + r"|$)",
-    re.S,
-)
 _ID = re.compile(r"^(?:functions[.\s])?(?P<name>.+?)(?::(?P<index>\d+))*$", re.S)
 _MANGLED_ID = re.compile(r"^functions(?P<name>[A-Za-z_\-][\w\-]*?)(?P<index>\d+)$")
 _BARE_HEAD = re.compile(r"functions\.(?P<name>[\w\-.]+?):(?P<index>\d+)\s*(?=\{)")
 _BARE_PARTIAL = re.compile(r"functions\.[\w\-.]*(?::\d*)?\s*")
+# `NAME:N` right before an argument marker whose begin markers were consumed.
+_CONSUMED_HEAD = re.compile(r"(?<![\w\-.])(?:functions\.)?(?P<name>[\w\-.]+?):(?P<index>\d+)\s*\Z")
 
 
 @dataclass(slots=True)
@@ -40,10 +49,10 @@ class RecoveredCall:
     raw_id: str
     name: str
     arguments: str
-    form: str  # "markup" | "bare"
+    form: str  # "markup" | "consumed" | "bare"
 
 
-def name_from_id(raw_id: str, declared: frozenset[str] | set[str] | dict) -> str:
+def name_from_id(raw_id: str, declared: Collection[str]) -> str:
     """`functions.read:0` -> read, `read:0` -> read, and the sanitized copy `functionsread0` -> read
     when `read` is a declared tool (models copy the mangled ids they see in history)."""
     raw_id = raw_id.strip()
@@ -93,29 +102,53 @@ def _longest_prefix_suffix(text: str, prefix: str) -> int:
     return 0
 
 
-class MarkupScanner:
-    """One per text field of one choice. `feed` and `finish` return (text to emit, calls)."""
+def _strip_tokens(text: str) -> str:
+    for token in KNOWN_TOKENS:
+        if token in text:
+            text = text.replace(token, "")
+    return text.strip()
 
-    def __init__(self, declared: frozenset[str] | set[str] | dict) -> None:
-        self.declared = declared
+
+def calls_in_region(region: str) -> list[tuple[str, str]]:
+    """(raw id, arguments) of every call in a stretch of markup: each argument marker, the id
+    before it (begin markers optional) and the JSON object after it (else the text up to the
+    next marker)."""
+    calls: list[tuple[str, str]] = []
+    position = 0
+    while (marker := region.find(ARGUMENT_BEGIN, position)) != -1:
+        raw_id = _strip_tokens(region[position:marker])
+        start = marker + len(ARGUMENT_BEGIN)
+        while start < len(region) and region[start].isspace():
+            start += 1
+        end = _json_object_end(region, start) if region.startswith("{", start) else -1
+        if end == -1:
+            stops = [found for token in _CALL_STOPS if (found := region.find(token, start)) != -1]
+            end = min(stops, default=len(region))
+        calls.append((raw_id, region[start:end].strip()))
+        position = end
+    return calls
+
+
+class MarkupScanner:
+    """One per text field of one choice. `feed` and `finish` return (text to emit, calls).
+    `known`: tool names the marker-less forms may call (`RequestFacts.known_tool_names`)."""
+
+    def __init__(self, known: Collection[str]) -> None:
+        self.known = frozenset(known)
         self.pending = ""
+        self._name_prefixes = frozenset(name[:i] for name in self.known for i in range(1, len(name) + 1))
 
     def passes_unchanged(self, text: str) -> bool:
         """True when `feed(text)` would return `text` itself and hold nothing (a cheap check)."""
         return (
             not self.pending
             and MARKER_PREFIX not in text
-            and (not self.declared or BARE_PREFIX not in text)
+            and (not self.known or BARE_PREFIX not in text)
             and not self._holdback(text)
         )
 
     def feed(self, text: str) -> tuple[str, list[RecoveredCall]]:
-        if (
-            not self.pending
-            and MARKER_PREFIX not in text
-            and (not self.declared or BARE_PREFIX not in text)
-            and not self._holdback(text)
-        ):
+        if self.passes_unchanged(text):
             return text, []
         self.pending += text
         return self._scan(final=False)
@@ -137,25 +170,30 @@ class MarkupScanner:
                 out.append(text[position : len(text) - keep])
                 position = len(text) - keep
                 break
-            out.append(text[position:start])
-            if text.startswith(MARKER_PREFIX, start):
-                consumed = self._marker(text, start, final, calls)
+            begin = start
+            partial = None if text.startswith(MARKER_PREFIX, start) else _BARE_PARTIAL.match(text, start)
+            if partial is None:
+                begin, consumed = self._marker(text, position, start, final, calls)
+            elif text.startswith(MARKER_PREFIX, partial.end()):  # `functions.NAME:N<|tool_call…`
+                begin, consumed = self._marker(text, start, partial.end(), final, calls)
             else:
                 consumed = self._bare(text, start, final, calls)
             if consumed is None:  # may still become markup: wait for more text
-                position = start
+                out.append(text[position:begin])
+                position = begin
                 break
+            out.append(text[position:begin])
             if consumed == 0:  # not markup after all: emit its first character and go on
-                out.append(text[start])
-                position = start + 1
+                out.append(text[begin])
+                position = begin + 1
             else:
-                position = start + consumed
+                position = begin + consumed
         self.pending = text[position:]
         return "".join(out), calls
 
     def _next_start(self, text: str, position: int) -> int:
         marker = text.find(MARKER_PREFIX, position)
-        bare = text.find(BARE_PREFIX, position) if self.declared else -1
+        bare = text.find(BARE_PREFIX, position) if self.known else -1
         if marker == -1:
             return bare
         if bare == -1:
@@ -163,29 +201,69 @@ class MarkupScanner:
         return min(marker, bare)
 
     def _holdback(self, text: str) -> int:
-        tail = text[-len(MARKER_PREFIX) :]
-        if "<" not in tail and (not self.declared or "f" not in tail):
-            return 0
-        keep = _longest_prefix_suffix(text, MARKER_PREFIX + "s")
-        if self.declared:
+        keep = 0
+        if "<" in text[-len(MARKER_PREFIX) - 1 :]:
+            keep = _longest_prefix_suffix(text, MARKER_PREFIX + "s")
+        if self.known:
+            # a marker's start may follow the head of a call whose begin markers were consumed
+            keep += self._head_tail(text[: len(text) - keep] if keep else text)
             keep = max(keep, _longest_prefix_suffix(text, BARE_PREFIX))
         return keep
 
-    def _marker(self, text: str, start: int, final: bool, calls: list[RecoveredCall]) -> int | None:
+    def _head_tail(self, text: str) -> int:
+        """Length of a trailing `[functions.]NAME[:N][ ]` that may still become the head of a call
+        whose begin markers were consumed (its argument marker not here yet). Bounded: the last
+        120 characters at most, and only at a word boundary."""
+        limit = max(0, len(text) - 120)
+        end = len(text)
+        while end > limit and text[end - 1].isspace():
+            end -= 1
+        digits = end
+        while digits > limit and text[digits - 1].isdigit():
+            digits -= 1
+        colon = digits > limit and text[digits - 1] == ":"
+        if end != len(text) and not (colon and digits < end):
+            return 0  # whitespace only after `NAME:N`
+        name_end = digits - 1 if colon else end
+        start = name_end
+        while start > limit and (text[start - 1].isalnum() or text[start - 1] in "_-."):
+            start -= 1
+        if start == name_end or (start == limit and limit > 0):
+            return 0
+        name = text[start:name_end]
+        if name.startswith(BARE_PREFIX):
+            name = name[len(BARE_PREFIX) :]
+        elif not colon and BARE_PREFIX.startswith(name):
+            return len(text) - start
+        if colon:
+            return len(text) - start if name in self.known else 0
+        return len(text) - start if name in self._name_prefixes else 0
+
+    def _marker(
+        self, text: str, position: int, start: int, final: bool, calls: list[RecoveredCall]
+    ) -> tuple[int, int | None]:
+        """(where the markup begins, its length; 0: not markup, None: wait for more text)."""
         close = text.find("|>", start + len(MARKER_PREFIX))
         if close == -1 or close - start > 40:
             if close == -1 and not final and len(text) - start < 40:
-                return None
-            return 0
+                return start - (self._head_tail(text[position:start]) if self.known else 0), None
+            return start, 0
         token = text[start : close + 2]
         if token not in KNOWN_TOKENS:
-            return 0
+            return start, 0
         if token in STRAY_TOKENS:
-            return len(token)
-        if token == CALL_BEGIN:
-            end_tokens: tuple[str, ...] = (CALL_END,)
+            return start, len(token)
+        if token == ARGUMENT_BEGIN:
+            head = _CONSUMED_HEAD.search(text, max(position, start - _HEAD_WINDOW), start)
+            if head is None or head.group("name") not in self.known:
+                return start, len(token)  # a stray argument marker
+            start = head.start()
+            end_tokens: tuple[str, ...] = SECTION_ENDS
+            form = "consumed"
+        elif token == CALL_BEGIN:
+            end_tokens, form = (CALL_END,), "markup"
         else:
-            end_tokens = SECTION_ENDS
+            end_tokens, form = SECTION_ENDS, "markup"
         region_end = -1
         for end_token in end_tokens:
             found = text.find(end_token, close + 2)
@@ -193,22 +271,20 @@ class MarkupScanner:
                 region_end = found + len(end_token)
         if region_end == -1:
             if not final:
-                return None
+                return start, None
             region_end = len(text)
-        region = text[start:region_end]
-        for match in _CALL.finditer(region):
-            raw_id = match.group("id")
-            calls.append(RecoveredCall(raw_id, name_from_id(raw_id, self.declared), match.group("args"), "markup"))
-        return region_end - start
+        for raw_id, arguments in calls_in_region(text[start:region_end]):
+            calls.append(RecoveredCall(raw_id, name_from_id(raw_id, self.known), arguments, form))
+        return start, region_end - start
 
     def _bare(self, text: str, start: int, final: bool, calls: list[RecoveredCall]) -> int | None:
         head = _BARE_HEAD.match(text, start)
         if head is None:
             partial = _BARE_PARTIAL.match(text, start)
-            if not final and partial is not None and partial.end() == len(text):
-                return None
+            if not final and partial is not None and MARKER_PREFIX.startswith(text[partial.end() :]):
+                return None  # the text so far may still become a head or a marker
             return 0
-        if head.group("name") not in self.declared:
+        if head.group("name") not in self.known:
             return 0
         end = _json_object_end(text, head.end())
         if end == -1:
@@ -223,3 +299,53 @@ class MarkupScanner:
         raw_id = text[start : head.end()].strip()
         calls.append(RecoveredCall(raw_id, head.group("name"), arguments, "bare"))
         return end - start
+
+
+def recover_all(text: str, known: Collection[str]) -> tuple[str, list[RecoveredCall]]:
+    """The whole text scanned at once: (text left, calls)."""
+    scanner = MarkupScanner(known)
+    head, calls = scanner.feed(text)
+    tail, more = scanner.finish()
+    return head + tail, calls + more
+
+
+@dataclass(slots=True)
+class EmbeddedMarkup:
+    """Kimi markup found inside one call's arguments (the model opened a new tool section inside
+    a string value: vLLM 0.24 + K2.6, anomalyco/opencode#37297)."""
+
+    calls: list[RecoveredCall] = field(default_factory=list)  # complete calls: JSON objects
+    incomplete: list[RecoveredCall] = field(default_factory=list)  # JSON cut or invalid: never delivered
+    remainder: str = ""  # the outer arguments without the markup
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def embedded_markup(arguments: str, known: Collection[str]) -> EmbeddedMarkup | None:
+    """None when `arguments` (a call's complete arguments) hold no Kimi marker. Otherwise the
+    calls inside: as written, or, when the outer arguments are valid JSON, inside its decoded
+    string values (the server escaped the embedded JSON)."""
+    if MARKER_PREFIX not in arguments:
+        return None
+    remainder, found = recover_all(arguments, known)
+    result = EmbeddedMarkup(remainder=remainder)
+    if not all(_is_json_object(call.arguments) for call in found):
+        try:
+            outer = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            outer = None
+        if isinstance(outer, dict):
+            decoded: list[RecoveredCall] = []
+            for value in outer.values():
+                if isinstance(value, str) and MARKER_PREFIX in value:
+                    decoded += recover_all(value, known)[1]
+            if decoded:
+                found = decoded
+    for call in found:
+        (result.calls if _is_json_object(call.arguments) else result.incomplete).append(call)
+    return result
