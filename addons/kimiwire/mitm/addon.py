@@ -2,7 +2,8 @@
 
 Hooks stay thin: they pick the flows, call the sans-IO repairs and record what happened.
 An exception inside a hook never breaks a flow: the flow passes through, the error is logged
-and recorded on it.
+and recorded on it. Each flow's state between hooks is one `FlowState` (mitm/flow_state.py),
+created in the request hook, found by flow id in the later hooks, dropped when the flow ends.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from mitmproxy import command, ctx, exceptions, http
 
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
-from kimiwire.mitm.stream_callable import RepairingStream
+from kimiwire.mitm.flow_state import FlowState, FlowStates
+from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
+from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges
-from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.openai_errors import error_body, error_event
+from kimiwire.wire.openai_errors import error_body
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import repair_request_body
@@ -32,21 +34,12 @@ from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
 
 logger = logging.getLogger("kimiwire")
 
-METADATA_KEY = "kimiwire"
 MARKER = ":wrench:"
 ERROR_MARKER = ":warning:"
 
 _CHOICE_OPTIONS = {"kimi_flavor": FLAVOR_CHOICES} | {
     f"kimi_{field}": choices for field, (choices, _) in POLICY_OPTIONS.items()
 }
-
-
-def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
-    """The kimiwire entry in `flow.metadata` (created on first use)."""
-    record = flow.metadata.get(METADATA_KEY)
-    if not isinstance(record, dict):
-        record = flow.metadata[METADATA_KEY] = {"repairs": [], "errors": [], "notes": []}
-    return record
 
 
 _SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
@@ -56,10 +49,7 @@ class KimiWire:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.limits = EndingLimits()
-        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
-        self._headers_seen: dict[str, asyncio.Event] = {}
-        # per flow until it ends: the client's original request, the upstream's response headers and body
-        self._upstream: dict[str, dict[str, Any]] = {}
+        self.flows = FlowStates()
         self.capture: CaptureFile | None = None
 
     # -- options ---------------------------------------------------------------------------
@@ -206,45 +196,14 @@ class KimiWire:
             if self.capture.flows_written:
                 logger.info("kimiwire: %d flows captured in %s", self.capture.flows_written, self.capture.path)
             self.capture.close()
-        for tasks in self._tasks.values():
-            for task in tasks:
-                task.cancel()
-        self._tasks.clear()
-        self._headers_seen.clear()
-        self._upstream.clear()
+        self.flows.clear()
 
     @property
     def active_tasks(self) -> int:
-        return sum(len(tasks) for tasks in self._tasks.values())
+        return self.flows.active_tasks
 
-    def _spawn(self, flow: http.HTTPFlow, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        tasks = self._tasks.setdefault(flow.id, set())
-        tasks.add(task)
-
-        def forget(finished: asyncio.Task[Any]) -> None:
-            remaining = self._tasks.get(flow.id)
-            if remaining is not None:
-                remaining.discard(finished)
-                if not remaining:
-                    self._tasks.pop(flow.id, None)
-
-        task.add_done_callback(forget)
-
-    def _release(self, flow: http.HTTPFlow) -> None:
-        """The flow is over: stop its timers (but not the one that is ending it right now)."""
-        current = asyncio.current_task() if _loop_running() else None
-        for task in list(self._tasks.get(flow.id, ())):
-            if task is not current:
-                task.cancel()
-        event = self._headers_seen.pop(flow.id, None)
-        if event is not None:
-            event.set()
-
-    def _ending(self, flow: http.HTTPFlow, how: str) -> None:
-        record = flow_record(flow)
-        if "ending" not in record:
-            record["ending"] = how
+    def _ending(self, state: FlowState, how: str) -> None:
+        if state.set_ending(how):
             self.counts[f"ending.{how.split(':', 1)[0]}"] += 1
 
     def policy_for(self, flow: http.HTTPFlow) -> Policy:
@@ -260,7 +219,7 @@ class KimiWire:
     def _record_repairs(self, flow: http.HTTPFlow, phase: str, log: RepairLog) -> None:
         if not log:
             return
-        record = flow_record(flow)
+        record = self.flows.of(flow).record
         for entry in log.as_list():
             entry["phase"] = phase
             record["repairs"].append(entry)
@@ -273,13 +232,13 @@ class KimiWire:
 
     def _record_error(self, flow: http.HTTPFlow, where: str, exc: BaseException) -> None:
         logger.exception("kimiwire: %s failed on %s; the flow passes through unrepaired", where, flow.request.url)
-        flow_record(flow)["errors"].append(f"{where}: {type(exc).__name__}: {exc}")
+        self.flows.of(flow).record["errors"].append(f"{where}: {type(exc).__name__}: {exc}")
         self.counts["addon.error"] += 1
         flow.marked = ERROR_MARKER
         flow.comment = (flow.comment + " " if flow.comment else "kimiwire: ") + f"error in {where}"
 
     def _note(self, flow: http.HTTPFlow, text: str) -> None:
-        flow_record(flow)["notes"].append(text)
+        self.flows.of(flow).record["notes"].append(text)
         logger.info("kimiwire: %s %s: %s", flow.request.method, flow.request.path, text)
 
     # -- hooks -----------------------------------------------------------------------------
@@ -298,8 +257,9 @@ class KimiWire:
             return
         self.counts["flows.chat"] += 1
         policy = self.policy_for(flow)
-        flow.metadata.pop(METADATA_KEY, None)  # a replayed flow brings the record of its first run
-        record = flow_record(flow)
+        state = self.flows.start(flow)
+        state.policy = policy
+        record = state.record
         record["limits"] = self.limits.as_dict()
         record["policy"] = policy.as_dict()
         try:
@@ -311,11 +271,12 @@ class KimiWire:
             self._note(flow, "request not repaired: the body was streamed")
             return
         result = repair_request_body(raw, policy)
+        state.facts = result.facts
         record["facts"] = result.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
         if self.capture is not None:
-            self._upstream[flow.id] = {"client_request": req.get_state()}
+            state.client_request = req.get_state()
         # Upstream compression would reach the stream callable still compressed.
         req.headers["accept-encoding"] = "identity"
         if result.skipped:
@@ -326,10 +287,11 @@ class KimiWire:
             record["upstream_request"] = result.body
         self._record_repairs(flow, "request", result.log)
         if self.limits.first_byte_timeout > 0 and _loop_running():
-            self._headers_seen[flow.id] = asyncio.Event()
-            self._spawn(flow, self._first_byte_watch(flow, self._headers_seen[flow.id]))
+            state.headers_seen = asyncio.Event()
+            state.spawn(self._first_byte_watch(state, state.headers_seen))
 
-    async def _first_byte_watch(self, flow: http.HTTPFlow, headers_seen: asyncio.Event) -> None:
+    async def _first_byte_watch(self, state: FlowState, headers_seen: asyncio.Event) -> None:
+        flow = state.flow
         try:
             await asyncio.wait_for(headers_seen.wait(), self.limits.first_byte_timeout)
             return
@@ -339,19 +301,13 @@ class KimiWire:
             return
         seconds = self.limits.first_byte_timeout
         message = f"kimiwire: {flow.request.url} sent no response headers within {seconds:g} s"
-        self._answer_error(flow, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
-        self._ending(flow, "first_byte_timeout")
-        flow_record(flow)["errors"].append(message)
+        self._answer_error(state, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
+        self._ending(state, "first_byte_timeout")
+        state.record["errors"].append(message)
         if not proxy_internals.close_upstream(flow):
             proxy_internals.close_connections(flow, "no upstream connection to close after the first-byte timeout")
 
     # -- responses -------------------------------------------------------------------------
-
-    def _response_context(self, flow: http.HTTPFlow) -> tuple[RequestFacts, Policy] | None:
-        record = flow.metadata.get(METADATA_KEY)
-        if not isinstance(record, dict) or "facts" not in record or "policy" not in record:
-            return None
-        return RequestFacts.from_dict(record["facts"]), Policy.from_dict(record["policy"])
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if not flow.live or flow.response is None:
@@ -361,15 +317,16 @@ class KimiWire:
     def _start_stream(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         assert response is not None
-        headers_seen = self._headers_seen.pop(flow.id, None)
-        if headers_seen is not None:
-            headers_seen.set()
-        context = self._response_context(flow)
-        if context is not None:  # a chat flow: the capture keeps the upstream's own headers
-            self._upstream.setdefault(flow.id, {})["headers"] = response.headers.fields
+        state = self.flows.get(flow)
+        if state is not None and state.headers_seen is not None:
+            state.headers_seen.set()
+            state.headers_seen = None
+        context = state.repairs_context if state is not None else None
+        if state is not None and context is not None:  # a chat flow: the capture keeps the upstream's own headers
+            state.upstream_headers = response.headers.fields
         if not chat_exchanges.is_event_stream(response.headers.get("content-type", "")):
             return
-        if context is None:
+        if state is None or context is None:
             if not response.stream:
                 response.stream = True  # any other event stream: forward it live, untouched
             return
@@ -386,21 +343,22 @@ class KimiWire:
         stream = RepairingStream(
             repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc), limits=self.limits
         )
-        response.stream = stream
+        response.stream = state.stream = stream
         if _loop_running():
-            watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(flow, stream, reason))
-            self._spawn(flow, watchdog.run())
+            watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason))
+            state.spawn(watchdog.run())
 
-    async def _end_stream(self, flow: http.HTTPFlow, stream: RepairingStream, reason: str) -> str:
+    async def _end_stream(self, state: FlowState, stream: RepairingStream, reason: ProxyEnd) -> EndOutcome:
+        flow = state.flow
+
         def before_end() -> None:
-            stream.end_reason = reason
-            endings = {"idle": "idle_timeout", "first_event": "first_event_timeout"}
-            self._ending(flow, endings.get(reason, f"proxy_{reason}"))
+            stream.end_by_proxy(reason)
+            self._ending(state, stream.ending)
 
         outcome = await proxy_internals.end_stream(flow, before_end)
-        if outcome.startswith("closed:"):
-            self._ending(flow, outcome)
-            flow_record(flow)["errors"].append(f"stream could not be ended cleanly: {outcome[7:]}")
+        if outcome.kind is EndKind.CLOSED:
+            self._ending(state, str(outcome))
+            state.record["errors"].append(f"stream could not be ended cleanly: {outcome.detail}")
         logger.info(
             "kimiwire: %s %s ended by the proxy (%s): %s", flow.request.method, flow.request.path, reason, outcome
         )
@@ -420,21 +378,24 @@ class KimiWire:
         self._flow_over(flow)
 
     def _flow_over(self, flow: http.HTTPFlow) -> None:
-        """Count the flow's bytes and write it to the capture file; never raises."""
-        upstream = self._upstream.pop(flow.id, {})
-        record = flow.metadata.get(METADATA_KEY)
-        if not isinstance(record, dict) or "policy" not in record:
+        """Count the flow's bytes, write it to the capture file and forget its state; never raises."""
+        state = self.flows.get(flow)
+        if state is None:
             return
+        self.flows.drop(flow)
+        if not state.is_chat:
+            return
+        record = state.record
         try:
             response = flow.response
-            body = upstream.get("body")
+            body = state.upstream_body
             if body is None and response is not None:
                 body = response.raw_content or b""
             record.setdefault("upstream_request", flow.request.raw_content or b"")
             if response is not None:
                 record.setdefault("delivered", response.raw_content or b"")
-                stream = response.stream
-                if isinstance(stream, RepairingStream):
+                stream = state.stream
+                if stream is not None:
                     record["timings"] = {
                         "request": flow.request.timestamp_start,
                         "first_byte": stream.first_byte_at,
@@ -449,16 +410,19 @@ class KimiWire:
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered") or b"")
             if self.capture is not None:
-                self.capture.write(saved_state(flow, upstream.get("client_request"), upstream.get("headers"), body))
+                self.capture.write(saved_state(flow, state.client_request, state.upstream_headers, body))
         except Exception as exc:
             self._record_error(flow, "capture", exc)
 
     def _finish_response(self, flow: http.HTTPFlow) -> None:
-        self._release(flow)
+        state = self.flows.get(flow)
+        if state is None:
+            return
+        state.release()
         response = flow.response
         assert response is not None
-        stream = response.stream
-        if isinstance(stream, RepairingStream):
+        stream = state.stream
+        if stream is not None:
             if stream.calls == 0:
                 # Server replay (or a response set by another addon): the body arrives whole and
                 # the stream callable is never called, so repair the whole body here.
@@ -468,10 +432,10 @@ class KimiWire:
             else:
                 # Keep what the upstream really sent as the flow's body; the client's copy is in metadata.
                 response.content = bytes(stream.upstream)
-            self._record_stream(flow, stream)
-            self._ending(flow, "natural")
+            self._record_stream(state, stream)
+            self._ending(state, stream.ending)
             return
-        context = self._response_context(flow)
+        context = state.repairs_context
         if context is None or not chat_exchanges.is_json(response.headers.get("content-type", "")):
             return
         if response.status_code >= 400:
@@ -480,14 +444,14 @@ class KimiWire:
         if not body:
             return
         facts, policy = context
-        self._upstream.setdefault(flow.id, {})["body"] = response.raw_content
+        state.upstream_body = response.raw_content
         new_body, log, why = repair_completion_body(body, facts, policy)
         if why:
             self._note(flow, f"response not repaired: {why}")
             return
         if new_body is not None:
             response.content = new_body
-            flow_record(flow)["delivered"] = new_body
+            state.record["delivered"] = new_body
         self._record_repairs(flow, "response", log)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -497,15 +461,15 @@ class KimiWire:
         self._flow_over(flow)
 
     def _on_error(self, flow: http.HTTPFlow) -> None:
-        self._release(flow)
+        state = self.flows.of(flow)
+        state.release()
         message = flow.error.msg if flow.error else "unknown error"
-        record = flow_record(flow)
-        record["errors"].append(f"flow error: {message}")
+        state.record["errors"].append(f"flow error: {message}")
         self.counts["flows.error"] += 1
-        stream = flow.response.stream if flow.response is not None else None
+        stream = state.stream
         client_gone = message == "Client disconnected." or "client disconnect" in message.lower()
         if client_gone:
-            self._ending(flow, "client_disconnected")
+            self._ending(state, "client_disconnected")
         elif flow.response is None:
             # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
             text = (
@@ -513,32 +477,34 @@ class KimiWire:
                 f"failed before responding: {message}"
             )
             self._answer_error(
-                flow, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
+                state, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
             )
-            self._ending(flow, "upstream_error")
-        elif isinstance(stream, RepairingStream) and not stream.ended and ctx.options.kimi_json_errors:
+            self._ending(state, "upstream_error")
+        elif stream is not None and not stream.ended and ctx.options.kimi_json_errors:
             # Mid-stream reset or protocol error: end the stream cleanly with an error event.
-            text = f"kimiwire: the upstream connection failed mid-stream: {message}"
-            tail = b"".join(stream.end_with_error(error_event(text, "upstream_error", "upstream_disconnected")))
-            stream.delivered += tail
-            self._answer_error(flow, proxy_internals.ErrorAnswer(502, b"", tail))
-            self._ending(flow, "upstream_error_mid_stream")
-        if isinstance(stream, RepairingStream):
-            flow.response.content = bytes(stream.upstream)  # type: ignore[union-attr]
-            self._record_stream(flow, stream)
+            tail = stream.close_after_upstream_failure(
+                f"kimiwire: the upstream connection failed mid-stream: {message}"
+            )
+            stream.tail_sent(tail)
+            self._answer_error(state, proxy_internals.ErrorAnswer(502, b"", tail))
+            self._ending(state, "upstream_error_mid_stream")
+        if stream is not None and flow.response is not None:
+            flow.response.content = bytes(stream.upstream)
+            self._record_stream(state, stream)
 
     @staticmethod
-    def _answer_error(flow: http.HTTPFlow, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
+    def _answer_error(state: FlowState, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
         if not ctx.options.kimi_json_errors:
             return
-        record = flow_record(flow)
+        record = state.record
         if replace or "error_answer" not in record:
-            proxy_internals.set_error_answer(flow, answer, replace)
+            proxy_internals.set_error_answer(state.flow, answer, replace)
             record["error_answer"] = answer.status
 
-    def _record_stream(self, flow: http.HTTPFlow, stream: RepairingStream) -> None:
+    def _record_stream(self, state: FlowState, stream: RepairingStream) -> None:
         """What a repaired stream leaves on its flow, however it ended."""
-        record = flow_record(flow)
+        flow = state.flow
+        record = state.record
         record["delivered"] = bytes(stream.delivered)
         if stream.error_event is not None:
             record["error_event"] = stream.error_event

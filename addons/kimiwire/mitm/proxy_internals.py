@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from mitmproxy import ctx, http, version
@@ -174,72 +175,96 @@ async def _run_inside(handler: Any, http_layer: Any, body: Callable[[], Iterator
     return inside.ran
 
 
-async def end_stream(flow: http.HTTPFlow, before_end: Callable[[], None], attempts: int = 40) -> str:
+class EndKind(Enum):
+    ENDED = "ended"  # ended as if the upstream had ended it; detail: the upstream parser
+    GONE = "gone"  # the flow finished meanwhile
+    CLOSED = "closed"  # the fallback closed the connections; detail: why
+
+
+@dataclass(frozen=True, slots=True)
+class EndOutcome:
+    kind: EndKind
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.detail}" if self.detail else self.kind.value
+
+
+async def end_stream(flow: http.HTTPFlow, before_end: Callable[[], None], attempts: int = 40) -> EndOutcome:
     """End the client's streamed response as if the upstream had ended it; cancel the upstream.
 
     `before_end` runs just before the end-of-message event (the stream callable learns why it
-    is being flushed). Returns "ended:<parser>", "gone" (the flow finished meanwhile) or
-    "closed:<why>" when the fallback closed the connections instead.
+    is being flushed). When a precondition fails the connections are closed instead (CLOSED).
     """
     if not usable():
         return close_connections(flow, "mitmproxy internals not usable")
     for _ in range(attempts):
         if not flow.live:
-            return "gone"
+            return EndOutcome(EndKind.GONE)
         handler = _handler(flow)
         found = _locate(handler, flow) if handler is not None else None
         if found is None:
-            return "gone" if flow.response is None or flow.error else close_connections(flow, "flow not found")
+            if flow.response is None or flow.error:
+                return EndOutcome(EndKind.GONE)
+            return close_connections(flow, "flow not found")
         http_layer, stream_id = found
-        outcome: dict[str, str] = {}
-        body = _ending_body(flow, http_layer, stream_id, before_end, outcome)
+        step: list[EndOutcome | None] = []
+        body = _ending_body(flow, http_layer, stream_id, before_end, step)
         ran = await _run_inside(handler, http_layer, body)
-        result = outcome.get("result", "retry" if not ran else "close:no outcome")
-        if result == "retry":
+        if not ran:
             await asyncio.sleep(0.05)
             continue
-        if result.startswith("close:"):
-            return close_connections(flow, result[6:])
-        if result.startswith("ended:Http1Client"):
+        outcome = step[0] if step else EndOutcome(EndKind.CLOSED, "no outcome")
+        if outcome is None:  # waiting for a hook: try again shortly
+            await asyncio.sleep(0.05)
+            continue
+        if outcome.kind is EndKind.CLOSED:
+            return close_connections(flow, outcome.detail)
+        if outcome.kind is EndKind.ENDED and outcome.detail == "Http1Client":
             # A detached HTTP/1 connection is mid-body upstream: it must never be reused.
             _close_if_open(handler, flow.server_conn)
-        return result
+        return outcome
     return close_connections(flow, "the stream stayed paused")
 
 
 def _ending_body(
-    flow: http.HTTPFlow, http_layer: Any, stream_id: int, before_end: Callable[[], None], outcome: dict[str, str]
+    flow: http.HTTPFlow,
+    http_layer: Any,
+    stream_id: int,
+    before_end: Callable[[], None],
+    step: list[EndOutcome | None],
 ) -> Callable[[], Iterator[Any]]:
-    """What runs inside the HttpLayer: check, detach the upstream parser, end, cancel upstream."""
+    """What runs inside the HttpLayer: check, detach the upstream parser, end, cancel upstream.
+    It appends one outcome to `step`: None to try again, CLOSED with the reason to close instead."""
 
     def body() -> Iterator[Any]:
         stream = http_layer.streams.get(stream_id)
         if stream is None or stream.flow is not flow:
-            outcome["result"] = "gone"
+            step.append(EndOutcome(EndKind.GONE))
             return
-        if stream._paused is not None:  # waiting for a hook: try again shortly
-            outcome["result"] = "retry"
+        if stream._paused is not None:  # waiting for a hook
+            step.append(None)
             return
         if stream.server_state != stream.state_stream_response_body:
-            outcome["result"] = f"close:stream in {getattr(stream.server_state, '__name__', '?')}"
+            step.append(EndOutcome(EndKind.CLOSED, f"stream in {getattr(stream.server_state, '__name__', '?')}"))
             return
         parser = _upstream_parser(http_layer, flow)
         if isinstance(parser, Http1Client):
             if parser.stream_id != stream_id or parser.state != parser.read_body:
-                outcome["result"] = "close:HTTP/1 upstream is not reading this body"
+                step.append(EndOutcome(EndKind.CLOSED, "HTTP/1 upstream is not reading this body"))
                 return
             parser.state = parser.done  # late upstream bytes and EOF are ignored from now on
         elif isinstance(parser, Http2Client):
             ours = parser.our_stream_id.get(stream_id)
             if ours is None or parser.streams.get(ours) is not Http2StreamState.HEADERS_RECEIVED:
-                outcome["result"] = "close:HTTP/2 upstream stream is not receiving"
+                step.append(EndOutcome(EndKind.CLOSED, "HTTP/2 upstream stream is not receiving"))
                 return
             parser.streams.pop(ours, None)  # Http2Client ignores frames of unknown streams
         else:
-            outcome["result"] = f"close:unknown upstream layer {type(parser).__name__}"
+            step.append(EndOutcome(EndKind.CLOSED, f"unknown upstream layer {type(parser).__name__}"))
             return
         before_end()
-        outcome["result"] = f"ended:{type(parser).__name__}"
+        step.append(EndOutcome(EndKind.ENDED, type(parser).__name__))
         yield ReceiveHttp(ResponseEndOfMessage(stream_id))
         yield SendHttp(RequestProtocolError(stream_id, "ended by kimiwire", ErrorCode.CANCEL), flow.server_conn)
 
@@ -259,7 +284,7 @@ def close_upstream(flow: http.HTTPFlow) -> bool:
     return handler is not None and _close_if_open(handler, flow.server_conn)
 
 
-def close_connections(flow: http.HTTPFlow, why: str) -> str:
+def close_connections(flow: http.HTTPFlow, why: str) -> EndOutcome:
     """The fallback: close the upstream (or, failing that, the client) now, so nobody waits."""
     logger.warning("kimiwire: closing the connections of %s: %s", flow.request.url, why)
     handler = _handler(flow)
@@ -268,7 +293,7 @@ def close_connections(flow: http.HTTPFlow, why: str) -> str:
             _close_if_open(handler, flow.client_conn)
     except Exception:
         logger.exception("kimiwire: closing the connections failed")
-    return f"closed:{why}"
+    return EndOutcome(EndKind.CLOSED, why)
 
 
 # -- error answers on HTTP/1 client connections ----------------------------------------------

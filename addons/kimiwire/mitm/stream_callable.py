@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.response.stream_repair import StreamRepairer
@@ -24,7 +25,34 @@ FIRST_EVENT_MESSAGE = (
 )
 
 
+class ProxyEnd(StrEnum):
+    """Why the proxy ends a stream itself (the deadlines of wire/stream_endings.py)."""
+
+    DONE = "done"
+    FINISHED = "finished"
+    IDLE = "idle"
+    FIRST_EVENT = "first_event"
+
+    @property
+    def ending(self) -> str:
+        """How the flow's record names this ending."""
+        return _ENDING_NAMES[self]
+
+
+_ENDING_NAMES = {
+    ProxyEnd.DONE: "proxy_done",
+    ProxyEnd.FINISHED: "proxy_finished",
+    ProxyEnd.IDLE: "idle_timeout",
+    ProxyEnd.FIRST_EVENT: "first_event_timeout",
+}
+
+
 class RepairingStream:
+    """How the stream ends is decided here: `end_by_proxy(reason)` just before mitmproxy calls
+    `stream(b"")` for the proxy's own end (then `_end` flushes with the closing events that
+    reason calls for), `close_after_upstream_failure` when the upstream failed mid-stream, and
+    `ending` says which of them happened (or "natural")."""
+
     def __init__(
         self,
         repairer: StreamRepairer,
@@ -44,7 +72,7 @@ class RepairingStream:
         self.calls = 0
         self.ended = False
         self.failed = False
-        self.end_reason: str | None = None  # set when the proxy ends the stream: done|finished|idle|first_event
+        self.end_reason: ProxyEnd | None = None  # set when the proxy ends the stream
         self.first_byte_at: float | None = None  # wall-clock times, for the capture
         self.last_byte_at: float | None = None
         self.error_event: bytes | None = None  # the error event the stream was ended with, if any
@@ -101,11 +129,19 @@ class RepairingStream:
         if self.on_change is not None:
             self.on_change()
 
+    def end_by_proxy(self, reason: ProxyEnd) -> None:
+        """The proxy ends this stream now: the coming `stream(b"")` flushes for this reason."""
+        self.end_reason = reason
+
+    @property
+    def ending(self) -> str:
+        return "natural" if self.end_reason is None else self.end_reason.ending
+
     def _end(self) -> list[bytes]:
-        if self.end_reason == "idle":
+        if self.end_reason is ProxyEnd.IDLE:
             message = IDLE_MESSAGE.format(seconds=self.limits.idle_timeout)
             return self.end_with_error(error_event(message, "upstream_timeout", "upstream_idle_timeout"))
-        if self.end_reason == "first_event":
+        if self.end_reason is ProxyEnd.FIRST_EVENT:
             message = FIRST_EVENT_MESSAGE.format(seconds=self.limits.first_event_timeout)
             return self.end_with_error(error_event(message, "upstream_timeout", "upstream_first_event_timeout"))
         return self.repairer.end(drop_partial=self.end_reason is not None)
@@ -113,6 +149,16 @@ class RepairingStream:
     def end_with_error(self, event: bytes) -> list[bytes]:
         self.error_event = event
         return self.repairer.end_with_error(event)
+
+    def close_after_upstream_failure(self, message: str) -> bytes:
+        """The upstream failed mid-stream: the events that end the client's stream cleanly
+        (what was held, an error event, [DONE]). They count as delivered once `tail_sent` says so."""
+        self.ended = True
+        return b"".join(self.end_with_error(error_event(message, "upstream_error", "upstream_disconnected")))
+
+    def tail_sent(self, tail: bytes) -> None:
+        """The closing events of `close_after_upstream_failure` were written to the client."""
+        self.delivered += tail
 
     def _deliver(self, out: list[bytes]) -> list[bytes]:
         joined = b"".join(out)

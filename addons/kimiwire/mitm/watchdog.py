@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from kimiwire.mitm.stream_callable import RepairingStream
+from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
 from kimiwire.wire.stream_endings import next_deadline
 
 
@@ -17,7 +18,7 @@ class StreamWatchdog:
     def __init__(
         self,
         stream: RepairingStream,
-        end: Callable[[str], Awaitable[str]],
+        end: Callable[[ProxyEnd], Awaitable[Any]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
@@ -31,7 +32,7 @@ class StreamWatchdog:
             planned = next_deadline(self.stream.times, self.stream.limits)
             now = self.clock()
             if planned is not None and now >= planned[0]:
-                await self.end(planned[1])
+                await self.end(ProxyEnd(planned[1]))
                 return
             self._wake.clear()
             timeout = None if planned is None else planned[0] - now

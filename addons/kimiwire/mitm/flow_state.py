@@ -1,0 +1,139 @@
+"""One flow's state in the adapter: created once, looked up by flow id, dropped when the flow ends.
+
+`FlowStates` (the adapter keeps one, `KimiWire.flows`):
+- `start(flow)`: a fresh state for a chat-completions request (the request hook; a replayed flow's
+  old record is dropped);
+- `of(flow)`: the flow's state, created on first use for any other flow that needs a record;
+- `get(flow)`: the state or None;
+- `drop(flow)`: stop the flow's timers and forget it (the `response`/`error` hooks, at the end).
+
+`FlowState` holds what one flow needs between hooks: `policy` and `facts` (facts stay None when
+the request body could not be parsed), `stream` (the `RepairingStream` once response headers
+came), `tasks` (timers: first-byte watch, stream watchdog), `headers_seen` (set when the response
+headers come), `client_request` (what the client sent, for the capture), `upstream_headers` and
+`upstream_body` (what the upstream sent, for the capture), and `record`: the dict stored as
+`flow.metadata["kimiwire"]`, which tests, captures and scripts read. Everything written to the
+record goes through the methods here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import http
+
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Policy
+
+if TYPE_CHECKING:
+    from kimiwire.mitm.stream_callable import RepairingStream
+
+METADATA_KEY = "kimiwire"
+
+
+def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The kimiwire entry in `flow.metadata` (created on first use)."""
+    record = flow.metadata.get(METADATA_KEY)
+    if not isinstance(record, dict):
+        record = flow.metadata[METADATA_KEY] = {"repairs": [], "errors": [], "notes": []}
+    return record
+
+
+@dataclass(eq=False)
+class FlowState:
+    flow: http.HTTPFlow
+    record: dict[str, Any]
+    policy: Policy | None = None
+    facts: RequestFacts | None = None
+    stream: RepairingStream | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    headers_seen: asyncio.Event | None = None
+    client_request: dict[str, Any] | None = None
+    upstream_headers: Any = None
+    upstream_body: bytes | None = None
+
+    @property
+    def is_chat(self) -> bool:
+        """A chat-completions flow: repaired, captured, given the ending guarantees."""
+        return "policy" in self.record
+
+    @property
+    def repairs_context(self) -> tuple[RequestFacts, Policy] | None:
+        """What the response repairs need; None when the request body was not parsed."""
+        if self.facts is None or self.policy is None:
+            return None
+        return self.facts, self.policy
+
+    def set_ending(self, how: str) -> bool:
+        """Record how the flow ended; the first word counts. True when this call set it."""
+        if "ending" in self.record:
+            return False
+        self.record["ending"] = how
+        return True
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def release(self) -> None:
+        """The flow is over: stop its timers (but not the one that is ending it right now)."""
+        current = asyncio.current_task() if _loop_running() else None
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+        if self.headers_seen is not None:
+            self.headers_seen.set()
+            self.headers_seen = None
+
+
+class FlowStates:
+    def __init__(self) -> None:
+        self._states: dict[str, FlowState] = {}
+
+    def start(self, flow: http.HTTPFlow) -> FlowState:
+        old = self._states.pop(flow.id, None)
+        if old is not None:
+            old.release()
+        flow.metadata.pop(METADATA_KEY, None)  # a replayed flow brings the record of its first run
+        state = self._states[flow.id] = FlowState(flow, flow_record(flow))
+        return state
+
+    def of(self, flow: http.HTTPFlow) -> FlowState:
+        state = self._states.get(flow.id)
+        if state is None:
+            state = self._states[flow.id] = FlowState(flow, flow_record(flow))
+        return state
+
+    def get(self, flow: http.HTTPFlow) -> FlowState | None:
+        return self._states.get(flow.id)
+
+    def drop(self, flow: http.HTTPFlow) -> None:
+        state = self._states.pop(flow.id, None)
+        if state is not None:
+            state.release()
+
+    def clear(self) -> None:
+        for state in self._states.values():
+            for task in state.tasks:
+                task.cancel()
+        self._states.clear()
+
+    @property
+    def active_tasks(self) -> int:
+        return sum(len(state.tasks) for state in self._states.values())
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
