@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -98,6 +99,13 @@ class KimiWire:
             str,
             "",
             "File name of this run's capture in kimi_capture_dir (default kimiwire-<start time>-<pid>.mitm).",
+        )
+        loader.add_option(
+            "kimi_health_path",
+            str,
+            chat_exchanges.HEALTH_PATH,
+            "Path the proxy answers itself with 200 and kimi.stats as JSON (for load balancers' health checks); "
+            "empty forwards it upstream like any other path.",
         )
 
     def _load_ending_options(self, loader: Any) -> None:
@@ -246,6 +254,10 @@ class KimiWire:
     def request(self, flow: http.HTTPFlow) -> None:
         if not flow.live:
             return  # loaded from a file: it was repaired when it was live
+        if chat_exchanges.is_health_check(flow.request.method, flow.request.path, ctx.options.kimi_health_path):
+            body = orjson.dumps({"status": "ok", "pid": os.getpid(), **orjson.loads(self.stats())})
+            flow.response = http.Response.make(200, body, {"content-type": "application/json"})
+            return
         self._guarded(flow, "request repair", self._repair_request)
 
     def _repair_request(self, flow: http.HTTPFlow) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+HEALTH_PATH = "/_kimiwire/health"  # answered by the proxy itself (load balancers' health checks)
+
+
+def is_health_check(method: str, path: str, health_path: str) -> bool:
+    return bool(health_path) and method.upper() in ("GET", "HEAD") and path.split("?", 1)[0] == health_path
+
 
 def is_chat_completions(method: str, path: str, content_type: str) -> tuple[bool, str | None]:
     """(is it a chat-completions call we repair, why not when it looks like one but is not)."""
