@@ -20,7 +20,6 @@ import pathlib
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
 import orjson  # noqa: E402
+from kimiwire import launch  # noqa: E402
 from kimiwire.wire.facts import RequestFacts  # noqa: E402
 from kimiwire.wire.policy import Flavor, Policy  # noqa: E402
 from kimiwire.wire.request.repair import repair_request_body  # noqa: E402
@@ -317,70 +317,16 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-class Process:
-    def __init__(self, args: list[str], ready: str) -> None:
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        self.port = 0
-        deadline = time.monotonic() + 30
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if ready in line and (m := re.search(r"listening at (?:http://)?127\.0\.0\.1:(\d+)", line)):
-                self.port = int(m.group(1))
-                break
-        if not self.port:
-            self.stop()
-            raise RuntimeError(f"{args[0]} did not start")
-        self.pid = self.proc.pid
-        # keep draining the output so the process never blocks on a full pipe
-        import threading
-
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def end_to_end(repeat: int, quick: bool) -> dict[str, Any]:
-    bindir = pathlib.Path(sys.executable).parent
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kimiwire-bench-"))
-    sim = Process([sys.executable, "-m", "kimiwire.sim", "--port", "0"], "listening at")
+    sim = launch.simulator(0).start()
 
-    def mitmdump(script: pathlib.Path, *options: str) -> Process:
-        args = [
-            str(bindir / "mitmdump"),
-            "--listen-host",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--mode",
-            f"reverse:http://127.0.0.1:{sim.port}",
-            "--set",
-            f"confdir={tmp}",
-            "--set",
-            "termlog_verbosity=info",
-            "-s",
-            str(script),
-        ]
-        for option in options:
-            args += ["--set", option]
-        return Process(args, "listening at")
+    def mitmdump(script: pathlib.Path, **options: object) -> launch.Mitmdump:
+        proxy = launch.Mitmdump(f"http://127.0.0.1:{sim.port}", tmp, options, addon=script, verbosity="info")
+        return proxy.start()
 
     plain = mitmdump(ROOT / "scripts" / "bench_baseline_addon.py")
-    addon = mitmdump(ROOT / "addons" / "kimi.py", f"kimi_capture_dir={tmp / 'captures'}")
+    addon = mitmdump(launch.ADDON, kimi_capture_dir=tmp / "captures")
     paths = {"direct": (sim.port, None), "mitmdump": (plain.port, plain.pid), "kimiwire": (addon.port, addon.pid)}
     plans = {  # (concurrency, events per stream, seconds between events)
         "fast": [(1, 2000, 0.0), (16, 400, 0.0), (64, 120, 0.0)],

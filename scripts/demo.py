@@ -15,10 +15,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
 import httpx  # noqa: E402
+from kimiwire.launch import Mitmdump  # noqa: E402
 from kimiwire.sim.server import SimulatorThread  # noqa: E402
 
 from tests.support.clients import EXPECTED_TOOL_RUNS, TASK, run_piai  # noqa: E402
-from tests.support.mitm import Mitmdump  # noqa: E402
 
 HARDEST = "shape=sglang,interleave,reasoning_between,fragments=5"
 
@@ -78,7 +78,7 @@ def main() -> int:
     with (
         SimulatorThread() as sim,
         tempfile.TemporaryDirectory() as tmp,
-        Mitmdump(sim.url, pathlib.Path(tmp), save_flows=False) as proxy,
+        Mitmdump(sim.url, pathlib.Path(tmp), {"kimi_capture_dir": pathlib.Path(tmp) / "captures"}) as proxy,
     ):
         for label, url in (("direct", sim.url), ("kimiwire", proxy.url)):
             httpx.delete(f"{sim.url}/_sim/requests")

@@ -21,11 +21,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
 import httpx  # noqa: E402
+from kimiwire.launch import Mitmdump  # noqa: E402
 from kimiwire.sim.server import SimulatorThread  # noqa: E402
 from kimiwire.sim.settings import SimSettings  # noqa: E402
 
 from tests.support.clients import npm_install  # noqa: E402
-from tests.support.mitm import Mitmdump  # noqa: E402
 
 SOURCE = ROOT / "tests" / "clients" / "openclaw-2026.4.21"
 CACHE = ROOT / ".cache" / "openclaw-2026.4.21"
@@ -89,7 +89,10 @@ def main() -> int:
         f"then read {workspace / 'c.txt'}"
     )
     settings = SimSettings(shape="sglang", interleave=True, reasoning_between=True, fragments=5)
-    with SimulatorThread(settings) as sim, Mitmdump(sim.url, scratch, save_flows=False) as proxy:
+    with (
+        SimulatorThread(settings) as sim,
+        Mitmdump(sim.url, scratch / "mitm-conf", {"kimi_capture_dir": scratch / "captures"}) as proxy,
+    ):
         config(home, workspace, sim.url if args.direct else proxy.url)
         env = dict(os.environ, HOME=str(home), PATH=f"{node_bin}:{os.environ['PATH']}")
         print(

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.sse import DONE, SSEDecoder
 
 
@@ -70,14 +71,11 @@ class AssembledResponse:
         }
 
 
-_REASONING_KEYS = ("reasoning_content", "reasoning", "reasoning_text")
-
-
 def _add_text(choice: AssembledChoice, part: dict[str, Any]) -> None:
     content = part.get("content")
     if isinstance(content, str):
         choice.content += content
-    for key in _REASONING_KEYS:
+    for key in REASONING_KEYS:
         value = part.get(key)
         if isinstance(value, str) and value:
             choice.reasoning += value

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from kimiwire.inspection.assembled import AssembledResponse
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 
 
 def _block(text: str, indent: str = "    ") -> str:
@@ -90,7 +91,7 @@ def render_request(body: dict[str, Any], repairs: list[dict[str, Any]]) -> str:
         if role == "tool":
             header += f" answers {annotate(index, message.get('tool_call_id'))}"
         lines.append(header + (f": {_short(text, 200)}" if text else ""))
-        for key in ("reasoning_content", "reasoning", "reasoning_text"):
+        for key in REASONING_KEYS:
             if message.get(key):
                 lines.append(f"      {key}: {_short(message[key], 200)}")
         for call in message.get("tool_calls") or []:

@@ -12,7 +12,8 @@ from .server import SETTINGS_HEADER, Simulator
 from .settings import BROKEN_HISTORY, LEAKS, SHAPES, THINKS, SimSettings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
+    """The simulator's defaults and port from its command line."""
     parser = argparse.ArgumentParser(
         prog="scripts/sim",
         description="An OpenAI-compatible Kimi K2 server simulator (127.0.0.1 only). Per request, the header "
@@ -43,16 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stamp", action="store_true", help="put the send time in every chunk (sent_at)")
     args = parser.parse_args(argv)
     settings = SimSettings(
-        args.shape,
-        args.fragments,
-        args.interleave,
-        args.reasoning_between,
-        args.whole,
-        not args.no_reasoning,
-        args.broken_history,
-        args.fault,
-        args.delay,
-        args.hold,
+        shape=args.shape,
+        fragments=args.fragments,
+        interleave=args.interleave,
+        reasoning_between=args.reasoning_between,
+        whole=args.whole,
+        reasoning=not args.no_reasoning,
+        broken_history=args.broken_history,
+        fault=args.fault,
+        delay=args.delay,
+        hold=args.hold,
+        answer_events=args.answer_events,
+        stamp=args.stamp,
         leak=args.leak,
         think=args.think,
     )
@@ -61,8 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
+    return settings, args.port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, port = parse_args(argv)
+
     async def run() -> None:
-        simulator = Simulator(settings, port=args.port)
+        simulator = Simulator(settings, port=port)
         await simulator.start()
         print(f"kimiwire simulator listening at {simulator.url} (shape {settings.shape})", flush=True)
         stop = asyncio.Event()

@@ -1,6 +1,11 @@
 """The simulator's HTTP/1.1 server (asyncio, 127.0.0.1): chunked SSE as uvicorn-based SGLang and
 vLLM servers send it, keep-alive, and the transport faults (stall, [DONE] with the body left open,
-reset, error status, slow first byte)."""
+reset, error status, slow first byte).
+
+`HttpServer` is the part every fake upstream shares (request parsing, keep-alive, JSON answers,
+resets, stopping with connections still open); `Simulator` answers like a Kimi server,
+`sim/scripted.py` answers with scripted replies (the tests' recording upstream). `ServerThread`
+runs either on its own event loop in a background thread."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from kimiwire.wire.openai_errors import error_object
 
 from .model import plan_turn
 from .settings import SimSettings, settings_for_request
@@ -58,15 +65,14 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class Simulator:
-    def __init__(self, defaults: SimSettings | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.defaults = defaults or SimSettings()
-        self.defaults.validate()
+class HttpServer:
+    """A minimal HTTP/1.1 server on 127.0.0.1; subclasses answer in `_respond` (True: keep-alive)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.requests: deque[SimRequest] = deque(maxlen=2000)
         self._server: asyncio.AbstractServer | None = None
-        self._counter = 0
+        self._connections: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -79,10 +85,15 @@ class Simulator:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._connections):  # held-open streams end now, not at their timers
+                task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -100,9 +111,36 @@ class Simulator:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
+        except asyncio.CancelledError:
+            writer.transport.abort()
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+            self._connections.discard(task)  # type: ignore[arg-type]
+
+    async def _respond(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
+        raise NotImplementedError
+
+    async def _json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> bool:
+        data = orjson.dumps(payload)
+        writer.write(
+            _status_line(status)
+            + _headers([("content-type", "application/json"), ("content-length", str(len(data)))])
+            + data
+        )
+        await writer.drain()
+        return True
+
+
+class Simulator(HttpServer):
+    def __init__(self, defaults: SimSettings | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(host, port)
+        self.defaults = defaults or SimSettings()
+        self.defaults.validate()
+        self.requests: deque[SimRequest] = deque(maxlen=2000)
+        self._counter = 0
 
     async def _respond(
         self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
@@ -124,15 +162,17 @@ class Simulator:
         if route in ("/health", "/_sim/health"):
             return await self._json(writer, 200, {"ok": True})
         if method != "POST" or not route.endswith("/chat/completions"):
-            return await self._json(writer, 404, _error("not found", "invalid_request_error", 404))
+            return await self._json(writer, 404, error_object("not found", "invalid_request_error", 404))
         try:
             request = orjson.loads(body)
             assert isinstance(request, dict)
             settings = settings_for_request(self.defaults, headers.get(SETTINGS_HEADER), request.get("model"))
         except (orjson.JSONDecodeError, AssertionError):
-            return await self._json(writer, 400, _error("body must be a JSON object", "invalid_request_error", 400))
+            return await self._json(
+                writer, 400, error_object("body must be a JSON object", "invalid_request_error", 400)
+            )
         except ValueError as exc:
-            return await self._json(writer, 400, _error(str(exc), "invalid_request_error", 400))
+            return await self._json(writer, 400, error_object(str(exc), "invalid_request_error", 400))
         plan = plan_turn(request, history_tools=settings.leak == "untooled")
         ids = [
             c.get("id")
@@ -162,7 +202,7 @@ class Simulator:
             return False
         if fault == "status":
             code = int(argument)
-            return await self._json(writer, code, _error(f"simulated HTTP {code}", "simulated_error", code))
+            return await self._json(writer, code, error_object(f"simulated HTTP {code}", "simulated_error", code))
         model = str(request.get("model") or "kimi-k2-thinking")
         if request.get("stream") is not True:
             return await self._json(writer, 200, completion_body(plan, settings, model, request_id))
@@ -206,20 +246,6 @@ class Simulator:
         await writer.drain()
         return True
 
-    async def _json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> bool:
-        data = orjson.dumps(payload)
-        writer.write(
-            _status_line(status)
-            + _headers([("content-type", "application/json"), ("content-length", str(len(data)))])
-            + data
-        )
-        await writer.drain()
-        return True
-
-
-def _error(message: str, error_type: str, code: int) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "code": code}}
-
 
 def _reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
@@ -229,25 +255,37 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class SimulatorThread:
-    """The simulator on its own event loop in a background thread (tests, demo, benchmarks)."""
+class ServerThread:
+    """A server on its own event loop in a background thread (tests, demo, benchmarks)."""
 
-    def __init__(self, defaults: SimSettings | None = None, port: int = 0) -> None:
-        self.simulator = Simulator(defaults, port=port)
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kimiwire-simulator", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kimiwire-fake-upstream", daemon=True)
 
     @property
     def url(self) -> str:
-        return self.simulator.url
+        return self.server.url
 
-    def __enter__(self) -> SimulatorThread:
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def __enter__(self) -> ServerThread:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+class SimulatorThread(ServerThread):
+    """The Kimi simulator in a background thread."""
+
+    def __init__(self, defaults: SimSettings | None = None, port: int = 0) -> None:
+        self.simulator = Simulator(defaults, port=port)
+        super().__init__(self.simulator)

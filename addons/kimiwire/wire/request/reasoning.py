@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 
-REASONING_KEYS = ("reasoning_content", "reasoning", "reasoning_text")
 # Moonshot rejects a tool-call turn in the current loop whose reasoning is missing or empty
 # with HTTP 400 when thinking is on; a single space is accepted.
 MOONSHOT_REASONING_PLACEHOLDER = " "

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-TEXT_KEYS = ("content", "reasoning_content", "reasoning", "reasoning_text")
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
+
+TEXT_KEYS = ("content", *REASONING_KEYS)
 
 
 def rename_reasoning(container: dict[str, Any], mode: str) -> bool:

@@ -1,0 +1,39 @@
+"""`scripts/sim` flags reach the simulator's settings (each one, by keyword), and the simulator
+started by the shared launcher answers with them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+import orjson
+from kimiwire import launch
+from kimiwire.sim.__main__ import parse_args
+from kimiwire.sim.settings import SimSettings
+
+# one non-default value for every setting, as command-line flags
+FLAGS = [
+    "--port", "0", "--shape", "vllm", "--fragments", "2", "--interleave", "--reasoning-between", "--whole",
+    "--no-reasoning", "--broken-history", "empty", "--fault", "done-open", "--delay", "0.5", "--hold", "3",
+    "--answer-events", "7", "--leak", "consumed", "--think", "block", "--stamp",
+]  # fmt: skip
+
+
+def test_every_setting_has_a_flag_that_reaches_it():
+    settings, port = parse_args(FLAGS)
+    default = SimSettings()
+    unchanged = [
+        f.name for f in dataclasses.fields(SimSettings) if getattr(settings, f.name) == getattr(default, f.name)
+    ]
+    assert unchanged == [] and port == 0
+    assert settings.answer_events == 7 and settings.stamp is True
+
+
+def test_the_simulator_process_streams_with_answer_events_and_stamps():
+    with launch.simulator(0, "--answer-events", "5", "--stamp", "--no-reasoning") as sim:
+        body = {"model": "kimi-k2-thinking", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+        r = httpx.post(f"{sim.url}/v1/chat/completions", json=body, timeout=10)
+    chunks = [orjson.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert chunks and all(isinstance(c.get("sent_at"), int) for c in chunks)
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if c.get("choices")]
+    assert len([c for c in contents if c]) == 5
