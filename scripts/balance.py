@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="origin of the upstream, e.g. http://127.0.0.1:8081")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--host", default="127.0.0.1", help="where the balancer listens")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8080, help="0: a free port (announced in the ready line)")
     parser.add_argument("--stats-port", type=int, default=0, help="HAProxy's stats page on 127.0.0.1 (0: none)")
     parser.add_argument("--capture-name", default="", help="capture file stem; worker K writes STEM-wK.mitm")
     parser.add_argument("--mitmdump", default=str(pathlib.Path(sys.executable).parent / "mitmdump"))
@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     extra = [a for a in args.mitmdump_args if a != "--"]
+    if args.port == 0:
+        with socket.socket() as s:
+            s.bind((args.host, 0))
+            args.port = s.getsockname()[1]
     stem = args.capture_name.removesuffix(".mitm") or f"kimiwire-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
     children: list[_Child] = []

@@ -169,3 +169,9 @@ def test_bench_runs_end_to_end_without_errors(tmp_path):
     memory = report["core"]["memory"]
     assert memory["most_held_with_20mb_argument"] <= memory["limit_bytes"] and memory["bypassed_past_limit"]
     assert "| kimiwire vs plain mitmdump" in done.stdout
+    assert all(r["cpu_per_event_ratio"] > 0 for r in report["e2e"]["ratios"])
+    scale = report["e2e"]["scale"]
+    assert scale is not None, "haproxy is installed by ./scripts/test"
+    assert scale["workers"]["1"]["errors"] == 0 and scale["workers"]["2"]["errors"] == 0
+    assert scale["workers"]["2"]["events"] > 0 and scale["speedup"] > 0
+    assert report["e2e"]["paced_capacity"]["tried"], "the paced capacity search ran"

@@ -35,8 +35,10 @@ def free_port() -> int:
 
 
 class ListeningProcess:
-    def __init__(self, args: Sequence[str], start_timeout: float = 30.0) -> None:
+    def __init__(self, args: Sequence[str], start_timeout: float = 30.0, ready: re.Pattern[str] = _LISTENING) -> None:
+        """`ready`: the output line that announces the port (its first group)."""
         self.args = list(args)
+        self._ready_line = ready
         self.start_timeout = start_timeout
         self.lines: list[str] = []
         self.port: int | None = None
@@ -60,7 +62,7 @@ class ListeningProcess:
         assert self._proc and self._proc.stdout
         for line in self._proc.stdout:
             self.lines.append(line.rstrip("\n"))
-            if self.port is None and (m := _LISTENING.search(line)):
+            if self.port is None and (m := self._ready_line.search(line)):
                 self.port = int(m.group(1))
                 self._ready.set()
         self._ready.set()
