@@ -261,3 +261,49 @@ def test_every_single_byte_cut(shape):
     for cut in range(len(raw) + 1):
         split, _ = repair(raw, [cut])
         assert events(split) == events(whole), cut
+
+
+TEXT_PIECES = st.sampled_from(
+    [
+        "hello",
+        " ",
+        "",
+        "<|tool",
+        "_call",
+        "s_section_begin|>",
+        "functions.",
+        "read:0",
+        '{"path": "/a"}',
+        "fun",
+        "é",
+        "\n",
+    ]
+)
+TEXT_DELTAS = st.fixed_dictionaries(
+    {},
+    optional={
+        "content": st.lists(TEXT_PIECES, max_size=4).map("".join),
+        "reasoning_content": st.lists(TEXT_PIECES, max_size=3).map("".join),
+        "reasoning": st.lists(TEXT_PIECES, max_size=2).map("".join),
+        "role": st.just("assistant"),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(TEXT_DELTAS, max_size=12),
+    st.sampled_from(["recover", "keep"]),
+    st.sampled_from(["keep", "reasoning_content"]),
+)
+def test_the_unchanged_shortcut_delivers_what_the_full_path_delivers(deltas, markup, reasoning_field):
+    s = Stream()
+    for delta in deltas:
+        s.chunk(delta)
+    raw = s.chunk({}, "stop").done().body()
+    policy = Policy.build(Flavor.SELFHOSTED, markup=markup, reasoning_field=reasoning_field)
+    fast, _ = repair(raw, policy=policy)
+    full_path = StreamRepairer(facts(), policy)
+    full_path._passes_unchanged = lambda choice: False  # every event through _process_choice
+    slow = b"".join([*full_path.feed(raw), *full_path.end()])
+    assert fast == slow

@@ -19,6 +19,7 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
+from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall
 from kimiwire.wire.response.tool_calls import finalize_call, fix_finish_reason
 from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 
@@ -26,43 +27,13 @@ _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
 
 
 @dataclass(slots=True)
-class _Call:
-    position: int
-    id: Any = None
-    name: str | None = None
-    parts: list[str] = field(default_factory=list)
-    size: int = 0
-    fragments: int = 0
-    complete: bool = False
-    emitted: bool = False
-
-    def arguments(self) -> str:
-        return "".join(self.parts)
-
-    def json_closed(self) -> bool:
-        try:
-            return isinstance(orjson.loads(self.arguments()), dict)
-        except orjson.JSONDecodeError:
-            return False
-
-
-@dataclass(slots=True)
 class _Choice:
     index: int
-    calls: list[_Call] = field(default_factory=list)
-    by_upstream_index: dict[int, _Call] = field(default_factory=dict)
-    current: _Call | None = None
-    next_emit: int = 0
-    emitted_calls: int = 0
-    needs_finish: bool = False
+    calls: ChoiceAssembly
+    needs_finish: bool = False  # calls went out before the choice's finish_reason
     upstream_tool_indexes: int = 0  # passthrough mode: calls the upstream streamed itself
     finished: bool = False  # its finish_reason has been seen
     scanners: dict[str, MarkupScanner] = field(default_factory=dict)
-
-    def new_call(self) -> _Call:
-        call = _Call(len(self.calls))
-        self.calls.append(call)
-        return call
 
 
 class StreamRepairer:
@@ -81,7 +52,6 @@ class StreamRepairer:
         self._template: dict[str, Any] = {"object": "chat.completion.chunk"}
         self._have_template = False
         self._finished_choices = 0
-        self._buffered_arguments = 0
         self._once: set[str] = set()
 
     # -- public API ------------------------------------------------------------------------
@@ -116,7 +86,8 @@ class StreamRepairer:
 
     def end_with_error(self, error_event: bytes) -> list[bytes]:
         """The stream is cut short (timeout, upstream failure): the client gets the text held
-        back and the calls that are complete, then `error_event`, then [DONE]."""
+        back and every call (complete ones repaired, truncated ones as sent), then `error_event`,
+        then [DONE]."""
         if self.done:
             return []
         out: list[bytes] = []
@@ -124,17 +95,7 @@ class StreamRepairer:
             return [b"\n\n", error_event, DONE_EVENT]
         self._decoder = SSEDecoder()  # a half-received event is dropped, never forwarded
         for state in self._choices.values():
-            delta: dict[str, Any] = {}
-            if self._flush_texts(state, delta) and delta:
-                out.append(self._chunk_event(state.index, delta))
-            for call in state.calls[state.next_emit :]:
-                if call.json_closed():
-                    call.complete = True
-                else:
-                    break
-            out.extend(self._take_ready(state))
-            for call in state.calls[state.next_emit :]:
-                self.log.add("stream.partial_call_dropped", call.position, call.name, call.arguments()[:200])
+            self._finish_choice(state, Ending.CUT, None, out)
         out.append(error_event)
         out.append(DONE_EVENT)
         self.done = True
@@ -149,8 +110,9 @@ class StreamRepairer:
     def buffered(self) -> int:
         """Bytes held back: tool-call arguments, text that may be markup, an unfinished event.
         Checked after every upstream chunk, so written as plain loops."""
-        held = self._buffered_arguments + self._decoder.pending
+        held = self._decoder.pending
         for state in self._choices.values():
+            held += state.calls.buffered
             for scanner in state.scanners.values():
                 if scanner.pending:
                     held += len(scanner.pending)
@@ -169,19 +131,17 @@ class StreamRepairer:
                 if scanner.pending:
                     out.append(self._chunk_event(state.index, {key: scanner.pending}))
                     scanner.pending = ""
-            for call in state.calls[state.next_emit :]:
-                if call.emitted:
-                    continue
+            assembly = state.calls
+            while assembly.pending:
+                call = assembly.pending[0]
                 raw = {
-                    "index": call.position,
+                    "index": assembly.emitted + state.upstream_tool_indexes,
                     "id": call.id,
                     "type": "function",
                     "function": {"name": call.name, "arguments": call.arguments()},
                 }
                 out.append(self._chunk_event(state.index, {"tool_calls": [raw]}))
-                call.emitted = True
-            state.next_emit = len(state.calls)
-        self._buffered_arguments = 0
+                assembly.mark_emitted(call)
         leftover = self._decoder.undecoded()
         self._decoder = SSEDecoder()
         if leftover and include_undecoded:
@@ -225,7 +185,7 @@ class StreamRepairer:
     def _choice(self, index: int) -> _Choice:
         state = self._choices.get(index)
         if state is None:
-            state = self._choices[index] = _Choice(index)
+            state = self._choices[index] = _Choice(index, ChoiceAssembly(self.log, self._note_once))
         return state
 
     def _chunk(self, chunk: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
@@ -308,12 +268,10 @@ class StreamRepairer:
             self._finished_choices += 1
         if delta is None:
             delta = choice["delta"] = {}
-        if self._flush_texts(state, delta):
+        ready: list[bytes] = []
+        if self._finish_choice(state, Ending.FINISHED, delta, ready):
             changed = True
-        for call in state.calls:
-            call.complete = True
-        ready = self._take_ready(state)
-        fixed = fix_finish_reason(finish, state.emitted_calls > 0, None, self.log, self.policy)
+        fixed = fix_finish_reason(finish, state.calls.emitted > 0, None, self.log, self.policy)
         state.needs_finish = False
         if not ready:
             if fixed != finish:
@@ -385,8 +343,12 @@ class StreamRepairer:
             if not isinstance(text, str) or not text:
                 continue
             if key == "reasoning" and mirrored:  # the same text under both names: scan it once
-                delta["reasoning"] = delta["reasoning_content"]
-                changed |= delta["reasoning"] != text
+                mirror = delta.get("reasoning_content")  # gone when the scanner held all of it
+                if mirror:
+                    delta["reasoning"] = mirror
+                else:
+                    del delta["reasoning"]
+                changed |= mirror != text
                 continue
             emitted, calls = self._scanner(state, key).feed(text)
             if emitted == text and not calls:
@@ -414,105 +376,56 @@ class StreamRepairer:
 
     def _recovered(self, state: _Choice, key: str, calls: list[RecoveredCall]) -> None:
         for recovered in calls:
-            call = state.new_call()
-            call.id, call.name, call.parts, call.complete = (
-                recovered.raw_id,
-                recovered.name,
-                [recovered.arguments],
-                True,
-            )
+            call = state.calls.add_whole(recovered.raw_id, recovered.name, recovered.arguments)
             self.log.add(f"markup.recovered_{recovered.form}", call.position, key, recovered.name)
 
     # -- tool calls ------------------------------------------------------------------------
 
     def _absorb(self, state: _Choice, tool_deltas: list[Any]) -> None:
-        for tool_delta in tool_deltas:
-            if not isinstance(tool_delta, dict):
-                continue
-            function = tool_delta.get("function")
-            if not isinstance(function, dict):
-                function = {}
-            upstream_index = tool_delta.get("index")
-            delta_id = tool_delta.get("id") or None
-            name = function.get("name") or None
-            if isinstance(upstream_index, int) and not isinstance(upstream_index, bool):
-                call = state.by_upstream_index.get(upstream_index)
-                if call is None:
-                    self._complete_closed_calls(state)
-                    call = state.by_upstream_index[upstream_index] = state.new_call()
-                    if upstream_index != call.position:
-                        self.log.add("index.renumbered", call.position, upstream_index, call.position)
-            else:
-                current = state.current
-                if (
-                    current is None
-                    or current.emitted
-                    or (delta_id and current.id and delta_id != current.id)
-                    or (name and not delta_id and current.json_closed())
-                ):
-                    self._complete_closed_calls(state)
-                    call = state.new_call()
-                    self._note_once("index.missing", upstream_index, call.position)
-                else:
-                    call = current
-            if call.emitted:
-                self.log.add("stream.late_fragment", call.position, function.get("arguments"), None)
-                continue
-            if delta_id and not call.id:
-                call.id = delta_id
-            if name and not call.name:
-                call.name = name
-            arguments = function.get("arguments")
-            if arguments is not None and not isinstance(arguments, str):
-                arguments = orjson.dumps(arguments).decode()
-            if arguments:
-                call.parts.append(arguments)
-                call.size += len(arguments)
-                self._buffered_arguments += len(arguments)
-            call.fragments += 1
-            state.current = call
+        state.calls.absorb(tool_deltas)
 
-    @staticmethod
-    def _complete_closed_calls(state: _Choice) -> None:
-        """A new call starts: earlier calls whose JSON is already closed are complete (with
-        interleaved parallel calls, one whose JSON is still open keeps waiting)."""
-        for call in state.calls[state.next_emit :]:
-            if not call.complete and call.json_closed():
-                call.complete = True
+    def _finish_choice(self, state: _Choice, ending: Ending, delta: dict[str, Any] | None, out: list[bytes]) -> bool:
+        """The one way a choice ends, whatever ended it (its finish_reason, [DONE], the end of the
+        body, an error): held text is flushed (into `delta`, else into an event of its own), open
+        calls become complete or truncated, and every ready call goes out in order. Returns
+        whether text was flushed."""
+        own_delta: dict[str, Any] = {} if delta is None else delta
+        flushed = self._flush_texts(state, own_delta)
+        if flushed and delta is None and own_delta:
+            out.append(self._chunk_event(state.index, own_delta))
+        state.calls.end(ending)
+        ready = self._take_ready(state)
+        if ready:
+            state.needs_finish = True
+            out.extend(ready)
+        return flushed
 
     def _take_ready(self, state: _Choice) -> list[bytes]:
         events: list[bytes] = []
-        offset = state.upstream_tool_indexes
-        while state.next_emit < len(state.calls) and state.calls[state.next_emit].complete:
-            call = state.calls[state.next_emit]
-            state.next_emit += 1
-            if call.emitted:
-                continue
-            finished = finalize_call(
-                call.name or "", call.id, call.arguments(), call.position + offset, self.facts, self.policy, self.log
-            )
-            if call.fragments > 1:
-                self.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
-            call.emitted = True
-            self._buffered_arguments -= call.size
-            call.parts = []
-            state.emitted_calls += 1
-            events.append(
-                self._chunk_event(state.index, {"tool_calls": [{"index": call.position + offset, **finished}]})
-            )
+        assembly = state.calls
+        call = assembly.next_ready()
+        while call is not None:
+            events.append(self._call_event(state, call))
+            assembly.mark_emitted(call)
+            call = assembly.next_ready()
         return events
+
+    def _call_event(self, state: _Choice, call: HeldCall) -> bytes:
+        index = state.calls.emitted + state.upstream_tool_indexes
+        if call.state is CallState.TRUNCATED:
+            self.log.add("args.truncated", call.position, call.name, call.arguments()[-200:])
+            raw = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments()}}
+            return self._chunk_event(state.index, {"tool_calls": [{"index": index, **raw}]})
+        finished = finalize_call(call.name or "", call.id, call.arguments(), index, self.facts, self.policy, self.log)
+        if call.fragments > 1:
+            self.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
+        return self._chunk_event(state.index, {"tool_calls": [{"index": index, **finished}]})
 
     def _finish_all(self, out: list[bytes]) -> None:
         """The stream ends ([DONE] or end of body): flush every choice still holding something."""
         for state in self._choices.values():
-            delta: dict[str, Any] = {}
-            if self._flush_texts(state, delta) and delta:
-                out.append(self._chunk_event(state.index, delta))
-            for call in state.calls:
-                call.complete = True
-            ready = self._take_ready(state)
-            out.extend(ready)
-            if ready or state.needs_finish:
+            self._finish_choice(state, Ending.FINISHED, None, out)
+            if state.needs_finish:
                 state.needs_finish = False
                 self.log.add("finish_reason.synthesized", None, None, "tool_calls")
                 out.append(
