@@ -4,6 +4,7 @@ import orjson
 import pytest
 from kimiwire.mitm import addon as addon_module
 from kimiwire.mitm.addon import KimiWire
+from kimiwire.mitm.stream_callable import ProxyEnd
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -45,11 +46,16 @@ def test_request_hook_repairs_and_records():
         assert kw.counts["ids.call"] == 1
 
 
-def test_exception_in_request_repair_passes_the_flow_through(monkeypatch):
+@pytest.fixture
+def request_repair_raises(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(addon_module, "repair_request_body", boom)
+
+
+@pytest.mark.usefixtures("request_repair_raises")
+def test_exception_in_request_repair_passes_the_flow_through():
     kw = KimiWire()
     with taddons.context(kw):
         flow = chat_flow()
@@ -161,3 +167,35 @@ def test_tools_declared_reach_the_response_repair():
         flow = chat_flow()
         kw.request(flow)
         assert set(flow.metadata["kimiwire"]["facts"]["tools"]) == {t["function"]["name"] for t in TOOLS}
+
+
+@pytest.mark.usefixtures("request_repair_raises")
+def test_a_request_whose_repair_raises_still_gets_a_watched_stream():
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
+        assert flow.request.headers["accept-encoding"] == "identity"
+        flow.response = sse_response()
+        upstream = streams.text_answer().body()
+        delivered = run_stream(kw, flow, upstream)
+        assert delivered.endswith(b"data: [DONE]\n\n")
+        record = flow.metadata["kimiwire"]
+        assert record["ending"] == "natural" and record["stream"]["events_in"] > 0
+
+
+def test_a_proxy_ending_is_decided_by_the_stream_and_marks_the_flow():
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow(orjson.dumps(body([user()])))
+        kw.request(flow)
+        flow.response = sse_response()
+        kw.responseheaders(flow)
+        stream = flow.response.stream
+        stream(streams.text_answer().events[0])
+        stream.end_by_proxy(ProxyEnd.IDLE)
+        tail = b"".join(stream(b""))
+        kw.response(flow)
+        assert b"upstream_idle_timeout" in tail and tail.endswith(b"data: [DONE]\n\n")
+        assert flow.metadata["kimiwire"]["ending"] == "idle_timeout"
+        assert flow.marked and "ended=idle_timeout" in flow.comment

@@ -22,9 +22,17 @@ from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
-from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
+from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges
+from kimiwire.wire.content_decoding import (
+    BodyDecoder,
+    DecodedTooLarge,
+    DecodingError,
+    content_encoding,
+    decode_body,
+)
+from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
 from kimiwire.wire.repairs import RepairLog
@@ -37,11 +45,30 @@ logger = logging.getLogger("kimiwire")
 
 MARKER = ":wrench:"
 ERROR_MARKER = ":warning:"
+# Endings where the proxy cut the flow short (or answered it itself); the others are clean ends.
+CUT_SHORT = frozenset(
+    {
+        "idle_timeout",
+        "first_event_timeout",
+        "first_byte_timeout",
+        "upstream_error",
+        "upstream_error_mid_stream",
+        "client_disconnected",
+        "closed",
+        "request_too_large",
+        "shutdown",
+    }
+)
 
 _CHOICE_OPTIONS = {"kimi_flavor": FLAVOR_CHOICES} | {
     f"kimi_{field}": choices for field, (choices, _) in POLICY_OPTIONS.items()
 }
 
+
+# A compressed upstream chunk (at most 64 KiB per read) that decodes to more than this is a bomb.
+_MIN_DECODED_CHUNK = 1 << 20
+
+_NO_LIMIT = 1 << 40
 
 _SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
 
@@ -51,6 +78,7 @@ class KimiWire:
         self.counts: Counter[str] = Counter()
         self.limits = EndingLimits()
         self.flows = FlowStates()
+        self._shut_down = False  # done() ran: hooks that come later (connections torn down) are ignored
         self.capture: CaptureFile | None = None
 
     # -- options ---------------------------------------------------------------------------
@@ -71,6 +99,14 @@ class KimiWire:
             8 * 1024 * 1024,
             "Most bytes of tool-call arguments and held-back text buffered per stream; past it the "
             "stream is forwarded unrepaired.",
+        )
+        loader.add_option(
+            "kimi_max_request_bytes",
+            int,
+            32 * 1024 * 1024,
+            "Largest chat request body, after content-encoding is decoded; a larger one is answered 413 with "
+            "an OpenAI-style JSON error (checked while decoding, so a compressed bomb is never inflated); "
+            "0 disables.",
         )
         self._load_ending_options(loader)
         loader.add_option(
@@ -155,6 +191,8 @@ class KimiWire:
                 self.capture.close()
             folder = ctx.options.kimi_capture_dir
             self.capture = CaptureFile(folder, name) if folder else None
+        if "kimi_max_request_bytes" in updated and ctx.options.kimi_max_request_bytes < 0:
+            raise exceptions.OptionsError("kimi_max_request_bytes must be 0 (no limit) or a number of bytes")
         if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
 
@@ -200,11 +238,31 @@ class KimiWire:
 
     def done(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
+        self._shut_down = True
+        self._finish_open_flows()
         if self.capture is not None:
             if self.capture.flows_written:
                 logger.info("kimiwire: %d flows captured in %s", self.capture.flows_written, self.capture.path)
             self.capture.close()
         self.flows.clear()
+
+    def _finish_open_flows(self) -> None:
+        """At shutdown (SIGTERM, SIGINT) the flows still under way are recorded as they are now:
+        delivered is what was written to the client. mitmproxy's error hooks for them come after
+        this, while connections are torn down, and are ignored."""
+        for state in self.flows.open_states():
+            flow = state.flow
+            if not state.is_chat or not flow.live:
+                continue
+            try:
+                state.release()
+                self._ending(state, "shutdown")
+                if state.stream is not None and flow.response is not None:
+                    flow.response.content = bytes(state.stream.upstream)
+                    self._record_stream(state, state.stream)
+            except Exception as exc:
+                self._record_error(flow, "shutdown", exc)
+            self._flow_over(flow)
 
     @property
     def active_tasks(self) -> int:
@@ -212,7 +270,10 @@ class KimiWire:
 
     def _ending(self, state: FlowState, how: str) -> None:
         if state.set_ending(how):
-            self.counts[f"ending.{how.split(':', 1)[0]}"] += 1
+            kind = how.split(":", 1)[0]
+            self.counts[f"ending.{kind}"] += 1
+            if kind in CUT_SHORT:  # findable like repaired flows: ~marked, ~comment ended
+                self._describe(state)
 
     def policy_for(self, flow: http.HTTPFlow) -> Policy:
         opts = ctx.options
@@ -232,18 +293,33 @@ class KimiWire:
             entry["phase"] = phase
             record["repairs"].append(entry)
         self.counts.update(log.counts())
+        self._describe(self.flows.of(flow))
+        logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, flow.request.path, log.summary())
+
+    @staticmethod
+    def _describe(state: FlowState) -> None:
+        """The flow's mark and comment for humans (mitmweb): repairs by kind, a cut-short ending,
+        the places where kimiwire failed."""
+        flow, record = state.flow, state.record
+        counts = Counter(r["kind"] for r in record["repairs"])
+        words = [f"{k}={n}" for k, n in sorted(counts.items())]
+        ending = str(record.get("ending", "")).split(":", 1)[0]
+        if ending in CUT_SHORT:
+            words.append(f"ended={ending}")
+        if not words and not state.failed_in:
+            return
         if not flow.marked:
             flow.marked = MARKER
-        counts = Counter(r["kind"] for r in record["repairs"])
-        flow.comment = "kimiwire: " + " ".join(f"{k}={n}" for k, n in sorted(counts.items()))
-        logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, flow.request.path, log.summary())
+        flow.comment = " ".join(["kimiwire:", *words, *(f"error in {where}" for where in state.failed_in)])
 
     def _record_error(self, flow: http.HTTPFlow, where: str, exc: BaseException) -> None:
         logger.exception("kimiwire: %s failed on %s; the flow passes through unrepaired", where, flow.request.url)
         self.flows.of(flow).record["errors"].append(f"{where}: {type(exc).__name__}: {exc}")
         self.counts["addon.error"] += 1
         flow.marked = ERROR_MARKER
-        flow.comment = (flow.comment + " " if flow.comment else "kimiwire: ") + f"error in {where}"
+        state = self.flows.of(flow)
+        state.failed_in.append(where)
+        self._describe(state)
 
     def _note(self, flow: http.HTTPFlow, text: str) -> None:
         self.flows.of(flow).record["notes"].append(text)
@@ -252,15 +328,17 @@ class KimiWire:
     # -- hooks -----------------------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if not flow.live:
+        if not flow.live or self._shut_down:
             return  # loaded from a file: it was repaired when it was live
         if chat_exchanges.is_health_check(flow.request.method, flow.request.path, ctx.options.kimi_health_path):
             body = orjson.dumps({"status": "ok", "pid": os.getpid(), **orjson.loads(self.stats())})
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
             return
-        self._guarded(flow, "request repair", self._repair_request)
+        self._guarded(flow, "request", self._start_chat_flow)
 
-    def _repair_request(self, flow: http.HTTPFlow) -> None:
+    def _start_chat_flow(self, flow: http.HTTPFlow) -> None:
+        """Every chat flow gets the ending guarantees (first-byte timeout, JSON error answers, a
+        watched and cleanly ended stream), whether or not its body can be read and repaired."""
         req = flow.request
         chat, why_not = chat_exchanges.is_chat_completions(req.method, req.path, req.headers.get("content-type", ""))
         if not chat:
@@ -271,26 +349,66 @@ class KimiWire:
         policy = self.policy_for(flow)
         state = self.flows.start(flow)
         state.policy = policy
+        state.facts = RequestFacts()  # until the body says more
         record = state.record
         record["limits"] = self.limits.as_dict()
         record["policy"] = policy.as_dict()
-        try:
-            raw = req.get_content(strict=True)
-        except ValueError as exc:
-            self._note(flow, f"request not repaired: cannot decode body ({exc})")
-            return
-        if raw is None:
-            self._note(flow, "request not repaired: the body was streamed")
-            return
-        result = repair_request_body(raw, policy)
-        state.facts = result.facts
-        record["facts"] = result.facts.as_dict()
+        record["facts"] = state.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
         if self.capture is not None:
             state.client_request = req.get_state()
         # Upstream compression would reach the stream callable still compressed.
         req.headers["accept-encoding"] = "identity"
+        raw = self._request_body(state)
+        if raw is None:
+            return
+        if self.limits.first_byte_timeout > 0 and _loop_running():
+            state.headers_seen = asyncio.Event()
+            state.spawn(self._first_byte_watch(state, state.headers_seen))
+        self._guarded(flow, "request repair", lambda _: self._repair_request(state, raw))
+
+    def _request_body(self, state: FlowState) -> bytes | None:
+        """The decoded request body, None when there is none to repair. A body that decodes to
+        more than kimi_max_request_bytes is answered 413 here, without inflating it further."""
+        req = state.flow.request
+        encoded = req.raw_content
+        if encoded is None:
+            self._note(state.flow, "request not repaired: the body was streamed")
+            return b""
+        limit = ctx.options.kimi_max_request_bytes or _NO_LIMIT
+        header = req.headers.get("content-encoding", "")
+        encoding = content_encoding(header)
+        try:
+            if len(encoded) > limit:
+                raise DecodedTooLarge(limit)
+            if encoding is None:
+                raise DecodingError(f"unsupported content-encoding {header!r}")
+            return decode_body(encoded, encoding, limit) if encoding else encoded
+        except DecodedTooLarge:
+            self._refuse_large_request(state, limit)
+            return None
+        except DecodingError as exc:
+            self._note(state.flow, f"request not repaired: cannot decode body ({exc})")
+            return b""
+
+    def _refuse_large_request(self, state: FlowState, limit: int) -> None:
+        flow = state.flow
+        message = f"kimiwire: the request body is larger than {limit} bytes (kimi_max_request_bytes)"
+        flow.response = http.Response.make(
+            413, error_body(message, "invalid_request_error", "request_too_large"), {"content-type": "application/json"}
+        )
+        state.record["error_answer"] = 413
+        state.record["errors"].append(message)
+        self._ending(state, "request_too_large")
+
+    def _repair_request(self, state: FlowState, raw: bytes) -> None:
+        if not raw:
+            return  # nothing to repair (streamed or undecodable: noted), forwarded as it came
+        flow, req, record = state.flow, state.flow.request, state.record
+        result = repair_request_body(raw, state.policy or self.policy_for(flow))
+        state.facts = result.facts
+        record["facts"] = result.facts.as_dict()
         if result.skipped:
             self._note(flow, f"request not repaired: {result.skipped}")
             return
@@ -298,9 +416,6 @@ class KimiWire:
             req.content = result.body
             record["upstream_request"] = result.body
         self._record_repairs(flow, "request", result.log)
-        if self.limits.first_byte_timeout > 0 and _loop_running():
-            state.headers_seen = asyncio.Event()
-            state.spawn(self._first_byte_watch(state, state.headers_seen))
 
     async def _first_byte_watch(self, state: FlowState, headers_seen: asyncio.Event) -> None:
         flow = state.flow
@@ -322,7 +437,7 @@ class KimiWire:
     # -- responses -------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if not flow.live or flow.response is None:
+        if not flow.live or flow.response is None or self._shut_down:
             return
         self._guarded(flow, "response headers", self._start_stream)
 
@@ -342,8 +457,10 @@ class KimiWire:
             if not response.stream:
                 response.stream = True  # any other event stream: forward it live, untouched
             return
-        if response.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
-            self._note(flow, "stream not repaired: the upstream compressed it despite accept-encoding: identity")
+        header = response.headers.get("content-encoding", "")
+        encoding = content_encoding(header)
+        if encoding is None:
+            self._note(flow, f"stream not repaired: unsupported content-encoding {header!r}")
             response.stream = True
             return
         facts, policy = context
@@ -352,9 +469,18 @@ class KimiWire:
         if flow.request.http_version == "HTTP/1.1":
             response.headers["transfer-encoding"] = "chunked"
         repairer = StreamRepairer(facts, policy)
-        stream = RepairingStream(
-            repairer, on_error=lambda exc: self._record_error(flow, "stream repair", exc), limits=self.limits
-        )
+        on_error = lambda exc: self._record_error(flow, "stream repair", exc)  # noqa: E731
+        if encoding:
+            # Asked for identity, sent compressed anyway: decode it, so the client gets a
+            # repaired, timed stream (identity) and the capture a readable body.
+            self._note(flow, f"the upstream compressed the stream ({encoding}) despite accept-encoding: identity")
+            del response.headers["content-encoding"]
+            state.upstream_headers = response.headers.fields
+            state.record["upstream_content_encoding"] = encoding
+            decoder = BodyDecoder(encoding, max(policy.stream_buffer_limit, _MIN_DECODED_CHUNK))
+            stream: RepairingStream = DecodingStream(repairer, decoder, on_error=on_error, limits=self.limits)
+        else:
+            stream = RepairingStream(repairer, on_error=on_error, limits=self.limits)
         response.stream = state.stream = stream
         if _loop_running():
             watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason))
@@ -384,7 +510,7 @@ class KimiWire:
             self._record_error(flow, where, exc)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if not flow.live or flow.response is None:
+        if not flow.live or flow.response is None or self._shut_down:
             return
         self._guarded(flow, "response repair", self._finish_response)
         self._flow_over(flow)
@@ -467,7 +593,7 @@ class KimiWire:
         self._record_repairs(flow, "response", log)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if not flow.live:
+        if not flow.live or self._shut_down:
             return
         self._guarded(flow, "error hook", self._on_error)
         self._flow_over(flow)
@@ -492,8 +618,14 @@ class KimiWire:
                 state, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
             )
             self._ending(state, "upstream_error")
-        elif stream is not None and not stream.ended and ctx.options.kimi_json_errors:
-            # Mid-stream reset or protocol error: end the stream cleanly with an error event.
+        elif (
+            stream is not None
+            and not stream.ended
+            and ctx.options.kimi_json_errors
+            and proxy_internals.can_answer(flow)
+        ):
+            # Mid-stream reset or protocol error: end the stream cleanly with an error event. (The
+            # tail counts as delivered only where it can be written: HTTP/1, client still there.)
             tail = stream.close_after_upstream_failure(
                 f"kimiwire: the upstream connection failed mid-stream: {message}"
             )

@@ -11,7 +11,8 @@
 the request body could not be parsed), `stream` (the `RepairingStream` once response headers
 came), `tasks` (timers: first-byte watch, stream watchdog), `headers_seen` (set when the response
 headers come), `client_request` (what the client sent, for the capture), `upstream_headers` and
-`upstream_body` (what the upstream sent, for the capture), and `record`: the dict stored as
+`upstream_body` (what the upstream sent, for the capture), `failed_in` (hooks that raised), and
+`record`: the dict stored as
 `flow.metadata["kimiwire"]`, which tests, captures and scripts read. Everything written to the
 record goes through the methods here.
 """
@@ -54,6 +55,7 @@ class FlowState:
     client_request: dict[str, Any] | None = None
     upstream_headers: Any = None
     upstream_body: bytes | None = None
+    failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
 
     @property
     def is_chat(self) -> bool:
@@ -116,6 +118,9 @@ class FlowStates:
         state = self._states.pop(flow.id, None)
         if state is not None:
             state.release()
+
+    def open_states(self) -> list[FlowState]:
+        return list(self._states.values())
 
     def clear(self) -> None:
         for state in self._states.values():

@@ -315,6 +315,15 @@ def set_error_answer(flow: http.HTTPFlow, answer: ErrorAnswer, replace: bool = T
         _ANSWERS[flow.client_conn.id] = answer
 
 
+def can_answer(flow: http.HTTPFlow) -> bool:
+    """Whether an error answer registered now would reach this flow's client: answers are sent on
+    HTTP/1 client connections that can still be written to."""
+    conn = flow.client_conn
+    return (
+        _INSTALLED and flow.request.http_version.startswith("HTTP/1") and bool(conn.state & ConnectionState.CAN_WRITE)
+    )
+
+
 def forget_error_answer(client_conn_id: Any) -> None:
     _ANSWERS.pop(client_conn_id, None)
 
@@ -340,10 +349,15 @@ def install_error_answers() -> bool:
             from mitmproxy.net.http import http1
 
             yield commands.SendData(self.conn, http1.assemble_response(response))
-        elif answer.tail:
-            chunked = "chunked" in self.response.headers.get("transfer-encoding", "").lower()
-            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer.tail), answer.tail) if chunked else answer.tail
-            yield commands.SendData(self.conn, data)
+        else:
+            # The closing events, then a clean end of the body: an empty tail still ends a
+            # stream whose [DONE] went out before the upstream tore the connection.
+            if "chunked" in self.response.headers.get("transfer-encoding", "").lower():
+                data = (b"%x\r\n%s\r\n" % (len(answer.tail), answer.tail) if answer.tail else b"") + b"0\r\n\r\n"
+            else:
+                data = answer.tail
+            if data:
+                yield commands.SendData(self.conn, data)
         yield commands.CloseConnection(self.conn)
 
     def send(self: Any, event: Any) -> Iterator[Any]:

@@ -12,7 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
+from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
@@ -166,3 +168,44 @@ class RepairingStream:
             return []
         self.delivered += joined
         return [joined]
+
+
+class DecodingStream(RepairingStream):
+    """A RepairingStream in front of an upstream body with a content-encoding (gzip, deflate, br,
+    zstd): each chunk is decoded first (bounded), so the stream is repaired, timed and captured
+    like any other; `upstream` holds the decoded body. Data that cannot be decoded ends the
+    client's stream with an error event (what was held, the error, [DONE])."""
+
+    def __init__(self, repairer: StreamRepairer, decoder: BodyDecoder, **kwargs: Any) -> None:
+        super().__init__(repairer, **kwargs)
+        self.decoder = decoder
+        self.undecodable = False
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        if self.undecodable:
+            if not data:
+                self.ended = True
+                self.last_byte_at = time.time()
+            return []
+        try:
+            if data:
+                decoded = self.decoder.feed(data)
+                if not decoded:
+                    if self.first_byte_at is None:
+                        self.first_byte_at = time.time()
+                    return []
+                return super().__call__(decoded)
+            tail = self.decoder.end()
+        except DecodingError as exc:
+            return self._undecodable(exc)
+        out = super().__call__(tail) if tail else []
+        return out + super().__call__(b"")
+
+    def _undecodable(self, exc: DecodingError) -> list[bytes]:
+        self.undecodable = True
+        message = f"kimiwire: the upstream's {self.decoder.encoding} stream could not be decoded: {exc}"
+        out = self.end_with_error(error_event(message, "upstream_error", "upstream_undecodable"))
+        if self.times.done_at is None:
+            self.times.done_at = self.clock()  # the client's body ends after the grace, as after [DONE]
+            self._wake()
+        return self._deliver(out)

@@ -33,7 +33,7 @@ class Reply:
     pieces: list[bytes] = field(default_factory=list)
     gap: float = 0.0  # seconds between pieces
     framing: str = "chunked"  # chunked | length | close
-    hold_open: float = 0.0  # after the last piece, keep the body open this long (chunked: no terminator)
+    hold_open: float = 0.0  # after the last piece, keep the body open this long (then end it, or reset)
     reset_after: int | None = None  # send this many pieces, then reset the connection
     header_delay: float = 0.0  # wait this long before sending the status line
     content_length: int | None = None  # declare this length (framing "length") whatever is sent
@@ -86,11 +86,11 @@ async def send_reply(writer: asyncio.StreamWriter, reply: Reply) -> bool:
             await asyncio.sleep(reply.gap)
         writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.framing == "chunked" else piece)
         await writer.drain()
-    if reply.reset_after is not None:
-        _reset(writer)
-        return False
     if reply.hold_open:
         await asyncio.sleep(reply.hold_open)
+    if reply.reset_after is not None:  # after every piece: reset once the hold is over
+        _reset(writer)
+        return False
     if reply.framing == "chunked":
         writer.write(b"0\r\n\r\n")
         await writer.drain()

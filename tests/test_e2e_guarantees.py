@@ -1,0 +1,266 @@
+"""First, do no harm (issue 10, adapter side), through mitmdump: every chat flow gets the ending
+guarantees whether or not its body parsed (6), a compressed SSE stream is decoded, repaired,
+captured and timed (7), [DONE] then a torn connection is a clean end (8), and a compressed
+request is never inflated past kimi_max_request_bytes (9)."""
+
+from __future__ import annotations
+
+import gzip
+import pathlib
+import re
+import shutil
+import subprocess
+import time
+import zlib
+
+import brotli
+import httpx
+import orjson
+import pytest
+import zstandard
+
+from tests.support.conversations import TOOLS, user
+from tests.support.mitm import Mitmdump
+from tests.support.piai_model import piai_parse
+from tests.support.streams import EXEC_ARGS, READ_ARGS, Stream, interleaved
+from tests.support.upstream import RecordingUpstream, sse_reply
+
+GRACE, IDLE, FIRST_BYTE = 0.3, 1.5, 1.5
+OPTIONS = {"kimi_done_grace": GRACE, "kimi_idle_timeout": IDLE, "kimi_first_byte_timeout": FIRST_BYTE}
+REQUEST = {"model": "kimi", "messages": [user("hi")], "tools": TOOLS, "stream": True}
+TWO = [("read", READ_ARGS), ("exec", EXEC_ARGS)]
+
+
+def text_stream() -> Stream:
+    return Stream().chunk({"role": "assistant", "content": ""}).chunk({"content": "tok "}).chunk({}, "stop").done()
+
+
+def _zlib_pieces(events: list[bytes], wbits: int) -> list[bytes]:
+    c = zlib.compressobj(wbits=wbits)
+    return [c.compress(e) + c.flush(zlib.Z_SYNC_FLUSH) for e in events] + [c.flush()]
+
+
+def _brotli_pieces(events: list[bytes]) -> list[bytes]:
+    c = brotli.Compressor()
+    return [c.process(e) + c.flush() for e in events] + [c.finish()]
+
+
+def _zstd_pieces(events: list[bytes]) -> list[bytes]:
+    c = zstandard.ZstdCompressor().compressobj()
+    return [c.compress(e) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK) for e in events] + [c.flush()]
+
+
+COMPRESSORS = {
+    "gzip": lambda events: _zlib_pieces(events, 31),
+    "deflate": lambda events: _zlib_pieces(events, 15),
+    "br": _brotli_pieces,
+    "zstd": _zstd_pieces,
+}
+
+
+def compressed_reply(encoding: str, events: list[bytes], **kwargs):
+    pieces = [p for p in COMPRESSORS[encoding](events) if p]
+    reply = sse_reply(pieces, **kwargs)
+    reply.headers["content-encoding"] = encoding
+    return reply
+
+
+def scenario(request):
+    kind, _, arg = request.headers.get("x-scenario", "normal").partition(":")
+    if kind == "slow_first_byte":
+        return sse_reply(text_stream().events, header_delay=30)
+    if kind == "compressed":
+        return compressed_reply(arg, interleaved(TWO).events, gap=0.02)
+    if kind == "compressed_stall":
+        return compressed_reply(arg, Stream().chunk({"role": "assistant", "content": "tok"}).events, hold_open=30)
+    if kind == "done_then_reset":
+        return sse_reply(text_stream().events, hold_open=0.2, reset_after=len(text_stream().events))
+    return sse_reply(text_stream().events)
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with RecordingUpstream(scenario) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream, tmp_path_factory):
+    with Mitmdump(upstream.url, tmp_path_factory.mktemp("guarantees"), OPTIONS) as p:
+        yield p
+
+
+def post(proxy, name: str, content: bytes, headers: dict[str, str] | None = None, timeout: float = 10.0):
+    headers = {"content-type": "application/json", "x-scenario": name, **(headers or {})}
+    start = time.monotonic()
+    r = httpx.post(f"{proxy.url}/v1/chat/completions", content=content, headers=headers, timeout=timeout)
+    return r, time.monotonic() - start
+
+
+# -- 6: the guarantees do not depend on the body parsing -----------------------------------------
+
+UNPARSABLE = {
+    "nan": (b'{"model":"kimi","stream":true,"temperature":NaN,"messages":[{"role":"user","content":"hi"}]}', {}),
+    "invalid_utf8": (b'{"model":"kimi","stream":true,"messages":[{"role":"user","content":"\xff\xfe"}]}', {}),
+    "undecodable_gzip": (orjson.dumps(REQUEST), {"content-encoding": "gzip"}),  # says gzip, is not
+}
+
+
+@pytest.mark.parametrize("body", UNPARSABLE)
+def test_an_unparsable_request_still_gets_the_first_byte_timeout(proxy, upstream, body):
+    content, headers = UNPARSABLE[body]
+    r, elapsed = post(proxy, "slow_first_byte", content, headers)
+    assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_timeout"
+    assert FIRST_BYTE <= elapsed < FIRST_BYTE + 3
+    assert upstream.requests[-1].body == content  # forwarded byte for byte
+
+
+# -- 7: compressed SSE ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", COMPRESSORS)
+def test_a_compressed_stream_is_decoded_repaired_and_captured(upstream, tmp_path, encoding):
+    with Mitmdump(upstream.url, tmp_path, OPTIONS) as p:
+        r, _ = post(p, f"compressed:{encoding}", orjson.dumps(REQUEST))
+    assert r.status_code == 200 and "content-encoding" not in r.headers
+    assert [c[1] for c in piai_parse(r.content)["calls"]] == ["read", "exec"]  # repaired: the two calls whole
+    [flow] = p.read_flows(p.capture_files()[0])
+    record = flow.metadata["kimiwire"]
+    assert record["delivered"] == r.content
+    assert flow.response.content == interleaved(TWO).body()  # the upstream's stream, readable
+    assert record["upstream_content_encoding"] == encoding
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_a_compressed_stream_that_stalls_is_ended_by_the_idle_timeout(proxy, encoding):
+    r, elapsed = post(proxy, f"compressed_stall:{encoding}", orjson.dumps(REQUEST))
+    assert r.content.startswith(b"data: ") and r.content.endswith(b"data: [DONE]\n\n")
+    assert b"upstream_idle_timeout" in r.content
+    assert IDLE <= elapsed < IDLE + 3
+
+
+# -- 8: [DONE], then the upstream tears the connection -------------------------------------------
+
+
+def test_done_then_a_torn_connection_reaches_httpx_as_a_clean_end(proxy):
+    r, _ = post(proxy, "done_then_reset", orjson.dumps(REQUEST))  # raises on a torn body
+    assert r.content == text_stream().body()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_done_then_a_torn_connection_reaches_curl_as_a_clean_end(proxy):
+    done = subprocess.run(
+        ["curl", "-sS", "-N", "--max-time", "10", "-H", "content-type: application/json", "-H",
+         "x-scenario: done_then_reset", "--data-binary", orjson.dumps(REQUEST).decode(),
+         f"{proxy.url}/v1/chat/completions"],
+        capture_output=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == text_stream().body()
+
+
+NODE_FETCH = """
+const r = await fetch(process.argv[1], {method: "POST", headers: {"content-type": "application/json",
+  "x-scenario": "done_then_reset"}, body: process.argv[2]});
+try { process.stdout.write(await r.text()); } catch (e) { process.stdout.write("ERROR " + e.message); }
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_done_then_a_torn_connection_reaches_node_fetch_as_a_clean_end(proxy):
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", NODE_FETCH, f"{proxy.url}/v1/chat/completions",
+         orjson.dumps(REQUEST).decode()],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert b"terminated" not in done.stdout and done.stdout == text_stream().body(), done.stdout + done.stderr
+
+
+# -- 9: the decoded request size is bounded -------------------------------------------------------
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    c = zlib.compressobj(1, wbits=31)
+    head = b'{"model":"kimi","stream":true,"messages":[{"role":"user","content":"'
+    block = b"a" * (1 << 20)
+    parts = [c.compress(head)] + [c.compress(block) for _ in range(inflated >> 20)]
+    return b"".join([*parts, c.compress(b'"}]}'), c.flush()])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_compressed_request_past_the_limit_is_refused_without_inflating_it(upstream, tmp_path):
+    bomb = gzip_bomb(320 << 20)  # 320 MiB once inflated, 10x the default limit
+    assert len(bomb) < 2 << 20
+    with Mitmdump(upstream.url, tmp_path, OPTIONS) as p:
+        before = peak_rss_mb(p.pid)
+        r, _ = post(p, "normal", bomb, {"content-encoding": "gzip"}, timeout=30)
+        growth = peak_rss_mb(p.pid) - before
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert growth < 100, f"peak RSS grew by {growth:.0f} MB"
+    assert not [q for q in upstream.requests if q.body == bomb]
+    [flow] = p.read_flows(p.capture_files()[0])
+    assert flow.metadata["kimiwire"]["ending"] == "request_too_large"
+
+
+def test_the_request_limit_is_an_option(upstream, tmp_path):
+    body = orjson.dumps({**REQUEST, "messages": [user("x" * 5000)]})
+    with Mitmdump(upstream.url, tmp_path, {**OPTIONS, "kimi_max_request_bytes": 4096}) as p:
+        big, _ = post(p, "normal", body)
+        small, _ = post(p, "normal", gzip.compress(orjson.dumps(REQUEST)), {"content-encoding": "gzip"})
+    assert big.status_code == 413 and small.status_code == 200
+    assert re.search(rb"data: \[DONE\]", small.content)
+
+
+# -- issue 14 item 3: the record says what happened ----------------------------------------------
+
+
+def stalled_reply(request):
+    return sse_reply(
+        Stream().chunk({"role": "assistant", "content": ""}).chunk({"content": "tok "}).events, hold_open=30
+    )
+
+
+def test_after_sigterm_delivered_holds_only_what_the_client_received(tmp_path):
+    received = bytearray()
+    with RecordingUpstream(stalled_reply) as up:
+        p = Mitmdump(up.url, tmp_path, {**OPTIONS, "kimi_idle_timeout": 60}).start()
+        try:
+            with (
+                httpx.Client(timeout=10) as client,
+                client.stream("POST", f"{p.url}/v1/chat/completions", json=REQUEST) as r,
+            ):
+                chunks = r.iter_raw()
+                received += next(chunks)
+                while b"tok " not in received:
+                    received += next(chunks)
+                assert p.stop() == 0  # SIGTERM while the stream is open
+                try:
+                    for chunk in chunks:
+                        received += chunk
+                except httpx.HTTPError:
+                    pass
+        finally:
+            p.stop()
+    assert received.endswith(b"\n\n") and b"[DONE]" not in received  # the proxy was stopped mid-stream
+    for path in [p.flows_path, *p.capture_files()]:
+        [flow] = p.read_flows(path)
+        record = flow.metadata["kimiwire"]
+        assert record["delivered"] == bytes(received), path.name
+        assert record["ending"] == "shutdown" and flow.marked and "ended=shutdown" in flow.comment
+
+
+def test_flows_the_proxy_ended_are_marked_and_commented(tmp_path):
+    from mitmproxy import flowfilter
+
+    with RecordingUpstream(stalled_reply) as up, Mitmdump(up.url, tmp_path, OPTIONS) as p:
+        httpx.post(f"{p.url}/v1/chat/completions", json=REQUEST, timeout=10)
+    [flow] = p.read_flows(p.capture_files()[0])
+    assert flow.metadata["kimiwire"]["ending"] == "idle_timeout"
+    assert flow.marked and "kimiwire: ended=idle_timeout" in flow.comment
+    assert flowfilter.match("~comment ended", flow) and flowfilter.match("~marked", flow)
