@@ -15,10 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
 import httpx  # noqa: E402
+from _clients import EXPECTED_TOOL_RUNS, TASK, run_piai  # noqa: E402
 from kimiwire.launch import Mitmdump  # noqa: E402
 from kimiwire.sim.server import SimulatorThread  # noqa: E402
-
-from tests.support.clients import EXPECTED_TOOL_RUNS, TASK, run_piai  # noqa: E402
 
 HARDEST = "shape=sglang,interleave,reasoning_between,fragments=5"
 

@@ -21,11 +21,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
 import httpx  # noqa: E402
+from _clients import npm_install  # noqa: E402
 from kimiwire.launch import Mitmdump  # noqa: E402
 from kimiwire.sim.server import SimulatorThread  # noqa: E402
 from kimiwire.sim.settings import SimSettings  # noqa: E402
-
-from tests.support.clients import npm_install  # noqa: E402
 
 SOURCE = ROOT / "tests" / "clients" / "openclaw-2026.4.21"
 CACHE = ROOT / ".cache" / "openclaw-2026.4.21"
