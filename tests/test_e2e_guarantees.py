@@ -22,7 +22,7 @@ import zstandard
 from tests.support.conversations import TOOLS, user
 from tests.support.mitm import Mitmdump
 from tests.support.piai_model import piai_parse
-from tests.support.streams import EXEC_ARGS, READ_ARGS, Stream, interleaved
+from tests.support.streams import EXEC_ARGS, READ_ARGS, Stream, interleaved, tool_delta
 from tests.support.upstream import RecordingUpstream, sse_reply
 
 GRACE, IDLE, FIRST_BYTE = 0.3, 1.5, 1.5
@@ -73,6 +73,12 @@ def scenario(request):
         return compressed_reply(arg, interleaved(TWO).events, gap=0.02)
     if kind == "compressed_stall":
         return compressed_reply(arg, Stream().chunk({"role": "assistant", "content": "tok"}).events, hold_open=30)
+    if kind == "past_buffer_limit":  # a call bigger than the buffer limit, then text every 0.5 s
+        s = Stream().chunk({"role": "assistant", "content": ""}).chunk(tool_delta(0, "functions.read:0", "read", ""))
+        s.chunk(tool_delta(0, arguments='{"path": "' + "a" * 3000 + '"}'))
+        for i in range(6):
+            s.chunk({"content": f"tok{i} "})
+        return sse_reply(s.chunk({}, "stop").done().events, gap=0.5)
     if kind == "done_then_reset":
         return sse_reply(text_stream().events, hold_open=0.2, reset_after=len(text_stream().events))
     return sse_reply(text_stream().events)
@@ -137,6 +143,14 @@ def test_a_compressed_stream_that_stalls_is_ended_by_the_idle_timeout(proxy, enc
     assert r.content.startswith(b"data: ") and r.content.endswith(b"data: [DONE]\n\n")
     assert b"upstream_idle_timeout" in r.content
     assert IDLE <= elapsed < IDLE + 3
+
+
+def test_a_stream_past_the_buffer_limit_is_not_cut_by_the_idle_timeout(upstream, tmp_path):
+    # Passed through from the limit on; its bytes still count as activity (3 s of 0.5 s gaps, idle 1.5 s).
+    with Mitmdump(upstream.url, tmp_path, {**OPTIONS, "kimi_stream_buffer_limit": 1024}) as p:
+        r, elapsed = post(p, "past_buffer_limit", orjson.dumps(REQUEST))
+    assert b"upstream_idle_timeout" not in r.content and r.content.endswith(b"data: [DONE]\n\n")
+    assert b"tok5" in r.content and elapsed > 2.5
 
 
 # -- 8: [DONE], then the upstream tears the connection -------------------------------------------

@@ -91,6 +91,8 @@ class RepairingStream:
             self.ended = True
             self.last_byte_at = time.time()
         if self.failed:
+            if data:
+                self._passthrough_activity()
             return self._deliver([data] if data else [])
         undecoded = repairer.undecoded()
         events_before = repairer.data_events_in
@@ -109,7 +111,9 @@ class RepairingStream:
             if self.on_error is not None:
                 self.on_error(exc)
         times = self.times
-        if repairer.data_events_in != events_before:
+        if repairer.bypass and data:
+            self._passthrough_activity()
+        elif repairer.data_events_in != events_before:
             # Later events only move the idle deadline later: the watchdog notices when it wakes
             # up, so it is woken only when a deadline may move earlier.
             times.last_event_at = self.clock()
@@ -126,6 +130,15 @@ class RepairingStream:
             self.delivered += out[0]
             return out
         return self._deliver(out)
+
+    def _passthrough_activity(self) -> None:
+        """Passed through undecoded (past the buffer limit, after a repair failed): any bytes count
+        as upstream activity, or the idle timeout would cut a stream that is still flowing."""
+        times = self.times
+        times.last_event_at = self.clock()
+        if not times.events_seen:
+            times.events_seen = True
+            self._wake()
 
     def _wake(self) -> None:
         if self.on_change is not None:
