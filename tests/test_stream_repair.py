@@ -9,7 +9,7 @@ from kimiwire.wire.sse import SSEDecoder
 
 from tests.support import streams
 from tests.support.conversations import TOOLS
-from tests.support.piai_model import piai_parse
+from tests.support.piai_model import guide_accumulate, piai_parse
 from tests.support.streams import EXEC_ARGS, READ_ARGS, Stream, tool_delta
 
 TOOL_SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
@@ -81,26 +81,67 @@ def test_reasoning_between_fragments():
     assert parsed["thinking"] == "The user wants the file read. (still thinking)"
 
 
-def test_each_call_is_one_delta_with_everything():
+def test_each_call_goes_out_as_openai_streams_it():
+    # issue 10 harm 1: the old single whole-call delta doubled the arguments for a client that
+    # adds up every delta's arguments, the first included (OpenAI's function-calling guide).
     body, repairer = repair(streams.sglang(TWO).body())
     tool_events = [orjson.loads(e) for e in events(body) if b'"tool_calls":[' in e]
     deltas = [ev["choices"][0]["delta"]["tool_calls"] for ev in tool_events]
-    assert [len(d) for d in deltas] == [1, 1]
+    assert [len(d) for d in deltas] == [1, 1, 1, 1]
     assert [d[0] for d in deltas] == [
-        {
-            "index": 0,
-            "id": "functions.read:0",
-            "type": "function",
-            "function": {"name": "read", "arguments": READ_ARGS},
-        },
-        {
-            "index": 1,
-            "id": "functions.exec:1",
-            "type": "function",
-            "function": {"name": "exec", "arguments": EXEC_ARGS},
-        },
+        {"index": 0, "id": "functions.read:0", "type": "function", "function": {"name": "read", "arguments": ""}},
+        {"index": 0, "function": {"arguments": READ_ARGS}},
+        {"index": 1, "id": "functions.exec:1", "type": "function", "function": {"name": "exec", "arguments": ""}},
+        {"index": 1, "function": {"arguments": EXEC_ARGS}},
     ]
+    assert guide_accumulate(body) == [("functions.read:0", "read", READ_ARGS), ("functions.exec:1", "exec", EXEC_ARGS)]
     assert "stream.tool_call_joined" in repairer.log.kinds()
+
+
+def test_calls_leave_in_the_models_index_order():
+    # issue 10 harm 10: index 1 closing before index 0 used to go out first, renumbered index 0.
+    s = Stream().chunk({"role": "assistant", "content": ""})
+    s.chunk(tool_delta(0, "functions.exec:0", "exec", ""))
+    s.chunk(tool_delta(1, "functions.read:1", "read", ""))
+    s.chunk(tool_delta(0, None, None, EXEC_ARGS[:10]))
+    s.chunk(tool_delta(1, None, None, READ_ARGS))
+    s.chunk(tool_delta(2, "functions.read:2", "read", READ_ARGS))  # index 1 is complete now, 0 is not
+    s.chunk(tool_delta(0, None, None, EXEC_ARGS[10:]))
+    body, _ = repair(s.chunk({}, "tool_calls").done().body())
+    expected = [("exec", orjson.loads(EXEC_ARGS)), ("read", orjson.loads(READ_ARGS)), ("read", orjson.loads(READ_ARGS))]
+    assert [c[1:] for c in piai_parse(body)["calls"]] == expected
+    assert [(i, n, orjson.loads(a)) for i, n, a in guide_accumulate(body)] == [
+        (f"functions.{n}:{k}", n, a) for k, (n, a) in enumerate(expected)
+    ]
+    indexes = [
+        tc["index"]
+        for e in events(body)
+        if b"tool_calls" in e and e != b"[DONE]"
+        for tc in orjson.loads(e)["choices"][0]["delta"].get("tool_calls", [])
+    ]
+    assert indexes == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_call_that_starts_first_with_a_later_index_leaves_after_the_earlier_index():
+    # issue 10 harm 10: the model's order is the index order, whatever order the deltas come in
+    s = Stream().chunk(tool_delta(1, "functions.write:1", "exec", ""))
+    s.chunk(tool_delta(1, None, None, EXEC_ARGS))
+    s.chunk(tool_delta(0, "functions.mkdir:0", "read", ""))
+    s.chunk(tool_delta(0, None, None, READ_ARGS))
+    body, _ = repair(s.chunk({}, "tool_calls").done().body())
+    assert piai_parse(body)["calls"] == expected_calls(TWO)
+    assert [a for _, _, a in guide_accumulate(body)] == [READ_ARGS, EXEC_ARGS]
+
+
+def test_a_later_index_that_completes_first_waits():
+    s = Stream().chunk(tool_delta(0, "a", "exec", '{"command": '))
+    s.chunk(tool_delta(1, "b", "read", READ_ARGS))
+    s.chunk(tool_delta(2, "c", "read", READ_ARGS))
+    repairer = StreamRepairer(facts(), POLICY)
+    assert b"".join(repairer.feed(s.body())) == b""  # index 0 is open: nothing may pass it
+    out = b"".join(repairer.feed(Stream().chunk(tool_delta(0, None, None, '"ls"}')).body()))
+    out += b"".join(repairer.feed(Stream().chunk(tool_delta(3, "d", "read", "{}")).body()))
+    assert [c[1] for c in piai_parse(out)["calls"]] == ["exec", "read", "read"]
 
 
 def test_text_goes_out_in_the_same_event_unchanged():
@@ -178,7 +219,7 @@ def test_done_before_finish_flushes_calls_first():
     raw = Stream().chunk(tool_delta(0, "a", "read", READ_ARGS)).done().body()
     body, _ = repair(raw)
     datas = events(body)
-    assert datas[-1] == b"[DONE]" and b"tool_calls" in datas[-2] and b'"read"' in datas[-3]
+    assert datas[-1] == b"[DONE]" and b"tool_calls" in datas[-2] and b'"read"' in datas[-4]
 
 
 def test_usage_in_choice_is_also_put_at_top_level():

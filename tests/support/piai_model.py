@@ -75,3 +75,33 @@ def piai_parse(body: bytes) -> dict[str, Any]:
         "thinking": "".join(b["text"] for b in blocks if b["type"] == "thinking"),
         "stop": stop,
     }
+
+
+def guide_accumulate(body: bytes, choice: int = 0) -> list[tuple[Any, Any, str]]:
+    """How OpenAI's function-calling guide (and much hand-written client code) rebuilds streamed
+    calls: `if index not in final: final[index] = tool_call`, then every delta's arguments, the
+    first delta's included, are appended (so a first delta must carry `arguments: ""`).
+    Returns (id, name, arguments) in index order."""
+    decoder = SSEDecoder()
+    final: dict[int, dict[str, Any]] = {}
+    for event in decoder.feed(body) + decoder.end():
+        if event.data is None or event.data == b"[DONE]":
+            continue
+        chunk = orjson.loads(event.data)
+        for c in chunk.get("choices") or []:
+            if c.get("index", 0) != choice:
+                continue
+            for tc in (c.get("delta") or {}).get("tool_calls") or []:
+                index = tc.get("index")
+                function = tc.get("function") or {}
+                if index not in final:
+                    final[index] = {
+                        "id": tc.get("id"),
+                        "name": function.get("name"),
+                        "arguments": function.get("arguments") or "",
+                    }
+                final[index]["arguments"] += function.get("arguments") or ""
+    return [
+        (c["id"], c["name"], c["arguments"])
+        for _, c in sorted(final.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+    ]

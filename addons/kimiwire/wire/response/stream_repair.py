@@ -134,13 +134,8 @@ class StreamRepairer:
             assembly = state.calls
             while assembly.pending:
                 call = assembly.pending[0]
-                raw = {
-                    "index": assembly.emitted + state.upstream_tool_indexes,
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments()},
-                }
-                out.append(self._chunk_event(state.index, {"tool_calls": [raw]}))
+                index = assembly.emitted + state.upstream_tool_indexes
+                out += self._call_events(state.index, index, call.id, call.name, call.arguments())
                 assembly.mark_emitted(call)
         leftover = self._decoder.undecoded()
         self._decoder = SSEDecoder()
@@ -405,21 +400,35 @@ class StreamRepairer:
         assembly = state.calls
         call = assembly.next_ready()
         while call is not None:
-            events.append(self._call_event(state, call))
+            events += self._call_out(state, call)
             assembly.mark_emitted(call)
             call = assembly.next_ready()
         return events
 
-    def _call_event(self, state: _Choice, call: HeldCall) -> bytes:
+    def _call_events(self, choice_index: int, index: int, call_id: Any, name: Any, arguments: str) -> list[bytes]:
+        """One call as OpenAI streams it: a first delta with index, id, type, name and empty
+        arguments, then one delta with the complete arguments. Both a client that keeps one
+        current block (pi-ai) and one that adds up every delta's arguments (OpenAI's guide)
+        rebuild exactly these arguments."""
+        head = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        events = [self._chunk_event(choice_index, {"tool_calls": [head]})]
+        if arguments:
+            tail = {"index": index, "function": {"arguments": arguments}}
+            events.append(self._chunk_event(choice_index, {"tool_calls": [tail]}))
+        return events
+
+    def _call_out(self, state: _Choice, call: HeldCall) -> list[bytes]:
         index = state.calls.emitted + state.upstream_tool_indexes
+        if call.upstream_index is not None and call.upstream_index != index:
+            self.log.add("index.renumbered", call.position, call.upstream_index, index)
         if call.state is CallState.TRUNCATED:
-            self.log.add("args.truncated", call.position, call.name, call.arguments()[-200:])
-            raw = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments()}}
-            return self._chunk_event(state.index, {"tool_calls": [{"index": index, **raw}]})
+            self.log.add("args.truncated", index, call.name, call.arguments()[-200:])
+            return self._call_events(state.index, index, call.id, call.name, call.arguments())
         finished = finalize_call(call.name or "", call.id, call.arguments(), index, self.facts, self.policy, self.log)
         if call.fragments > 1:
             self.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
-        return self._chunk_event(state.index, {"tool_calls": [{"index": index, **finished}]})
+        function = finished["function"]
+        return self._call_events(state.index, index, finished["id"], function["name"], function["arguments"])
 
     def _finish_all(self, out: list[bytes]) -> None:
         """The stream ends ([DONE] or end of body): flush every choice still holding something."""

@@ -161,9 +161,16 @@ class ChoiceAssembly:
     # -- calls in ------------------------------------------------------------------------------
 
     def new_call(self, upstream_index: int | None = None) -> HeldCall:
+        """A call starts. It leaves after the calls before it in the model's order: by upstream
+        index where there is one (a later index that completes first waits), else by appearance."""
         call = HeldCall(len(self.calls), upstream_index)
         self.calls.append(call)
-        self.pending.append(call)
+        pending = self.pending
+        place = len(pending)
+        if upstream_index is not None:
+            while place and (before := pending[place - 1].upstream_index) is not None and before > upstream_index:
+                place -= 1
+        pending.insert(place, call)
         return call
 
     def absorb(self, tool_deltas: list[Any]) -> None:
@@ -181,8 +188,6 @@ class ChoiceAssembly:
                 if call is None:
                     self.complete_closed()
                     call = self.by_upstream_index[upstream_index] = self.new_call(upstream_index)
-                    if upstream_index != call.position:
-                        self.log.add("index.renumbered", call.position, upstream_index, call.position)
             else:
                 current = self.current
                 if (
