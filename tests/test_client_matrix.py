@@ -59,9 +59,6 @@ DIRECT_FAILURES: dict[tuple[str, str], str] = {
     **{("litellm", s): 'call 1: exec {"path":"/w/b.txt"}{"command":"ls -la /w"}' for s in MOONSHOT},
     **{("ai-sdk", s): "call 2: exec {}" for s in MOONSHOT},
 }
-# Cells kimiwire breaks today: a repaired call goes out as one delta carrying the complete arguments,
-# which the guide's accumulation doubles (issue 10, harm 1).
-HARM_1 = {(guide, shape) for guide in GUIDES for shape in SHAPES}
 
 _reports: dict[tuple[str, str, str], Report] = {}
 
@@ -136,7 +133,7 @@ def _cells(marks: set[tuple[str, str]], reason: str) -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize(("client", "shape"), _cells(HARM_1, "issue 10 harm 1, fixed by lane core"))
+@pytest.mark.parametrize(("client", "shape"), _cells(set(), ""))
 def test_through_kimiwire_every_client_finishes_with_exact_arguments(client, shape, urls):
     report = cell_report(client, shape, "kimiwire", urls)
     assert finished_exactly(report), symptom(report)
