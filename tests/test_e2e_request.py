@@ -168,3 +168,32 @@ def test_bad_option_value_stops_startup(upstream, tmp_path):
     done = subprocess.run(proxy.args, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "kimi_flavor must be one of auto, selfhosted, moonshot, deepinfra" in done.stdout + done.stderr
+
+
+def test_bodies_orjson_refuses_are_still_repaired_exactly(upstream, tmp_path):
+    """Node's JSON.stringify writes `\\ud83d` for an emoji cut by .slice(); an integer past 64 bits
+    must stay that integer. Both reach the upstream as sent, with the history repaired."""
+    cut = b'"see \\ud83d"'
+    raw = (
+        b'{"model":"k","seed":123456789012345678901234567890,"messages":[{"role":"user","content":'
+        + cut
+        + b'},{"role":"assistant","content":null,"reasoning_content":"r \\udc00","tool_calls":[{"id":"functionsread0",'
+        b'"type":"function","function":{"name":"read","arguments":"{\\"path\\":\\"a\\"}"}}]},'
+        b'{"role":"tool","tool_call_id":"functionsread0","content":"A"}]}'
+    )
+    with Mitmdump(upstream.url, tmp_path) as proxy:
+        r = httpx.post(
+            f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"}, timeout=10
+        )
+        assert r.status_code == 200
+    sent = upstream.requests[0].body
+    assert cut in sent and b'"seed":123456789012345678901234567890,' in sent
+    assert b'"functions.read:0"' in sent and b"functionsread0" not in sent
+    assert b"reasoning_content" not in sent  # stripped for a self-hosted server, as usual
+    [flow] = proxy.read_flows()
+    record = flow.metadata["kimiwire"]
+    assert {"ids.call", "ids.result", "reasoning.stripped"} <= {r["kind"] for r in record["repairs"]}
+    assert any("exact JSON decoder" in note for note in record["notes"])
+    [capture] = proxy.capture_files()
+    [saved] = proxy.read_flows(capture)
+    assert saved.request.content == raw

@@ -409,6 +409,8 @@ class KimiWire:
         result = repair_request_body(raw, state.policy or self.policy_for(flow))
         state.facts = result.facts
         record["facts"] = result.facts.as_dict()
+        for note in result.notes:
+            self._note(flow, note)
         if result.skipped:
             self._note(flow, f"request not repaired: {result.skipped}")
             return

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from kimiwire.wire import json_codec
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
@@ -26,6 +25,7 @@ class RequestRepairResult:
     log: RepairLog
     facts: RequestFacts
     skipped: str | None = None  # why the body was left alone (bad input), if it was
+    notes: list[str] = field(default_factory=list)  # how the body was read, when that is worth saying
 
 
 def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
@@ -113,18 +113,31 @@ def _moonshot_hygiene_with_origin(messages: list[Any], log: RepairLog) -> tuple[
 def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     log = RepairLog()
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        decoded = json_codec.decode(raw)
+    except json_codec.NotJSON as exc:
         return RequestRepairResult(None, log, RequestFacts(), f"body is not valid JSON: {exc}")
+    body = decoded.value
+    notes = [f"body read by the exact JSON decoder: {decoded.fallback}"] if decoded.fallback else []
     if not isinstance(body, dict):
         return RequestRepairResult(None, log, RequestFacts(), f"body is a JSON {type(body).__name__}, not an object")
     facts = facts_from_body(body)
+    if decoded.fallback:  # the facts go onto the flow, whose files hold only valid UTF-8
+        facts.tools = json_codec.storable(facts.tools)
+        facts.history_tool_names = json_codec.storable(facts.history_tool_names)
     if not isinstance(body.get("messages"), list):
-        return RequestRepairResult(None, log, facts, "`messages` is missing or not a list")
+        return RequestRepairResult(None, log, facts, "`messages` is missing or not a list", notes)
     try:
         log = repair_request_object(body, policy)
     except UnrepairableShape as exc:
-        return RequestRepairResult(None, RepairLog(), facts, str(exc))
+        return RequestRepairResult(None, RepairLog(), facts, str(exc), notes)
     if not log:
-        return RequestRepairResult(None, log, facts)
-    return RequestRepairResult(orjson.dumps(body), log, facts)
+        return RequestRepairResult(None, log, facts, notes=notes)
+    try:
+        repaired = decoded.encode(body)
+    except (TypeError, ValueError, RecursionError) as exc:  # e.g. a string the repair built badly
+        return RequestRepairResult(None, RepairLog(), facts, f"repaired body cannot be encoded: {exc}", notes)
+    if decoded.fallback:  # the records go onto the flow too
+        for entry in log.entries:
+            entry.before = json_codec.storable(entry.before)
+            entry.after = json_codec.storable(entry.after)
+    return RequestRepairResult(repaired, log, facts, notes=notes)
