@@ -9,15 +9,7 @@ import pytest
 
 from tests.support.conversations import assistant, body, call, tool, user
 from tests.support.mitm import Mitmdump
-from tests.support.upstream import RecordingUpstream, json_reply
-
-COMPLETION = {
-    "id": "c1",
-    "object": "chat.completion",
-    "created": 1,
-    "model": "kimi",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-}
+from tests.support.upstream import TEXT_COMPLETION, RecordingUpstream, json_reply
 
 
 def openclaw_request(**extra):
@@ -38,7 +30,7 @@ def openclaw_request(**extra):
 
 @pytest.fixture
 def upstream():
-    with RecordingUpstream(lambda req: json_reply(COMPLETION)) as up:
+    with RecordingUpstream(lambda req: json_reply(TEXT_COMPLETION)) as up:
         yield up
 
 

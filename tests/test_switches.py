@@ -27,6 +27,7 @@ def test_defaults_are_the_first_choice_and_on():
         "tool_ids": "canonical",
         "thinking_fields": "translate",
         "history": "repair",
+        "request_compat": "fix",
         "tool_stream": "whole",
         "markup": "recover",
         "arguments": "repair",

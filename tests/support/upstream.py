@@ -5,4 +5,13 @@ from kimiwire.sim.scripted import RecordedRequest, Reply, ScriptedUpstream, json
 
 RecordingUpstream = ScriptedUpstream
 
-__all__ = ["RecordedRequest", "RecordingUpstream", "Reply", "json_reply", "sse_reply"]
+# A plain JSON answer, for tests about what the upstream receives.
+TEXT_COMPLETION = {
+    "id": "c1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "kimi",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+}
+
+__all__ = ["TEXT_COMPLETION", "RecordedRequest", "RecordingUpstream", "Reply", "json_reply", "sse_reply"]

@@ -23,6 +23,7 @@ HISTORY_CHOICES = ("repair", "keep")
 MARKUP_CHOICES = ("recover", "keep")
 ARGUMENTS_CHOICES = ("repair", "keep")
 FINISH_CHOICES = ("fix", "keep")
+REQUEST_COMPAT_CHOICES = ("fix", "off")
 
 # Each choice option is `kimi_<field>` on the addon and `--<field>` for scripts/replay; the first
 # choice is the default.
@@ -42,6 +43,12 @@ POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
         HISTORY_CHOICES,
         "repair: historical tool-call arguments made JSON objects, and on moonshot empty assistant messages "
         "and empty text parts removed; keep: leave the history as sent.",
+    ),
+    "request_compat": (
+        REQUEST_COMPAT_CHOICES,
+        "fix: request fields the flavor's server rejects are made acceptable (moonshot: developer role, "
+        "max_completion_tokens, store, tools' strict, reasoning_effort, fixed sampling, forced tool_choice "
+        "with thinking on); off: forward them as sent.",
     ),
     "tool_stream": (
         TOOL_STREAM_CHOICES,
@@ -98,6 +105,7 @@ class Policy:
     stream_buffer_limit: int = 8 * 1024 * 1024
     thinking_fields: str = "translate"  # request: thinking / enable_thinking per flavor
     history: str = "repair"  # request: historical arguments, Moonshot's empty messages and parts
+    request_compat: str = "fix"  # request: fields the flavor's server rejects (wire/request/compat.py)
     markup: str = "recover"  # response: raw Kimi markup in text becomes tool calls
     arguments: str = "repair"  # response: tool-call arguments made JSON objects
     finish: str = "fix"  # response: finish_reason corrected, usage found in a choice also at the top

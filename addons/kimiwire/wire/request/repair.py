@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from kimiwire.wire import json_codec
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.models import thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.request.compat import apply_request_compat
 from kimiwire.wire.request.history import moonshot_hygiene, repair_history_arguments
 from kimiwire.wire.request.reasoning import apply_reasoning_policy
 from kimiwire.wire.request.thinking_fields import thinking_requested, translate_thinking_fields
 from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
-
-# K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
-_PREFILLING_MODEL = re.compile(r"k2(?:[.\-_ ]?|p)[56](?!\d)", re.I)
 
 
 @dataclass
@@ -65,9 +63,8 @@ def facts_from_body(body: dict[str, Any]) -> RequestFacts:
         declared,
         body.get("stream") is True,
         history_tool_names(messages) if isinstance(messages, list) else [],
-        isinstance(body.get("model"), str)
-        and _PREFILLING_MODEL.search(body["model"]) is not None
-        and thinking_requested(body),
+        # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
+        thinking_is_a_switch(body.get("model")) and thinking_requested(body),
     )
 
 
@@ -76,6 +73,8 @@ def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
     anything that matters: the caller forwards the original bytes then)."""
     messages = body["messages"]
     log = RepairLog()
+    if policy.request_compat == "fix":  # first: the thinking switch it may set decides the rest
+        apply_request_compat(body, policy.flavor, log)
     repair_history = policy.history == "repair"
     if repair_history and policy.flavor is Flavor.MOONSHOT:
         kept, origin = _moonshot_hygiene_with_origin(messages, log)

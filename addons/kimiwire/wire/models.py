@@ -1,0 +1,27 @@
+"""What a request's `model` name says about the Kimi model behind it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# K2.5 and K2.6 in the spellings servers and routers use: kimi-k2.5, Kimi-K2.6, kimi-k2-5,
+# accounts/fireworks/models/kimi-k2p5. Their templates prefill `<think>`; thinking is a switch.
+_K25_K26 = re.compile(r"k2(?:[.\-_ ]?|p)[56](?!\d)", re.I)
+# Moonshot pins sampling for K2.5, K2.6, K2.7 and K3 (its model-parameter guide, quoted in
+# vercel/ai#19543) and for the Kimi Code model (NousResearch/hermes-agent#11765).
+_FIXED_SAMPLING = re.compile(r"k2(?:[.\-_ ]?|p)[567](?!\d)|(?<![a-z0-9])k3(?!\d)|kimi-for-coding", re.I)
+
+
+def _name(model: Any) -> str:
+    return model if isinstance(model, str) else ""
+
+
+def thinking_is_a_switch(model: Any) -> bool:
+    """K2.5 / K2.6: thinking on by default, `thinking: {type: disabled}` turns it off."""
+    return _K25_K26.search(_name(model)) is not None
+
+
+def sampling_is_fixed(model: Any) -> bool:
+    """Moonshot rejects `temperature`, `top_p` and the penalties for these models with HTTP 400."""
+    return _FIXED_SAMPLING.search(_name(model)) is not None
