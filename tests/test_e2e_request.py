@@ -159,7 +159,7 @@ def test_bad_option_value_stops_startup(upstream, tmp_path):
     proxy = Mitmdump(upstream.url, tmp_path, {"kimi_flavor": "bogus"})
     done = subprocess.run(proxy.args, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
-    assert "kimi_flavor must be one of auto, selfhosted, moonshot, deepinfra" in done.stdout + done.stderr
+    assert "kimi_flavor must be one of auto, selfhosted, sglang, vllm, moonshot, deepinfra" in done.stdout + done.stderr
 
 
 def test_bodies_orjson_refuses_are_still_repaired_exactly(upstream, tmp_path):

@@ -88,7 +88,8 @@ class KimiWire:
             "kimi_flavor",
             str,
             "auto",
-            "Upstream flavor: auto (from the upstream host), selfhosted (SGLang/vLLM), moonshot, deepinfra.",
+            "Upstream flavor: auto (from the upstream host), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, "
+            "deepinfra.",
             choices=FLAVOR_CHOICES,
         )
         for field, (choices, help_text) in POLICY_OPTIONS.items():

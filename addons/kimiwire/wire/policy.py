@@ -8,9 +8,24 @@ from typing import Any
 
 
 class Flavor(StrEnum):
-    SELFHOSTED = "selfhosted"  # SGLang / vLLM serving the Kimi chat template
+    SELFHOSTED = "selfhosted"  # SGLang or vLLM serving the Kimi chat template (either one)
+    SGLANG = "sglang"  # self-hosted, known to be SGLang
+    VLLM = "vllm"  # self-hosted, known to be vLLM
     MOONSHOT = "moonshot"  # api.moonshot.ai / .cn, platform.kimi.ai
     DEEPINFRA = "deepinfra"
+
+    @property
+    def self_hosted(self) -> bool:
+        return self in (Flavor.SELFHOSTED, Flavor.SGLANG, Flavor.VLLM)
+
+    @property
+    def history_reasoning_key(self) -> str:
+        """The message key the server reads reasoning from in a request's history. vLLM reads
+        only `reasoning` (vllm entrypoints/chat_utils.py `_parse_chat_message_content`, which
+        hands it to the template as both keys; vllm#27752, #33402, #38488); SGLang's message
+        model declares only `reasoning_content` (sglang entrypoints/openai/protocol.py), as does
+        Moonshot."""
+        return "reasoning" if self is Flavor.VLLM else "reasoning_content"
 
 
 FLAVOR_CHOICES = ("auto", *(f.value for f in Flavor))
@@ -113,7 +128,7 @@ class Policy:
     @classmethod
     def build(cls, flavor: Flavor, reasoning: str = "auto", **options: Any) -> Policy:
         if reasoning == "auto":
-            reasoning = "strip" if flavor is Flavor.SELFHOSTED else "loop"
+            reasoning = "strip" if flavor.self_hosted else "loop"
         return cls(flavor=flavor, reasoning=reasoning, **options)
 
     @classmethod

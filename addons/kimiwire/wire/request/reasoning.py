@@ -2,7 +2,8 @@
 
 The Kimi-K2-Thinking / K2.5 templates render reasoning only for assistant messages after the
 last assistant message without tool calls (the current tool loop), and read only the key
-`reasoning_content`. Harnesses replay whatever key the server streamed, on every message.
+`reasoning_content`; vLLM fills that from the request's `reasoning` key alone. Harnesses replay
+whatever key the server streamed, on every message.
 """
 
 from __future__ import annotations
@@ -33,36 +34,42 @@ def _strip(message: dict[str, Any], index: int, log: RepairLog) -> None:
             log.add("reasoning.stripped", index, {key: value}, None)
 
 
-def _keep_as_reasoning_content(message: dict[str, Any], index: int, log: RepairLog) -> None:
-    kept = message.get("reasoning_content")
-    for key in REASONING_KEYS[1:]:
-        if key not in message:
+def _keep_under(key: str, message: dict[str, Any], index: int, log: RepairLog) -> None:
+    kept = message.get(key)
+    for other in REASONING_KEYS:
+        if other == key or other not in message:
             continue
-        value = message.pop(key)
+        value = message.pop(other)
         if (not isinstance(kept, str) or not kept) and isinstance(value, str) and value:
-            message["reasoning_content"] = kept = value
-            log.add("reasoning.renamed", index, key, "reasoning_content")
+            message[key] = kept = value
+            log.add("reasoning.renamed", index, other, key)
         else:
-            log.add("reasoning.stripped", index, {key: value}, None)
+            log.add("reasoning.stripped", index, {other: value}, None)
 
 
 def apply_reasoning_policy(
-    messages: list[Any], mode: str, log: RepairLog, placeholder_for_tool_calls: bool = False
+    messages: list[Any],
+    mode: str,
+    log: RepairLog,
+    placeholder_for_tool_calls: bool = False,
+    key: str = REASONING_KEYS[0],
 ) -> None:
-    """mode: `strip` | `loop` | `keep`. `placeholder_for_tool_calls` fills missing reasoning on
-    tool-call messages of the current loop (Moonshot with thinking on)."""
-    if mode == "keep":
+    """mode: `strip` | `loop` | `keep`. Kept reasoning goes under `key`, the one the server reads
+    (`keep` leaves the history as sent unless that is not `reasoning_content`).
+    `placeholder_for_tool_calls` fills missing reasoning on tool-call messages of the current loop
+    (Moonshot with thinking on)."""
+    if mode == "keep" and key == REASONING_KEYS[0]:
         return
-    loop_start = current_loop_start(messages) if mode == "loop" else len(messages)
+    loop_start = current_loop_start(messages) if mode == "loop" else 0 if mode == "keep" else len(messages)
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
         if index < loop_start:
             _strip(message, index, log)
             continue
-        _keep_as_reasoning_content(message, index, log)
+        _keep_under(key, message, index, log)
         if placeholder_for_tool_calls and message.get("tool_calls"):
-            value = message.get("reasoning_content")
+            value = message.get(key)
             if not isinstance(value, str) or not value:
-                message["reasoning_content"] = MOONSHOT_REASONING_PLACEHOLDER
+                message[key] = MOONSHOT_REASONING_PLACEHOLDER
                 log.add("reasoning.placeholder", index, value, MOONSHOT_REASONING_PLACEHOLDER)

@@ -90,6 +90,7 @@ def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
         policy.reasoning,
         later,
         placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and thinking_requested(body),
+        key=policy.flavor.history_reasoning_key,
     )
     if repair_history:
         repair_history_arguments(messages, later)

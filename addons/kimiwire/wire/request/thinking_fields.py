@@ -52,7 +52,7 @@ def translate_thinking_fields(body: dict[str, Any], flavor: Flavor, log: RepairL
         value = body.pop(key)
         enabled = _thinking_enabled(value)
         after: Any = None
-        if flavor is Flavor.SELFHOSTED and enabled is not None:
+        if flavor.self_hosted and enabled is not None:
             kwargs = body.get("chat_template_kwargs")
             if not isinstance(kwargs, dict):
                 kwargs = body["chat_template_kwargs"] = {}
