@@ -128,3 +128,20 @@ def test_ordinary_violations_read_as_before():
     assert schema_violation(schema, {}) == "(root): 'path' is a required property"
     assert schema_violation(schema, {"path": 3}) == "path: 3 is not of type 'string'"
     assert schema_violation(schema, {"path": "a"}) is None
+
+
+def test_draft07_definitions_refs_resolve_without_any_registry():
+    # the shape zod-to-json-schema gives MCP tools: draft-07, `$ref` into `definitions`
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {"p": {"$ref": "#/definitions/P"}},
+        "definitions": {"P": {"type": "string", "pattern": "^a+$"}},
+        "required": ["p"],
+        "additionalProperties": False,
+    }
+    assert check_arguments(schema, {"p": "aaa"}) == schema_check.SchemaCheck()
+    assert check_arguments(schema, {"p": "b"}).violation == "p: 'b' does not match '^a+$'"
+    assert check_arguments(schema, {"p": "a", "x": 1}).violation == (
+        "(root): Additional properties are not allowed ('x' unexpected)"
+    )
