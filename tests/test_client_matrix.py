@@ -123,23 +123,16 @@ def symptom(report: Report) -> str:
     return text
 
 
-def _cells(marks: set[tuple[str, str]], reason: str) -> list[Any]:
-    return [
-        pytest.param(
-            client, shape, marks=pytest.mark.xfail(strict=True, reason=reason) if (client, shape) in marks else ()
-        )
-        for client in CLIENTS
-        for shape in SHAPES
-    ]
+CELLS = [pytest.param(client, shape, id=f"{client}-{shape}") for client in CLIENTS for shape in SHAPES]
 
 
-@pytest.mark.parametrize(("client", "shape"), _cells(set(), ""))
+@pytest.mark.parametrize(("client", "shape"), CELLS)
 def test_through_kimiwire_every_client_finishes_with_exact_arguments(client, shape, urls):
     report = cell_report(client, shape, "kimiwire", urls)
     assert finished_exactly(report), symptom(report)
 
 
-@pytest.mark.parametrize(("client", "shape"), _cells(set(), ""))
+@pytest.mark.parametrize(("client", "shape"), CELLS)
 def test_direct_cells_fail_only_where_documented(client, shape, urls):
     report = cell_report(client, shape, "direct", urls)
     expected = DIRECT_FAILURES.get((client, shape))

@@ -17,8 +17,7 @@ from typing import Any
 
 import openai
 
-from scripts._clients import _run_tool
-from tests.support.clients import CACHE, CLIENTS, TASK, TOOLS, npm_install, run_openai_sdk
+from tests.support.clients import CACHE, CLIENTS, TASK, TOOLS, _run_tool, npm_install, run_openai_sdk
 
 MODEL = "kimi-k2-thinking"
 MAX_TURNS = 6
