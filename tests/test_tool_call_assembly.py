@@ -41,8 +41,10 @@ def test_a_json_object_is_closed_only_at_its_end_whatever_the_pieces(value, data
         ('"{\\"a\\": 1}"', True),  # double-encoded: one closed JSON string
         ('{"a": "}', False),
         ('{"a": "\\"}', False),
-        ('{"a": 1}}', False),
-        ('{"a": 1} x', False),
+        ('{"a": 1}}', True),  # the object closed; what follows is for the argument repair
+        ('{"a": 1} x', True),
+        ('}{"a": 1}', False),
+        ("5", False),
         ("", False),
         ("  ", False),
         ({"a": 1}, True),

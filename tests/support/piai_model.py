@@ -87,7 +87,7 @@ def guide_accumulate(body: bytes, choice: int = 0) -> list[tuple[Any, Any, str]]
     for event in decoder.feed(body) + decoder.end():
         if event.data is None or event.data == b"[DONE]":
             continue
-        chunk = orjson.loads(event.data)
+        chunk = json.loads(event.data)  # Python's json, as such clients use: it reads NaN
         for c in chunk.get("choices") or []:
             if c.get("index", 0) != choice:
                 continue

@@ -44,18 +44,22 @@ def rerun_exchange(
     response_log = RepairLog()
     delivered = upstream_body
     if status < 400:
-        if chat_exchanges.is_event_stream(content_type):
-            repairer = StreamRepairer(request.facts, policy)
-            out = repairer.feed(upstream_body)
-            if error_event is not None:
-                out += repairer.end_with_error(error_event)
-            else:
-                out += repairer.end(drop_partial=ending is not None and ending.startswith("proxy_"))
-            delivered = b"".join(out)
-            response_log = repairer.log
-        elif chat_exchanges.is_json(content_type):
-            new_body, response_log, _ = repair_completion_body(upstream_body, request.facts, policy)
-            delivered = new_body if new_body is not None else upstream_body
+        try:
+            if chat_exchanges.is_event_stream(content_type):
+                repairer = StreamRepairer(request.facts, policy)
+                response_log = repairer.log
+                out = repairer.feed(upstream_body)
+                if error_event is not None:
+                    out += repairer.end_with_error(error_event)
+                else:
+                    out += repairer.end(drop_partial=ending is not None and ending.startswith("proxy_"))
+                delivered = b"".join(out)
+            elif chat_exchanges.is_json(content_type):
+                new_body, response_log, _ = repair_completion_body(upstream_body, request.facts, policy)
+                delivered = new_body if new_body is not None else upstream_body
+        except Exception as exc:  # as live: a repair that raises costs the repair, never the response
+            delivered = upstream_body
+            response_log.add("repair.failed", None, None, f"{type(exc).__name__}: {exc}"[:300])
     return Rerun(upstream_request, delivered, request.facts, request.log, response_log)
 
 

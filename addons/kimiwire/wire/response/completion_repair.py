@@ -1,4 +1,8 @@
-"""The same response repairs for non-streaming chat completions: JSON body in, JSON body out."""
+"""The same response repairs for non-streaming chat completions: JSON body in, JSON body out.
+
+With the same guarantees as streams: when the output was cut (`length`), a call whose arguments
+are not closed JSON is delivered as sent and the finish_reason stays; a call whose repair raises
+is delivered as sent."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
-from kimiwire.wire.response.tool_calls import finalize_call, fix_finish_reason
+from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason, is_truncated
 
 
 def _recover_markup(message: dict[str, Any], declared: frozenset[str], log: RepairLog) -> list[RecoveredCall]:
@@ -46,27 +50,33 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
         message = choice["message"]
         recovered = _recover_markup(message, declared, log) if policy.markup == "recover" else []
         existing = message.get("tool_calls")
-        raw_calls: list[tuple[str, Any, Any]] = []
+        sent: list[tuple[str, Any, Any, Any]] = []  # name, id, arguments, the call as sent
         if isinstance(existing, list):
             for call in existing:
                 function = call.get("function") if isinstance(call, dict) else None
                 function = function if isinstance(function, dict) else {}
-                raw_calls.append(
-                    (
-                        function.get("name") or "",
-                        call.get("id") if isinstance(call, dict) else None,
-                        function.get("arguments"),
-                    )
-                )
-        raw_calls += [(c.name, c.raw_id, c.arguments) for c in recovered]
-        if raw_calls:
+                upstream_id = call.get("id") if isinstance(call, dict) else None
+                sent.append((function.get("name") or "", upstream_id, function.get("arguments"), call))
+        for c in recovered:
+            as_sent = {"id": c.raw_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            sent.append((c.name, c.raw_id, c.arguments, as_sent))
+        cut = choice.get("finish_reason") in CUT_FINISH_REASONS
+        any_truncated = False
+        if sent:
             before = len(log)
-            calls = [finalize_call(n, i, a, p, facts, policy, log) for p, (n, i, a) in enumerate(raw_calls)]
+            calls = []
+            for position, (name, upstream_id, arguments, as_sent) in enumerate(sent):
+                truncated = is_truncated(arguments, cut)
+                any_truncated |= truncated
+                finished = deliver_call(name, upstream_id, arguments, position, truncated, facts, policy, log)
+                calls.append(as_sent if finished is None else finished)
             if len(log) != before or recovered:
                 message["tool_calls"] = calls
         if rename_reasoning(message, policy.reasoning_field):
             log.add("reasoning.field_renamed", None, None, policy.reasoning_field)
-        choice["finish_reason"] = fix_finish_reason(choice.get("finish_reason"), bool(raw_calls), None, log, policy)
+        choice["finish_reason"] = fix_finish_reason(
+            choice.get("finish_reason"), bool(sent), None, log, policy, truncated=any_truncated
+        )
         usage = choice.get("usage")
         if policy.finish == "fix" and isinstance(usage, dict) and body.get("usage") is None:
             body["usage"] = usage

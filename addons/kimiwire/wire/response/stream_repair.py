@@ -1,10 +1,17 @@
 """The stream repairer: upstream SSE bytes in, repaired SSE bytes out (sans-IO).
 
 Text (content, reasoning) goes out in the same event it arrived in; only text that may be the
-start of Kimi markup is held back. Tool-call fragments are held and each call goes out once,
-whole (index, id, type, name, complete arguments), as soon as it is complete: when the next
-call starts and its JSON is closed, at `finish_reason`, or at the end of the stream. A client
-that keeps "one current block" (pi-ai) then rebuilds exactly the calls the model made.
+start of Kimi markup is held back. Tool-call fragments are held and each call goes out once
+complete, contiguously, as OpenAI streams it (a first delta with index, id, type, name and
+`arguments: ""`, then one with the complete arguments), in the model's index order: when the
+next call starts and its JSON is closed, at `finish_reason`, or at the end of the stream. A
+client that keeps "one current block" (pi-ai) and one that adds up every delta's arguments
+(OpenAI's guide) both rebuild exactly the calls the model made.
+
+First, do no harm: a call whose arguments were cut off (`length`, the body ended, a reset or a
+timeout) goes out exactly as the upstream sent it and the finish_reason never claims it is a
+call to run; a call whose repair raises goes out as sent; an event that cannot be decoded while
+anything is held turns the stream into passthrough from a point where that is exact.
 """
 
 from __future__ import annotations
@@ -19,21 +26,43 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
-from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall
-from kimiwire.wire.response.tool_calls import finalize_call, fix_finish_reason
+from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall, PassedCalls
+from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason
 from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSummary:
+    """What the client has been sent so far, over all choices (read-only; e.g. to detect an
+    empty turn). `finish_reason` is the first choice's, as delivered."""
+
+    content: bool  # non-empty content
+    reasoning: bool  # non-empty reasoning under any of its names
+    tool_calls: int  # calls delivered, truncated ones included
+    finish_reason: str | None
+    truncated: bool  # a call went out with its arguments cut off
+    done: bool  # `data: [DONE]` went out
 
 
 @dataclass(slots=True)
 class _Choice:
     index: int
     calls: ChoiceAssembly
-    needs_finish: bool = False  # calls went out before the choice's finish_reason
-    upstream_tool_indexes: int = 0  # passthrough mode: calls the upstream streamed itself
+    passed: PassedCalls = field(default_factory=PassedCalls)  # passthrough mode: calls streamed as they came
+    needs_finish: bool = False  # calls went out after the choice's last finish_reason
     finished: bool = False  # its finish_reason has been seen
+    finish_delivered: Any = None
     scanners: dict[str, MarkupScanner] = field(default_factory=dict)
+
+    @property
+    def calls_delivered(self) -> int:
+        return self.calls.emitted + self.passed.count
+
+    @property
+    def truncated(self) -> bool:
+        return self.calls.truncated > 0 or self.passed.any_open
 
 
 class StreamRepairer:
@@ -53,6 +82,10 @@ class StreamRepairer:
         self._have_template = False
         self._finished_choices = 0
         self._once: set[str] = set()
+        self._upstream_error = False  # an error object came in the stream
+        self._content_seen = False
+        self._reasoning_seen = False
+        self._text_unseen = True  # content or reasoning not yet seen: checked on the fast path
 
     # -- public API ------------------------------------------------------------------------
 
@@ -61,8 +94,13 @@ class StreamRepairer:
             return [data] if data else []
         out: list[bytes] = []
         for event in self._decoder.feed(data):
-            self._event(event, out)
-        if self.buffered > self.policy.stream_buffer_limit:
+            if self.bypass:  # turned to passthrough by an earlier event of this chunk
+                out.append(event.raw)
+            else:
+                self._event(event, out)
+        if self.bypass:
+            out += self._take_undecoded()
+        elif self.buffered > self.policy.stream_buffer_limit:
             self.log.add("stream.buffer_limit", None, self.buffered, self.policy.stream_buffer_limit)
             self.release_held(out)
         return out
@@ -76,8 +114,11 @@ class StreamRepairer:
         if drop_partial:
             self._decoder = SSEDecoder()
         for event in self._decoder.end():
-            self._event(event, out)
-        if not self.done:
+            if self.bypass:
+                out.append(event.raw)
+            else:
+                self._event(event, out)
+        if not self.done and not self.bypass:
             self._finish_all(out)
             out.append(DONE_EVENT)
             self.done = True
@@ -122,25 +163,53 @@ class StreamRepairer:
         """Raw bytes received but not yet part of a whole event."""
         return self._decoder.undecoded()
 
+    @property
+    def turn(self) -> TurnSummary:
+        first = self._choices[min(self._choices)] if self._choices else None
+        return TurnSummary(
+            content=self._content_seen,
+            reasoning=self._reasoning_seen,
+            tool_calls=sum(state.calls_delivered for state in self._choices.values()),
+            finish_reason=first.finish_delivered if first is not None else None,
+            truncated=any(state.truncated for state in self._choices.values()),
+            done=self.done,
+        )
+
     def release_held(self, out: list[bytes], include_undecoded: bool = True) -> None:
         """Forward everything held, unrepaired, and pass the rest of the stream through: used
         past the buffer limit, and by the adapter when a repair raised."""
+        self._release(out)
+        leftover = self._take_undecoded()
+        if include_undecoded:
+            out += leftover
+
+    def _release(self, out: list[bytes]) -> None:
+        """Held text and every held call go out as the upstream sent them, in order; from now on
+        the stream passes through."""
         self.bypass = True
         for state in self._choices.values():
             for key, scanner in state.scanners.items():
                 if scanner.pending:
                     out.append(self._chunk_event(state.index, {key: scanner.pending}))
+                    self._see_text({key: scanner.pending})
                     scanner.pending = ""
             assembly = state.calls
             while assembly.pending:
                 call = assembly.pending[0]
-                index = assembly.emitted + state.upstream_tool_indexes
+                index = assembly.emitted + state.passed.indexes
                 out += self._call_events(state.index, index, call.id, call.name, call.arguments())
                 assembly.mark_emitted(call)
+
+    def _take_undecoded(self) -> list[bytes]:
         leftover = self._decoder.undecoded()
         self._decoder = SSEDecoder()
-        if leftover and include_undecoded:
-            out.append(leftover)
+        return [leftover] if leftover else []
+
+    def _holding(self) -> bool:
+        for state in self._choices.values():
+            if state.calls.pending or any(scanner.pending for scanner in state.scanners.values()):
+                return True
+        return False
 
     # -- events ----------------------------------------------------------------------------
 
@@ -169,7 +238,13 @@ class StreamRepairer:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
+            # NaN, invalid UTF-8...: forwarded as it came. Were anything held, the event would
+            # overtake it and could split a call: then everything held goes out first and the
+            # rest of the stream passes through, which is exactly what a direct client gets.
             self._note_once("stream.unparsed_event", data[:200].decode("utf-8", "replace"), None)
+            if self._holding() or b"tool_calls" in data:
+                self.log.add("stream.passthrough", None, "unparsed event", None)
+                self._release(out)
             out.append(raw)
             return
         if not isinstance(chunk, dict):
@@ -186,6 +261,8 @@ class StreamRepairer:
     def _chunk(self, chunk: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices:
+            if "error" in chunk:
+                self._upstream_error = True  # no finish_reason is made up after an error
             out.append(raw)  # usage-only chunks, error objects
             return
         if not self._have_template:
@@ -205,6 +282,8 @@ class StreamRepairer:
             state = self._choice(index if isinstance(index, int) else position)
             choice_changed, keep = self._process_choice(state, choice, chunk, after)
             changed |= choice_changed
+            if self._text_unseen and type(choice.get("delta")) is dict:
+                self._see_text(choice["delta"])
             if keep:
                 kept.append(choice)
         if not changed:
@@ -233,14 +312,12 @@ class StreamRepairer:
                     if isinstance(tool_deltas, list):
                         self._absorb(state, tool_deltas)
                 elif isinstance(delta["tool_calls"], list):
-                    state.upstream_tool_indexes = max(
-                        [state.upstream_tool_indexes]
-                        + [
-                            tc["index"] + 1
-                            for tc in delta["tool_calls"]
-                            if isinstance(tc, dict) and isinstance(tc.get("index"), int)
-                        ]
-                    )
+                    if delta["tool_calls"]:
+                        state.passed.see(delta["tool_calls"])
+                    elif self.policy.finish == "fix":  # vllm #54701: `tool_calls: []` deltas
+                        del delta["tool_calls"]
+                        changed = True
+                        self._note_once("tool_calls.empty_dropped", [], None)
             if rename_reasoning(delta, self.policy.reasoning_field):
                 changed = True
                 self._note_once("reasoning.field_renamed", None, self.policy.reasoning_field)
@@ -257,17 +334,22 @@ class StreamRepairer:
             after.extend(ready)
             state.needs_finish = True
             return True, self._meaningful(choice)
-        # The choice is finished: held text goes into this delta, every call is complete.
+        # The choice is finished: held text goes into this delta, every call is complete, or
+        # truncated when the output was cut (`length`).
         if not state.finished:
             state.finished = True
             self._finished_choices += 1
         if delta is None:
             delta = choice["delta"] = {}
         ready: list[bytes] = []
-        if self._finish_choice(state, Ending.FINISHED, delta, ready):
+        ending = Ending.CUT if finish in CUT_FINISH_REASONS else Ending.FINISHED
+        if self._finish_choice(state, ending, delta, ready):
             changed = True
-        fixed = fix_finish_reason(finish, state.calls.emitted > 0, None, self.log, self.policy)
+        fixed = fix_finish_reason(
+            finish, state.calls_delivered > 0, None, self.log, self.policy, truncated=state.truncated
+        )
         state.needs_finish = False
+        state.finish_delivered = fixed
         if not ready:
             if fixed != finish:
                 choice["finish_reason"] = fixed
@@ -301,13 +383,21 @@ class StreamRepairer:
             return False
         index = choice.get("index")
         state = self._choice(index if isinstance(index, int) else 0)
-        if not self.scan_markup:
-            return True
-        for key in TEXT_KEYS:
-            text = delta.get(key)
-            if type(text) is str and text and not self._scanner(state, key).passes_unchanged(text):
-                return False
+        if self.scan_markup:
+            for key in TEXT_KEYS:
+                text = delta.get(key)
+                if type(text) is str and text and not self._scanner(state, key).passes_unchanged(text):
+                    return False
+        if self._text_unseen:
+            self._see_text(delta)
         return True
+
+    def _see_text(self, delta: dict[str, Any]) -> None:
+        if not self._content_seen and delta.get("content"):
+            self._content_seen = True
+        if not self._reasoning_seen and any(delta.get(key) for key in TEXT_KEYS[1:]):
+            self._reasoning_seen = True
+        self._text_unseen = not (self._content_seen and self._reasoning_seen)
 
     @staticmethod
     def _meaningful(choice: dict[str, Any]) -> bool:
@@ -388,6 +478,7 @@ class StreamRepairer:
         flushed = self._flush_texts(state, own_delta)
         if flushed and delta is None and own_delta:
             out.append(self._chunk_event(state.index, own_delta))
+            self._see_text(own_delta)
         state.calls.end(ending)
         ready = self._take_ready(state)
         if ready:
@@ -418,33 +509,47 @@ class StreamRepairer:
         return events
 
     def _call_out(self, state: _Choice, call: HeldCall) -> list[bytes]:
-        index = state.calls.emitted + state.upstream_tool_indexes
+        index = state.calls.emitted + state.passed.indexes
         if call.upstream_index is not None and call.upstream_index != index:
             self.log.add("index.renumbered", call.position, call.upstream_index, index)
-        if call.state is CallState.TRUNCATED:
-            self.log.add("args.truncated", index, call.name, call.arguments()[-200:])
-            return self._call_events(state.index, index, call.id, call.name, call.arguments())
-        finished = finalize_call(call.name or "", call.id, call.arguments(), index, self.facts, self.policy, self.log)
+        arguments = call.arguments()
+        truncated = call.state is CallState.TRUNCATED
+        finished = deliver_call(
+            call.name or "", call.id, arguments, index, truncated, self.facts, self.policy, self.log
+        )
+        if finished is None:  # as the upstream sent it
+            return self._call_events(state.index, index, call.id, call.name, arguments)
         if call.fragments > 1:
             self.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
         function = finished["function"]
         return self._call_events(state.index, index, finished["id"], function["name"], function["arguments"])
 
     def _finish_all(self, out: list[bytes]) -> None:
-        """The stream ends ([DONE] or end of body): flush every choice still holding something."""
+        """The stream ends ([DONE] or end of body): every choice is finished, and one that had no
+        finish_reason gets one (pi-ai 1.x fails the turn without: earendil-works/pi #5793,
+        #8473): `length` when a call was cut off (never a call to run), `tool_calls` when calls
+        went out, else `stop`. Not after an error object: the client already failed the turn."""
         for state in self._choices.values():
-            self._finish_choice(state, Ending.FINISHED, None, out)
-            if state.needs_finish:
-                state.needs_finish = False
-                self.log.add("finish_reason.synthesized", None, None, "tool_calls")
-                out.append(
-                    self._encode(
-                        {
-                            **self._template,
-                            "choices": [{"index": state.index, "delta": {}, "finish_reason": "tool_calls"}],
-                        }
-                    )
+            self._finish_choice(state, Ending.FINISHED if state.finished else Ending.CUT, None, out)
+            if (state.finished and not state.needs_finish) or self._upstream_error:
+                continue
+            if state.truncated:
+                reason = "length"
+            elif state.calls_delivered:
+                reason = "tool_calls"
+            else:
+                reason = "stop"
+            state.needs_finish = False
+            state.finish_delivered = reason
+            if not state.finished:
+                state.finished = True
+                self._finished_choices += 1
+            self.log.add("finish_reason.synthesized", None, None, reason)
+            out.append(
+                self._encode(
+                    {**self._template, "choices": [{"index": state.index, "delta": {}, "finish_reason": reason}]}
                 )
+            )
 
     # -- encoding --------------------------------------------------------------------------
 

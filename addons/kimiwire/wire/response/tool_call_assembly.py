@@ -3,10 +3,11 @@
 Each call the model makes moves through named states:
 
     OPEN       fragments are arriving
-    COMPLETE   the model finished it: a later call started while its arguments were closed, or
-               the choice finished normally
-    TRUNCATED  the output ended (body ended, `length`, reset, timeout) while its arguments were
-               still open: it must never be completed into a runnable call
+    COMPLETE   the model finished it: its arguments closed and a later call started, or the
+               output ended (a call without any arguments counts as complete when the model
+               ended the choice itself)
+    TRUNCATED  the output ended (body ended, `length`, reset, timeout, or the model stopped)
+               while its arguments were still open: it is never completed into a runnable call
     EMITTED    sent to the client
 
 Calls leave in the model's order: a call is ready only when every call before it is ready too.
@@ -37,8 +38,8 @@ class CallState(Enum):
 class Ending(Enum):
     """How a choice's output ended, which decides what its open calls become."""
 
-    FINISHED = "finished"  # the model ended it (finish_reason stop/tool_calls/...): every call is complete
-    CUT = "cut"  # body ended, `length`, reset, timeout: a call whose arguments are open is truncated
+    FINISHED = "finished"  # the model ended it (finish_reason stop/tool_calls/...)
+    CUT = "cut"  # body ended, `length`, reset, timeout
 
 
 _TOKEN = re.compile(r'[{}\[\]"]|[^\s{}\[\]"]+')
@@ -46,8 +47,10 @@ _IN_STRING = re.compile(r'["\\]')
 
 
 class ArgumentsScanner:
-    """Tells, piece by piece, whether a text is one closed JSON value (an object, an array or a
-    string, then only whitespace). O(length) in total over all pieces; never decodes."""
+    """Tells, piece by piece, whether a text begins with a closed JSON value (an object, an array
+    or a string): once it has, the model completed the value and whatever follows (a duplicate,
+    garbage) is for the argument repair to judge. A cut-off prefix is never closed. O(length)
+    in total over all pieces, and nothing after the value is looked at; never decodes."""
 
     __slots__ = ("broken", "closed", "depth", "escape", "in_string")
 
@@ -59,7 +62,7 @@ class ArgumentsScanner:
         self.broken = False  # more closing brackets than opening ones: never closed again
 
     def feed(self, text: str) -> None:
-        if self.broken or not text:
+        if self.closed or self.broken or not text:
             return
         position, size = 0, len(text)
         depth, in_string, closed = self.depth, self.in_string, self.closed
@@ -77,8 +80,10 @@ class ArgumentsScanner:
                     position = match.end() + 1
                     continue
                 in_string = False
-                closed = depth == 0
                 position = match.end()
+                if depth == 0:
+                    closed = True
+                    break
                 continue
             match = _TOKEN.search(text, position)
             if match is None:
@@ -86,18 +91,18 @@ class ArgumentsScanner:
             token = match.group()
             position = match.end()
             if token == '"':
-                in_string, closed = True, False
+                in_string = True
             elif token == "{" or token == "[":
                 depth += 1
-                closed = False
             elif token == "}" or token == "]":
                 depth -= 1
-                if depth < 0:
-                    self.broken, closed = True, False
+                if depth <= 0:
+                    self.broken = depth < 0
+                    closed = depth == 0
                     break
-                closed = depth == 0
-            else:
-                closed = False
+            elif depth == 0:
+                self.broken = True  # a bare scalar at the top: not an object
+                break
         self.depth, self.in_string, self.closed = depth, in_string, closed
 
 
@@ -155,6 +160,7 @@ class ChoiceAssembly:
         self.by_upstream_index: dict[int, HeldCall] = {}
         self.current: HeldCall | None = None
         self.emitted = 0
+        self.truncated = 0  # calls emitted with arguments cut off
         self.buffered = 0  # argument bytes held
         self._dirty: list[HeldCall] = []
 
@@ -250,7 +256,7 @@ class ChoiceAssembly:
         self._dirty.clear()
         for call in self.pending:
             if call.state is CallState.OPEN:
-                if ending is Ending.FINISHED or call.args_closed():
+                if call.args_closed() or (ending is Ending.FINISHED and not call.arguments().strip()):
                     call.state = CallState.COMPLETE
                 else:
                     call.state = CallState.TRUNCATED
@@ -270,6 +276,8 @@ class ChoiceAssembly:
             del self.pending[0]
         else:
             self.pending.remove(call)
+        if call.state is CallState.TRUNCATED:
+            self.truncated += 1
         call.state = CallState.EMITTED
         self.buffered -= call.size
         call.parts = []
@@ -278,3 +286,44 @@ class ChoiceAssembly:
     @property
     def holding(self) -> bool:
         return bool(self.pending)
+
+
+class PassedCalls:
+    """`kimi_tool_stream=passthrough`: the calls the upstream streams itself go out as they come;
+    they are only followed, to know how many went out and whether each one's arguments closed."""
+
+    __slots__ = ("_last", "_scanners", "indexes")
+
+    def __init__(self) -> None:
+        self._scanners: dict[Any, ArgumentsScanner] = {}
+        self._last: Any = None
+        self.indexes = 0  # highest upstream index + 1: calls recovered from markup are numbered after
+
+    def see(self, tool_deltas: list[Any]) -> None:
+        for tool_delta in tool_deltas:
+            if not isinstance(tool_delta, dict):
+                continue
+            index = tool_delta.get("index")
+            if isinstance(index, int) and not isinstance(index, bool):
+                key: Any = index
+                self.indexes = max(self.indexes, index + 1)
+            elif tool_delta.get("id") or self._last is None:
+                key = ("index-less", len(self._scanners))
+            else:
+                key = self._last
+            scanner = self._scanners.get(key)
+            if scanner is None:
+                scanner = self._scanners[key] = ArgumentsScanner()
+            function = tool_delta.get("function")
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if isinstance(arguments, str):
+                scanner.feed(arguments)
+            self._last = key
+
+    @property
+    def count(self) -> int:
+        return len(self._scanners)
+
+    @property
+    def any_open(self) -> bool:
+        return any(not scanner.closed for scanner in self._scanners.values())

@@ -13,6 +13,7 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.tool_ids import canonical_id
 from kimiwire.wire.response.schema_check import schema_violation
+from kimiwire.wire.response.tool_call_assembly import arguments_closed
 
 
 def finalize_call(
@@ -45,18 +46,64 @@ def finalize_call(
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": fixed.text}}
 
 
-def fix_finish_reason(reason: Any, has_tool_calls: bool, position: int | None, log: RepairLog, policy: Policy) -> Any:
-    """`tool_calls` whenever calls were emitted; engine-specific end reasons become `stop`
-    (`kimi_finish=fix`)."""
-    if policy.finish != "fix":
+def deliver_call(
+    name: str,
+    upstream_id: Any,
+    arguments: Any,
+    position: int,
+    truncated: bool,
+    facts: RequestFacts,
+    policy: Policy,
+    log: RepairLog,
+) -> dict[str, Any] | None:
+    """The call to deliver, or None: deliver it exactly as the upstream sent it. That is the case
+    for a call whose arguments were cut off (never completed into a runnable call) and for one
+    whose repair raised (an exception costs the repair, never the call)."""
+    if truncated:
+        log.add("args.truncated", position, name, arguments[-200:] if isinstance(arguments, str) else arguments)
+        return None
+    before = len(log)
+    try:
+        return finalize_call(name, upstream_id, arguments, position, facts, policy, log)
+    except Exception as exc:  # a schema that cannot be resolved, arguments nested too deep, a bug
+        del log.entries[before:]
+        log.add("call.repair_failed", position, name, f"{type(exc).__name__}: {exc}"[:300])
+        return None
+
+
+# The output was cut short: its calls may be incomplete and its finish_reason is never changed.
+CUT_FINISH_REASONS = frozenset({"length", "content_filter"})
+
+
+def is_truncated(arguments: Any, cut: bool) -> bool:
+    """Whole arguments (JSON responses) that did not complete: no closed JSON value at their
+    start. Empty ones count only when the output was cut; else they mean "no arguments"."""
+    if arguments_closed(arguments):
+        return False
+    return cut or not (arguments is None or (isinstance(arguments, str) and not arguments.strip()))
+
+
+_ENGINE_STOPS = frozenset({"eos", "end", "end_turn", "eos_token"})
+
+
+def fix_finish_reason(
+    reason: Any, has_tool_calls: bool, position: int | None, log: RepairLog, policy: Policy, truncated: bool = False
+) -> Any:
+    """`tool_calls` whenever calls were delivered, `stop` for `tool_calls` without any call and
+    for engine-specific end reasons (`kimi_finish=fix`). Never changed: `length`, and whatever
+    came with a call whose arguments were cut off (it must not become a call to run)."""
+    if policy.finish != "fix" or truncated or reason in CUT_FINISH_REASONS:
         return reason
-    fixed = reason
     if has_tool_calls:
-        fixed = "tool_calls"
-    elif reason in ("eos", "end", "end_turn", "eos_token"):
-        fixed = "stop"
+        fixed, kind = "tool_calls", "finish_reason.fixed"
     elif reason == "tool_calls":
-        fixed = "stop"  # SGLang: `tool_calls` with no usable call; clients would wait for a call
+        # SGLang's failed parse, vLLM's empty `tool_calls: []` deltas (vllm #54701): clients
+        # would wait for a call that never comes
+        fixed, kind = "stop", "finish_reason.no_calls"
+    elif reason in _ENGINE_STOPS:
+        fixed, kind = "stop", "finish_reason.fixed"
+    else:
+        return reason
     if fixed != reason:
-        log.add("finish_reason.fixed", position, reason, fixed)
+        log.add(kind, position, reason, fixed)
     return fixed
