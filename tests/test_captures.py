@@ -1,5 +1,6 @@
 """Captures, offline replay, mitmproxy replay and inspection (issue 5)."""
 
+import errno
 import os
 import stat
 import subprocess
@@ -10,6 +11,7 @@ import httpx
 import orjson
 import pytest
 from kimiwire.mitm.addon import KimiWire
+from kimiwire.mitm.capture import CaptureFile
 from kimiwire.mitm.contentview import register
 from mitmproxy import contentviews
 from mitmproxy.test import taddons
@@ -168,6 +170,25 @@ def test_replay_reports_a_policy_change(live, tmp_path):
 def test_replay_bad_input(tmp_path):
     missing = replay(tmp_path / "nope.mitm")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+    not_flows = tmp_path / "notes.txt"
+    not_flows.write_text("these are not flows\n")
+    garbage = replay(not_flows)
+    assert garbage.returncode == 2 and "not a mitmproxy flow file" in garbage.stderr
+    assert "Traceback" not in garbage.stderr
+    empty = tmp_path / "empty.mitm"
+    empty.write_bytes(b"")
+    assert replay(empty).returncode == 2
+    assert replay(tmp_path).returncode == 2  # a folder
+
+
+def test_replay_reads_up_to_the_last_whole_record(live, tmp_path):
+    data = live["capture"].read_bytes()
+    cut = tmp_path / "cut.mitm"
+    cut.write_bytes(data + data[: len(data) // 3])  # two whole flows, then a third cut short
+    done = replay(cut)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "summary: 2 flows compared, 0 differ" in done.stdout
+    assert f"read up to byte {len(data)}; then a record cut short" in done.stderr
 
 
 def test_server_replay_reproduces_the_live_delivered_body(live, tmp_path):
@@ -236,14 +257,139 @@ def test_contentviews_render_the_captured_flows(live):
         assert "answers functionsread0  (rewritten to functions.read:0)" in text
 
 
-def test_capture_write_error_is_logged_once_and_flows_go_on(upstream, tmp_path):
+def mitmdump_exit(upstream, tmp_path, options):
+    """Start mitmdump expecting it to refuse to start: (exit status, output)."""
+    proxy = Mitmdump(upstream.url, tmp_path, options, save_flows=False)
+    done = subprocess.run(proxy.args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_an_unwritable_capture_folder_stops_the_start(upstream, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    with Mitmdump(upstream.url, tmp_path, {"kimi_capture_dir": str(blocker / "sub")}) as proxy:
+    status, output = mitmdump_exit(upstream, tmp_path, {"kimi_capture_dir": str(blocker / "sub")})
+    assert status != 0
+    assert f"cannot write captures in {blocker / 'sub'}" in output and "kimi_capture_required=false" in output
+
+
+def test_an_unwritable_capture_folder_can_be_a_warning(upstream, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    options = {"kimi_capture_dir": str(blocker / "sub"), "kimi_capture_required": "false"}
+    with Mitmdump(upstream.url, tmp_path, options) as proxy:
         for _ in range(2):
             r = httpx.post(f"{proxy.url}/v1/chat/completions", json=REQUEST, timeout=10)
             assert r.status_code == 200 and r.content.endswith(b"data: [DONE]\n\n")
-    assert proxy.output.count("cannot write captures") == 1
+    start = proxy.output.index("cannot write captures in")
+    assert "running on" in proxy.output[start:]
+    # repeated at shutdown, with the count
+    assert f"0 flows captured in {blocker / 'sub'}" in proxy.output
+    assert "2 flows LOST" in proxy.output
+
+
+def test_stats_report_an_unwritable_capture_folder(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    kw = KimiWire()
+    with taddons.context(kw) as tctx:
+        tctx.configure(kw, kimi_capture_required=False, kimi_capture_dir=str(blocker / "sub"))
+        kw.capture.write({"x": 1})
+        stats = orjson.loads(tctx.command(kw.stats))
+    assert stats["capture_lost"] == 1 and "sub" in stats["capture_error"]
+
+
+def test_the_repository_capture_folder_is_made_private(tmp_path):
+    folder = tmp_path / "captures"
+    folder.mkdir(mode=0o755)
+    (folder / ".gitkeep").write_text("")
+    (folder / "README.md").write_text("")
+    os.chmod(folder, 0o755)  # as git checks it out
+    CaptureFile(folder).prepare()
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    # a folder of the user's that holds other things is left alone (its files are 0600)
+    own = tmp_path / "shared"
+    own.mkdir()
+    (own / "notes.txt").write_text("")
+    os.chmod(own, 0o755)
+    CaptureFile(own).prepare()
+    assert stat.S_IMODE(os.stat(own).st_mode) == 0o755
+
+
+class FillingDisk:
+    """A writer like os.write on a disk that fills up: the first `fail` writes put half their
+    bytes down, then fail with ENOSPC."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+
+    def __call__(self, fd: int, data: bytes) -> int:
+        if self.fail:
+            self.fail -= 1
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+
+def test_a_failed_write_leaves_whole_records_and_later_flows_are_written(live, tmp_path):
+    flows = live["proxy"].read_flows(live["capture"])
+    capture = CaptureFile(tmp_path, "c.mitm", write=FillingDisk(fail=0))
+    assert capture.write(flows[0].get_state())
+    capture._write = FillingDisk(fail=2)
+    assert not capture.write(flows[1].get_state()) and not capture.write(flows[1].get_state())
+    assert capture.write(flows[1].get_state())  # space again: written
+    capture.close()
+    read = live["proxy"].read_flows(tmp_path / "c.mitm")
+    assert [f.id for f in read] == [flows[0].id, flows[1].id]
+    assert capture.flows_written == 2 and capture.flows_lost == 2
+    assert "2 flows LOST (last error: OSError: [Errno 28] No space left on device)" in capture.summary()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (needs root and a kernel that lets this process mount)."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mountpoint)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill(folder, leave: int) -> None:
+    """Fill the disk, except for `leave` bytes."""
+    (folder / "gap").write_bytes(b"g" * leave)
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while f.write(b"f" * 4096):
+                pass
+        except OSError:
+            pass
+    (folder / "gap").unlink()
+
+
+def test_a_full_disk_loses_flows_loudly_and_captures_resume(upstream, tmp_path, small_disk):
+    folder = small_disk / "captures"
+    with Mitmdump(upstream.url, tmp_path, {"kimi_capture_dir": str(folder)}, save_flows=False) as proxy:
+        post = lambda: httpx.post(f"{proxy.url}/v1/chat/completions", json=REQUEST, timeout=10)  # noqa: E731
+        assert post().status_code == 200
+        [capture] = sorted(folder.glob("kimiwire-*.mitm"))
+        one_record = capture.stat().st_size
+        fill(small_disk, leave=4096)
+        assert one_record > 4096  # so the next record is cut by the full disk
+        for _ in range(2):
+            assert post().content.endswith(b"data: [DONE]\n\n")  # clients do not notice
+        assert capture.stat().st_size == one_record  # the cut record was removed
+        (small_disk / "filler").unlink()
+        assert post().status_code == 200
+    assert "cannot write captures to" in proxy.output and "No space left on device" in proxy.output
+    assert "work again (2 flows lost so far)" in proxy.output
+    assert "2 flows captured in" in proxy.output and "2 flows LOST" in proxy.output
+    assert len(proxy.read_flows(capture)) == 2
+    done = replay(capture)
+    assert done.returncode == 0 and "summary: 2 flows compared, 0 differ" in done.stdout, done.stdout + done.stderr
 
 
 def test_client_disconnect_is_captured(upstream, tmp_path):

@@ -24,7 +24,7 @@ from kimiwire.mitm.flow_state import FlowState, FlowStates
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import StreamWatchdog
-from kimiwire.wire import chat_exchanges
+from kimiwire.wire import chat_exchanges, replay_credentials
 from kimiwire.wire.content_decoding import (
     BodyDecoder,
     DecodedTooLarge,
@@ -35,6 +35,7 @@ from kimiwire.wire.content_decoding import (
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
+from kimiwire.wire.redaction import Redactor, carries_placeholder, url_for_log
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
@@ -80,6 +81,9 @@ class KimiWire:
         self.flows = FlowStates()
         self._shut_down = False  # done() ran: hooks that come later (connections torn down) are ignored
         self.capture: CaptureFile | None = None
+        self.capture_problem: str | None = None
+        self.redactor = Redactor()
+        self.replay_credential: str | None = None
 
     # -- options ---------------------------------------------------------------------------
 
@@ -144,6 +148,30 @@ class KimiWire:
             "Path the proxy answers itself with 200 and kimi.stats as JSON (for load balancers' health checks); "
             "empty forwards it upstream like any other path.",
         )
+        self._load_secret_options(loader)
+
+    def _load_secret_options(self, loader: Any) -> None:
+        loader.add_option(
+            "kimi_capture_required",
+            bool,
+            True,
+            "Stop at start-up when kimi_capture_dir cannot be written; false: run on, with a warning repeated "
+            "at shutdown and in kimi.stats (later flows are still tried).",
+        )
+        loader.add_option(
+            "kimi_redact",
+            str,
+            "",
+            "More header, query parameter and JSON body field names (comma-separated, any case) redacted in "
+            "captures, besides every name that looks like a credential.",
+        )
+        loader.add_option(
+            "kimi_replay_auth",
+            str,
+            "",
+            "Credential for client replay (-C) of captures, whose credentials are redacted: env:NAME reads "
+            "the environment variable NAME, anything else is the credential itself.",
+        )
 
     def _load_ending_options(self, loader: Any) -> None:
         loader.add_option(
@@ -194,8 +222,33 @@ class KimiWire:
             self.capture = CaptureFile(folder, name) if folder else None
         if "kimi_max_request_bytes" in updated and ctx.options.kimi_max_request_bytes < 0:
             raise exceptions.OptionsError("kimi_max_request_bytes must be 0 (no limit) or a number of bytes")
+        if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required"}:
+            self._check_capture_folder()
+        if "kimi_redact" in updated:
+            self.redactor = Redactor.from_option(ctx.options.kimi_redact)
+        if "kimi_replay_auth" in updated:
+            self.replay_credential, problem = replay_credentials.resolve_credential(
+                ctx.options.kimi_replay_auth, os.environ
+            )
+            if problem:
+                logger.warning("kimiwire: %s; replayed flows go without credentials", problem)
         if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
+
+    def _check_capture_folder(self) -> None:
+        self.capture_problem = None
+        if self.capture is None:
+            return
+        try:
+            self.capture.prepare()
+        except OSError as exc:
+            self.capture_problem = f"cannot write captures in {self.capture.folder}: {exc}"
+            if ctx.options.kimi_capture_required:
+                raise exceptions.OptionsError(
+                    f"kimiwire: {self.capture_problem} (kimi_capture_dir= disables captures; "
+                    "kimi_capture_required=false runs on without them)"
+                ) from None
+            logger.warning("kimiwire: %s; running on, flows that cannot be written are counted", self.capture_problem)
 
     def running(self) -> None:
         # Reverse mode connects upstream eagerly by default: when the upstream is down the client
@@ -234,6 +287,8 @@ class KimiWire:
                 "active_tasks": self.active_tasks,
                 "captured": self.capture.flows_written if self.capture else 0,
                 "capture_file": str(self.capture.path) if self.capture and self.capture.flows_written else None,
+                "capture_lost": self.capture.flows_lost if self.capture else 0,
+                "capture_error": (self.capture.last_error if self.capture else None) or self.capture_problem,
             }
         ).decode()
 
@@ -242,8 +297,11 @@ class KimiWire:
         self._shut_down = True
         self._finish_open_flows()
         if self.capture is not None:
-            if self.capture.flows_written:
-                logger.info("kimiwire: %d flows captured in %s", self.capture.flows_written, self.capture.path)
+            if self.capture.flows_lost or self.capture_problem:
+                problem = f"; {self.capture_problem}" if self.capture_problem else ""
+                logger.warning("kimiwire: %s%s", self.capture.summary(), problem)
+            elif self.capture.flows_written:
+                logger.info("kimiwire: %s", self.capture.summary())
             self.capture.close()
         self.flows.clear()
 
@@ -295,7 +353,7 @@ class KimiWire:
             record["repairs"].append(entry)
         self.counts.update(log.counts())
         self._describe(self.flows.of(flow))
-        logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, flow.request.path, log.summary())
+        logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, url_for_log(flow.request.path), log.summary())
 
     @staticmethod
     def _describe(state: FlowState) -> None:
@@ -303,7 +361,7 @@ class KimiWire:
         the places where kimiwire failed."""
         flow, record = state.flow, state.record
         counts = Counter(r["kind"] for r in record["repairs"])
-        words = [f"{k}={n}" for k, n in sorted(counts.items())]
+        words = [f"{k}={n}" for k, n in sorted(counts.items())] + record.get("flags", [])
         ending = str(record.get("ending", "")).split(":", 1)[0]
         if ending in CUT_SHORT:
             words.append(f"ended={ending}")
@@ -314,7 +372,9 @@ class KimiWire:
         flow.comment = " ".join(["kimiwire:", *words, *(f"error in {where}" for where in state.failed_in)])
 
     def _record_error(self, flow: http.HTTPFlow, where: str, exc: BaseException) -> None:
-        logger.exception("kimiwire: %s failed on %s; the flow passes through unrepaired", where, flow.request.url)
+        logger.exception(
+            "kimiwire: %s failed on %s; the flow passes through unrepaired", where, url_for_log(flow.request.url)
+        )
         self.flows.of(flow).record["errors"].append(f"{where}: {type(exc).__name__}: {exc}")
         self.counts["addon.error"] += 1
         flow.marked = ERROR_MARKER
@@ -324,7 +384,7 @@ class KimiWire:
 
     def _note(self, flow: http.HTTPFlow, text: str) -> None:
         self.flows.of(flow).record["notes"].append(text)
-        logger.info("kimiwire: %s %s: %s", flow.request.method, flow.request.path, text)
+        logger.info("kimiwire: %s %s: %s", flow.request.method, url_for_log(flow.request.path), text)
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -336,6 +396,8 @@ class KimiWire:
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
             return
         self._guarded(flow, "request", self._start_chat_flow)
+        if flow.is_replay == "request":
+            self._guarded(flow, "replay credentials", self._restore_credentials)
 
     def _start_chat_flow(self, flow: http.HTTPFlow) -> None:
         """Every chat flow gets the ending guarantees (first-byte timeout, JSON error answers, a
@@ -420,6 +482,28 @@ class KimiWire:
             record["upstream_request"] = result.body
         self._record_repairs(flow, "request", result.log)
 
+    def _restore_credentials(self, flow: http.HTTPFlow) -> None:
+        """Client replay of a capture: its redacted credentials are filled from kimi_replay_auth or removed."""
+        req = flow.request
+        query = list(req.query.items(multi=True))
+        restored = replay_credentials.restore(list(req.headers.items(multi=True)), query, self.replay_credential)
+        if restored.changed:
+            req.headers = http.Headers([(_raw(k), _raw(v)) for k, v in restored.headers])
+            if restored.query != query:
+                req.query = restored.query
+        if restored.filled:
+            self._note(flow, f"replay: credential from kimi_replay_auth put into {', '.join(restored.filled)}")
+        left = restored.removed + (["body"] if carries_placeholder(req.raw_content or b"") else [])
+        if left:
+            why = "no kimi_replay_auth set" if self.replay_credential is None else "not rebuilt from kimi_replay_auth"
+            text = f"replayed without redacted credentials ({why}): {', '.join(left)}"
+            logger.warning("kimiwire: %s %s %s", req.method, url_for_log(req.path), text)
+            state = self.flows.of(flow)
+            state.record["notes"].append(text)
+            state.record.setdefault("flags", []).append("replay_without_credentials")
+            flow.marked = ERROR_MARKER
+            self._describe(state)
+
     async def _first_byte_watch(self, state: FlowState, headers_seen: asyncio.Event) -> None:
         flow = state.flow
         try:
@@ -430,7 +514,7 @@ class KimiWire:
         if flow.response is not None or not flow.live:
             return
         seconds = self.limits.first_byte_timeout
-        message = f"kimiwire: {flow.request.url} sent no response headers within {seconds:g} s"
+        message = f"kimiwire: {url_for_log(flow.request.url)} sent no response headers within {seconds:g} s"
         self._answer_error(state, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
         self._ending(state, "first_byte_timeout")
         state.record["errors"].append(message)
@@ -501,7 +585,11 @@ class KimiWire:
             self._ending(state, str(outcome))
             state.record["errors"].append(f"stream could not be ended cleanly: {outcome.detail}")
         logger.info(
-            "kimiwire: %s %s ended by the proxy (%s): %s", flow.request.method, flow.request.path, reason, outcome
+            "kimiwire: %s %s ended by the proxy (%s): %s",
+            flow.request.method,
+            url_for_log(flow.request.path),
+            reason,
+            outcome,
         )
         return outcome
 
@@ -551,7 +639,8 @@ class KimiWire:
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered") or b"")
             if self.capture is not None:
-                self.capture.write(saved_state(flow, state.client_request, state.upstream_headers, body))
+                captured = saved_state(flow, state.client_request, state.upstream_headers, body, self.redactor)
+                self.capture.write(captured)
         except Exception as exc:
             self._record_error(flow, "capture", exc)
 
@@ -665,6 +754,11 @@ class KimiWire:
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)
+
+
+def _raw(text: str) -> bytes:
+    """Header text back to the bytes mitmproxy decoded it from."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _loop_running() -> bool:

@@ -4,23 +4,34 @@ per proxy run. Readable with mitmproxy.io.FlowReader, `mitmdump -nr` and mitmweb
 In each saved flow the request is what the client sent (before repair), the response is what
 the upstream sent (status, headers, full raw body), and `metadata["kimiwire"]` holds the body
 sent upstream, the body delivered to the client, the repairs, timings, flavor and policies.
+Credentials are redacted (`wire/redaction.py`).
+
+The file only ever holds whole records: each flow is serialized first, then written at the end of
+the last whole record and synced; when a write fails (a full disk) the file is cut back to its
+last whole record, the flow is counted as lost, and the next flow tries again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pathlib
+import stat
 import time
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.io import tnetstring
 
-from kimiwire.wire.redaction import redact_header_fields
+from kimiwire.wire.redaction import Redactor
 
 logger = logging.getLogger("kimiwire")
+
+# Files a capture folder may hold and still be treated as kimiwire's own (and made private).
+_CAPTURE_FOLDER_FILES = (".gitkeep", "README.md", ".gitignore")
 
 
 def saved_state(
@@ -28,63 +39,170 @@ def saved_state(
     client_request: dict | None = None,
     upstream_headers: Any = None,
     upstream_body: bytes | None = None,
+    redactor: Redactor | None = None,
 ) -> dict:
     """The flow's serialized state as it goes into a capture: the request as the client sent it
     (`client_request`, a request state taken before repair), the raw upstream response, no
     secrets. The same format `FlowWriter` writes, without building a flow again."""
+    redactor = redactor or Redactor()
     state = flow.get_state()
     if isinstance(client_request, dict):
         state["request"] = client_request
     state["backup"] = None
-    state["request"]["headers"] = redact_header_fields(state["request"]["headers"])
+    _redact_message(state["request"], redactor, is_request=True)
     response = state.get("response")
     if isinstance(response, dict):
         if upstream_headers is not None:
             response["headers"] = tuple(upstream_headers)
         if upstream_body is not None:
             response["content"] = upstream_body
-        response["headers"] = redact_header_fields(response["headers"])
+        _redact_message(response, redactor, is_request=False)
+    record = state.get("metadata", {}).get("kimiwire")
+    if isinstance(record, dict) and isinstance(record.get("upstream_request"), bytes):
+        state["metadata"] = {**state["metadata"], "kimiwire": dict(record)}
+        state["metadata"]["kimiwire"]["upstream_request"] = redactor.json_body(record["upstream_request"])
     return state
 
 
-class CaptureFile:
-    """Appends flows to `<folder>/kimiwire-<start time>.mitm`, created on first use (folder 0700,
-    file 0600), flushed after every flow. A write error is logged once and never raises."""
+def _redact_message(message: dict, redactor: Redactor, is_request: bool) -> None:
+    message["headers"] = redactor.header_fields(message["headers"])
+    if message.get("trailers"):
+        message["trailers"] = redactor.header_fields(message["trailers"])
+    if is_request:
+        message["path"] = redactor.path(message["path"])
+        if isinstance(message.get("content"), bytes):
+            message["content"] = redactor.json_body(message["content"])
 
-    def __init__(self, folder: str | os.PathLike[str], name: str = "", started_at: float | None = None) -> None:
+
+class CaptureFile:
+    """Appends flows to `<folder>/kimiwire-<start time>-<pid>.mitm`, created on first use (folder
+    0700, file 0600). Never raises from `write`: a failure is logged and counted."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        name: str = "",
+        started_at: float | None = None,
+        write: Callable[[int, bytes], int] = os.write,
+    ) -> None:
         self.folder = pathlib.Path(folder)
         if not name:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at or time.time()))
             name = f"kimiwire-{stamp}-{os.getpid()}.mitm"
         self.path = self.folder / name
         self.flows_written = 0
-        self._file: BinaryIO | None = None
-        self._failed = False
+        self.flows_lost = 0
+        self.last_error: str | None = None
+        self._write = write  # injectable, to test a disk that fills up
+        self._fd: int | None = None
+        self._size = 0  # end of the last whole record
+        self._cut = False  # the file may hold bytes past _size (a failed cut)
+        self._failing = False
 
-    def _open(self) -> None:
+    # -- start-up ------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the folder (0700) and prove a file can be created in it; raises OSError with the
+        reason when it cannot. A folder holding only kimiwire's files (the repository's own
+        `captures/`, whose mode git does not keep) is made 0700 too."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._file = os.fdopen(descriptor, "ab")
+        if not self.folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self.folder))
+        mode = stat.S_IMODE(self.folder.stat().st_mode)
+        if mode & 0o077:
+            if self._only_captures_inside():
+                os.chmod(self.folder, 0o700)
+            else:
+                logger.warning(
+                    "kimiwire: the capture folder %s is open to other users (mode %o); the files are 0600",
+                    self.folder,
+                    mode,
+                )
+        probe = self.folder / f".kimiwire-probe-{os.getpid()}"
+        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(descriptor)
+        probe.unlink()
+
+    def _only_captures_inside(self) -> bool:
+        for entry in self.folder.iterdir():
+            name = entry.name
+            if name not in _CAPTURE_FOLDER_FILES and not (name.startswith("kimiwire-") and name.endswith(".mitm")):
+                return False
+        return True
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _open(self) -> int:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self._size = os.lseek(fd, 0, os.SEEK_END)
+        return fd
 
     def write(self, state: dict) -> bool:
-        """Append one flow, given as its serialized state (see `saved_state`)."""
-        if self._failed:
-            return False
+        """Append one flow, given as its serialized state (see `saved_state`), whole or not at all."""
         try:
-            if self._file is None:
-                self._open()
-            assert self._file is not None
-            tnetstring.dump(state, self._file)
-            self._file.flush()
-            self.flows_written += 1
-            return True
+            record = tnetstring.dumps(state)
         except Exception as exc:
-            self._failed = True
-            logger.error("kimiwire: cannot write captures to %s (%s); capturing is off for this run", self.path, exc)
-            return False
+            return self._lost(exc)
+        try:
+            if self._fd is None:
+                self._fd = self._open()
+            if self._cut:
+                os.ftruncate(self._fd, self._size)
+                self._cut = False
+            offset = 0
+            while offset < len(record):
+                offset += self._write_at(record[offset:], self._size + offset)
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._cut_back()
+            return self._lost(exc)
+        self._size += len(record)
+        self.flows_written += 1
+        if self._failing:
+            self._failing = False
+            logger.warning("kimiwire: captures to %s work again (%d flows lost so far)", self.path, self.flows_lost)
+        return True
+
+    def _write_at(self, data: bytes, offset: int) -> int:
+        assert self._fd is not None
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        written = self._write(self._fd, data)
+        if written <= 0:
+            raise OSError(errno.EIO, "nothing written")
+        return written
+
+    def _cut_back(self) -> None:
+        """Remove a partly written record, so the file ends with a whole one."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            self._cut = True  # try again before the next write
+
+    def _lost(self, exc: BaseException) -> bool:
+        self.flows_lost += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if not self._failing:
+            self._failing = True
+            logger.error(
+                "kimiwire: cannot write captures to %s (%s); this flow is lost, later flows will be tried",
+                self.path,
+                exc,
+            )
+        else:
+            logger.warning("kimiwire: capture write failed again (%s); %d flows lost", exc, self.flows_lost)
+        return False
+
+    def summary(self) -> str:
+        text = f"{self.flows_written} flows captured in {self.path}"
+        if self.flows_lost:
+            text += f"; {self.flows_lost} flows LOST (last error: {self.last_error})"
+        return text
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                self._file.close()
-        self._file = None
+                os.close(self._fd)
+        self._fd = None

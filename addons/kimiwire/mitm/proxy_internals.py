@@ -29,6 +29,8 @@ from typing import Any
 from mitmproxy import ctx, http, version
 from mitmproxy.connection import ConnectionState
 
+from kimiwire.wire.redaction import url_for_log
+
 logger = logging.getLogger("kimiwire")
 
 VERIFIED_VERSIONS = ("12.2.",)
@@ -286,7 +288,7 @@ def close_upstream(flow: http.HTTPFlow) -> bool:
 
 def close_connections(flow: http.HTTPFlow, why: str) -> EndOutcome:
     """The fallback: close the upstream (or, failing that, the client) now, so nobody waits."""
-    logger.warning("kimiwire: closing the connections of %s: %s", flow.request.url, why)
+    logger.warning("kimiwire: closing the connections of %s: %s", url_for_log(flow.request.url), why)
     handler = _handler(flow)
     try:
         if handler is not None and not _close_if_open(handler, flow.server_conn):

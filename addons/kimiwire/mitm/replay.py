@@ -1,12 +1,15 @@
 """`scripts/replay CAPTURE…`: re-run the current request and response repairs offline on each
 saved flow and show what would change compared with what was delivered at the time.
 
-Exit status: 0 when every flow would be delivered the same, 1 when any differs, 2 on bad input.
+Exit status: 0 when every flow would be delivered the same, 1 when any differs, 2 on input it
+cannot read (a missing file, a file that is not a flow file, no flows at all). A file is read up
+to its last whole record; a cut or unreadable tail is reported and ignored.
 """
 
 from __future__ import annotations
 
 import argparse
+import io as io_module
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -45,13 +48,44 @@ def policy_for(flow: http.HTTPFlow, recorded: dict[str, Any], args: argparse.Nam
     return Policy.build(flavor, stream_buffer_limit=args.stream_buffer_limit or base.stream_buffer_limit, **overrides)
 
 
+class UnreadableCapture(Exception):
+    """A file that holds no readable flow at all."""
+
+
+def _tail_problem(data: bytes) -> str:
+    """What the bytes after the last whole record are: a record cut short (a full disk, a killed
+    writer) or something that is not a flow record."""
+    length, colon, _ = data[:13].partition(b":")
+    if colon and length.isdigit() and int(length) + len(length) + 2 > len(data):
+        return f"a record cut short ({len(data)} of {int(length) + len(length) + 2} bytes)"
+    return f"{len(data)} bytes that are not a flow record"
+
+
+def read_capture(path: pathlib.Path) -> tuple[list[http.HTTPFlow], str | None]:
+    """The HTTP flows of a capture up to its last whole record, and what follows it, if anything."""
+    data = path.read_bytes()
+    flows: list[http.HTTPFlow] = []
+    stream = io_module.BytesIO(data)
+    whole = 0
+    try:
+        for flow in io.FlowReader(stream).stream():
+            whole = stream.tell()
+            if isinstance(flow, http.HTTPFlow):
+                flows.append(flow)
+    except Exception as exc:  # mitmproxy raises FlowReadException, ValueError, KeyError... on bad input
+        if whole == 0:
+            raise UnreadableCapture(f"{path}: not a mitmproxy flow file ({exc})") from None
+        return flows, f"{path}: read up to byte {whole}; then {_tail_problem(data[whole:])}, ignored"
+    return flows, None
+
+
 def _read(paths: Sequence[pathlib.Path]) -> list[tuple[pathlib.Path, http.HTTPFlow]]:
     found: list[tuple[pathlib.Path, http.HTTPFlow]] = []
     for path in paths:
-        with open(path, "rb") as f:
-            for flow in io.FlowReader(f).stream():
-                if isinstance(flow, http.HTTPFlow):
-                    found.append((path, flow))
+        flows, tail = read_capture(path)
+        if tail:
+            print(f"replay: {tail}", file=sys.stderr)
+        found.extend((path, flow) for flow in flows)
     return found
 
 
@@ -59,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         captured = _read(args.captures)
-    except (OSError, ValueError) as exc:
+    except (OSError, UnreadableCapture) as exc:
         print(f"replay: cannot read the captures: {exc}", file=sys.stderr)
         return 2
     differing = skipped = 0

@@ -1,16 +1,117 @@
-"""Secrets never reach captures or logs: these header values are replaced."""
+"""Secrets never reach captures or logs: values are redacted by the *name* that carries them.
+
+A header, query parameter or JSON body field is a credential when one of the words of its name
+(split at `-`, `_`, `.`, spaces and camelCase) ends with a credential word, optionally followed by
+`id`: `x-goog-api-key`, `apiKey`, `access_token`, `x-auth-token`, `sessionid`, `X-Amz-Signature`,
+`openai-organization`, `set-cookie`. Plural `tokens` is not a credential word, so `max_tokens` and
+`x-ratelimit-remaining-tokens` stay readable. A short allowlist keeps names the rule catches but
+that carry nothing secret. Users add names with `kimi_redact`.
+"""
 
 from __future__ import annotations
 
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "set-cookie"})
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import quote, unquote_plus
+
+import orjson
+
 REDACTED = "[redacted by kimiwire]"
+REDACTED_IN_URL = quote(REDACTED)
+_REDACTED_BYTES = REDACTED.encode()
+_REDACTED_URL_BYTES = REDACTED_IN_URL.encode()
+
+_CREDENTIAL_WORDS = (
+    "key|keys|token|secret|secrets|password|passwords|passwd|pwd|passphrase|auth|authorization|signature|sig"
+    "|credential|credentials|session|cookie|cookies|organization|project|bearer|jwt"
+)
+_CREDENTIAL_WORD = re.compile(rf"(?:{_CREDENTIAL_WORDS})(?:id)?$")
+_WORD_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+# Caught by the rule, harmless: a routing key for prompt caching (OpenAI, Moonshot), a handshake nonce.
+ALLOWED_NAMES = frozenset({"prompt_cache_key", "sec-websocket-key"})
 
 
-def redact_header_fields(
-    fields: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
-) -> list[tuple[bytes, bytes]]:
-    """Secret header values replaced in mitmproxy's serialized header list ((name, value) bytes pairs)."""
-    return [
-        (name, REDACTED.encode() if name.decode("latin-1").lower() in SECRET_HEADERS else value)
-        for name, value in fields
-    ]
+def _words(name: str) -> list[str]:
+    return [word.lower() for word in _WORD_BREAK.split(name) if word]
+
+
+class Redactor:
+    """Decides which names carry credentials and replaces their values."""
+
+    def __init__(self, extra_names: Iterable[str] = ()) -> None:
+        self.extra_names = frozenset(name.strip().lower() for name in extra_names if name.strip())
+
+    @classmethod
+    def from_option(cls, value: str) -> Redactor:
+        """`kimi_redact`: comma-separated names, matched case-insensitively."""
+        return cls(value.split(","))
+
+    def is_secret(self, name: str) -> bool:
+        lowered = name.lower()
+        if lowered in self.extra_names:
+            return True
+        if lowered in ALLOWED_NAMES:
+            return False
+        return any(_CREDENTIAL_WORD.search(word) for word in _words(name))
+
+    def header_fields(self, fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """mitmproxy's serialized header list ((name, value) bytes pairs) with secret values replaced."""
+        return [(name, _REDACTED_BYTES if self.is_secret(name.decode("latin-1")) else value) for name, value in fields]
+
+    def path(self, path: bytes) -> bytes:
+        """A request path (`/v1/x?key=…&a=1`) with the values of secret query parameters replaced."""
+        base, question, query = path.partition(b"?")
+        if not question:
+            return path
+        parts = []
+        for part in query.split(b"&"):
+            name, equals, _ = part.partition(b"=")
+            if equals and self.is_secret(unquote_plus(name.decode("latin-1"))):
+                part = name + b"=" + _REDACTED_URL_BYTES
+            parts.append(part)
+        return base + b"?" + b"&".join(parts)
+
+    def json_body(self, body: bytes) -> bytes:
+        """A JSON body with every string value under a secret name replaced, at any depth (objects under
+        such names, like a tool schema's `api_key` property, are searched, not replaced). Anything
+        that is not JSON, or holds no secret, comes back as the same bytes."""
+        if not body or body[:1] not in (b"{", b"["):
+            return body
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        if not self._redact_json(data):
+            return body
+        return orjson.dumps(data)
+
+    def _redact_json(self, data: Any) -> bool:
+        changed = False
+        pending = [data]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if isinstance(value, str) and value != REDACTED and self.is_secret(key):
+                        node[key] = REDACTED
+                        changed = True
+                    elif isinstance(value, dict | list):
+                        pending.append(value)
+            elif isinstance(node, list):
+                pending.extend(item for item in node if isinstance(item, dict | list))
+        return changed
+
+
+def url_for_log(url: str) -> str:
+    """A URL or path for log lines and error texts: query parameter names kept, every value hidden."""
+    base, question, query = url.partition("?")
+    if not question:
+        return url
+    names = [part.partition("=")[0] for part in query.split("&") if part]
+    return base + "?" + "&".join(f"{name}=…" for name in names)
+
+
+def carries_placeholder(value: bytes | str) -> bool:
+    raw = value.encode("latin-1", "replace") if isinstance(value, str) else value
+    return _REDACTED_BYTES in raw or _REDACTED_URL_BYTES in raw
