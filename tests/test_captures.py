@@ -2,6 +2,8 @@
 
 import errno
 import os
+import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -447,25 +449,28 @@ def test_a_killed_proxy_leaves_a_readable_capture(upstream, tmp_path):
     assert len(flows) == 2 and all(f.metadata["kimiwire"]["delivered"].endswith(b"[DONE]\n\n") for f in flows)
 
 
+def listening(pid: int) -> list[str]:
+    """The TCP addresses a process listens on (`ss -ltnp`)."""
+    done = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10)
+    return sorted(line.split()[3] for line in done.stdout.splitlines() if f"pid={pid}," in line)
+
+
 def test_mitmweb_shows_captured_flows_with_the_kimi_views(live, tmp_path):
-    web_port, proxy_port = free_port(), free_port()
+    """The README's recipe for reading a capture: `mitmweb -n -s addons/kimi.py -r FILE` opens the web UI on
+    127.0.0.1 and no proxy at all (plain `-r` would also open a forward proxy on every interface)."""
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to see what mitmweb listens on")
+    web_port = free_port()
     proc = subprocess.Popen(
         [
             str(ROOT / ".venv" / "bin" / "mitmweb"),
-            "-r",
-            str(live["capture"]),
+            "-n",
             "-s",
             str(ROOT / "addons" / "kimi.py"),
-            "--listen-host",
-            "127.0.0.1",
-            "-p",
-            str(proxy_port),
-            "--mode",
-            "reverse:http://127.0.0.1:9",
+            "-r",
+            str(live["capture"]),
             "--set",
             "web_open_browser=false",
-            "--set",
-            "web_host=127.0.0.1",
             "--set",
             f"web_port={web_port}",
             "--set",
@@ -482,7 +487,7 @@ def test_mitmweb_shows_captured_flows_with_the_kimi_views(live, tmp_path):
     headers = {"authorization": "Bearer test-pw"}
     try:
         flows = []
-        for _ in range(100):
+        for _ in range(300):
             try:
                 flows = httpx.get(f"http://127.0.0.1:{web_port}/flows", headers=headers, timeout=2).json()
                 if len(flows) == 2:
@@ -491,6 +496,7 @@ def test_mitmweb_shows_captured_flows_with_the_kimi_views(live, tmp_path):
                 pass
             time.sleep(0.1)
         assert len(flows) == 2
+        assert listening(proc.pid) == [f"127.0.0.1:{web_port}"]
         assert flows[0]["marked"] and "ids.call=1" in flows[0]["comment"]
         base = f"http://127.0.0.1:{web_port}/flows/{flows[0]['id']}"
         response = httpx.get(f"{base}/response/content/auto.json", headers=headers, timeout=5).json()
@@ -502,3 +508,40 @@ def test_mitmweb_shows_captured_flows_with_the_kimi_views(live, tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+_COMMAND = re.compile(r"^(?:\w+=\S+\s+)*(?:\S*/)?(mitmdump|mitmweb)\s")
+
+
+def command_lines(markdown: str) -> list[str]:
+    """mitmdump and mitmweb command lines in a markdown text: code spans and code blocks
+    (with backslash continuations joined)."""
+    found = [span for span in re.findall(r"`([^`\n]+)`", markdown) if _COMMAND.match(span)]
+    for block in re.findall(r"```\n(.*?)```", markdown, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if _COMMAND.match(line.strip()):
+                found.append(line.strip())
+    return found
+
+
+@pytest.mark.parametrize("document", ["README.md", "captures/README.md"])
+def test_documented_command_lines_listen_on_loopback_only(document):
+    lines = command_lines((ROOT / document).read_text())
+    assert lines  # the documents do show command lines
+    for line in lines:
+        words = line.split()
+        assert "-n" in words or "--listen-host 127.0.0.1" in line, line
+        if "mitmweb" in line and "-n" not in words:
+            assert "--web-host 127.0.0.1" in line, line
+
+
+def test_scripts_listen_on_loopback_only():
+    run = (ROOT / "scripts" / "run").read_text()
+    assert 'host="127.0.0.1"' in run and '--listen-host "$host"' in run
+    for hint in re.findall(r"mitmweb [^)]*", run):
+        assert " -n " in hint, hint
+    assert '"--listen-host",\n            "127.0.0.1",' in (ROOT / "scripts" / "bench.py").read_text()
+    for script in ("demo.py", "e2e_openclaw.py"):  # through tests/support/mitm.py
+        text = (ROOT / "scripts" / script).read_text()
+        assert "Mitmdump(" in text and "--listen-host" not in text
+    assert '"--listen-host",\n            "127.0.0.1",' in (ROOT / "tests" / "support" / "mitm.py").read_text()
