@@ -41,6 +41,7 @@ class TurnPlan:
     history_calls: int = 0  # tool calls in the request's history: the next id's number
     poisoned_by: str | None = None  # the broken id the model copied, if it did
     tools_declared: bool = True  # the request declared tools (SGLang parses calls only then)
+    empty_tool_arrays: bool = False  # a turn fault: empty `tool_calls: []` deltas (vllm#54701)
 
     @property
     def finish_reason(self) -> str:

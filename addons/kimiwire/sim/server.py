@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,8 @@ import orjson
 from kimiwire.wire.openai_errors import error_object
 
 from .model import plan_turn
-from .settings import SimSettings, settings_for_request
-from .shapes import DONE, completion_body, poisoned_plan, stream_chunks
+from .settings import SimSettings, settings_for_request, turn_fault
+from .shapes import DONE, completion_body, faulty_plan, poisoned_plan, stream_chunks
 
 SETTINGS_HEADER = "x-kimi-sim"
 
@@ -40,10 +41,14 @@ class SimRequest:
     settings: str
     tool_call_ids: list[str] = field(default_factory=list)
     poisoned_by: str | None = None
+    attempt: int = 1  # how many identical requests (this one included) the simulator has seen
+    raw: bytes = b""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "at": self.at,
+            "attempt": self.attempt,
+            "sha256": hashlib.sha256(self.raw).hexdigest(),
             "path": self.path,
             "settings": self.settings,
             "tool_call_ids": self.tool_call_ids,
@@ -53,7 +58,16 @@ class SimRequest:
 
 
 def _status_line(code: int) -> bytes:
-    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
+    reasons = {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        429: "Too Many Requests",
+        500: "Internal Server Error",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }
     return f"HTTP/1.1 {code} {reasons.get(code, 'Error')}\r\n".encode()
 
 
@@ -123,11 +137,13 @@ class HttpServer:
     ) -> bool:
         raise NotImplementedError
 
-    async def _json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> bool:
+    async def _json(
+        self, writer: asyncio.StreamWriter, status: int, payload: Any, extra: list[tuple[str, str]] | None = None
+    ) -> bool:
         data = orjson.dumps(payload)
         writer.write(
             _status_line(status)
-            + _headers([("content-type", "application/json"), ("content-length", str(len(data)))])
+            + _headers([("content-type", "application/json"), ("content-length", str(len(data))), *(extra or [])])
             + data
         )
         await writer.drain()
@@ -141,6 +157,15 @@ class Simulator(HttpServer):
         self.defaults.validate()
         self.requests: deque[SimRequest] = deque(maxlen=2000)
         self._counter = 0
+        self._attempts: OrderedDict[bytes, int] = OrderedDict()  # per identical request: turn faults
+
+    def _attempt(self, header: str | None, body: bytes) -> int:
+        key = hashlib.sha256((header or "").encode() + b"\0" + body).digest()
+        count = self._attempts.pop(key, 0) + 1
+        self._attempts[key] = count
+        if len(self._attempts) > 10_000:
+            self._attempts.popitem(last=False)
+        return count
 
     async def _respond(
         self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
@@ -182,6 +207,7 @@ class Simulator(HttpServer):
             if isinstance(c, dict)
         ]
         _, leaked = poisoned_plan(plan, settings)
+        attempt = self._attempt(headers.get(SETTINGS_HEADER), body)
         self.requests.append(
             SimRequest(
                 time.time(),
@@ -190,10 +216,18 @@ class Simulator(HttpServer):
                 headers.get(SETTINGS_HEADER, ""),
                 ids,
                 plan.poisoned_by if leaked is not None else None,
+                attempt,
+                body,
             )
         )
         self._counter += 1
         request_id = f"chatcmpl-sim{self._counter:06d}"
+        kind, failing, code = turn_fault(settings.fault)
+        if kind != "none":
+            if attempt > failing:
+                settings = settings.with_overrides("fault=none")
+            else:
+                return await self._turn_fault(writer, request, plan, settings, kind, code, request_id)
         fault, _, argument = settings.fault.partition(":")
         if fault == "slow-first-byte":
             await asyncio.sleep(float(argument))
@@ -210,6 +244,43 @@ class Simulator(HttpServer):
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         chunks = stream_chunks(plan, settings, model, include_usage, request_id)
         return await self._stream(writer, chunks, settings, fault, argument)
+
+    async def _turn_fault(
+        self,
+        writer: asyncio.StreamWriter,
+        request: dict[str, Any],
+        plan: Any,
+        settings: SimSettings,
+        kind: str,
+        code: int,
+        request_id: str,
+    ) -> bool:
+        """A failing attempt of a turn fault (see settings.TURN_FAULTS)."""
+        if kind == "refuse":
+            _reset(writer)
+            return False
+        if kind == "status":
+            extra = [("retry-after", "0")] if code == 429 else []
+            return await self._json(
+                writer, code, error_object(f"simulated HTTP {code}", "simulated_error", code), extra
+            )
+        streamed = request.get("stream") is True
+        model = str(request.get("model") or "kimi-k2-thinking")
+        clean = settings.with_overrides("fault=none")
+        if kind == "stall-first":
+            if not streamed:
+                await asyncio.sleep(settings.hold)
+                return False
+            chunks = stream_chunks(plan, clean, model, False, request_id)
+            return await self._stream(writer, chunks, clean, "stall", "1")
+        if kind == "empty-tool-arrays" and not streamed:  # vllm#54701: non-streamed is correct
+            return await self._json(writer, 200, completion_body(plan, clean, model, request_id))
+        broken = faulty_plan(plan, kind)
+        if not streamed:
+            return await self._json(writer, 200, completion_body(broken, clean, model, request_id))
+        stream_options = request.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        return await self._stream(writer, stream_chunks(broken, clean, model, include_usage, request_id), clean, "", "")
 
     async def _stream(
         self, writer: asyncio.StreamWriter, chunks: list[Any], settings: SimSettings, fault: str, argument: str

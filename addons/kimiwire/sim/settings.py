@@ -26,13 +26,16 @@ class SimSettings:
     whole: bool = False  # every call whole, in one chunk
     reasoning: bool = True
     broken_history: str = "markup"  # what a model fed non-canonical ids does: markup | empty | off
-    fault: str = "none"  # none | stall:N | done-open | reset:N | status:CODE | slow-first-byte:SECONDS
+    # none | stall:N | done-open | reset:N | status:CODE | slow-first-byte:SECONDS, or a turn fault
+    # that fails the first N attempts of a turn (see TURN_FAULTS): empty:N, status:CODE:N, ...
+    fault: str = "none"
     delay: float = 0.0  # seconds between events
     hold: float = 300.0  # how long stall and done-open keep the connection
     answer_events: int = 0  # > 0: text answers are this many one-token content events (benchmarks)
     stamp: bool = False  # put the send time (monotonic ns) in every chunk as `sent_at` (benchmarks)
     leak: str = "none"  # none | consumed | consumed-functions | in-arguments | untooled
     think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
+    run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests
 
     def with_overrides(self, text: str) -> SimSettings:
         """Apply `key=value` / `flag` items separated by commas or semicolons."""
@@ -69,14 +72,43 @@ class SimSettings:
         if self.think not in THINKS:
             raise ValueError(f"think must be one of {', '.join(THINKS)}")
         kind, _, argument = self.fault.partition(":")
-        if kind not in ("none", "stall", "done-open", "reset", "status", "slow-first-byte"):
+        if kind in TURN_FAULTS or (kind == "status" and argument.count(":") == 1):
+            turn_fault(self.fault)
+        elif kind not in ("none", "stall", "done-open", "reset", "status", "slow-first-byte"):
             raise ValueError(f"unknown fault {self.fault!r}")
-        if kind in ("stall", "reset", "status"):
+        elif kind in ("stall", "reset", "status"):
             int(argument)
         if kind == "slow-first-byte":
             float(argument)
         if self.fragments < 1:
             raise ValueError("fragments must be at least 1")
+
+
+# Faults that fail the first N attempts of a turn (attempts counted per identical request), then
+# let it answer; each as the server that reported it sends it (render it in that shape).
+TURN_FAULTS = {
+    "empty": "sglang#23341, MoonshotAI/Kimi-K2.5#9 (SGLang): role chunk, finish stop with matched_stop, usage only",
+    "reasoning-only": "vllm-ascend#9361, vllm#33654 (vLLM): reasoning, then stop with no content and no call",
+    "empty-tool-arrays": "vllm#54701 (vLLM 0.19, streams only): only `tool_calls: []` deltas, finish tool_calls",
+    "status": "status:CODE:N: an OpenAI-style error with HTTP CODE (429 with Retry-After: 0)",
+    "refuse": "the connection is reset before any response",
+    "stall-first": "headers and the role chunk, then nothing (the connection stays open)",
+    "invalid-call": "anomalyco/opencode#37297 (vLLM, K2.6): Kimi markup nested in a call's arguments",
+    "schema-violation": "MoonshotAI/K2-Vendor-Verifier: arguments that are JSON but break the declared schema",
+}
+
+
+def turn_fault(fault: str) -> tuple[str, int, int]:
+    """(kind, failing attempts N, status code or 0) of a turn fault; ("none", 0, 0) for others."""
+    kind, _, argument = fault.partition(":")
+    if kind == "status":
+        code, _, count = argument.partition(":")
+        if not count:
+            return "none", 0, 0
+        return kind, int(count), int(code)
+    if kind not in TURN_FAULTS:
+        return "none", 0, 0
+    return kind, int(argument or 1), 0
 
 
 def settings_for_request(defaults: SimSettings, header: str | None, model: str | None) -> SimSettings:

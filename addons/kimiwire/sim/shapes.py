@@ -10,6 +10,9 @@ Shapes, from the shared notes (kimi-wire-format.md §3-4, §6-7; openclaw-client
   inside `choices[0]` of the finish chunk.
 - deepinfra: no DeepInfra-specific quirk is documented (§6); OpenAI-like deltas with `index` on
   every fragment and `reasoning_content` (as opencode declares for DeepInfra's Kimi models).
+Turn faults (settings.TURN_FAULTS): `faulty_plan` turns a planned turn into the broken one a
+server reported; `stream_chunks` renders the empty-`tool_calls` deltas of vllm#54701 and SGLang's
+`matched_stop` on an empty turn (sglang#23341).
 Fragmentation: N argument fragments, reasoning deltas between fragments, interleaved parallel
 calls, or every call whole in one chunk. A model poisoned by broken history writes raw markup.
 
@@ -128,6 +131,42 @@ def poisoned_plan(plan: TurnPlan, settings: SimSettings) -> tuple[TurnPlan, str 
     return replace(plan, content=text, calls=[]), text
 
 
+SGLANG_EOS_TOKEN = 163586  # `<|im_end|>` of Kimi K2's tokenizer: what sglang#23341's `matched_stop` shows
+
+
+def faulty_plan(plan: TurnPlan, kind: str) -> TurnPlan:
+    """The turn a failing attempt sends instead of `plan` (content-level turn faults)."""
+    if kind == "empty":
+        return replace(plan, reasoning="", content="", calls=[])
+    if kind == "reasoning-only":
+        return replace(plan, reasoning=plan.reasoning or "Thinking about it.", content="", calls=[])
+    if kind == "empty-tool-arrays":
+        return replace(plan, reasoning="", content="", calls=[], empty_tool_arrays=True)
+    if kind in ("invalid-call", "schema-violation") and plan.calls:
+        calls = [
+            PlannedCall(c.name, _nested_markup(c, plan.history_calls + i) if kind == "invalid-call" else _renamed(c))
+            for i, c in enumerate(plan.calls)
+        ]
+        return replace(plan, calls=calls)
+    return plan
+
+
+def _nested_markup(call: PlannedCall, number: int) -> str:
+    """opencode#37297: the next call's markup written into a string of this call's arguments."""
+    arguments = orjson.loads(call.arguments)
+    key = next((k for k, v in arguments.items() if isinstance(v, str)), None)
+    markup = f" <|tool_calls_section_begin|><|tool_call_begin|>functions.{call.name}:{number + 1}"
+    if key is None:
+        return call.arguments[:-1] + markup
+    arguments[key] += markup + "<|tool_call_argument_begin|>"
+    return orjson.dumps(arguments).decode()
+
+
+def _renamed(call: PlannedCall) -> str:
+    """Every key misspelt: valid JSON that misses the schema's required properties."""
+    return orjson.dumps({f"{k}_name": v for k, v in orjson.loads(call.arguments).items()}).decode()
+
+
 def _usage(plan: TurnPlan) -> dict[str, int]:
     completion = len(plan.reasoning) // 4 + len(plan.content) // 4 + 8 * len(plan.calls)
     return {"prompt_tokens": 100, "completion_tokens": completion, "total_tokens": 100 + completion}
@@ -206,11 +245,18 @@ def stream_chunks(
         content_pieces = _pieces(content, 4)
     chunks += [chunk({"content": piece}) for piece in content_pieces]
     chunks += [chunk(delta) for delta in _tool_deltas(plan.calls, plan, settings)]
+    finish = plan.finish_reason
+    extra: dict[str, Any] = {}
+    if plan.empty_tool_arrays:
+        chunks += [chunk({"tool_calls": []}) for _ in range(3)]
+        finish = "tool_calls"
+    elif settings.shape == "sglang" and not (plan.calls or plan.content or plan.reasoning):
+        extra["matched_stop"] = SGLANG_EOS_TOKEN
     usage = _usage(plan)
     if settings.shape == "moonshot":
-        chunks.append(chunk({}, plan.finish_reason, usage=usage))
+        chunks.append(chunk({}, finish, usage=usage))
     else:
-        chunks.append(chunk({}, plan.finish_reason))
+        chunks.append(chunk({}, finish, **extra))
         if include_usage:
             chunks.append({**base, "choices": [], "usage": usage})
     chunks.append(DONE)
@@ -237,6 +283,8 @@ def completion_body(plan: TurnPlan, settings: SimSettings, model: str, request_i
             for i, c in enumerate(plan.calls)
         ]
     choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}
+    if settings.shape == "sglang" and not (plan.calls or plan.content or plan.reasoning):
+        choice["matched_stop"] = SGLANG_EOS_TOKEN
     usage = _usage(plan)
     if settings.shape == "moonshot":
         choice["usage"] = usage

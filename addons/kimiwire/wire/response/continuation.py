@@ -1,0 +1,68 @@
+"""A retry's repaired stream, continued into the response the client already has (sans-IO).
+
+The client keeps one response: one role chunk, one `[DONE]`, one chunk id. A retry's events are
+rewritten so they read as the rest of the first attempt: the chunk-level `id`, `created`, `model`
+and `system_fingerprint` become the first attempt's, and the role goes once (a chunk left with
+nothing but the role, or the role and an empty content, is dropped). Tool-call indexes and ids
+need nothing: every attempt gets a fresh repairer, which numbers calls from 0 and gives them the
+canonical ids of the request's history, exactly as the first attempt would have.
+
+Reasoning that already reached the client (a reasoning-only first attempt) stays; the retry's
+reasoning follows it, so the client's assembled message holds both, then the retry's answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from kimiwire.wire.sse import SSEDecoder, encode_data
+
+
+class Continuation:
+    def __init__(self, template: dict[str, Any], role_delivered: bool) -> None:
+        self.template = dict(template)
+        self.role_delivered = role_delivered
+        self._decoder = SSEDecoder()
+
+    def rewrite(self, events: list[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for event in events:
+            for sse in self._decoder.feed(event):
+                if sse.data is None:
+                    out.append(sse.raw)
+                    continue
+                try:
+                    chunk = orjson.loads(sse.data)
+                except orjson.JSONDecodeError:
+                    out.append(sse.raw)
+                    continue
+                if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+                    out.append(sse.raw)
+                    continue
+                kept = self._chunk(chunk)
+                if kept is not None:
+                    out.append(encode_data(orjson.dumps(kept)))
+        return out
+
+    def _chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.template:
+            self.template = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint") if k in chunk}
+        chunk.update(self.template)
+        choices: list[Any] = []
+        for choice in chunk["choices"]:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and "role" in delta:
+                if self.role_delivered:
+                    del delta["role"]
+                    empty = all(value in (None, "") for value in delta.values())
+                    if empty and choice.get("finish_reason") is None and not choice.get("logprobs"):
+                        continue
+                else:
+                    self.role_delivered = True
+            choices.append(choice)
+        if not choices and chunk.get("usage") is None and chunk["choices"]:
+            return None
+        chunk["choices"] = choices
+        return chunk

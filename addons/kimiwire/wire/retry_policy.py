@@ -1,0 +1,128 @@
+"""When the proxy asks the upstream again, and how long it waits first (pure: no clock, no IO).
+
+Reasons a turn is retried (`kimi_retry_on`, a comma list):
+- `empty`: the turn ended with no content and no tool call (also a turn of empty `tool_calls: []`
+  deltas, vllm#54701; SGLang's role-chunk-then-stop turn, sglang#23341, MoonshotAI/Kimi-K2.5#9);
+- `reasoning_only`: reasoning, then an end with no content and no call (vllm-ascend#9361, vllm#33654);
+- `stall`: headers came but no content or tool call before the first-event or idle timeout;
+- `connect`: refused, reset, TLS or DNS failure before response headers;
+- `status`: 429, 500, 502, 503 or 504 before anything was delivered (Retry-After honoured);
+- `invalid_call`: the turn's only output is tool calls and one of them is unusable after repair
+  (arguments that do not parse to an object, Kimi markup left in them);
+- `schema` (opt-in): a call's arguments violate the JSON schema the request declared.
+
+Attempts are bounded twice: `retries` extra attempts, and `budget` seconds for all attempts of one
+flow. Between attempts: exponential backoff with full jitter (base `backoff`, doubling), or the
+upstream's Retry-After when it asks for longer; an attempt that could not start within the budget
+is not made.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+from dataclasses import dataclass
+
+RETRY_REASONS = ("empty", "reasoning_only", "stall", "connect", "status", "invalid_call", "schema")
+DEFAULT_RETRY_ON = "empty,reasoning_only,stall,connect,status,invalid_call"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    reasons: frozenset[str] = frozenset(DEFAULT_RETRY_ON.split(","))
+    retries: int = 2
+    budget: float = 120.0
+    backoff: float = 0.5
+    stream: bool = True  # a retry of a streamed request is streamed too (False: sent non-streamed)
+
+    @classmethod
+    def parse(
+        cls, retry_on: str, retries: int, budget: float, backoff: float = 0.5, stream: bool = True
+    ) -> RetryPolicy:
+        reasons = frozenset(item.strip() for item in retry_on.split(",") if item.strip())
+        unknown = sorted(reasons - set(RETRY_REASONS))
+        if unknown:
+            raise ValueError(f"kimi_retry_on: unknown reason {', '.join(unknown)} (known: {', '.join(RETRY_REASONS)})")
+        if retries < 0:
+            raise ValueError("kimi_retries must be 0 or more")
+        return cls(reasons, retries, budget, backoff, stream)
+
+    @property
+    def active(self) -> bool:
+        """Anything is watched at all (`kimi_retry_on=` empty: today's pass-through)."""
+        return bool(self.reasons)
+
+    def watches(self, reason: str) -> bool:
+        return reason in self.reasons
+
+    def turn_checks(self) -> frozenset[str]:
+        """The turn verdicts that are acted on (retried, or made explicit when attempts run out)."""
+        return self.reasons & {"empty", "reasoning_only", "invalid_call", "schema"}
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "retry_on": sorted(self.reasons),
+            "retries": self.retries,
+            "budget": self.budget,
+            "backoff": self.backoff,
+            "stream": self.stream,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    retry: bool
+    delay: float = 0.0
+    why_not: str | None = None
+
+
+def backoff_delay(attempt: int, base: float, jitter: float) -> float:
+    """Full jitter: a uniform share (`jitter` in [0, 1)) of base * 2^(attempt-1), capped.
+    `attempt` is the number of the attempt that just failed, from 1."""
+    ceiling = min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1))
+    return ceiling * min(max(jitter, 0.0), 1.0)
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A Retry-After header (delta-seconds or an HTTP date) as seconds from `now` (epoch)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - now
+    if math.isnan(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def decide(
+    policy: RetryPolicy,
+    reason: str,
+    attempts_made: int,
+    elapsed: float,
+    jitter: float,
+    retry_after: float | None = None,
+) -> RetryDecision:
+    """Whether to make another attempt after attempt number `attempts_made` failed for `reason`,
+    `elapsed` seconds after the flow started, and how long to wait before it."""
+    if not policy.watches(reason):
+        return RetryDecision(False, why_not=f"{reason} is not in kimi_retry_on")
+    if attempts_made > policy.retries:
+        return RetryDecision(False, why_not=f"{policy.retries} retries used")
+    delay = backoff_delay(attempts_made, policy.backoff, jitter)
+    if retry_after is not None and retry_after > delay:
+        delay = retry_after
+    remaining = policy.budget - elapsed
+    if delay >= remaining:
+        return RetryDecision(False, why_not=f"the retry budget of {policy.budget:g} s would be exceeded")
+    return RetryDecision(True, delay)
