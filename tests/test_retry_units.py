@@ -252,6 +252,9 @@ def test_a_retry_continues_the_first_response_with_one_role_chunk():
     assert [c["id"] for c in parsed] == ["chatcmpl-first", "chatcmpl-first"]
     assert all("role" not in c["choices"][0]["delta"] for c in parsed)
     assert data(out)[-1] == b"[DONE]"
+    thought = Stream().chunk({"reasoning": "Again."}).chunk({"reasoning": " More."}).events
+    after_reasoning = chunks(Continuation(first, True, reasoning_delivered=True).rewrite(thought))
+    assert [c["choices"][0]["delta"]["reasoning"] for c in after_reasoning] == ["\n\nAgain.", " More."]
     fresh = chunks(Continuation(first, role_delivered=False).rewrite(retry))
     assert fresh[0]["choices"][0]["delta"]["role"] == "assistant" and len(fresh) == 3
 

@@ -123,6 +123,7 @@ for (let turn = 1; turn <= maxTurns; turn++) {
     error: thrown ?? final?.errorMessage ?? null,
     calls: calls.map((c) => ({ id: c.id, name: c.name, arguments: c.arguments })),
     text,
+    thinking: (final?.content ?? []).filter((b) => b.type === "thinking").map((b) => b.thinking),
   });
   if (thrown || !final || final.stopReason === "error" || final.stopReason === "aborted") {
     report.outcome = `error: ${thrown ?? final?.errorMessage ?? final?.stopReason}`;

@@ -9,6 +9,7 @@ created in the request hook, found by flow id in the later hooks, dropped when t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -22,6 +23,17 @@ from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
+from kimiwire.mitm.retry import (
+    Attempt,
+    ClientGone,
+    Failure,
+    Retrier,
+    Sink,
+    Success,
+    client_gone,
+    final_events,
+    retry_error_message,
+)
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges, replay_credentials
@@ -33,13 +45,17 @@ from kimiwire.wire.content_decoding import (
     decode_body,
 )
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.openai_errors import error_body
+from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
 from kimiwire.wire.redaction import Redactor, carries_placeholder, url_for_log
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
+from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, retry_after_seconds
+from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
 
 logger = logging.getLogger("kimiwire")
@@ -84,6 +100,7 @@ class KimiWire:
         self.capture_problem: str | None = None
         self.redactor = Redactor()
         self.replay_credential: str | None = None
+        self.retrier = Retrier(self.counts)
 
     # -- options ---------------------------------------------------------------------------
 
@@ -114,6 +131,7 @@ class KimiWire:
             "0 disables.",
         )
         self._load_ending_options(loader)
+        self._load_retry_options(loader)
         loader.add_option(
             "kimi_lazy_connect",
             bool,
@@ -196,7 +214,52 @@ class KimiWire:
             "for the first event); 0 disables.",
         )
 
+    def _load_retry_options(self, loader: Any) -> None:
+        loader.add_option(
+            "kimi_retry_on",
+            str,
+            DEFAULT_RETRY_ON,
+            "When to ask the upstream again, a comma list of: empty, reasoning_only, stall, connect, status, "
+            "invalid_call, schema (opt-in). Empty: no retries and no checks (empty turns pass as they come).",
+        )
+        loader.add_option("kimi_retries", int, 2, "Extra attempts per request after the first (0: none).")
+        loader.add_option(
+            "kimi_retry_budget", str, "120", "Seconds for all attempts of one request, counted from the request."
+        )
+        loader.add_option(
+            "kimi_retry_backoff",
+            str,
+            "0.5",
+            "Seconds of the first backoff between attempts; it doubles per attempt, with full jitter "
+            "(a longer Retry-After is honoured within the budget).",
+        )
+        loader.add_option(
+            "kimi_retry_stream",
+            bool,
+            True,
+            "Retries of a streamed request are streamed; false sends them non-streamed and delivers the answer "
+            "as SSE (vLLM's parser loses calls under load only when streaming, vllm#54701).",
+        )
+
     def configure(self, updated: set[str]) -> None:
+        retry_options = {
+            "kimi_retry_on",
+            "kimi_retries",
+            "kimi_retry_budget",
+            "kimi_retry_backoff",
+            "kimi_retry_stream",
+        }
+        if updated & retry_options:
+            try:
+                self.retrier.policy = RetryPolicy.parse(
+                    ctx.options.kimi_retry_on,
+                    ctx.options.kimi_retries,
+                    parse_seconds(ctx.options.kimi_retry_budget, "kimi_retry_budget"),
+                    parse_seconds(ctx.options.kimi_retry_backoff, "kimi_retry_backoff"),
+                    ctx.options.kimi_retry_stream,
+                )
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
         if updated & set(_SECONDS_OPTIONS):
             try:
                 self.limits = EndingLimits(
@@ -206,6 +269,7 @@ class KimiWire:
                 )
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
+            self.retrier.limits = self.limits
         # mitmproxy does not enforce `choices` for --set, so validate here (exits at startup).
         for name, choices in _CHOICE_OPTIONS.items():
             if name in updated and getattr(ctx.options, name) not in choices:
@@ -281,8 +345,9 @@ class KimiWire:
                 "repairs": {
                     k: v
                     for k, v in sorted(counts.items())
-                    if "." in k and k.split(".")[0] not in ("flows", "bytes", "ending", "addon")
+                    if "." in k and k.split(".")[0] not in ("flows", "bytes", "ending", "addon", "retry")
                 },
+                "retries": {k[6:]: v for k, v in sorted(counts.items()) if k.startswith("retry.")},
                 "endings": {k[7:]: v for k, v in sorted(counts.items()) if k.startswith("ending.")},
                 "active_tasks": self.active_tasks,
                 "captured": self.capture.flows_written if self.capture else 0,
@@ -557,6 +622,17 @@ class KimiWire:
             response.headers["transfer-encoding"] = "chunked"
         repairer = StreamRepairer(facts, policy)
         on_error = lambda exc: self._record_error(flow, "stream repair", exc)  # noqa: E731
+        retry = self.retrier.policy
+        gate = None
+        if (retry.turn_checks() or retry.watches("stall")) and proxy_internals.usable():
+            gate = TurnGate(
+                facts,
+                retry.turn_checks(),
+                policy.tool_stream == "whole",
+                policy.stream_buffer_limit,
+                retry.watches("stall"),
+            )
+        retrying = {"gate": gate, "retry_stall": retry.watches("stall")}
         if encoding:
             # Asked for identity, sent compressed anyway: decode it, so the client gets a
             # repaired, timed stream (identity) and the capture a readable body.
@@ -565,9 +641,11 @@ class KimiWire:
             state.upstream_headers = response.headers.fields
             state.record["upstream_content_encoding"] = encoding
             decoder = BodyDecoder(encoding, max(policy.stream_buffer_limit, _MIN_DECODED_CHUNK))
-            stream: RepairingStream = DecodingStream(repairer, decoder, on_error=on_error, limits=self.limits)
+            stream: RepairingStream = DecodingStream(
+                repairer, decoder, on_error=on_error, limits=self.limits, **retrying
+            )
         else:
-            stream = RepairingStream(repairer, on_error=on_error, limits=self.limits)
+            stream = RepairingStream(repairer, on_error=on_error, limits=self.limits, **retrying)
         response.stream = state.stream = stream
         if _loop_running():
             watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason))
@@ -600,11 +678,170 @@ class KimiWire:
         except Exception as exc:
             self._record_error(flow, where, exc)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Any:
         if not flow.live or flow.response is None or self._shut_down:
-            return
+            return None
+        try:
+            retry = self._retry_for_response(flow)
+        except Exception as exc:
+            self._record_error(flow, "retry", exc)
+            retry = None
+        if retry is not None:
+            return self._response_after(flow, retry)  # mitmproxy awaits it before answering the client
         self._guarded(flow, "response repair", self._finish_response)
         self._flow_over(flow)
+        return None
+
+    async def _response_after(self, flow: http.HTTPFlow, retry: Any) -> None:
+        await retry
+        self._guarded(flow, "response repair", self._finish_response)
+        self._flow_over(flow)
+
+    # -- retries (issue 13; the mechanism is described in mitm/retry.py) ----------------------
+
+    def _retry_for_response(self, flow: http.HTTPFlow) -> Any:
+        """The retry a finished response needs (a coroutine), or None."""
+        state = self.flows.get(flow)
+        context = state.repairs_context if state is not None else None
+        if state is None or context is None:
+            return None
+        response = flow.response
+        assert response is not None
+        stream = state.stream
+        if stream is not None:
+            return self._retry_stream(state, stream) if stream.failed_turn is not None else None
+        policy = self.retrier.policy
+        if not policy.active:
+            return None
+        facts, wire_policy = context
+        status = response.status_code
+        if status in RETRY_STATUSES and policy.watches("status"):
+            raw = response.raw_content or b""
+            failure = Failure(
+                "status",
+                retry_error_message(raw, status),
+                retry_after_seconds(response.headers.get("retry-after"), time.time()),
+                status,
+                raw,
+            )
+        elif status == 200 and not facts.stream and chat_exchanges.is_json(response.headers.get("content-type", "")):
+            _, failure = self.retrier.judge_completion(response.get_content(strict=False) or b"", facts, wire_policy)
+            if failure is None:
+                return None
+            failure.body = response.raw_content or b""
+        else:
+            return None
+        return self._retry_buffered(state, facts, wire_policy, failure)
+
+    def _first_attempt(self, state: FlowState, failure: Failure, status: int | None, body: bytes) -> None:
+        first = Attempt(1, "first", started=state.flow.request.timestamp_start, status=status)
+        first.seconds = time.time() - first.started
+        first.outcome, first.detail, first.body = failure.kind, failure.detail, body
+        state.record["attempts"] = [first.as_dict()]
+        self.counts[f"retry.failed.{failure.kind}"] += 1
+
+    async def _retry_stream(self, state: FlowState, stream: RepairingStream) -> None:
+        """The first attempt's streamed turn gave no answer: retry into the client's open body."""
+        flow = state.flow
+        gate, verdict, context = stream.gate, stream.failed_turn, state.repairs_context
+        assert context is not None and gate is not None and verdict is not None
+        facts, wire_policy = context
+        failure = Failure(verdict.kind, verdict.detail, fallback=gate.discard())
+        self._first_attempt(
+            state, failure, flow.response.status_code if flow.response else None, bytes(stream.upstream)
+        )
+        continuation = Continuation(gate.template, gate.role_delivered, gate.seen.reasoning_chars > 0)
+        sink = Sink(flow, live=True, delivered=stream.delivered)
+        success: list[Success] = []
+        try:
+            last, made = await self.retrier.run(
+                flow,
+                state.record,
+                failure,
+                lambda current: self.retrier.stream_attempt(
+                    flow, current, facts, wire_policy, continuation, sink, success
+                ),
+            )
+            if last is not None:
+                await sink.send(final_events(last, made))
+                self._ending(state, f"retries_exhausted:{last.kind}")
+            else:
+                self._ending(state, "retried")
+        except ClientGone:
+            self._ending(state, "client_disconnected")
+        except Exception as exc:
+            self._record_error(flow, "retry", exc)
+            with contextlib.suppress(Exception):
+                await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
+        if success:  # the capture's response body: what the answering attempt sent
+            stream.upstream = bytearray(success[-1].body)
+
+    async def _retry_buffered(
+        self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
+    ) -> None:
+        """Nothing has reached the client yet (a non-streamed turn, or an error status): retry and
+        replace the response before mitmproxy sends it."""
+        response = state.flow.response
+        assert response is not None
+        self._first_attempt(state, failure, response.status_code, response.raw_content or b"")
+        success: list[Success] = []
+        sink = Sink(state.flow, live=False)
+        try:
+            last, made = await self._buffered_attempts(state, facts, wire_policy, failure, sink, success)
+        except ClientGone:
+            self._ending(state, "client_disconnected")
+            return
+        if last is None:
+            self._ending(state, "retried")
+            answer = success[-1]
+            if facts.stream:
+                _replace(response, 200, answer.headers, bytes(sink.delivered))
+            else:
+                _replace(response, answer.status, answer.headers, answer.body)
+            return
+        self._ending(state, f"retries_exhausted:{last.kind}")
+        if facts.stream and last.kind not in ("status", "connect", "stall"):
+            _replace(response, 200, [(b"content-type", b"text/event-stream")], bytes(sink.delivered))
+            response.content += b"".join(final_events(last, made))
+        elif last.kind in ("invalid_call", "schema") and last.body:
+            _replace(response, 200, [(b"content-type", b"application/json")], last.body)
+        elif last.kind == "status" and last.status is not None:
+            if last.body is not failure.body:
+                _replace(response, last.status, [(b"content-type", b"application/json")], last.body)
+        else:
+            status = 504 if last.kind == "stall" else 502
+            error_type = "upstream_empty_turn" if last.kind in ("empty", "reasoning_only") else "upstream_error"
+            message = f"kimiwire: no answer from the upstream after {made} attempt(s): {last.kind}: {last.detail}"
+            _replace(
+                response, status, [(b"content-type", b"application/json")], error_body(message, error_type, status)
+            )
+
+    def _buffered_attempts(
+        self,
+        state: FlowState,
+        facts: RequestFacts,
+        wire_policy: Policy,
+        failure: Failure,
+        sink: Sink,
+        success: list[Success],
+    ) -> Any:
+        flow = state.flow
+        if facts.stream:
+            continuation = Continuation({}, False)
+            return self.retrier.run(
+                flow,
+                state.record,
+                failure,
+                lambda current: self.retrier.stream_attempt(
+                    flow, current, facts, wire_policy, continuation, sink, success
+                ),
+            )
+        return self.retrier.run(
+            flow,
+            state.record,
+            failure,
+            lambda current: self.retrier.completion_attempt(flow, current, facts, wire_policy, success),
+        )
 
     def _flow_over(self, flow: http.HTTPFlow) -> None:
         """Count the flow's bytes, write it to the capture file and forget its state; never raises."""
@@ -684,11 +921,77 @@ class KimiWire:
             state.record["delivered"] = new_body
         self._record_repairs(flow, "response", log)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Any:
         if not flow.live or self._shut_down:
-            return
+            return None
+        try:
+            retry = self._retry_for_error(flow)
+        except Exception as exc:
+            self._record_error(flow, "retry", exc)
+            retry = None
+        if retry is not None:
+            return self._error_after(flow, retry)
         self._guarded(flow, "error hook", self._on_error)
         self._flow_over(flow)
+        return None
+
+    async def _error_after(self, flow: http.HTTPFlow, retry: Any) -> None:
+        await retry
+        self._guarded(flow, "error hook", self._on_error)
+        self._flow_over(flow)
+
+    def _retry_for_error(self, flow: http.HTTPFlow) -> Any:
+        """A failure before response headers (refused, reset, TLS, DNS, first-byte timeout) is
+        retried when the answer can reach the client (kimi_json_errors' answer path)."""
+        message = flow.error.msg if flow.error else ""
+        state = self.flows.get(flow)
+        context = state.repairs_context if state is not None else None
+        if state is None or context is None or flow.response is not None or "client disconnect" in message.lower():
+            return None
+        kind = "stall" if state.record.get("ending") == "first_byte_timeout" else "connect"
+        if not self.retrier.policy.watches(kind) or not ctx.options.kimi_json_errors:
+            return None
+        if not proxy_internals.install_error_answers() or client_gone(flow):
+            return None
+        return self._retry_before_headers(state, *context, Failure(kind, message or "no response"))
+
+    async def _retry_before_headers(
+        self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
+    ) -> None:
+        state.release()  # the first-byte watch must not answer while the retry runs
+        self._first_attempt(state, failure, None, b"")
+        success: list[Success] = []
+        sink = Sink(state.flow, live=False)
+        try:
+            last, made = await self._buffered_attempts(state, facts, wire_policy, failure, sink, success)
+        except ClientGone:
+            return
+        record = state.record
+        if last is None:
+            answer = success[-1]
+            if facts.stream:
+                body, content_type = bytes(sink.delivered), "text/event-stream"
+            else:
+                repaired, log, _ = repair_completion_body(answer.body, facts, wire_policy)
+                body, content_type = repaired or answer.body, "application/json"
+                self._record_repairs(state.flow, "response", log)
+            proxy_internals.set_error_answer(
+                state.flow, proxy_internals.ErrorAnswer(answer.status, body, b"", content_type)
+            )
+            record["error_answer"] = answer.status
+            record["delivered"] = body
+            record.pop("ending", None)
+            self._ending(state, "retried")
+            return
+        if last.kind == "status" and last.status is not None:
+            answer_error = proxy_internals.ErrorAnswer(last.status, last.body, b"")
+        else:
+            status = 504 if last.kind == "stall" else 502
+            text = f"kimiwire: the upstream failed before responding, {made} attempt(s): {last.kind}: {last.detail}"
+            answer_error = proxy_internals.ErrorAnswer(status, error_body(text, "upstream_error", status), b"")
+        proxy_internals.set_error_answer(state.flow, answer_error)
+        record["error_answer"] = answer_error.status
+        self._ending(state, f"retries_exhausted:{last.kind}")
 
     def _on_error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.of(flow)
@@ -759,6 +1062,15 @@ class KimiWire:
 def _raw(text: str) -> bytes:
     """Header text back to the bytes mitmproxy decoded it from."""
     return text.encode("utf-8", "surrogateescape")
+
+
+def _replace(response: http.Response, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Make `response` (not yet sent) the given one; framing headers are mitmproxy's business."""
+    response.status_code = status
+    response.headers = http.Headers(
+        [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding", b"content-encoding")]
+    )
+    response.content = body
 
 
 def _loop_running() -> bool:

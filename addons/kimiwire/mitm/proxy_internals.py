@@ -9,7 +9,12 @@ nor to answer an upstream failure with anything but its own HTML error page. Two
    run the `response` hook and end the client body (chunked terminator or HTTP/2 END_STREAM);
    then the upstream is cancelled (HTTP/1 connection closed, HTTP/2 RST_STREAM on that stream).
    Every precondition is checked inside that event, serialized with real IO.
-2. Error responses: `Http1Server.send` is wrapped so that a protocol error on a client
+2. Writing to a client while its flow waits in the `response` hook (retries, issue 13): once the
+   upstream body has ended, mitmproxy calls `stream(b"")`, then awaits the `response` hook, and
+   only then ends the client's body. The same synthetic event, run inside the HttpLayer, sends
+   `ResponseData` for the flow's stream straight to the client connection's layer (chunked on
+   HTTP/1, DATA frames on HTTP/2); only the HttpStream waits for the hook, not the HttpLayer.
+3. Error responses: `Http1Server.send` is wrapped so that a protocol error on a client
    connection for which kimiwire registered an answer sends that answer (an OpenAI-style JSON
    error before the response started, or the closing events of a stream already under way).
 
@@ -43,6 +48,7 @@ try:
     from mitmproxy.proxy.layers.http._events import (
         ErrorCode,
         RequestProtocolError,
+        ResponseData,
         ResponseEndOfMessage,
         ResponseProtocolError,
     )
@@ -273,6 +279,43 @@ def _ending_body(
     return body
 
 
+async def send_to_client(flow: http.HTTPFlow, chunks: list[bytes]) -> str:
+    """Send body chunks of a streamed response to the client while the flow waits in its
+    `response` hook (after `stream(b"")`, before mitmproxy ends the body). Returns "sent",
+    "nothing", "gone" (the client or the flow went away) or "refused:<why>"."""
+    data = [chunk for chunk in chunks if chunk]  # an empty chunk would end a chunked body
+    if not data:
+        return "nothing"
+    if not usable():
+        return "refused:mitmproxy internals not usable"
+    if not flow.client_conn.state & ConnectionState.CAN_WRITE:
+        return "gone"
+    handler = _handler(flow)
+    found = _locate(handler, flow) if handler is not None else None
+    if found is None:
+        return "gone"
+    http_layer, stream_id = found
+    outcome: dict[str, str] = {}
+
+    def body() -> Iterator[Any]:
+        stream = http_layer.streams.get(stream_id)
+        if stream is None or stream.flow is not flow:
+            outcome["result"] = "gone"
+            return
+        if stream.server_state != stream.state_stream_response_body:  # not waiting at the end of a stream
+            outcome["result"] = f"refused:stream in {getattr(stream.server_state, '__name__', '?')}"
+            return
+        if flow.client_conn not in http_layer.connections:
+            outcome["result"] = "gone"
+            return
+        outcome["result"] = "sent"
+        for chunk in data:
+            yield SendHttp(ResponseData(stream_id, chunk), flow.client_conn)
+
+    ran = await _run_inside(handler, http_layer, body)
+    return outcome.get("result", "gone" if not ran else "refused:no outcome")
+
+
 def _close_if_open(handler: Any, conn: Any) -> bool:
     if conn.state is ConnectionState.CLOSED or conn not in handler.transports:
         return False
@@ -306,6 +349,7 @@ class ErrorAnswer:
     status: int
     body: bytes  # a whole JSON error response body, if no response has started
     tail: bytes  # SSE events that close a stream already under way
+    content_type: str = "application/json"  # of `body` (a retry's answer may be an event stream)
 
 
 _ANSWERS: dict[Any, ErrorAnswer] = {}
@@ -346,7 +390,7 @@ def install_error_answers() -> bool:
     def answer_error(self: Any, answer: ErrorAnswer, event: Any) -> Iterator[Any]:
         if self.response is None:
             response = http.Response.make(
-                answer.status, answer.body, {"content-type": "application/json", "connection": "close"}
+                answer.status, answer.body, {"content-type": answer.content_type, "connection": "close"}
             )
             from mitmproxy.net.http import http1
 

@@ -17,6 +17,7 @@ from typing import Any
 from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict
 from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
 
 logger = logging.getLogger("kimiwire")
@@ -61,8 +62,15 @@ class RepairingStream:
         on_error: Callable[[BaseException], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         limits: EndingLimits | None = None,
+        gate: TurnGate | None = None,
+        retry_stall: bool = False,
     ) -> None:
         self.repairer = repairer
+        # Retries (issue 13): the gate holds a turn's ending until it proves to have an answer;
+        # a turn that fails is left unended (`failed_turn`) for the `response` hook to retry.
+        self.gate = gate
+        self.retry_stall = retry_stall
+        self.failed_turn: TurnVerdict | None = None
         self.limits = limits or EndingLimits()
         self.on_error = on_error
         self.on_change: Callable[[], None] | None = None  # wakes the watchdog
@@ -108,8 +116,13 @@ class RepairingStream:
             except Exception:
                 logger.exception("kimiwire: could not release held stream data")
             out.append(undecoded + data)
+            if self.gate is not None:
+                out[:0] = self.gate.open()
             if self.on_error is not None:
                 self.on_error(exc)
+        else:
+            if data and self.gate is not None and not self.gate.proven:
+                out = self.gate.feed(out)
         times = self.times
         if repairer.bypass and data:
             self._passthrough_activity()
@@ -153,6 +166,17 @@ class RepairingStream:
         return "natural" if self.end_reason is None else self.end_reason.ending
 
     def _end(self) -> list[bytes]:
+        gate = self.gate
+        timed_out = self.end_reason in (ProxyEnd.IDLE, ProxyEnd.FIRST_EVENT)
+        if gate is not None and not gate.proven and timed_out and self.retry_stall and not gate.seen.calls:
+            self.failed_turn = TurnVerdict("stall", f"no answer before the {self.end_reason} timeout")
+            return []
+        if gate is not None and not gate.proven and not timed_out:
+            out = gate.feed(self.repairer.end(drop_partial=self.end_reason is not None))
+            self.failed_turn = gate.verdict()
+            if self.failed_turn is None:
+                out += gate.open()
+            return out
         if self.end_reason is ProxyEnd.IDLE:
             message = IDLE_MESSAGE.format(seconds=self.limits.idle_timeout)
             return self.end_with_error(error_event(message, "upstream_timeout", "upstream_idle_timeout"))
@@ -163,7 +187,8 @@ class RepairingStream:
 
     def end_with_error(self, event: bytes) -> list[bytes]:
         self.error_event = event
-        return self.repairer.end_with_error(event)
+        held = self.gate.open() if self.gate is not None else []
+        return held + self.repairer.end_with_error(event)
 
     def close_after_upstream_failure(self, message: str) -> bytes:
         """The upstream failed mid-stream: the events that end the client's stream cleanly

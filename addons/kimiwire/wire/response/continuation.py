@@ -8,7 +8,8 @@ need nothing: every attempt gets a fresh repairer, which numbers calls from 0 an
 canonical ids of the request's history, exactly as the first attempt would have.
 
 Reasoning that already reached the client (a reasoning-only first attempt) stays; the retry's
-reasoning follows it, so the client's assembled message holds both, then the retry's answer.
+reasoning follows it after a blank line, so the client's assembled message holds both, then the
+retry's answer (pi-ai 0.67.68, OpenClaw's parser, shows them as one thinking block).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from typing import Any
 
 import orjson
 
-from kimiwire.wire.sse import SSEDecoder, encode_data
+from kimiwire.wire.response.turn_gate import REASONING_KEYS as _REASONING_KEYS
+from kimiwire.wire.sse import DONE_EVENT, SSEDecoder, encode_data
 
 
 class Continuation:
-    def __init__(self, template: dict[str, Any], role_delivered: bool) -> None:
+    def __init__(self, template: dict[str, Any], role_delivered: bool, reasoning_delivered: bool = False) -> None:
         self.template = dict(template)
         self.role_delivered = role_delivered
+        self.separate_reasoning = reasoning_delivered
         self._decoder = SSEDecoder()
 
     def rewrite(self, events: list[bytes]) -> list[bytes]:
@@ -53,6 +56,12 @@ class Continuation:
         choices: list[Any] = []
         for choice in chunk["choices"]:
             delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and self.separate_reasoning:
+                for key in _REASONING_KEYS:
+                    if isinstance(delta.get(key), str) and delta[key]:
+                        delta[key] = "\n\n" + delta[key]
+                        self.separate_reasoning = False
+                        break
             if isinstance(delta, dict) and "role" in delta:
                 if self.role_delivered:
                     del delta["role"]
@@ -66,3 +75,36 @@ class Continuation:
             return None
         chunk["choices"] = choices
         return chunk
+
+
+def completion_events(body: dict[str, Any]) -> list[bytes]:
+    """A (repaired) non-streamed chat completion as the stream a server would have sent: role,
+    reasoning, content, each tool call whole (index, id, name, complete arguments), the finish
+    chunk, usage, [DONE]. For retries sent non-streamed (`kimi_retry_stream=false`, vllm#54701)."""
+    base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint") if k in body}
+    base["object"] = "chat.completion.chunk"
+    events: list[bytes] = []
+
+    def emit(index: int, delta: dict[str, Any], finish: Any = None) -> None:
+        chunk = {**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+        events.append(encode_data(orjson.dumps(chunk)))
+
+    for position, choice in enumerate(body.get("choices") or []):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index") if isinstance(choice.get("index"), int) else position
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        emit(index, {"role": message.get("role") or "assistant", "content": ""})
+        for key in ("reasoning_content", "reasoning", "reasoning_text"):
+            if isinstance(message.get(key), str) and message[key]:
+                emit(index, {key: message[key]})
+        if isinstance(message.get("content"), str) and message["content"]:
+            emit(index, {"content": message["content"]})
+        for number, call in enumerate(message.get("tool_calls") or []):
+            if isinstance(call, dict):
+                emit(index, {"tool_calls": [{"index": number, **call}]})
+        emit(index, {}, choice.get("finish_reason") or "stop")
+    if body.get("usage") is not None:
+        events.append(encode_data(orjson.dumps({**base, "choices": [], "usage": body["usage"]})))
+    events.append(DONE_EVENT)
+    return events

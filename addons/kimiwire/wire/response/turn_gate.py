@@ -27,7 +27,7 @@ from kimiwire.wire.response.schema_check import schema_violation
 from kimiwire.wire.sse import DONE, SSEDecoder
 
 TURN_CHECKS = ("empty", "reasoning_only", "invalid_call", "schema")
-_REASONING_KEYS = ("reasoning_content", "reasoning", "reasoning_text")
+REASONING_KEYS = ("reasoning_content", "reasoning", "reasoning_text")
 _TEMPLATE_KEYS = ("id", "created", "model", "system_fingerprint")
 _EXPLAINED_FINISHES = frozenset({"length", "content_filter"})
 MARKUP_TOKEN = "<|"
@@ -115,7 +115,7 @@ def _texts(container: dict[str, Any], seen: TurnSeen) -> None:
         seen.content = True
     elif isinstance(content, list) and content:
         seen.content = True  # content parts: not something Kimi servers send; count as an answer
-    for key in _REASONING_KEYS:
+    for key in REASONING_KEYS:
         text = container.get(key)
         if isinstance(text, str):
             seen.reasoning_chars += len(text)
@@ -134,13 +134,20 @@ class TurnGate:
     """Sits after a StreamRepairer: `feed` its output, deliver what comes back; `verdict` at the end."""
 
     def __init__(
-        self, facts: RequestFacts, checks: frozenset[str], hold_calls: bool, hold_limit: int = 8 * 1024 * 1024
+        self,
+        facts: RequestFacts,
+        checks: frozenset[str],
+        hold_calls: bool,
+        hold_limit: int = 8 * 1024 * 1024,
+        watch_stall: bool = False,
     ) -> None:
         self.facts = facts
         self.checks = checks
         self.hold_calls = hold_calls and bool(checks & {"invalid_call", "schema"})
         self.hold_limit = hold_limit
-        self.proven = not checks  # nothing checked: the gate is open from the start
+        # Nothing checked: the gate is open from the start (or, when only stalls are retried, it
+        # just notes whether an answer started).
+        self.proven = not checks and not watch_stall
         self.seen = TurnSeen()
         self.template: dict[str, Any] = {}
         self.role_delivered = False

@@ -1,0 +1,232 @@
+"""Retries through mitmdump against the simulator's turn faults (issue 13): the client gets one clean
+answer, the upstream saw N+1 identical requests, time stays bounded, and when attempts run out the
+failure is explicit, never a silent empty success."""
+
+import contextlib
+import threading
+import time
+import uuid
+
+import httpx
+import openai
+import orjson
+import pytest
+from kimiwire.sim.server import SimulatorThread
+from kimiwire.sim.settings import SimSettings
+from kimiwire.wire.sse import SSEDecoder
+
+from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, run_openai_sdk, run_piai, tool_runs
+from tests.support.conversations import TOOLS
+from tests.support.mitm import Mitmdump
+
+OPTIONS = {
+    "kimi_retry_backoff": "0.1",
+    "kimi_idle_timeout": "1",
+    "kimi_first_byte_timeout": "1.5",
+    "kimi_done_grace": "0.3",
+}
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    with SimulatorThread(SimSettings(hold=5)) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="module")
+def proxy(simulator, tmp_path_factory):
+    with Mitmdump(simulator.url, tmp_path_factory.mktemp("retry"), OPTIONS, save_flows=False) as p:
+        yield p
+
+
+def sim_header(fault: str, shape: str = "sglang") -> tuple[str, str]:
+    run = uuid.uuid4().hex[:8]
+    return f"shape={shape}, fault={fault}, run={run}", run
+
+
+def seen_by_upstream(simulator, run: str) -> list[dict]:
+    return [r for r in httpx.get(f"{simulator.url}/_sim/requests").json() if f"run={run}" in r["settings"]]
+
+
+def post(url: str, header: str, stream: bool, task: str = "read /w/a.txt", timeout: float = 15) -> httpx.Response:
+    body = {"model": "kimi-k2-thinking", "messages": [{"role": "user", "content": task}], "tools": TOOLS}
+    body["stream"] = stream
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-kimi-sim": header}, timeout=timeout)
+
+
+def sse_chunks(body: bytes) -> list:
+    decoder = SSEDecoder()
+    return [e.data for e in decoder.feed(body) + decoder.end() if e.data is not None]
+
+
+@pytest.mark.parametrize(
+    ("fault", "shape"),
+    [("empty:1", "sglang"), ("reasoning-only:2", "vllm"), ("empty-tool-arrays:1", "vllm")],
+)
+def test_streamed_empty_turns_are_retried_into_one_clean_response(proxy, simulator, fault, shape):
+    header, run = sim_header(fault, shape)
+    response = post(proxy.url, header, True)
+    assert response.status_code == 200
+    events = sse_chunks(response.content)
+    assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    roles = [c for c in chunks for ch in c["choices"] if "role" in ch["delta"]]
+    assert len(roles) == 1
+    assert len({c["id"] for c in chunks}) == 1
+    calls = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or []]
+    assert [(tc["index"], tc["id"], tc["function"]["arguments"]) for tc in calls] == [
+        (0, "functions.read:0", '{"path":"/w/a.txt"}')
+    ]
+    assert [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch["finish_reason"]] == ["tool_calls"]
+    failing = int(fault.split(":")[1])
+    requests = seen_by_upstream(simulator, run)
+    assert [r["attempt"] for r in requests] == list(range(1, failing + 2))
+    assert len({r["sha256"] for r in requests}) == 1
+
+
+def test_the_openai_sdk_finishes_the_task_through_empty_turns(proxy, simulator):
+    header, run = sim_header("empty:1")
+    report = run_openai_sdk(proxy.url, header)
+    assert report["outcome"] == "answered", report
+    assert [(r["name"], r["arguments"]) for r in report["toolRuns"]] == [(n, a) for n, a in EXPECTED_TOOL_RUNS]
+    assert report["finalText"] == EXPECTED_ANSWER
+    requests = seen_by_upstream(simulator, run)
+    assert len(requests) == 2 * (len(report["turns"]))  # every turn failed once, then answered
+
+
+def test_piai_finishes_the_task_through_reasoning_only_turns(proxy, simulator):
+    header, _ = sim_header("reasoning-only:1", "vllm")
+    report = run_piai("0.67.68", proxy.url, header)
+    assert tool_runs(report) == EXPECTED_TOOL_RUNS, report
+    assert report["finalText"] == EXPECTED_ANSWER
+    # what pi-ai shows: one thinking block, the failed attempt's reasoning, a blank line, the retry's
+    first = 'Step 1 of 3: I should call read {"path":"/w/a.txt"}.'
+    assert report["turns"][0]["thinking"] == [f"{first}\n\n{first}"]
+
+
+@pytest.mark.parametrize("fault", ["empty:1", "status:503:2", "refuse:1", "invalid-call:1"])
+def test_non_streamed_turns_are_retried(proxy, simulator, fault):
+    header, run = sim_header(fault)
+    response = post(proxy.url, header, False)
+    assert response.status_code == 200, response.text
+    message = response.json()["choices"][0]["message"]
+    assert [(c["id"], c["function"]["arguments"]) for c in message["tool_calls"]] == [
+        ("functions.read:0", '{"path":"/w/a.txt"}')
+    ]
+    requests = seen_by_upstream(simulator, run)
+    failing = int(fault.rsplit(":", 1)[1])
+    assert len(requests) == failing + 1 and len({r["sha256"] for r in requests}) == 1
+
+
+@pytest.mark.parametrize("fault", ["status:503:1", "refuse:1", "stall-first:1", "invalid-call:1"])
+def test_streamed_failures_before_an_answer_are_retried(proxy, simulator, fault):
+    header, run = sim_header(fault)
+    started = time.monotonic()
+    response = post(proxy.url, header, True)
+    assert response.status_code == 200, response.text
+    events = sse_chunks(response.content)
+    assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
+    text = b"".join(events)
+    assert b'"arguments":"{\\"path\\":\\"/w/a.txt\\"}"' in text and b"error" not in text
+    assert len(seen_by_upstream(simulator, run)) == 2
+    assert time.monotonic() - started < 6
+
+
+def test_attempts_run_out_explicitly(simulator, tmp_path):
+    with Mitmdump(simulator.url, tmp_path, {**OPTIONS, "kimi_retries": 0}, save_flows=False) as proxy:
+        header, run = sim_header("empty:5")
+        streamed = post(proxy.url, header, True)
+        events = sse_chunks(streamed.content)
+        assert events[-1] == b"[DONE]"
+        error = orjson.loads(events[-2])["error"]
+        assert error["type"] == "upstream_empty_turn"
+        plain = post(proxy.url, sim_header("empty:5")[0], False)
+        assert plain.status_code == 502 and plain.json()["error"]["type"] == "upstream_empty_turn"
+        assert len(seen_by_upstream(simulator, run)) == 1
+
+
+def test_two_retries_then_the_explicit_error_in_bounded_time(proxy, simulator):
+    header, run = sim_header("empty:9")
+    started = time.monotonic()
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0, timeout=10)
+    with client, pytest.raises(openai.APIError, match="without an answer"):
+        stream = client.chat.completions.create(
+            model="kimi-k2-thinking",
+            messages=[{"role": "user", "content": "read /w/a.txt"}],
+            tools=TOOLS,
+            stream=True,
+            extra_headers={"x-kimi-sim": header},
+        )
+        for _ in stream:
+            pass
+    assert time.monotonic() - started < 3  # backoff 0.1 s base: at most 0.1 + 0.2 s of waiting
+    assert len(seen_by_upstream(simulator, run)) == 3
+
+
+def test_the_budget_bounds_the_attempts(simulator, tmp_path):
+    options = {**OPTIONS, "kimi_retries": 10, "kimi_retry_budget": "1.5", "kimi_retry_backoff": "0.4"}
+    with Mitmdump(simulator.url, tmp_path, options, save_flows=False) as proxy:
+        header, run = sim_header("status:503:50")
+        started = time.monotonic()
+        response = post(proxy.url, header, False)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503
+        assert elapsed < 2.5
+        assert 2 <= len(seen_by_upstream(simulator, run)) < 11
+
+
+def test_no_checks_is_todays_pass_through(simulator, tmp_path):
+    with Mitmdump(simulator.url, tmp_path, {**OPTIONS, "kimi_retry_on": ""}, save_flows=False) as proxy:
+        header, run = sim_header("empty:1")
+        events = sse_chunks(post(proxy.url, header, True).content)
+        assert b"error" not in b"".join(events) and events[-1] == b"[DONE]"
+        assert len(seen_by_upstream(simulator, run)) == 1
+
+
+def test_a_client_that_leaves_cancels_the_retry(simulator, tmp_path):
+    options = {**OPTIONS, "kimi_retry_backoff": "3", "kimi_retries": 1}
+    with Mitmdump(simulator.url, tmp_path, options, save_flows=False) as proxy:
+        header, run = sim_header("status:503:1")
+        # full jitter may pick a short wait: a slow enough backoff is very likely, retry a few times
+        for _ in range(5):
+            header, run = sim_header("status:503:1")
+            thread = threading.Thread(target=lambda h=header: _post_quietly(proxy.url, h, 0.3))
+            thread.start()
+            thread.join()
+            time.sleep(3.5)
+            if len(seen_by_upstream(simulator, run)) == 1:
+                break
+        assert len(seen_by_upstream(simulator, run)) == 1
+        assert any("retry cancelled, the client left" in line for line in proxy.lines)
+
+
+def _post_quietly(url: str, header: str, timeout: float) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        post(url, header, True, timeout=timeout)
+
+
+def test_every_attempt_is_on_the_flow_and_in_the_capture(proxy, simulator):
+    header, run = sim_header("reasoning-only:1", "vllm")
+    assert post(proxy.url, header, True).status_code == 200
+    flows = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not flows:
+        flows = [
+            f
+            for path in proxy.capture_files()
+            for f in proxy.read_flows(path)
+            if f"run={run}" in f.request.headers.get("x-kimi-sim", "")
+        ]
+        time.sleep(0.1)
+    assert len(flows) == 1
+    record = flows[0].metadata["kimiwire"]
+    attempts = record["attempts"]
+    assert [(a["attempt"], a["why"], a["outcome"], a["status"]) for a in attempts] == [
+        (1, "first", "reasoning_only", 200),
+        (2, "reasoning_only", "answered", 200),
+    ]
+    assert b'"reasoning"' in attempts[0]["body"] and b"tool_calls" not in attempts[0]["body"]
+    assert b'"tool_calls"' in attempts[1]["body"] and attempts[1]["bytes"] == len(attempts[1]["body"])
+    assert record["ending"] == "retried"
+    assert b"/w/a.txt" in flows[0].response.content  # the answering attempt's raw body
+    assert record["delivered"].count(b"[DONE]") == 1
