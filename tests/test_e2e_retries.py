@@ -230,3 +230,19 @@ def test_every_attempt_is_on_the_flow_and_in_the_capture(proxy, simulator):
     assert record["ending"] == "retried"
     assert b"/w/a.txt" in flows[0].response.content  # the answering attempt's raw body
     assert record["delivered"].count(b"[DONE]") == 1
+
+
+def test_retries_sent_non_streamed_reach_a_streaming_client_as_sse(simulator, tmp_path):
+    """vllm#54701: the streamed turn loses its calls, the same request non-streamed has them."""
+    with Mitmdump(simulator.url, tmp_path, {**OPTIONS, "kimi_retry_stream": "false"}, save_flows=False) as proxy:
+        header, run = sim_header("empty-tool-arrays:1", "vllm")
+        events = sse_chunks(post(proxy.url, header, True).content)
+        chunks = [orjson.loads(e) for e in events[:-1]]
+        calls = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or []]
+        assert [(tc["index"], tc["id"], tc["function"]) for tc in calls] == [
+            (0, "functions.read:0", {"name": "read", "arguments": '{"path":"/w/a.txt"}'})
+        ]
+        assert events[-1] == b"[DONE]" and len({c["id"] for c in chunks}) == 1
+        assert sum(1 for c in chunks for ch in c["choices"] if "role" in ch["delta"]) == 1
+        requests = seen_by_upstream(simulator, run)
+        assert [r["body"]["stream"] for r in requests] == [True, False]
