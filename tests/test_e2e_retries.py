@@ -3,6 +3,7 @@ answer, the upstream saw N+1 identical requests, time stays bounded, and when at
 failure is explicit, never a silent empty success."""
 
 import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -166,6 +167,7 @@ def test_two_retries_then_the_explicit_error_in_bounded_time(proxy, simulator):
 def test_the_budget_bounds_the_attempts(simulator, tmp_path):
     options = {**OPTIONS, "kimi_retries": 10, "kimi_retry_budget": "1.5", "kimi_retry_backoff": "0.4"}
     with Mitmdump(simulator.url, tmp_path, options, save_flows=False) as proxy:
+        assert post(proxy.url, sim_header("none")[0], False).status_code == 200  # a fresh proxy warms up
         header, run = sim_header("status:503:50")
         started = time.monotonic()
         response = post(proxy.url, header, False)
@@ -246,3 +248,19 @@ def test_retries_sent_non_streamed_reach_a_streaming_client_as_sse(simulator, tm
         assert sum(1 for c in chunks for ch in c["choices"] if "role" in ch["delta"]) == 1
         requests = seen_by_upstream(simulator, run)
         assert [r["body"]["stream"] for r in requests] == [True, False]
+
+
+def test_an_upstream_that_stays_down_gets_the_502_naming_it_after_the_retries(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    with Mitmdump(f"http://127.0.0.1:{port}", tmp_path, OPTIONS) as proxy:
+        started = time.monotonic()
+        response = post(proxy.url, sim_header("none")[0], False)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 502 and f"127.0.0.1:{port}" in response.json()["error"]["message"]
+    assert elapsed < 2  # two backoffs of at most 0.1 and 0.2 s
+    [flow] = proxy.read_flows()
+    record = flow.metadata["kimiwire"]
+    assert [a["outcome"] for a in record["attempts"]] == ["connect"] * 3
+    assert record["ending"] == "retries_exhausted:connect"

@@ -13,7 +13,7 @@ from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge
+from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
 from kimiwire.wire.retry_policy import (
     DEFAULT_RETRY_ON,
     RetryPolicy,
@@ -330,3 +330,11 @@ def test_status_refuse_and_stall_first_faults():
         requests = httpx.get(f"{sim.url}/_sim/requests").json()
         assert [r["attempt"] for r in requests if "run=s" in r["settings"]][:2] == [1, 2]
         assert len({r["sha256"] for r in requests if "run=r" in r["settings"]}) == 1
+
+
+def test_a_stall_after_a_call_started_is_not_a_turn_without_an_answer():
+    started = Stream().chunk({"role": "assistant"}).chunk(tool_delta(0, "functions.read:0", "read", '{"pa'))
+    assert upstream_started_calls(started.body())
+    empty_arrays = Stream().chunk({"role": "assistant"}).chunk({"tool_calls": []})
+    assert not upstream_started_calls(empty_arrays.body())
+    assert not upstream_started_calls(Stream().chunk({"content": "tool_calls"}).body())

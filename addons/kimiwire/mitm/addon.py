@@ -325,6 +325,8 @@ class KimiWire:
             logger.warning("kimiwire: upstream failures will reach clients as mitmproxy's HTML error page")
         if self.capture is not None:
             logger.info("kimiwire: chat flows are captured in %s", self.capture.path)
+        if self.retrier.policy.active and self.retrier.policy.retries > 0:
+            self.retrier.client.get()  # the TLS context loads its CA bundle now, not on the first retry
 
     def stats_summary(self) -> str:
         counts = dict(sorted(self.counts.items()))
@@ -958,6 +960,7 @@ class KimiWire:
     async def _retry_before_headers(
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
     ) -> None:
+        flow = state.flow
         state.release()  # the first-byte watch must not answer while the retry runs
         self._first_attempt(state, failure, None, b"")
         success: list[Success] = []
@@ -987,7 +990,10 @@ class KimiWire:
             answer_error = proxy_internals.ErrorAnswer(last.status, last.body, b"")
         else:
             status = 504 if last.kind == "stall" else 502
-            text = f"kimiwire: the upstream failed before responding, {made} attempt(s): {last.kind}: {last.detail}"
+            text = (
+                f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
+                f"failed before responding ({made} attempts): {last.kind}: {last.detail}"
+            )
             answer_error = proxy_internals.ErrorAnswer(status, error_body(text, "upstream_error", status), b"")
         proxy_internals.set_error_answer(state.flow, answer_error)
         record["error_answer"] = answer_error.status

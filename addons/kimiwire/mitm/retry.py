@@ -67,7 +67,7 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge
+from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
 from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import EndingLimits
@@ -412,7 +412,7 @@ class Retrier:
                 except (TimeoutError, httpx.HTTPError) as exc:
                     why = "no event in time" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
                     current.body = bytes(raw)
-                    if not gate.proven and not gate.seen.calls:
+                    if not gate.proven and not gate.seen.calls and not upstream_started_calls(bytes(raw)):
                         return Failure("stall" if isinstance(exc, TimeoutError) else "connect", why)
                     tail = repairer.end_with_error(error_event(f"kimiwire: retry ended: {why}", "upstream_error", None))
                     await sink.send(continuation.rewrite(gate.open() + tail))

@@ -17,7 +17,7 @@ from typing import Any
 from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict
+from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict, upstream_started_calls
 from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
 
 logger = logging.getLogger("kimiwire")
@@ -168,7 +168,14 @@ class RepairingStream:
     def _end(self) -> list[bytes]:
         gate = self.gate
         timed_out = self.end_reason in (ProxyEnd.IDLE, ProxyEnd.FIRST_EVENT)
-        if gate is not None and not gate.proven and timed_out and self.retry_stall and not gate.seen.calls:
+        if (
+            gate is not None
+            and not gate.proven
+            and timed_out
+            and self.retry_stall
+            and not gate.seen.calls
+            and not upstream_started_calls(bytes(self.upstream))
+        ):
             self.failed_turn = TurnVerdict("stall", f"no answer before the {self.end_reason} timeout")
             return []
         if gate is not None and not gate.proven and not timed_out:

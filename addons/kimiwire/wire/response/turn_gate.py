@@ -91,6 +91,27 @@ def judge(seen: TurnSeen, facts: RequestFacts, checks: frozenset[str]) -> TurnVe
     return None
 
 
+def upstream_started_calls(raw: bytes) -> bool:
+    """Whether an upstream stream sent any tool-call fragment (a stall after that is not a turn
+    without an answer: the call was under way). Scans the raw body once, on the rare stall path."""
+    if b"tool_calls" not in raw:
+        return False
+    decoder = SSEDecoder()
+    for event in decoder.feed(raw) + decoder.end():
+        if event.data is None or b"tool_calls" not in event.data:
+            continue
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            continue
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("tool_calls"), list) and delta["tool_calls"]:
+                return True
+    return False
+
+
 def completion_seen(body: Any) -> TurnSeen:
     """What a (repaired) non-streamed chat completion holds."""
     seen = TurnSeen()
