@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from kimiwire.wire.response.turn_gate import REASONING_KEYS as _REASONING_KEYS
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.sse import DONE_EVENT, SSEDecoder, encode_data
 
 
@@ -57,7 +57,7 @@ class Continuation:
         for choice in chunk["choices"]:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict) and self.separate_reasoning:
-                for key in _REASONING_KEYS:
+                for key in REASONING_KEYS:
                     if isinstance(delta.get(key), str) and delta[key]:
                         delta[key] = "\n\n" + delta[key]
                         self.separate_reasoning = False
@@ -95,7 +95,7 @@ def completion_events(body: dict[str, Any]) -> list[bytes]:
         index = choice.get("index") if isinstance(choice.get("index"), int) else position
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
         emit(index, {"role": message.get("role") or "assistant", "content": ""})
-        for key in ("reasoning_content", "reasoning", "reasoning_text"):
+        for key in REASONING_KEYS:
             if isinstance(message.get(key), str) and message[key]:
                 emit(index, {key: message[key]})
         if isinstance(message.get("content"), str) and message["content"]:

@@ -23,11 +23,11 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.response.schema_check import schema_violation
 from kimiwire.wire.sse import DONE, SSEDecoder
 
 TURN_CHECKS = ("empty", "reasoning_only", "invalid_call", "schema")
-REASONING_KEYS = ("reasoning_content", "reasoning", "reasoning_text")
 _TEMPLATE_KEYS = ("id", "created", "model", "system_fingerprint")
 _EXPLAINED_FINISHES = frozenset({"length", "content_filter"})
 MARKUP_TOKEN = "<|"
