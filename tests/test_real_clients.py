@@ -61,6 +61,15 @@ def proxy(simulator, tmp_path_factory):
         yield p
 
 
+@pytest.fixture(scope="module")
+def proxy_without_retries(simulator, tmp_path_factory):
+    """The ending guarantees alone: with retries (the default) each of these faults is first
+    retried, and multiplied by the client's own retries (tests/test_e2e_retries.py, README)."""
+    options = {"kimi_idle_timeout": 2, "kimi_first_byte_timeout": 2, "kimi_done_grace": 0.3, "kimi_retry_on": ""}
+    with Mitmdump(simulator.url, tmp_path_factory.mktemp("real-noretry"), options, save_flows=False) as p:
+        yield p
+
+
 def sim_ids(simulator, n):
     return [r["tool_call_ids"] for r in httpx.get(f"{simulator.url}/_sim/requests").json()[-n:]]
 
@@ -124,9 +133,11 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_piai_faults_end_promptly_through_the_proxy(proxy, fault):
+def test_piai_faults_end_promptly_through_the_proxy(proxy_without_retries, fault):
     sim, expected = FAULTS[fault]
-    report = run_piai("0.67.68", proxy.url, f"shape=sglang,{sim}", task="read /w/a.txt", turn_timeout_ms=15000)
+    report = run_piai(
+        "0.67.68", proxy_without_retries.url, f"shape=sglang,{sim}", task="read /w/a.txt", turn_timeout_ms=15000
+    )
     first = report["turns"][0]
     # Bounded by the proxy's 2 s timeouts, never the 15 s abort. pi-ai 0.67.68 leaves the OpenAI
     # SDK's 2 retries on 5xx in place, so a 504 costs three first-byte timeouts.
