@@ -171,6 +171,10 @@ def test_tools_declared_reach_the_response_repair():
 
 @pytest.mark.usefixtures("request_repair_raises")
 def test_a_request_whose_repair_raises_still_gets_a_watched_stream():
+
+
+def test_a_replayed_empty_turn_is_made_explicit_not_silent():
+    # Server replay of an empty turn: there is no upstream to ask again, the client is told.
     kw = KimiWire()
     with taddons.context(kw):
         flow = chat_flow()
@@ -199,3 +203,23 @@ def test_a_proxy_ending_is_decided_by_the_stream_and_marks_the_flow():
         assert b"upstream_idle_timeout" in tail and tail.endswith(b"data: [DONE]\n\n")
         assert flow.metadata["kimiwire"]["ending"] == "idle_timeout"
         assert flow.marked and "ended=idle_timeout" in flow.comment
+
+
+        empty = streams.Stream().chunk({"role": "assistant", "content": ""}).chunk({}, "stop").done().body()
+        flow.response = sse_response(empty)
+        kw.responseheaders(flow)
+        assert kw.response(flow) is None
+        events = [line for line in flow.response.content.split(b"\n\n") if line]
+        assert b"upstream_empty_turn" in events[-2] and events[-1] == b"data: [DONE]"
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [("kimi_retry_on", "empty,sometimes"), ("kimi_retry_budget", "soon"), ("kimi_retries", -1)],
+)
+def test_bad_retry_options_are_rejected(option, value):
+    from mitmproxy import exceptions
+
+    kw = KimiWire()
+    with taddons.context(kw) as tctx, pytest.raises(exceptions.OptionsError, match=option):
+        tctx.configure(kw, **{option: value})

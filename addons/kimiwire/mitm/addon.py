@@ -897,6 +897,12 @@ class KimiWire:
                 # the stream callable is never called, so repair the whole body here.
                 body = response.raw_content or b""
                 repaired = stream(body) + stream(b"") if body else stream(b"")
+                if stream.failed_turn is not None and stream.gate is not None:
+                    # No upstream to ask again here: the failure is made explicit, never silent.
+                    verdict = stream.failed_turn
+                    tail = final_events(Failure(verdict.kind, verdict.detail, fallback=stream.gate.discard()), 1)
+                    stream.delivered += b"".join(tail)
+                    repaired += tail
                 response.content = b"".join(repaired)
             else:
                 # Keep what the upstream really sent as the flow's body; the client's copy is in metadata.
