@@ -279,41 +279,56 @@ def _ending_body(
     return body
 
 
-async def send_to_client(flow: http.HTTPFlow, chunks: list[bytes]) -> str:
+class SendKind(Enum):
+    SENT = "sent"
+    NOTHING = "nothing"  # no bytes to send
+    GONE = "gone"  # the client or the flow went away
+    REFUSED = "refused"  # the flow is not waiting at the end of a stream; detail: why
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    kind: SendKind
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.detail}" if self.detail else self.kind.value
+
+
+async def send_to_client(flow: http.HTTPFlow, chunks: list[bytes]) -> SendOutcome:
     """Send body chunks of a streamed response to the client while the flow waits in its
-    `response` hook (after `stream(b"")`, before mitmproxy ends the body). Returns "sent",
-    "nothing", "gone" (the client or the flow went away) or "refused:<why>"."""
+    `response` hook (after `stream(b"")`, before mitmproxy ends the body)."""
     data = [chunk for chunk in chunks if chunk]  # an empty chunk would end a chunked body
     if not data:
-        return "nothing"
+        return SendOutcome(SendKind.NOTHING)
     if not usable():
-        return "refused:mitmproxy internals not usable"
+        return SendOutcome(SendKind.REFUSED, "mitmproxy internals not usable")
     if not flow.client_conn.state & ConnectionState.CAN_WRITE:
-        return "gone"
+        return SendOutcome(SendKind.GONE)
     handler = _handler(flow)
     found = _locate(handler, flow) if handler is not None else None
     if found is None:
-        return "gone"
+        return SendOutcome(SendKind.GONE)
     http_layer, stream_id = found
-    outcome: dict[str, str] = {}
+    outcome: list[SendOutcome] = []
 
     def body() -> Iterator[Any]:
         stream = http_layer.streams.get(stream_id)
-        if stream is None or stream.flow is not flow:
-            outcome["result"] = "gone"
+        if stream is None or stream.flow is not flow or flow.client_conn not in http_layer.connections:
+            outcome.append(SendOutcome(SendKind.GONE))
             return
         if stream.server_state != stream.state_stream_response_body:  # not waiting at the end of a stream
-            outcome["result"] = f"refused:stream in {getattr(stream.server_state, '__name__', '?')}"
+            state = getattr(stream.server_state, "__name__", "?")
+            outcome.append(SendOutcome(SendKind.REFUSED, f"stream in {state}"))
             return
-        if flow.client_conn not in http_layer.connections:
-            outcome["result"] = "gone"
-            return
-        outcome["result"] = "sent"
+        outcome.append(SendOutcome(SendKind.SENT))
         for chunk in data:
             yield SendHttp(ResponseData(stream_id, chunk), flow.client_conn)
 
     ran = await _run_inside(handler, http_layer, body)
-    return outcome.get("result", "gone" if not ran else "refused:no outcome")
+    if outcome:
+        return outcome[0]
+    return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
 
 
 def _close_if_open(handler: Any, conn: Any) -> bool:

@@ -226,9 +226,9 @@ class Sink:
             return
         if self.live:
             result = await proxy_internals.send_to_client(self.flow, data)
-            if result == "gone":
+            if result.kind is proxy_internals.SendKind.GONE:
                 raise ClientGone
-            if result != "sent":
+            if result.kind is not proxy_internals.SendKind.SENT:
                 raise RuntimeError(f"cannot write to the client: {result}")
         self.delivered += b"".join(data)
 
