@@ -20,6 +20,7 @@ from kimiwire.launch import Mitmdump  # noqa: E402
 from kimiwire.sim.server import SimulatorThread  # noqa: E402
 
 HARDEST = "shape=sglang,interleave,reasoning_between,fragments=5"
+EMPTY_TURNS = "shape=sglang,fault=empty:1"  # every turn's first attempt comes back empty (sglang#23341)
 
 
 def describe(report: dict, requests: list[dict]) -> dict:
@@ -31,8 +32,11 @@ def describe(report: dict, requests: list[dict]) -> dict:
             calls = [f"(text) {text[:60]}{'…' if len(text) > 60 else ''}"] if text else ["(empty turn)"]
         rounds.append(calls)
     received = [(r["name"], r["arguments"]) for r in report["toolRuns"]]
+    last = report["turns"][-1] if report["turns"] else {}
     if report["outcome"] == "answered" and received == EXPECTED_TOOL_RUNS:
         ending = "task done: every tool got its exact arguments"
+    elif report["outcome"] == "answered" and not last.get("calls") and not last.get("text"):
+        ending = "the agent stopped: the turn came back empty"
     elif report["outcome"] == "answered":
         ending = "turn ended, but the task failed (wrong tool arguments or leaked markup)"
     else:
@@ -64,12 +68,19 @@ def main() -> int:
     parser.add_argument("--piai", default="0.67.68", choices=["0.67.68", "0.73.0"])
     parser.add_argument("--shape", default=HARDEST, help=f"simulator settings (default: {HARDEST})")
     parser.add_argument(
+        "--empty-turns",
+        action="store_true",
+        help=f"the empty-turn case instead: {EMPTY_TURNS} (kimiwire retries it)",
+    )
+    parser.add_argument(
         "--sanitize",
         default="strict",
         choices=["strict", "none"],
         help="strict: OpenClaw 2026.4.21's tool-call id rewrite, as in the original bug reports",
     )
     args = parser.parse_args()
+    if args.empty_turns:
+        args.shape = EMPTY_TURNS
     print(f"task: {TASK}")
     print(f"client: pi-ai {args.piai} (ids rewritten like OpenClaw: {args.sanitize}); simulator: {args.shape}")
     print("installing pi-ai if needed (npm ci into .cache/) ...", flush=True)
@@ -81,7 +92,8 @@ def main() -> int:
     ):
         for label, url in (("direct", sim.url), ("kimiwire", proxy.url)):
             httpx.delete(f"{sim.url}/_sim/requests")
-            report = run_piai(args.piai, url, args.shape, sanitize=args.sanitize)
+            # run=: the simulator counts a turn's attempts per run, so both runs meet the same faults
+            report = run_piai(args.piai, url, f"{args.shape},run={label}", sanitize=args.sanitize)
             results[label] = describe(report, httpx.get(f"{sim.url}/_sim/requests").json())
     width = 58
     print()

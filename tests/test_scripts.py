@@ -150,6 +150,16 @@ def test_demo_shows_the_failure_and_the_fix():
     assert "functionsread0" in done.stdout  # the broken ids the server saw without the proxy
 
 
+def test_demo_shows_the_empty_turn_retried():
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "demo"), "--empty-turns"], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = "\n".join(done.stdout.strip().splitlines()[-2:])
+    assert "the agent stopped: the turn came back empty" in text
+    assert "task done: every tool got its exact arguments" in text
+
+
 def test_bench_runs_end_to_end_without_errors(tmp_path):
     # No timing is asserted here (benchmarks report ratios); this keeps the benchmark working.
     out = tmp_path / "bench.json"
