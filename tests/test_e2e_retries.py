@@ -19,6 +19,7 @@ from kimiwire.wire.sse import SSEDecoder
 from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, run_openai_sdk, run_piai, tool_runs
 from tests.support.conversations import TOOLS
 from tests.support.mitm import Mitmdump
+from tests.support.upstream import RecordingUpstream, sse_reply
 
 OPTIONS = {
     "kimi_retry_backoff": "0.1",
@@ -264,3 +265,29 @@ def test_an_upstream_that_stays_down_gets_the_502_naming_it_after_the_retries(tm
     record = flow.metadata["kimiwire"]
     assert [a["outcome"] for a in record["attempts"]] == ["connect"] * 3
     assert record["ending"] == "retries_exhausted:connect"
+
+
+def test_a_client_that_leaves_mid_attempt_closes_the_upstream_request(tmp_path):
+    role = (
+        b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+    )
+    stop = b'data: {"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+
+    def respond(request):
+        if len(upstream.requests) == 1:
+            return sse_reply([role, stop, b"data: [DONE]\n\n"])  # an empty turn: retried
+        return sse_reply([role, *[b": ping\n\n"] * 60], gap=0.1)  # a slow second attempt (6 s)
+
+    with RecordingUpstream(respond) as upstream, Mitmdump(upstream.url, tmp_path, OPTIONS) as proxy:
+        body = {"model": "kimi-k2-thinking", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=5) as response:
+            started = time.monotonic()
+            for _ in response.iter_raw():
+                if time.monotonic() - started > 1:
+                    break  # leave while the second attempt streams
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and upstream.server._connections:
+            time.sleep(0.05)
+        assert not upstream.server._connections  # the proxy closed the second attempt's request
+        assert len(upstream.requests) == 2
+        assert any("retry cancelled, the client left" in line for line in proxy.lines)
