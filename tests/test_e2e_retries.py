@@ -3,7 +3,6 @@ answer, the upstream saw N+1 identical requests, time stays bounded, and when at
 failure is explicit, never a silent empty success."""
 
 import contextlib
-import socket
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from kimiwire.wire.sse import SSEDecoder
 
 from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, run_openai_sdk, run_piai, tool_runs
 from tests.support.conversations import TOOLS
-from tests.support.mitm import Mitmdump
+from tests.support.mitm import Mitmdump, free_port
 from tests.support.upstream import RecordingUpstream, sse_reply
 
 OPTIONS = {
@@ -252,9 +251,7 @@ def test_retries_sent_non_streamed_reach_a_streaming_client_as_sse(simulator, tm
 
 
 def test_an_upstream_that_stays_down_gets_the_502_naming_it_after_the_retries(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    port = free_port()  # nothing listens there
     with Mitmdump(f"http://127.0.0.1:{port}", tmp_path, OPTIONS) as proxy:
         started = time.monotonic()
         response = post(proxy.url, sim_header("none")[0], False)

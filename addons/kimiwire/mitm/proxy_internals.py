@@ -190,12 +190,17 @@ class EndKind(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class EndOutcome:
-    kind: EndKind
+class Outcome:
+    """What a technique did: its kind (EndKind, SendKind) and a detail."""
+
+    kind: Enum
     detail: str = ""
 
     def __str__(self) -> str:
         return f"{self.kind.value}:{self.detail}" if self.detail else self.kind.value
+
+
+EndOutcome = Outcome  # of end_stream: kind is an EndKind
 
 
 async def end_stream(flow: http.HTTPFlow, before_end: Callable[[], None], attempts: int = 40) -> EndOutcome:
@@ -286,13 +291,7 @@ class SendKind(Enum):
     REFUSED = "refused"  # the flow is not waiting at the end of a stream; detail: why
 
 
-@dataclass(frozen=True, slots=True)
-class SendOutcome:
-    kind: SendKind
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.kind.value}:{self.detail}" if self.detail else self.kind.value
+SendOutcome = Outcome  # of send_to_client: kind is a SendKind
 
 
 async def send_to_client(flow: http.HTTPFlow, chunks: list[bytes]) -> SendOutcome:
