@@ -171,10 +171,6 @@ def test_tools_declared_reach_the_response_repair():
 
 @pytest.mark.usefixtures("request_repair_raises")
 def test_a_request_whose_repair_raises_still_gets_a_watched_stream():
-
-
-def test_a_replayed_empty_turn_is_made_explicit_not_silent():
-    # Server replay of an empty turn: there is no upstream to ask again, the client is told.
     kw = KimiWire()
     with taddons.context(kw):
         flow = chat_flow()
@@ -205,6 +201,12 @@ def test_a_proxy_ending_is_decided_by_the_stream_and_marks_the_flow():
         assert flow.marked and "ended=idle_timeout" in flow.comment
 
 
+def test_a_replayed_empty_turn_is_made_explicit_not_silent():
+    # Server replay of an empty turn: there is no upstream to ask again, the client is told.
+    kw = KimiWire()
+    with taddons.context(kw):
+        flow = chat_flow()
+        kw.request(flow)
         empty = streams.Stream().chunk({"role": "assistant", "content": ""}).chunk({}, "stop").done().body()
         flow.response = sse_response(empty)
         kw.responseheaders(flow)
