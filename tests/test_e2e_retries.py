@@ -288,3 +288,13 @@ def test_a_client_that_leaves_mid_attempt_closes_the_upstream_request(tmp_path):
         assert not upstream.server._connections  # the proxy closed the second attempt's request
         assert len(upstream.requests) == 2
         assert any("retry cancelled, the client left" in line for line in proxy.lines)
+
+
+def test_no_headers_in_time_is_retried_then_the_504(proxy, simulator):
+    header, run = sim_header("slow-first-byte:30")
+    started = time.monotonic()
+    response = post(proxy.url, header, False)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504 and response.json()["error"]["type"] == "upstream_timeout"
+    assert len(seen_by_upstream(simulator, run)) == 3
+    assert 3 * 1.5 <= elapsed < 3 * 1.5 + 2  # three first-byte timeouts, two short backoffs

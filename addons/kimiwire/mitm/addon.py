@@ -812,7 +812,9 @@ class KimiWire:
                 _replace(response, last.status, [(b"content-type", b"application/json")], last.body)
         else:
             status = 504 if last.kind == "stall" else 502
-            error_type = "upstream_empty_turn" if last.kind in ("empty", "reasoning_only") else "upstream_error"
+            error_type = {"empty": "upstream_empty_turn", "reasoning_only": "upstream_empty_turn"}.get(
+                last.kind, "upstream_timeout" if last.kind == "stall" else "upstream_error"
+            )
             message = f"kimiwire: no answer from the upstream after {made} attempt(s): {last.kind}: {last.detail}"
             _replace(
                 response, status, [(b"content-type", b"application/json")], error_body(message, error_type, status)
@@ -1000,7 +1002,8 @@ class KimiWire:
                 f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
                 f"failed before responding ({made} attempts): {last.kind}: {last.detail}"
             )
-            answer_error = proxy_internals.ErrorAnswer(status, error_body(text, "upstream_error", status), b"")
+            error_type = "upstream_timeout" if last.kind == "stall" else "upstream_error"
+            answer_error = proxy_internals.ErrorAnswer(status, error_body(text, error_type, status), b"")
         proxy_internals.set_error_answer(state.flow, answer_error)
         record["error_answer"] = answer_error.status
         self._ending(state, f"retries_exhausted:{last.kind}")
