@@ -55,6 +55,19 @@ def post(url: str, header: str, stream: bool, task: str = "read /w/a.txt", timeo
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"x-kimi-sim": header}, timeout=timeout)
 
 
+def assembled_calls(chunks: list) -> list[tuple]:
+    """(index, id, name, arguments) of each call, its deltas joined as an OpenAI client joins them."""
+    calls: dict[int, list] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for delta in choice["delta"].get("tool_calls") or []:
+                call = calls.setdefault(delta["index"], [delta["index"], None, None, ""])
+                call[1] = call[1] or delta.get("id")
+                call[2] = call[2] or delta.get("function", {}).get("name")
+                call[3] += delta.get("function", {}).get("arguments") or ""
+    return [tuple(c) for c in calls.values()]
+
+
 def sse_chunks(body: bytes) -> list:
     decoder = SSEDecoder()
     return [e.data for e in decoder.feed(body) + decoder.end() if e.data is not None]
@@ -74,10 +87,7 @@ def test_streamed_empty_turns_are_retried_into_one_clean_response(proxy, simulat
     roles = [c for c in chunks for ch in c["choices"] if "role" in ch["delta"]]
     assert len(roles) == 1
     assert len({c["id"] for c in chunks}) == 1
-    calls = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or []]
-    assert [(tc["index"], tc["id"], tc["function"]["arguments"]) for tc in calls] == [
-        (0, "functions.read:0", '{"path":"/w/a.txt"}')
-    ]
+    assert assembled_calls(chunks) == [(0, "functions.read:0", "read", '{"path":"/w/a.txt"}')]
     assert [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch["finish_reason"]] == ["tool_calls"]
     failing = int(fault.split(":")[1])
     requests = seen_by_upstream(simulator, run)
@@ -240,10 +250,9 @@ def test_retries_sent_non_streamed_reach_a_streaming_client_as_sse(simulator, tm
         header, run = sim_header("empty-tool-arrays:1", "vllm")
         events = sse_chunks(post(proxy.url, header, True).content)
         chunks = [orjson.loads(e) for e in events[:-1]]
-        calls = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or []]
-        assert [(tc["index"], tc["id"], tc["function"]) for tc in calls] == [
-            (0, "functions.read:0", {"name": "read", "arguments": '{"path":"/w/a.txt"}'})
-        ]
+        assert assembled_calls(chunks) == [(0, "functions.read:0", "read", '{"path":"/w/a.txt"}')]
+        first = next(tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or [])
+        assert first["function"]["arguments"] == ""  # as OpenAI streams a call
         assert events[-1] == b"[DONE]" and len({c["id"] for c in chunks}) == 1
         assert sum(1 for c in chunks for ch in c["choices"] if "role" in ch["delta"]) == 1
         requests = seen_by_upstream(simulator, run)

@@ -154,7 +154,8 @@ def test_content_proves_the_turn_and_releases_what_was_held_in_order():
     gate, delivered = gated(body)
     assert gate.proven and gate.verdict() is None and not gate.held
     kinds = [next(iter(c["choices"][0]["delta"] or {"finish": 1})) for c in chunks(delivered)]
-    assert kinds == ["role", "tool_calls", "content", "tool_calls", "finish"]
+    runs = [k for n, k in enumerate(kinds) if n == 0 or kinds[n - 1] != k]  # a call may take two deltas
+    assert runs == ["role", "tool_calls", "content", "tool_calls", "finish"]
     assert data(delivered)[-1] == b"[DONE]"
 
 
@@ -175,7 +176,9 @@ def test_a_valid_call_is_held_until_the_end_then_released():
     assert all(b"tool_calls" not in d for d in data(delivered))
     assert gate.verdict() is None
     released = chunks(gate.open())
-    assert released[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == READ_ARGS
+    deltas = [tc for c in released for tc in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert "".join(d["function"].get("arguments") or "" for d in deltas) == READ_ARGS
+    assert gate.seen.calls == [("read", READ_ARGS)]
 
 
 def test_calls_with_markup_or_unparseable_arguments_are_invalid():

@@ -79,7 +79,8 @@ class Continuation:
 
 def completion_events(body: dict[str, Any]) -> list[bytes]:
     """A (repaired) non-streamed chat completion as the stream a server would have sent: role,
-    reasoning, content, each tool call whole (index, id, name, complete arguments), the finish
+    reasoning, content, each tool call as OpenAI streams it (a first delta with its id, name and
+    `arguments: ""`, then its arguments), the finish
     chunk, usage, [DONE]. For retries sent non-streamed (`kimi_retry_stream=false`, vllm#54701)."""
     base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint") if k in body}
     base["object"] = "chat.completion.chunk"
@@ -101,8 +102,14 @@ def completion_events(body: dict[str, Any]) -> list[bytes]:
         if isinstance(message.get("content"), str) and message["content"]:
             emit(index, {"content": message["content"]})
         for number, call in enumerate(message.get("tool_calls") or []):
-            if isinstance(call, dict):
-                emit(index, {"tool_calls": [{"index": number, **call}]})
+            if not isinstance(call, dict):
+                continue
+            # as OpenAI streams a call: id, type, name and `arguments: ""` first, then the arguments
+            function = call.get("function") if isinstance(call.get("function"), dict) else {}
+            head = {"index": number, "id": call.get("id"), "type": call.get("type") or "function"}
+            emit(index, {"tool_calls": [{**head, "function": {"name": function.get("name"), "arguments": ""}}]})
+            if function.get("arguments"):
+                emit(index, {"tool_calls": [{"index": number, "function": {"arguments": function["arguments"]}}]})
         emit(index, {}, choice.get("finish_reason") or "stop")
     if body.get("usage") is not None:
         events.append(encode_data(orjson.dumps({**base, "choices": [], "usage": body["usage"]})))

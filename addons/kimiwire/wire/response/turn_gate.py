@@ -175,6 +175,7 @@ class TurnGate:
         self.held: list[bytes] = []
         self._held_bytes = 0
         self._decoder = SSEDecoder()
+        self._calls: dict[tuple[Any, Any], int] = {}  # (choice, call index) -> its place in seen.calls
 
     @property
     def holding(self) -> bool:
@@ -250,6 +251,25 @@ class TurnGate:
             hold |= chunk_hold
         return False, hold, role
 
+    def _call_delta(self, choice: Any, position: int, call: Any) -> None:
+        """A call goes out as OpenAI streams it (a first delta with the name and `arguments: ""`,
+        then its arguments), or whole in one delta: assembled by (choice, index)."""
+        if not isinstance(call, dict):
+            return
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        key = (choice, call.get("index", position))
+        assembled = self._calls.get(key)
+        if assembled is None:
+            assembled = self._calls[key] = len(self.seen.calls)
+            self.seen.calls.append(("", ""))
+        name, arguments = self.seen.calls[assembled]
+        more = function.get("arguments")
+        if isinstance(more, str):
+            arguments = (arguments if isinstance(arguments, str) else "") + more
+        elif more is not None:
+            arguments = more
+        self.seen.calls[assembled] = (name or str(function.get("name") or ""), arguments)
+
     def _chunk(self, chunk: dict[str, Any]) -> tuple[bool, bool, bool]:
         if not self.template:
             self.template = {k: chunk[k] for k in _TEMPLATE_KEYS if k in chunk}
@@ -270,8 +290,8 @@ class TurnGate:
                 if isinstance(calls, list) and calls:
                     if not self.hold_calls:
                         return True, False, role
-                    for call in calls:
-                        _call(call, self.seen)
+                    for position, call in enumerate(calls):
+                        self._call_delta(choice.get("index", 0), position, call)
                     hold = True
             finish = choice.get("finish_reason")
             if finish is not None:
