@@ -31,6 +31,7 @@ from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, 
 from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
+_OPEN = CallState.OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,8 +488,11 @@ class StreamRepairer:
         return flushed
 
     def _take_ready(self, state: _Choice) -> list[bytes]:
-        events: list[bytes] = []
         assembly = state.calls
+        pending = assembly.pending
+        if not pending or pending[0].state is _OPEN:  # the common case, on every tool fragment
+            return []
+        events: list[bytes] = []
         call = assembly.next_ready()
         while call is not None:
             events += self._call_out(state, call)

@@ -42,6 +42,7 @@ class Ending(Enum):
     CUT = "cut"  # body ended, `length`, reset, timeout
 
 
+_OPEN, _EMITTED = CallState.OPEN, CallState.EMITTED
 _TOKEN = re.compile(r'[{}\[\]"]|[^\s{}\[\]"]+')
 _IN_STRING = re.compile(r'["\\]')
 
@@ -137,9 +138,8 @@ class HeldCall:
     def args_closed(self) -> bool:
         parts = self.parts
         if self.scanned < len(parts):
-            feed = self.scanner.feed
-            for part in parts[self.scanned :]:
-                feed(part)
+            unseen = parts[self.scanned] if self.scanned == len(parts) - 1 else "".join(parts[self.scanned :])
+            self.scanner.feed(unseen)  # one regex pass over what came since the last look
             self.scanned = len(parts)
         self.dirty = False
         return self.scanner.closed
@@ -198,7 +198,7 @@ class ChoiceAssembly:
                 current = self.current
                 if (
                     current is None
-                    or current.state is not CallState.OPEN
+                    or current.state is not _OPEN
                     or (delta_id and current.id and delta_id != current.id)
                     or (name and not delta_id and current.args_closed())
                 ):
@@ -207,7 +207,7 @@ class ChoiceAssembly:
                     self.note_once("index.missing", upstream_index, call.position)
                 else:
                     call = current
-            if call.state is CallState.EMITTED:
+            if call.state is _EMITTED:
                 self.log.add("stream.late_fragment", call.position, function.get("arguments"), None)
                 continue
             if delta_id and not call.id:
