@@ -113,7 +113,7 @@ def schema_check_raises(monkeypatch):
     def boom(schema, value):
         raise RuntimeError("PointerToNowhere: '/definitions/missing'")
 
-    monkeypatch.setattr(tool_calls, "schema_violation", boom)
+    monkeypatch.setattr(tool_calls, "check_arguments", boom)
 
 
 @pytest.mark.parametrize("trigger", ["schema_step_raises", "nested_too_deep"])

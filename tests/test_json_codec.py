@@ -137,3 +137,21 @@ def test_records_of_a_repair_hold_only_valid_utf8():
     orjson.dumps(result.log.as_list())  # orjson refuses lone surrogates, as mitmproxy's flow files do
     orjson.dumps(result.facts.as_dict())
     assert b"\\\\ud83d" in orjson.dumps(result.log.as_list())  # kept, spelled as its escape
+
+
+def test_history_arguments_holding_a_lone_surrogate_are_valid_json_and_pass_unchanged():
+    # The arguments string (itself JSON) holds a lone surrogate once the body is read: orjson
+    # refuses such a string, JSON allows it; before, it was "repaired" and relabelled.
+    call = r'{"id":"functions.read:0","type":"function","function":{"name":"read","arguments":"{\"q\":\"\ud83d x\"}"}}'
+    body = (
+        r'{"model":"k","messages":[{"role":"user","content":"hi"},'
+        r'{"role":"assistant","content":null,"tool_calls":[' + call + r"]},"
+        r'{"role":"tool","tool_call_id":"functions.read:0","content":"ok"}]}'
+    ).encode()
+    result = repair_request_body(body, Policy.build(Flavor.SELFHOSTED))
+    assert result.skipped is None
+    assert result.body is None, "nothing to repair: forwarded byte for byte"
+    assert [entry["kind"] for entry in result.log.as_list()] == []
+    mangled = body.replace(b"functions.read:0", b"functionsread0")
+    repaired = repair_request_body(mangled, Policy.build(Flavor.SELFHOSTED))
+    assert repaired.body == body  # ids repaired, the arguments' lone surrogate kept as the same escape

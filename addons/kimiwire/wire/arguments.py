@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from kimiwire.wire.json_codec import encode_exact
+
 _DECODER = JSONDecoder()
 
 
@@ -32,11 +34,31 @@ def _loads(text: str) -> tuple[bool, Any]:
             return True, _DECODER.decode(text)
         return True, orjson.loads(text)
     except (orjson.JSONDecodeError, JSONDecodeError):
-        return False, None
+        pass
+    if not text.isascii() and _has_lone_surrogate(text):  # orjson refuses them; JSON strings allow them
+        try:
+            return True, _DECODER.decode(text)
+        except JSONDecodeError:
+            pass
+    return False, None
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError as exc:
+        if "surrogates" not in str(exc):
+            raise  # nesting too deep and the like: the caller keeps the call as it came
+        # A lone surrogate (which the exact request decoder reads): kept as its `\uXXXX` escape.
+        return encode_exact(value).decode("utf-8")
 
 
 def _split_leading_object(text: str) -> tuple[dict[str, Any], str] | None:

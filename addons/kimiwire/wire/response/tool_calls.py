@@ -12,7 +12,7 @@ from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.tool_ids import canonical_id
-from kimiwire.wire.response.schema_check import schema_violation
+from kimiwire.wire.response.schema_check import check_arguments
 from kimiwire.wire.response.tool_call_assembly import arguments_closed
 
 
@@ -34,9 +34,11 @@ def finalize_call(
     elif facts.tools_declared and name not in facts.tools:
         log.add("tool.undeclared", position, name, sorted(facts.tools))
     elif fixed.value is not None and (schema := facts.tools.get(name)):
-        problem = schema_violation(schema, fixed.value)
-        if problem:
-            log.add("args.schema_violation", position, orjson.loads(fixed.text), problem)
+        check = check_arguments(schema, fixed.value)
+        if check.violation:
+            log.add("args.schema_violation", position, orjson.loads(fixed.text), check.violation)
+        elif check.unchecked:
+            log.add("args.schema_unchecked", position, name, check.unchecked)
     if policy.tool_ids == "canonical" or not upstream_id:
         call_id = canonical_id(name, facts.history_tool_calls + position)
         if upstream_id != call_id:
