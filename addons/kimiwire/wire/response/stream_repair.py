@@ -24,6 +24,7 @@ import orjson
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.response.fast_path import plain_events, text_seen
 from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
 from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall, PassedCalls
@@ -87,12 +88,16 @@ class StreamRepairer:
         self._content_seen = False
         self._reasoning_seen = False
         self._text_unseen = True  # content or reasoning not yet seen: checked on the fast path
+        # Plain text deltas skip parsing only when the full path could not change them.
+        self.fast_path = policy.reasoning_field == "keep" and not (self.scan_markup and self.declared)
 
     # -- public API ------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.bypass:
             return [data] if data else []
+        if self.fast_path and self._passes_whole(data):
+            return [data]
         out: list[bytes] = []
         for event in self._decoder.feed(data):
             if self.bypass:  # turned to passthrough by an earlier event of this chunk
@@ -258,6 +263,31 @@ class StreamRepairer:
         if state is None:
             state = self._choices[index] = _Choice(index, ChoiceAssembly(self.log, self._note_once))
         return state
+
+    def _passes_whole(self, data: bytes) -> bool:
+        """The fast path (wire/response/fast_path.py): `data` is whole plain text deltas of a
+        choice already open, nothing is held, so each event would pass _passes_unchanged."""
+        if self.done or not self._have_template or self._decoder.pending:
+            return False
+        state = self._choices.get(0)
+        if state is None or state.finished:
+            return False
+        for scanner in state.scanners.values():
+            if scanner.pending:
+                return False
+        events = plain_events(data)
+        if not events:
+            return False
+        if self._text_unseen:  # the turn summary's content/reasoning flags, as _see_text sets them
+            seen = text_seen(data, TEXT_KEYS)
+            if seen is None:
+                return False
+            self._content_seen |= seen[0]
+            self._reasoning_seen |= any(seen[1:])
+            self._text_unseen = not (self._content_seen and self._reasoning_seen)
+        self.events_in += events
+        self.data_events_in += events
+        return True
 
     def _chunk(self, chunk: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         choices = chunk.get("choices")
