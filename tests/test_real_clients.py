@@ -14,6 +14,8 @@ from tests.support.clients import (
     tool_runs,
 )
 from tests.support.mitm import Mitmdump
+from tests.support.streams import Stream
+from tests.support.upstream import RecordingUpstream, sse_reply
 
 SHAPES = {
     "sglang": "shape=sglang",
@@ -45,6 +47,15 @@ BREAKS_PIAI = {
         "moonshot-reasoning-between",
         "deepinfra-interleaved",
     ],
+    # @earendil-works/pi-ai 1.x keys tool deltas by index, and by id when there is none: only
+    # Moonshot's index-less, id-less argument fragments still split (measured, 1.6.0).
+    "1.6.0": ["moonshot", "moonshot-reasoning-between"],
+}
+# How the newest pi-ai fails directly, exactly: the first turn's calls as pi-ai hands them to the tools.
+_MOONSHOT_SPLIT = [{"id": "read:0", "name": "read", "arguments": {}}] + [{"id": "", "name": "", "arguments": {}}] * 4
+EXACT_DIRECT_FAILURE = {
+    ("1.6.0", "moonshot"): _MOONSHOT_SPLIT,
+    ("1.6.0", "moonshot-reasoning-between"): _MOONSHOT_SPLIT,
 }
 
 
@@ -90,6 +101,8 @@ def test_piai_without_the_proxy_fails_where_documented(simulator, version, shape
     report = run_piai(version, simulator.url, SHAPES[shape])
     ok = tool_runs(report) == EXPECTED_TOOL_RUNS and report["outcome"] == "answered"
     assert ok is (shape not in BREAKS_PIAI[version]), report
+    if (version, shape) in EXACT_DIRECT_FAILURE:
+        assert report["turns"][0]["calls"] == EXACT_DIRECT_FAILURE[version, shape], report
 
 
 @pytest.mark.parametrize("version", PIAI_VERSIONS)
@@ -101,6 +114,32 @@ def test_openclaw_style_ids_poison_the_model_without_the_proxy(proxy, simulator,
     assert "<|tool_call" in broken["finalText"]
     fixed = run_piai(version, proxy.url, "shape=sglang", sanitize="strict")
     assert tool_runs(fixed) == EXPECTED_TOOL_RUNS and fixed["finalText"] == EXPECTED_ANSWER
+
+
+def _answer_without_finish_reason(_request):
+    return sse_reply(Stream().chunk({"role": "assistant", "content": ""}).chunk({"content": "Hello"}).done().events)
+
+
+@pytest.mark.parametrize("version", PIAI_VERSIONS)
+def test_a_stream_without_finish_reason_fails_piai_1x_directly(version):
+    # @earendil-works/pi-ai 1.x ends the turn with an error when no choice carries a finish_reason;
+    # the older line takes the text as the answer.
+    with RecordingUpstream(_answer_without_finish_reason) as upstream:
+        report = run_piai(version, upstream.url, task="hello")
+    if version.startswith("0."):
+        assert report["outcome"] == "answered" and report["finalText"] == "Hello", report
+    else:
+        assert report["outcome"] == "error: Stream ended without finish_reason", report
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="kimiwire does not yet add a finish_reason to a stream that ends without one (lane core builds it)",
+)
+def test_piai_1x_gets_a_finish_reason_through_the_proxy(tmp_path):
+    with RecordingUpstream(_answer_without_finish_reason) as upstream, Mitmdump(upstream.url, tmp_path) as proxy:
+        report = run_piai(PIAI_VERSIONS[-1], proxy.url, task="hello")
+    assert report["outcome"] == "answered" and report["finalText"] == "Hello", report
 
 
 def test_markup_leak_from_an_already_poisoned_model_becomes_tool_calls(simulator, tmp_path):

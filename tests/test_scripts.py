@@ -10,6 +10,7 @@ import time
 
 import httpx
 import orjson
+import pytest
 
 from tests.support.clients import TOOLS
 from tests.support.mitm import ROOT, free_port
@@ -20,63 +21,195 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_run_without_upstream_starts_the_simulator_and_the_proxy(tmp_path):
-    port, sim_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            str(ROOT / "scripts" / "run"),
-            "--port",
-            str(port),
-            "--sim-port",
-            str(sim_port),
-            "--",
-            "--set",
-            f"confdir={tmp_path}",
-            "--set",
-            f"kimi_capture_dir={tmp_path / 'captures'}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    lines: list[str] = []
-    ready = threading.Event()
+class RunScript:
+    """`scripts/run` started as a user starts it, its output collected; `ready` once mitmdump listens."""
 
-    def drain():
-        for line in proc.stdout:
-            lines.append(line)
-            if "listening at" in line and f":{port}" in line:
-                ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        assert ready.wait(60), "".join(lines)
-        banner = "".join(lines)
-        assert "built-in Kimi server simulator" in banner
-        assert re.search(r"captures: captures/kimiwire-\d{8}-\d{6}-\d+\.mitm", banner)
-        assert "curl -sN" in banner and '"kimiwire": { baseUrl: "http://127.0.0.1:' in banner
-        r = httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            timeout=10,
-            json={
-                "model": "kimi-k2-thinking",
-                "stream": True,
-                "tools": TOOLS,
-                "messages": [{"role": "user", "content": "read /w/a.txt"}],
-            },
+    def __init__(self, tmp_path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        command = [str(ROOT / "scripts" / "run"), "--port", str(self.port), *args]
+        if "--" not in args:
+            command.append("--")
+        command += ["--set", f"confdir={tmp_path / 'conf'}"]
+        if not any(a.startswith("kimi_capture_dir=") for a in args):
+            command += ["--set", f"kimi_capture_dir={tmp_path / 'captures'}"]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._drained = threading.Thread(target=self._drain, daemon=True)
+        self._drained.start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "listening at" in line and f":{self.port}" in line:
+                self.ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self) -> None:
+        assert self.ready.wait(60), self.output
+
+    def children(self) -> list[int]:
+        """Every process started under the script (its whole process group but itself)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != self.proc.pid:
+                try:
+                    if os.getpgid(int(entry)) == self.proc.pid:
+                        pids.append(int(entry))
+                except ProcessLookupError:
+                    pass
+        return pids
+
+    def finish(self, timeout: float = 30) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._drained.join(5)
+        return code
+
+
+def chat(port: int, path: str = "/v1") -> httpx.Response:
+    return httpx.post(
+        f"http://127.0.0.1:{port}{path}/chat/completions",
+        timeout=10,
+        json={
+            "model": "kimi-k2-thinking",
+            "stream": True,
+            "tools": TOOLS,
+            "messages": [{"role": "user", "content": "read /w/a.txt"}],
+        },
+    )
+
+
+def test_run_without_upstream_starts_the_simulator_and_the_proxy(tmp_path):
+    sim_port = free_port()
+    run = RunScript(tmp_path, "--sim-port", str(sim_port))
+    try:
+        run.wait_ready()
+        banner = run.output
+        assert f"the built-in Kimi server simulator answers at http://127.0.0.1:{sim_port}" in banner
+        assert f"harness base URL: http://127.0.0.1:{run.port}/v1" in banner
+        assert "API key: any (the simulator checks none)" in banner
+        assert re.search(r"captures: on, \S+/captures/kimiwire-\d{8}-\d{6}-\d+\.mitm", banner), banner
+        assert "curl -sN" in banner and '"kimiwire": { baseUrl: "http://127.0.0.1:' in banner
+        r = chat(run.port)
         assert b'"id":"functions.read:0","type":"function","function":{"name":"read"' in r.content
         assert r.content.endswith(b"data: [DONE]\n\n")
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
-        proc.wait(20)
-    time.sleep(0.3)
+        os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C does
+        run.finish()
     assert not port_open(sim_port), "the simulator must stop with the proxy"
     [capture] = list((tmp_path / "captures").glob("kimiwire-*.mitm"))
-    assert capture.name in "".join(lines)
+    assert capture.name in run.output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_run_stops_everything_it_started_on_a_signal_to_its_pid(tmp_path, signum):
+    sim_port = free_port()
+    run = RunScript(tmp_path, "--sim-port", str(sim_port))
+    run.wait_ready()
+    started = run.children()
+    assert started, "mitmdump runs under the script"
+    os.kill(run.proc.pid, signum)  # the script's pid only, as `kill` or a closing terminal does
+    assert run.finish() == 128 + signum
+    time.sleep(0.3)
+    assert [pid for pid in started if os.path.exists(f"/proc/{pid}")] == [], run.output
+    assert not port_open(run.port) and not port_open(sim_port)
+
+
+def test_run_leaves_no_temporary_files(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = RunScript(tmp_path, env={"TMPDIR": str(scratch)})
+    try:
+        run.wait_ready()
+        assert chat(run.port).status_code == 200
+    finally:
+        os.kill(run.proc.pid, signal.SIGTERM)
+        run.finish()
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--port", "--sim-port"])
+def test_run_names_the_flag_for_a_busy_port(tmp_path, flag):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [str(ROOT / "scripts" / "run"), flag, str(port)], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"kimiwire: cannot listen on 127.0.0.1:{port} (Address already in use); choose another port with {flag} N"
+    )
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_run_rejects_a_bad_kimi_option_before_the_banner(tmp_path):
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "run"), "--port", str(free_port()), "--", "--set", "kimi_idle_timeout=soon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        "kimiwire: bad --set value: kimi_idle_timeout must be a number of seconds (got 'soon')"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_run_splits_an_upstream_url_with_a_path(tmp_path):
+    from kimiwire.sim.server import SimulatorThread
+
+    with SimulatorThread() as sim:
+        run = RunScript(tmp_path, "--upstream", f"{sim.url}/v1/")
+        try:
+            run.wait_ready()
+            assert f"proxy http://127.0.0.1:{run.port}  ->  {sim.url}   (flavor selfhosted" in run.output
+            assert f"harness base URL: http://127.0.0.1:{run.port}/v1\n" in run.output
+            assert "the harness's own; its Authorization header reaches" in run.output
+            r = chat(run.port)
+            assert r.status_code == 200 and r.content.endswith(b"data: [DONE]\n\n")
+        finally:
+            os.kill(run.proc.pid, signal.SIGTERM)
+            run.finish()
+
+
+@pytest.mark.parametrize(
+    ("upstream", "base_path", "flavor"),
+    [
+        ("https://api.deepinfra.com/v1/openai", "/v1/openai", "deepinfra"),
+        ("https://api.moonshot.ai/v1", "/v1", "moonshot"),
+    ],
+)
+def test_run_banner_for_hosted_upstreams(tmp_path, upstream, base_path, flavor):
+    # Nothing is sent upstream: mitmdump connects only when a request comes (lazy connections).
+    run = RunScript(tmp_path, "--upstream", upstream, "--", "--set", "kimi_capture_dir=")
+    try:
+        run.wait_ready()
+    finally:
+        os.kill(run.proc.pid, signal.SIGTERM)
+        run.finish()
+    origin = upstream[: upstream.index("/", len("https://"))]
+    assert f"->  {origin}   (flavor {flavor}, detected from the host)" in run.output
+    assert f"harness base URL: http://127.0.0.1:{run.port}{base_path}\n" in run.output
+    assert "captures: off" in run.output and "Invalid server specification" not in run.output
 
 
 def test_run_rejects_a_bad_upstream():
@@ -84,6 +217,24 @@ def test_run_rejects_a_bad_upstream():
         [str(ROOT / "scripts" / "run"), "--upstream", "localhost:1"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "must start with http://" in done.stderr
+
+
+@pytest.mark.parametrize(("extra", "installs"), [("", "-e ROOT"), ("test", "-e ROOT[test]")])
+def test_setup_installs_the_test_tools_only_for_the_tests(tmp_path, extra, installs):
+    # A fake repo whose .venv python records how pip is asked to install the project.
+    fake_root = tmp_path / "repo"
+    (fake_root / "scripts").mkdir(parents=True)
+    (fake_root / "scripts" / "_setup.sh").write_text((ROOT / "scripts" / "_setup.sh").read_text())
+    (fake_root / "scripts" / "probe").write_text(f'source "$(dirname "$0")/_setup.sh"\nensure_venv {extra}\n')
+    (fake_root / "pyproject.toml").write_text("")
+    (fake_root / ".venv" / "bin").mkdir(parents=True)
+    python = fake_root / ".venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
+    python.chmod(0o755)
+    done = subprocess.run(["bash", str(fake_root / "scripts" / "probe")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls").read_text().replace(str(fake_root), "ROOT").splitlines()
+    assert calls[-1] == f"-m pip install -q {installs}"
 
 
 def test_sim_script_help_lists_shapes_and_faults():
@@ -185,3 +336,42 @@ def test_bench_runs_end_to_end_without_errors(tmp_path):
     assert scale["workers"]["1"]["errors"] == 0 and scale["workers"]["2"]["errors"] == 0
     assert scale["workers"]["2"]["events"] > 0 and scale["speedup"] > 0
     assert report["e2e"]["paced_capacity"]["tried"], "the paced capacity search ran"
+
+
+def test_simulator_takes_the_task_from_the_first_user_message_of_the_turn():
+    # OpenClaw 2026.9 appends an internal-context user message after the task; it is not a task.
+    from kimiwire.sim.model import plan_turn
+
+    context = {"role": "user", "content": "<openclaw internal context> read /etc/hosts then run `whoami`"}
+    messages = [
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": "read /w/a.txt then read /w/b.txt"},
+        context,
+    ]
+    plans = [plan_turn({"tools": TOOLS, "messages": messages})]
+    messages += [
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "functions.read:0", "function": {"name": "read", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "functions.read:0", "content": "alpha"},
+        context,
+    ]
+    plans.append(plan_turn({"tools": TOOLS, "messages": messages}))
+    messages += [
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "functions.read:1", "function": {"name": "read", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "functions.read:1", "content": "bravo"},
+    ]
+    plans.append(plan_turn({"tools": TOOLS, "messages": messages}))
+    messages += [{"role": "assistant", "content": plans[-1].content}, {"role": "user", "content": "read /w/c.txt"}]
+    plans.append(plan_turn({"tools": TOOLS, "messages": messages}))
+    assert [[(c.name, orjson.loads(c.arguments)) for c in plan.calls] for plan in plans] == [
+        [("read", {"path": "/w/a.txt"})],
+        [("read", {"path": "/w/b.txt"})],
+        [],
+        [("read", {"path": "/w/c.txt"})],
+    ]
+    assert plans[2].content == "Done. alpha | bravo"

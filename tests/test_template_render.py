@@ -1,14 +1,14 @@
 """The rewritten request, rendered through the real Kimi-K2-Thinking chat template."""
 
+import hashlib
 import re
 
 import orjson
-import pytest
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.repair import repair_request_body
 
 from tests.support.conversations import assistant, body, call, tool, user
-from tests.support.template import ASSISTANT_TURN, CALL_ID, RETURN_OF, SHARED_TEMPLATE, TEMPLATE, THINK, render
+from tests.support.template import ASSISTANT_TURN, CALL_ID, RETURN_OF, TEMPLATE, THINK, render
 
 
 def openclaw_history():
@@ -37,10 +37,15 @@ def repaired_messages(policy):
     return orjson.loads(result.body)["messages"]
 
 
-def test_vendored_template_matches_shared_copy():
-    if not SHARED_TEMPLATE.exists():
-        pytest.skip("shared/ is not beside this checkout")
-    assert TEMPLATE.read_text() == SHARED_TEMPLATE.read_text()
+# sha256 of Kimi-K2-Thinking's chat template as published in ggml-org/llama.cpp,
+# models/templates/moonshotai-Kimi-K2-Thinking.jinja (commit 0c3c896e); see tests/fixtures/README.md.
+TEMPLATE_SHA256 = "833d0c375531149a922a0f2addf9a66cce8e4503c500fe4ca6a95e9d1ed3c75a"
+
+
+def test_vendored_template_is_the_published_one():
+    assert hashlib.sha256(TEMPLATE.read_bytes()).hexdigest() == TEMPLATE_SHA256, (
+        "tests/fixtures/kimi-k2-thinking.jinja changed: restore the published template (tests/fixtures/README.md)"
+    )
 
 
 def test_model_sees_canonical_sequential_ids():

@@ -1,6 +1,7 @@
 // Drives pi-ai's openai-completions provider (the stream parser inside OpenClaw) through a
 // multi-turn tool task and reports, as JSON on stdout, what every tool received and how each
-// turn ended. Run from a directory where @mariozechner/pi-ai is installed.
+// turn ended. Run from a directory where pi-ai is installed: `@mariozechner/pi-ai` (up to 0.73)
+// or its continuation `@earendil-works/pi-ai` (1.x, whose old global API is `/compat`).
 //
 //   node piai_driver.mjs --base-url http://127.0.0.1:PORT/v1 --task "read /w/a.txt then ..."
 //        [--model kimi-k2-thinking] [--sim "shape=vllm,interleave"] [--sanitize none|strict]
@@ -10,7 +11,16 @@
 // 2026.4.21 does for custom openai-completions providers (alphanumerics only, cut to 40,
 // occurrence seeds id:N, hash suffix on collisions), which is what poisons Kimi's history.
 import { createHash } from "node:crypto";
-import { streamSimple, Type } from "@mariozechner/pi-ai";
+
+async function loadPiai() {
+  try {
+    return await import("@earendil-works/pi-ai/compat");
+  } catch (err) {
+    if (err?.code !== "ERR_MODULE_NOT_FOUND") throw err;
+    return await import("@mariozechner/pi-ai");
+  }
+}
+const { streamSimple } = await loadPiai();
 
 const args = {};
 for (let i = 2; i < process.argv.length; i++) {
@@ -37,9 +47,11 @@ const model = {
   maxTokens: 8192,
   headers: args.sim ? { "x-kimi-sim": args.sim } : {},
 };
+// The JSON schema TypeBox's Type.Object({NAME: Type.String()}) produces (1.x no longer exports Type).
+const stringParameter = (name) => ({ type: "object", properties: { [name]: { type: "string" } }, required: [name] });
 const tools = [
-  { name: "read", description: "Read a file", parameters: Type.Object({ path: Type.String() }) },
-  { name: "exec", description: "Run a shell command", parameters: Type.Object({ command: Type.String() }) },
+  { name: "read", description: "Read a file", parameters: stringParameter("path") },
+  { name: "exec", description: "Run a shell command", parameters: stringParameter("command") },
 ];
 
 function runTool(call) {

@@ -11,7 +11,6 @@ import jinja2
 import jinja2.sandbox
 
 TEMPLATE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "kimi-k2-thinking.jinja"
-SHARED_TEMPLATE = pathlib.Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "kimi-k2-thinking.jinja"
 
 
 def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:

@@ -1,9 +1,11 @@
 """The scripted model: deterministic, and as sensitive to broken history as Kimi is.
 
-The last user message is a task in steps separated by "then"; each step asks for one or more
-tool calls joined by "and": `read PATH`, `run `COMMAND``, or `call NAME {json}`. Turn k of the
-current task makes the calls of step k (several calls = parallel calls); once every step has had
-its results, the model answers in text. Only declared tools are called.
+The first user message of the current turn (after the last answer without tool calls) is a task
+in steps separated by "then"; each step asks for one or more tool calls joined by "and":
+`read PATH`, `run `COMMAND``, or `call NAME {json}`. User messages after it are context a harness
+added (OpenClaw 2026.9 appends an internal-context message after the task), not tasks. Turn k of
+the current task makes the calls of step k (several calls = parallel calls); once every step has
+had its results, the model answers in text. Only declared tools are called.
 
 Kimi copies the tool-call ids it sees: when the history holds ids that are not canonical
 (`functions.NAME:K`, K counting every call from 0), the model writes its next call with the
@@ -100,6 +102,16 @@ def copied_id(broken: str, name: str, k: int) -> str:
     return f"functions{name}{k}"
 
 
+def _turn_start(messages: list[dict[str, Any]]) -> int:
+    """The index of the first user message after the last answer (an assistant message without
+    tool calls); the last user message when none follows it; -1 when there is no user message."""
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    answered = max(
+        (i for i, m in enumerate(messages) if m.get("role") == "assistant" and not m.get("tool_calls")), default=-1
+    )
+    return next((i for i in users if i > answered), users[-1] if users else -1)
+
+
 def plan_turn(body: dict[str, Any], history_tools: bool = False) -> TurnPlan:
     """`history_tools`: with no tools declared, the model still calls the tools its history
     called (it sees them there; pi-ai then sends `tools: []`)."""
@@ -120,9 +132,9 @@ def plan_turn(body: dict[str, Any], history_tools: bool = False) -> TurnPlan:
             and isinstance(c["function"].get("name"), str)
         }
     history_calls = sum(len(m.get("tool_calls") or []) for m in messages if m.get("role") == "assistant")
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
-    task = _text(messages[last_user].get("content")) if last_user >= 0 else ""
-    turns_done = sum(1 for m in messages[last_user + 1 :] if m.get("role") == "assistant" and m.get("tool_calls"))
+    task_at = _turn_start(messages)
+    task = _text(messages[task_at].get("content")) if task_at >= 0 else ""
+    turns_done = sum(1 for m in messages[task_at + 1 :] if m.get("role") == "assistant" and m.get("tool_calls"))
     steps = _steps(task, declared)
     plan = TurnPlan(
         history_calls=history_calls, poisoned_by=broken_history_id(messages), tools_declared=bool(body.get("tools"))
@@ -132,7 +144,7 @@ def plan_turn(body: dict[str, Any], history_tools: bool = False) -> TurnPlan:
         names = " and ".join(f"{c.name} {c.arguments}" for c in plan.calls)
         plan.reasoning = f"Step {turns_done + 1} of {len(steps)}: I should call {names}."
         return plan
-    results = [_text(m.get("content")) for m in messages[last_user + 1 :] if m.get("role") == "tool"]
+    results = [_text(m.get("content")) for m in messages[task_at + 1 :] if m.get("role") == "tool"]
     plan.reasoning = f"All {len(steps)} steps are done; I will summarise." if steps else "A greeting."
     plan.content = ("Done. " + " | ".join(results)) if results else "Hello! Ask me to read a file or run a command."
     return plan
