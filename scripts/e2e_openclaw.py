@@ -118,13 +118,20 @@ def write_config(version: str, home: pathlib.Path, workspace: pathlib.Path, base
     (home / ".openclaw" / "openclaw.json").write_text(json.dumps(settings, indent=2))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _failure_line(stdout: str, stderr: str) -> str:
-    """The most telling error line OpenClaw printed, shortened."""
-    for text in (stderr, stdout):
-        lines = [line.strip() for line in text.splitlines() if re.search(r"error|fail|malformed|timeout", line, re.I)]
-        if lines:
-            return lines[-1][:200]
-    return ""
+    """The error OpenClaw reported: its raw provider error, else the first error line, shortened."""
+    text = _ANSI.sub("", stderr + "\n" + stdout)
+    raw = re.findall(r"rawError=(.+)", text)
+    if raw:
+        return raw[-1].strip()[:200]
+    message = re.search(r'"error": \{[^}]*?"message": "([^"]+)"', text)
+    if message:
+        return message[1][:200]
+    lines = [line.strip() for line in text.splitlines() if re.search(r"\berror\b|failed|timed out", line, re.I)]
+    return lines[0][:200] if lines else ""
 
 
 def run_once(install_dir: pathlib.Path, version: str, shape: str, path: str, timeout: int) -> Outcome:
