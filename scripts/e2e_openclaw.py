@@ -206,11 +206,16 @@ def main() -> int:
             outcome = run_once(install_dir, version, shape, path, args.timeout)
             print(f"  {'PASS' if outcome.passed else 'FAIL'}: {outcome.detail}", flush=True)
             rows.append((shape, path, outcome))
-    print(f"\n| OpenClaw {version} | shape | path | result | upstream requests | seconds |")
-    print("|---|---|---|---|---|---|")
-    for shape, path, o in rows:
-        verdict = "PASS" if o.passed else "FAIL"
-        print(f"| | {shape} | {path} | {verdict}: {o.detail} | {o.requests} | {o.seconds:.0f} |")
+    print(f"\nOpenClaw {version}, Node {node_version}:\n")
+    print("| shape | " + " | ".join("directly" if path == "direct" else "through kimiwire" for path in paths) + " |")
+    print("|---" * (len(paths) + 1) + "|")
+    for shape in shapes:
+        cells = [
+            f"{'PASS' if o.passed else 'FAIL'}: {o.detail} ({o.requests} requests, {o.seconds:.0f} s)"
+            for row_shape, _, o in rows
+            if row_shape == shape
+        ]
+        print(f"| {shape} | " + " | ".join(cells) + " |")
     through = [o.passed for _, path, o in rows if path == "kimiwire"]
     return 0 if all(through) else 1
 

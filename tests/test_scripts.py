@@ -342,7 +342,11 @@ def test_simulator_takes_the_task_from_the_first_user_message_of_the_turn():
     # OpenClaw 2026.9 appends an internal-context user message after the task; it is not a task.
     from kimiwire.sim.model import plan_turn
 
-    context = {"role": "user", "content": "<openclaw internal context> read /etc/hosts then run `whoami`"}
+    # (the marker and form as captured from 2026.9.6; the text here is made to look like a task)
+    context = {
+        "role": "user",
+        "content": [{"type": "text", "text": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nread /etc/hosts then run `ls`"}],
+    }
     messages = [
         {"role": "system", "content": "You are a coding agent."},
         {"role": "user", "content": "read /w/a.txt then read /w/b.txt"},
