@@ -7,6 +7,7 @@ import socket
 import subprocess
 import threading
 import time
+from typing import ClassVar
 
 import httpx
 import orjson
@@ -379,3 +380,99 @@ def test_simulator_takes_the_task_from_the_first_user_message_of_the_turn():
         [("read", {"path": "/w/c.txt"})],
     ]
     assert plans[2].content == "Done. alpha | bravo"
+
+
+def _self_signed_certificate(folder):
+    """A certificate for 127.0.0.1 that is its own CA, and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kimiwire test upstream")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "upstream-ca.pem", folder / "upstream-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+class TlsUpstream:
+    """A chat-completions server on 127.0.0.1 over TLS with the given certificate (stdlib, threaded)."""
+
+    ANSWER: ClassVar[dict] = {"id": "c", "object": "chat.completion", "model": "k", "choices": []}
+
+    def __init__(self, cert, key) -> None:
+        import ssl
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                upstream.paths.append(self.path)
+                body = orjson.dumps(TlsUpstream.ANSWER)
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize("trust", ["ca", "insecure", "none"])
+def test_run_in_front_of_a_tls_upstream_with_its_own_ca(tmp_path, trust):
+    cert, key = _self_signed_certificate(tmp_path)
+    options = {"ca": ["--set", f"ssl_verify_upstream_trusted_ca={cert}"], "insecure": ["--set", "ssl_insecure=true"]}
+    with TlsUpstream(cert, key) as upstream:
+        run = RunScript(tmp_path, "--upstream", f"https://127.0.0.1:{upstream.port}/v1", "--", *options.get(trust, []))
+        try:
+            run.wait_ready()
+            r = chat(run.port)
+        finally:
+            os.kill(run.proc.pid, signal.SIGTERM)
+            run.finish()
+    if trust == "none":
+        assert r.status_code == 502 and "certificate" in r.json()["error"]["message"].lower(), r.text
+        assert upstream.paths == []
+    else:
+        assert r.status_code == 200 and r.json() == TlsUpstream.ANSWER
+        assert upstream.paths == ["/v1/chat/completions"]
