@@ -159,7 +159,10 @@ def run_once(install_dir: pathlib.Path, version: str, shape: str, path: str, tim
             done = subprocess.run(command, cwd=install_dir, env=env, capture_output=True, text=True, timeout=timeout)
             returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
         except subprocess.TimeoutExpired as exc:
-            returncode, stdout, stderr = -1, str(exc.stdout or ""), f"timed out after {timeout} s\n{exc.stderr or ''}"
+            # run() leaves the output read so far as bytes even in text mode
+            outputs = (exc.stdout, exc.stderr)
+            partial = [o if isinstance(o, str) else (o or b"").decode("utf-8", "replace") for o in outputs]
+            returncode, stdout, stderr = -1, partial[0], f"timed out after {timeout} s\n{partial[1]}"
         elapsed = time.monotonic() - started
         requests = httpx.get(f"{sim.url}/_sim/requests").json()
     (scratch / "openclaw.out").write_text(stdout)
