@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,25 @@ def _failure_line(stdout: str, stderr: str) -> str:
     return lines[0][:200] if lines else ""
 
 
+def run_openclaw(command: list[str], cwd: pathlib.Path, env: dict[str, str], timeout: int) -> tuple[int, str, str]:
+    """OpenClaw in its own process group: on a timeout the whole group goes (it runs npm for its
+    plugins' runtime dependencies on a version's first start)."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return proc.returncode, stdout, stderr
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return -1, stdout, f"timed out after {timeout} s\n{stderr}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def run_once(install_dir: pathlib.Path, version: str, shape: str, path: str, timeout: int) -> Outcome:
     scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"run-{shape}-{path}-", dir=install_dir))
     home, workspace = scratch / "home", scratch / "workspace"
@@ -155,14 +175,7 @@ def run_once(install_dir: pathlib.Path, version: str, shape: str, path: str, tim
         started = time.monotonic()
         command = ["node", "node_modules/openclaw/openclaw.mjs", "agent", "--local", "--session-id", "e2e"]
         command += ["--message", task, "--thinking", "medium", "--json"]
-        try:
-            done = subprocess.run(command, cwd=install_dir, env=env, capture_output=True, text=True, timeout=timeout)
-            returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
-        except subprocess.TimeoutExpired as exc:
-            # run() leaves the output read so far as bytes even in text mode
-            outputs = (exc.stdout, exc.stderr)
-            partial = [o if isinstance(o, str) else (o or b"").decode("utf-8", "replace") for o in outputs]
-            returncode, stdout, stderr = -1, partial[0], f"timed out after {timeout} s\n{partial[1]}"
+        returncode, stdout, stderr = run_openclaw(command, install_dir, env, timeout)
         elapsed = time.monotonic() - started
         requests = httpx.get(f"{sim.url}/_sim/requests").json()
     (scratch / "openclaw.out").write_text(stdout)
@@ -187,13 +200,20 @@ def run_once(install_dir: pathlib.Path, version: str, shape: str, path: str, tim
     return Outcome(passed, detail, elapsed, len(requests))
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the context managers: the simulator and mitmdump stop
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(prog="scripts/e2e-openclaw", description=__doc__)
     parser.add_argument("--version", default="2026.4.21", help=f"{' | '.join(KNOWN_VERSIONS)} | latest | any release")
     parser.add_argument("--shape", choices=(*SHAPES, "all"), default="all", help="simulator shape (default all)")
     parser.add_argument("--path", choices=(*PATHS, "both"), default="both", help="direct, through kimiwire, or both")
     parser.add_argument("--direct", action="store_true", help="same as --path direct")
-    parser.add_argument("--timeout", type=int, default=600, help="seconds for one OpenClaw run")
+    parser.add_argument(
+        "--timeout", type=int, default=900, help="seconds for one OpenClaw run (the first also installs plugins)"
+    )
     args = parser.parse_args()
     version = resolve_version(args.version)
     install_dir = install(version)
