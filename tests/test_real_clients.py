@@ -132,11 +132,8 @@ def test_a_stream_without_finish_reason_fails_piai_1x_directly(version):
         assert report["outcome"] == "error: Stream ended without finish_reason", report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kimiwire does not yet add a finish_reason to a stream that ends without one (lane core builds it)",
-)
 def test_piai_1x_gets_a_finish_reason_through_the_proxy(tmp_path):
+    # kimiwire ends every choice with a finish_reason (lane core, tests/test_do_no_harm.py)
     with RecordingUpstream(_answer_without_finish_reason) as upstream, Mitmdump(upstream.url, tmp_path) as proxy:
         report = run_piai(PIAI_VERSIONS[-1], proxy.url, task="hello")
     assert report["outcome"] == "answered" and report["finalText"] == "Hello", report
