@@ -245,3 +245,26 @@ def test_e_passthrough_with_finish_fix_keeps_tool_calls_when_calls_were_streamed
     body, repairer = run(raw, Policy.build(Flavor.SELFHOSTED, tool_stream="passthrough"))
     assert finish_reasons(body) == ["tool_calls"]
     assert repairer.turn.tool_calls == 1
+
+
+def test_b_a_repair_raising_mid_chunk_keeps_what_earlier_events_of_that_chunk_produced(monkeypatch):
+    # Call 0 completes (call 1 starts with call 0's JSON closed) and goes out within one upstream
+    # read; a later event of the same read raises. Before, the adapter threw the whole read's
+    # output away and sent only the raw read, so call 0's earlier fragments were lost.
+    original = StreamRepairer._event
+    seen = {"n": 0}
+
+    def flaky(self, event, out):
+        seen["n"] += 1
+        if seen["n"] == len(events) - 2:
+            raise RuntimeError("repair bug")
+        return original(self, event, out)
+
+    calls = [("read", READ_ARGS), ("exec", EXEC_ARGS)]
+    raw = streams.sglang(calls).body()
+    events = SSEDecoder().feed(raw)
+    monkeypatch.setattr(StreamRepairer, "_event", flaky)
+    body, repairer = run(raw)
+    assert repairer.failure is not None and "repair.failed" in repairer.log.kinds()
+    assert [(n, a) for _, n, a in guide_accumulate(body)] == calls
+    assert [c[1:] for c in piai_parse(body)["calls"]] == [(n, orjson.loads(a)) for n, a in calls]

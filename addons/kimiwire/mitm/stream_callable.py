@@ -121,7 +121,14 @@ class RepairingStream:
             if self.on_error is not None:
                 self.on_error(exc)
         else:
-            if data and self.gate is not None and not self.gate.proven:
+            if repairer.failure is not None and not self.failed:
+                # The repairer caught it itself: nothing was lost; record it and pass the rest through.
+                self.failed = True
+                if data and self.gate is not None:  # (at the end, _end already passed it through the gate)
+                    out[:0] = self.gate.open()
+                if self.on_error is not None:
+                    self.on_error(repairer.failure)
+            elif data and self.gate is not None and not self.gate.proven:
                 out = self.gate.feed(out)
         times = self.times
         if repairer.bypass and data:

@@ -76,6 +76,7 @@ class StreamRepairer:
         self.log = RepairLog()
         self.done = False  # `data: [DONE]` has been emitted
         self.bypass = False  # past the buffer limit: forward the rest unrepaired
+        self.failure: Exception | None = None  # a repair raised: what was held went out, the rest passes
         self.events_in = 0
         self.data_events_in = 0  # events that carry data: comments and keepalives do not count
         self._decoder = SSEDecoder()
@@ -103,7 +104,7 @@ class StreamRepairer:
             if self.bypass:  # turned to passthrough by an earlier event of this chunk
                 out.append(event.raw)
             else:
-                self._event(event, out)
+                self._guarded_event(event, out)
         if self.bypass:
             out += self._take_undecoded()
         elif self.buffered > self.policy.stream_buffer_limit:
@@ -123,13 +124,32 @@ class StreamRepairer:
             if self.bypass:
                 out.append(event.raw)
             else:
-                self._event(event, out)
+                self._guarded_event(event, out)
         if not self.done and not self.bypass:
-            self._finish_all(out)
+            try:
+                self._finish_all(out)
+            except Exception as exc:
+                self._fail(exc, out)
+                return out
             out.append(DONE_EVENT)
             self.done = True
             self.log.add("done.synthesized", None, None, "[DONE]")
         return out
+
+    def _guarded_event(self, event: SSEEvent, out: list[bytes]) -> None:
+        """One event through the repairs; when they raise, what earlier events produced stays in
+        `out`, what is held goes out as the upstream sent it, then this event raw, and the rest of
+        the stream passes through (an exception costs a repair, never data)."""
+        try:
+            self._event(event, out)
+        except Exception as exc:
+            self._fail(exc, out)
+            out.append(event.raw)
+
+    def _fail(self, exc: Exception, out: list[bytes]) -> None:
+        self.failure = exc
+        self.log.add("repair.failed", None, f"{type(exc).__name__}: {exc}"[:300], "passthrough")
+        self._release(out)
 
     def end_with_error(self, error_event: bytes) -> list[bytes]:
         """The stream is cut short (timeout, upstream failure): the client gets the text held
