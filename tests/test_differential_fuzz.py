@@ -79,9 +79,13 @@ def upstream_turns(draw):
     # (call number, delta): interleaved by index where the shape has one, else one call after another
     order: list[tuple[int | None, dict]] = []
     if shape != "moonshot" and draw(st.booleans()):
+        # Fragments interleave, but calls start in index order: a server's parser numbers a call
+        # when its first token arrives, so index k+1 never starts before index k.
         queues = [list(d) for d in per_call]
+        started = 0
         while any(queues):
-            i = draw(st.sampled_from([k for k, q in enumerate(queues) if q]))
+            i = draw(st.sampled_from([k for k, q in enumerate(queues) if q and k <= started]))
+            started = max(started, i + 1)
             order.append((i, queues[i].pop(0)))
     else:
         order = [(i, d) for i, deltas in enumerate(per_call) for d in deltas]
