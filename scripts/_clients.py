@@ -87,7 +87,13 @@ def piai_dir(version: str) -> pathlib.Path:
 
 
 def run_piai(
-    version: str, base_url: str, sim: str = "", sanitize: str = "none", task: str = TASK, turn_timeout_ms: int = 20000
+    version: str,
+    base_url: str,
+    sim: str = "",
+    sanitize: str = "none",
+    task: str = TASK,
+    turn_timeout_ms: int = 20000,
+    model: str = "kimi-k2-thinking",
 ) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None:
@@ -106,6 +112,8 @@ def run_piai(
             sanitize,
             "--turn-timeout-ms",
             str(turn_timeout_ms),
+            "--model",
+            model,
         ],
         cwd=piai_dir(version),
         capture_output=True,

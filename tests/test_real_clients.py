@@ -3,7 +3,6 @@ simulator offers, and fail without it where the documented bugs say they do (iss
 
 import httpx
 import pytest
-from kimiwire.sim.server import SimulatorThread
 
 from tests.support.clients import (
     EXPECTED_ANSWER,
@@ -57,12 +56,6 @@ EXACT_DIRECT_FAILURE = {
     ("1.6.0", "moonshot"): _MOONSHOT_SPLIT,
     ("1.6.0", "moonshot-reasoning-between"): _MOONSHOT_SPLIT,
 }
-
-
-@pytest.fixture(scope="module")
-def simulator():
-    with SimulatorThread() as sim:
-        yield sim
 
 
 @pytest.fixture(scope="module")

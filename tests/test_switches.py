@@ -32,6 +32,7 @@ def test_defaults_are_the_first_choice_and_on():
         "markup": "recover",
         "arguments": "repair",
         "finish": "fix",
+        "think_tags": "split",
         "reasoning_field": "keep",
     }
 

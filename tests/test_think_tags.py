@@ -105,3 +105,11 @@ def test_leading_whitespace_is_held_only_up_to_the_limit():
 )
 def test_whole_messages(text, expected):
     assert split_think_tags(text)[:2] == expected
+
+
+def test_a_tool_section_ends_prefilled_reasoning_and_stays_content():
+    text = "I will read it.<|tool_calls_section_begin|><|tool_call_begin|>functions.read:0"
+    for pieces in splits(text):
+        reasoning, content, events = run(pieces, prefilled=True)
+        assert (reasoning, content) == ("I will read it.", text[len("I will read it.") :]), pieces
+        assert "think.unclosed_resent" not in events

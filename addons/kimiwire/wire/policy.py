@@ -39,6 +39,7 @@ MARKUP_CHOICES = ("recover", "keep")
 ARGUMENTS_CHOICES = ("repair", "keep")
 FINISH_CHOICES = ("fix", "keep")
 REQUEST_COMPAT_CHOICES = ("fix", "off")
+THINK_TAGS_CHOICES = ("split", "keep")
 
 # Each choice option is `kimi_<field>` on the addon and `--<field>` for scripts/replay; the first
 # choice is the default.
@@ -79,6 +80,11 @@ POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
         FINISH_CHOICES,
         "fix: finish_reason tool_calls whenever calls were sent, engine end reasons become stop, usage found "
         "in a choice also at the top level; keep: forward them as sent.",
+    ),
+    "think_tags": (
+        THINK_TAGS_CHOICES,
+        "split: reasoning that arrives as content with <think>/</think> goes out as reasoning, no tags "
+        "left; keep: forward the content as sent.",
     ),
     "reasoning_field": (
         REASONING_FIELD_CHOICES,
@@ -124,6 +130,7 @@ class Policy:
     markup: str = "recover"  # response: raw Kimi markup in text becomes tool calls
     arguments: str = "repair"  # response: tool-call arguments made JSON objects
     finish: str = "fix"  # response: finish_reason corrected, usage found in a choice also at the top
+    think_tags: str = "split"  # response: reasoning that arrives as content with think tags split out
 
     @classmethod
     def build(cls, flavor: Flavor, reasoning: str = "auto", **options: Any) -> Policy:

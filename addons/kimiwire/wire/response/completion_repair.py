@@ -13,8 +13,9 @@ import orjson
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
+from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall, embedded_markup
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
+from kimiwire.wire.response.think_tags import split_think_tags
 from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason, is_truncated
 
 
@@ -38,9 +39,43 @@ def _recover_markup(message: dict[str, Any], declared: frozenset[str], log: Repa
     return recovered
 
 
+def _split_think_tags(message: dict[str, Any], log: RepairLog) -> None:
+    """Reasoning that arrived as content with think tags goes to the reasoning field."""
+    content = message.get("content")
+    if not isinstance(content, str) or ("</think>" not in content and not content.lstrip().startswith("<think>")):
+        return
+    reasoning, rest, events = split_think_tags(content)
+    if reasoning:
+        keys = [k for k in ("reasoning_content", "reasoning") if isinstance(message.get(k), str)]
+        for key in keys or ["reasoning_content"]:
+            message[key] = (message.get(key) or "") + reasoning
+    message["content"] = rest if rest or message.get("tool_calls") is None else None
+    for kind in events:
+        log.add(kind, None, None, None)
+
+
+def _without_embedded_markup(
+    sent: list[tuple[str, Any, Any, Any]], known: frozenset[str], log: RepairLog
+) -> list[tuple[str, Any, Any, Any]]:
+    """A call whose arguments hold Kimi markup is replaced by the complete calls inside them."""
+    kept: list[tuple[str, Any, Any, Any]] = []
+    for position, (name, call_id, arguments, as_sent) in enumerate(sent):
+        found = embedded_markup(arguments, known) if isinstance(arguments, str) else None
+        if found is None:
+            kept.append((name, call_id, arguments, as_sent))
+            continue
+        log.add("markup.in_arguments", position, arguments, [c.name for c in found.calls])
+        for incomplete in found.incomplete:
+            log.add("markup.in_arguments_incomplete", position, incomplete.name, incomplete.arguments)
+        for c in found.calls:
+            call = {"id": c.raw_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            kept.append((c.name, c.raw_id, c.arguments, call))
+    return kept
+
+
 def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: Policy) -> RepairLog:
     log = RepairLog()
-    declared = frozenset(facts.tools)
+    declared = facts.known_tool_names
     choices = body.get("choices")
     if not isinstance(choices, list):
         return log
@@ -48,6 +83,8 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             continue
         message = choice["message"]
+        if policy.think_tags == "split":
+            _split_think_tags(message, log)
         recovered = _recover_markup(message, declared, log) if policy.markup == "recover" else []
         existing = message.get("tool_calls")
         sent: list[tuple[str, Any, Any, Any]] = []  # name, id, arguments, the call as sent
@@ -61,6 +98,13 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
             as_sent = {"id": c.raw_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             sent.append((c.name, c.raw_id, c.arguments, as_sent))
         cut = choice.get("finish_reason") in CUT_FINISH_REASONS
+        replaced = False
+        if policy.markup == "recover" and sent and not cut:  # a cut output's calls are not completed
+            before = len(log)
+            sent = _without_embedded_markup(sent, declared, log)
+            replaced = len(log) != before
+            if replaced and not sent:
+                message.pop("tool_calls", None)
         any_truncated = False
         if sent:
             before = len(log)
@@ -70,7 +114,7 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
                 any_truncated |= truncated
                 finished = deliver_call(name, upstream_id, arguments, position, truncated, facts, policy, log)
                 calls.append(as_sent if finished is None else finished)
-            if len(log) != before or recovered:
+            if len(log) != before or recovered or replaced:
                 message["tool_calls"] = calls
         if rename_reasoning(message, policy.reasoning_field):
             log.add("reasoning.field_renamed", None, None, policy.reasoning_field)

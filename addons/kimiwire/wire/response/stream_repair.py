@@ -25,8 +25,9 @@ from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.fast_path import plain_events, text_seen
-from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall
+from kimiwire.wire.response.markup import MARKER_PREFIX, MarkupScanner, RecoveredCall, embedded_markup
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
+from kimiwire.wire.response.think_tags import ThinkTagSplitter
 from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall, PassedCalls
 from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason
 from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
@@ -57,10 +58,12 @@ class _Choice:
     finished: bool = False  # its finish_reason has been seen
     finish_delivered: Any = None
     scanners: dict[str, MarkupScanner] = field(default_factory=dict)
+    think: ThinkTagSplitter | None = None
+    extra_calls: int = 0  # calls delivered beyond those held: one whose arguments held markup becomes those inside
 
     @property
     def calls_delivered(self) -> int:
-        return self.calls.emitted + self.passed.count
+        return self.calls.emitted + self.passed.count + self.extra_calls
 
     @property
     def truncated(self) -> bool:
@@ -71,8 +74,10 @@ class StreamRepairer:
     def __init__(self, facts: RequestFacts, policy: Policy) -> None:
         self.facts = facts
         self.policy = policy
-        self.declared = frozenset(facts.tools)
+        self.declared = facts.known_tool_names
         self.scan_markup = policy.markup == "recover"
+        self.split_think = policy.think_tags == "split"
+        self._reasoning_key: str | None = None  # the reasoning field the upstream uses
         self.log = RepairLog()
         self.done = False  # `data: [DONE]` has been emitted
         self.bypass = False  # past the buffer limit: forward the rest unrepaired
@@ -183,6 +188,8 @@ class StreamRepairer:
             for scanner in state.scanners.values():
                 if scanner.pending:
                     held += len(scanner.pending)
+            if state.think is not None:
+                held += state.think.held
         return held
 
     def undecoded(self) -> bytes:
@@ -214,6 +221,12 @@ class StreamRepairer:
         the stream passes through."""
         self.bypass = True
         for state in self._choices.values():
+            if state.think is not None:
+                reasoning, content = state.think.finish()
+                if reasoning:
+                    out.append(self._chunk_event(state.index, {self._reasoning_key or "reasoning_content": reasoning}))
+                if content:
+                    out.append(self._chunk_event(state.index, {"content": content}))
             for key, scanner in state.scanners.items():
                 if scanner.pending:
                     out.append(self._chunk_event(state.index, {key: scanner.pending}))
@@ -222,7 +235,7 @@ class StreamRepairer:
             assembly = state.calls
             while assembly.pending:
                 call = assembly.pending[0]
-                index = assembly.emitted + state.passed.indexes
+                index = assembly.emitted + state.passed.indexes + state.extra_calls
                 out += self._call_events(state.index, index, call.id, call.name, call.arguments())
                 assembly.mark_emitted(call)
 
@@ -295,6 +308,10 @@ class StreamRepairer:
         for scanner in state.scanners.values():
             if scanner.pending:
                 return False
+        # Think tags: only once the choice's content has begun, with nothing held; before that a
+        # reasoning delta changes the splitter's state and content may still be reasoning.
+        if self.split_think and (state.think is None or state.think.state != "content" or state.think.pending):
+            return False
         events = plain_events(data)
         if not events:
             return False
@@ -434,6 +451,14 @@ class StreamRepairer:
             return False
         index = choice.get("index")
         state = self._choice(index if isinstance(index, int) else 0)
+        if self.split_think:
+            content = delta.get("content")
+            splitter = self._splitter(state)
+            if type(content) is str and content:
+                if not splitter.passes_unchanged(content):
+                    return False
+            elif splitter.state == "start" and (delta.get("reasoning_content") or delta.get("reasoning")):
+                splitter.reasoning_seen()
         if self.scan_markup:
             for key in TEXT_KEYS:
                 text = delta.get(key)
@@ -467,10 +492,68 @@ class StreamRepairer:
             scanner = state.scanners[key] = MarkupScanner(self.declared)
         return scanner
 
-    def _texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
-        if not self.scan_markup:
+    def _splitter(self, state: _Choice) -> ThinkTagSplitter:
+        if state.think is None:
+            state.think = ThinkTagSplitter(prefilled=self.facts.thinking_prefilled)
+        return state.think
+
+    def _add_reasoning(self, delta: dict[str, Any], text: str) -> None:
+        keys = [k for k in ("reasoning_content", "reasoning") if isinstance(delta.get(k), str)]
+        for key in keys or [self._reasoning_key or "reasoning_content"]:
+            delta[key] = (delta.get(key) or "") + text
+
+    def _record_think(self, splitter: ThinkTagSplitter) -> None:
+        for kind in splitter.events:
+            self.log.add(kind, None, None, None)
+        splitter.events.clear()
+
+    def _think(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        """Reasoning that arrived as content with think tags goes to the reasoning field."""
+        splitter = self._splitter(state)
+        for key in ("reasoning_content", "reasoning"):
+            if isinstance(delta.get(key), str) and delta[key]:
+                self._reasoning_key = self._reasoning_key or key
+                splitter.reasoning_seen()
+        reasoning, content = "", None
+        if delta.get("tool_calls"):
+            reasoning, content = splitter.end_reasoning()
+        text = delta.get("content")
+        if isinstance(text, str) and text and (content is not None or not splitter.passes_unchanged(text)):
+            more_reasoning, more_content = splitter.feed(text)
+            reasoning, content = reasoning + more_reasoning, (content or "") + more_content
+        if content is None and not reasoning:
             return False
-        changed = False
+        self._record_think(splitter)
+        if content:
+            delta["content"] = content
+        else:
+            delta.pop("content", None)
+        if reasoning:
+            self._add_reasoning(delta, reasoning)
+        return True
+
+    def _flush_think(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        splitter = state.think
+        if splitter is None:
+            return False
+        reasoning, content = splitter.end_reasoning() if state.calls.calls or state.passed.count else ("", "")
+        more_reasoning, more_content = splitter.finish()
+        reasoning, content = reasoning + more_reasoning, content + more_content
+        self._record_think(splitter)
+        if reasoning:
+            self._add_reasoning(delta, reasoning)
+        if content and self.scan_markup:
+            content, calls = self._scanner(state, "content").feed(content)
+            self._recovered(state, "content", calls)
+        if content:
+            previous = delta.get("content")
+            delta["content"] = (previous if isinstance(previous, str) else "") + content
+        return bool(reasoning or content)
+
+    def _texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        changed = self._think(state, delta) if self.split_think else False
+        if not self.scan_markup:
+            return changed
         mirrored = isinstance(delta.get("reasoning_content"), str) and delta.get("reasoning_content") == delta.get(
             "reasoning"
         )
@@ -498,7 +581,7 @@ class StreamRepairer:
         return changed
 
     def _flush_texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
-        changed = False
+        changed = self._flush_think(state, delta)
         for key, scanner in state.scanners.items():
             if not scanner.pending:
                 continue
@@ -563,20 +646,40 @@ class StreamRepairer:
         return events
 
     def _call_out(self, state: _Choice, call: HeldCall) -> list[bytes]:
-        index = state.calls.emitted + state.passed.indexes
+        offset = state.passed.indexes + state.extra_calls
+        index = state.calls.emitted + offset
         if call.upstream_index is not None and call.upstream_index != index:
             self.log.add("index.renumbered", call.position, call.upstream_index, index)
         arguments = call.arguments()
         truncated = call.state is CallState.TRUNCATED
-        finished = deliver_call(
-            call.name or "", call.id, arguments, index, truncated, self.facts, self.policy, self.log
-        )
-        if finished is None:  # as the upstream sent it
-            return self._call_events(state.index, index, call.id, call.name, arguments)
+        items = [(call.name or "", call.id, arguments)] if truncated else self._embedded(state, call, arguments)
+        events: list[bytes] = []
+        for n, (name, upstream_id, call_arguments) in enumerate(items):
+            index = state.calls.emitted + offset + n
+            finished = deliver_call(
+                name, upstream_id, call_arguments, index, truncated, self.facts, self.policy, self.log
+            )
+            if finished is None:  # as the upstream sent it
+                events += self._call_events(state.index, index, upstream_id, name, call_arguments)
+            else:
+                function = finished["function"]
+                events += self._call_events(state.index, index, finished["id"], function["name"], function["arguments"])
+        state.extra_calls += len(items) - 1
         if call.fragments > 1:
             self.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
-        function = finished["function"]
-        return self._call_events(state.index, index, finished["id"], function["name"], function["arguments"])
+        return events
+
+    def _embedded(self, state: _Choice, call: HeldCall, arguments: str) -> list[tuple[str, Any, str]]:
+        """The call as it goes out, or, when its complete arguments hold Kimi markup, the complete
+        calls inside them: a call whose arguments hold markup is never delivered."""
+        found = embedded_markup(arguments, self.declared) if self.scan_markup and MARKER_PREFIX in arguments else None
+        if found is None:
+            return [(call.name or "", call.id, arguments)]
+        position = state.calls.emitted + state.extra_calls
+        self.log.add("markup.in_arguments", position, arguments, [c.name for c in found.calls])
+        for incomplete in found.incomplete:
+            self.log.add("markup.in_arguments_incomplete", position, incomplete.name, incomplete.arguments)
+        return [(c.name, c.raw_id, c.arguments) for c in found.calls]
 
     def _finish_all(self, out: list[bytes]) -> None:
         """The stream ends ([DONE] or end of body): every choice is finished, and one that had no

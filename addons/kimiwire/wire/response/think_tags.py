@@ -14,7 +14,8 @@ When text is held (the decision needs it), and for how long:
   `LEADING_WHITESPACE_LIMIT` characters) or whitespace and a proper prefix of `<think>`/`</think>`:
   at most 64 + 7 characters, only until the first other character;
 - afterwards, a tail that is a proper prefix of `</think>` (at most 7 characters, only when the
-  text ends in `<`, `</`, …), until the next text decides it.
+  text ends in `<`, `</`, …), until the next text decides it; inside reasoning also a proper
+  prefix of `<|tool_calls_section_begin|>` (at most 27 characters).
 Nothing else is held, so a content stream that never holds a think tag is delayed by nothing
 but a trailing `<…` prefix.
 
@@ -25,8 +26,9 @@ What the start decides:
   on, so its output starts inside reasoning) and no reasoning came in its own field: then the
   content is forwarded at once as reasoning until `</think>`. A copy is kept; if the choice ends
   without `</think>` the text was the answer after all and goes out again as content (the client
-  then sees it twice, never loses it). A tool call also ends reasoning (SGLang's and vLLM's Kimi
-  reasoning parsers end it at `<|tool_calls_section_begin|>`).
+  then sees it twice, never loses it). A tool section also ends reasoning, as SGLang's and vLLM's
+  Kimi reasoning parsers end it at `<|tool_calls_section_begin|>` (the marker and what follows go
+  out as content, where the markup scanner finds the calls); so does a tool-call delta.
 - A `</think>` after content already went out is removed (`think.late_close`): what was sent
   cannot be taken back.
 """
@@ -35,15 +37,23 @@ from __future__ import annotations
 
 OPEN = "<think>"
 CLOSE = "</think>"
+SECTION_BEGINS = ("<|tool_calls_section_begin|>", "<|tool_call_section_begin|>")
 LEADING_WHITESPACE_LIMIT = 64
 
 
-def _close_prefix_tail(text: str) -> int:
-    """Length of the longest end of `text` that is a proper start of `</think>`."""
-    at = text.rfind("<", max(0, len(text) - len(CLOSE) + 1))
-    if at != -1 and CLOSE.startswith(text[at:]):
-        return len(text) - at
+def _prefix_tail(text: str, token: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `token` (which opens with `<`)."""
+    at = text.find("<", max(0, len(text) - len(token) + 1))
+    while at != -1:
+        if token.startswith(text[at:]):
+            return len(text) - at
+        at = text.find("<", at + 1)
     return 0
+
+
+def _section_begin(text: str) -> int:
+    found = [at for token in SECTION_BEGINS if (at := text.find(token)) != -1]
+    return min(found, default=-1)
 
 
 class ThinkTagSplitter:
@@ -137,13 +147,18 @@ class ThinkTagSplitter:
 
     def _reasoning(self, text: str, reasoning: list[str]) -> str:
         at = text.find(CLOSE)
+        section = _section_begin(text)
+        if section != -1 and (at == -1 or section < at):
+            reasoning.append(text[:section])
+            self.state, self.copy = "content", None
+            self.events.append("think.ended_by_tool_section")
+            return text[section:]
         if at != -1:
             reasoning.append(text[:at])
-            self.state = "content"
+            self.state, self.copy = "content", None
             self.events.append("think.close_tag")
-            self.copy = None
             return text[at + len(CLOSE) :]
-        keep = _close_prefix_tail(text)
+        keep = max(_prefix_tail(text, CLOSE), *(_prefix_tail(text, token) for token in SECTION_BEGINS))
         out = text[: len(text) - keep]
         reasoning.append(out)
         if self.copy is not None:
@@ -157,7 +172,7 @@ class ThinkTagSplitter:
             content.append(text[:at])
             self.events.append("think.late_close")
             return text[at + len(CLOSE) :]
-        keep = _close_prefix_tail(text)
+        keep = _prefix_tail(text, CLOSE)
         content.append(text[: len(text) - keep])
         self.pending = text[len(text) - keep :]
         return ""
