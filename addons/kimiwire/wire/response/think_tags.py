@@ -62,11 +62,12 @@ class ThinkTagSplitter:
         self.state = "start"  # start | reasoning | content
         self.pending = ""
         self.copy: list[str] | None = None  # content forwarded as reasoning on the prefill assumption
+        self.copy_size = 0
         self.events: list[str] = []  # repair kinds, drained by the caller
 
     @property
     def held(self) -> int:
-        return len(self.pending) + (sum(map(len, self.copy)) if self.copy else 0)
+        return len(self.pending) + self.copy_size
 
     def passes_unchanged(self, text: str) -> bool:
         """True when `feed(text)` would return ("", text) and hold nothing (a cheap check)."""
@@ -88,7 +89,7 @@ class ThinkTagSplitter:
     def end_reasoning(self) -> tuple[str, str]:
         """A tool call starts: reasoning, if open, is over."""
         if self.state == "reasoning":
-            held, self.pending, self.copy, self.state = self.pending, "", None, "content"
+            held, self.pending, self.copy, self.copy_size, self.state = self.pending, "", None, 0, "content"
             return held, ""
         if self.state == "start":
             held, self.pending, self.state = self.pending, "", "content"
@@ -99,7 +100,7 @@ class ThinkTagSplitter:
         """The choice ends: what is held goes out."""
         held, self.pending = self.pending, ""
         if self.state == "reasoning":
-            copy, self.copy = self.copy, None
+            copy, self.copy, self.copy_size = self.copy, None, 0
             if copy is not None:
                 self.events.append("think.unclosed_resent")
                 return held, "".join(copy) + held
@@ -150,12 +151,12 @@ class ThinkTagSplitter:
         section = _section_begin(text)
         if section != -1 and (at == -1 or section < at):
             reasoning.append(text[:section])
-            self.state, self.copy = "content", None
+            self.state, self.copy, self.copy_size = "content", None, 0
             self.events.append("think.ended_by_tool_section")
             return text[section:]
         if at != -1:
             reasoning.append(text[:at])
-            self.state, self.copy = "content", None
+            self.state, self.copy, self.copy_size = "content", None, 0
             self.events.append("think.close_tag")
             return text[at + len(CLOSE) :]
         keep = max(_prefix_tail(text, CLOSE), *(_prefix_tail(text, token) for token in SECTION_BEGINS))
@@ -163,6 +164,7 @@ class ThinkTagSplitter:
         reasoning.append(out)
         if self.copy is not None:
             self.copy.append(out)
+            self.copy_size += len(out)
         self.pending = text[len(out) :]
         return ""
 
