@@ -186,3 +186,12 @@ def test_an_embedded_call_cut_short_is_never_a_call():
 
 def test_arguments_without_markers_are_left_alone():
     assert embedded_markup('{"path": "functions.read:3 <| x"}', DECLARED) is None
+
+
+def test_a_head_counts_only_after_whitespace_or_a_marker_and_holding_stays_short():
+    glued = 'see(read:0<|tool_call_argument_begin|>{"path": "a.py"}<|tool_calls_section_end|>'
+    every_split(glued, 'see(read:0{"path": "a.py"}', [])
+    scanner = MarkupScanner(DECLARED)
+    long_word = "x" * 5000 + " re"
+    assert scanner.feed(long_word) == (long_word[:-2], [])
+    assert scanner.pending == "re"

@@ -13,7 +13,9 @@ Known names: the forms without any begin marker (`functions.NAME:N{json}`, `NAME
 argument_begin|>…`) are recovered only for tools the request declared, or, when it declares none
 (pi-ai sends `tools: []` after tool history, and SGLang then parses no calls), for tools its
 history called. What is held: a tail that may start a marker (`<|tool_call…`), `functions.…`, or
-a word at a word boundary that may still become `KNOWN_NAME:N` before an argument marker.
+a last word (after whitespace, `>` or `}`) that may still become `KNOWN_NAME:N` before an argument
+marker; a head is recognised only after the same boundaries, so what a stream recovers does not
+depend on where the text was cut.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ _MANGLED_ID = re.compile(r"^functions(?P<name>[A-Za-z_\-][\w\-]*?)(?P<index>\d+)
 _BARE_HEAD = re.compile(r"functions\.(?P<name>[\w\-.]+?):(?P<index>\d+)\s*(?=\{)")
 _BARE_PARTIAL = re.compile(r"functions\.[\w\-.]*(?::\d*)?\s*")
 # `NAME:N` right before an argument marker whose begin markers were consumed.
-_CONSUMED_HEAD = re.compile(r"(?<![\w\-.])(?:functions\.)?(?P<name>[\w\-.]+?):(?P<index>\d+)\s*\Z")
+_BOUNDARY = re.compile(r"[\s>}]")  # what may precede such a head
+_CONSUMED_HEAD = re.compile(r"(?<![^\s>}])(?:functions\.)?(?P<name>[\w\-.]+?):(?P<index>\d+)\s*\Z")
 
 
 @dataclass(slots=True)
@@ -136,7 +139,14 @@ class MarkupScanner:
     def __init__(self, known: Collection[str]) -> None:
         self.known = frozenset(known)
         self.pending = ""
-        self._name_prefixes = frozenset(name[:i] for name in self.known for i in range(1, len(name) + 1))
+        self._last = ""  # the last character emitted: the text before `pending`, for word boundaries
+        # the words `_head_tail` holds, and the characters they can end with
+        prefixes = {name[:i] for name in self.known for i in range(1, len(name) + 1)}
+        self._heads = frozenset(
+            prefixes | {BARE_PREFIX[:i] for i in range(1, len(BARE_PREFIX) + 1)} | {BARE_PREFIX + p for p in prefixes}
+        )
+        self._head_chars = frozenset("".join(self._heads))
+        self._longest_head = len(BARE_PREFIX) + max(map(len, self.known), default=0) + 24  # with `:N` and spaces
 
     def passes_unchanged(self, text: str) -> bool:
         """True when `feed(text)` would return `text` itself and hold nothing (a cheap check)."""
@@ -149,6 +159,7 @@ class MarkupScanner:
 
     def feed(self, text: str) -> tuple[str, list[RecoveredCall]]:
         if self.passes_unchanged(text):
+            self._last = text[-1:] or self._last
             return text, []
         self.pending += text
         return self._scan(final=False)
@@ -189,7 +200,9 @@ class MarkupScanner:
             else:
                 position = begin + consumed
         self.pending = text[position:]
-        return "".join(out), calls
+        emitted = "".join(out)
+        self._last = text[position - 1] if position else self._last
+        return emitted, calls
 
     def _next_start(self, text: str, position: int) -> int:
         marker = text.find(MARKER_PREFIX, position)
@@ -207,37 +220,29 @@ class MarkupScanner:
         if self.known:
             # a marker's start may follow the head of a call whose begin markers were consumed
             keep += self._head_tail(text[: len(text) - keep] if keep else text)
-            keep = max(keep, _longest_prefix_suffix(text, BARE_PREFIX))
+            if "f" in text[-len(BARE_PREFIX) :]:
+                keep = max(keep, _longest_prefix_suffix(text, BARE_PREFIX))
         return keep
 
     def _head_tail(self, text: str) -> int:
-        """Length of a trailing `[functions.]NAME[:N][ ]` that may still become the head of a call
-        whose begin markers were consumed (its argument marker not here yet). Bounded: the last
-        120 characters at most, and only at a word boundary."""
-        limit = max(0, len(text) - 120)
-        end = len(text)
-        while end > limit and text[end - 1].isspace():
-            end -= 1
-        digits = end
-        while digits > limit and text[digits - 1].isdigit():
-            digits -= 1
-        colon = digits > limit and text[digits - 1] == ":"
-        if end != len(text) and not (colon and digits < end):
-            return 0  # whitespace only after `NAME:N`
-        name_end = digits - 1 if colon else end
-        start = name_end
-        while start > limit and (text[start - 1].isalnum() or text[start - 1] in "_-."):
-            start -= 1
-        if start == name_end or (start == limit and limit > 0):
+        """Length of a trailing word (after whitespace, `>` or `}`) that may still become the head
+        `[functions.]KNOWN:N` of a call whose begin markers were consumed: a start of a known name
+        or of `functions.`, or `KNOWN:N` and whitespace. Runs on every text delta: cheap checks first."""
+        text = text[-_HEAD_WINDOW:]
+        if ":" in text[-self._longest_head :]:
+            body = text.rstrip()
+        elif text[-1:] in self._head_chars:
+            body = text
+        else:
             return 0
-        name = text[start:name_end]
-        if name.startswith(BARE_PREFIX):
-            name = name[len(BARE_PREFIX) :]
-        elif not colon and BARE_PREFIX.startswith(name):
-            return len(text) - start
-        if colon:
-            return len(text) - start if name in self.known else 0
-        return len(text) - start if name in self._name_prefixes else 0
+        word = body.rsplit(None, 1)[-1] if body else ""
+        word = word[max(word.rfind(">"), word.rfind("}")) + 1 :]
+        if len(body) == len(text) and word in self._heads:
+            return len(word)
+        name, colon, index = word.partition(":")
+        if colon and (not index or index.isdigit()) and name.removeprefix(BARE_PREFIX) in self.known:
+            return len(text) - len(body) + len(word)
+        return 0
 
     def _marker(
         self, text: str, position: int, start: int, final: bool, calls: list[RecoveredCall]
@@ -255,7 +260,8 @@ class MarkupScanner:
             return start, len(token)
         if token == ARGUMENT_BEGIN:
             head = _CONSUMED_HEAD.search(text, max(position, start - _HEAD_WINDOW), start)
-            if head is None or head.group("name") not in self.known:
+            glued = head is not None and head.start() == 0 and self._last and not _BOUNDARY.match(self._last)
+            if head is None or glued or head.group("name") not in self.known:
                 return start, len(token)  # a stray argument marker
             start = head.start()
             end_tokens: tuple[str, ...] = SECTION_ENDS
