@@ -59,6 +59,7 @@ class _Choice:
     finish_delivered: Any = None
     scanners: dict[str, MarkupScanner] = field(default_factory=dict)
     think: ThinkTagSplitter | None = None
+    cut: bool = False  # the output was cut (length, body ended, reset, timeout), not ended by the model
     extra_calls: int = 0  # calls delivered beyond those held: one whose arguments held markup becomes those inside
 
     @property
@@ -609,6 +610,7 @@ class StreamRepairer:
         calls become complete or truncated, and every ready call goes out in order. Returns
         whether text was flushed."""
         own_delta: dict[str, Any] = {} if delta is None else delta
+        state.cut = ending is Ending.CUT
         flushed = self._flush_texts(state, own_delta)
         if flushed and delta is None and own_delta:
             out.append(self._chunk_event(state.index, own_delta))
@@ -652,7 +654,15 @@ class StreamRepairer:
             self.log.add("index.renumbered", call.position, call.upstream_index, index)
         arguments = call.arguments()
         truncated = call.state is CallState.TRUNCATED
-        items = [(call.name or "", call.id, arguments)] if truncated else self._embedded(state, call, arguments)
+        # A call the model left open to write calls inside its arguments (opencode#37297) is not cut
+        # output: the complete calls inside go out; when the output was cut, the call goes as sent.
+        items = (
+            [(call.name or "", call.id, arguments)]
+            if state.cut and truncated
+            else self._embedded(state, call, arguments)
+        )
+        if len(items) != 1 or items[0][2] is not arguments:
+            truncated = False
         events: list[bytes] = []
         for n, (name, upstream_id, call_arguments) in enumerate(items):
             index = state.calls.emitted + offset + n
