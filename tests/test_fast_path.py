@@ -117,10 +117,24 @@ def test_a_text_stream_split_at_event_boundaries_matches_the_full_path(events, d
 def test_the_fast_path_is_taken_for_plain_text():
     repairer = StreamRepairer(NO_TOOLS, POLICY)
     first = Stream().chunk({"role": "assistant", "content": ""}).body()
+    began = event({"content": "Sure."})
     text = event({"content": "hello"}) + event({"content": " world"})
     assert repairer.feed(first) == [first]
+    # Until the choice's content has begun, a delta may still be reasoning (think tags): full path.
+    assert not repairer._passes_whole(began)
+    assert repairer.feed(began) == [began]
     assert repairer._passes_whole(text)
-    assert repairer.data_events_in == 3
+    assert repairer.data_events_in == 4
+
+
+def test_the_fast_path_waits_for_content_when_reasoning_may_come_as_content():
+    prefilled = RequestFacts(0, {}, False, True, thinking_prefilled=True)
+    repairer = StreamRepairer(prefilled, POLICY)
+    first = Stream().chunk({"role": "assistant", "content": ""}).body()
+    reasoning = event({"content": "Let me think."})
+    assert repairer.feed(first) == [first]
+    assert not repairer._passes_whole(reasoning)
+    assert b"reasoning_content" in b"".join(repairer.feed(reasoning))
 
 
 def test_the_fast_path_is_off_when_markup_may_name_a_declared_tool():

@@ -183,8 +183,13 @@ def test_a_valid_call_is_held_until_the_end_then_released():
 
 def test_calls_with_markup_or_unparseable_arguments_are_invalid():
     markup = '{"path": "/w/a.txt <|tool_calls_section_begin|><|tool_call_begin|>functions.read:1"}'
-    verdict = gated(call_turn(markup))[0].verdict()
+    # With markup recovery off, the call with markup in its arguments reaches the gate: invalid.
+    verdict = gated(call_turn(markup), policy=Policy.build(Flavor.SELFHOSTED, markup="keep"))[0].verdict()
     assert verdict.kind == "invalid_call" and "markup" in verdict.detail
+    # With it on (the default), the call is never delivered (its embedded call is cut): the turn
+    # is left with reasoning only, which is retried too.
+    gate, delivered = gated(call_turn(markup))
+    assert gate.verdict().kind == "reasoning_only" and b"tool_calls_section_begin" not in b"".join(delivered)
     verdict = gated(call_turn('{"path": "/w/a.txt"'), policy=Policy.build(Flavor.SELFHOSTED, arguments="off"))[
         0
     ].verdict()
@@ -292,7 +297,9 @@ def turn_of(response):
         ("empty:2", "sglang", "empty"),
         ("reasoning-only:2", "vllm", "reasoning_only"),
         ("empty-tool-arrays:2", "vllm", "empty"),
-        ("invalid-call:2", "vllm", "invalid_call"),
+        # The call with markup in its arguments (opencode#37297) is not delivered by markup recovery:
+        # what is left is a reasoning-only turn (with kimi_markup=keep the gate calls it invalid_call).
+        ("invalid-call:2", "vllm", "reasoning_only"),
         ("schema-violation:2", "sglang", "schema"),
     ],
 )
