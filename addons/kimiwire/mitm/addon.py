@@ -21,7 +21,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
-from kimiwire.mitm.flow_state import FlowState, FlowStates
+from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.retry import (
     Attempt,
@@ -493,7 +493,7 @@ class KimiWire:
         raw = self._request_body(state)
         if raw is None:
             return
-        if self.limits.first_byte_timeout > 0 and _loop_running():
+        if self.limits.first_byte_timeout > 0 and loop_running():
             state.headers_seen = asyncio.Event()
             state.spawn(self._first_byte_watch(state, state.headers_seen))
         self._guarded(flow, "request repair", lambda _: self._repair_request(state, raw))
@@ -649,7 +649,7 @@ class KimiWire:
         else:
             stream = RepairingStream(repairer, on_error=on_error, limits=self.limits, **retrying)
         response.stream = state.stream = stream
-        if _loop_running():
+        if loop_running():
             watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason))
             state.spawn(watchdog.run())
 
@@ -1086,11 +1086,3 @@ def _replace(response: http.Response, status: int, headers: list[tuple[bytes, by
         [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding", b"content-encoding")]
     )
     response.content = body
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -84,7 +84,7 @@ class FlowState:
 
     def release(self) -> None:
         """The flow is over: stop its timers (but not the one that is ending it right now)."""
-        current = asyncio.current_task() if _loop_running() else None
+        current = asyncio.current_task() if loop_running() else None
         for task in list(self.tasks):
             if task is not current:
                 task.cancel()
@@ -136,7 +136,7 @@ class FlowStates:
         return len(self._states)
 
 
-def _loop_running() -> bool:
+def loop_running() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
