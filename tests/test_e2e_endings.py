@@ -18,21 +18,10 @@ from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
 
-from tests.support.conversations import TOOLS, user
+from tests.support.endings import FIRST_BYTE, GRACE, IDLE, OPTIONS, REQUEST
 from tests.support.mitm import Mitmdump
 from tests.support.streams import READ_ARGS, Stream, tool_delta
 from tests.support.upstream import RecordingUpstream, Reply, json_reply, sse_reply
-
-GRACE, IDLE, FIRST_BYTE = 0.3, 1.5, 1.5
-# The ending guarantees themselves, without retries (kimi_retry_on= is today's pass-through);
-# with retries the same failures are first retried: tests/test_e2e_retries.py.
-OPTIONS = {
-    "kimi_done_grace": GRACE,
-    "kimi_idle_timeout": IDLE,
-    "kimi_first_byte_timeout": FIRST_BYTE,
-    "kimi_retry_on": "",
-}
-REQUEST = {"model": "kimi", "messages": [user("hi")], "tools": TOOLS, "stream": True}
 
 
 def text_events(n=3):

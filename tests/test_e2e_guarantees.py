@@ -19,22 +19,13 @@ import orjson
 import pytest
 import zstandard
 
-from tests.support.conversations import TOOLS, user
+from tests.support.conversations import user
+from tests.support.endings import FIRST_BYTE, IDLE, OPTIONS, REQUEST
 from tests.support.mitm import Mitmdump
 from tests.support.piai_model import piai_parse
 from tests.support.streams import EXEC_ARGS, READ_ARGS, Stream, interleaved, tool_delta
 from tests.support.upstream import RecordingUpstream, sse_reply
 
-GRACE, IDLE, FIRST_BYTE = 0.3, 1.5, 1.5
-# The guarantees themselves, without retries (kimi_retry_on= is today's pass-through); with
-# retries the same failures are first retried: tests/test_e2e_retries.py.
-OPTIONS = {
-    "kimi_done_grace": GRACE,
-    "kimi_idle_timeout": IDLE,
-    "kimi_first_byte_timeout": FIRST_BYTE,
-    "kimi_retry_on": "",
-}
-REQUEST = {"model": "kimi", "messages": [user("hi")], "tools": TOOLS, "stream": True}
 TWO = [("read", READ_ARGS), ("exec", EXEC_ARGS)]
 
 
