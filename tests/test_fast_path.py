@@ -1,12 +1,14 @@
 """The per-read fast path (wire/response/fast_path.py) delivers exactly what the full path does."""
 
+import json
+
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
-from kimiwire.wire.response.fast_path import chunk_needs_repair, plain_events
+from kimiwire.wire.response.fast_path import learn_template
 from kimiwire.wire.response.stream_repair import StreamRepairer
 
 from tests.support.streams import Stream, tool_delta
@@ -21,10 +23,35 @@ def event(delta: dict, finish: str | None = None, index: int = 0, **top) -> byte
     return b"data: " + orjson.dumps({**BASE, "choices": [choice], **top}) + b"\n\n"
 
 
+def primed(facts: RequestFacts = NO_TOOLS, policy: Policy = POLICY) -> StreamRepairer:
+    """A repairer whose stream has begun: a role chunk, then reasoning and content deltas that
+    the full path forwarded unchanged (its templates; the first content delta ends the reasoning
+    for the think-tag splitter, so the second is the one learned from)."""
+    repairer = StreamRepairer(facts, policy)
+    for chunk in (
+        Stream().chunk({"role": "assistant", "content": ""}).body(),
+        event({"reasoning_content": "hm"}),
+        event({"content": "Sure."}),
+        event({"content": " Here"}),
+    ):
+        assert repairer.feed(chunk) == [chunk]
+    assert len(repairer._templates) == 2
+    return repairer
+
+
 def test_plain_text_deltas_are_counted():
-    chunk = event({"content": "hello"}) + event({"reasoning_content": "think"}) + event({"content": "é world"})
-    assert plain_events(chunk) == 3
-    assert not chunk_needs_repair(chunk)
+    repairer = primed()
+    chunk = event({"content": "hello"}) + event({"reasoning_content": "think"}) + event({"content": 'é \\ " world'})
+    assert repairer.plain_read(chunk) == 3
+    assert repairer.data_events_in == 7
+    assert repairer.feed(event({"content": "\n"})) == [event({"content": "\n"})]
+    assert repairer.data_events_in == 8
+
+
+def test_scalar_fields_after_choices_may_vary():
+    repairer = primed()
+    assert repairer.plain_read(event({"content": "a"}, None, sent_at=12345)) == 1
+    assert repairer.plain_read(event({"content": "a"}, None, usage=None, system_fingerprint="fp_1", x=1.5e3)) == 1
 
 
 @pytest.mark.parametrize(
@@ -33,13 +60,25 @@ def test_plain_text_deltas_are_counted():
         event({"content": "a <|tool_calls_section_begin|>"}),
         event({"content": "<think>"}),
         event({"content": "x <"}),
-        event({"content": "tag \\u003cthink"}),
+        event({"content": "tag \u003cthink"}),
+        event({"content": "tag"}).replace(b"tag", b"\\u003Cthink"),
+        event({"content": "X"}).replace(b'"X"', b'"\\ud83d"'),  # a lone surrogate
+        event({"content": "a"}).replace(b'"a"', b'"\xff"'),  # invalid UTF-8: the full path notes it
+        event({"content": "a"}).replace(b'"a"', b'"\x01"'),  # a raw control character
         event({"tool_calls": [tool_delta(0, "functions.read:0", "read", "")]}),
+        event({"content": "a", "tool_calls": None}),
+        event({"content": "a", "role": "assistant"}),
         event({}, "stop"),
+        event({"content": "a"}, "stop"),
         event({}, None, usage={"prompt_tokens": 1}),
+        event({"content": "a"}, None, usage={"prompt_tokens": 1}),
+        event({"content": "a"}, None, error="x"),
+        event({"content": "a"}, None, extra={"nested": 1}),
         event({"content": "a"}, None, index=1),
         event({"content": "a"})[:-1],  # the event is not complete yet
+        event({"content": "a"}) + event({"content": "b"})[:-1],
         event({"content": "a"}).replace(b"\n\n", b"\r\n\r\n"),
+        event({"content": "a"}) + b"\n",
         b": keepalive\n\n" + event({"content": "a"}),
         b"event: message\n" + event({"content": "a"}),
         b'data: {"error":{"message":"overloaded"}}\n\n',
@@ -48,22 +87,56 @@ def test_plain_text_deltas_are_counted():
     ],
 )
 def test_anything_the_full_path_may_act_on_goes_there(chunk):
-    assert plain_events(chunk) == 0
+    repairer = primed()
+    assert repairer.plain_read(chunk) == 0
+    assert repairer.data_events_in == 4
+
+
+def test_a_template_is_learned_only_from_a_plain_text_shape():
+    plain = event({"content": "a"})
+    template = learn_template(plain, "content", False)
+    assert template is not None and plain.startswith(template.head) and template.tail.endswith(b"]")
+    assert learn_template(plain[:-1], "content", False) is None
+    assert learn_template(plain.replace(b"\n\n", b"\r\n\r\n"), "content", False) is None
+    assert learn_template(event({"content": "a"}, None, usage={"total_tokens": 1}), "content", False) is None
+    assert learn_template(event({"reasoning_content": "a"}), "content", False) is None
 
 
 TEXT = st.lists(
-    st.sampled_from(["hello", " ", "", "<", "|", "<|tool_call", "s_section_begin|>", "<think>", "</think>", "é", "\n"]),
+    st.sampled_from(
+        [
+            *("hello", " ", "", "<", "|", "<|tool_call", "s_section_begin|>", "<think>", "</think>", "é", "\n"),
+            *('"', "\\", "read", " rea", "functions.", ":0", "{", "😀", "\u2028"),
+        ]
+    ),
     max_size=4,
 ).map("".join)
+
+
+def encoded(delta: dict, finish: str | None, index: int, top: dict, ascii_only: bool) -> bytes:
+    """An event as different servers write it: orjson's compact UTF-8, or Python's json with
+    \\u escapes; scalar fields after `choices` (a timestamp, `usage: null`)."""
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    body = {**BASE, "choices": [choice], **top}
+    if ascii_only:
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+TOP = st.sampled_from([{}, {}, {"sent_at": 17}, {"usage": None}, {"system_fingerprint": "fp"}])
 TEXT_EVENT = st.builds(
-    lambda key, text, index: event({key: text}, None, index),
+    lambda key, text, nulls, index, top, ascii_only: encoded({**nulls, key: text}, None, index, top, ascii_only),
     st.sampled_from(["content", "reasoning_content", "reasoning"]),
     TEXT,
+    st.sampled_from([{}, {}, {"role": None}]),
     st.sampled_from([0, 0, 0, 1]),
+    TOP,
+    st.booleans(),
 )
 OTHER_EVENT = st.sampled_from(
     [
         event({"role": "assistant", "content": ""}),
+        event({"content": "a", "tool_calls": None}),
         event({"tool_calls": [tool_delta(0, "functions.read:0", "read", "")]}),
         event({"tool_calls": [tool_delta(0, None, None, '{"path": "/a"}')]}),
         event({"tool_calls": [tool_delta(1, "functions.exec:1", "exec", '{"command"')]}),
@@ -71,18 +144,22 @@ OTHER_EVENT = st.sampled_from(
         event({}, "tool_calls"),
         event({}, "length"),
         event({}, None, usage={"prompt_tokens": 1, "completion_tokens": 2}),
+        event({"content": "x"}, None, usage={"prompt_tokens": 1}),
         event({"content": "x"}, "stop"),
         b": keepalive\n\n",
         b'data: {"error":{"message":"overloaded"}}\n\n',
         b"data: not json\n\n",
+        b'data: {"choices":[{"index":0,"delta":{"content":"\xff"}}]}\n\n',
         b"data: [DONE]\n\n",
     ]
 )
 STREAMS = st.lists(st.one_of(TEXT_EVENT, TEXT_EVENT, TEXT_EVENT, OTHER_EVENT), max_size=30).map(b"".join)
+TOOLS = RequestFacts(0, {"read": {"type": "object"}}, True, True)
+FACTS = st.sampled_from([NO_TOOLS, TOOLS, RequestFacts(0, {}, False, True, thinking_prefilled=True)])
 
 
-def run(body: bytes, cuts: list[int], fast: bool) -> tuple[list[bytes], list, tuple]:
-    repairer = StreamRepairer(NO_TOOLS, POLICY)
+def run(body: bytes, cuts: list[int], fast: bool, facts: RequestFacts = NO_TOOLS) -> tuple[list[bytes], list, tuple]:
+    repairer = StreamRepairer(facts, POLICY)
     repairer.fast_path = fast
     per_read = []
     for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True):
@@ -95,23 +172,23 @@ def run(body: bytes, cuts: list[int], fast: bool) -> tuple[list[bytes], list, tu
     return per_read, kinds, (repairer.events_in, repairer.data_events_in)
 
 
-@settings(max_examples=300, deadline=None)
-@given(STREAMS, st.data())
-def test_fast_and_full_paths_deliver_identical_bytes(body, data):
+@settings(max_examples=400, deadline=None)
+@given(STREAMS, FACTS, st.data())
+def test_fast_and_full_paths_deliver_identical_bytes(body, facts, data):
     cuts = sorted(set(data.draw(st.lists(st.integers(0, len(body)), max_size=12))))
-    assert run(body, cuts, fast=True) == run(body, cuts, fast=False)
+    assert run(body, cuts, True, facts) == run(body, cuts, False, facts)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(TEXT_EVENT, min_size=1, max_size=20), st.data())
-def test_a_text_stream_split_at_event_boundaries_matches_the_full_path(events, data):
+@settings(max_examples=300, deadline=None)
+@given(st.lists(TEXT_EVENT, min_size=1, max_size=20), FACTS, st.data())
+def test_a_text_stream_split_at_event_boundaries_matches_the_full_path(events, facts, data):
     """Reads that end on event boundaries are the ones the fast path takes: cut only there."""
     boundaries = [sum(len(e) for e in events[:i]) for i in range(1, len(events))]
     cuts = sorted(set(data.draw(st.lists(st.sampled_from(boundaries), max_size=10)))) if boundaries else []
     body = event({"role": "assistant", "content": ""}) + b"".join(events) + event({}, "stop") + b"data: [DONE]\n\n"
     shift = len(event({"role": "assistant", "content": ""}))
     cuts = [shift] + [c + shift for c in cuts]
-    assert run(body, cuts, fast=True) == run(body, cuts, fast=False)
+    assert run(body, cuts, True, facts) == run(body, cuts, False, facts)
 
 
 def test_the_fast_path_is_taken_for_plain_text():
@@ -120,11 +197,14 @@ def test_the_fast_path_is_taken_for_plain_text():
     began = event({"content": "Sure."})
     text = event({"content": "hello"}) + event({"content": " world"})
     assert repairer.feed(first) == [first]
-    # Until the choice's content has begun, a delta may still be reasoning (think tags): full path.
-    assert not repairer._passes_whole(began)
+    # Until the choice's content has begun, a delta may still be reasoning (think tags), and
+    # the first plain delta of a shape is what the full path learns from.
+    assert repairer.plain_read(began) == 0
     assert repairer.feed(began) == [began]
-    assert repairer._passes_whole(text)
-    assert repairer.data_events_in == 4
+    assert repairer.plain_read(text) == 0
+    assert b"".join(repairer.feed(text)) == text
+    assert repairer.plain_read(text) == 2
+    assert repairer.data_events_in == 6
 
 
 def test_the_fast_path_waits_for_content_when_reasoning_may_come_as_content():
@@ -133,12 +213,36 @@ def test_the_fast_path_waits_for_content_when_reasoning_may_come_as_content():
     first = Stream().chunk({"role": "assistant", "content": ""}).body()
     reasoning = event({"content": "Let me think."})
     assert repairer.feed(first) == [first]
-    assert not repairer._passes_whole(reasoning)
+    assert repairer.plain_read(reasoning) == 0
     assert b"reasoning_content" in b"".join(repairer.feed(reasoning))
 
 
-def test_the_fast_path_is_off_when_markup_may_name_a_declared_tool():
-    """A text tail like ' rea' may be the head of a call to `read`: the scanner must see it."""
+def test_with_declared_tools_the_markup_scanner_sees_each_text():
+    """A text tail like ' rea' may be the head of a call to `read`: the scanner holds it, so the
+    read goes to the full path; other text passes."""
     facts = RequestFacts(0, {"read": {"type": "object"}}, True, True)
-    assert not StreamRepairer(facts, POLICY).fast_path
+    repairer = primed(facts)
+    assert repairer.plain_read(event({"content": "hello "})) == 1
+    assert repairer.plain_read(event({"content": "now rea"})) == 0
+    assert repairer.plain_read(event({"content": "x functions."})) == 0
     assert not StreamRepairer(NO_TOOLS, Policy.build(Flavor.SELFHOSTED, reasoning_field="reasoning")).fast_path
+
+
+NAME_TEXT = st.lists(
+    st.sampled_from(["read", " rea", "re", "functions.", " functions.re", ":0", " ", "x", "ad:1 ", "}", ">"]),
+    max_size=3,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(NAME_TEXT, min_size=1, max_size=12), st.data())
+def test_with_declared_tools_a_name_at_a_text_end_is_held_on_both_paths(texts, data):
+    """Text that may become the head `read:0` of a call whose begin markers were consumed is held
+    by the markup scanner: the fast path must not let it out either."""
+    events = [event({"content": text}) for text in ["a", "b", *texts]]
+    events.append(event({"content": "d:0<|tool_call_argument_begin|>{}<|tool_call_end|>"}))
+    body = event({"role": "assistant", "content": ""}) + b"".join(events) + event({}, "stop") + b"data: [DONE]\n\n"
+    first = len(event({"role": "assistant", "content": ""}))
+    boundaries = [first + sum(len(e) for e in events[:i]) for i in range(len(events))]
+    cuts = sorted(set(data.draw(st.lists(st.sampled_from(boundaries), min_size=1, max_size=12))))
+    assert run(body, cuts, True, TOOLS) == run(body, cuts, False, TOOLS)

@@ -1,59 +1,91 @@
-"""The per-read fast path of the stream repairer: one byte scan of a whole upstream read decides
-that every event in it would pass through the full path unchanged, so it is forwarded as it came
-without parsing (most events of a stream are plain content or reasoning deltas).
+"""The per-read fast path of the stream repairer: events shaped like one the full path already
+passed unchanged are forwarded without parsing (most events of a stream are plain text deltas).
 
-Conservative by construction: any byte the full path might act on sends the read to the full path.
-The read must be whole single-line `data: {...}` events (LF only, nothing left over), each with
-exactly one choice, index 0, `finish_reason` null, and none of: tool calls, `<` (Kimi markup and
-think tags; also its JSON escape), usage, error objects, `[DONE]`.
+A stream's plain text deltas differ only in their text, e.g.
+`data: {"id":"…","object":"chat.completion.chunk","created":…,"model":"…","choices":[{"index":0,
+"delta":{"content":"` TEXT `"},"logprobs":null,"finish_reason":null}]}`. When the full path lets
+such an event through unchanged, its bytes become a template: the head (everything before the
+text) and the tail (after the text, to the end of `choices`). A later event matches when it has
+the same head and tail, a text that is a valid JSON string without `<` (Kimi markup and think tags
+start with it; also escaped, `\\u003c`) or line ends, and after `choices` only scalar fields (no
+usage, error or second choices). The full path would forward such an event as it came: it
+differs from one it did forward only in what no repair looks at, as long as the repairer's state
+allows it (`StreamRepairer.plain_read` checks that, and runs the markup scanner on the text when
+the request names tools).
+
+Conservative by construction: any event that does not match sends the whole read to the full path.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 
-def chunk_needs_repair(chunk: bytes) -> bool:
-    """True when some byte of `chunk` may concern a repair (no parsing: substring scans; each
-    costs about as much as a tenth of a JSON parse, so only what the checks below leave open)."""
-    return (
-        b"tool_calls" in chunk
-        or chunk.find(b"<") != -1  # <|tool_call...|>, <think>, </think>, and a possible start of either
-        or b"\\u003" in chunk  # "<" escaped (\u003c); also a few harmless characters, which is fine
-        or b"usage" in chunk
-        or chunk.find(b"\r") != -1
-    )
+import orjson
 
+MAX_TEMPLATES = 4  # head shapes kept per stream: content, reasoning, and a spare or two
 
-def plain_events(chunk: bytes) -> int:
-    """The number of events in `chunk` when it is nothing but whole plain text deltas of choice 0
-    that the full path forwards unchanged; 0 when the full path must look at it. `[DONE]` and error
-    objects fail the `choices` check."""
-    if chunk[:7] != b"data: {" or chunk[-2:] != b"\n\n":
-        return 0
-    if chunk.find(b"\n") == len(chunk) - 2:
-        events = 1  # the usual read: one event
-    else:
-        events = chunk.count(b"\n\n")
-        if chunk.count(b"\n") != 2 * events or chunk.count(b"\n\ndata: {") != events - 1:
-            return 0  # not all blocks are one `data: {` line (comments, `event:` lines, partial events)
-    if (
-        chunk.count(b'"choices":[{"index":0,') != events
-        or chunk.count(b'"index":') != events
-        or chunk.count(b'"finish_reason":') != chunk.count(b'"finish_reason":null')
-        or b"},{" in chunk  # a second choice (it could lack an index)
-        or chunk_needs_repair(chunk)
-    ):
-        return 0
-    return events
+# A JSON string's body (valid UTF-8, the escapes JSON allows) without `<`, `\u003c`, lone
+# surrogates or raw control characters, then its closing quote.
+_UTF8 = (
+    rb"[\x20\x21\x23-\x3b\x3d-\x5b\x5d-\x7f]"
+    rb"|[\xc2-\xdf][\x80-\xbf]"
+    rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
+_ESCAPE = rb'\\["\\/bfnrt]|\\u(?!003[cC]|[dD][89a-fA-F])[0-9a-fA-F]{4}'
+TEXT_BODY = re.compile(rb"(?:" + _UTF8 + rb"|" + _ESCAPE + rb')*"')
+# After `choices`: scalar fields only (`usage` only as null; no error, no second `choices`), the
+# object's end, and the blank line that ends the event.
+_SCALAR = rb'null|true|false|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
+_FIELD = rb'"usage":null|"(?!usage"|error"|choices")[A-Za-z_][A-Za-z0-9_]*":(?:' + _SCALAR + rb")"
+EVENT_REST = re.compile(rb"(?:,(?:" + _FIELD + rb"))*\}\n\n")
 
 
-def text_seen(chunk: bytes, keys: tuple[str, ...]) -> list[bool] | None:
-    """For each text key, whether some event of a plain chunk carries a non-empty string under
-    it; None when a key is not written compactly (`"key":"`), so only a parse can tell."""
-    seen = []
-    for key in keys:
-        name = b'"' + key.encode() + b'"'
-        compact = chunk.count(name + b':"')
-        if chunk.count(name) != compact:
-            return None
-        seen.append(compact > chunk.count(name + b':""'))
-    return seen
+@dataclass(frozen=True, slots=True)
+class PlainTemplate:
+    head: bytes  # the event up to its text's opening quote
+    tail: bytes  # from the text's closing quote to the `]` that closes `choices`
+    key: str  # the text's field: content, reasoning_content or reasoning
+    reasoning: bool  # the field is a reasoning field
+    text_start: int = 0  # len(head)
+    tail_size: int = 0  # len(tail)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text_start", len(self.head))
+        object.__setattr__(self, "tail_size", len(self.tail))
+
+
+NO_TEMPLATE = PlainTemplate(b"\0", b"\0", "content", False)  # matches no event (none starts with NUL)
+
+
+def learn_template(raw: bytes, key: str, reasoning: bool) -> PlainTemplate | None:
+    """The template of `raw`, a whole single-line event the full path forwarded unchanged whose
+    only choice's delta holds nothing but `key` (a string) and null fields; None when its bytes
+    do not have the expected shape."""
+    if not raw.startswith(b"data:") or not raw.endswith(b"\n\n") or raw.count(b"\n") != 2:
+        return None
+    opening = b'"' + key.encode() + b'":"'
+    choices = raw.find(b'"choices":[')
+    start = raw.find(opening, choices) if choices != -1 else -1
+    if start == -1 or raw.find(opening, start + 1) != -1:
+        return None
+    head_end = start + len(opening)
+    body = TEXT_BODY.match(raw, head_end)
+    if body is None:
+        return None
+    closing = body.end() - 1
+    tail_end = raw.find(b"]", closing)
+    if tail_end == -1:
+        return None
+    rest = EVENT_REST.match(raw, tail_end + 1)
+    if rest is None or rest.end() != len(raw):
+        return None
+    return PlainTemplate(raw[:head_end], raw[closing : tail_end + 1], key, reasoning)
+
+
+def text_of(body: bytes) -> str:
+    """The text of a matched event, from its JSON string body (without quotes)."""
+    if b"\\" not in body:
+        return body.decode()
+    return orjson.loads(b'"' + body + b'"')

@@ -24,7 +24,15 @@ import orjson
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.response.fast_path import plain_events, text_seen
+from kimiwire.wire.response.fast_path import (
+    EVENT_REST,
+    MAX_TEMPLATES,
+    NO_TEMPLATE,
+    TEXT_BODY,
+    PlainTemplate,
+    learn_template,
+    text_of,
+)
 from kimiwire.wire.response.markup import MARKER_PREFIX, MarkupScanner, RecoveredCall, embedded_markup
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
 from kimiwire.wire.response.think_tags import ThinkTagSplitter
@@ -33,6 +41,8 @@ from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, 
 from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
+_TEXT_BODY = TEXT_BODY.match
+_EVENT_REST = EVENT_REST.match
 _OPEN = CallState.OPEN
 
 
@@ -95,15 +105,20 @@ class StreamRepairer:
         self._content_seen = False
         self._reasoning_seen = False
         self._text_unseen = True  # content or reasoning not yet seen: checked on the fast path
-        # Plain text deltas skip parsing only when the full path could not change them.
-        self.fast_path = policy.reasoning_field == "keep" and not (self.scan_markup and self.declared)
+        # The fast path (wire/response/fast_path.py): plain text deltas skip parsing when they
+        # match an event the full path forwarded unchanged and the state lets them pass.
+        self.fast_path = policy.reasoning_field == "keep"
+        self._templates: list[PlainTemplate] = []
+        self._template_last = NO_TEMPLATE  # the template the last fast read matched, tried first
+        self._check_markup = self.scan_markup and bool(self.declared)
+        self._plain_ready = False  # the state lets plain text pass: set after each full-path read
 
     # -- public API ------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.bypass:
             return [data] if data else []
-        if self.fast_path and self._passes_whole(data):
+        if self._plain_ready and self.plain_read(data):
             return [data]
         out: list[bytes] = []
         for event in self._decoder.feed(data):
@@ -116,7 +131,134 @@ class StreamRepairer:
         elif self.buffered > self.policy.stream_buffer_limit:
             self.log.add("stream.buffer_limit", None, self.buffered, self.policy.stream_buffer_limit)
             self.release_held(out)
+        self._plain_ready = self._plain_state()
         return out
+
+    def plain_read(self, data: bytes) -> int:
+        """The fast path: the number of events in `data` when it is nothing but whole plain text
+        events matching a template (wire/response/fast_path.py) that the full path would forward
+        unchanged in the current state; their counts and text flags are taken as the full path
+        takes them. 0 (and nothing changed) otherwise: the read goes to `feed`'s full path."""
+        if not self._plain_ready:
+            return 0
+        # The usual read: one event of the shape the last read had. Kept flat: every event of a
+        # stream passes here.
+        template = self._template_last
+        start = template.text_start
+        if data.startswith(template.head):
+            body = _TEXT_BODY(data, start)
+            if body is not None:
+                closing = body.end() - 1
+                if data.startswith(template.tail, closing):
+                    rest = _EVENT_REST(data, closing + template.tail_size)
+                    if rest is not None and rest.end() == len(data):
+                        if (
+                            closing > start
+                            and (self._text_unseen or self._check_markup)
+                            and not self._plain_text(template, data, start, closing)
+                        ):
+                            return 0
+                        self.events_in += 1
+                        self.data_events_in += 1
+                        return 1
+        return self._plain_events(data)
+
+    def _plain_events(self, data: bytes) -> int:
+        """plain_read for any number of events, each of any template."""
+        size = len(data)
+        position = events = 0
+        texts: list[tuple[PlainTemplate, int, int]] = []
+        while position < size:
+            for template in self._templates:
+                if data.startswith(template.head, position):
+                    break
+            else:
+                return 0
+            start = position + template.text_start
+            body = _TEXT_BODY(data, start)
+            if body is None:
+                return 0
+            closing = body.end() - 1
+            if not data.startswith(template.tail, closing):
+                return 0
+            rest = _EVENT_REST(data, closing + template.tail_size)
+            if rest is None:
+                return 0
+            if closing > start:
+                texts.append((template, start, closing))
+            position = rest.end()
+            events += 1
+        if self._text_unseen or self._check_markup:
+            for template, start, closing in texts:
+                if not self._plain_text(template, data, start, closing):
+                    return 0
+        self._template_last = template
+        self.events_in += events
+        self.data_events_in += events
+        return events
+
+    def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int) -> bool:
+        """A matched event's non-empty text: the markup scanner decides when the request names
+        tools (a name may begin at the end of the text); the turn's text flags are set."""
+        if self._check_markup and not self._scanner(self._choices[0], template.key).passes_unchanged(
+            text_of(data[start:closing])
+        ):
+            return False
+        if self._text_unseen:
+            if template.reasoning:
+                self._reasoning_seen = True
+            else:
+                self._content_seen = True
+            self._text_unseen = not (self._content_seen and self._reasoning_seen)
+        return True
+
+    def _plain_state(self) -> bool:
+        """Plain text of choice 0 passes unchanged: it is open and nothing of it is held."""
+        if not (self.fast_path and self._templates) or self.bypass or self.done or self._decoder.pending:
+            return False
+        state = self._choices.get(0)
+        if state is None or state.finished:
+            return False
+        for scanner in state.scanners.values():
+            if scanner.pending:
+                return False
+        # Think tags: only once the choice's content has begun, with nothing held; before that a
+        # reasoning delta changes the splitter's state and content may still be reasoning.
+        return not self.split_think or (
+            state.think is not None and state.think.state == "content" and not state.think.pending
+        )
+
+    def _learn(self, choice: dict[str, Any], raw: bytes) -> None:
+        """`raw` went out unchanged: when its only choice is a plain text delta of choice 0 (one
+        _passes_unchanged would take), its shape becomes a template for the fast path."""
+        delta = choice.get("delta")
+        if (
+            choice.get("index", 0) != 0
+            or type(delta) is not dict
+            or choice.get("finish_reason") is not None
+            or "usage" in choice
+            or "tool_calls" in delta
+        ):
+            return
+        key = None
+        for name, value in delta.items():
+            if value is None:
+                continue
+            if key is None and name in TEXT_KEYS and type(value) is str:
+                key = name
+                continue
+            return
+        if key is None:
+            return
+        for template in self._templates:
+            if raw.startswith(template.head):
+                return
+        template = learn_template(raw, key, key != "content")
+        if template is not None:
+            if len(self._templates) >= MAX_TEMPLATES:
+                del self._templates[0]
+            self._templates.append(template)
+            self._template_last = template
 
     def end(self, drop_partial: bool = False) -> list[bytes]:
         """The upstream body ended: flush what is held, finish every choice, end with [DONE].
@@ -131,6 +273,7 @@ class StreamRepairer:
                 out.append(event.raw)
             else:
                 self._guarded_event(event, out)
+        self._plain_ready = False
         if not self.done and not self.bypass:
             try:
                 self._finish_all(out)
@@ -163,6 +306,7 @@ class StreamRepairer:
         then [DONE]."""
         if self.done:
             return []
+        self._plain_ready = False
         out: list[bytes] = []
         if self.bypass:
             return [b"\n\n", error_event, DONE_EVENT]
@@ -221,6 +365,7 @@ class StreamRepairer:
         """Held text and every held call go out as the upstream sent them, in order; from now on
         the stream passes through."""
         self.bypass = True
+        self._plain_ready = False
         for state in self._choices.values():
             if state.think is not None:
                 reasoning, content = state.think.finish()
@@ -298,35 +443,6 @@ class StreamRepairer:
             state = self._choices[index] = _Choice(index, ChoiceAssembly(self.log, self._note_once))
         return state
 
-    def _passes_whole(self, data: bytes) -> bool:
-        """The fast path (wire/response/fast_path.py): `data` is whole plain text deltas of a
-        choice already open, nothing is held, so each event would pass _passes_unchanged."""
-        if self.done or not self._have_template or self._decoder.pending:
-            return False
-        state = self._choices.get(0)
-        if state is None or state.finished:
-            return False
-        for scanner in state.scanners.values():
-            if scanner.pending:
-                return False
-        # Think tags: only once the choice's content has begun, with nothing held; before that a
-        # reasoning delta changes the splitter's state and content may still be reasoning.
-        if self.split_think and (state.think is None or state.think.state != "content" or state.think.pending):
-            return False
-        events = plain_events(data)
-        if not events:
-            return False
-        if self._text_unseen:  # the turn summary's content/reasoning flags, as _see_text sets them
-            seen = text_seen(data, TEXT_KEYS)
-            if seen is None:
-                return False
-            self._content_seen |= seen[0]
-            self._reasoning_seen |= any(seen[1:])
-            self._text_unseen = not (self._content_seen and self._reasoning_seen)
-        self.events_in += events
-        self.data_events_in += events
-        return True
-
     def _chunk(self, chunk: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         choices = chunk.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -339,6 +455,8 @@ class StreamRepairer:
             self._template.update({k: chunk[k] for k in _CHUNK_KEYS if k in chunk})
         if len(choices) == 1 and self._passes_unchanged(choices[0]):
             out.append(raw)
+            if self.fast_path and chunk.get("usage") is None:
+                self._learn(choices[0], raw)
             return
         changed = False
         kept: list[Any] = []
@@ -357,6 +475,8 @@ class StreamRepairer:
                 kept.append(choice)
         if not changed:
             out.append(raw)
+            if self.fast_path and len(choices) == 1 and type(choices[0]) is dict and chunk.get("usage") is None:
+                self._learn(choices[0], raw)
             return
         if kept or chunk.get("usage") is not None:
             chunk["choices"] = kept
