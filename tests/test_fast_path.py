@@ -6,10 +6,12 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.fast_path import learn_template
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.response.turn_gate import TURN_CHECKS, TurnGate
 
 from tests.support.streams import Stream, tool_delta
 
@@ -246,3 +248,54 @@ def test_with_declared_tools_a_name_at_a_text_end_is_held_on_both_paths(texts, d
     boundaries = [first + sum(len(e) for e in events[:i]) for i in range(len(events))]
     cuts = sorted(set(data.draw(st.lists(st.sampled_from(boundaries), min_size=1, max_size=12))))
     assert run(body, cuts, True, TOOLS) == run(body, cuts, False, TOOLS)
+
+
+GATE_TEXT = st.sampled_from(["", " ", "\n", "\u3000", "think", "é", "<", "done"])
+GATE_EVENT = st.builds(
+    lambda key, text, nulls, top: encoded({**nulls, key: text}, None, 0, top, False),
+    st.sampled_from(["content", "reasoning_content", "reasoning_content", "reasoning"]),
+    GATE_TEXT,
+    st.sampled_from([{}, {}, {"role": None}]),
+    TOP,
+)
+GATE_STREAMS = st.lists(st.one_of(*[GATE_EVENT] * 8, OTHER_EVENT), max_size=25)
+FIRST = st.sampled_from([[event({"role": "assistant", "content": ""})], [event({"content": ""})], []])
+
+
+NO_SPLIT = Policy.build(Flavor.SELFHOSTED, think_tags="keep")
+
+
+def gated(events: list[bytes], fast: bool, policy: Policy = POLICY) -> tuple:
+    repairer = StreamRepairer(NO_TOOLS, policy)
+    repairer.fast_path = fast
+    gate = TurnGate(NO_TOOLS, frozenset(TURN_CHECKS), True)
+    stream = RepairingStream(repairer, gate=gate)
+    out = [b"".join(stream(piece)) for piece in events]
+    out.append(b"".join(stream(b"")))
+    return out, gate.seen, gate.proven, gate.role_delivered, gate.verdict(), stream.failed_turn
+
+
+@settings(max_examples=400, deadline=None)
+@given(FIRST, GATE_STREAMS, st.sampled_from([POLICY, NO_SPLIT]))
+def test_the_turn_gate_judges_fast_reads_as_it_judges_parsed_ones(first, events, policy):
+    """A turn not yet proven (reasoning first, whitespace content) is judged by the retry gate:
+    reads the fast path takes reach the same verdict, records and bytes as parsed ones."""
+    events = [*first, *events]
+    assert gated(events, True, policy) == gated(events, False, policy)
+
+
+def test_the_gate_is_fed_without_parsing_once_the_fast_path_knows_the_shape(monkeypatch):
+    events = [event({"role": "assistant", "content": ""})] + [event({"reasoning_content": "hm"})] * 5
+    repairer = StreamRepairer(NO_TOOLS, POLICY)
+    gate = TurnGate(NO_TOOLS, frozenset(TURN_CHECKS), True)
+    stream = RepairingStream(repairer, gate=gate)
+    for piece in events[:3]:
+        stream(piece)
+    with monkeypatch.context() as patched:
+        patched.setattr(gate, "feed", lambda events: pytest.fail("parsed again"))
+        for piece in events[3:]:
+            assert stream(piece) == [piece]
+    assert gate.seen.reasoning_chars == 10 and not gate.proven
+    # The first content delta goes the full path (think tags: it ends the reasoning), and proves the turn.
+    assert stream(event({"content": "Answer"})) == [event({"content": "Answer"})]
+    assert gate.proven

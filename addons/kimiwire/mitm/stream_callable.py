@@ -128,6 +128,10 @@ class RepairingStream:
             return self._deliver([data] if data else [])
         undecoded = repairer.undecoded()
         events_before = repairer.data_events_in
+        gate = self.gate
+        judging = data and gate is not None and not gate.proven
+        if judging:
+            repairer.plain_texts = []  # what the fast path takes, the gate need not parse again
         try:
             out = repairer.feed(data) if data else self._end()
         except Exception as exc:
@@ -152,8 +156,10 @@ class RepairingStream:
                     out[:0] = self.gate.open()
                 if self.on_error is not None:
                     self.on_error(repairer.failure)
-            elif data and self.gate is not None and not self.gate.proven:
-                out = self.gate.feed(out)
+            elif judging:
+                texts = repairer.plain_texts
+                out = gate.feed_plain(data, texts) if texts else gate.feed(out)
+        repairer.plain_texts = None
         times = self.times
         if repairer.bypass and data:
             self._passthrough_activity()

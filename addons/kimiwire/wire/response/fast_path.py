@@ -48,6 +48,7 @@ class PlainTemplate:
     tail: bytes  # from the text's closing quote to the `]` that closes `choices`
     key: str  # the text's field: content, reasoning_content or reasoning
     reasoning: bool  # the field is a reasoning field
+    role: bool = False  # the delta has a `role` field (null)
     text_start: int = 0  # len(head)
     tail_size: int = 0  # len(tail)
 
@@ -56,10 +57,18 @@ class PlainTemplate:
         object.__setattr__(self, "tail_size", len(self.tail))
 
 
+@dataclass(frozen=True, slots=True)
+class PlainText:
+    """One event the fast path took: its template and its text."""
+
+    template: PlainTemplate
+    text: str
+
+
 NO_TEMPLATE = PlainTemplate(b"\0", b"\0", "content", False)  # matches no event (none starts with NUL)
 
 
-def learn_template(raw: bytes, key: str, reasoning: bool) -> PlainTemplate | None:
+def learn_template(raw: bytes, key: str, reasoning: bool, role: bool = False) -> PlainTemplate | None:
     """The template of `raw`, a whole single-line event the full path forwarded unchanged whose
     only choice's delta holds nothing but `key` (a string) and null fields; None when its bytes
     do not have the expected shape."""
@@ -81,7 +90,7 @@ def learn_template(raw: bytes, key: str, reasoning: bool) -> PlainTemplate | Non
     rest = EVENT_REST.match(raw, tail_end + 1)
     if rest is None or rest.end() != len(raw):
         return None
-    return PlainTemplate(raw[:head_end], raw[closing : tail_end + 1], key, reasoning)
+    return PlainTemplate(raw[:head_end], raw[closing : tail_end + 1], key, reasoning, role)
 
 
 def text_of(body: bytes) -> str:

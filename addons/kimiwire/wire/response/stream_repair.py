@@ -30,6 +30,7 @@ from kimiwire.wire.response.fast_path import (
     NO_TEMPLATE,
     TEXT_BODY,
     PlainTemplate,
+    PlainText,
     learn_template,
     text_of,
 )
@@ -111,7 +112,11 @@ class StreamRepairer:
         self._templates: list[PlainTemplate] = []
         self._template_last = NO_TEMPLATE  # the template the last fast read matched, tried first
         self._check_markup = self.scan_markup and bool(self.declared)
+        # When a list, plain_read appends each event's text to it (for the turn gate, which must
+        # see the texts of a turn not yet proven without parsing the events again).
+        self.plain_texts: list[PlainText] | None = None
         self._plain_ready = False  # the state lets plain text pass: set after each full-path read
+        self._content_blocked = False  # ... but only reasoning (think tags: content not begun)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -145,7 +150,7 @@ class StreamRepairer:
         # stream passes here.
         template = self._template_last
         start = template.text_start
-        if data.startswith(template.head):
+        if data.startswith(template.head) and (template.reasoning or not self._content_blocked):
             body = _TEXT_BODY(data, start)
             if body is not None:
                 closing = body.end() - 1
@@ -160,6 +165,8 @@ class StreamRepairer:
                             return 0
                         self.events_in += 1
                         self.data_events_in += 1
+                        if self.plain_texts is not None:
+                            self.plain_texts.append(PlainText(template, text_of(data[start:closing])))
                         return 1
         return self._plain_events(data)
 
@@ -168,11 +175,14 @@ class StreamRepairer:
         size = len(data)
         position = events = 0
         texts: list[tuple[PlainTemplate, int, int]] = []
+        template = NO_TEMPLATE
         while position < size:
             for template in self._templates:
                 if data.startswith(template.head, position):
                     break
             else:
+                return 0
+            if self._content_blocked and not template.reasoning:
                 return 0
             start = position + template.text_start
             body = _TEXT_BODY(data, start)
@@ -184,17 +194,20 @@ class StreamRepairer:
             rest = _EVENT_REST(data, closing + template.tail_size)
             if rest is None:
                 return 0
-            if closing > start:
-                texts.append((template, start, closing))
+            texts.append((template, start, closing))
             position = rest.end()
             events += 1
+        if not events:
+            return 0
         if self._text_unseen or self._check_markup:
-            for template, start, closing in texts:
-                if not self._plain_text(template, data, start, closing):
+            for seen, start, closing in texts:
+                if closing > start and not self._plain_text(seen, data, start, closing):
                     return 0
         self._template_last = template
         self.events_in += events
         self.data_events_in += events
+        if self.plain_texts is not None:
+            self.plain_texts += [PlainText(seen, text_of(data[start:closing])) for seen, start, closing in texts]
         return events
 
     def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int) -> bool:
@@ -222,11 +235,16 @@ class StreamRepairer:
         for scanner in state.scanners.values():
             if scanner.pending:
                 return False
-        # Think tags: only once the choice's content has begun, with nothing held; before that a
-        # reasoning delta changes the splitter's state and content may still be reasoning.
-        return not self.split_think or (
-            state.think is not None and state.think.state == "content" and not state.think.pending
-        )
+        # Think tags: nothing held; content only once the choice's content has begun (before
+        # that it may still be reasoning), reasoning once the splitter knows reasoning has its own
+        # field (the first reasoning delta tells it).
+        self._content_blocked = False
+        if self.split_think:
+            think = state.think
+            if think is None or think.pending or (think.state == "start" and think.prefilled):
+                return False
+            self._content_blocked = think.state != "content"
+        return True
 
     def _learn(self, choice: dict[str, Any], raw: bytes) -> None:
         """`raw` went out unchanged: when its only choice is a plain text delta of choice 0 (one
@@ -253,7 +271,7 @@ class StreamRepairer:
         for template in self._templates:
             if raw.startswith(template.head):
                 return
-        template = learn_template(raw, key, key != "content")
+        template = learn_template(raw, key, key != "content", "role" in delta)
         if template is not None:
             if len(self._templates) >= MAX_TEMPLATES:
                 del self._templates[0]

@@ -24,6 +24,7 @@ import orjson
 
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
+from kimiwire.wire.response.fast_path import PlainText
 from kimiwire.wire.response.schema_check import schema_violation
 from kimiwire.wire.sse import DONE, SSEDecoder
 
@@ -205,6 +206,24 @@ class TurnGate:
                 out.extend(events[position + 1 :])
                 return out
         return out
+
+    def feed_plain(self, data: bytes, texts: list[PlainText]) -> list[bytes]:
+        """`feed` for a read the repairer's fast path took (whole plain text events, `texts` in
+        order): the same verdicts and records without parsing the events again."""
+        if self.proven:
+            return [data]
+        if self.held or not self.template:
+            return self.feed([data])
+        seen = self.seen
+        for text in texts:
+            self.role_delivered |= text.template.role
+            if text.template.reasoning:
+                seen.reasoning_chars += len(text.text)
+            elif text.text.strip():
+                seen.content = True
+                self.proven = True
+                break
+        return [data]
 
     def open(self) -> list[bytes]:
         """Stop judging: what is held goes out, everything after passes."""
