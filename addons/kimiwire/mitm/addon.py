@@ -46,7 +46,7 @@ from kimiwire.wire.content_decoding import (
 )
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
-from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, resolve_flavor
+from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
 from kimiwire.wire.redaction import Redactor, carries_placeholder, url_for_log
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import repair_request_body
@@ -87,6 +87,10 @@ _MIN_DECODED_CHUNK = 1 << 20
 
 _NO_LIMIT = 1 << 40
 
+_POLICY_OPTION_NAMES = frozenset(
+    {"kimi_flavor", "kimi_stream_buffer_limit", *(f"kimi_{field}" for field in POLICY_OPTIONS)}
+)
+
 _SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
 
 
@@ -101,6 +105,12 @@ class KimiWire:
         self.redactor = Redactor()
         self.replay_credential: str | None = None
         self.retrier = Retrier(self.counts)
+        # Option values the hooks read on every flow, copied from ctx.options by `configure`
+        # (an option lookup in mitmproxy costs microseconds; a flow made over a dozen of them).
+        self.health_path = chat_exchanges.HEALTH_PATH
+        self.max_request_bytes = 0
+        self.json_errors = True
+        self._policies = PolicyCache()
 
     # -- options ---------------------------------------------------------------------------
 
@@ -298,6 +308,19 @@ class KimiWire:
                 logger.warning("kimiwire: %s; replayed flows go without credentials", problem)
         if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
+        self._copy_options(updated)
+
+    def _copy_options(self, updated: set[str]) -> None:
+        opts = ctx.options
+        self.health_path = opts.kimi_health_path
+        self.max_request_bytes = opts.kimi_max_request_bytes
+        self.json_errors = opts.kimi_json_errors
+        if updated & _POLICY_OPTION_NAMES:
+            self._policies = PolicyCache(
+                opts.kimi_flavor,
+                stream_buffer_limit=opts.kimi_stream_buffer_limit,
+                **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
+            )
 
     def _check_capture_folder(self) -> None:
         self.capture_problem = None
@@ -402,12 +425,7 @@ class KimiWire:
                 self._describe(state)
 
     def policy_for(self, flow: http.HTTPFlow) -> Policy:
-        opts = ctx.options
-        return Policy.build(
-            resolve_flavor(opts.kimi_flavor, flow.request.host),
-            stream_buffer_limit=opts.kimi_stream_buffer_limit,
-            **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
-        )
+        return self._policies.policy(flow.request.host)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -458,7 +476,7 @@ class KimiWire:
     def request(self, flow: http.HTTPFlow) -> None:
         if not flow.live or self._shut_down:
             return  # loaded from a file: it was repaired when it was live
-        if chat_exchanges.is_health_check(flow.request.method, flow.request.path, ctx.options.kimi_health_path):
+        if chat_exchanges.is_health_check(flow.request.method, flow.request.path, self.health_path):
             body = orjson.dumps({"status": "ok", "pid": os.getpid(), **orjson.loads(self.stats())})
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
             return
@@ -482,7 +500,7 @@ class KimiWire:
         state.facts = RequestFacts()  # until the body says more
         record = state.record
         record["limits"] = self.limits.as_dict()
-        record["policy"] = policy.as_dict()
+        record["policy"] = self._policies.as_dict(policy)
         record["facts"] = state.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
@@ -494,8 +512,9 @@ class KimiWire:
         if raw is None:
             return
         if self.limits.first_byte_timeout > 0 and loop_running():
-            state.headers_seen = asyncio.Event()
-            state.spawn(self._first_byte_watch(state, state.headers_seen))
+            state.first_byte_timer = asyncio.get_running_loop().call_later(
+                self.limits.first_byte_timeout, self._first_byte_timeout, state
+            )
         self._guarded(flow, "request repair", lambda _: self._repair_request(state, raw))
 
     def _request_body(self, state: FlowState) -> bytes | None:
@@ -506,7 +525,7 @@ class KimiWire:
         if encoded is None:
             self._note(state.flow, "request not repaired: the body was streamed")
             return b""
-        limit = ctx.options.kimi_max_request_bytes or _NO_LIMIT
+        limit = self.max_request_bytes or _NO_LIMIT
         header = req.headers.get("content-encoding", "")
         encoding = content_encoding(header)
         try:
@@ -571,15 +590,16 @@ class KimiWire:
             flow.marked = ERROR_MARKER
             self._describe(state)
 
-    async def _first_byte_watch(self, state: FlowState, headers_seen: asyncio.Event) -> None:
+    def _first_byte_timeout(self, state: FlowState) -> None:
+        """The first-byte timer fired: no response headers came in time (a timer callback: never raises)."""
+        state.first_byte_timer = None
         flow = state.flow
-        try:
-            await asyncio.wait_for(headers_seen.wait(), self.limits.first_byte_timeout)
-            return
-        except TimeoutError:
-            pass
         if flow.response is not None or not flow.live:
             return
+        self._guarded(flow, "first-byte timeout", lambda _: self._answer_first_byte_timeout(state))
+
+    def _answer_first_byte_timeout(self, state: FlowState) -> None:
+        flow = state.flow
         seconds = self.limits.first_byte_timeout
         message = f"kimiwire: {url_for_log(flow.request.url)} sent no response headers within {seconds:g} s"
         self._answer_error(state, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
@@ -599,9 +619,8 @@ class KimiWire:
         response = flow.response
         assert response is not None
         state = self.flows.get(flow)
-        if state is not None and state.headers_seen is not None:
-            state.headers_seen.set()
-            state.headers_seen = None
+        if state is not None:
+            state.headers_came()
         context = state.repairs_context if state is not None else None
         if state is not None and context is not None:  # a chat flow: the capture keeps the upstream's own headers
             state.upstream_headers = response.headers.fields
@@ -650,8 +669,8 @@ class KimiWire:
             stream = RepairingStream(repairer, on_error=on_error, limits=self.limits, **retrying)
         response.stream = state.stream = stream
         if loop_running():
-            watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason))
-            state.spawn(watchdog.run())
+            state.watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason), state.spawn)
+            state.watchdog.plan()
 
     async def _end_stream(self, state: FlowState, stream: RepairingStream, reason: ProxyEnd) -> EndOutcome:
         flow = state.flow
@@ -959,7 +978,7 @@ class KimiWire:
         if state is None or context is None or flow.response is not None or "client disconnect" in message.lower():
             return None
         kind = "stall" if state.record.get("ending") == "first_byte_timeout" else "connect"
-        if not self.retrier.policy.watches(kind) or not ctx.options.kimi_json_errors:
+        if not self.retrier.policy.watches(kind) or not self.json_errors:
             return None
         if not proxy_internals.install_error_answers() or client_gone(flow):
             return None
@@ -1028,12 +1047,7 @@ class KimiWire:
                 state, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
             )
             self._ending(state, "upstream_error")
-        elif (
-            stream is not None
-            and not stream.ended
-            and ctx.options.kimi_json_errors
-            and proxy_internals.can_answer(flow)
-        ):
+        elif stream is not None and not stream.ended and self.json_errors and proxy_internals.can_answer(flow):
             # Mid-stream reset or protocol error: end the stream cleanly with an error event. (The
             # tail counts as delivered only where it can be written: HTTP/1, client still there.)
             tail = stream.close_after_upstream_failure(
@@ -1046,9 +1060,8 @@ class KimiWire:
             flow.response.content = bytes(stream.upstream)
             self._record_stream(state, stream)
 
-    @staticmethod
-    def _answer_error(state: FlowState, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
-        if not ctx.options.kimi_json_errors:
+    def _answer_error(self, state: FlowState, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
+        if not self.json_errors:
             return
         record = state.record
         if replace or "error_answer" not in record:

@@ -9,12 +9,12 @@
 
 `FlowState` holds what one flow needs between hooks: `policy` and `facts` (facts stay None when
 the request body could not be parsed), `stream` (the `RepairingStream` once response headers
-came), `tasks` (timers: first-byte watch, stream watchdog), `headers_seen` (set when the response
-headers come), `client_request` (what the client sent, for the capture), `upstream_headers` and
-`upstream_body` (what the upstream sent, for the capture), `failed_in` (hooks that raised), and
-`record`: the dict stored as
-`flow.metadata["kimiwire"]`, which tests, captures and scripts read. Everything written to the
-record goes through the methods here.
+came), `first_byte_timer` (cancelled when the response headers come), `watchdog` (the stream's
+deadline timer), `tasks` (a proxy ending under way), `client_request` (what the client sent, for
+the capture), `upstream_headers` and `upstream_body` (what the upstream sent, for the capture),
+`failed_in` (hooks that raised), and `record`: the dict stored as `flow.metadata["kimiwire"]`,
+which tests, captures and scripts read. Everything written to the record goes through the
+methods here.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from kimiwire.wire.policy import Policy
 
 if TYPE_CHECKING:
     from kimiwire.mitm.stream_callable import RepairingStream
+    from kimiwire.mitm.watchdog import StreamWatchdog
 
 METADATA_KEY = "kimiwire"
 
@@ -51,7 +52,8 @@ class FlowState:
     facts: RequestFacts | None = None
     stream: RepairingStream | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    headers_seen: asyncio.Event | None = None
+    first_byte_timer: asyncio.TimerHandle | None = None
+    watchdog: StreamWatchdog | None = None
     client_request: dict[str, Any] | None = None
     upstream_headers: Any = None
     upstream_body: bytes | None = None
@@ -84,13 +86,29 @@ class FlowState:
 
     def release(self) -> None:
         """The flow is over: stop its timers (but not the one that is ending it right now)."""
-        current = asyncio.current_task() if loop_running() else None
-        for task in list(self.tasks):
-            if task is not current:
-                task.cancel()
-        if self.headers_seen is not None:
-            self.headers_seen.set()
-            self.headers_seen = None
+        if self.tasks:
+            current = asyncio.current_task() if loop_running() else None
+            for task in list(self.tasks):
+                if task is not current:
+                    task.cancel()
+        self.stop_timers()
+
+    def stop_timers(self) -> None:
+        self.headers_came()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+    def headers_came(self) -> None:
+        """The first-byte timeout no longer applies."""
+        if self.first_byte_timer is not None:
+            self.first_byte_timer.cancel()
+            self.first_byte_timer = None
+
+    @property
+    def pending(self) -> int:
+        """Tasks and timers still to run for this flow."""
+        watching = self.watchdog is not None and self.watchdog.waiting
+        return len(self.tasks) + (self.first_byte_timer is not None) + watching
 
 
 class FlowStates:
@@ -126,11 +144,12 @@ class FlowStates:
         for state in self._states.values():
             for task in state.tasks:
                 task.cancel()
+            state.stop_timers()
         self._states.clear()
 
     @property
     def active_tasks(self) -> int:
-        return sum(len(state.tasks) for state in self._states.values())
+        return sum(state.pending for state in self._states.values())
 
     def __len__(self) -> int:
         return len(self._states)

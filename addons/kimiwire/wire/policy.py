@@ -147,3 +147,35 @@ class Policy:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)} | {"flavor": self.flavor.value}
+
+
+class PolicyCache:
+    """The policy of each flow, built once per upstream host for one set of option values (the
+    flavor `auto` depends on the host), and its `as_dict` built once per policy."""
+
+    MAX_HOSTS = 256  # hosts come from requests: the cache stays bounded whatever they are
+
+    def __init__(self, flavor_option: str = "auto", **options: Any) -> None:
+        self.flavor_option = flavor_option
+        self.options = options
+        self._by_host: dict[str, Policy] = {}
+        self._by_flavor: dict[Flavor, Policy] = {}
+        self._dicts: dict[Policy, dict[str, Any]] = {}
+
+    def policy(self, host: str) -> Policy:
+        policy = self._by_host.get(host)
+        if policy is None:
+            flavor = resolve_flavor(self.flavor_option, host)
+            policy = self._by_flavor.get(flavor)
+            if policy is None:
+                policy = self._by_flavor[flavor] = Policy.build(flavor, **self.options)
+                self._dicts[policy] = policy.as_dict()
+            if len(self._by_host) >= self.MAX_HOSTS:
+                self._by_host.clear()
+            self._by_host[host] = policy
+        return policy
+
+    def as_dict(self, policy: Policy) -> dict[str, Any]:
+        """`policy.as_dict()`, a fresh copy each call (it goes onto a flow's record)."""
+        cached = self._dicts.get(policy)
+        return policy.as_dict() if cached is None else cached.copy()
