@@ -22,6 +22,7 @@ from mitmproxy import command, ctx, exceptions, http
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
+from kimiwire.mitm.headers import read_headers, remove_header, set_body, set_header
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.retry import (
     Attempt,
@@ -90,6 +91,9 @@ _NO_LIMIT = 1 << 40
 _POLICY_OPTION_NAMES = frozenset(
     {"kimi_flavor", "kimi_stream_buffer_limit", *(f"kimi_{field}" for field in POLICY_OPTIONS)}
 )
+
+_REQUEST_HEADERS = frozenset({b"content-type", b"content-encoding", b"accept-encoding"})
+_RESPONSE_HEADERS = frozenset({b"content-type", b"content-encoding"})
 
 _SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
 
@@ -476,19 +480,25 @@ class KimiWire:
     def request(self, flow: http.HTTPFlow) -> None:
         if not flow.live or self._shut_down:
             return  # loaded from a file: it was repaired when it was live
-        if chat_exchanges.is_health_check(flow.request.method, flow.request.path, self.health_path):
+        req = flow.request
+        method, path = req.method, req.path
+        if chat_exchanges.is_health_check(method, path, self.health_path):
             body = orjson.dumps({"status": "ok", "pid": os.getpid(), **orjson.loads(self.stats())})
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
             return
-        self._guarded(flow, "request", self._start_chat_flow)
+        try:
+            self._start_chat_flow(flow, method, path)
+        except Exception as exc:
+            self._record_error(flow, "request", exc)
         if flow.is_replay == "request":
             self._guarded(flow, "replay credentials", self._restore_credentials)
 
-    def _start_chat_flow(self, flow: http.HTTPFlow) -> None:
+    def _start_chat_flow(self, flow: http.HTTPFlow, method: str, path: str) -> None:
         """Every chat flow gets the ending guarantees (first-byte timeout, JSON error answers, a
         watched and cleanly ended stream), whether or not its body can be read and repaired."""
         req = flow.request
-        chat, why_not = chat_exchanges.is_chat_completions(req.method, req.path, req.headers.get("content-type", ""))
+        headers = read_headers(req.headers, _REQUEST_HEADERS)
+        chat, why_not = chat_exchanges.is_chat_completions(method, path, headers.get(b"content-type", ""))
         if not chat:
             if why_not:
                 self._note(flow, f"request not repaired: {why_not}")
@@ -507,17 +517,21 @@ class KimiWire:
         if self.capture is not None:
             state.client_request = req.get_state()
         # Upstream compression would reach the stream callable still compressed.
-        req.headers["accept-encoding"] = "identity"
-        raw = self._request_body(state)
+        if headers.get(b"accept-encoding") != "identity":
+            set_header(req.headers, b"accept-encoding", b"identity")
+        raw = self._request_body(state, headers.get(b"content-encoding", ""))
         if raw is None:
             return
         if self.limits.first_byte_timeout > 0 and loop_running():
             state.first_byte_timer = asyncio.get_running_loop().call_later(
                 self.limits.first_byte_timeout, self._first_byte_timeout, state
             )
-        self._guarded(flow, "request repair", lambda _: self._repair_request(state, raw))
+        try:
+            self._repair_request(state, raw)
+        except Exception as exc:
+            self._record_error(flow, "request repair", exc)
 
-    def _request_body(self, state: FlowState) -> bytes | None:
+    def _request_body(self, state: FlowState, header: str) -> bytes | None:
         """The decoded request body, None when there is none to repair. A body that decodes to
         more than kimi_max_request_bytes is answered 413 here, without inflating it further."""
         req = state.flow.request
@@ -526,7 +540,6 @@ class KimiWire:
             self._note(state.flow, "request not repaired: the body was streamed")
             return b""
         limit = self.max_request_bytes or _NO_LIMIT
-        header = req.headers.get("content-encoding", "")
         encoding = content_encoding(header)
         try:
             if len(encoded) > limit:
@@ -613,7 +626,10 @@ class KimiWire:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if not flow.live or flow.response is None or self._shut_down:
             return
-        self._guarded(flow, "response headers", self._start_stream)
+        try:
+            self._start_stream(flow)
+        except Exception as exc:
+            self._record_error(flow, "response headers", exc)
 
     def _start_stream(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -624,13 +640,14 @@ class KimiWire:
         context = state.repairs_context if state is not None else None
         if state is not None and context is not None:  # a chat flow: the capture keeps the upstream's own headers
             state.upstream_headers = response.headers.fields
-        if not chat_exchanges.is_event_stream(response.headers.get("content-type", "")):
+        headers = read_headers(response.headers, _RESPONSE_HEADERS)
+        if not chat_exchanges.is_event_stream(headers.get(b"content-type", "")):
             return
         if state is None or context is None:
             if not response.stream:
                 response.stream = True  # any other event stream: forward it live, untouched
             return
-        header = response.headers.get("content-encoding", "")
+        header = headers.get(b"content-encoding", "")
         encoding = content_encoding(header)
         if encoding is None:
             self._note(flow, f"stream not repaired: unsupported content-encoding {header!r}")
@@ -638,22 +655,17 @@ class KimiWire:
             return
         facts, policy = context
         # The rewrite changes the length: the client side is re-framed (mitmproxy pitfall P3).
-        response.headers.pop("content-length", None)
-        if flow.request.http_version == "HTTP/1.1":
-            response.headers["transfer-encoding"] = "chunked"
+        remove_header(response.headers, b"content-length")
+        if flow.request.data.http_version == b"HTTP/1.1":
+            set_header(response.headers, b"transfer-encoding", b"chunked")
         repairer = StreamRepairer(facts, policy)
         on_error = lambda exc: self._record_error(flow, "stream repair", exc)  # noqa: E731
         retry = self.retrier.policy
+        checks, retry_stall = retry.turn_checks(), retry.watches("stall")
         gate = None
-        if (retry.turn_checks() or retry.watches("stall")) and proxy_internals.usable():
-            gate = TurnGate(
-                facts,
-                retry.turn_checks(),
-                policy.tool_stream == "whole",
-                policy.stream_buffer_limit,
-                retry.watches("stall"),
-            )
-        retrying = {"gate": gate, "retry_stall": retry.watches("stall")}
+        if (checks or retry_stall) and proxy_internals.usable():
+            gate = TurnGate(facts, checks, policy.tool_stream == "whole", policy.stream_buffer_limit, retry_stall)
+        retrying = {"gate": gate, "retry_stall": retry_stall}
         if encoding:
             # Asked for identity, sent compressed anyway: decode it, so the client gets a
             # repaired, timed stream (identity) and the capture a readable body.
@@ -927,7 +939,7 @@ class KimiWire:
                 response.content = b"".join(repaired)
             else:
                 # Keep what the upstream really sent as the flow's body; the client's copy is in metadata.
-                response.content = bytes(stream.upstream)
+                set_body(response, bytes(stream.upstream))
             self._record_stream(state, stream)
             self._ending(state, stream.ending)
             return
