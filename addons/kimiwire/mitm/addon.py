@@ -721,7 +721,10 @@ class KimiWire:
             retry = None
         if retry is not None:
             return self._response_after(flow, retry)  # mitmproxy awaits it before answering the client
-        self._guarded(flow, "response repair", self._finish_response)
+        try:
+            self._finish_response(flow)
+        except Exception as exc:
+            self._record_error(flow, "response repair", exc)
         self._flow_over(flow)
         return None
 

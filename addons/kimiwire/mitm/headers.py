@@ -15,15 +15,13 @@ from mitmproxy import http
 def read_headers(headers: http.Headers, names: Collection[bytes]) -> dict[bytes, str]:
     """`headers.get(name)` for each of `names` (lowercase) that is present, in one pass: the
     values of a name folded with ", ", as mitmproxy folds them."""
-    found: dict[bytes, list[bytes]] = {}
+    found: dict[bytes, str] = {}
     for key, value in headers.fields:
         key = key.lower()
         if key in names:
-            if key in found:
-                found[key].append(value)
-            else:
-                found[key] = [value]
-    return {key: ", ".join(v.decode("utf-8", "surrogateescape") for v in values) for key, values in found.items()}
+            text = value.decode("utf-8", "surrogateescape")
+            found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
 
 
 def set_header(headers: http.Headers, name: bytes, value: bytes) -> None:

@@ -60,17 +60,22 @@ _EXACT_DECODER = json.JSONDecoder(parse_float=_finite_float)
 
 
 def _may_hold_a_lost_integer(value: Any) -> bool:
+    # Strings are most of a request's leaves: they are passed over without a push and a pop.
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return kind is float and abs(value) >= _INTEGER_RANGE_EDGE
     stack = [value]
-    pop, extend = stack.pop, stack.extend
+    pop, push = stack.pop, stack.append
     while stack:
         node = pop()
-        kind = type(node)
-        if kind is dict:
-            extend(node.values())
-        elif kind is list:
-            extend(node)
-        elif kind is float and abs(node) >= _INTEGER_RANGE_EDGE:
-            return True
+        for item in node.values() if type(node) is dict else node:
+            kind = type(item)
+            if kind is str:
+                continue
+            if kind is dict or kind is list:
+                push(item)
+            elif kind is float and abs(item) >= _INTEGER_RANGE_EDGE:
+                return True
     return False
 
 

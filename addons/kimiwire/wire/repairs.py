@@ -18,11 +18,7 @@ class Repair:
         return {"kind": self.kind, "message_index": self.message_index, "before": self.before, "after": self.after}
 
 
-def _new_repair(cls: type[Repair], kind: str, message_index: int | None, before: Any, after: Any) -> Repair:
-    # Skips the dataclass __init__: a long history records hundreds of repairs per request.
-    repair = object.__new__(cls)
-    repair.kind, repair.message_index, repair.before, repair.after = kind, message_index, before, after
-    return repair
+_new = object.__new__
 
 
 @dataclass
@@ -32,7 +28,10 @@ class RepairLog:
     entries: list[Repair] = field(default_factory=list)
 
     def add(self, kind: str, message_index: int | None = None, before: Any = None, after: Any = None) -> None:
-        self.entries.append(_new_repair(Repair, kind, message_index, before, after))
+        # Skips the dataclass __init__: a long history records hundreds of repairs per request.
+        repair = _new(Repair)
+        repair.kind, repair.message_index, repair.before, repair.after = kind, message_index, before, after
+        self.entries.append(repair)
 
     def extend(self, other: RepairLog) -> None:
         self.entries.extend(other.entries)

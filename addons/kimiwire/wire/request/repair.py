@@ -14,7 +14,7 @@ from kimiwire.wire.request.compat import apply_request_compat
 from kimiwire.wire.request.history import moonshot_hygiene, repair_history_arguments
 from kimiwire.wire.request.reasoning import apply_reasoning_policy
 from kimiwire.wire.request.thinking_fields import thinking_requested, translate_thinking_fields
-from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, count_history_tool_calls
+from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, history_tool_calls
 
 
 @dataclass
@@ -41,28 +41,16 @@ def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     return declared, tools
 
 
-def history_tool_names(messages: list[Any]) -> list[str]:
-    """The tools the history's assistant messages called, each once, in order."""
-    names: dict[str, None] = {}
-    for message in messages:
-        if type(message) is dict and message.get("role") == "assistant" and type(message.get("tool_calls")) is list:
-            for call in message["tool_calls"]:
-                function = call.get("function") if type(call) is dict else None
-                name = function.get("name") if type(function) is dict else None
-                if type(name) is str and name:
-                    names[name] = None
-    return list(names)
-
-
 def facts_from_body(body: dict[str, Any]) -> RequestFacts:
     messages = body.get("messages")
     declared, tools = declared_tools(body)
+    count, names = history_tool_calls(messages) if isinstance(messages, list) else (0, [])
     return RequestFacts(
-        count_history_tool_calls(messages) if isinstance(messages, list) else 0,
+        count,
         tools,
         declared,
         body.get("stream") is True,
-        history_tool_names(messages) if isinstance(messages, list) else [],
+        names,
         # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
         thinking_is_a_switch(body.get("model")) and thinking_requested(body),
     )

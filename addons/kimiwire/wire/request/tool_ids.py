@@ -26,24 +26,27 @@ def canonical_id(name: str, k: int) -> str:
     return f"functions.{name}:{k}"
 
 
-def _is_tool_call_message(message: Any) -> bool:
-    return (
-        isinstance(message, dict)
-        and message.get("role") == "assistant"
-        and isinstance(message.get("tool_calls"), list)
-        and bool(message["tool_calls"])
-    )
-
-
-def count_history_tool_calls(messages: list[Any]) -> int:
-    """The number of tool calls in the history: the first index a new response continues from."""
+def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
+    """The number of tool calls in the history (the first index a new response continues from)
+    and the tools its assistant messages called, each once, in order; one pass."""
     count = 0
+    names: dict[str, None] = {}
     for message in messages:
         if type(message) is dict and message.get("role") == "assistant":
             calls = message.get("tool_calls")
             if type(calls) is list:
                 count += len(calls)
-    return count
+                for call in calls:
+                    function = call.get("function") if type(call) is dict else None
+                    name = function.get("name") if type(function) is dict else None
+                    if type(name) is str and name:
+                        names[name] = None
+    return count, list(names)
+
+
+def count_history_tool_calls(messages: list[Any]) -> int:
+    """The number of tool calls in the history: the first index a new response continues from."""
+    return history_tool_calls(messages)[0]
 
 
 def tool_call_name(call: Any, message_index: int) -> str:
@@ -80,18 +83,21 @@ def _same_after_mangling(old: Any, answer: Any) -> bool:
 
 def _resolve(block: list[_PendingCall], answer_id: Any, position: int) -> tuple[_PendingCall | None, str]:
     """Which call of the block a tool message answers, and how that was decided."""
-    open_calls = [c for c in block if not c.answered]
-    if not open_calls:
+    first_open = None
+    for call in block:  # exact id, first unanswered occurrence first
+        if not call.answered:
+            if call.old_id == answer_id:
+                return call, "exact"
+            if first_open is None:
+                first_open = call
+    if first_open is None:
         return None, "orphan"
-    for call in open_calls:  # exact id, first unanswered occurrence first
-        if call.old_id == answer_id:
-            return call, "exact"
-    for call in open_calls:
-        if _same_after_mangling(call.old_id, answer_id):
+    for call in block:
+        if not call.answered and _same_after_mangling(call.old_id, answer_id):
             return call, "mangled"
     if position < len(block) and not block[position].answered:
         return block[position], "position"
-    return open_calls[0], "position"
+    return first_open, "position"
 
 
 def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
@@ -99,33 +105,35 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
     k = 0
     block: list[_PendingCall] | None = None
     position = 0
+    add = log.add
     for index, message in enumerate(messages):
-        if not isinstance(message, dict):
+        if type(message) is not dict:
             continue
         role = message.get("role")
-        if _is_tool_call_message(message):
+        if role == "assistant":
+            calls = message.get("tool_calls")
+            if type(calls) is not list or not calls:
+                block = None
+                continue
             block, position = [], 0
-            for call in message["tool_calls"]:
-                if not isinstance(call, dict):
+            for call in calls:
+                if type(call) is not dict:
                     raise UnrepairableShape(f"tool call that is not an object in message {index}")
-                new_id = canonical_id(tool_call_name(call, index), k)
+                new_id = f"functions.{tool_call_name(call, index)}:{k}"
                 k += 1
                 old_id = call.get("id")
                 if old_id != new_id:
                     call["id"] = new_id
-                    log.add("ids.call", index, old_id, new_id)
+                    add("ids.call", index, old_id, new_id)
                 block.append(_PendingCall(old_id, new_id))
-        elif role == "assistant":
-            block = None
         elif role == "tool":
             answer_id = message.get("tool_call_id")
             call, how = _resolve(block or [], answer_id, position)
             position += 1
             if call is None:
-                log.add("ids.orphan", index, answer_id, answer_id)
+                add("ids.orphan", index, answer_id, answer_id)
                 continue
             call.answered = True
             if answer_id != call.new_id:
                 message["tool_call_id"] = call.new_id
-                kind = "ids.result_by_position" if how == "position" else "ids.result"
-                log.add(kind, index, answer_id, call.new_id)
+                add("ids.result_by_position" if how == "position" else "ids.result", index, answer_id, call.new_id)
