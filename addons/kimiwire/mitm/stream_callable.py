@@ -77,8 +77,12 @@ class RepairingStream:
         self.clock = clock
         now = clock()
         self.times = StreamTimes(started_at=now, last_event_at=now)
-        self.upstream = bytearray()  # every byte the upstream sent, for the capture and replays
-        self.delivered = bytearray()  # every byte sent to the client
+        # Every byte the upstream sent (for the capture and replays) and every byte sent to the
+        # client: the steady branch only appends each read to a list, joined when read.
+        self._upstream = bytearray()
+        self._upstream_reads: list[bytes] = []
+        self._delivered = bytearray()
+        self._delivered_reads: list[bytes] = []
         self.calls = 0
         self.ended = False
         self.failed = False
@@ -95,8 +99,8 @@ class RepairingStream:
         # Called once per upstream chunk, usually one event: the steady branch is on most events' path.
         if self._steady and data and self.repairer.plain_read(data):
             self.calls += 1
-            self.upstream += data
-            self.delivered += data
+            self._upstream_reads.append(data)
+            self._delivered_reads.append(data)
             self.times.last_event_at = self.clock()
             return [data]
         out = self._read(data)
@@ -112,13 +116,37 @@ class RepairingStream:
         )
         return out
 
+    @property
+    def upstream(self) -> bytearray:
+        if self._upstream_reads:
+            self._upstream += b"".join(self._upstream_reads)
+            self._upstream_reads.clear()
+        return self._upstream
+
+    @upstream.setter
+    def upstream(self, value: bytearray) -> None:
+        self._upstream_reads.clear()
+        self._upstream = value
+
+    @property
+    def delivered(self) -> bytearray:
+        if self._delivered_reads:
+            self._delivered += b"".join(self._delivered_reads)
+            self._delivered_reads.clear()
+        return self._delivered
+
+    @delivered.setter
+    def delivered(self, value: bytearray) -> None:
+        self._delivered_reads.clear()
+        self._delivered = value
+
     def _read(self, data: bytes) -> list[bytes]:
         self.calls += 1
         repairer = self.repairer
         if data:
             if self.first_byte_at is None:
                 self.first_byte_at = time.time()
-            self.upstream += data
+            self._upstream_reads.append(data)
         else:
             self.ended = True
             self.last_byte_at = time.time()
@@ -177,7 +205,7 @@ class RepairingStream:
             times.finished_at = self.clock()
             self._wake()
         if len(out) == 1 and out[0]:
-            self.delivered += out[0]
+            self._delivered_reads.append(out[0])
             return out
         return self._deliver(out)
 
@@ -248,7 +276,7 @@ class RepairingStream:
         joined = b"".join(out)
         if not joined:
             return []
-        self.delivered += joined
+        self._delivered_reads.append(joined)
         return [joined]
 
 

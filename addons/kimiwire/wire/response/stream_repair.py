@@ -44,6 +44,7 @@ from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_dat
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
 _TEXT_BODY = TEXT_BODY.match
 _EVENT_REST = EVENT_REST.match
+_EVENT_REST_TO_END = EVENT_REST.fullmatch
 _OPEN = CallState.OPEN
 
 
@@ -154,20 +155,18 @@ class StreamRepairer:
             body = _TEXT_BODY(data, start)
             if body is not None:
                 closing = body.end() - 1
-                if data.startswith(template.tail, closing):
-                    rest = _EVENT_REST(data, closing + template.tail_size)
-                    if rest is not None and rest.end() == len(data):
-                        if (
-                            closing > start
-                            and (self._text_unseen or self._check_markup)
-                            and not self._plain_text(template, data, start, closing)
-                        ):
-                            return 0
-                        self.events_in += 1
-                        self.data_events_in += 1
-                        if self.plain_texts is not None:
-                            self.plain_texts.append(PlainText(template, text_of(data[start:closing])))
-                        return 1
+                if data.startswith(template.tail, closing) and _EVENT_REST_TO_END(data, closing + template.tail_size):
+                    if (
+                        closing > start
+                        and (self._text_unseen or self._check_markup)
+                        and not self._plain_text(template, data, start, closing)
+                    ):
+                        return 0
+                    self.events_in += 1
+                    self.data_events_in += 1
+                    if self.plain_texts is not None:
+                        self.plain_texts.append(PlainText(template, text_of(data[start:closing])))
+                    return 1
         return self._plain_events(data)
 
     def _plain_events(self, data: bytes) -> int:
