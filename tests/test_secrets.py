@@ -167,7 +167,17 @@ def test_restore_keeps_a_scheme_the_credential_names():
     ["authorization", "X-Goog-Api-Key", "apiKey", "access_token", "sessionid", "X-Amz-Signature", "client_secret"],
 )
 def test_names_that_look_like_credentials(name):
-    assert Redactor().is_secret(name)
+    redactor = Redactor()
+    assert redactor.is_secret(name) and redactor.is_secret(name)  # judged, then remembered
+    assert redactor.is_secret(name.encode("latin-1"))  # a header name as mitmproxy stores it
+
+
+def test_remembered_verdicts_stay_few_and_right():
+    redactor = Redactor(["tenant"])
+    for i in range(10_000):
+        assert redactor.is_secret(f"x-{i}-token") and not redactor.is_secret(f"x-{i}-tokens".encode())
+    assert len(redactor._verdicts) <= 4096
+    assert redactor.is_secret(b"TENANT") and not redactor.is_secret("prompt_cache_key")
 
 
 @pytest.mark.parametrize(

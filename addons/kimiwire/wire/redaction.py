@@ -30,6 +30,8 @@ _CREDENTIAL_WORD = re.compile(rf"(?:{_CREDENTIAL_WORDS})(?:id)?$")
 _WORD_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 # Caught by the rule, harmless: a routing key for prompt caching (OpenAI, Moonshot), a handshake nonce.
 ALLOWED_NAMES = frozenset({"prompt_cache_key", "sec-websocket-key"})
+# Names looked up at most this many times before the verdicts are forgotten (any input keeps it small).
+_VERDICTS_LIMIT = 4096
 
 
 def _words(name: str) -> list[str]:
@@ -41,13 +43,24 @@ class Redactor:
 
     def __init__(self, extra_names: Iterable[str] = ()) -> None:
         self.extra_names = frozenset(name.strip().lower() for name in extra_names if name.strip())
+        self._verdicts: dict[str | bytes, bool] = {}
 
     @classmethod
     def from_option(cls, value: str) -> Redactor:
         """`kimi_redact`: comma-separated names, matched case-insensitively."""
         return cls(value.split(","))
 
-    def is_secret(self, name: str) -> bool:
+    def is_secret(self, name: str | bytes) -> bool:
+        """`name` (text, or bytes read as latin-1) carries a credential; verdicts are remembered."""
+        verdict = self._verdicts.get(name)
+        if verdict is None:
+            verdict = self._judge(name.decode("latin-1") if isinstance(name, bytes) else name)
+            if len(self._verdicts) >= _VERDICTS_LIMIT:
+                self._verdicts.clear()
+            self._verdicts[name] = verdict
+        return verdict
+
+    def _judge(self, name: str) -> bool:
         lowered = name.lower()
         if lowered in self.extra_names:
             return True
@@ -57,7 +70,7 @@ class Redactor:
 
     def header_fields(self, fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """mitmproxy's serialized header list ((name, value) bytes pairs) with secret values replaced."""
-        return [(name, _REDACTED_BYTES if self.is_secret(name.decode("latin-1")) else value) for name, value in fields]
+        return [(name, _REDACTED_BYTES if self.is_secret(name) else value) for name, value in fields]
 
     def path(self, path: bytes) -> bytes:
         """A request path (`/v1/x?key=…&a=1`) with the values of secret query parameters replaced."""
