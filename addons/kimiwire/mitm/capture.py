@@ -10,29 +10,45 @@ The file only ever holds whole records: each flow is serialized first, then writ
 the last whole record; when a write fails (a full disk) the file is cut back to its last whole
 record, the flow is counted as lost, and the next flow tries again. Written records are synced to
 disk (fsync) by a helper thread: an fsync took 4 ms at the median and up to 115 ms on this project's
-busy test machine, time the event loop, and every stream on it, would otherwise wait.
+busy test machine, time the event loop, and every stream on it, would otherwise wait. It syncs at
+most once per SYNC_INTERVAL while flows keep coming (one fsync per flow cost a thread wake-up and a
+journal commit each), and close() syncs the rest: a flow is in the file (for any reader, and after
+a killed proxy) when it ends, on the disk (after a power loss) within about a second.
+
+Per flow the work is kept small (it runs on the event loop): the state is built from the flow's
+parts without mitmproxy's deep copies and per-field typing inspection, and encoded by
+`wire/tnetstring.py` (mitmproxy's format, byte for byte, faster).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
+import dataclasses
 import errno
+import functools
 import logging
 import os
 import pathlib
 import stat
 import threading
 import time
+import types
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from mitmproxy import http
-from mitmproxy.io import tnetstring
+from mitmproxy.connection import Connection
+from mitmproxy.version import FLOW_FORMAT_VERSION
 
+from kimiwire.wire import tnetstring
 from kimiwire.wire.redaction import Redactor
 
 logger = logging.getLogger("kimiwire")
 
+# Seconds between two fsyncs of a capture while flows keep coming (close() syncs the rest).
+SYNC_INTERVAL = 1.0
 # Files a capture folder may hold and still be treated as kimiwire's own (and made private).
 _CAPTURE_FOLDER_FILES = (".gitkeep", "README.md", ".gitignore")
 
@@ -46,25 +62,93 @@ def saved_state(
 ) -> dict:
     """The flow's serialized state as it goes into a capture: the request as the client sent it
     (`client_request`, a request state taken before repair), the raw upstream response, no
-    secrets. The same format `FlowWriter` writes, without building a flow again."""
+    secrets. Equal to `flow.get_state()` with those parts replaced (tests/test_capture_state.py),
+    built without its copies: the metadata's values are the flow's own, so the state is written
+    before the flow changes again (`CaptureFile.write` right after)."""
     redactor = redactor or Redactor()
-    state = flow.get_state()
-    if isinstance(client_request, dict):
-        state["request"] = client_request
-    state["backup"] = None
-    _redact_message(state["request"], redactor, is_request=True)
-    response = state.get("response")
-    if isinstance(response, dict):
+    request = dict(client_request) if isinstance(client_request, dict) else flow.request.get_state()
+    _redact_message(request, redactor, is_request=True)
+    response = flow.response.get_state() if flow.response is not None else None
+    if response is not None:
         if upstream_headers is not None:
             response["headers"] = tuple(upstream_headers)
         if upstream_body is not None:
             response["content"] = upstream_body
         _redact_message(response, redactor, is_request=False)
-    record = state.get("metadata", {}).get("kimiwire")
+    metadata = dict(flow.metadata)
+    record = metadata.get("kimiwire")
     if isinstance(record, dict) and isinstance(record.get("upstream_request"), bytes):
-        state["metadata"] = {**state["metadata"], "kimiwire": dict(record)}
-        state["metadata"]["kimiwire"]["upstream_request"] = redactor.json_body(record["upstream_request"])
+        metadata["kimiwire"] = {**record, "upstream_request": redactor.json_body(record["upstream_request"])}
+    return {  # the keys and order of mitmproxy's HTTPFlow.get_state()
+        "version": FLOW_FORMAT_VERSION,
+        "type": flow.type,
+        "id": flow.id,
+        "error": flow.error.get_state() if flow.error else None,
+        "client_conn": connection_state(flow.client_conn),
+        "server_conn": connection_state(flow.server_conn),
+        "intercepted": flow.intercepted,
+        "is_replay": flow.is_replay,
+        "marked": flow.marked,
+        "metadata": metadata,
+        "comment": flow.comment,
+        "timestamp_created": flow.timestamp_created,
+        "backup": None,
+        "request": request,
+        "response": response,
+        "websocket": flow.websocket.get_state() if flow.websocket else None,
+    }
+
+
+def connection_state(connection: Connection) -> dict:
+    """`connection.get_state()`, equal (tests/test_capture_state.py) and about ten times cheaper:
+    mitmproxy converts every field by its declared type (typing inspection per field, each time);
+    here each field's conversion is looked up once per class."""
+    fields = _connection_fields(type(connection))
+    if fields is None:
+        return connection.get_state()
+    state = {}
+    for name, convert in fields:
+        value = getattr(connection, name)
+        state[name] = value if convert is None or value is None else convert(value)
     return state
+
+
+@functools.cache
+def _connection_fields(cls: type) -> tuple[tuple[str, Callable[[Any], Any] | None], ...] | None:
+    """(name, conversion or None when the value is its own state) of each serialized field, or None
+    when a field's type is one this does not know (mitmproxy's own get_state serves then)."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for field in dataclasses.fields(cls):
+        if field.metadata.get("serialize", True) is False:
+            continue
+        convert = _conversion(hints[field.name])
+        if convert is False:
+            return None
+        fields.append((field.name, convert))
+    return tuple(fields)
+
+
+def _conversion(declared: Any) -> Callable[[Any], Any] | Literal[False] | None:
+    """How mitmproxy's serializer turns a value of the `declared` type into its state (for values
+    of that type): None for values kept as they are, False for a type not known here."""
+    origin = typing.get_origin(declared)
+    if origin in (types.UnionType, typing.Union):
+        arguments = [a for a in typing.get_args(declared) if a is not type(None)]
+        return _conversion(arguments[0]) if len(arguments) == 1 else False
+    if origin is typing.Literal or origin is tuple or declared in (str, bytes, bool):
+        return None  # literals, addresses and server specs (tuples of str and int) are kept
+    if declared is float:
+        return float
+    if isinstance(declared, type) and hasattr(declared, "get_state"):
+        return _get_state
+    if origin is collections.abc.Sequence or origin is list:
+        (item,) = typing.get_args(declared)
+        convert = _conversion(item)
+        if convert is False:
+            return False
+        return list if convert is None else functools.partial(_converted_list, convert)
+    return False
 
 
 def _redact_message(message: dict, redactor: Redactor, is_request: bool) -> None:
@@ -75,6 +159,14 @@ def _redact_message(message: dict, redactor: Redactor, is_request: bool) -> None
         message["path"] = redactor.path(message["path"])
         if isinstance(message.get("content"), bytes):
             message["content"] = redactor.json_body(message["content"])
+
+
+def _get_state(value: Any) -> Any:
+    return value.get_state()
+
+
+def _converted_list(convert: Callable[[Any], Any], values: Any) -> list:
+    return [convert(value) for value in values]
 
 
 class CaptureFile:
@@ -100,8 +192,10 @@ class CaptureFile:
         self._fd: int | None = None
         self._size = 0  # end of the last whole record
         self._cut = False  # the file may hold bytes past _size (a failed cut)
+        self._position: int | None = None  # the descriptor's offset, when known (saves a seek per write)
         self._failing = False
         self._sync_wanted = threading.Event()
+        self._closed = threading.Event()  # wakes the sync thread from its pause at close
         self._syncer: threading.Thread | None = None
         self._closing = False
 
@@ -141,7 +235,7 @@ class CaptureFile:
     def _open(self) -> int:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
-        self._size = os.lseek(fd, 0, os.SEEK_END)
+        self._size = self._position = os.lseek(fd, 0, os.SEEK_END)
         return fd
 
     def write(self, state: dict) -> bool:
@@ -174,26 +268,38 @@ class CaptureFile:
         if self._syncer is None:
             self._syncer = threading.Thread(target=self._sync_loop, name="kimiwire-capture-sync", daemon=True)
             self._syncer.start()
-        self._sync_wanted.set()
+        if not self._sync_wanted.is_set():
+            self._sync_wanted.set()
 
     def _sync_loop(self) -> None:
+        """fsync after writes, at most once per SYNC_INTERVAL while flows keep coming."""
         while True:
             self._sync_wanted.wait()
             self._sync_wanted.clear()
             fd = self._fd
             if self._closing or fd is None:
                 return
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                logger.warning("kimiwire: cannot sync the capture %s to disk (%s)", self.path, exc)
+            self._sync(fd)
+            self._closed.wait(SYNC_INTERVAL)
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self.last_error = f"fsync: {type(exc).__name__}: {exc}"
+            logger.error(
+                "kimiwire: cannot sync the capture %s to disk (%s); its last flows may be lost", self.path, exc
+            )
 
     def _write_at(self, data: bytes, offset: int) -> int:
         assert self._fd is not None
-        os.lseek(self._fd, offset, os.SEEK_SET)
+        if self._position != offset:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+        self._position = None  # until the write is known to have succeeded
         written = self._write(self._fd, data)
         if written <= 0:
             raise OSError(errno.EIO, "nothing written")
+        self._position = offset + written
         return written
 
     def _cut_back(self) -> None:
@@ -229,12 +335,13 @@ class CaptureFile:
         if self._syncer is not None:
             self._closing = True
             self._sync_wanted.set()
+            self._closed.set()
             self._syncer.join(timeout=10)
             self._syncer = None
             self._closing = False
+            self._closed.clear()
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.fsync(self._fd)
+            self._sync(self._fd)
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = None
