@@ -120,3 +120,14 @@ def test_syncs_are_grouped_and_close_syncs_the_rest(tmp_path, monkeypatch, caplo
     assert capture.write(saved_state(flow))
     capture.close()
     assert "cannot sync the capture" in caplog.text and "Input/output error" in (capture.last_error or "")
+
+
+def test_a_body_sent_as_the_client_sent_it_is_redacted_once_and_alike() -> None:
+    flow = tflow.tflow(resp=True)
+    body = b'{"messages": [], "api_key": "sk-1"}'
+    flow.request.content = body
+    flow.metadata["kimiwire"] = {"upstream_request": bytes(bytearray(body))}  # equal, another object
+    state = saved_state(flow, flow.request.get_state())
+    sent = state["metadata"]["kimiwire"]["upstream_request"]
+    assert sent == state["request"]["content"] == Redactor().json_body(body) != body
+    assert flow.metadata["kimiwire"]["upstream_request"] == body  # the flow's own record is not changed

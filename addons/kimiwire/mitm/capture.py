@@ -67,6 +67,7 @@ def saved_state(
     before the flow changes again (`CaptureFile.write` right after)."""
     redactor = redactor or Redactor()
     request = dict(client_request) if isinstance(client_request, dict) else flow.request.get_state()
+    client_body = request.get("content")
     _redact_message(request, redactor, is_request=True)
     response = flow.response.get_state() if flow.response is not None else None
     if response is not None:
@@ -78,7 +79,10 @@ def saved_state(
     metadata = dict(flow.metadata)
     record = metadata.get("kimiwire")
     if isinstance(record, dict) and isinstance(record.get("upstream_request"), bytes):
-        metadata["kimiwire"] = {**record, "upstream_request": redactor.json_body(record["upstream_request"])}
+        sent = record["upstream_request"]
+        # Sent as the client sent it (nothing repaired): redacted once, not parsed and walked again.
+        redacted = request["content"] if sent == client_body else redactor.json_body(sent)
+        metadata["kimiwire"] = {**record, "upstream_request": redacted}
     return {  # the keys and order of mitmproxy's HTTPFlow.get_state()
         "version": FLOW_FORMAT_VERSION,
         "type": flow.type,

@@ -61,7 +61,17 @@ def _put(pieces, value):
             else:
                 pieces.append(piece)
                 size += len(piece)
-            size += _put(pieces, item)
+            if item is None:
+                pieces.append(_NONE)
+                size += 3
+                continue
+            kind = type(item)
+            if (kind is str or kind is bytes) and len(item) <= _CACHED_LENGTH:
+                piece = cached(item) or _short(item)
+                pieces.append(piece)
+                size += len(piece)
+            else:
+                size += _put(pieces, item)
         head = b"%d:" % size
         pieces[slot] = head
         pieces.append(b"}")
