@@ -56,6 +56,9 @@ def facts_from_body(body: dict[str, Any]) -> RequestFacts:
     )
 
 
+_HISTORY_ROLES = ("assistant", "tool")
+
+
 def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
     """Repair a parsed request body in place. Raises UnrepairableShape (before changing
     anything that matters: the caller forwards the original bytes then)."""
@@ -70,23 +73,26 @@ def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
             body["messages"] = messages = kept
     else:
         origin = None
-    later = RepairLog()
-    if policy.tool_ids == "canonical":
-        canonicalize_tool_ids(messages, later)
-    apply_reasoning_policy(
-        messages,
-        policy.reasoning,
-        later,
-        placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and thinking_requested(body),
-        key=policy.flavor.history_reasoning_key,
-    )
-    if repair_history:
-        repair_history_arguments(messages, later)
-    if origin is not None:
-        for entry in later.entries:
-            if entry.message_index is not None:
-                entry.message_index = origin[entry.message_index]
-    log.extend(later)
+    # The tool-id, reasoning and history passes act only on assistant and tool messages: a first
+    # turn has none, and skips them.
+    if any(isinstance(message, dict) and message.get("role") in _HISTORY_ROLES for message in messages):
+        later = RepairLog()
+        if policy.tool_ids == "canonical":
+            canonicalize_tool_ids(messages, later)
+        apply_reasoning_policy(
+            messages,
+            policy.reasoning,
+            later,
+            placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and thinking_requested(body),
+            key=policy.flavor.history_reasoning_key,
+        )
+        if repair_history:
+            repair_history_arguments(messages, later)
+        if origin is not None:
+            for entry in later.entries:
+                if entry.message_index is not None:
+                    entry.message_index = origin[entry.message_index]
+        log.extend(later)
     if policy.thinking_fields == "translate":
         translate_thinking_fields(body, policy.flavor, log)
     return log
