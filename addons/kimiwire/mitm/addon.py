@@ -22,7 +22,7 @@ from mitmproxy import command, ctx, exceptions, http
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
-from kimiwire.mitm.headers import read_headers, remove_header, set_body, set_header
+from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.retry import (
     Attempt,
@@ -93,7 +93,7 @@ _POLICY_OPTION_NAMES = frozenset(
 )
 
 _REQUEST_HEADERS = frozenset({b"content-type", b"content-encoding", b"accept-encoding"})
-_RESPONSE_HEADERS = frozenset({b"content-type", b"content-encoding"})
+_RESPONSE_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length", b"transfer-encoding"})
 
 _SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
 
@@ -517,7 +517,10 @@ class KimiWire:
         if self.capture is not None:
             state.client_request = req.get_state()
         # Upstream compression would reach the stream callable still compressed.
-        if headers.get(b"accept-encoding") != "identity":
+        accept_encoding = headers.get(b"accept-encoding")
+        if accept_encoding is None:
+            append_header(req.headers, b"accept-encoding", b"identity")
+        elif accept_encoding != "identity":
             set_header(req.headers, b"accept-encoding", b"identity")
         raw = self._request_body(state, headers.get(b"content-encoding", ""))
         if raw is None:
@@ -655,8 +658,9 @@ class KimiWire:
             return
         facts, policy = context
         # The rewrite changes the length: the client side is re-framed (mitmproxy pitfall P3).
-        remove_header(response.headers, b"content-length")
-        if flow.request.data.http_version == b"HTTP/1.1":
+        if b"content-length" in headers:
+            remove_header(response.headers, b"content-length")
+        if flow.request.data.http_version == b"HTTP/1.1" and headers.get(b"transfer-encoding") != "chunked":
             set_header(response.headers, b"transfer-encoding", b"chunked")
         repairer = StreamRepairer(facts, policy)
         on_error = lambda exc: self._record_error(flow, "stream repair", exc)  # noqa: E731

@@ -41,6 +41,11 @@ def set_header(headers: http.Headers, name: bytes, value: bytes) -> None:
     headers.fields = tuple(fields)
 
 
+def append_header(headers: http.Headers, name: bytes, value: bytes) -> None:
+    """`headers[name] = value` for a name the headers do not hold (`read_headers` said so)."""
+    headers.fields = (*headers.fields, (name, value))
+
+
 def remove_header(headers: http.Headers, name: bytes) -> None:
     """`headers.pop(name, None)` for a lowercase name."""
     fields = headers.fields

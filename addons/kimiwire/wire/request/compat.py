@@ -133,6 +133,8 @@ RULES: tuple[RequestRule, ...] = (
 def apply_request_compat(body: dict[str, Any], flavor: Flavor, log: RepairLog) -> None:
     """Every rule of `flavor`, in table order (the `reasoning_effort` rule before the forced
     `tool_choice` one, which reads the thinking switch it may set)."""
-    for rule in RULES:
-        if flavor in rule.flavors:
-            rule.fix(body, log, rule.kind)
+    for rule in _RULES_BY_FLAVOR[flavor]:
+        rule.fix(body, log, rule.kind)
+
+
+_RULES_BY_FLAVOR = {flavor: tuple(rule for rule in RULES if flavor in rule.flavors) for flavor in Flavor}
