@@ -9,7 +9,6 @@ proxy instances give the same answer for the same request.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from kimiwire.wire.repairs import RepairLog
@@ -61,11 +60,19 @@ def _sanitized(tool_id: str) -> str:
     return _NON_ALNUM.sub("", tool_id)
 
 
-@dataclass(slots=True)
-class _PendingCall:
-    old_id: Any
-    new_id: str
-    answered: bool = False
+class _Block:
+    """The calls of one assistant message, answered by the tool messages after it (parallel
+    lists: a long history has hundreds of calls, and an object per call showed in the profile)."""
+
+    __slots__ = ("answered", "new_ids", "old_ids")
+
+    def __init__(self) -> None:
+        self.old_ids: list[Any] = []
+        self.new_ids: list[str] = []
+        self.answered: list[bool] = []
+
+
+_NO_CALLS = _Block()
 
 
 def _same_after_mangling(old: Any, answer: Any) -> bool:
@@ -81,29 +88,30 @@ def _same_after_mangling(old: Any, answer: Any) -> bool:
     return len(shorter) >= _TRUNCATED_ID_LENGTH - 8 and longer.startswith(shorter)
 
 
-def _resolve(block: list[_PendingCall], answer_id: Any, position: int) -> tuple[_PendingCall | None, str]:
-    """Which call of the block a tool message answers, and how that was decided."""
+def _resolve(block: _Block, answer_id: Any, position: int) -> tuple[int | None, str]:
+    """Which call of the block (its position) a tool message answers, and how that was decided."""
+    answered = block.answered
     first_open = None
-    for call in block:  # exact id, first unanswered occurrence first
-        if not call.answered:
-            if call.old_id == answer_id:
-                return call, "exact"
+    for i, old_id in enumerate(block.old_ids):  # exact id, first unanswered occurrence first
+        if not answered[i]:
+            if old_id == answer_id:
+                return i, "exact"
             if first_open is None:
-                first_open = call
+                first_open = i
     if first_open is None:
         return None, "orphan"
-    for call in block:
-        if not call.answered and _same_after_mangling(call.old_id, answer_id):
-            return call, "mangled"
-    if position < len(block) and not block[position].answered:
-        return block[position], "position"
+    for i, old_id in enumerate(block.old_ids):
+        if not answered[i] and _same_after_mangling(old_id, answer_id):
+            return i, "mangled"
+    if position < len(answered) and not answered[position]:
+        return position, "position"
     return first_open, "position"
 
 
 def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
     """Rewrite assistant tool-call ids and `tool_call_id`s in place, recording each change."""
     k = 0
-    block: list[_PendingCall] | None = None
+    block: _Block | None = None
     position = 0
     add = log.add
     for index, message in enumerate(messages):
@@ -115,7 +123,7 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
             if type(calls) is not list or not calls:
                 block = None
                 continue
-            block, position = [], 0
+            block, position = _Block(), 0
             for call in calls:
                 if type(call) is not dict:
                     raise UnrepairableShape(f"tool call that is not an object in message {index}")
@@ -125,15 +133,19 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
                 if old_id != new_id:
                     call["id"] = new_id
                     add("ids.call", index, old_id, new_id)
-                block.append(_PendingCall(old_id, new_id))
+                block.old_ids.append(old_id)
+                block.new_ids.append(new_id)
+                block.answered.append(False)
         elif role == "tool":
             answer_id = message.get("tool_call_id")
-            call, how = _resolve(block or [], answer_id, position)
+            current = block or _NO_CALLS
+            found, how = _resolve(current, answer_id, position)
             position += 1
-            if call is None:
+            if found is None:
                 add("ids.orphan", index, answer_id, answer_id)
                 continue
-            call.answered = True
-            if answer_id != call.new_id:
-                message["tool_call_id"] = call.new_id
-                add("ids.result_by_position" if how == "position" else "ids.result", index, answer_id, call.new_id)
+            current.answered[found] = True
+            new_id = current.new_ids[found]
+            if answer_id != new_id:
+                message["tool_call_id"] = new_id
+                add("ids.result_by_position" if how == "position" else "ids.result", index, answer_id, new_id)
