@@ -742,14 +742,16 @@ class KimiWire:
     def _retry_for_response(self, flow: http.HTTPFlow) -> Any:
         """The retry a finished response needs (a coroutine), or None."""
         state = self.flows.get(flow)
-        context = state.repairs_context if state is not None else None
-        if state is None or context is None:
+        if state is None:
+            return None
+        stream = state.stream  # (only a flow with a repairs context gets one)
+        if stream is not None:
+            return self._retry_stream(state, stream) if stream.failed_turn is not None else None
+        context = state.repairs_context
+        if context is None:
             return None
         response = flow.response
         assert response is not None
-        stream = state.stream
-        if stream is not None:
-            return self._retry_stream(state, stream) if stream.failed_turn is not None else None
         policy = self.retrier.policy
         if not policy.active:
             return None
@@ -887,11 +889,8 @@ class KimiWire:
 
     def _flow_over(self, flow: http.HTTPFlow) -> None:
         """Count the flow's bytes, write it to the capture file and forget its state; never raises."""
-        state = self.flows.get(flow)
-        if state is None:
-            return
-        self.flows.drop(flow)
-        if not state.is_chat:
+        state = self.flows.drop(flow)
+        if state is None or not state.is_chat:
             return
         record = state.record
         try:
@@ -1100,7 +1099,8 @@ class KimiWire:
             "delivered_bytes": len(stream.delivered),
             "passthrough": stream.failed or stream.repairer.bypass,
         }
-        self._record_repairs(flow, "response", stream.repairer.log)
+        if stream.repairer.log:
+            self._record_repairs(flow, "response", stream.repairer.log)
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)

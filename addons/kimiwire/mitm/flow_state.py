@@ -5,7 +5,8 @@
   old record is dropped);
 - `of(flow)`: the flow's state, created on first use for any other flow that needs a record;
 - `get(flow)`: the state or None;
-- `drop(flow)`: stop the flow's timers and forget it (the `response`/`error` hooks, at the end).
+- `drop(flow)`: stop the flow's timers and forget it (the `response`/`error` hooks, at the end);
+  returns its state.
 
 `FlowState` holds what one flow needs between hooks: `policy` and `facts` (facts stay None when
 the request body could not be parsed), `stream` (the `RepairingStream` once response headers
@@ -132,10 +133,11 @@ class FlowStates:
     def get(self, flow: http.HTTPFlow) -> FlowState | None:
         return self._states.get(flow.id)
 
-    def drop(self, flow: http.HTTPFlow) -> None:
+    def drop(self, flow: http.HTTPFlow) -> FlowState | None:
         state = self._states.pop(flow.id, None)
         if state is not None:
             state.release()
+        return state
 
     def open_states(self) -> list[FlowState]:
         return list(self._states.values())
