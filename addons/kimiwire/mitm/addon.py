@@ -582,7 +582,8 @@ class KimiWire:
         if result.body is not None:
             req.content = result.body
             record["upstream_request"] = result.body
-        self._record_repairs(flow, "request", result.log)
+        if result.log:
+            self._record_repairs(flow, "request", result.log)
 
     def _restore_credentials(self, flow: http.HTTPFlow) -> None:
         """Client replay of a capture: its redacted credentials are filled from kimi_replay_auth or removed."""
