@@ -83,7 +83,7 @@ class RepairingStream:
         self._upstream_reads: list[bytes] = []
         self._delivered = bytearray()
         self._delivered_reads: list[bytes] = []
-        self.calls = 0
+        self.calls = 0  # reads the full branch took (the steady branch comes after one)
         self.ended = False
         self.failed = False
         self.end_reason: ProxyEnd | None = None  # set when the proxy ends the stream
@@ -97,8 +97,7 @@ class RepairingStream:
 
     def __call__(self, data: bytes) -> list[bytes]:
         # Called once per upstream chunk, usually one event: the steady branch is on most events' path.
-        if self._steady and data and self.repairer.plain_read(data):
-            self.calls += 1
+        if self._steady and self.repairer.plain_read(data):  # (0 for b"", the end)
             self._upstream_reads.append(data)
             self._delivered_reads.append(data)
             self.times.last_event_at = self.clock()

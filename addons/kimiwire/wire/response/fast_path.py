@@ -26,15 +26,16 @@ import orjson
 MAX_TEMPLATES = 4  # head shapes kept per stream: content, reasoning, and a spare or two
 
 # A JSON string's body (valid UTF-8, the escapes JSON allows) without `<`, `\u003c`, lone
-# surrogates or raw control characters, then its closing quote.
-_UTF8 = (
-    rb"[\x20\x21\x23-\x3b\x3d-\x5b\x5d-\x7f]"
-    rb"|[\xc2-\xdf][\x80-\xbf]"
+# surrogates or raw control characters, then its closing quote. Runs of plain ASCII are one
+# repeat of one character set (the regex engine's tight loop), the rest one alternation each.
+_ASCII_RUN = rb"[\x20\x21\x23-\x3b\x3d-\x5b\x5d-\x7f]*"
+_MULTIBYTE = (
+    rb"[\xc2-\xdf][\x80-\xbf]"
     rb"|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
     rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
 )
 _ESCAPE = rb'\\["\\/bfnrt]|\\u(?!003[cC]|[dD][89a-fA-F])[0-9a-fA-F]{4}'
-TEXT_BODY = re.compile(rb"(?:" + _UTF8 + rb"|" + _ESCAPE + rb')*"')
+TEXT_BODY = re.compile(_ASCII_RUN + rb"(?:(?:" + _MULTIBYTE + rb"|" + _ESCAPE + rb")" + _ASCII_RUN + rb')*"')
 # After `choices`: scalar fields only (`usage` only as null; no error, no second `choices`), the
 # object's end, and the blank line that ends the event.
 _SCALAR = rb'null|true|false|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
