@@ -50,11 +50,38 @@ _ENDING_NAMES = {
 }
 
 
+class JoinedReads:
+    """A bytearray attribute (`upstream`, `delivered`) that the steady branch grows by appending
+    each read to a list (`_NAME_reads`): joined onto the bytearray (`_NAME`) when it is read, so
+    no bytearray is regrown per event."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.buffer = f"_{name}"
+        self.reads = f"_{name}_reads"
+
+    def __get__(self, stream: Any, owner: type | None = None) -> Any:
+        if stream is None:
+            return self
+        buffer: bytearray = getattr(stream, self.buffer)
+        reads: list[bytes] = getattr(stream, self.reads)
+        if reads:
+            buffer += b"".join(reads)
+            reads.clear()
+        return buffer
+
+    def __set__(self, stream: Any, value: bytearray) -> None:
+        getattr(stream, self.reads).clear()
+        setattr(stream, self.buffer, value)
+
+
 class RepairingStream:
     """How the stream ends is decided here: `end_by_proxy(reason)` just before mitmproxy calls
     `stream(b"")` for the proxy's own end (then `_end` flushes with the closing events that
     reason calls for), `close_after_upstream_failure` when the upstream failed mid-stream, and
     `ending` says which of them happened (or "natural")."""
+
+    upstream = JoinedReads()  # every byte the upstream sent, for the capture and replays
+    delivered = JoinedReads()  # every byte sent to the client
 
     def __init__(
         self,
@@ -77,8 +104,6 @@ class RepairingStream:
         self.clock = clock
         now = clock()
         self.times = StreamTimes(started_at=now, last_event_at=now)
-        # Every byte the upstream sent (for the capture and replays) and every byte sent to the
-        # client: the steady branch only appends each read to a list, joined when read.
         self._upstream = bytearray()
         self._upstream_reads: list[bytes] = []
         self._delivered = bytearray()
@@ -114,30 +139,6 @@ class RepairingStream:
             and (gate is None or gate.proven)
         )
         return out
-
-    @property
-    def upstream(self) -> bytearray:
-        if self._upstream_reads:
-            self._upstream += b"".join(self._upstream_reads)
-            self._upstream_reads.clear()
-        return self._upstream
-
-    @upstream.setter
-    def upstream(self, value: bytearray) -> None:
-        self._upstream_reads.clear()
-        self._upstream = value
-
-    @property
-    def delivered(self) -> bytearray:
-        if self._delivered_reads:
-            self._delivered += b"".join(self._delivered_reads)
-            self._delivered_reads.clear()
-        return self._delivered
-
-    @delivered.setter
-    def delivered(self, value: bytearray) -> None:
-        self._delivered_reads.clear()
-        self._delivered = value
 
     def _read(self, data: bytes) -> list[bytes]:
         self.calls += 1
