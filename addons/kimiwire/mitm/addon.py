@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -716,14 +717,18 @@ class KimiWire:
         except Exception as exc:
             self._record_error(flow, where, exc)
 
+    def _retry_guarded(self, flow: http.HTTPFlow, find: Callable[[http.HTTPFlow], Any]) -> Any:
+        """The retry `find` decides on for this flow, or None; an exception in it costs the retry."""
+        try:
+            return find(flow)
+        except Exception as exc:
+            self._record_error(flow, "retry", exc)
+            return None
+
     def response(self, flow: http.HTTPFlow) -> Any:
         if not flow.live or flow.response is None or self._shut_down:
             return None
-        try:
-            retry = self._retry_for_response(flow)
-        except Exception as exc:
-            self._record_error(flow, "retry", exc)
-            retry = None
+        retry = self._retry_guarded(flow, self._retry_for_response)
         if retry is not None:
             return self._response_after(flow, retry)  # mitmproxy awaits it before answering the client
         try:
@@ -972,11 +977,7 @@ class KimiWire:
     def error(self, flow: http.HTTPFlow) -> Any:
         if not flow.live or self._shut_down:
             return None
-        try:
-            retry = self._retry_for_error(flow)
-        except Exception as exc:
-            self._record_error(flow, "retry", exc)
-            retry = None
+        retry = self._retry_guarded(flow, self._retry_for_error)
         if retry is not None:
             return self._error_after(flow, retry)
         self._guarded(flow, "error hook", self._on_error)

@@ -124,7 +124,7 @@ class StreamRepairer:
     def feed(self, data: bytes) -> list[bytes]:
         if self.bypass:
             return [data] if data else []
-        if self._plain_ready and self.plain_read(data):
+        if self.plain_read(data):
             return [data]
         out: list[bytes] = []
         for event in self._decoder.feed(data):
