@@ -249,7 +249,7 @@ def core(repeat: int) -> dict[str, Any]:
 
 # -- 2. end to end ---------------------------------------------------------------------------------
 
-_SENT = re.compile(rb'"sent_at":(\d+)')
+_SENT = re.compile(rb"\[sent_at=(\d+)\]")  # the simulator's stamp (sim/server.py STAMP_FORMAT)
 
 
 async def one_stream(port: int, settings: str, expect: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import orjson
 import pytest
 from kimiwire.mitm import addon as addon_module
 from kimiwire.mitm.addon import KimiWire
+from kimiwire.mitm.capture import delivered_body
 from kimiwire.mitm.stream_callable import ProxyEnd
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
@@ -97,7 +98,7 @@ def test_stream_callable_repairs_and_keeps_both_copies():
         delivered = run_stream(kw, flow, upstream)
         assert [c[1] for c in piai_parse(delivered)["calls"]] == ["read", "exec"]
         assert flow.response.content == upstream
-        assert flow.metadata["kimiwire"]["delivered"] == delivered
+        assert delivered_body(flow) == delivered
         assert "content-length" not in flow.response.headers
 
 

@@ -906,7 +906,14 @@ class KimiWire:
                 body = response.raw_content or b""
             record.setdefault("upstream_request", flow.request.raw_content or b"")
             if response is not None:
-                record.setdefault("delivered", response.raw_content or b"")
+                delivered = record.get("delivered")
+                if delivered is None:
+                    delivered = response.raw_content or b""
+                if delivered == body:
+                    # Kept once: the flow's response body (`delivered_body` reads it back).
+                    record.pop("delivered", None)
+                else:
+                    record["delivered"] = delivered
                 stream = state.stream
                 if stream is not None:
                     record["timings"] = {
@@ -921,7 +928,7 @@ class KimiWire:
                         "last_byte": response.timestamp_end,
                     }
             self.counts["bytes.upstream"] += len(body or b"")
-            self.counts["bytes.delivered"] += len(record.get("delivered") or b"")
+            self.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
             if self.capture is not None:
                 captured = saved_state(flow, state.client_request, state.upstream_headers, body, self.redactor)
                 self.capture.write(captured)

@@ -3,7 +3,8 @@ per proxy run. Readable with mitmproxy.io.FlowReader, `mitmdump -nr` and mitmweb
 
 In each saved flow the request is what the client sent (before repair), the response is what
 the upstream sent (status, headers, full raw body), and `metadata["kimiwire"]` holds the body
-sent upstream, the body delivered to the client, the repairs, timings, flavor and policies.
+sent upstream, the body delivered to the client (`delivered`, left out when it is byte for byte
+the upstream's: `delivered_body` reads either), the repairs, timings, flavor and policies.
 Credentials are redacted (`wire/redaction.py`).
 
 The file only ever holds whole records: each flow is serialized first, then written at the end of
@@ -51,6 +52,16 @@ logger = logging.getLogger("kimiwire")
 SYNC_INTERVAL = 1.0
 # Files a capture folder may hold and still be treated as kimiwire's own (and made private).
 _CAPTURE_FOLDER_FILES = (".gitkeep", "README.md", ".gitignore")
+
+
+def delivered_body(flow: http.HTTPFlow) -> bytes:
+    """What the client received: the record's `delivered`, or the upstream's body (the flow's
+    response) where the record leaves it out because the two are the same bytes."""
+    record = flow.metadata.get("kimiwire") or {}
+    delivered = record.get("delivered")
+    if isinstance(delivered, bytes):
+        return delivered
+    return (flow.response.raw_content or b"") if flow.response is not None else b""
 
 
 def saved_state(

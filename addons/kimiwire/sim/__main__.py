@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
     parser.add_argument("--answer-events", type=int, default=0, help="text answers as N one-token events")
     parser.add_argument("--leak", choices=LEAKS, default="none", help="how tool parsing fails on a turn with calls")
     parser.add_argument("--think", choices=THINKS, default="field", help="how reasoning reaches the client")
-    parser.add_argument("--stamp", action="store_true", help="put the send time in every chunk (sent_at)")
+    parser.add_argument("--stamp", action="store_true", help="end each event's text with its send time")
     parser.add_argument("--run", default="", help="a tag that separates the attempt counts of turn faults")
     args = parser.parse_args(argv)
     settings = SimSettings(

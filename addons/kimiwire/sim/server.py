@@ -306,7 +306,7 @@ class Simulator(HttpServer):
                 data = b"data: [DONE]\n\n"
             else:
                 if settings.stamp:
-                    item["sent_at"] = time.monotonic_ns()
+                    _stamp(item)
                 data = b"data: " + orjson.dumps(item) + b"\n\n"
             writer.write(_chunk(data))
             await writer.drain()
@@ -316,6 +316,20 @@ class Simulator(HttpServer):
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+STAMP_FORMAT = "[sent_at={}]"  # what `stamp` appends to an event's text (scripts/bench.py reads it)
+
+
+def _stamp(chunk: dict[str, Any]) -> None:
+    """The send time (monotonic ns) at the end of the chunk's text, where a real stream varies from
+    one event to the next: a field of its own would give every event a shape no Kimi server sends."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        for key in ("content", "reasoning_content", "reasoning"):
+            if isinstance(delta.get(key), str):
+                delta[key] += STAMP_FORMAT.format(time.monotonic_ns())
+                return
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -32,7 +32,7 @@ class SimSettings:
     delay: float = 0.0  # seconds between events
     hold: float = 300.0  # how long stall and done-open keep the connection
     answer_events: int = 0  # > 0: text answers are this many one-token content events (benchmarks)
-    stamp: bool = False  # put the send time (monotonic ns) in every chunk as `sent_at` (benchmarks)
+    stamp: bool = False  # end every event's text with its send time, `[sent_at=NS]` (benchmarks)
     leak: str = "none"  # none | consumed | consumed-functions | in-arguments | untooled
     think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
     run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests

@@ -5,13 +5,15 @@ A stream's plain text deltas differ only in their text, e.g.
 `data: {"id":"…","object":"chat.completion.chunk","created":…,"model":"…","choices":[{"index":0,
 "delta":{"content":"` TEXT `"},"logprobs":null,"finish_reason":null}]}`. When the full path lets
 such an event through unchanged, its bytes become a template: the head (everything before the
-text) and the tail (after the text, to the end of `choices`). A later event matches when it has
-the same head and tail, a text that is a valid JSON string without `<` (Kimi markup and think tags
-start with it; also escaped, `\\u003c`) or line ends, and after `choices` only scalar fields (no
-usage, error or second choices). The full path would forward such an event as it came: it
-differs from one it did forward only in what no repair looks at, as long as the repairer's state
-allows it (`StreamRepairer.plain_read` checks that, and runs the markup scanner on the text when
-the request names tools).
+text), the tail (after the text, to the end of `choices`) and the rest. A later event matches
+when it has the same head and tail, a text that is a valid JSON string without `<` (Kimi markup
+and think tags start with it; also escaped, `\\u003c`) or line ends, and after `choices` only
+scalar fields (no usage, error or second choices): the template's rest (a Kimi server sends the
+same bytes there in every event, `}` or `,"usage":null}`: one comparison), or any that
+EVENT_REST accepts. The full path would forward such an event as it came: it differs from one it
+did forward only in what no repair looks at, as long as the repairer's state allows it
+(`StreamRepairer.plain_read` checks that, and runs the markup scanner on the text when the
+request names tools).
 
 Conservative by construction: any event that does not match sends the whole read to the full path.
 """
@@ -47,15 +49,18 @@ EVENT_REST = re.compile(rb"(?:,(?:" + _FIELD + rb"))*\}\n\n")
 class PlainTemplate:
     head: bytes  # the event up to its text's opening quote
     tail: bytes  # from the text's closing quote to the `]` that closes `choices`
+    rest: bytes  # after `choices` to the event's end (a later event's may differ: EVENT_REST decides then)
     key: str  # the text's field: content, reasoning_content or reasoning
     reasoning: bool  # the field is a reasoning field
     role: bool = False  # the delta has a `role` field (null)
     text_start: int = 0  # len(head)
     tail_size: int = 0  # len(tail)
+    rest_size: int = 0  # len(rest)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text_start", len(self.head))
         object.__setattr__(self, "tail_size", len(self.tail))
+        object.__setattr__(self, "rest_size", len(self.rest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,7 @@ class PlainText:
     text: str
 
 
-NO_TEMPLATE = PlainTemplate(b"\0", b"\0", "content", False)  # matches no event (none starts with NUL)
+NO_TEMPLATE = PlainTemplate(b"\0", b"\0", b"\0", "content", False)  # matches no event (none starts with NUL)
 
 
 def learn_template(raw: bytes, key: str, reasoning: bool, role: bool = False) -> PlainTemplate | None:
@@ -91,7 +96,7 @@ def learn_template(raw: bytes, key: str, reasoning: bool, role: bool = False) ->
     rest = EVENT_REST.match(raw, tail_end + 1)
     if rest is None or rest.end() != len(raw):
         return None
-    return PlainTemplate(raw[:head_end], raw[closing : tail_end + 1], key, reasoning, role)
+    return PlainTemplate(raw[:head_end], raw[closing : tail_end + 1], raw[tail_end + 1 :], key, reasoning, role)
 
 
 def text_of(body: bytes) -> str:

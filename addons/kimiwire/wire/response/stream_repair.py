@@ -155,7 +155,11 @@ class StreamRepairer:
             body = _TEXT_BODY(data, start)
             if body is not None:
                 closing = body.end() - 1
-                if data.startswith(template.tail, closing) and _EVENT_REST_TO_END(data, closing + template.tail_size):
+                end = closing + template.tail_size
+                if data.startswith(template.tail, closing) and (
+                    (len(data) - end == template.rest_size and data.endswith(template.rest))
+                    or _EVENT_REST_TO_END(data, end)
+                ):
                     if (
                         closing > start
                         and (self._text_unseen or self._check_markup)
@@ -190,11 +194,15 @@ class StreamRepairer:
             closing = body.end() - 1
             if not data.startswith(template.tail, closing):
                 return 0
-            rest = _EVENT_REST(data, closing + template.tail_size)
-            if rest is None:
-                return 0
+            end = closing + template.tail_size
+            if data.startswith(template.rest, end):
+                position = end + template.rest_size
+            else:
+                rest = _EVENT_REST(data, end)
+                if rest is None:
+                    return 0
+                position = rest.end()
             texts.append((template, start, closing))
-            position = rest.end()
             events += 1
         if not events:
             return 0
