@@ -1,5 +1,8 @@
 """The adapter's hooks, driven with mitmproxy's own test helpers (no sockets)."""
 
+import gc
+import weakref
+
 import orjson
 import pytest
 from kimiwire.mitm import addon as addon_module
@@ -227,3 +230,44 @@ def test_bad_retry_options_are_rejected(option, value):
     kw = KimiWire()
     with taddons.context(kw) as tctx, pytest.raises(exceptions.OptionsError, match=option):
         tctx.configure(kw, **{option: value})
+
+
+def test_running_freezes_the_startup_heap_unless_switched_off(monkeypatch):
+    frozen = []
+    monkeypatch.setattr(addon_module, "freeze_startup_heap", lambda: frozen.append(True))
+    monkeypatch.setattr(addon_module.proxy_internals, "install_error_answers", lambda: True)
+    kw = KimiWire()
+    with taddons.context(kw) as tctx:
+        tctx.configure(kw, kimi_gc_freeze=False, kimi_capture_dir="", kimi_retries=0, kimi_lazy_connect=False)
+        kw.running()
+        assert frozen == []
+        tctx.configure(kw, kimi_gc_freeze=True)
+        kw.running()
+        assert frozen == [True]
+
+
+def test_a_frozen_heap_still_frees_what_becomes_garbage_after_a_reload():
+    class Cycle:
+        pass
+
+    before = gc.get_freeze_count()
+    try:
+        alive = Cycle()
+        alive.itself = alive
+        alive_ref = weakref.ref(alive)
+        addon_module.freeze_startup_heap()
+        assert gc.get_freeze_count() > 1000
+        del alive  # garbage now, but frozen: a plain collection leaves it
+        gc.collect()
+        assert alive_ref() is not None
+        addon_module.freeze_startup_heap()  # what a script reload runs again
+        assert alive_ref() is None
+        later = Cycle()
+        later.itself = later
+        later_ref = weakref.ref(later)
+        del later
+        gc.collect()
+        assert later_ref() is None  # objects made after the freeze are collected as usual
+    finally:
+        gc.unfreeze()
+        assert before == 0 or gc.get_freeze_count() == 0
