@@ -37,6 +37,9 @@ _MULTIBYTE = (
     rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
 )
 _ESCAPE = rb'\\["\\/bfnrt]|\\u(?!003[cC]|[dD][89a-fA-F])[0-9a-fA-F]{4}'
+# The bytes of _ASCII_RUN: a text made only of them is a JSON string body by itself, and the
+# usual one (`text.translate(None, PLAIN_ASCII)` leaves nothing: one call, no regular expression).
+PLAIN_ASCII = bytes(b for b in range(0x20, 0x80) if b not in b'"\\<')
 TEXT_BODY = re.compile(_ASCII_RUN + rb"(?:(?:" + _MULTIBYTE + rb"|" + _ESCAPE + rb")" + _ASCII_RUN + rb')*"')
 # After `choices`: scalar fields only (`usage` only as null; no error, no second `choices`), the
 # object's end, and the blank line that ends the event.
@@ -56,11 +59,15 @@ class PlainTemplate:
     text_start: int = 0  # len(head)
     tail_size: int = 0  # len(tail)
     rest_size: int = 0  # len(rest)
+    end: bytes = b""  # tail + rest
+    end_size: int = 0  # len(end)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text_start", len(self.head))
         object.__setattr__(self, "tail_size", len(self.tail))
         object.__setattr__(self, "rest_size", len(self.rest))
+        object.__setattr__(self, "end", self.tail + self.rest)
+        object.__setattr__(self, "end_size", len(self.tail) + len(self.rest))
 
 
 @dataclass(frozen=True, slots=True)

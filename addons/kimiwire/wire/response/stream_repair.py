@@ -28,6 +28,7 @@ from kimiwire.wire.response.fast_path import (
     EVENT_REST,
     MAX_TEMPLATES,
     NO_TEMPLATE,
+    PLAIN_ASCII,
     TEXT_BODY,
     PlainTemplate,
     PlainText,
@@ -150,28 +151,34 @@ class StreamRepairer:
         # The usual read: one event of the shape the last read had. Kept flat: every event of a
         # stream passes here.
         template = self._template_last
+        if not data.startswith(template.head) or not (template.reasoning or not self._content_blocked):
+            return self._plain_events(data)
         start = template.text_start
-        if data.startswith(template.head) and (template.reasoning or not self._content_blocked):
+        closing = len(data) - template.end_size
+        # Most texts are plain ASCII and the bytes after them the template's own: then the text
+        # ends where those bytes begin. Anything else, the regular expressions decide.
+        if closing < start or not data.endswith(template.end) or data[start:closing].translate(None, PLAIN_ASCII):
             body = _TEXT_BODY(data, start)
-            if body is not None:
-                closing = body.end() - 1
-                end = closing + template.tail_size
-                if data.startswith(template.tail, closing) and (
-                    (len(data) - end == template.rest_size and data.endswith(template.rest))
-                    or _EVENT_REST_TO_END(data, end)
-                ):
-                    if (
-                        closing > start
-                        and (self._text_unseen or self._check_markup)
-                        and not self._plain_text(template, data, start, closing)
-                    ):
-                        return 0
-                    self.events_in += 1
-                    self.data_events_in += 1
-                    if self.plain_texts is not None:
-                        self.plain_texts.append(PlainText(template, text_of(data[start:closing])))
-                    return 1
-        return self._plain_events(data)
+            if body is None:
+                return self._plain_events(data)
+            closing = body.end() - 1
+            end = closing + template.tail_size
+            if not data.startswith(template.tail, closing) or not (
+                (len(data) - end == template.rest_size and data.endswith(template.rest))
+                or _EVENT_REST_TO_END(data, end)
+            ):
+                return self._plain_events(data)
+        if (
+            closing > start
+            and (self._text_unseen or self._check_markup)
+            and not self._plain_text(template, data, start, closing)
+        ):
+            return 0
+        self.events_in += 1
+        self.data_events_in += 1
+        if self.plain_texts is not None:
+            self.plain_texts.append(PlainText(template, text_of(data[start:closing])))
+        return 1
 
     def _plain_events(self, data: bytes) -> int:
         """plain_read for any number of events, each of any template."""
