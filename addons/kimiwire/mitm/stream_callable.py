@@ -93,6 +93,7 @@ class RepairingStream:
         retry_stall: bool = False,
     ) -> None:
         self.repairer = repairer
+        self._plain_read = repairer.plain_read  # (bound once: the steady branch calls it per event)
         # Retries (issue 13): the gate holds a turn's ending until it proves to have an answer;
         # a turn that fails is left unended (`failed_turn`) for the `response` hook to retry.
         self.gate = gate
@@ -122,7 +123,7 @@ class RepairingStream:
 
     def __call__(self, data: bytes) -> list[bytes]:
         # Called once per upstream chunk, usually one event: the steady branch is on most events' path.
-        if self._steady and self.repairer.plain_read(data):  # (0 for b"", the end)
+        if self._steady and self._plain_read(data):  # (0 for b"", the end)
             self._upstream_reads.append(data)
             self._delivered_reads.append(data)
             self.times.last_event_at = self.clock()
