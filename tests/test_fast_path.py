@@ -299,3 +299,70 @@ def test_the_gate_is_fed_without_parsing_once_the_fast_path_knows_the_shape(monk
     # The first content delta goes the full path (think tags: it ends the reasoning), and proves the turn.
     assert stream(event({"content": "Answer"})) == [event({"content": "Answer"})]
     assert gate.proven
+
+
+def streamed(body: bytes, cuts: list[int], fast: bool, facts: RequestFacts, policy: Policy = POLICY) -> tuple:
+    """The whole callable (its steady lane included) on `body` cut at `cuts`."""
+    repairer = StreamRepairer(facts, policy)
+    repairer.fast_path = fast
+    stream = RepairingStream(repairer, clock=lambda: 0.0)
+    out = [b"".join(stream(body[a:b])) for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    out.append(b"".join(stream(b"")))
+    kinds = [(r.kind, r.message_index, r.before, r.after) for r in repairer.log.entries]
+    counters = (repairer.events_in, repairer.data_events_in, repairer.turn, stream.calls if not fast else None)
+    return out, kinds, counters[:3], bytes(stream.upstream), bytes(stream.delivered), stream.times
+
+
+CONTENT_ONLY = st.lists(TEXT_EVENT.filter(lambda e: b'"content"' in e), min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.lists(TEXT_EVENT, min_size=1, max_size=20), CONTENT_ONLY), FACTS, st.data())
+def test_the_callables_steady_lane_delivers_what_the_full_path_does(events, facts, data):
+    """Cut at event boundaries (where the lane works) and anywhere (where it must step aside)."""
+    first = event({"role": "assistant", "content": ""})
+    body = first + b"".join(events) + event({}, "stop") + b"data: [DONE]\n\n"
+    boundaries = [len(first) + sum(len(e) for e in events[:i]) for i in range(len(events) + 1)]
+    anywhere = st.lists(st.integers(1, len(body) - 1), max_size=6)
+    cuts = sorted(set(data.draw(st.lists(st.sampled_from(boundaries), max_size=12)) + data.draw(anywhere)))
+    assert streamed(body, cuts, True, facts) == streamed(body, cuts, False, facts)
+
+
+def test_the_steady_lane_passes_plain_events_without_the_repairer(monkeypatch):
+    repairer = StreamRepairer(NO_TOOLS, POLICY)
+    stream = RepairingStream(repairer)
+    for piece in (event({"role": "assistant", "content": ""}), event({"content": "Sure."}), event({"content": "x"})):
+        assert stream(piece) == [piece]
+    assert stream._lane is not None
+    monkeypatch.setattr(repairer, "plain_read", lambda data: pytest.fail("not the lane"))
+    monkeypatch.setattr(stream, "_plain_read", lambda data: pytest.fail("not the lane"))
+    plain = [event({"content": f" word {n}"}) for n in range(5)]
+    assert [stream(piece) for piece in plain] == [[piece] for piece in plain]
+    assert repairer.data_events_in == 8
+    for odd in (event({"content": "a<b"}), event({"content": "caf\u00e9"}), event({"content": 'say \\"hi\\"'})):
+        with pytest.raises(pytest.fail.Exception):
+            stream(odd)  # anything but plain ASCII text leaves the lane
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(NAME_TEXT, min_size=1, max_size=12), st.data())
+def test_with_declared_tools_the_steady_lane_holds_what_the_scanner_holds(texts, data):
+    events = [event({"content": text}) for text in ["a", "b", *texts]]
+    events.append(event({"content": "d:0<|tool_call_argument_begin|>{}<|tool_call_end|>"}))
+    body = event({"role": "assistant", "content": ""}) + b"".join(events) + event({}, "stop") + b"data: [DONE]\n\n"
+    first = len(event({"role": "assistant", "content": ""}))
+    boundaries = [first + sum(len(e) for e in events[:i]) for i in range(len(events) + 1)]
+    cuts = sorted(set(data.draw(st.lists(st.sampled_from(boundaries), min_size=1, max_size=14))))
+    assert streamed(body, cuts, True, TOOLS) == streamed(body, cuts, False, TOOLS)
+
+
+@pytest.mark.parametrize("policy", [POLICY, NO_SPLIT], ids=["split_think", "keep_think"])
+def test_the_steady_lane_opens_only_once_its_text_kind_was_seen(policy):
+    """A template learned from an empty text: the first real text must still set the turn's flags."""
+    events = [event({"role": "assistant", "content": ""}), *[event({"content": ""})] * 3, event({"content": "hi"})]
+    events += [event({"content": "more"}), event({}, "stop"), b"data: [DONE]\n\n"]
+    body = b"".join(events)
+    cuts = [sum(len(e) for e in events[:i]) for i in range(1, len(events))]
+    fast = streamed(body, cuts, True, NO_TOOLS, policy)
+    assert fast == streamed(body, cuts, False, NO_TOOLS, policy)
+    assert fast[2][2].content

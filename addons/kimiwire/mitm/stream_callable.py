@@ -16,6 +16,7 @@ from typing import Any
 
 from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
+from kimiwire.wire.response.fast_path import PLAIN_ASCII
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict, upstream_started_calls
 from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
@@ -120,10 +121,31 @@ class RepairingStream:
         # turn is proven, nothing is pending; a read of plain text events then only needs
         # `repairer.plain_read` and the bookkeeping below.
         self._steady = False
+        # Within the steady state, the repairer's usual event shape (`StreamRepairer.steady_lane`):
+        # such an event is checked and passed here, without a call into the repairer.
+        self._lane: tuple[bytes, bytes, int, int] | None = None
 
     def __call__(self, data: bytes) -> list[bytes]:
         # Called once per upstream chunk, usually one event: the steady branch is on most events' path.
+        lane = self._lane
+        if lane is not None:
+            head, end, start, end_size = lane
+            closing = len(data) - end_size
+            if (
+                closing >= start
+                and data.startswith(head)
+                and data.endswith(end)
+                and not data[start:closing].translate(None, PLAIN_ASCII)
+            ):
+                repairer = self.repairer
+                repairer.events_in += 1
+                repairer.data_events_in += 1
+                self._upstream_reads.append(data)
+                self._delivered_reads.append(data)
+                self.times.last_event_at = self.clock()
+                return [data]
         if self._steady and self._plain_read(data):  # (0 for b"", the end)
+            self._lane = self.repairer.steady_lane()  # (the read may have changed the template)
             self._upstream_reads.append(data)
             self._delivered_reads.append(data)
             self.times.last_event_at = self.clock()
@@ -139,6 +161,7 @@ class RepairingStream:
             and times.finished_at is None
             and (gate is None or gate.proven)
         )
+        self._lane = self.repairer.steady_lane() if self._steady else None
         return out
 
     def _read(self, data: bytes) -> list[bytes]:

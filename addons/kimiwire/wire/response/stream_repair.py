@@ -180,6 +180,23 @@ class StreamRepairer:
             self.plain_texts.append(PlainText(template, text_of(data[start:closing])))
         return 1
 
+    def steady_lane(self) -> tuple[bytes, bytes, int, int] | None:
+        """What lets a caller pass an event on its own until its next `feed` or `plain_read`
+        (RepairingStream's steady branch: one Python frame less per event): the last template's
+        (head, tail + rest, text start, len(tail + rest)). An event with that head and end and a
+        text of PLAIN_ASCII bytes only is one `plain_read` would take changing nothing but the
+        two event counters, which the caller then adds itself. None when a text would still
+        change something: markup to scan, a text kind not seen yet, a gate taking the texts."""
+        if not self._plain_ready or self._check_markup or self.plain_texts is not None:
+            return None
+        template = self._template_last
+        if template.reasoning:
+            if not self._reasoning_seen:
+                return None
+        elif self._content_blocked or not self._content_seen:
+            return None
+        return template.head, template.end, template.text_start, template.end_size
+
     def _plain_events(self, data: bytes) -> int:
         """plain_read for any number of events, each of any template."""
         size = len(data)
