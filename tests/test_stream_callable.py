@@ -48,3 +48,43 @@ def test_a_passed_through_stream_keeps_the_idle_deadline_moving(why, monkeypatch
         clock.now = second * 5.0
         out = stream(Stream().chunk({"content": "x"}).body())
         assert out and idle_deadline(stream) == clock.now + 10  # 5 s gaps never reach the 10 s idle timeout
+
+
+def test_the_bodies_come_out_as_bytes_with_one_join_and_stay_usable():
+    clock = Clock()
+    stream = make_stream(clock)
+    text = Stream().chunk({"role": "assistant", "content": ""})
+    for n in range(6):
+        text = text.chunk({"content": f"word {n} "})
+    pieces = text.chunk({}, "stop").events
+    for piece in pieces:
+        stream(piece)
+    upstream = stream.upstream_bytes()
+    assert upstream == b"".join(pieces) and type(upstream) is bytes
+    assert stream.delivered_bytes() is upstream  # the client got the same bytes: one copy serves both
+    assert stream.upstream_bytes() is upstream  # joined once
+    # The bytearray views still work, and later bytes are still counted.
+    assert stream.upstream == bytearray(upstream)
+    stream(b"data: [DONE]\n\n")
+    stream(b"")
+    assert stream.upstream_bytes() == upstream + b"data: [DONE]\n\n"
+    stream.delivered += b": closing\n\n"  # (what the adapter adds after an upstream failure)
+    assert stream.delivered_bytes() == upstream + b"data: [DONE]\n\n: closing\n\n"
+    assert stream.upstream_bytes() == upstream + b"data: [DONE]\n\n"
+
+
+def test_a_repaired_stream_keeps_its_own_delivered_bytes():
+    clock = Clock()
+    stream = make_stream(clock)
+    body = (
+        Stream()
+        .chunk({"role": "assistant", "content": ""})
+        .chunk(tool_delta(0, "functions.read:0", "read", ""))
+        .chunk(tool_delta(0, None, None, READ_ARGS))
+        .chunk({}, "stop")  # a call went out: kimiwire makes it tool_calls
+        .body()
+    )
+    stream(body)
+    stream(b"")
+    assert stream.upstream_bytes() == body
+    assert stream.delivered_bytes() != body and b'"finish_reason":"tool_calls"' in stream.delivered_bytes()

@@ -422,7 +422,7 @@ class KimiWire:
                 state.release()
                 self._ending(state, "shutdown")
                 if state.stream is not None and flow.response is not None:
-                    flow.response.content = bytes(state.stream.upstream)
+                    flow.response.content = state.stream.upstream_bytes()
                     self._record_stream(state, state.stream)
             except Exception as exc:
                 self._record_error(flow, "shutdown", exc)
@@ -806,7 +806,7 @@ class KimiWire:
         facts, wire_policy = context
         failure = Failure(verdict.kind, verdict.detail, fallback=gate.discard())
         self._first_attempt(
-            state, failure, flow.response.status_code if flow.response else None, bytes(stream.upstream)
+            state, failure, flow.response.status_code if flow.response else None, stream.upstream_bytes()
         )
         continuation = Continuation(gate.template, gate.role_delivered, gate.seen.reasoning_chars > 0)
         sink = Sink(flow, live=True, delivered=stream.delivered)
@@ -968,7 +968,7 @@ class KimiWire:
                 response.content = b"".join(repaired)
             else:
                 # Keep what the upstream really sent as the flow's body; the client's copy is in metadata.
-                set_body(response, bytes(stream.upstream))
+                set_body(response, stream.upstream_bytes())
             self._record_stream(state, stream)
             self._ending(state, stream.ending)
             return
@@ -1094,7 +1094,7 @@ class KimiWire:
             self._answer_error(state, proxy_internals.ErrorAnswer(502, b"", tail))
             self._ending(state, "upstream_error_mid_stream")
         if stream is not None and flow.response is not None:
-            flow.response.content = bytes(stream.upstream)
+            flow.response.content = stream.upstream_bytes()
             self._record_stream(state, stream)
 
     def _answer_error(self, state: FlowState, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
@@ -1109,13 +1109,13 @@ class KimiWire:
         """What a repaired stream leaves on its flow, however it ended."""
         flow = state.flow
         record = state.record
-        record["delivered"] = bytes(stream.delivered)
+        record["delivered"] = stream.delivered_bytes()
         if stream.error_event is not None:
             record["error_event"] = stream.error_event
         record["stream"] = {
             "events_in": stream.repairer.events_in,
-            "upstream_bytes": len(stream.upstream),
-            "delivered_bytes": len(stream.delivered),
+            "upstream_bytes": len(stream.upstream_bytes()),
+            "delivered_bytes": len(stream.delivered_bytes()),
             "passthrough": stream.failed or stream.repairer.bypass,
         }
         if stream.repairer.log:

@@ -74,6 +74,18 @@ class JoinedReads:
         getattr(stream, self.reads).clear()
         setattr(stream, self.buffer, value)
 
+    def bytes_of(self, stream: Any) -> bytes:
+        """The attribute's bytes with one copy at most: the reads are joined once and kept as
+        that one piece (the bytearray would cost three copies: join, extend, bytes())."""
+        if getattr(stream, self.buffer):  # bytes were added through the bytearray: join there
+            return bytes(self.__get__(stream))
+        reads: list[bytes] = getattr(stream, self.reads)
+        if not reads:
+            return b""
+        whole = reads[0] if len(reads) == 1 and type(reads[0]) is bytes else b"".join(reads)
+        reads[:] = [whole]
+        return whole
+
 
 class RepairingStream:
     """How the stream ends is decided here: `end_by_proxy(reason)` just before mitmproxy calls
@@ -163,6 +175,22 @@ class RepairingStream:
         )
         self._lane = self.repairer.steady_lane() if self._steady else None
         return out
+
+    def upstream_bytes(self) -> bytes:
+        """Every byte the upstream sent, as bytes."""
+        reads = self._upstream_reads
+        if len(reads) > 1 and not self._upstream and not self._delivered and self._delivered_reads == reads:
+            # The client got the same pieces (the steady branch appends one object to both): one
+            # join serves both.
+            whole = b"".join(reads)
+            reads[:] = [whole]
+            self._delivered_reads[:] = [whole]
+            return whole
+        return RepairingStream.upstream.bytes_of(self)
+
+    def delivered_bytes(self) -> bytes:
+        """Every byte sent to the client, as bytes."""
+        return RepairingStream.delivered.bytes_of(self)
 
     def _read(self, data: bytes) -> list[bytes]:
         self.calls += 1
@@ -263,7 +291,7 @@ class RepairingStream:
             and timed_out
             and self.retry_stall
             and not gate.seen.calls
-            and not upstream_started_calls(bytes(self.upstream))
+            and not upstream_started_calls(self.upstream_bytes())
         ):
             self.failed_turn = TurnVerdict("stall", f"no answer before the {self.end_reason} timeout")
             return []
