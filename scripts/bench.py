@@ -485,14 +485,49 @@ def scale_out(repeat: int, quick: bool) -> dict[str, Any] | None:
             ).start()
             try:
                 asyncio.run(run_streams(balancer.port, 8, 20, 0.0))  # warm-up
+                parts = {
+                    "workers": _descendants(balancer.pid, "mitmdump"),
+                    "haproxy": _descendants(balancer.pid, "haproxy"),
+                }
+                parts |= {"simulator": [sim.pid], "client": [os.getpid()]}
+                before = {name: _cpu_of(pids) for name, pids in parts.items()}
+                started = time.monotonic()
                 runs = [asyncio.run(run_streams(balancer.port, concurrency, events, 0.0)) for _ in range(repeat)]
-                out["workers"][str(workers)] = _median_row(runs)
+                wall = time.monotonic() - started
+                row = out["workers"][str(workers)] = _median_row(runs)
+                total = sum(r["events"] for r in runs) or 1
+                used = {name: _cpu_of(pids) - before[name] for name, pids in parts.items()}
+                row["cpu"] = {  # where the two cores went: cores busy, and µs per event
+                    name: {"cores": cpu / wall, "us_per_event": cpu / total * 1e6} for name, cpu in used.items()
+                }
             finally:
                 balancer.stop()
     finally:
         sim.stop()
     out["speedup"] = out["workers"]["2"]["events_per_s"] / out["workers"]["1"]["events_per_s"]
     return out
+
+
+def _cpu_of(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def _descendants(root: int, name: str) -> list[int]:
+    """Processes under `root` whose command line names `name` (the balancer's HAProxy and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            with contextlib.suppress(OSError):
+                if name.encode() in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+    return found
 
 
 def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -628,6 +663,16 @@ def table(core_results: dict[str, Any], e2e: dict[str, Any] | None) -> str:
                 f"| {two['errors']} |",
                 f"| 2 workers / 1 worker | **{scale['speedup']:.2f}x** | - | target >= 1.6x |",
             ]
+            if "cpu" in two:
+                split = "; ".join(
+                    f"{count} worker{'s' if count != '1' else ''}: "
+                    + ", ".join(
+                        f"{name} {c['cores']:.2f} cores ({c['us_per_event']:.1f} µs/event)"
+                        for name, c in scale["workers"][count]["cpu"].items()
+                    )
+                    for count in ("1", "2")
+                )
+                lines += ["", f"Where the two cores went (CPU over the runs): {split}."]
         capacity = e2e.get("paced_capacity")
         if capacity:
             tried = ", ".join(
