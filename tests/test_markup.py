@@ -1,5 +1,6 @@
 import orjson
 import pytest
+from kimiwire.wire.response import markup
 from kimiwire.wire.response.markup import MarkupScanner, embedded_markup, name_from_id
 
 DECLARED = frozenset({"read", "exec"})
@@ -195,3 +196,13 @@ def test_a_head_counts_only_after_whitespace_or_a_marker_and_holding_stays_short
     long_word = "x" * 5000 + " re"
     assert scanner.feed(long_word) == (long_word[:-2], [])
     assert scanner.pending == "re"
+
+
+def test_scanners_of_one_tool_set_share_its_heads_and_huge_sets_are_not_remembered():
+    first, second = MarkupScanner({"read", "exec"}), MarkupScanner(["exec", "read"])
+    assert first._heads is second._heads and "functions.rea" in first._heads and "exe" in first._heads
+    assert first.feed("now rea") == ("now ", [])  # "rea" held as before: it may begin `read:0`
+    huge = {f"tool_{n:04d}_" + "x" * 60 for n in range(80)}  # 5,600 characters of names
+    before = markup._remembered_heads.cache_info().currsize
+    assert MarkupScanner(huge)._heads is not MarkupScanner(huge)._heads
+    assert markup._remembered_heads.cache_info().currsize == before

@@ -20,6 +20,7 @@ depend on where the text was cut.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -132,6 +133,30 @@ def calls_in_region(region: str) -> list[tuple[str, str]]:
     return calls
 
 
+def _heads_of(known: frozenset[str]) -> tuple[frozenset[str], frozenset[str], int]:
+    """The words `_head_tail` holds for these tool names, the characters they can end with, and
+    the longest tail that may hold one (with `:N` and spaces). The same for every scanner of
+    every stream of a request's tools: two scanners per stream built them anew (~6 µs each), so
+    they are remembered, for tool sets of a usual size only (the sets grow with the names)."""
+    if sum(map(len, known)) > _REMEMBERED_NAMES_LENGTH:
+        return _build_heads(known)
+    return _remembered_heads(known)
+
+
+_REMEMBERED_NAMES_LENGTH = 4096
+
+
+def _build_heads(known: frozenset[str]) -> tuple[frozenset[str], frozenset[str], int]:
+    prefixes = {name[:i] for name in known for i in range(1, len(name) + 1)}
+    heads = frozenset(
+        prefixes | {BARE_PREFIX[:i] for i in range(1, len(BARE_PREFIX) + 1)} | {BARE_PREFIX + p for p in prefixes}
+    )
+    return heads, frozenset("".join(heads)), len(BARE_PREFIX) + max(map(len, known), default=0) + 24
+
+
+_remembered_heads = functools.lru_cache(maxsize=64)(_build_heads)
+
+
 class MarkupScanner:
     """One per text field of one choice. `feed` and `finish` return (text to emit, calls).
     `known`: tool names the marker-less forms may call (`RequestFacts.known_tool_names`)."""
@@ -140,13 +165,7 @@ class MarkupScanner:
         self.known = frozenset(known)
         self.pending = ""
         self._last = ""  # the last character emitted: the text before `pending`, for word boundaries
-        # the words `_head_tail` holds, and the characters they can end with
-        prefixes = {name[:i] for name in self.known for i in range(1, len(name) + 1)}
-        self._heads = frozenset(
-            prefixes | {BARE_PREFIX[:i] for i in range(1, len(BARE_PREFIX) + 1)} | {BARE_PREFIX + p for p in prefixes}
-        )
-        self._head_chars = frozenset("".join(self._heads))
-        self._longest_head = len(BARE_PREFIX) + max(map(len, self.known), default=0) + 24  # with `:N` and spaces
+        self._heads, self._head_chars, self._longest_head = _heads_of(self.known)
 
     def passes_unchanged(self, text: str) -> bool:
         """True when `feed(text)` would return `text` itself and hold nothing (a cheap check)."""
