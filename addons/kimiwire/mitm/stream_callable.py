@@ -138,8 +138,10 @@ class RepairingStream:
         self._lane: tuple[bytes, bytes, int, int] | None = None
 
     def __call__(self, data: bytes) -> list[bytes]:
-        # Called once per upstream chunk, usually one event: the steady branch is on most events' path.
+        # Called once per upstream chunk, usually one event: the lane and the steady branch are on
+        # most events' path, kept inline (no call) and sharing the bookkeeping at the end.
         lane = self._lane
+        passed = False
         if lane is not None:
             head, end, start, end_size = lane
             closing = len(data) - end_size
@@ -152,16 +154,18 @@ class RepairingStream:
                 repairer = self.repairer
                 repairer.events_in += 1
                 repairer.data_events_in += 1
-                self._upstream_reads.append(data)
-                self._delivered_reads.append(data)
-                self.times.last_event_at = self.clock()
-                return [data]
-        if self._steady and self._plain_read(data):  # (0 for b"", the end)
+                passed = True
+        if not passed:
+            if not (self._steady and self._plain_read(data)):  # (0 for b"", the end)
+                return self._full_read(data)
             self._lane = self.repairer.steady_lane()  # (the read may have changed the template)
-            self._upstream_reads.append(data)
-            self._delivered_reads.append(data)
-            self.times.last_event_at = self.clock()
-            return [data]
+        self._upstream_reads.append(data)
+        self._delivered_reads.append(data)
+        self.times.last_event_at = self.clock()
+        return [data]
+
+    def _full_read(self, data: bytes) -> list[bytes]:
+        """A read through the repairer's full path; then whether the stream is steady now."""
         out = self._read(data)
         gate = self.gate
         times = self.times

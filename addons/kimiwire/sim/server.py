@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.openai_errors import error_object
+from kimiwire.wire.response.reasoning_field import TEXT_KEYS
 
 from .model import plan_turn
 from .settings import SimSettings, settings_for_request, turn_fault
@@ -326,7 +327,7 @@ def _stamp(chunk: dict[str, Any]) -> None:
     one event to the next: a field of its own would give every event a shape no Kimi server sends."""
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
-        for key in ("content", "reasoning_content", "reasoning"):
+        for key in TEXT_KEYS:
             if isinstance(delta.get(key), str):
                 delta[key] += STAMP_FORMAT.format(time.monotonic_ns())
                 return

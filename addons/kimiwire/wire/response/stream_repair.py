@@ -151,7 +151,7 @@ class StreamRepairer:
         # The usual read: one event of the shape the last read had. Kept flat: every event of a
         # stream passes here.
         template = self._template_last
-        if not data.startswith(template.head) or not (template.reasoning or not self._content_blocked):
+        if not data.startswith(template.head) or (self._content_blocked and not template.reasoning):
             return self._plain_events(data)
         start = template.text_start
         closing = len(data) - template.end_size
