@@ -113,7 +113,7 @@ def test_exception_mid_stream_loses_nothing(monkeypatch):
         flow.response = sse_response()
         upstream = streams.sglang([("read", READ_ARGS)]).body()
         kw.responseheaders(flow)
-        repairer = flow.response.stream.repairer
+        repairer = flow.response.stream.__self__.repairer
         original = repairer._absorb
         calls = {"n": 0}
 
@@ -195,7 +195,7 @@ def test_a_proxy_ending_is_decided_by_the_stream_and_marks_the_flow():
         kw.request(flow)
         flow.response = sse_response()
         kw.responseheaders(flow)
-        stream = flow.response.stream
+        stream = flow.response.stream.__self__
         for event in streams.text_answer().events[:5]:  # the answer has begun: a stall now is not retried
             stream(event)
         stream.end_by_proxy(ProxyEnd.IDLE)

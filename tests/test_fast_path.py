@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
-from kimiwire.wire.response.fast_path import learn_template
+from kimiwire.wire.response.fast_path import PLAIN_ASCII, PLAIN_ONLY, TEXT_BODY, learn_template
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TURN_CHECKS, TurnGate
 
@@ -328,17 +328,34 @@ def test_the_callables_steady_lane_delivers_what_the_full_path_does(events, fact
     assert streamed(body, cuts, True, facts) == streamed(body, cuts, False, facts)
 
 
+@given(st.binary(max_size=40))
+def test_plain_only_tells_the_texts_made_of_plain_ascii_bytes(text):
+    """`text.translate(PLAIN_ONLY) is text` exactly when every byte is one of PLAIN_ASCII, and
+    such a text is a whole JSON string body by itself (TEXT_BODY reads it to its closing quote)."""
+    plain = all(byte in PLAIN_ASCII for byte in text)
+    assert (text.translate(PLAIN_ONLY) is text) == plain
+    if plain:
+        assert TEXT_BODY.match(text + b'"').end() == len(text) + 1
+    for byte in range(256):
+        doubled = bytes([byte, byte])
+        assert (doubled.translate(PLAIN_ONLY) is doubled) == (byte in PLAIN_ASCII)
+
+
 def test_the_steady_lane_passes_plain_events_without_the_repairer(monkeypatch):
     repairer = StreamRepairer(NO_TOOLS, POLICY)
     stream = RepairingStream(repairer)
-    for piece in (event({"role": "assistant", "content": ""}), event({"content": "Sure."}), event({"content": "x"})):
+    seen = [event({"role": "assistant", "content": ""}), event({"content": "Sure."}), event({"content": "x"})]
+    for piece in seen:
         assert stream(piece) == [piece]
     assert stream._lane is not None
     monkeypatch.setattr(repairer, "plain_read", lambda data: pytest.fail("not the lane"))
     monkeypatch.setattr(stream, "_plain_read", lambda data: pytest.fail("not the lane"))
     plain = [event({"content": f" word {n}"}) for n in range(5)]
     assert [stream(piece) for piece in plain] == [[piece] for piece in plain]
-    assert repairer.data_events_in == 8
+    assert repairer.data_events_in == 3  # the lane counts and files its reads in bulk
+    stream.settle()
+    assert repairer.data_events_in == repairer.events_in == 8
+    assert stream.upstream_bytes() == stream.delivered_bytes() == b"".join([*seen, *plain])
     for odd in (event({"content": "a<b"}), event({"content": "caf\u00e9"}), event({"content": 'say \\"hi\\"'})):
         with pytest.raises(pytest.fail.Exception):
             stream(odd)  # anything but plain ASCII text leaves the lane

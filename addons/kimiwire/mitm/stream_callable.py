@@ -16,7 +16,7 @@ from typing import Any
 
 from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
-from kimiwire.wire.response.fast_path import PLAIN_ASCII
+from kimiwire.wire.response.fast_path import PLAIN_ONLY
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict, upstream_started_calls
 from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
@@ -54,7 +54,7 @@ _ENDING_NAMES = {
 class JoinedReads:
     """A bytearray attribute (`upstream`, `delivered`) that the steady branch grows by appending
     each read to a list (`_NAME_reads`): joined onto the bytearray (`_NAME`) when it is read, so
-    no bytearray is regrown per event."""
+    no bytearray is regrown per event. The lane's reads are filed first (`settle`)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.buffer = f"_{name}"
@@ -63,6 +63,7 @@ class JoinedReads:
     def __get__(self, stream: Any, owner: type | None = None) -> Any:
         if stream is None:
             return self
+        stream.settle()
         buffer: bytearray = getattr(stream, self.buffer)
         reads: list[bytes] = getattr(stream, self.reads)
         if reads:
@@ -71,12 +72,14 @@ class JoinedReads:
         return buffer
 
     def __set__(self, stream: Any, value: bytearray) -> None:
+        stream.settle()
         getattr(stream, self.reads).clear()
         setattr(stream, self.buffer, value)
 
     def bytes_of(self, stream: Any) -> bytes:
         """The attribute's bytes with one copy at most: the reads are joined once and kept as
         that one piece (the bytearray would cost three copies: join, extend, bytes())."""
+        stream.settle()
         if getattr(stream, self.buffer):  # bytes were added through the bytearray: join there
             return bytes(self.__get__(stream))
         reads: list[bytes] = getattr(stream, self.reads)
@@ -136,33 +139,43 @@ class RepairingStream:
         # Within the steady state, the repairer's usual event shape (`StreamRepairer.steady_lane`):
         # such an event is checked and passed here, without a call into the repairer.
         self._lane: tuple[bytes, bytes, int, int] | None = None
+        self._lane_reads: list[bytes] = []  # passed by the lane, not yet settled
 
     def __call__(self, data: bytes) -> list[bytes]:
         # Called once per upstream chunk, usually one event: the lane and the steady branch are on
-        # most events' path, kept inline (no call) and sharing the bookkeeping at the end.
+        # most events' path, kept inline (no call).
         lane = self._lane
-        passed = False
         if lane is not None:
             head, end, start, end_size = lane
             closing = len(data) - end_size
-            if (
-                closing >= start
-                and data.startswith(head)
-                and data.endswith(end)
-                and not data[start:closing].translate(None, PLAIN_ASCII)
-            ):
-                repairer = self.repairer
-                repairer.events_in += 1
-                repairer.data_events_in += 1
-                passed = True
-        if not passed:
-            if not (self._steady and self._plain_read(data)):  # (0 for b"", the end)
-                return self._full_read(data)
-            self._lane = self.repairer.steady_lane()  # (the read may have changed the template)
+            if closing >= start and data.startswith(head) and data.endswith(end):
+                text = data[start:closing]
+                if text.translate(PLAIN_ONLY) is text:
+                    self._lane_reads.append(data)  # counted and filed in bulk: `settle`
+                    self.times.last_event_at = self.clock()
+                    return [data]
+        if self._lane_reads:
+            self.settle()
+        if not (self._steady and self._plain_read(data)):  # (0 for b"", the end)
+            return self._full_read(data)
+        self._lane = self.repairer.steady_lane()  # (the read may have changed the template)
         self._upstream_reads.append(data)
         self._delivered_reads.append(data)
         self.times.last_event_at = self.clock()
         return [data]
+
+    def settle(self) -> None:
+        """The lane's reads since the last call, filed as the upstream's and the client's bytes
+        and counted as the repairer's events (the lane does neither per event). Called before
+        anything else reads or adds to them; the record calls it before taking the counts."""
+        reads = self._lane_reads
+        if reads:
+            self._upstream_reads += reads
+            self._delivered_reads += reads
+            repairer = self.repairer
+            repairer.events_in += len(reads)
+            repairer.data_events_in += len(reads)
+            reads.clear()
 
     def _full_read(self, data: bytes) -> list[bytes]:
         """A read through the repairer's full path; then whether the stream is steady now."""
@@ -182,6 +195,7 @@ class RepairingStream:
 
     def upstream_bytes(self) -> bytes:
         """Every byte the upstream sent, as bytes."""
+        self.settle()
         reads = self._upstream_reads
         if len(reads) > 1 and not self._upstream and not self._delivered and self._delivered_reads == reads:
             # The client got the same pieces (the steady branch appends one object to both): one

@@ -28,7 +28,7 @@ from kimiwire.wire.response.fast_path import (
     EVENT_REST,
     MAX_TEMPLATES,
     NO_TEMPLATE,
-    PLAIN_ASCII,
+    PLAIN_ONLY,
     TEXT_BODY,
     PlainTemplate,
     PlainText,
@@ -157,7 +157,11 @@ class StreamRepairer:
         closing = len(data) - template.end_size
         # Most texts are plain ASCII and the bytes after them the template's own: then the text
         # ends where those bytes begin. Anything else, the regular expressions decide.
-        if closing < start or not data.endswith(template.end) or data[start:closing].translate(None, PLAIN_ASCII):
+        if (
+            closing < start
+            or not data.endswith(template.end)
+            or (text := data[start:closing]).translate(PLAIN_ONLY) is not text
+        ):
             body = _TEXT_BODY(data, start)
             if body is None:
                 return self._plain_events(data)
@@ -184,8 +188,8 @@ class StreamRepairer:
         """What lets a caller pass an event on its own until its next `feed` or `plain_read`
         (RepairingStream's steady branch: one Python frame less per event): the last template's
         (head, tail + rest, text start, len(tail + rest)). An event with that head and end and a
-        text of PLAIN_ASCII bytes only is one `plain_read` would take changing nothing but the
-        two event counters, which the caller then adds itself. None when a text would still
+        text of PLAIN_ASCII bytes only (fast_path.PLAIN_ONLY) is one `plain_read` would take
+        changing nothing but the two event counters, which the caller then adds itself. None when a text would still
         change something: markup to scan, a text kind not seen yet, a gate taking the texts."""
         if not self._plain_ready or self._check_markup or self.plain_texts is not None:
             return None
