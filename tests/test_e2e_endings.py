@@ -172,6 +172,7 @@ def test_reset_mid_stream_gets_error_event_and_clean_end(proxy):
     assert orjson.loads(tail[0])["error"]["type"] == "upstream_error"
     assert tail[1] == b"[DONE]"
     assert got.elapsed < 3
+    assert not [line for line in proxy.lines if proxy_internals.FALLBACK in line]
 
 
 def test_headers_then_no_event_uses_the_first_byte_budget(upstream, tmp_path):
@@ -214,6 +215,7 @@ def test_connection_refused_gets_502_json_naming_the_upstream(tmp_path):
     [flow] = p.read_flows()
     assert flow.metadata["kimiwire"]["error_answer"] == 502  # visible on the flow
     assert flow.metadata["kimiwire"]["ending"] == "upstream_error"
+    assert not [line for line in p.lines if proxy_internals.FALLBACK in line]  # answered on its own connection
 
 
 @pytest.mark.parametrize("scenario,error", [("stall", "upstream_idle_timeout"), ("reset_mid_stream", None)])

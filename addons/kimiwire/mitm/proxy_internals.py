@@ -14,9 +14,10 @@ nor to answer an upstream failure with anything but its own HTML error page. Two
    only then ends the client's body. The same synthetic event, run inside the HttpLayer, sends
    `ResponseData` for the flow's stream straight to the client connection's layer (chunked on
    HTTP/1, DATA frames on HTTP/2); only the HttpStream waits for the hook, not the HttpLayer.
-3. Error responses: `Http1Server.send` is wrapped so that a protocol error on a client
-   connection for which kimiwire registered an answer sends that answer (an OpenAI-style JSON
-   error before the response started, or the closing events of a stream already under way).
+3. Error responses: a client connection for which kimiwire registers an answer gets its own
+   `send` (the Http1Server instance's attribute over the class's method), so that a protocol error
+   there sends that answer (an OpenAI-style JSON error before the response started, or the closing
+   events of a stream already under way); other connections keep mitmproxy's send untouched.
 
 When a precondition fails, callers fall back to closing the connections at once, so a client
 errors promptly instead of hanging.
@@ -29,6 +30,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from types import MethodType
 from typing import Any
 
 from mitmproxy import ctx, http, version
@@ -52,10 +54,11 @@ try:
         ResponseEndOfMessage,
         ResponseProtocolError,
     )
-    from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
+    from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Connection, Http1Server
     from mitmproxy.proxy.layers.http._http2 import Http2Client
     from mitmproxy.proxy.layers.http._http2 import StreamState as Http2StreamState
 
+    _MITMPROXY_SEND = Http1Server.send
     _IMPORT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - only on an unverified mitmproxy
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
@@ -83,6 +86,8 @@ def problems() -> list[str]:
     for name in ("streams", "connections", "command_sources"):
         if name not in probe:
             found.append(f"HttpLayer no longer sets .{name}")
+    if "send" not in Http1Connection._handle_event.__code__.co_names:
+        found.append("Http1Connection._handle_event no longer calls self.send")
     if "our_stream_id" not in Http2Client.__init__.__code__.co_names:
         found.append("Http2Client no longer sets .our_stream_id")
     return found
@@ -368,11 +373,14 @@ class ErrorAnswer:
 
 _ANSWERS: dict[Any, ErrorAnswer] = {}
 _INSTALLED = False
+_CLASS_WRAPPED = False
 
 
 def set_error_answer(flow: http.HTTPFlow, answer: ErrorAnswer, replace: bool = True) -> None:
     if replace or flow.client_conn.id not in _ANSWERS:
         _ANSWERS[flow.client_conn.id] = answer
+    if _INSTALLED:
+        _answer_through(flow)
 
 
 def can_answer(flow: http.HTTPFlow) -> bool:
@@ -393,44 +401,67 @@ def pending_error_answers() -> int:
 
 
 def install_error_answers() -> bool:
-    """Wrap Http1Server.send once; True when error answers can be used."""
+    """True when error answers can be used. Nothing is wrapped yet: a client connection gets the
+    answering send when an answer is registered for it (`set_error_answer`), so the events sent to
+    every other connection (all of them, most of the time) take mitmproxy's own send, no extra call."""
     global _INSTALLED
-    if _INSTALLED:
-        return True
-    if not usable():
-        return False
-    original = Http1Server.send
+    if not _INSTALLED and usable():
+        _INSTALLED = True
+    return _INSTALLED
 
-    def answer_error(self: Any, answer: ErrorAnswer, event: Any) -> Iterator[Any]:
-        if self.response is None:
-            response = http.Response.make(
-                answer.status, answer.body, {"content-type": answer.content_type, "connection": "close"}
-            )
-            from mitmproxy.net.http import http1
 
-            yield commands.SendData(self.conn, http1.assemble_response(response))
+def _answering_send(self: Any, event: Any) -> Iterator[Any]:
+    """Http1Server.send for a client connection that may have an answer: a protocol error with a
+    registered answer sends that answer; anything else goes to mitmproxy's own send. Not a
+    generator itself (the events of a stream pass here)."""
+    if type(event) is not ResponseProtocolError:
+        return _MITMPROXY_SEND(self, event)
+    answer = _ANSWERS.pop(self.conn.id, None)
+    if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
+        return _MITMPROXY_SEND(self, event)
+    return _send_answer(self, answer)
+
+
+def _send_answer(self: Any, answer: ErrorAnswer) -> Iterator[Any]:
+    if self.response is None:
+        response = http.Response.make(
+            answer.status, answer.body, {"content-type": answer.content_type, "connection": "close"}
+        )
+        from mitmproxy.net.http import http1
+
+        yield commands.SendData(self.conn, http1.assemble_response(response))
+    else:
+        # The closing events, then a clean end of the body: an empty tail still ends a stream
+        # whose [DONE] went out before the upstream tore the connection.
+        if "chunked" in self.response.headers.get("transfer-encoding", "").lower():
+            data = (b"%x\r\n%s\r\n" % (len(answer.tail), answer.tail) if answer.tail else b"") + b"0\r\n\r\n"
         else:
-            # The closing events, then a clean end of the body: an empty tail still ends a
-            # stream whose [DONE] went out before the upstream tore the connection.
-            if "chunked" in self.response.headers.get("transfer-encoding", "").lower():
-                data = (b"%x\r\n%s\r\n" % (len(answer.tail), answer.tail) if answer.tail else b"") + b"0\r\n\r\n"
-            else:
-                data = answer.tail
-            if data:
-                yield commands.SendData(self.conn, data)
-        yield commands.CloseConnection(self.conn)
+            data = answer.tail
+        if data:
+            yield commands.SendData(self.conn, data)
+    yield commands.CloseConnection(self.conn)
 
-    def send(self: Any, event: Any) -> Iterator[Any]:
-        # Not a generator itself: every event sent to every client passes here, and only
-        # protocol errors with a registered answer take the other way.
-        if type(event) is not ResponseProtocolError:
-            return original(self, event)
-        answer = _ANSWERS.pop(self.conn.id, None)
-        if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
-            return original(self, event)
-        return answer_error(self, answer, event)
 
-    send.__wrapped__ = original  # type: ignore[attr-defined]
-    Http1Server.send = send  # type: ignore[method-assign]
-    _INSTALLED = True
-    return True
+def _answer_through(flow: http.HTTPFlow) -> None:
+    """Give the flow's client connection (its Http1Server) the answering send. When that layer
+    cannot be found, every Http1Server gets it (the class's send, wrapped once): an answer is
+    never lost, it only costs every other connection a call per event."""
+    global _CLASS_WRAPPED
+    handler = _handler(flow)
+    if handler is not None:
+        for current in _layers(handler.layer):
+            if isinstance(current, HttpLayer):
+                server = current.connections.get(flow.client_conn)
+                if isinstance(server, Http1Server):
+                    if "send" not in server.__dict__:
+                        server.send = MethodType(_answering_send, server)
+                    return
+                if server is not None:
+                    return  # HTTP/2: no answers there (can_answer says so)
+    if not _CLASS_WRAPPED:
+        logger.warning("kimiwire: %s; error answers are checked on every HTTP/1 client connection now", FALLBACK)
+        Http1Server.send = _answering_send  # type: ignore[method-assign]
+        _CLASS_WRAPPED = True
+
+
+FALLBACK = "a client connection's layer was not found"
