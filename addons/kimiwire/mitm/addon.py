@@ -220,7 +220,8 @@ class KimiWire:
             str,
             "120",
             "Seconds without an upstream event (comments do not count) before a stream is ended with an "
-            "error event; 0 disables.",
+            "error event (never earlier, at most an eighth later: plain text events are counted, not timed); "
+            "0 disables.",
         )
         loader.add_option(
             "kimi_first_byte_timeout",

@@ -13,6 +13,12 @@ from typing import Any
 from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
 from kimiwire.wire.stream_endings import next_deadline
 
+# The stream's lane passes events without timing them (RepairingStream.lane_events counts them):
+# while the idle deadline is the next one, the watchdog looks at the count this often (a fraction
+# of the idle timeout). Events seen since the last look count as coming at the look, the latest
+# they can have come, so a stream is never ended early and at most this fraction late.
+IDLE_LOOKS = 8
+
 
 class StreamWatchdog:
     def __init__(
@@ -29,6 +35,7 @@ class StreamWatchdog:
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
+        self._lane_seen = 0  # stream.lane_events() at the last look
         stream.on_change = self.plan  # a deadline may have moved earlier
 
     @property
@@ -40,18 +47,27 @@ class StreamWatchdog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._stopped or self.stream.ended:
-            return
-        planned = next_deadline(self.stream.times, self.stream.limits)
-        if planned is None:
+        stream = self.stream
+        if self._stopped or stream.ended:
             return
         now = self.clock()
-        if now >= planned[0]:
+        passed = stream.lane_events()
+        if passed != self._lane_seen:
+            self._lane_seen = passed
+            times = stream.times
+            times.last_event_at = max(times.last_event_at, now)
+        planned = next_deadline(stream.times, stream.limits)
+        if planned is None:
+            return
+        deadline, reason = planned
+        if now >= deadline:
             self._stopped = True
-            self.spawn(self.end(ProxyEnd(planned[1])))
+            self.spawn(self.end(ProxyEnd(reason)))
             return
         # Later events only move the deadline later: the timer re-plans when it fires.
-        self._timer = self._loop.call_later(planned[0] - now, self.plan)
+        if reason == "idle":
+            deadline = min(deadline, now + stream.limits.idle_timeout / IDLE_LOOKS)
+        self._timer = self._loop.call_later(deadline - now, self.plan)
 
     def stop(self) -> None:
         self._stopped = True

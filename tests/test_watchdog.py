@@ -1,0 +1,121 @@
+"""The stream watchdog's idle end when the steady lane passes events without timing them: never
+earlier than the idle timeout after the last event, at most an eighth of it later."""
+
+import asyncio
+from dataclasses import dataclass, field
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
+from kimiwire.mitm.watchdog import IDLE_LOOKS, StreamWatchdog
+from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.stream_endings import EndingLimits
+
+IDLE = 8.0
+LIMITS = EndingLimits(done_grace=1.0, idle_timeout=IDLE, first_byte_timeout=600.0)
+BASE = {"id": "chatcmpl-w", "object": "chat.completion.chunk", "created": 1, "model": "kimi-k2-thinking"}
+
+
+def event(delta: dict) -> bytes:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    return b"data: " + orjson.dumps({**BASE, "choices": [choice]}) + b"\n\n"
+
+
+@dataclass
+class FakeTimers:
+    """The loop's call_later on a clock the test moves."""
+
+    now: float = 0.0
+    planned: list = field(default_factory=list)  # [fire_at, callback, cancelled]
+
+    def clock(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback) -> "FakeHandle":
+        entry = [self.now + delay, callback, False]
+        self.planned.append(entry)
+        return FakeHandle(entry)
+
+    def due(self, until: float) -> list:
+        due = sorted((e for e in self.planned if not e[2] and e[0] <= until), key=lambda e: e[0])
+        if due:
+            due[0][2] = True  # it fires now (the caller calls it)
+        return due
+
+
+@dataclass
+class FakeHandle:
+    entry: list
+
+    def cancel(self) -> None:
+        self.entry[2] = True
+
+
+def run(event_times: list[float]) -> tuple[float, int]:
+    """Events at `event_times` (the first three open the lane), then silence: when the watchdog
+    ends the stream, and how many of the later events the lane passed."""
+    timers = FakeTimers()
+    ended: list[float] = []
+
+    async def scenario() -> None:
+        repairer = StreamRepairer(RequestFacts(0, {}, True, True), Policy.build(Flavor.SELFHOSTED))
+        stream = RepairingStream(repairer, clock=timers.clock, limits=LIMITS)
+
+        async def end(reason: ProxyEnd) -> None:
+            assert reason is ProxyEnd.IDLE
+            ended.append(timers.now)
+
+        dog = StreamWatchdog(stream, end, lambda coroutine: asyncio.ensure_future(coroutine), clock=timers.clock)
+        dog._loop = timers  # type: ignore[assignment]
+        dog.plan()
+        opening = [event({"role": "assistant", "content": ""}), event({"content": "Sure."}), event({"content": "x"})]
+        texts = [*opening, *(event({"content": f" word {n}"}) for n in range(len(event_times)))]
+        for at, data in zip(event_times, texts, strict=False):
+            while due := timers.due(at):  # the looks before this event, in time order
+                timers.now = due[0][0]
+                due[0][1]()
+            timers.now = at
+            stream(data)
+        while not ended:
+            pending = timers.due(float("inf"))
+            assert pending, "the watchdog stopped watching"
+            timers.now = pending[0][0]
+            pending[0][1]()
+            await asyncio.sleep(0)
+        stream.settle()
+        passed.append(stream.lane_events())
+
+    passed: list[int] = []
+    asyncio.run(scenario())
+    return ended[0], passed[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 2.5 * IDLE), min_size=3, max_size=40))
+def test_the_idle_end_is_never_early_and_at_most_an_eighth_late(gaps):
+    times = []
+    now = 0.0
+    for gap in gaps:
+        now += min(gap, IDLE * 0.99)  # every gap below the idle timeout: the stream is alive until the last event
+        times.append(now)
+    end, _ = run(times)
+    last = times[-1]
+    assert last + IDLE <= end <= last + IDLE + IDLE / IDLE_LOOKS + 1e-9
+
+
+def test_the_lane_passes_events_without_reading_the_clock():
+    reads = []
+    repairer = StreamRepairer(RequestFacts(0, {}, True, True), Policy.build(Flavor.SELFHOSTED))
+    stream = RepairingStream(repairer, clock=lambda: reads.append(1) or float(len(reads)), limits=LIMITS)
+    for data in (event({"role": "assistant", "content": ""}), event({"content": "Sure."}), event({"content": "x"})):
+        stream(data)
+    before = len(reads)
+    words = [event({"content": f" word {n}"}) for n in range(20)]
+    assert [stream(data) for data in words] == [[data] for data in words]
+    assert len(reads) == before  # counted, not timed
+    assert stream.lane_events() == 20
+    stream(event({"content": "caf\u00e9"}))  # the steady branch times its event (and settles the lane's)
+    assert len(reads) == before + 1 and stream.lane_events() == 20
