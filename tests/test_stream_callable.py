@@ -3,8 +3,11 @@ repair raised) is still flowing, so the idle deadline follows its bytes."""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
-from kimiwire.mitm.stream_callable import RepairingStream
+from kimiwire.mitm.stream_callable import DecodingStream, RepairingStream
+from kimiwire.wire.content_decoding import BodyDecoder
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
@@ -88,3 +91,21 @@ def test_a_repaired_stream_keeps_its_own_delivered_bytes():
     stream(b"")
     assert stream.upstream_bytes() == body
     assert stream.delivered_bytes() != body and b'"finish_reason":"tool_calls"' in stream.delivered_bytes()
+
+
+def test_what_the_lane_passed_stays_before_a_later_error_in_the_delivered_bytes():
+    """A gzip stream whose events took the lane, then bytes that do not decode: the record's
+    delivered bytes are the client's, in the client's order."""
+    repairer = StreamRepairer(RequestFacts(0, {}, True, True), Policy.build(Flavor.SELFHOSTED))
+    stream = DecodingStream(repairer, BodyDecoder("gzip", 1 << 20), limits=EndingLimits(1.0, 10.0, 60.0))
+    text = Stream().chunk({"role": "assistant", "content": ""})
+    for n in range(8):
+        text = text.chunk({"content": f"word {n} "})
+    compressor = zlib.compressobj(wbits=zlib.MAX_WBITS | 16)
+    sent = []
+    for piece in text.events:
+        sent += stream(compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH))
+    assert stream.lane_events() > 0  # some events took the lane
+    sent += stream(b"\x00not gzip at all")
+    assert b"upstream_undecodable" in b"".join(sent)
+    assert stream.delivered_bytes() == b"".join(sent)

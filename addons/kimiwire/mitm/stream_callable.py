@@ -353,6 +353,7 @@ class RepairingStream:
         joined = b"".join(out)
         if not joined:
             return []
+        self.settle()  # after what the lane passed (an undecodable body's error comes here directly)
         self._delivered_reads.append(joined)
         return [joined]
 
