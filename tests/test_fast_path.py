@@ -336,6 +336,9 @@ def test_plain_only_tells_the_texts_made_of_plain_ascii_bytes(text):
     assert (text.translate(PLAIN_ONLY) is text) == plain
     if plain:
         assert TEXT_BODY.match(text + b'"').end() == len(text) + 1
+
+
+def test_plain_only_keeps_exactly_the_plain_ascii_bytes():
     for byte in range(256):
         doubled = bytes([byte, byte])
         assert (doubled.translate(PLAIN_ONLY) is doubled) == (byte in PLAIN_ASCII)

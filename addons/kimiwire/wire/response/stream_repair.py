@@ -189,8 +189,9 @@ class StreamRepairer:
         (RepairingStream's steady branch: one Python frame less per event): the last template's
         (head, tail + rest, text start, len(tail + rest)). An event with that head and end and a
         text of PLAIN_ASCII bytes only (fast_path.PLAIN_ONLY) is one `plain_read` would take
-        changing nothing but the two event counters, which the caller then adds itself. None when a text would still
-        change something: markup to scan, a text kind not seen yet, a gate taking the texts."""
+        changing nothing but the two event counters, which the caller then adds itself (in bulk:
+        `RepairingStream.settle`). None when a text would still change something: markup to scan,
+        a text kind not seen yet, a gate taking the texts."""
         if not self._plain_ready or self._check_markup or self.plain_texts is not None:
             return None
         template = self._template_last
