@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from kimiwire.mitm import proxy_internals
+from kimiwire.mitm import client_errors, proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
@@ -116,6 +116,7 @@ class KimiWire:
         self.health_path = chat_exchanges.HEALTH_PATH
         self.max_request_bytes = 0
         self.json_errors = True
+        self.error_names_upstream = False
         self._policies = PolicyCache()
 
     # -- options ---------------------------------------------------------------------------
@@ -205,6 +206,13 @@ class KimiWire:
             "",
             "Credential for client replay (-C) of captures, whose credentials are redacted: env:NAME reads "
             "the environment variable NAME, anything else is the credential itself.",
+        )
+        loader.add_option(
+            "kimi_error_names_upstream",
+            bool,
+            False,
+            "Name the upstream's address (scheme://host:port) in the error answers sent to clients; off: "
+            "they say 'the upstream' (the address stays in the log and the capture).",
         )
 
     def _load_ending_options(self, loader: Any) -> None:
@@ -329,6 +337,7 @@ class KimiWire:
         self.health_path = opts.kimi_health_path
         self.max_request_bytes = opts.kimi_max_request_bytes
         self.json_errors = opts.kimi_json_errors
+        self.error_names_upstream = opts.kimi_error_names_upstream
         if updated & _POLICY_OPTION_NAMES:
             self._policies = PolicyCache(
                 opts.kimi_flavor,
@@ -434,11 +443,18 @@ class KimiWire:
         return self.flows.active_tasks
 
     def _ending(self, state: FlowState, how: str) -> None:
+        """Record how the flow ended (the first call wins); kimi.stats counts it once, when the flow is over."""
         if state.set_ending(how):
             kind = how.split(":", 1)[0]
-            self.counts[f"ending.{kind}"] += 1
             if kind in CUT_SHORT:  # findable like repaired flows: ~marked, ~comment ended
                 self._describe(state)
+
+    def _count_ending(self, state: FlowState) -> None:
+        """One ending per chat flow in kimi.stats: the one its record keeps (a retry may replace the
+        first attempt's), or, for a flow nothing ended early, natural (or error, when it failed)."""
+        flow = state.flow
+        ending = state.record.setdefault("ending", "natural" if flow.error is None else "error")
+        self.counts[f"ending.{str(ending).split(':', 1)[0]}"] += 1
 
     def policy_for(self, flow: http.HTTPFlow) -> Policy:
         return self._policies.policy(flow.request.host)
@@ -630,7 +646,7 @@ class KimiWire:
     def _answer_first_byte_timeout(self, state: FlowState) -> None:
         flow = state.flow
         seconds = self.limits.first_byte_timeout
-        message = f"kimiwire: {url_for_log(flow.request.url)} sent no response headers within {seconds:g} s"
+        message = f"kimiwire: {self._upstream_name(flow)} sent no response headers within {seconds:g} s"
         self._answer_error(state, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
         self._ending(state, "first_byte_timeout")
         state.record["errors"].append(message)
@@ -913,6 +929,7 @@ class KimiWire:
         if state is None or not state.is_chat:
             return
         record = state.record
+        self._count_ending(state)
         try:
             response = flow.response
             body = state.upstream_body
@@ -1078,12 +1095,14 @@ class KimiWire:
         client_gone = message == "Client disconnected." or "client disconnect" in message.lower()
         if client_gone:
             self._ending(state, "client_disconnected")
+        elif flow.response is None and client_errors.is_client_error(flow):
+            # The client's request was refused before it was whole (both Content-Length and
+            # Transfer-Encoding, CONNECT in reverse mode, a malformed body): mitmproxy answers 400.
+            self._ending(state, "client_error")
         elif flow.response is None:
             # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
-            text = (
-                f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
-                f"failed before responding: {message}"
-            )
+            cause = client_errors.upstream_cause(flow, message, self.error_names_upstream)
+            text = f"kimiwire: {self._upstream_name(flow)} failed before responding: {cause}"
             self._answer_error(
                 state, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
             )
@@ -1100,6 +1119,10 @@ class KimiWire:
         if stream is not None and flow.response is not None:
             flow.response.content = stream.upstream_bytes()
             self._record_stream(state, stream)
+
+    def _upstream_name(self, flow: http.HTTPFlow) -> str:
+        """How an error answer names the upstream: its address only when the operator chose to show it."""
+        return client_errors.upstream_name(flow, self.error_names_upstream)
 
     def _answer_error(self, state: FlowState, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
         if not self.json_errors:
