@@ -60,13 +60,26 @@ KINDS = (
 
 def make_capture(tmp_path: pathlib.Path) -> pathlib.Path:
     """Send one request of each kind through mitmdump + kimiwire; return the capture file."""
-    with SimulatorThread(SimSettings()) as sim, Mitmdump(sim.url, tmp_path, OPTIONS, save_flows=False) as proxy:
-        with httpx.Client(timeout=30) as client:
-            for number, kind in enumerate(KINDS):
-                client.post(
-                    f"{proxy.url}/v1/chat/completions",
-                    json=kind.body(),
-                    headers={"x-kimi-sim": f"{kind.sim}, run=kind{number}"},
-                )
+    with (
+        SimulatorThread(SimSettings()) as sim,
+        Mitmdump(sim.url, tmp_path, OPTIONS, save_flows=False) as proxy,
+        httpx.Client(timeout=30) as client,
+    ):
+        for number, kind in enumerate(KINDS):
+            client.post(
+                f"{proxy.url}/v1/chat/completions",
+                json=kind.body(),
+                headers={"x-kimi-sim": f"{kind.sim}, run=kind{number}"},
+            )
     [capture] = proxy.capture_files()
     return capture
+
+
+def read_kinds(capture: pathlib.Path) -> dict[str, Any]:
+    """The capture's flows by kind name (in the order they were sent)."""
+    from mitmproxy import io
+
+    with open(capture, "rb") as f:
+        flows = list(io.FlowReader(f).stream())
+    assert len(flows) == len(KINDS), [f.request.path for f in flows]
+    return {kind.name: flow for kind, flow in zip(KINDS, flows, strict=True)}
