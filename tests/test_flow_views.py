@@ -2,6 +2,9 @@
 (sections with headings, no blank line, no line past the pane's width), every attempt of a retried
 flow shown before the answer, each repair in words, a wrong view picked by hand said so."""
 
+import os
+import subprocess
+
 import pytest
 from kimiwire.inspection.pane import WIDTH
 from kimiwire.inspection.repair_words import describe
@@ -10,12 +13,18 @@ from mitmproxy import contentviews
 from mitmproxy.test import taddons
 
 from tests.support.flow_kinds import KINDS, make_capture, read_kinds
+from tests.support.mitm import ADDON, MITMDUMP
 
 
 @pytest.fixture(scope="module")
-def flows(tmp_path_factory):
+def capture(tmp_path_factory):
+    return make_capture(tmp_path_factory.mktemp("kinds"))
+
+
+@pytest.fixture(scope="module")
+def flows(capture):
     contentview.register()
-    return read_kinds(make_capture(tmp_path_factory.mktemp("kinds")))
+    return read_kinds(capture)
 
 
 def view(message, flow, name="auto"):
@@ -104,3 +113,63 @@ def test_a_wrong_view_picked_by_hand_says_so(flows):
     assert on_response.text.startswith("━━ Kimi Request: this is a response")
     on_request = view(flow.request, flow, "kimi response")
     assert on_request.text.startswith("━━ Kimi Response: this is a request")
+
+
+RETRIED = {
+    "empty_retried": ("kimiwire: retried=1 why=empty", ":wrench:"),
+    "status_retried": ("kimiwire: retried=1 why=status", ":wrench:"),
+    "reasoning_only_retried": ("kimiwire: retried=1 why=reasoning_only", ":wrench:"),
+    "retries_exhausted": ("kimiwire: retried=2 why=empty ended=retries_exhausted", ":warning:"),
+}
+
+
+def test_retried_flows_are_marked_commented_and_found_by_filters(flows):
+    from mitmproxy import flowfilter
+
+    for kind, (comment, mark) in RETRIED.items():
+        assert flows[kind].comment == comment and flows[kind].marked == mark, kind
+    found = {kind for kind, flow in flows.items() if flowfilter.match("~comment retr", flow)}
+    assert found == set(RETRIED)
+    assert all(flowfilter.match("~marked", flows[kind]) for kind in RETRIED)
+
+
+def test_kimi_stats_counts_flows_read_from_files_as_readable_json(flows):
+    from kimiwire.mitm.addon import KimiWire
+    from kimiwire.mitm.command_types import JSONObject
+
+    addon = KimiWire()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, kimi_capture_dir="")
+        for flow in flows.values():
+            loaded = flow.copy()
+            loaded.live = False
+            loaded.comment, loaded.marked = "", ""  # a capture written before retries were marked
+            addon.request(loaded)
+            if kind_is_retried := loaded.metadata["kimiwire"].get("attempts"):
+                assert "retried=" in loaded.comment and loaded.marked, kind_is_retried
+        stats = tctx.command(addon.stats)
+    assert isinstance(stats, JSONObject)  # mitmweb's command bar shows an object as JSON, a str escaped
+    assert stats["flows"] == 0 and stats["counts"].startswith("live traffic")
+    read = stats["read_from_files"]
+    assert read["flows"] == len(KINDS)
+    assert read["retries"] == {"attempts": 5, "exhausted": 1, "flows": 4}
+    assert read["endings"]["retried"] == 3 and read["endings"]["idle_timeout"] == 1
+    assert read["repairs"]["stream.tool_call_joined"] >= 5
+
+
+def test_viewer_mode_captures_nothing_and_says_nothing_about_captures(capture, tmp_path):
+    """`-n -r FILE` (no proxy, nothing replayed): no capture file, the capture folder left as it is."""
+    folder = tmp_path / "captures"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    done = subprocess.run(
+        [str(MITMDUMP), "-n", "-r", str(capture), "-s", str(ADDON), "--set", f"confdir={tmp_path / 'conf'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "captured" not in done.stdout and "no proxy listens" in done.stdout
+    assert list(folder.iterdir()) == [] and oct(folder.stat().st_mode & 0o777) == oct(0o755)
