@@ -173,3 +173,25 @@ def test_viewer_mode_captures_nothing_and_says_nothing_about_captures(capture, t
     assert done.returncode == 0, done.stdout + done.stderr
     assert "captured" not in done.stdout and "no proxy listens" in done.stdout
     assert list(folder.iterdir()) == [] and oct(folder.stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_replay_of_an_unchanged_policy_reports_no_difference_for_any_kind(capture, capsys):
+    from kimiwire.mitm.replay import main
+
+    assert main([str(capture)]) == 0
+    out = capsys.readouterr().out
+    assert f"summary: {len(KINDS)} flows compared, 0 differ, 0 skipped" in out
+
+
+def test_a_retried_flow_differs_when_its_last_attempt_would_now_answer():
+    from kimiwire.inspection.rerun import RetrySource, compare_retried
+
+    role = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    error = b'data: {"error":{"message":"no answer","type":"upstream_empty_turn"}}\n\ndata: [DONE]\n\n'
+    delivered = role + error
+    still_empty = role + b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    answers = role + b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+    source = RetrySource(200, "text/event-stream", b"", exhausted=True)
+    assert compare_retried(b"{}", b"{}", delivered, still_empty, source) == []
+    lines = compare_retried(b"{}", b"{}", delivered, answers + b"data: [DONE]\n\n", source)
+    assert "choice 0 content: '' -> 'hi'" in lines and any(line.startswith("errors:") for line in lines)

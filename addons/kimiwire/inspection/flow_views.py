@@ -12,7 +12,6 @@ from kimiwire.inspection.assembled import assemble
 from kimiwire.inspection.pane import layout
 from kimiwire.inspection.presentation import (
     Section,
-    attempt_body_kind,
     attempt_lines,
     attempts_title,
     ending_section,
@@ -21,7 +20,7 @@ from kimiwire.inspection.presentation import (
     response_lines,
     response_title,
 )
-from kimiwire.inspection.rerun import rerun_exchange
+from kimiwire.inspection.rerun import body_content_type, rerun_exchange
 from kimiwire.wire.policy import Policy
 
 
@@ -62,7 +61,7 @@ def attempts_section(record: dict[str, Any], client_request: bytes, request_star
     lines: list[str] = []
     for attempt in attempts:
         body = attempt.get("body")
-        content_type = attempt_body_kind(body if isinstance(body, bytes) else b"", _attempt_content_type(attempt))
+        content_type = body_content_type(body if isinstance(body, bytes) else b"", _attempt_content_type(attempt))
         lines += attempt_lines(
             attempt, _repaired(record, client_request, attempt, content_type), content_type, request_start
         )

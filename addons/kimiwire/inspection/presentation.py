@@ -15,6 +15,7 @@ import orjson
 from kimiwire.inspection.assembled import AssembledResponse, assemble
 from kimiwire.inspection.pane import layout
 from kimiwire.inspection.repair_words import describe, short
+from kimiwire.inspection.rerun import body_content_type
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 
 Section = tuple[str, list[str]]
@@ -143,14 +144,6 @@ def attempt_heading(attempt: dict[str, Any], origin: Any) -> str:
     return " · ".join(parts)
 
 
-def attempt_body_kind(body: bytes, content_type: str = "") -> str:
-    """The content type of an attempt's body: recorded, else told from the bytes."""
-    if content_type:
-        return content_type
-    head = body.lstrip()[:64]
-    return "text/event-stream" if head.startswith((b"data:", b":", b"event:")) else "application/json"
-
-
 def attempt_lines(attempt: dict[str, Any], repaired: bytes | None, content_type: str, origin: Any) -> list[str]:
     """An attempt's heading line and what came back (the repaired view of its body)."""
     lines = [attempt_heading(attempt, origin)]
@@ -160,7 +153,7 @@ def attempt_lines(attempt: dict[str, Any], repaired: bytes | None, content_type:
         lines.append(f"    came back: nothing{f' ({size} bytes, not kept)' if size else ''}")
         return lines
     shown = repaired if repaired is not None else body
-    assembled = assemble(shown, attempt_body_kind(body, content_type))
+    assembled = assemble(shown, body_content_type(body, content_type))
     label = "repaired" if repaired is not None and repaired != body else "as sent"
     lines.append(f"    came back ({label}; {size} bytes raw, in the view 'Kimi Attempts (raw)'):")
     lines += response_lines(assembled, "      ")
