@@ -23,8 +23,11 @@ from mitmproxy import command, ctx, exceptions, http
 
 from kimiwire.mitm import client_errors, proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
+from kimiwire.mitm.command_types import JSONObject
+from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
+from kimiwire.mitm.loaded_flows import LoadedFlows
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.retry import (
     Attempt,
@@ -63,8 +66,6 @@ from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
 
 logger = logging.getLogger("kimiwire")
 
-MARKER = ":wrench:"
-ERROR_MARKER = ":warning:"
 # Endings where the proxy cut the flow short (or answered it itself); the others are clean ends.
 CUT_SHORT = frozenset(
     {
@@ -107,6 +108,8 @@ class KimiWire:
         self.flows = FlowStates()
         self._shut_down = False  # done() ran: hooks that come later (connections torn down) are ignored
         self.capture: CaptureFile | None = None
+        self.viewer_only = False  # no proxy listens and nothing is replayed: no live traffic to capture
+        self.loaded = LoadedFlows()
         self.capture_problem: str | None = None
         self.redactor = Redactor()
         self.replay_credential: str | None = None
@@ -308,17 +311,20 @@ class KimiWire:
                 raise exceptions.OptionsError(
                     f"{name} must be one of {', '.join(choices)} (got {getattr(ctx.options, name)!r})"
                 )
-        if updated & {"kimi_capture_dir", "kimi_capture_name"}:
+        if updated & {"kimi_capture_dir", "kimi_capture_name", "server", "client_replay"}:
             name = ctx.options.kimi_capture_name
             if "/" in name or name in (".", ".."):
                 raise exceptions.OptionsError("kimi_capture_name must be a plain file name")
             if self.capture is not None:
                 self.capture.close()
             folder = ctx.options.kimi_capture_dir
-            self.capture = CaptureFile(folder, name) if folder else None
+            # `-n` without `-C` (mitmweb -n -r FILE: a viewer): no flow will be captured, so no
+            # capture file, no folder made private, nothing said about captures.
+            self.viewer_only = not ctx.options.server and not ctx.options.client_replay
+            self.capture = CaptureFile(folder, name) if folder and not self.viewer_only else None
         if "kimi_max_request_bytes" in updated and ctx.options.kimi_max_request_bytes < 0:
             raise exceptions.OptionsError("kimi_max_request_bytes must be 0 (no limit) or a number of bytes")
-        if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required"}:
+        if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required", "server", "client_replay"}:
             self._check_capture_folder()
         if "kimi_redact" in updated:
             self.redactor = Redactor.from_option(ctx.options.kimi_redact)
@@ -370,7 +376,10 @@ class KimiWire:
         if ctx.options.kimi_json_errors and not proxy_internals.install_error_answers():
             logger.warning("kimiwire: upstream failures will reach clients as mitmproxy's HTML error page")
         if self.capture is not None:
-            logger.info("kimiwire: chat flows are captured in %s", self.capture.path)
+            read = " (flows read from files are not)" if ctx.options.rfile else ""
+            logger.info("kimiwire: live chat flows are captured in %s%s", self.capture.path, read)
+        elif self.viewer_only:
+            logger.info("kimiwire: no proxy listens: flows read from files are shown as recorded, not repaired again")
         if self.retrier.policy.active and self.retrier.policy.retries > 0:
             self.retrier.client.get()  # the TLS context loads its CA bundle now, not on the first retry
         if ctx.options.kimi_gc_freeze:
@@ -383,11 +392,13 @@ class KimiWire:
         return " ".join(f"{k}={v}" for k, v in counts.items())
 
     @command.command("kimi.stats")
-    def stats(self) -> str:
-        """kimiwire's counters as JSON: repairs by kind, flows seen, flows with errors, bytes in and out."""
+    def stats(self) -> JSONObject:
+        """kimiwire's counters as JSON: live traffic (repairs by kind, flows seen, flows with errors, bytes in
+        and out), and under read_from_files the flows read from files (-r), counted from their records."""
         counts = dict(self.counts)
-        return orjson.dumps(
+        return JSONObject(
             {
+                "counts": "live traffic through this proxy; flows read from files are under read_from_files",
                 "flows": counts.get("flows.chat", 0),
                 "flows_with_errors": counts.get("flows.error", 0) + counts.get("addon.error", 0),
                 "bytes_from_upstream": counts.get("bytes.upstream", 0),
@@ -404,8 +415,9 @@ class KimiWire:
                 "capture_file": str(self.capture.path) if self.capture and self.capture.flows_written else None,
                 "capture_lost": self.capture.flows_lost if self.capture else 0,
                 "capture_error": (self.capture.last_error if self.capture else None) or self.capture_problem,
+                "read_from_files": self.loaded.summary(),
             }
-        ).decode()
+        )
 
     def done(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
@@ -446,7 +458,7 @@ class KimiWire:
         """Record how the flow ended (the first call wins); kimi.stats counts it once, when the flow is over."""
         if state.set_ending(how):
             kind = how.split(":", 1)[0]
-            if kind in CUT_SHORT:  # findable like repaired flows: ~marked, ~comment ended
+            if kind in CUT_SHORT or kind in RETRY_ENDINGS:  # findable: ~marked, ~comment ended, ~comment retr
                 self._describe(state)
 
     def _count_ending(self, state: FlowState) -> None:
@@ -478,13 +490,15 @@ class KimiWire:
         the places where kimiwire failed."""
         flow, record = state.flow, state.record
         counts = Counter(r["kind"] for r in record["repairs"])
-        words = [f"{k}={n}" for k, n in sorted(counts.items())] + record.get("flags", [])
+        words = [f"{k}={n}" for k, n in sorted(counts.items())] + record.get("flags", []) + retry_words(record)
         ending = str(record.get("ending", "")).split(":", 1)[0]
         if ending in CUT_SHORT:
             words.append(f"ended={ending}")
         if not words and not state.failed_in:
             return
-        if not flow.marked:
+        if gave_up(record):
+            flow.marked = ERROR_MARKER  # the client got the failure
+        elif not flow.marked:
             flow.marked = MARKER
         flow.comment = " ".join(["kimiwire:", *words, *(f"error in {where}" for where in state.failed_in)])
 
@@ -506,12 +520,15 @@ class KimiWire:
     # -- hooks -----------------------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if not flow.live or self._shut_down:
-            return  # loaded from a file: it was repaired when it was live
+        if not flow.live:
+            self.loaded.add(flow)  # read from a file: it was repaired when it was live
+            return
+        if self._shut_down:
+            return
         req = flow.request
         method, path = req.method, req.path
         if chat_exchanges.is_health_check(method, path, self.health_path):
-            body = orjson.dumps({"status": "ok", "pid": os.getpid(), **orjson.loads(self.stats())})
+            body = orjson.dumps({"status": "ok", "pid": os.getpid(), **self.stats()})
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
             return
         try:
