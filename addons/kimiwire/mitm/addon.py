@@ -38,6 +38,7 @@ from kimiwire.mitm.retry import (
     retry_error_message,
 )
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
+from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges, replay_credentials
 from kimiwire.wire.content_decoding import (
@@ -47,6 +48,7 @@ from kimiwire.wire.content_decoding import (
     content_encoding,
     decode_body,
 )
+from kimiwire.wire.detection import Detection
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
@@ -117,6 +119,7 @@ class KimiWire:
         self.max_request_bytes = 0
         self.json_errors = True
         self._policies = PolicyCache()
+        self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
 
     # -- options ---------------------------------------------------------------------------
 
@@ -125,8 +128,8 @@ class KimiWire:
             "kimi_flavor",
             str,
             "auto",
-            "Upstream flavor: auto (from the upstream host), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, "
-            "deepinfra.",
+            "Upstream flavor: auto (from the upstream host, and on a self-hosted one the engine its /v1/models "
+            "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra.",
             choices=FLAVOR_CHOICES,
         )
         for field, (choices, help_text) in POLICY_OPTIONS.items():
@@ -335,6 +338,13 @@ class KimiWire:
                 stream_buffer_limit=opts.kimi_stream_buffer_limit,
                 **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
             )
+            self.detector.enabled = opts.kimi_flavor == "auto"
+            for host, detection in self.detector.each():
+                self._learned(host, detection)
+
+    def _learned(self, host: str, detection: Detection) -> None:
+        """The detector found out more about the upstream `host`: `auto` follows it."""
+        self._policies.learn(host, detection.flavor(host))
 
     def _check_capture_folder(self) -> None:
         self.capture_problem = None
@@ -364,6 +374,8 @@ class KimiWire:
             logger.info("kimiwire: chat flows are captured in %s", self.capture.path)
         if self.retrier.policy.active and self.retrier.policy.retries > 0:
             self.retrier.client.get()  # the TLS context loads its CA bundle now, not on the first retry
+        if self.detector.enabled:
+            self.detector.start(reverse_upstreams(ctx.options.mode))
         if ctx.options.kimi_gc_freeze:
             freeze_startup_heap()
 
@@ -395,12 +407,14 @@ class KimiWire:
                 "capture_file": str(self.capture.path) if self.capture and self.capture.flows_written else None,
                 "capture_lost": self.capture.flows_lost if self.capture else 0,
                 "capture_error": (self.capture.last_error if self.capture else None) or self.capture_problem,
+                "upstreams": self.detector.detections(),
             }
         ).decode()
 
     def done(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
         self._shut_down = True
+        self.detector.cancel()
         self._finish_open_flows()
         if self.capture is not None:
             if self.capture.flows_lost or self.capture_problem:
@@ -516,6 +530,7 @@ class KimiWire:
                 self._note(flow, f"request not repaired: {why_not}")
             return
         self.counts["flows.chat"] += 1
+        detected = self.detector.seen(req.scheme, req.host, req.port, path)
         policy = self.policy_for(flow)
         state = self.flows.start(flow)
         state.policy = policy
@@ -523,6 +538,8 @@ class KimiWire:
         record = state.record
         record["limits"] = self.limits.as_dict()
         record["policy"] = self._policies.as_dict(policy)
+        if detected is not None:
+            record["detection"] = detected
         record["facts"] = state.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
@@ -941,6 +958,14 @@ class KimiWire:
                         "first_byte": response.timestamp_start,
                         "last_byte": response.timestamp_end,
                     }
+            req = flow.request
+            if (
+                response is not None
+                and response.status_code == 200
+                and self.detector.wants_answer(req.scheme, req.host, req.port)
+            ):
+                streamed = state.stream is not None
+                self.detector.read_answer(req.scheme, req.host, req.port, body or b"", streamed)
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
             if self.capture is not None:
@@ -1080,6 +1105,8 @@ class KimiWire:
             self._ending(state, "client_disconnected")
         elif flow.response is None:
             # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
+            req = flow.request
+            self.detector.failed(req.scheme, req.host, req.port, req.path)
             text = (
                 f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
                 f"failed before responding: {message}"

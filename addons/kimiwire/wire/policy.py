@@ -159,13 +159,14 @@ class PolicyCache:
         self.flavor_option = flavor_option
         self.options = options
         self._by_host: dict[str, Policy] = {}
+        self._learned: dict[str, Flavor] = {}  # `auto`: the flavor found for a host (its engine)
         self._by_flavor: dict[Flavor, Policy] = {}
         self._dicts: dict[Policy, dict[str, Any]] = {}
 
     def policy(self, host: str) -> Policy:
         policy = self._by_host.get(host)
         if policy is None:
-            flavor = resolve_flavor(self.flavor_option, host)
+            flavor = self._learned.get(host) or resolve_flavor(self.flavor_option, host)
             policy = self._by_flavor.get(flavor)
             if policy is None:
                 policy = self._by_flavor[flavor] = Policy.build(flavor, **self.options)
@@ -174,6 +175,16 @@ class PolicyCache:
                 self._by_host.clear()
             self._by_host[host] = policy
         return policy
+
+    def learn(self, host: str, flavor: Flavor) -> None:
+        """With `auto`, the flows to `host` get `flavor` from now on (the engine behind it was
+        found); an explicit kimi_flavor always wins."""
+        if self.flavor_option != "auto" or self._learned.get(host) is flavor:
+            return
+        if len(self._learned) >= self.MAX_HOSTS:
+            self._learned.clear()
+        self._learned[host] = flavor
+        self._by_host.pop(host, None)
 
     def as_dict(self, policy: Policy) -> dict[str, Any]:
         """`policy.as_dict()`, a fresh copy each call (it goes onto a flow's record)."""
