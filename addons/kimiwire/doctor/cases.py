@@ -77,7 +77,7 @@ def _history(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     call = calls[0] if calls else {"id": "functions.read:0", "name": "read", "arguments": '{"path": "/w/a.txt"}'}
     return [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": "read /w/a.txt"},
+        {"role": "user", "content": "read /w/a.txt then read /w/b.txt"},
         {
             "role": "assistant",
             "content": "",
@@ -126,7 +126,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "replay",
         "multi-turn replay with the server's own ids",
-        0,
+        1,
         lambda m, calls: _body(m, _history(calls), [READ]),
         needs_calls=True,
     ),
