@@ -3,18 +3,20 @@ simulator's shapes, the policy they lead to, and the background probe of a real 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import orjson
 import pytest
-from kimiwire.mitm.upstream_probe import reverse_upstreams
+from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.sim.model import plan_turn
-from kimiwire.sim.server import SimulatorThread
+from kimiwire.sim.server import HttpServer, ServerThread, SimulatorThread
 from kimiwire.sim.settings import SimSettings
 from kimiwire.sim.shapes import DONE, completion_body, model_list, stream_chunks
 from kimiwire.wire.detection import Detection, Engine, IdForm, ModelFamily, id_form, model_family, models_path
-from kimiwire.wire.policy import Flavor, PolicyCache
+from kimiwire.wire.policy import Flavor, Policy, PolicyCache
+from kimiwire.wire.request.repair import repair_request_body
 
 from tests.support.mitm import Mitmdump
 
@@ -133,6 +135,103 @@ def test_the_learned_flavor_refines_auto_and_never_an_explicit_flavor() -> None:
     explicit = PolicyCache("sglang")
     explicit.learn("gpu-box", Flavor.VLLM)
     assert explicit.policy("gpu-box").flavor is Flavor.SGLANG
+
+
+def test_a_served_name_that_hides_k26_still_gets_the_prefilled_think_rules() -> None:
+    """`--served-model-name kimi` over moonshotai/Kimi-K2.6: the listing's root names the family,
+    so a request for `kimi` with thinking on is read as starting inside reasoning."""
+    detection = Detection()
+    listing = {"data": [{"id": "kimi", "owned_by": "vllm", "root": "/models/moonshotai/Kimi-K2.6"}, {"id": "k2-old"}]}
+    detection.read_models(orjson.dumps(listing))
+    assert detection.switch_models() == ("kimi",)
+    assert detection.served_families == {"kimi": ModelFamily.K2_5_K2_6, "k2-old": ModelFamily.K2}
+    cache = PolicyCache("auto")
+    cache.learn("gpu-box", detection.flavor("gpu-box"), detection.switch_models())
+    policy = cache.policy("gpu-box")
+    assert policy.flavor is Flavor.VLLM and policy.thinking_switch_models == ("kimi",)
+    assert Policy.from_dict(orjson.loads(orjson.dumps(cache.as_dict(policy)))) == policy
+
+    def prefilled(body: dict) -> bool:
+        return repair_request_body(orjson.dumps(body), policy).facts.thinking_prefilled
+
+    messages = [{"role": "user", "content": "hi"}]
+    assert prefilled({"model": "kimi", "messages": messages})
+    assert not prefilled({"model": "kimi", "messages": messages, "thinking": {"type": "disabled"}})
+    assert not prefilled({"model": "k2-old", "messages": messages})
+    assert not repair_request_body(
+        orjson.dumps({"model": "kimi", "messages": messages}), cache.policy("other")
+    ).facts.thinking_prefilled
+
+
+class _ListingOnlyAt(HttpServer):
+    """Lists a vLLM model at one path only (None: nowhere), 404 elsewhere; records the paths asked."""
+
+    def __init__(self, listing_path: str | None) -> None:
+        super().__init__()
+        self.listing_path = listing_path
+        self.asked: list[str] = []
+
+    async def _respond(self, method, path, headers, body, writer) -> bool:
+        self.asked.append(path)
+        if path == self.listing_path:
+            return await self._json(writer, 200, model_list("vllm", "moonshotai/Kimi-K2.6"))
+        return await self._json(writer, 404, {"error": {"message": "not found"}})
+
+
+def _probe_scenario(server: _ListingOnlyAt, steps) -> list[Engine]:
+    learned: list[Engine] = []
+    now = [0.0]
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient() as client:
+            detector = UpstreamDetector(lambda: client, lambda _, d: learned.append(d.engine), clock=lambda: now[0])
+            detector.start([f"http://127.0.0.1:{server.port}"])
+            await detector.settled()
+            for at, step in steps:
+                now[0] = at
+                step(detector, server.port)
+                await detector.settled()
+
+    asyncio.run(scenario())
+    return learned
+
+
+def test_the_listing_is_asked_again_after_failures_bounded_and_beside_the_flows_path() -> None:
+    chat = "/v1/openai/chat/completions"
+    with ServerThread(_ListingOnlyAt("/v1/openai/models")) as thread:
+        server = thread.server
+        learned = _probe_scenario(
+            server,
+            [
+                (10.0, lambda d, port: d.seen("http", "127.0.0.1", port, chat)),  # too soon: not asked
+                (31.0, lambda d, port: d.seen("http", "127.0.0.1", port, chat)),  # asked beside the path
+                (99.0, lambda d, port: d.failed("http", "127.0.0.1", port, chat)),  # listing read: no more
+            ],
+        )
+    assert server.asked == ["/v1/models", "/v1/openai/models"]
+    assert learned == [Engine.VLLM]
+    with ServerThread(_ListingOnlyAt(None)) as thread:
+        server = thread.server
+        steps = [
+            (30.0 * k, lambda d, port: d.failed("http", "127.0.0.1", port, "/v1/chat/completions")) for k in range(1, 9)
+        ]
+        assert _probe_scenario(server, steps) == []
+    assert server.asked == ["/v1/models"] * UpstreamDetector.MAX_PROBES
+
+
+def test_hosts_that_clients_name_are_never_asked() -> None:
+    with ServerThread(_ListingOnlyAt("/v1/models")) as thread:
+        server = thread.server
+
+        async def scenario() -> dict | None:
+            async with httpx.AsyncClient() as client:
+                detector = UpstreamDetector(lambda: client, lambda *_: None)
+                record = detector.seen("http", "127.0.0.1", server.port, "/v1/chat/completions")
+                await detector.settled()
+                return record
+
+        record = asyncio.run(scenario())
+    assert server.asked == [] and record is not None and record["engine"] == "unknown"
 
 
 def _health(proxy: Mitmdump) -> dict:

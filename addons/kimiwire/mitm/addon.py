@@ -344,7 +344,7 @@ class KimiWire:
 
     def _learned(self, host: str, detection: Detection) -> None:
         """The detector found out more about the upstream `host`: `auto` follows it."""
-        self._policies.learn(host, detection.flavor(host))
+        self._policies.learn(host, detection.flavor(host), detection.switch_models())
 
     def _check_capture_folder(self) -> None:
         self.capture_problem = None

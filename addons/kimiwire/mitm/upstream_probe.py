@@ -4,7 +4,9 @@ At start every reverse-mode upstream is asked `GET /v1/models` (a task of its ow
 clients never wait for it); the first answers of each upstream refine what it said (wire/
 detection.py reads them). An upstream whose listing did not come is asked again after a failed
 flow or when a flow names another API path, at most MAX_PROBES times, REPROBE_AFTER seconds
-apart. A server that never answers keeps the flavor its host gives.
+apart. Only the upstreams the proxy was started for are asked, never hosts that clients name
+(regular mode): those are known from their answers only. A server that never answers keeps the
+flavor its host gives.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ logger = logging.getLogger("kimiwire")
 class _Upstream:
     origin: str  # scheme://host:port
     host: str
+    named: bool = False  # a reverse-mode upstream: the only ones asked (not hosts clients name)
     detection: Detection = field(default_factory=Detection)
     listing_read: bool = False
     probes: int = 0
@@ -80,6 +83,7 @@ class UpstreamDetector:
         for origin in origins:
             upstream = self._upstream(origin, urlsplit(origin).hostname or "")
             if upstream is not None:
+                upstream.named = True
                 self._probe_soon(upstream, "/v1/models")
 
     def seen(self, scheme: str, host: str, port: int, path: str) -> dict[str, Any] | None:
@@ -88,7 +92,7 @@ class UpstreamDetector:
         upstream = self._upstream(_origin(scheme, host, port), host)
         if upstream is None:
             return None
-        if self.enabled and not upstream.listing_read and self._due(upstream):
+        if self._due(upstream):
             self._probe_soon(upstream, models_path(path))
         return upstream.record.copy() if upstream.record else None
 
@@ -108,7 +112,7 @@ class UpstreamDetector:
     def failed(self, scheme: str, host: str, port: int, path: str) -> None:
         """A flow to this upstream failed: its listing is asked again, when one is due."""
         upstream = self._upstreams.get(_origin(scheme, host, port))
-        if upstream is not None and self.enabled and not upstream.listing_read and self._due(upstream):
+        if upstream is not None and self._due(upstream):
             self._probe_soon(upstream, models_path(path))
 
     def detections(self) -> dict[str, dict[str, Any]]:
@@ -120,6 +124,11 @@ class UpstreamDetector:
 
     def each(self) -> list[tuple[str, Detection]]:
         return [(u.host, u.detection) for u in self._upstreams.values()]
+
+    async def settled(self) -> None:
+        """Until the probes under way are over."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def cancel(self) -> None:
         """Shutdown: probes under way are dropped."""
@@ -142,7 +151,10 @@ class UpstreamDetector:
 
     def _due(self, upstream: _Upstream) -> bool:
         return (
-            not upstream.probing
+            self.enabled
+            and upstream.named
+            and not upstream.listing_read
+            and not upstream.probing
             and upstream.probes < self.MAX_PROBES
             and self._clock() - upstream.last_probe >= self.REPROBE_AFTER
         )

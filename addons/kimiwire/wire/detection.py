@@ -123,6 +123,9 @@ class Detection:
     engine: Engine = Engine.UNKNOWN
     family: ModelFamily = ModelFamily.UNKNOWN
     served: list[str] = field(default_factory=list)  # model ids (and roots) the server lists
+    # Each listed model id's family, from the id or else its root (`--served-model-name kimi` with
+    # root `moonshotai/Kimi-K2.6`): a request naming that id goes to that family.
+    served_families: dict[str, ModelFamily] = field(default_factory=dict)
     reasoning_keys: list[str] = field(default_factory=list)
     id_forms: list[str] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
@@ -159,6 +162,10 @@ class Detection:
             if self.family is ModelFamily.UNKNOWN and family is not ModelFamily.UNKNOWN:
                 self.family = family
 
+    def switch_models(self) -> tuple[str, ...]:
+        """Listed model ids whose thinking is a switch (K2.5/K2.6) though their name may not say so."""
+        return tuple(sorted(n for n, f in self.served_families.items() if f is ModelFamily.K2_5_K2_6))
+
     def flavor(self, host: str) -> Flavor:
         """The flavor `auto` resolves to: the host's, refined to the engine on a self-hosted one."""
         flavor = detect_flavor(host)
@@ -184,6 +191,7 @@ class Detection:
             "engine": self.engine.value,
             "family": self.family.value,
             "served": list(self.served),
+            "served_families": {name: family.value for name, family in self.served_families.items()},
             "reasoning_keys": list(self.reasoning_keys),
             "id_forms": list(self.id_forms),
             "evidence": [
@@ -221,6 +229,11 @@ class Detection:
             for key in ("id", "root"):
                 if isinstance(card.get(key), str):
                     self.add_served(card[key])
+            if isinstance(card.get("id"), str) and card["id"]:
+                family = model_family(card["id"])
+                if family is ModelFamily.UNKNOWN and isinstance(card.get("root"), str):
+                    family = model_family(card["root"])
+                self.served_families[card["id"]] = family
             owned_by = card.get("owned_by")
             if isinstance(owned_by, str) and owned_by.lower() in OWNED_BY:
                 engine, source = OWNED_BY[owned_by.lower()]
