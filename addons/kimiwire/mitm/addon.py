@@ -41,6 +41,7 @@ from kimiwire.mitm.retry import (
     retry_error_message,
 )
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
+from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges, replay_credentials
 from kimiwire.wire.content_decoding import (
@@ -50,6 +51,7 @@ from kimiwire.wire.content_decoding import (
     content_encoding,
     decode_body,
 )
+from kimiwire.wire.detection import Detection
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
@@ -121,6 +123,7 @@ class KimiWire:
         self.json_errors = True
         self.error_names_upstream = False
         self._policies = PolicyCache()
+        self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
 
     # -- options ---------------------------------------------------------------------------
 
@@ -129,8 +132,8 @@ class KimiWire:
             "kimi_flavor",
             str,
             "auto",
-            "Upstream flavor: auto (from the upstream host), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, "
-            "deepinfra.",
+            "Upstream flavor: auto (from the upstream host, and on a self-hosted one the engine its /v1/models "
+            "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra.",
             choices=FLAVOR_CHOICES,
         )
         for field, (choices, help_text) in POLICY_OPTIONS.items():
@@ -350,6 +353,13 @@ class KimiWire:
                 stream_buffer_limit=opts.kimi_stream_buffer_limit,
                 **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
             )
+            self.detector.enabled = opts.kimi_flavor == "auto"
+            for host, detection in self.detector.each():
+                self._learned(host, detection)
+
+    def _learned(self, host: str, detection: Detection) -> None:
+        """The detector found out more about the upstream `host`: `auto` follows it."""
+        self._policies.learn(host, detection.flavor(host), detection.switch_models())
 
     def _check_capture_folder(self) -> None:
         self.capture_problem = None
@@ -382,6 +392,8 @@ class KimiWire:
             logger.info("kimiwire: no proxy listens: flows read from files are shown as recorded, not repaired again")
         if self.retrier.policy.active and self.retrier.policy.retries > 0:
             self.retrier.client.get()  # the TLS context loads its CA bundle now, not on the first retry
+        if self.detector.enabled:
+            self.detector.start(reverse_upstreams(ctx.options.mode))
         if ctx.options.kimi_gc_freeze:
             freeze_startup_heap()
 
@@ -416,12 +428,14 @@ class KimiWire:
                 "capture_lost": self.capture.flows_lost if self.capture else 0,
                 "capture_error": (self.capture.last_error if self.capture else None) or self.capture_problem,
                 "read_from_files": self.loaded.summary(),
+                "upstreams": self.detector.detections(),
             }
         )
 
     def done(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
         self._shut_down = True
+        self.detector.cancel()
         self._finish_open_flows()
         if self.capture is not None:
             if self.capture.flows_lost or self.capture_problem:
@@ -549,6 +563,7 @@ class KimiWire:
                 self._note(flow, f"request not repaired: {why_not}")
             return
         self.counts["flows.chat"] += 1
+        detected = self.detector.seen(req.scheme, req.host, req.port, path)
         policy = self.policy_for(flow)
         state = self.flows.start(flow)
         state.policy = policy
@@ -556,6 +571,8 @@ class KimiWire:
         record = state.record
         record["limits"] = self.limits.as_dict()
         record["policy"] = self._policies.as_dict(policy)
+        if detected is not None:
+            record["detection"] = detected
         record["facts"] = state.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
@@ -975,6 +992,14 @@ class KimiWire:
                         "first_byte": response.timestamp_start,
                         "last_byte": response.timestamp_end,
                     }
+            req = flow.request
+            if (
+                response is not None
+                and response.status_code == 200
+                and self.detector.wants_answer(req.scheme, req.host, req.port)
+            ):
+                streamed = state.stream is not None
+                self.detector.read_answer(req.scheme, req.host, req.port, body or b"", streamed)
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
             if self.capture is not None:
@@ -1118,6 +1143,8 @@ class KimiWire:
             self._ending(state, "client_error")
         elif flow.response is None:
             # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
+            req = flow.request
+            self.detector.failed(req.scheme, req.host, req.port, req.path)
             cause = client_errors.upstream_cause(flow, message, self.error_names_upstream)
             text = f"kimiwire: {self._upstream_name(flow)} failed before responding: {cause}"
             self._answer_error(

@@ -47,6 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
     parser.add_argument("--think", choices=THINKS, default="field", help="how reasoning reaches the client")
     parser.add_argument("--stamp", action="store_true", help="end each event's text with its send time")
     parser.add_argument("--run", default="", help="a tag that separates the attempt counts of turn faults")
+    parser.add_argument(
+        "--served", default=SimSettings.served, help="the model GET /v1/models lists (moonshotai/Kimi-K2.6, ...)"
+    )
     args = parser.parse_args(argv)
     settings = SimSettings(
         shape=args.shape,
@@ -64,6 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
         leak=args.leak,
         think=args.think,
         run=args.run,
+        served=args.served,
     )
     try:
         settings.validate()

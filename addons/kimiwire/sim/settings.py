@@ -36,6 +36,7 @@ class SimSettings:
     leak: str = "none"  # none | consumed | consumed-functions | in-arguments | untooled
     think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
     run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests
+    served: str = "moonshotai/Kimi-K2-Thinking"  # the model GET /v1/models lists (its family)
 
     def with_overrides(self, text: str) -> SimSettings:
         """Apply `key=value` / `flag` items separated by commas or semicolons."""

@@ -41,8 +41,10 @@ def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     return declared, tools
 
 
-def facts_from_body(body: dict[str, Any]) -> RequestFacts:
+def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -> RequestFacts:
+    """`switch_models`: model ids the upstream listed as K2.5/K2.6 (their names may not say so)."""
     messages = body.get("messages")
+    model = body.get("model")
     declared, tools = declared_tools(body)
     count, names = history_tool_calls(messages) if isinstance(messages, list) else (0, [])
     return RequestFacts(
@@ -52,7 +54,8 @@ def facts_from_body(body: dict[str, Any]) -> RequestFacts:
         body.get("stream") is True,
         names,
         # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
-        thinking_is_a_switch(body.get("model")) and thinking_requested(body),
+        (thinking_is_a_switch(model) or (isinstance(model, str) and model in switch_models))
+        and thinking_requested(body),
     )
 
 
@@ -114,7 +117,7 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     notes = [f"body read by the exact JSON decoder: {decoded.fallback}"] if decoded.fallback else []
     if not isinstance(body, dict):
         return RequestRepairResult(None, log, RequestFacts(), f"body is a JSON {type(body).__name__}, not an object")
-    facts = facts_from_body(body)
+    facts = facts_from_body(body, policy.thinking_switch_models)
     if decoded.fallback:  # the facts go onto the flow, whose files hold only valid UTF-8
         facts.tools = json_codec.storable(facts.tools)
         facts.history_tool_names = json_codec.storable(facts.history_tool_names)
