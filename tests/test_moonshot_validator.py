@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from kimiwire.sim.moonshot_validator import moonshot_refusal, schema_refusal
+from kimiwire.sim.moonshot_validator import moonshot_refusal
 from kimiwire.sim.settings import SimSettings
+from kimiwire.wire.request.mfjs import schema_refusal
 from kimiwire.wire.request.moonshot_contract import contract_for
 
 WALLE = Path(__file__).parent / "fixtures" / "walle"

@@ -34,6 +34,9 @@ class ModelContract:
     named_with_thinking: bool  # a named function `tool_choice` taken while thinking
     max_tools: int | None
     sources: tuple[str, ...]
+    # `thinking: {type: disabled}` answered with 400 (documented for K2.7-code only; kimiwire drops
+    # the field for every ALWAYS_ON family, which thinks whatever it says).
+    refuses_disabling: bool = False
 
     def thinking_on(self, body: dict[str, Any]) -> bool:
         if self.thinking is ThinkingForm.NONE:
@@ -76,6 +79,7 @@ CONTRACTS: tuple[ModelContract, ...] = (
             "vercel/ai packages/moonshotai src/moonshotai-prepare-tools.ts (required refused; a named tool taken)",
             _MODEL_PARAMETERS,
         ),
+        refuses_disabling=True,
     ),
     ModelContract(
         "k2.6",
