@@ -79,6 +79,7 @@ CUT_SHORT = frozenset(
         "client_disconnected",
         "closed",
         "request_too_large",
+        "request_refused",
         "shutdown",
     }
 )
@@ -638,6 +639,9 @@ class KimiWire:
         record["facts"] = result.facts.as_dict()
         for note in result.notes:
             self._note(flow, note)
+        if result.refusal is not None:
+            self._refuse_request(state, result.refusal)
+            return
         if result.skipped:
             self._note(flow, f"request not repaired: {result.skipped}")
             return
@@ -646,6 +650,16 @@ class KimiWire:
             record["upstream_request"] = result.body
         if result.log:
             self._record_repairs(flow, "request", result.log)
+
+    def _refuse_request(self, state: FlowState, message: str) -> None:
+        """A request the upstream is known to refuse and kimiwire cannot make acceptable: answered
+        here with the OpenAI-style 400, nothing sent upstream."""
+        state.flow.response = http.Response.make(
+            400, error_body(message, "invalid_request_error", None), {"content-type": "application/json"}
+        )
+        state.record["error_answer"] = 400
+        state.record["errors"].append(message)
+        self._ending(state, "request_refused")
 
     def _restore_credentials(self, flow: http.HTTPFlow) -> None:
         """Client replay of a capture: its redacted credentials are filled from kimi_replay_auth or removed."""
