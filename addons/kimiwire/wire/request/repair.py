@@ -7,7 +7,7 @@ from typing import Any
 
 from kimiwire.wire import json_codec
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.models import thinking_is_a_switch
+from kimiwire.wire.models import is_k3, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.compat import apply_request_compat
@@ -53,6 +53,7 @@ def facts_from_body(body: dict[str, Any]) -> RequestFacts:
         names,
         # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
         thinking_is_a_switch(body.get("model")) and thinking_requested(body),
+        is_k3(body.get("model")),
     )
 
 
