@@ -259,3 +259,21 @@ def test_non_streamed_k3_message():
     assert [c["function"]["name"] for c in message["tool_calls"]] == ["read", "exec"]
     assert body["choices"][0]["finish_reason"] == "tool_calls"
     assert log.counts()["markup.recovered_k3"] == 2
+
+
+@pytest.mark.parametrize("size", [1, 3, 100])
+def test_think_tags_at_the_edges_of_the_reasoning_field_are_removed(size):
+    reasoning = "<think>Let me think. A </think> inside stays.</think>\n"
+    body = token_stream([*pieces("reasoning_content", reasoning, size), ("content", "Answer.")])
+    out, repairer = run(body, RequestFacts(0, dict(TOOL_SCHEMAS), True, True))
+    parsed = piai_parse(out)
+    assert parsed["thinking"] == "Let me think. A </think> inside stays."
+    assert parsed["text"] == "Answer."
+    kinds = repairer.log.kinds()
+    assert "think.reasoning_edge_open" in kinds and "think.reasoning_edge_close" in kinds
+
+
+def test_a_think_tag_later_in_reasoning_is_not_an_edge():
+    body = token_stream([("reasoning_content", "First."), ("reasoning_content", "<think>x")])
+    parsed = piai_parse(run(body, RequestFacts())[0])
+    assert parsed["thinking"] == "First.<think>x"

@@ -60,6 +60,8 @@ class RecoveredCall:
 
 CONTENT = "content"
 REASONING = "reasoning"
+OPEN_THINK = "<think>"
+CLOSE_THINK = "</think>"
 COPY_LIMIT = 1 << 20  # reasoning kept in case it turns out to be a K3 answer (characters)
 TAIL_LIMIT = 2048  # content remembered to recognise text re-sent verbatim (vLLM keeps 1024)
 
@@ -206,11 +208,18 @@ class MarkupScanner:
         self.copy: list[str] | None = [] if keep_copy else None
         self._copy_size = 0
         self.tail = "" if keep_tail else None
+        # Think tags at the edges of the reasoning field (the field itself says it is reasoning):
+        # a leading `<think>` is removed, a `</think>` that ends the reasoning too (held until
+        # more reasoning shows it was not the end).
+        self.edge_start = field == REASONING
+        self.edge_close = ""
 
     def passes_unchanged(self, text: str) -> bool:
         """True when `feed(text)` would return `text` itself and hold nothing (a cheap check)."""
         return (
             not self.pending
+            and not self.edge_close
+            and (self.field != REASONING or "<" not in text)  # think tags at the field's edges
             and "<|" not in text
             and (not self.known or BARE_PREFIX not in text)
             and self.route == self.field
@@ -233,14 +242,70 @@ class MarkupScanner:
             self._last = text[-1:] or self._last
             if self.copy is not None or self.tail is not None:
                 self.delivered(text)
+            if self.edge_start and text:  # reasoning began (the repairer's fast path decides alike)
+                self.edge_start = False
             return text, []
+        if self.edge_start:
+            text = self._leading_think(text)
+            if text is None:
+                return "", []
         self.pending += text
-        return self._scan(final=False)
+        emitted, calls = self._scan(final=False)
+        return self._trailing_think(emitted), calls
+
+    def _leading_think(self, text: str) -> str | None:
+        """The reasoning field's start: a `<think>` there is removed; None while the text so far
+        is whitespace and a start of `<think>` (held in `pending`)."""
+        text = self.pending + text
+        self.pending = ""
+        stripped = text.lstrip()
+        if stripped.startswith(OPEN_THINK):
+            self.edge_start = False
+            self.events.append("think.reasoning_edge_open")
+            return stripped[len(OPEN_THINK) :]
+        if not stripped or (OPEN_THINK.startswith(stripped) and len(text) - len(stripped) <= 64):
+            self.pending = text
+            if len(text) > 64 + len(OPEN_THINK):
+                self.edge_start = False
+                return ""
+            return None
+        self.edge_start = False
+        return text
+
+    def _trailing_think(self, emitted: str) -> str:
+        """A `</think>` (and whitespace) ending what goes out in the reasoning field is held: the
+        next reasoning puts it back, the field's end drops it."""
+        if self.field != REASONING or not (self.edge_close or emitted):
+            return emitted
+        if self.route != self.field:
+            return emitted
+        emitted = self.edge_close + emitted
+        self.edge_close = ""
+        body = emitted.rstrip()
+        if body.endswith(CLOSE_THINK):
+            cut = len(body) - len(CLOSE_THINK)
+        elif "<" in emitted[-len(CLOSE_THINK) :]:
+            cut = len(emitted) - _longest_prefix_suffix(emitted, CLOSE_THINK)
+        else:
+            return emitted
+        self.edge_close = emitted[cut:]
+        return emitted[:cut]
+
+    def _drop_edge_close(self) -> str:
+        """The reasoning field ended: a held `</think>` is dropped, a start of one goes out."""
+        held, self.edge_close = self.edge_close, ""
+        if held.rstrip().endswith(CLOSE_THINK):
+            self.events.append("think.reasoning_edge_close")
+            return ""
+        return held
 
     def finish(self) -> tuple[str, list[RecoveredCall]]:
         if not self.pending:
-            return "", []
-        return self._scan(final=True)
+            return self._drop_edge_close(), []
+        self.edge_start = False
+        emitted, calls = self._scan(final=True)
+        emitted = self._trailing_think(emitted)
+        return emitted + self._drop_edge_close(), calls
 
     def _put(self, out: list[str], text: str) -> None:
         if not text:

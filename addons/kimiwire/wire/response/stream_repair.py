@@ -295,7 +295,7 @@ class StreamRepairer:
         if state is None or state.finished:
             return False
         for scanner in state.scanners.values():
-            if scanner.pending or scanner.route != scanner.field:
+            if scanner.pending or scanner.edge_close or scanner.route != scanner.field:
                 return False
         # Think tags: nothing held; content only once the choice's content has begun (before
         # that it may still be reasoning), reasoning once the splitter knows reasoning has its own
@@ -454,10 +454,11 @@ class StreamRepairer:
                 if content:
                     out.append(self._chunk_event(state.index, {"content": content}))
             for key, scanner in state.scanners.items():
-                if scanner.pending:
-                    out.append(self._chunk_event(state.index, {key: scanner.pending}))
-                    self._see_text({key: scanner.pending})
-                    scanner.pending = ""
+                held = scanner.edge_close + scanner.pending
+                if held:
+                    out.append(self._chunk_event(state.index, {key: held}))
+                    self._see_text({key: held})
+                    scanner.pending = scanner.edge_close = ""
             assembly = state.calls
             while assembly.pending:
                 call = assembly.pending[0]
@@ -806,6 +807,8 @@ class StreamRepairer:
                 changed |= mirror != text
                 continue
             scanner = self._scanner(state, key)
+            if scanner.edge_start and self._reasoning_seen:  # not the start of the reasoning field
+                scanner.edge_start = False
             emitted, calls = scanner.feed(text)
             if emitted == text and not calls and not scanner.moved and not scanner.events:
                 continue
@@ -821,7 +824,7 @@ class StreamRepairer:
     def _flush_texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
         changed = self._flush_think(state, delta)
         for key, scanner in state.scanners.items():
-            if not scanner.pending:
+            if not scanner.pending and not scanner.edge_close:
                 continue
             emitted, calls = scanner.finish()
             if calls and self._recovered(state, key, calls) and emitted and scanner.tail is not None:
