@@ -22,6 +22,9 @@ class RequestFacts:
     thinking_prefilled: bool = False
     # Tool names the upstream refuses were sent renamed: upstream name -> the client's name.
     tool_renames: dict[str, str] = field(default_factory=dict)
+    # The request goes to a Kimi K3 model: its markup (k3_markup.py) and an answer that may come
+    # in the reasoning field (sgl-project/sglang PR #33995).
+    k3_model: bool = False
 
     @property
     def known_tool_names(self) -> frozenset[str]:
@@ -37,6 +40,7 @@ class RequestFacts:
             "history_tool_names": self.history_tool_names,
             "thinking_prefilled": self.thinking_prefilled,
             "tool_renames": self.tool_renames,
+            "k3_model": self.k3_model,
         }
 
     @classmethod
@@ -49,4 +53,5 @@ class RequestFacts:
             [str(n) for n in data.get("history_tool_names") or []],
             bool(data.get("thinking_prefilled")),
             {str(k): str(v) for k, v in (data.get("tool_renames") or {}).items()},
+            bool(data.get("k3_model")),
         )

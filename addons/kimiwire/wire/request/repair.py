@@ -7,7 +7,7 @@ from typing import Any
 
 from kimiwire.wire import json_codec
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.models import thinking_is_a_switch
+from kimiwire.wire.models import is_k3, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.compat import apply_request_compat
@@ -66,6 +66,7 @@ def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -
         # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
         (thinking_is_a_switch(model) or (isinstance(model, str) and model in switch_models))
         and thinking_requested(body),
+        k3_model=is_k3(model),
     )
 
 
