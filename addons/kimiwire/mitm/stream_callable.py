@@ -275,6 +275,9 @@ class RepairingStream:
             if not times.events_seen:
                 times.events_seen = True
                 self._wake()
+        if times.tool_section_open is not (section := repairer.tool_section_open):
+            times.tool_section_open = section  # its own idle deadline and keep-alive comments
+            self._wake()
         if times.done_at is None and repairer.done:
             times.done_at = self.clock()
             self._wake()

@@ -404,6 +404,30 @@ class StreamRepairer:
         return self._finished_choices > 0 and self._finished_choices == len(self._choices)
 
     @property
+    def tool_section_open(self) -> bool:
+        """A tool call may be under way with nothing for the client to see: a tool section the
+        scanner holds until it closes, a call whose arguments are still open, or a K3 request
+        with tools whose choices have not finished (vLLM's K3 parser holds a call until it is
+        complete: 32 s of silence for a 17.5K-character `write_file`, vllm PR #50627). The
+        adapter gives such silence its own idle deadline and keeps the client's line alive."""
+        for state in self._choices.values():
+            if state.finished:
+                continue
+            if state.calls.pending and state.calls.pending[-1].state is _OPEN:
+                return True
+            if state.passed.any_open:
+                return True
+            for scanner in state.scanners.values():
+                if scanner.section_open or MARKER_PREFIX in scanner.pending:
+                    return True
+        return (
+            self.facts.k3_model
+            and self.facts.tools_declared
+            and not self.done
+            and (not self._choices or not self.all_finished)
+        )
+
+    @property
     def buffered(self) -> int:
         """Bytes held back: tool-call arguments, text that may be markup, an unfinished event.
         Checked after every upstream chunk, so written as plain loops."""
