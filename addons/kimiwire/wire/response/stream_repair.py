@@ -413,7 +413,8 @@ class StreamRepairer:
         for state in self._choices.values():
             if state.finished:
                 continue
-            if state.calls.pending and state.calls.pending[-1].state is _OPEN:
+            pending = state.calls.pending
+            if pending and pending[-1].state is _OPEN and not pending[-1].args_closed():
                 return True
             if state.passed.any_open:
                 return True
