@@ -264,6 +264,8 @@ class RepairingStream:
             elif judging:
                 texts = repairer.plain_texts
                 out = gate.feed_plain(data, texts) if texts else gate.feed(out)
+                if repairer.answered_in_reasoning and not gate.proven:  # never retried away
+                    out += gate.open()
         repairer.plain_texts = None
         times = self.times
         if repairer.bypass and data:

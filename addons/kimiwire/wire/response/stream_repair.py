@@ -137,6 +137,9 @@ class StreamRepairer:
         self.plain_texts: list[PlainText] | None = None
         self._plain_ready = False  # the state lets plain text pass: set after each full-path read
         self._content_blocked = False  # ... but only reasoning (think tags: content not begun)
+        # The reasoning field held the answer (a K3 response close in it): the turn is answered
+        # even when the text had already gone out as reasoning.
+        self.answered_in_reasoning = False
 
     # -- public API ------------------------------------------------------------------------
 
@@ -259,8 +262,9 @@ class StreamRepairer:
                     return 0
             if self._check_markup:  # every text passes: now they count as delivered
                 for seen, start, closing in texts:
-                    if closing > start:
-                        self._scanner(self._choices[0], seen.key).delivered(text_of(data[start:closing]))
+                    scanner = self._scanner(self._choices[0], seen.key)
+                    if closing > start and scanner.keeps_delivered:
+                        scanner.delivered(text_of(data[start:closing]))
         self._template_last = template
         self.events_in += events
         self.data_events_in += events
@@ -277,7 +281,7 @@ class StreamRepairer:
             text = text_of(data[start:closing])
             if not scanner.passes_unchanged(text):
                 return False
-            if record:
+            if record and scanner.keeps_delivered:
                 scanner.delivered(text)
         if self._text_unseen:
             if template.reasoning:
@@ -691,10 +695,10 @@ class StreamRepairer:
                 text = delta.get(key)
                 if type(text) is str and text and not self._scanner(state, key).passes_unchanged(text):
                     return False
-            for key in TEXT_KEYS:
+            for key, scanner in state.scanners.items():
                 text = delta.get(key)
-                if type(text) is str and text:
-                    self._scanner(state, key).delivered(text)
+                if type(text) is str and text and scanner.keeps_delivered:
+                    scanner.delivered(text)
         if self._text_unseen:
             self._see_text(delta)
         return True
@@ -736,6 +740,8 @@ class StreamRepairer:
             if scanner.events:
                 for kind in scanner.events:
                     self._note_once(kind)
+                    if kind == "k3.answer_in_reasoning":
+                        self.answered_in_reasoning = True
                 scanner.events.clear()
             if not scanner.moved:
                 continue
