@@ -297,3 +297,8 @@ def test_an_answer_found_in_reasoning_opens_the_retry_gate(model_is_k3):
     assert gate.verdict() is None and gate.proven
     assert b"data: [DONE]" in out
     assert (piai_parse(out)["text"] == "The answer is 42.") is model_is_k3
+
+
+def test_an_unnamed_close_and_end_of_message_are_removed():
+    assert scan(["Done.<|close|><|sep|><|end_of_msg|>"]) == ("Done.", "", [])
+    assert scan(["a <|close|>  <|sep|>b"]) == ("a b", "", [])
