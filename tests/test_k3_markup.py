@@ -302,3 +302,13 @@ def test_an_answer_found_in_reasoning_opens_the_retry_gate(model_is_k3):
 def test_an_unnamed_close_and_end_of_message_are_removed():
     assert scan(["Done.<|close|><|sep|><|end_of_msg|>"]) == ("Done.", "", [])
     assert scan(["a <|close|>  <|sep|>b"]) == ("a b", "", [])
+
+
+def test_non_streamed_k3_call_cut_off_ends_with_length():
+    text = "<|open|>tools<|sep|>" + CALL_READ + CALL_EXEC[:50]
+    body = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+    log = repair_completion_object(body, k3_facts(), POLICY)
+    choice = body["choices"][0]
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["read"]
+    assert choice["message"]["content"] == CALL_EXEC[:50]  # the cut call, as sent
+    assert choice["finish_reason"] == "length" and log.counts()["finish_reason.cut_call"] == 1

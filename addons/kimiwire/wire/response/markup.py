@@ -461,6 +461,7 @@ class MarkupScanner:
             # The output was cut inside a call: the complete calls are real; the cut one goes out
             # as text, as the upstream sent it, and is never completed into a call.
             self.cut_call = True
+            self.events.append("k3.call_cut")
             cut_at = k3.last_call_end(text, inside, inner_end)
             return _K3Step(start, cut_at - start, route=None)
         return _K3Step(start, stop - start)
