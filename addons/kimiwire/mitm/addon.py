@@ -101,7 +101,16 @@ _POLICY_OPTION_NAMES = frozenset(
 _REQUEST_HEADERS = frozenset({b"content-type", b"content-encoding", b"accept-encoding"})
 _RESPONSE_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length", b"transfer-encoding"})
 
-_SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
+_SECONDS_OPTIONS = (
+    "kimi_done_grace",
+    "kimi_idle_timeout",
+    "kimi_first_byte_timeout",
+    "kimi_tool_idle_timeout",
+    "kimi_tool_keepalive",
+)
+# Sent to the client while a tool call may be under way upstream unseen: an SSE comment, which
+# clients ignore except to know the line is alive.
+TOOL_KEEPALIVE = b": kimiwire: the upstream is writing a tool call\n\n"
 
 
 class KimiWire:
@@ -239,6 +248,21 @@ class KimiWire:
             "0 disables.",
         )
         loader.add_option(
+            "kimi_tool_idle_timeout",
+            str,
+            "600",
+            "Seconds without an upstream event while a tool call may be under way unseen (a tool section "
+            "held, arguments open, or a K3 request with tools: servers hold a call until it is complete) "
+            "before the stream is ended like kimi_idle_timeout; 0 disables.",
+        )
+        loader.add_option(
+            "kimi_tool_keepalive",
+            str,
+            "5",
+            "Seconds of upstream silence, while a tool call may be under way unseen, between SSE comments "
+            "sent to the client so its own idle watchdog stays quiet; 0 disables.",
+        )
+        loader.add_option(
             "kimi_first_byte_timeout",
             str,
             "600",
@@ -305,6 +329,8 @@ class KimiWire:
                     done_grace=parse_seconds(ctx.options.kimi_done_grace, "kimi_done_grace"),
                     idle_timeout=parse_seconds(ctx.options.kimi_idle_timeout, "kimi_idle_timeout"),
                     first_byte_timeout=parse_seconds(ctx.options.kimi_first_byte_timeout, "kimi_first_byte_timeout"),
+                    tool_idle_timeout=parse_seconds(ctx.options.kimi_tool_idle_timeout, "kimi_tool_idle_timeout"),
+                    tool_keepalive=parse_seconds(ctx.options.kimi_tool_keepalive, "kimi_tool_keepalive"),
                 )
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
@@ -765,7 +791,12 @@ class KimiWire:
         # bound method is called without the type's __call__ lookup (33 against 121 ns a call).
         response.stream = stream.__call__
         if loop_running():
-            state.watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason), state.spawn)
+            state.watchdog = StreamWatchdog(
+                stream,
+                lambda reason: self._end_stream(state, stream, reason),
+                state.spawn,
+                keepalive=lambda: state.spawn(proxy_internals.send_to_client(state.flow, [TOOL_KEEPALIVE])),
+            )
             state.watchdog.plan()
 
     async def _end_stream(self, state: FlowState, stream: RepairingStream, reason: ProxyEnd) -> EndOutcome:

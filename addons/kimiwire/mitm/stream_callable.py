@@ -264,6 +264,8 @@ class RepairingStream:
             elif judging:
                 texts = repairer.plain_texts
                 out = gate.feed_plain(data, texts) if texts else gate.feed(out)
+                if repairer.answered_in_reasoning and not gate.proven:  # never retried away
+                    out += gate.open()
         repairer.plain_texts = None
         times = self.times
         if repairer.bypass and data:
@@ -275,6 +277,9 @@ class RepairingStream:
             if not times.events_seen:
                 times.events_seen = True
                 self._wake()
+        if times.tool_section_open is not (section := repairer.tool_section_open):
+            times.tool_section_open = section  # its own idle deadline and keep-alive comments
+            self._wake()
         if times.done_at is None and repairer.done:
             times.done_at = self.clock()
             self._wake()

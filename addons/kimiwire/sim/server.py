@@ -295,6 +295,7 @@ class Simulator(HttpServer):
         )
         await writer.drain()
         limit = int(argument) if fault in ("stall", "reset") else None
+        held = settings.held_call  # the server holds the first call until it is complete
         for n, item in enumerate(chunks):
             if limit is not None and n >= limit:
                 if fault == "reset":
@@ -304,6 +305,9 @@ class Simulator(HttpServer):
                 return False
             if n and settings.delay:
                 await asyncio.sleep(settings.delay)
+            if held and item != DONE and any("tool_calls" in c.get("delta", {}) for c in item.get("choices", [])):
+                await asyncio.sleep(held)
+                held = 0.0
             if item == DONE:
                 data = b"data: [DONE]\n\n"
             else:
