@@ -103,3 +103,50 @@ def test_the_corpus_shows_what_each_release_breaks_direct():
     assert b'"id":"read:0"' in k3.sse and ec.guide_problems(k3, k3.sse)  # whole call twice (0.5.23)
     assert b'"matched_stop":163586' in by_id["sglang-0.5.23/k25-text/1ch"].sse
     assert b'"stop_reason":null' in by_id["vllm-0.13.0/k25-text/1ch"].sse
+
+
+# -- a few streams through a real mitmdump subprocess --------------------------------------------
+
+E2E = [
+    "sglang-0.5.5/k25-two-calls/1-4ch",
+    "sglang-0.5.23/k3-two-calls/1-4ch",
+    "vllm-0.10.2/k25-nested-args/1-4ch",
+    "vllm-0.13.0/k25-off-text/1ch",
+    "vllm-0.13.0/k25-one-call/1-4ch",  # known gap: the same verdict as in process
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_proxy(tmp_path_factory):
+    from tests.support.mitm import Mitmdump
+    from tests.support.upstream import RecordingUpstream, sse_reply
+
+    by_id = {c.id: c for c in CASES}
+
+    def respond(request):
+        case = by_id[request.headers["x-case"]]
+        return sse_reply([event + b"\n\n" for event in case.sse.split(b"\n\n") if event])
+
+    with RecordingUpstream(respond) as up, Mitmdump(up.url, tmp_path_factory.mktemp("proxy")) as proxy:
+        yield proxy
+
+
+@pytest.mark.parametrize("case_id", E2E)
+def test_through_mitmdump_the_client_gets_what_the_repairer_gives_in_process(corpus_proxy, case_id):
+    import httpx
+
+    case = next(c for c in CASES if c.id == case_id)
+    with httpx.stream(
+        "POST",
+        f"{corpus_proxy.url}/v1/chat/completions",
+        json=case.request_body(),
+        headers={"x-case": case_id},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        delivered = b"".join(response.iter_bytes())
+    assert ec.problems(case, delivered) == ec.problems(case, ec.through(case))
+    if known_gap(case) is None:
+        assert ec.problems(case, delivered) == []
+    else:
+        assert ec.problems(case, delivered)
