@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import pathlib
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -280,6 +281,18 @@ def scenarios() -> list[Scenario]:
 SPLITS = {"1ch": (1, 1), "1-4ch": (4, 1), "4tok-steps": (4, 3)}  # (max token chars, tokens per step)
 
 
+_PIECE_IDS: dict[str, int] = {}
+_PIECE_TEXT: dict[int, str] = {}
+
+
+def piece_id(piece: str) -> int:
+    """An ordinary-text token's id: one per distinct piece, below the special tokens' range."""
+    if piece not in _PIECE_IDS:
+        _PIECE_IDS[piece] = 1000 + len(_PIECE_IDS)
+        _PIECE_TEXT[_PIECE_IDS[piece]] = piece
+    return _PIECE_IDS[piece]
+
+
 def tokenize(output: str, specials: dict[str, int], max_chars: int) -> list[tuple[str, int]]:
     tokens: list[tuple[str, int]] = []
     i = 0
@@ -293,10 +306,17 @@ def tokenize(output: str, specials: dict[str, int], max_chars: int) -> list[tupl
         end = i
         while end < len(output) and not any(output.startswith(s, end) for s in specials):
             end += 1
+        if tokens and tokens[-1][0] in ("<|open|>", "<|close|>"):
+            # A K3 channel name after its marker is one token ("think", "response", "call", ...).
+            name = re.match(r"[a-z_]+", output[i:end])
+            if name:
+                tokens.append((name.group(), piece_id(name.group())))
+                i += len(name.group())
+                continue
         while i < end:
             size = size % max_chars + 1
             piece = output[i : min(end, i + size)]
-            tokens.append((piece, 1000 + sum(map(ord, piece)) % 90000))
+            tokens.append((piece, piece_id(piece)))
             i += len(piece)
     return tokens
 
@@ -329,6 +349,16 @@ class FakeTokenizer:
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self.specials)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [i for _, i in tokenize(text, self.specials, 4)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        by_id = {i: t for t, i in self.specials.items()}
+        return "".join(by_id.get(i) or _PIECE_TEXT.get(i, "") for i in ids)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self.decode([i]) for i in ids]
 
 
 def tool_namespace() -> list[Any]:
@@ -780,11 +810,251 @@ def vllm_stream(release: str, sc: Scenario, split: str) -> bytes:
     return "".join(out).encode()
 
 
+# -- vLLM 0.34 (vllm/entrypoints/openai/chat_completion/serving.py `chat_completion_stream_generator`
+#    and stream_processor.py `ChatStreamProcessor.step`: one parser object, `parse_delta` per engine
+#    step; finish from serve/utils/tool_calls_utils.py `resolve_finish_reason`; chunks
+#    `model_dump_json(exclude_unset=True, exclude_none=not chunk.choices)`) ---------------------------
+
+
+def vllm34_protocol() -> tuple[types.ModuleType, types.ModuleType]:
+    from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+    class OpenAIBaseModel(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    class FunctionCall(OpenAIBaseModel):
+        id: str | None = Field(default=None, exclude=True)
+        name: str
+        arguments: str
+
+    ids = iter(range(10**6))
+
+    class ToolCall(OpenAIBaseModel):
+        # as released: `Field(default_factory=make_tool_call_id)`, a random `chatcmpl-tool-<uuid>`
+        id: str = Field(default_factory=lambda: f"chatcmpl-tool-{next(ids):032x}")
+        type: str = "function"
+        function: FunctionCall
+
+    class DeltaFunctionCall(BaseModel):
+        name: str | None = None
+        arguments: str | None = None
+
+    class DeltaToolCall(OpenAIBaseModel):
+        id: str | None = None
+        type: str | None = None
+        index: int
+        function: DeltaFunctionCall | None = None
+
+    class ExtractedToolCallInformation(BaseModel):
+        tools_called: bool
+        tool_calls: list[ToolCall]
+        content: str | None = None
+
+    class DeltaMessage(OpenAIBaseModel):
+        role: str | None = None
+        content: str | None = None
+        reasoning: str | None = None
+        tool_calls: list[DeltaToolCall] = Field(default_factory=list)
+
+        @model_serializer(mode="wrap")
+        def _serialize(self, handler):
+            data = handler(self)
+            if len(data.get("tool_calls", [])) == 0:
+                data.pop("tool_calls", None)
+            return data
+
+    class Choice(OpenAIBaseModel):
+        index: int
+        delta: DeltaMessage
+        logprobs: dict | None = None
+        finish_reason: str | None = None
+        stop_reason: int | str | None = None
+        token_ids: list[int] | None = None
+        weight_versions: list | None = None
+
+    class Response(OpenAIBaseModel):
+        id: str
+        object: str = "chat.completion.chunk"
+        created: int
+        model: str
+        choices: list[Choice]
+        usage: dict | None = Field(default=None)
+        system_fingerprint: str | None = None
+        prompt_token_ids: list[int] | None = None
+        prompt_text: str | None = None
+        metrics: dict | None = None
+        kv_transfer_params: dict | None = None
+
+    base = _module(
+        "vllm.entrypoints.generate.base.protocol",
+        DeltaFunctionCall=DeltaFunctionCall,
+        DeltaToolCall=DeltaToolCall,
+        DeltaMessage=DeltaMessage,
+        FunctionCall=FunctionCall,
+        ToolCall=ToolCall,
+        ExtractedToolCallInformation=ExtractedToolCallInformation,
+    )
+
+    class FunctionDefinition(OpenAIBaseModel):
+        name: str
+        description: str | None = None
+        parameters: dict | None = None
+        strict: bool | None = None
+
+    class ChatCompletionRequest:
+        def __init__(self, **fields: Any) -> None:
+            self.__dict__.update(fields)
+
+    class ChatCompletionToolsParam(OpenAIBaseModel):
+        type: str = "function"
+        function: FunctionDefinition
+
+    chat = _module(
+        "vllm.entrypoints.openai.chat_completion.protocol",
+        ChatCompletionToolsParam=ChatCompletionToolsParam,
+        ChatCompletionResponseStreamChoice=Choice,
+        ChatCompletionStreamResponse=Response,
+        ChatCompletionRequest=ChatCompletionRequest,
+        ChatCompletionNamedToolChoiceParam=_Any,
+    )
+    return base, chat
+
+
+def vllm34_stream(release: str, sc: Scenario, split: str) -> bytes:
+    base, chat = vllm34_protocol()
+    counter = iter(range(10**6))
+    overrides = {
+        "vllm.entrypoints.generate.base.protocol": base,
+        "vllm.entrypoints.openai.chat_completion.protocol": chat,
+        "vllm.logger": _module("vllm.logger", init_logger=logging.getLogger),
+        "vllm.utils": _module("vllm.utils", random_uuid=lambda: f"{next(counter):032x}"),
+        "vllm.utils.collection_utils": _module(
+            "vllm.utils.collection_utils",
+            is_list_of=_is_list_of,
+            as_list=lambda x: x if isinstance(x, list) else list(x),
+        ),
+    }
+    reasoning_pkg = _module("vllm.reasoning")
+    overrides["vllm.reasoning"] = reasoning_pkg
+    load_release(f"vllm-{release}", overrides)
+    abs_reasoning = importlib.import_module("vllm.reasoning.abs_reasoning_parsers")
+    reasoning_pkg.ReasoningParser = abs_reasoning.ReasoningParser
+    reasoning_pkg.ReasoningParserManager = abs_reasoning.ReasoningParserManager
+    chat_utils = _module("vllm.renderers.chat_utils")
+    sys.modules["vllm.renderers.chat_utils"] = chat_utils
+    tool_call = importlib.import_module("vllm.renderers.chat_utils.tool_call")
+    chat_utils.get_tool_call_id_type = tool_call.get_tool_call_id_type
+    chat_utils.make_tool_call_id = tool_call.make_tool_call_id
+    abstract = importlib.import_module("vllm.parser.abstract_parser")
+    k3 = sc.model == "k3"
+    if k3:
+        base_cls = importlib.import_module("vllm.parser.kimi_k3").KimiK3Parser
+        reasoning_cls = importlib.import_module("vllm.reasoning.kimi_k3_reasoning_parser").KimiK3ReasoningParser
+        tool_cls = importlib.import_module("vllm.tool_parsers.kimi_k3_tool_parser").KimiK3ToolParser
+    else:
+        base_cls = abstract.DelegatingParser
+        reasoning_cls = importlib.import_module("vllm.reasoning.kimi_k2_reasoning_parser").KimiK2ReasoningParser
+        tool_cls = importlib.import_module("vllm.tool_parsers.kimi_k2_tool_parser").KimiK2ToolParser
+
+    class Parser(base_cls):  # vllm/parser/parser_manager.py `_compose_parser`
+        reasoning_parser_cls = reasoning_cls
+        tool_parser_cls = tool_cls
+        tool_strict_level = None
+
+    specials = K3_SPECIALS if k3 else K2_SPECIALS
+    tokenizer = FakeTokenizer(specials)
+    model_config = types.SimpleNamespace(
+        hf_config=types.SimpleNamespace(model_type="kimi_k3" if k3 else "kimi_k25"),
+        hf_text_config=None,
+        hf_overrides=None,
+    )
+    tools = [chat.ChatCompletionToolsParam(function={"name": n, "parameters": p}) for n, p in TOOLS.items()]
+    kwargs = {"thinking": sc.thinking} if sc.model == "k25" else {}
+    request = chat.ChatCompletionRequest(
+        tools=tools,
+        tool_choice="auto",
+        messages=[{"role": "user", "content": "Read /tmp/a.txt"}],
+        parallel_tool_calls=True,
+        include_reasoning=True,
+        chat_template_kwargs=kwargs,
+        skip_special_tokens=False,
+        response_format=None,
+        structured_outputs=None,
+    )
+    parser = Parser(tokenizer, tools, chat_template_kwargs=kwargs, model_config=model_config)
+    if k3:
+        prompt = [1001, specials["<|open|>"], 1002, specials["<|sep|>"]]
+    else:
+        prompt = [163588, 1001, 163601]
+        if sc.model == "k25":
+            prompt += [163606] + ([] if sc.thinking else [163607])
+    out: list[str] = []
+    first = Response = chat.ChatCompletionStreamResponse
+    Choice, DeltaMessage = chat.ChatCompletionResponseStreamChoice, base.DeltaMessage
+    first = Response(
+        id=RID,
+        object="chat.completion.chunk",
+        created=CREATED,
+        model="kimi",
+        prompt_token_ids=None,
+        prompt_text=None,
+        choices=[Choice(index=0, delta=DeltaMessage(role="assistant", content=""), logprobs=None, finish_reason=None)],
+    )
+    out.append(f"data: {first.model_dump_json(exclude_unset=True, exclude_none=False)}\n\n")
+    max_chars, per_step = SPLITS[split]
+    all_steps = steps(tokenize(sc.output, specials, max_chars), per_step)
+    if sc.finish != "length":
+        all_steps[-1] = [*all_steps[-1], ("", specials["[EOS]"] if k3 else specials["<|im_end|>"])]
+    tools_streamed = False
+    for n, step in enumerate(all_steps):
+        engine_finish = ("length" if sc.finish == "length" else "stop") if n == len(all_steps) - 1 else None
+        delta = parser.parse_delta(
+            delta_text="".join(t for t, _ in step),
+            delta_token_ids=[i for _, i in step],
+            request=request,
+            prompt_token_ids=prompt,
+            finished=engine_finish is not None,
+        )
+        if delta is not None and delta.tool_calls:
+            tools_streamed = True
+        finish = None
+        if engine_finish is not None:
+            finish = "tool_calls" if tools_streamed and engine_finish == "stop" else engine_finish
+        if delta is None:
+            if engine_finish is None:
+                continue
+            delta = DeltaMessage()
+        if engine_finish is None:
+            choice = Choice(index=0, delta=delta, logprobs=None, finish_reason=None, token_ids=None)
+        else:
+            choice = Choice(
+                index=0,
+                delta=delta,
+                logprobs=None,
+                finish_reason=finish,
+                stop_reason=None,
+                token_ids=None,
+                weight_versions=None,
+            )
+        chunk = Response(
+            id=RID,
+            object="chat.completion.chunk",
+            created=CREATED,
+            choices=[choice],
+            model="kimi",
+            kv_transfer_params=None,
+        )
+        out.append(f"data: {chunk.model_dump_json(exclude_unset=True, exclude_none=False)}\n\n")
+    out.append("data: [DONE]\n\n")
+    return "".join(out).encode()
+
+
 ENGINES = {
     "sglang-0.5.5": (sglang_stream, "0.5.5", ("k2", "k25")),
     "sglang-0.5.23": (sglang_stream, "0.5.23", ("k2", "k25", "k3")),
     "vllm-0.10.2": (vllm_stream, "0.10.2", ("k2", "k25")),
     "vllm-0.13.0": (vllm_stream, "0.13.0", ("k2", "k25")),
+    "vllm-0.34.0": (vllm34_stream, "0.34.0", ("k2", "k25", "k3")),
 }
 
 
