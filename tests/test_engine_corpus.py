@@ -15,31 +15,35 @@ from tests.support import engine_corpus as ec
 
 CASES = ec.load()
 ALL = "*"
-RESEND = "missing repair: no call twice (vLLM 0.11.1-0.13.0 re-send buffered markup as content at section end)"
-CUT = "missing repair: a cut call goes out under finish_reason tool_calls (should become length)"
-THINK_TAG = "missing repair: a literal <think> at the start of the reasoning field"
 ANSWER_IN_REASONING = "missing repair: thinking off, the engine's reasoning parser puts the answer in reasoning"
 ENGINE_LOST = "not recoverable: with several tokens in one step the engine never sends part of the text/arguments"
 # (engine, scenario) -> {split or ALL: reason}
 KNOWN_GAPS: dict[tuple[str, str], dict[str, str]] = {
-    **{
-        ("vllm-0.13.0", s): {ALL: RESEND}
-        for s in ("k25-one-call", "k2-one-call", "k25-two-calls", "k25-nested-args", "k25-off-one-call")
-    },
-    ("vllm-0.13.0", "k25-cut-call"): {ALL: CUT},
-    ("vllm-0.10.2", "k25-cut-call"): {ALL: CUT},
-    ("vllm-0.10.2", "k2-text"): {"4tok-steps": THINK_TAG},
-    ("vllm-0.10.2", "k2-one-call"): {"4tok-steps": THINK_TAG + "; and " + ENGINE_LOST},
-    ("vllm-0.10.2", "k25-off-text"): {ALL: ANSWER_IN_REASONING},
-    ("vllm-0.10.2", "k25-off-one-call"): {ALL: ANSWER_IN_REASONING},
-    ("sglang-0.5.5", "k25-off-text"): {ALL: ANSWER_IN_REASONING},
+    **{(e, s): {ALL: ANSWER_IN_REASONING} for e in ("sglang-0.5.5", "vllm-0.10.2") for s in ("k25-off-text",)},
     ("sglang-0.5.5", "k25-off-one-call"): {ALL: ANSWER_IN_REASONING},
+    ("vllm-0.10.2", "k25-off-one-call"): {
+        ALL: ANSWER_IN_REASONING,
+        "4tok-steps": ANSWER_IN_REASONING + "; " + ENGINE_LOST,
+    },
     ("sglang-0.5.5", "k25-one-call"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.10.2", "k25-two-calls"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.10.2", "k25-nested-args"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.13.0", "k25-text"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.13.0", "k2-text"): {"4tok-steps": ENGINE_LOST},
+    **{("vllm-0.10.2", s): {"4tok-steps": ENGINE_LOST} for s in ("k2-one-call", "k25-two-calls", "k25-nested-args")},
+    **{
+        ("vllm-0.13.0", s): {"4tok-steps": ENGINE_LOST}
+        for s in (
+            "k25-text",
+            "k25-one-call",
+            "k2-one-call",
+            "k25-two-calls",
+            "k25-nested-args",
+            "k25-cut-call",
+            "k25-off-one-call",
+        )
+    },
 }
+# Where the engine lost the end of a call's arguments, pi-ai's partial-JSON parse may guess the rest
+# and run it; kimiwire ends such a turn with `length` instead (truncated output never becomes an
+# action), so that one difference is not harm.
+LOST_CALL_ENDED = {"pi-ai: stop length != toolUse", "guide: finish length != tool_calls"}
 
 
 def known_gap(case: ec.Case) -> str | None:
@@ -82,13 +86,14 @@ def test_through_kimiwire_the_client_gets_the_models_calls_text_and_finish(case)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_through_kimiwire_is_never_worse_than_direct(case):
     body = ec.through(case)
+    direct, through = ec.problems(case, case.sse), ec.problems(case, body)
+    added = [p for p in through if p not in direct]
+    if added and set(added) <= LOST_CALL_ENDED and ENGINE_LOST in (known_gap(case) or ""):
+        pytest.skip("the engine lost the end of a call's arguments: kimiwire ends the turn with length")
     for assemble in (ec.piai_problems, ec.guide_problems):
         if not assemble(case, case.sse):
             assert assemble(case, body) == [], assemble.__name__
-    worse = len(ec.problems(case, body)) > len(ec.problems(case, case.sse))
-    if worse and known_gap(case) == RESEND:
-        pytest.skip("harm today: " + RESEND + " (markup shown as text becomes a second call)")
-    assert not worse
+    assert len(through) <= len(direct)
 
 
 def test_the_corpus_shows_what_each_release_breaks_direct():
@@ -114,7 +119,8 @@ E2E = [
     "sglang-0.5.23/k3-two-calls/1-4ch",
     "vllm-0.10.2/k25-nested-args/1-4ch",
     "vllm-0.13.0/k25-off-text/1ch",
-    "vllm-0.13.0/k25-one-call/1-4ch",  # known gap: the same verdict as in process
+    "vllm-0.13.0/k25-one-call/1-4ch",  # vLLM re-sends the section as content at its end
+    "vllm-0.10.2/k25-off-text/1ch",  # known gap: the same verdict as in process
 ]
 
 
