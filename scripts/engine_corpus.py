@@ -1049,11 +1049,155 @@ def vllm34_stream(release: str, sc: Scenario, split: str) -> bytes:
     return "".join(out).encode()
 
 
+# -- vLLM 0.20 (vllm/entrypoints/openai/chat_completion/serving.py `chat_completion_stream_generator`:
+#    the auto-tools branch calls `parser.parse_delta`; the finish keeps the old rules: unstreamed
+#    argument remainder, `tool_calls` whenever the tool parser holds a call; protocol in
+#    entrypoints/openai/engine/protocol.py and chat_completion/protocol.py) ------------------------
+
+
+def vllm20_stream(release: str, sc: Scenario, split: str) -> bytes:
+    base34, chat34 = vllm34_protocol()
+    from pydantic import Field
+
+    class Choice(chat34.ChatCompletionResponseStreamChoice):
+        weight_versions: None = Field(default=None, exclude=True)
+
+    class Response(chat34.ChatCompletionStreamResponse):  # 0.20 has no prompt_text/metrics/kv_transfer_params
+        pass
+
+    DeltaMessage = base34.DeltaMessage
+    engine = _module(
+        "vllm.entrypoints.openai.engine.protocol",
+        **{
+            k: getattr(base34, k)
+            for k in (
+                "DeltaFunctionCall",
+                "DeltaToolCall",
+                "DeltaMessage",
+                "FunctionCall",
+                "ToolCall",
+                "ExtractedToolCallInformation",
+            )
+        },
+    )
+    chat = _module(
+        "vllm.entrypoints.openai.chat_completion.protocol",
+        ChatCompletionRequest=chat34.ChatCompletionRequest,
+        ChatCompletionToolsParam=chat34.ChatCompletionToolsParam,
+    )
+    counter = iter(range(10**6))
+
+    def make_tool_call_id(id_type: str = "random", func_name=None, idx=None) -> str:
+        # vllm/entrypoints/chat_utils.py `make_tool_call_id` as released in 0.20.0
+        return f"functions.{func_name}:{idx}" if id_type == "kimi_k2" else f"chatcmpl-tool-{next(counter):032x}"
+
+    overrides = {
+        "vllm.entrypoints.openai.engine.protocol": engine,
+        "vllm.entrypoints.openai.chat_completion.protocol": chat,
+        "vllm.entrypoints.chat_utils": _module("vllm.entrypoints.chat_utils", make_tool_call_id=make_tool_call_id),
+        "vllm.logger": _module("vllm.logger", init_logger=logging.getLogger),
+        "vllm.utils": _module("vllm.utils", random_uuid=lambda: f"{next(counter):032x}"),
+        "vllm.utils.collection_utils": _module("vllm.utils.collection_utils", is_list_of=_is_list_of),
+    }
+    reasoning_pkg = _module("vllm.reasoning")
+    overrides["vllm.reasoning"] = reasoning_pkg
+    load_release(f"vllm-{release}", overrides)
+    abs_reasoning = importlib.import_module("vllm.reasoning.abs_reasoning_parsers")
+    reasoning_pkg.ReasoningParser = abs_reasoning.ReasoningParser
+    reasoning_pkg.ReasoningParserManager = abs_reasoning.ReasoningParserManager
+    abstract = importlib.import_module("vllm.parser.abstract_parser")
+
+    class Parser(abstract._WrappedParser):  # vllm/parser/parser_manager.py
+        reasoning_parser_cls = importlib.import_module("vllm.reasoning.kimi_k2_reasoning_parser").KimiK2ReasoningParser
+        tool_parser_cls = importlib.import_module("vllm.tool_parsers.kimi_k2_tool_parser").KimiK2ToolParser
+
+    tokenizer = FakeTokenizer(K2_SPECIALS)
+    tools = [chat34.ChatCompletionToolsParam(function={"name": n, "parameters": p}) for n, p in TOOLS.items()]
+    kwargs = {"thinking": sc.thinking} if sc.model == "k25" else {}
+    request = chat34.ChatCompletionRequest(
+        tools=tools,
+        tool_choice="auto",
+        messages=[{"role": "user", "content": "Read /tmp/a.txt"}],
+        parallel_tool_calls=True,
+        include_reasoning=True,
+        chat_template_kwargs=kwargs,
+        skip_special_tokens=False,
+    )
+    parser = Parser(tokenizer, tools, chat_template_kwargs=kwargs)
+    prompt = [163588, 1001, 163601]
+    if sc.model == "k25":
+        prompt += [163606] + ([] if sc.thinking else [163607])
+    out: list[str] = []
+    first = Response(
+        id=RID,
+        object="chat.completion.chunk",
+        created=CREATED,
+        model="kimi",
+        prompt_token_ids=None,
+        choices=[Choice(index=0, delta=DeltaMessage(role="assistant", content=""), logprobs=None, finish_reason=None)],
+    )
+    out.append(f"data: {first.model_dump_json(exclude_unset=True)}\n\n")
+    max_chars, per_step = SPLITS[split]
+    all_steps = steps(tokenize(sc.output, K2_SPECIALS, max_chars), per_step)
+    if sc.finish != "length":
+        all_steps[-1] = [*all_steps[-1], ("", K2_SPECIALS["<|im_end|>"])]
+    tools_streamed = False
+    tool_parser = parser.tool_parser
+    for n, step in enumerate(all_steps):
+        engine_finish = ("length" if sc.finish == "length" else "stop") if n == len(all_steps) - 1 else None
+        delta = parser.parse_delta(
+            delta_text="".join(t for t, _ in step),
+            delta_token_ids=[i for _, i in step],
+            request=request,
+            prompt_token_ids=prompt,
+        )
+        if delta and delta.tool_calls:
+            tools_streamed = True
+        if delta is None:
+            if engine_finish is None:
+                continue
+            delta = DeltaMessage()
+        if engine_finish is None:
+            choice = Choice(index=0, delta=delta, logprobs=None, finish_reason=None, token_ids=None)
+        else:
+            auto_tools_called = len(tool_parser.prev_tool_call_arr) > 0
+            index = len(tool_parser.prev_tool_call_arr) - 1 if auto_tools_called else 0
+            tc = delta.tool_calls
+            if auto_tools_called and tc and tc[0] and tc[0].function and tc[0].function.arguments is not None:
+                latest = len(tc[0].function.arguments) if isinstance(tc[0].function.arguments, str) else 0
+                args = tool_parser.prev_tool_call_arr[index].get("arguments", {})
+                expected = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+                actual = tool_parser.streamed_args_for_tool[index]
+                if latest > 0:
+                    actual = actual[:-latest]
+                remaining = expected.replace(actual, "", 1)
+                # `_create_remaining_args_delta`: id, type and name kept from the delta, the remainder as arguments
+                original = next((t for t in delta.tool_calls if t.index == index), None)
+                fn = original.function if original else None
+                delta = DeltaMessage(
+                    tool_calls=[
+                        engine.DeltaToolCall(
+                            index=index,
+                            id=original.id if original else None,
+                            type=original.type if original else None,
+                            function=engine.DeltaFunctionCall(name=fn.name if fn else None, arguments=remaining),
+                        )
+                    ]
+                )
+            finish = "tool_calls" if auto_tools_called or tools_streamed else engine_finish
+            choice = Choice(index=0, delta=delta, logprobs=None, finish_reason=finish, stop_reason=None, token_ids=None)
+        chunk = Response(id=RID, object="chat.completion.chunk", created=CREATED, choices=[choice], model="kimi")
+        out.append(f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n")
+    out.append("data: [DONE]\n\n")
+    return "".join(out).encode()
+
+
 ENGINES = {
     "sglang-0.5.5": (sglang_stream, "0.5.5", ("k2", "k25")),
     "sglang-0.5.23": (sglang_stream, "0.5.23", ("k2", "k25", "k3")),
     "vllm-0.10.2": (vllm_stream, "0.10.2", ("k2", "k25")),
     "vllm-0.13.0": (vllm_stream, "0.13.0", ("k2", "k25")),
+    "vllm-0.20.0": (vllm20_stream, "0.20.0", ("k2", "k25")),
     "vllm-0.34.0": (vllm34_stream, "0.34.0", ("k2", "k25", "k3")),
 }
 

@@ -51,6 +51,15 @@ RELEASES: dict[tuple[str, str], list[str]] = {
         "vllm/reasoning/basic_parsers.py",
         "vllm/reasoning/abs_reasoning_parsers.py",
     ],
+    ("vllm", "0.20.0"): [
+        "vllm/parser/abstract_parser.py",
+        "vllm/tool_parsers/kimi_k2_tool_parser.py",
+        "vllm/tool_parsers/abstract_tool_parser.py",
+        "vllm/tool_parsers/utils.py",
+        "vllm/reasoning/kimi_k2_reasoning_parser.py",
+        "vllm/reasoning/abs_reasoning_parsers.py",
+        "vllm/reasoning/identity_reasoning_parser.py",
+    ],
     ("vllm", "0.34.0"): [
         *(f"vllm/parser/{name}.py" for name in ("abstract_parser", "kimi_k2", "kimi_k3", "utils")),
         *(

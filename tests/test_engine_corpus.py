@@ -28,6 +28,10 @@ KNOWN_GAPS: dict[tuple[str, str], dict[str, str]] = {
     ("sglang-0.5.5", "k25-one-call"): {"4tok-steps": ENGINE_LOST},
     **{("vllm-0.10.2", s): {"4tok-steps": ENGINE_LOST} for s in ("k2-one-call", "k25-two-calls", "k25-nested-args")},
     **{
+        ("vllm-0.20.0", s): {"4tok-steps": ENGINE_LOST}
+        for s in ("k25-text", "k25-one-call", "k25-two-calls", "k25-nested-args", "k25-cut-call")
+    },
+    **{
         ("vllm-0.13.0", s): {"4tok-steps": ENGINE_LOST}
         for s in (
             "k25-text",
@@ -53,7 +57,7 @@ def known_gap(case: ec.Case) -> str | None:
 
 def test_the_corpus_covers_each_release_model_and_split_and_stays_small():
     engines = {c.engine for c in CASES}
-    assert engines == {"sglang-0.5.5", "sglang-0.5.23", "vllm-0.10.2", "vllm-0.13.0", "vllm-0.34.0"}
+    assert engines == {"sglang-0.5.5", "sglang-0.5.23", "vllm-0.10.2", "vllm-0.13.0", "vllm-0.20.0", "vllm-0.34.0"}
     assert {c.model for c in CASES} == {"k2", "k25", "k3"}
     assert {c.split for c in CASES} == {"1ch", "1-4ch", "4tok-steps"}
     assert ec.CORPUS.stat().st_size < 2_000_000
@@ -106,6 +110,7 @@ def test_the_corpus_shows_what_each_release_breaks_direct():
     assert b'"finish_reason":"tool_calls"' in cut.sse
     k3 = by_id["sglang-0.5.23/k3-two-calls/1ch"]
     assert b'"id":"read:0"' in k3.sse and ec.guide_problems(k3, k3.sse)  # whole arguments in the first delta
+    assert b'"finish_reason":"tool_calls"' in by_id["vllm-0.20.0/k25-cut-call/1ch"].sse
     assert b'"finish_reason":"length"' in by_id["vllm-0.34.0/k25-cut-call/1ch"].sse  # fixed by 0.34
     assert b'"kv_transfer_params":null' in by_id["vllm-0.34.0/k3-text/1ch"].sse
     assert b'"matched_stop":163586' in by_id["sglang-0.5.23/k25-text/1ch"].sse
