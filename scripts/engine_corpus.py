@@ -162,6 +162,7 @@ class Scenario:
     calls: list[tuple[str, dict]]
     finish: str  # stop | tool_calls | length
     cut: bool = False  # a call's arguments never closed
+    reasoning_parser: bool = True  # the server runs a reasoning parser (off: --reasoning-parser not given)
 
 
 def k2_call(name: str, index: int, args: dict | str) -> str:
@@ -235,6 +236,17 @@ def scenarios() -> list[Scenario]:
             [],
             "length",
             cut=True,
+        ),
+        Scenario(
+            "k25-no-reasoning-parser",
+            "k25",
+            True,
+            f"{r}</think>Reading it." + k2_section(k2_call("read", 0, READ)),
+            r,
+            "Reading it.",
+            [("read", READ)],
+            "tool_calls",
+            reasoning_parser=False,
         ),
         Scenario("k25-off-text", "k25", False, "Hello there.", "", "Hello there.", [], "stop"),
         Scenario(
@@ -481,8 +493,10 @@ def sglang_stream(release: str, sc: Scenario, split: str) -> bytes:
         if n == 0:
             (light if modern else pyd)(role="assistant", content="")
         delta = "".join(t for t, _ in step)
-        reasoning_text, delta = reasoner.parse_stream_chunk(delta)
-        if modern and finishing:
+        reasoning_text = None
+        if sc.reasoning_parser:  # serving_chat: `if self.reasoning_parser and request.separate_reasoning`
+            reasoning_text, delta = reasoner.parse_stream_chunk(delta)
+        if modern and finishing and sc.reasoning_parser:
             end_reasoning, end_normal = reasoner.parse_stream_end()
             reasoning_text = (reasoning_text or "") + (end_reasoning or "")
             delta = (delta or "") + (end_normal or "")
@@ -707,7 +721,19 @@ def vllm_stream(release: str, sc: Scenario, split: str) -> bytes:
         current_text = previous_text + delta_text
         current_ids = previous_ids + output_ids
         delta_message = None
-        if release == "0.10.2":
+        if not sc.reasoning_parser:  # the `elif tool_choice_auto:` branch: the tool parser sees everything
+            delta_message = tool_parser.extract_tool_calls_streaming(
+                previous_text=previous_text,
+                current_text=current_text,
+                delta_text=delta_text,
+                previous_token_ids=previous_ids,
+                current_token_ids=current_ids,
+                delta_token_ids=output_ids,
+                request=request,
+            )
+            if delta_message and delta_message.tool_calls:
+                tools_streamed = True
+        elif release == "0.10.2":
             if not reasoning_end:
                 delta_message = extract_reasoning(
                     previous_text, current_text, delta_text, previous_ids, current_ids, output_ids
@@ -957,7 +983,7 @@ def vllm34_stream(release: str, sc: Scenario, split: str) -> bytes:
         tool_cls = importlib.import_module("vllm.tool_parsers.kimi_k2_tool_parser").KimiK2ToolParser
 
     class Parser(base_cls):  # vllm/parser/parser_manager.py `_compose_parser`
-        reasoning_parser_cls = reasoning_cls
+        reasoning_parser_cls = reasoning_cls if sc.reasoning_parser else None
         tool_parser_cls = tool_cls
         tool_strict_level = None
 
@@ -1108,7 +1134,11 @@ def vllm20_stream(release: str, sc: Scenario, split: str) -> bytes:
     abstract = importlib.import_module("vllm.parser.abstract_parser")
 
     class Parser(abstract._WrappedParser):  # vllm/parser/parser_manager.py
-        reasoning_parser_cls = importlib.import_module("vllm.reasoning.kimi_k2_reasoning_parser").KimiK2ReasoningParser
+        reasoning_parser_cls = (
+            importlib.import_module("vllm.reasoning.kimi_k2_reasoning_parser").KimiK2ReasoningParser
+            if sc.reasoning_parser
+            else None
+        )
         tool_parser_cls = importlib.import_module("vllm.tool_parsers.kimi_k2_tool_parser").KimiK2ToolParser
 
     tokenizer = FakeTokenizer(K2_SPECIALS)
