@@ -18,6 +18,7 @@ from kimiwire.wire.detection import Detection, Engine, IdForm, ModelFamily, id_f
 from kimiwire.wire.policy import Flavor, Policy, PolicyCache
 from kimiwire.wire.request.repair import repair_request_body
 
+from tests.support import engine_corpus
 from tests.support.mitm import Mitmdump
 
 READ = {"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}
@@ -56,6 +57,21 @@ def test_each_simulator_shape_gives_its_known_detection(shape: str, streamed: bo
     assert answers.id_forms == [form.value]
     expected_flavor = {Engine.SGLANG: Flavor.SGLANG, Engine.VLLM: Flavor.VLLM}.get(answer_engine, Flavor.SELFHOSTED)
     assert answers.flavor("10.0.0.5") is expected_flavor
+
+
+def test_every_corpus_stream_names_its_engine() -> None:
+    """The engine corpus: streams of the released SGLang and vLLM Kimi parsers (tests/fixtures/engines)."""
+    cases = engine_corpus.load()
+    assert len(cases) > 100
+    for case in cases:
+        detection = Detection()
+        detection.read_answer(case.sse, True)
+        assert detection.engine.value == case.engine.split("-")[0], case.id
+        assert detection.flavor("gpu-box").value == case.engine.split("-")[0], case.id
+        if case.model == "k3" and detection.id_forms:
+            assert detection.family is ModelFamily.K3, case.id
+        elif case.engine.startswith("sglang"):
+            assert detection.family is ModelFamily.UNKNOWN, case.id
 
 
 def test_an_empty_sglang_turn_and_a_whole_vllm_call_still_name_their_engine() -> None:
