@@ -78,7 +78,7 @@ def test_the_table_names_findings_and_options(monkeypatch) -> None:
     assert "markup leak" in lines[harness] and lines[harness + 1].split()[0] == "kimiwire"
     assert lines[harness + 1].rstrip().endswith("ok")
     assert "kimi_reasoning_field=both" in output  # vLLM sends `reasoning`
-    assert "kimiwire repaired: harness (markup leak)" in output
+    assert "kimiwire repaired: markup leak (harness)" in output
 
 
 def test_problems_left_through_kimiwire_exit_1(monkeypatch) -> None:

@@ -329,16 +329,14 @@ def advice(report: Report) -> list[str]:
         )
     if detection.family is ModelFamily.K2_5_K2_6:
         lines.append("K2.5/K2.6: thinking is a switch; keep kimi_thinking_fields=translate (default)")
-    fixed = sorted(
-        {
-            f"{r.case.name} ({p})"
-            for r in report.rows
-            for p in r.direct.problems(r.case)
-            if p not in r.proxied.problems(r.case)
-        }
-    )
+    fixed: dict[str, list[str]] = {}
+    for row in report.rows:
+        for problem in row.direct.problems(row.case):
+            if problem not in row.proxied.problems(row.case):
+                fixed.setdefault(problem, []).append(row.case.name)
     if fixed:
-        lines.append("kimiwire repaired: " + ", ".join(fixed) + " (defaults; keep them on)")
+        repaired = "; ".join(f"{problem} ({', '.join(cases)})" for problem, cases in fixed.items())
+        lines.append(f"kimiwire repaired: {repaired} (defaults; keep them on)")
     if not report.left:
         lines.append("nothing left broken through kimiwire with these options")
     return lines
