@@ -351,7 +351,7 @@ def advice(report: Report) -> list[str]:
     if detection.family is ModelFamily.K2_5_K2_6:
         lines.append("K2.5/K2.6: thinking is a switch; keep kimi_thinking_fields=translate (default)")
     elif detection.family in (ModelFamily.K2_7_CODE, ModelFamily.K3):
-        lines.append(f"{detection.family.value}: thinking cannot be turned off (the thinking-off case shows what happens)")
+        lines.append(f"{detection.family.value}: thinking cannot be turned off (see the thinking_off case)")
     fixed: dict[str, list[str]] = {}
     for row in report.rows:
         for problem in row.direct.problems(row.case):
