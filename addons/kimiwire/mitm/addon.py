@@ -433,7 +433,8 @@ class KimiWire:
     @command.command("kimi.stats")
     def stats(self) -> JSONObject:
         """kimiwire's counters as JSON: live traffic (repairs by kind, flows seen, flows with errors, bytes in
-        and out), and under read_from_files the flows read from files (-r), counted from their records."""
+        and out), under read_from_files the flows read from files (-r), counted from their records, and
+        under upstreams what kimi_flavor=auto found of each upstream (mitm/upstream_probe.py)."""
         counts = dict(self.counts)
         return JSONObject(
             {
