@@ -155,7 +155,7 @@ def attempt_lines(attempt: dict[str, Any], repaired: bytes | None, content_type:
     shown = repaired if repaired is not None else body
     assembled = assemble(shown, body_content_type(body, content_type))
     label = "repaired" if repaired is not None and repaired != body else "as sent"
-    lines.append(f"    came back ({label}; {size} bytes raw, in the view 'Kimi Attempts (raw)'):")
+    lines.append(f"    came back ({label}; {size} bytes raw, in the view 'Kimi Attempts Raw'):")
     lines += response_lines(assembled, "      ")
     return lines
 
