@@ -361,7 +361,7 @@ class KimiWire:
         # Reverse mode connects upstream eagerly by default: when the upstream is down the client
         # is dropped without any answer (and its SDK retries). Lazy connections turn that into an
         # error response the client can read.
-        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager":
+        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager" and not self.viewer_only:
             ctx.options.update(connection_strategy="lazy")
             logger.info("kimiwire: connection_strategy set to lazy, so upstream failures reach clients as errors")
         if ctx.options.kimi_json_errors and not proxy_internals.install_error_answers():
