@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 from kimiwire.mitm.addon import KimiWire
-from kimiwire.mitm.capture import CaptureFile, delivered_body
+from kimiwire.mitm.capture import CaptureFile, delivered_body, upstream_request_body
 from kimiwire.mitm.contentview import register
 from mitmproxy import contentviews
 from mitmproxy.test import taddons
@@ -97,7 +97,7 @@ def test_capture_round_trip_is_byte_exact(live, upstream):
     assert flow.response.content == streams.interleaved(TWO).body()  # what the upstream sent
     record = flow.metadata["kimiwire"]
     assert delivered_body(flow) == live["delivered"][0]  # what the client received
-    assert record["upstream_request"] == upstream.requests[0].body  # what the upstream received
+    assert upstream_request_body(flow) == upstream.requests[0].body  # what the upstream received
     assert record["policy"]["flavor"] == "selfhosted"
     assert {"ids.call", "ids.result", "reasoning.stripped", "stream.tool_call_joined"} <= {
         r["kind"] for r in record["repairs"]

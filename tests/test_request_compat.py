@@ -66,7 +66,10 @@ def test_fixed_sampling_models_lose_sampling_fields(model):
     sampling = {"temperature": 0.6, "top_p": 1.0, "presence_penalty": 0.1, "frequency_penalty": 0}
     out, log = repaired(request(model, thinking={"type": "disabled"}, **sampling))
     assert not set(sampling) & set(out)
-    assert [(e.kind, e.before) for e in log.entries] == [("compat.fixed_sampling", sampling)]
+    # (K2.7-code and K3 also lose `thinking: disabled`, which they refuse or ignore: moonshot_rules.py)
+    assert [(e.kind, e.before) for e in log.entries if e.kind == "compat.fixed_sampling"] == [
+        ("compat.fixed_sampling", sampling)
+    ]
 
 
 @pytest.mark.parametrize("model", ["moonshot-v1-8k", "kimi-k2-0905-preview", "kimi-k2-thinking"])
@@ -135,5 +138,6 @@ def test_off_forwards_everything_as_sent():
 
 def test_every_rule_fires_once_on_openai_defaults_and_names_its_source():
     _, log = repaired(OPENAI_DEFAULTS)
-    assert sorted(kinds(log)) == sorted(rule.kind for rule in RULES)
+    # (OpenAI's defaults carry schemas Moonshot takes: compat.tool_schema fires on MCP-style ones)
+    assert sorted(kinds(log)) == sorted(rule.kind for rule in RULES if rule.kind != "compat.tool_schema")
     assert all(rule.source for rule in RULES)

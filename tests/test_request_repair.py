@@ -90,8 +90,14 @@ def test_moonshot_placeholder_for_tool_call_turn_without_reasoning():
 
 
 def test_moonshot_no_placeholder_when_thinking_disabled():
-    out, _ = repaired(body(history_with_reasoning(), thinking={"type": "disabled"}), MOON)
+    out, _ = repaired(body(history_with_reasoning(), model="kimi-k2.6", thinking={"type": "disabled"}), MOON)
     assert "reasoning_content" not in out["messages"][7]
+
+
+def test_moonshot_placeholder_for_a_model_that_always_thinks():
+    # kimi-k2-thinking thinks whatever `thinking` says: the field goes, the placeholder comes
+    out, _ = repaired(body(history_with_reasoning(), thinking={"type": "disabled"}), MOON)
+    assert out["messages"][7]["reasoning_content"] == " " and "thinking" not in out
 
 
 def test_moonshot_empty_reasoning_counts_as_missing():

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from kimiwire.mitm import proxy_internals
+from kimiwire.mitm import client_errors, proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.command_types import JSONObject
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
@@ -41,6 +41,7 @@ from kimiwire.mitm.retry import (
     retry_error_message,
 )
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
+from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges, replay_credentials
 from kimiwire.wire.content_decoding import (
@@ -50,6 +51,7 @@ from kimiwire.wire.content_decoding import (
     content_encoding,
     decode_body,
 )
+from kimiwire.wire.detection import Detection
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
@@ -77,6 +79,7 @@ CUT_SHORT = frozenset(
         "client_disconnected",
         "closed",
         "request_too_large",
+        "request_refused",
         "shutdown",
     }
 )
@@ -119,7 +122,9 @@ class KimiWire:
         self.health_path = chat_exchanges.HEALTH_PATH
         self.max_request_bytes = 0
         self.json_errors = True
+        self.error_names_upstream = False
         self._policies = PolicyCache()
+        self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
 
     # -- options ---------------------------------------------------------------------------
 
@@ -128,8 +133,8 @@ class KimiWire:
             "kimi_flavor",
             str,
             "auto",
-            "Upstream flavor: auto (from the upstream host), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, "
-            "deepinfra.",
+            "Upstream flavor: auto (from the upstream host, and on a self-hosted one the engine its /v1/models "
+            "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra.",
             choices=FLAVOR_CHOICES,
         )
         for field, (choices, help_text) in POLICY_OPTIONS.items():
@@ -208,6 +213,13 @@ class KimiWire:
             "",
             "Credential for client replay (-C) of captures, whose credentials are redacted: env:NAME reads "
             "the environment variable NAME, anything else is the credential itself.",
+        )
+        loader.add_option(
+            "kimi_error_names_upstream",
+            bool,
+            False,
+            "Name the upstream's address (scheme://host:port) in the error answers sent to clients; off: "
+            "they say 'the upstream' (the address stays in the log and the capture).",
         )
 
     def _load_ending_options(self, loader: Any) -> None:
@@ -335,12 +347,20 @@ class KimiWire:
         self.health_path = opts.kimi_health_path
         self.max_request_bytes = opts.kimi_max_request_bytes
         self.json_errors = opts.kimi_json_errors
+        self.error_names_upstream = opts.kimi_error_names_upstream
         if updated & _POLICY_OPTION_NAMES:
             self._policies = PolicyCache(
                 opts.kimi_flavor,
                 stream_buffer_limit=opts.kimi_stream_buffer_limit,
                 **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
             )
+            self.detector.enabled = opts.kimi_flavor == "auto"
+            for host, detection in self.detector.each():
+                self._learned(host, detection)
+
+    def _learned(self, host: str, detection: Detection) -> None:
+        """The detector found out more about the upstream `host`: `auto` follows it."""
+        self._policies.learn(host, detection.flavor(host), detection.switch_models())
 
     def _check_capture_folder(self) -> None:
         self.capture_problem = None
@@ -373,6 +393,8 @@ class KimiWire:
             logger.info("kimiwire: no proxy listens: flows read from files are shown as recorded, not repaired again")
         if self.retrier.policy.active and self.retrier.policy.retries > 0:
             self.retrier.client.get()  # the TLS context loads its CA bundle now, not on the first retry
+        if self.detector.enabled:
+            self.detector.start(reverse_upstreams(ctx.options.mode))
         if ctx.options.kimi_gc_freeze:
             freeze_startup_heap()
 
@@ -407,12 +429,14 @@ class KimiWire:
                 "capture_lost": self.capture.flows_lost if self.capture else 0,
                 "capture_error": (self.capture.last_error if self.capture else None) or self.capture_problem,
                 "read_from_files": self.loaded.summary(),
+                "upstreams": self.detector.detections(),
             }
         )
 
     def done(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
         self._shut_down = True
+        self.detector.cancel()
         self._finish_open_flows()
         if self.capture is not None:
             if self.capture.flows_lost or self.capture_problem:
@@ -446,11 +470,18 @@ class KimiWire:
         return self.flows.active_tasks
 
     def _ending(self, state: FlowState, how: str) -> None:
+        """Record how the flow ended (the first call wins); kimi.stats counts it once, when the flow is over."""
         if state.set_ending(how):
             kind = how.split(":", 1)[0]
-            self.counts[f"ending.{kind}"] += 1
             if kind in CUT_SHORT or kind in RETRY_ENDINGS:  # findable: ~marked, ~comment ended, ~comment retr
                 self._describe(state)
+
+    def _count_ending(self, state: FlowState) -> None:
+        """One ending per chat flow in kimi.stats: the one its record keeps (a retry may replace the
+        first attempt's), or, for a flow nothing ended early, natural (or error, when it failed)."""
+        flow = state.flow
+        ending = state.record.setdefault("ending", "natural" if flow.error is None else "error")
+        self.counts[f"ending.{str(ending).split(':', 1)[0]}"] += 1
 
     def policy_for(self, flow: http.HTTPFlow) -> Policy:
         return self._policies.policy(flow.request.host)
@@ -533,6 +564,7 @@ class KimiWire:
                 self._note(flow, f"request not repaired: {why_not}")
             return
         self.counts["flows.chat"] += 1
+        detected = self.detector.seen(req.scheme, req.host, req.port, path)
         policy = self.policy_for(flow)
         state = self.flows.start(flow)
         state.policy = policy
@@ -540,6 +572,8 @@ class KimiWire:
         record = state.record
         record["limits"] = self.limits.as_dict()
         record["policy"] = self._policies.as_dict(policy)
+        if detected is not None:
+            record["detection"] = detected
         record["facts"] = state.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
@@ -605,6 +639,9 @@ class KimiWire:
         record["facts"] = result.facts.as_dict()
         for note in result.notes:
             self._note(flow, note)
+        if result.refusal is not None:
+            self._refuse_request(state, result.refusal)
+            return
         if result.skipped:
             self._note(flow, f"request not repaired: {result.skipped}")
             return
@@ -613,6 +650,16 @@ class KimiWire:
             record["upstream_request"] = result.body
         if result.log:
             self._record_repairs(flow, "request", result.log)
+
+    def _refuse_request(self, state: FlowState, message: str) -> None:
+        """A request the upstream is known to refuse and kimiwire cannot make acceptable: answered
+        here with the OpenAI-style 400, nothing sent upstream."""
+        state.flow.response = http.Response.make(
+            400, error_body(message, "invalid_request_error", None), {"content-type": "application/json"}
+        )
+        state.record["error_answer"] = 400
+        state.record["errors"].append(message)
+        self._ending(state, "request_refused")
 
     def _restore_credentials(self, flow: http.HTTPFlow) -> None:
         """Client replay of a capture: its redacted credentials are filled from kimi_replay_auth or removed."""
@@ -647,7 +694,7 @@ class KimiWire:
     def _answer_first_byte_timeout(self, state: FlowState) -> None:
         flow = state.flow
         seconds = self.limits.first_byte_timeout
-        message = f"kimiwire: {url_for_log(flow.request.url)} sent no response headers within {seconds:g} s"
+        message = f"kimiwire: {self._upstream_name(flow)} sent no response headers within {seconds:g} s"
         self._answer_error(state, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
         self._ending(state, "first_byte_timeout")
         state.record["errors"].append(message)
@@ -930,6 +977,7 @@ class KimiWire:
         if state is None or not state.is_chat:
             return
         record = state.record
+        self._count_ending(state)
         try:
             response = flow.response
             body = state.upstream_body
@@ -958,6 +1006,14 @@ class KimiWire:
                         "first_byte": response.timestamp_start,
                         "last_byte": response.timestamp_end,
                     }
+            req = flow.request
+            if (
+                response is not None
+                and response.status_code == 200
+                and self.detector.wants_answer(req.scheme, req.host, req.port)
+            ):
+                streamed = state.stream is not None
+                self.detector.read_answer(req.scheme, req.host, req.port, body or b"", streamed)
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
             if self.capture is not None:
@@ -1095,12 +1151,16 @@ class KimiWire:
         client_gone = message == "Client disconnected." or "client disconnect" in message.lower()
         if client_gone:
             self._ending(state, "client_disconnected")
+        elif flow.response is None and client_errors.is_client_error(flow):
+            # The client's request was refused before it was whole (both Content-Length and
+            # Transfer-Encoding, CONNECT in reverse mode, a malformed body): mitmproxy answers 400.
+            self._ending(state, "client_error")
         elif flow.response is None:
             # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
-            text = (
-                f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
-                f"failed before responding: {message}"
-            )
+            req = flow.request
+            self.detector.failed(req.scheme, req.host, req.port, req.path)
+            cause = client_errors.upstream_cause(flow, message, self.error_names_upstream)
+            text = f"kimiwire: {self._upstream_name(flow)} failed before responding: {cause}"
             self._answer_error(
                 state, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
             )
@@ -1117,6 +1177,10 @@ class KimiWire:
         if stream is not None and flow.response is not None:
             flow.response.content = stream.upstream_bytes()
             self._record_stream(state, stream)
+
+    def _upstream_name(self, flow: http.HTTPFlow) -> str:
+        """How an error answer names the upstream: its address only when the operator chose to show it."""
+        return client_errors.upstream_name(flow, self.error_names_upstream)
 
     def _answer_error(self, state: FlowState, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
         if not self.json_errors:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .server import SETTINGS_HEADER, Simulator
-from .settings import BROKEN_HISTORY, LEAKS, SHAPES, THINKS, SimSettings
+from .settings import BROKEN_HISTORY, CONTRACTS, LEAKS, SHAPES, THINKS, SimSettings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
@@ -45,8 +45,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
     parser.add_argument("--answer-events", type=int, default=0, help="text answers as N one-token events")
     parser.add_argument("--leak", choices=LEAKS, default="none", help="how tool parsing fails on a turn with calls")
     parser.add_argument("--think", choices=THINKS, default="field", help="how reasoning reaches the client")
+    parser.add_argument(
+        "--contract", choices=CONTRACTS, default="off", help="moonshot: answer what Moonshot's API refuses with its 400"
+    )
     parser.add_argument("--stamp", action="store_true", help="end each event's text with its send time")
     parser.add_argument("--run", default="", help="a tag that separates the attempt counts of turn faults")
+    parser.add_argument(
+        "--served", default=SimSettings.served, help="the model GET /v1/models lists (moonshotai/Kimi-K2.6, ...)"
+    )
     args = parser.parse_args(argv)
     settings = SimSettings(
         shape=args.shape,
@@ -63,7 +69,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
         stamp=args.stamp,
         leak=args.leak,
         think=args.think,
+        contract=args.contract,
         run=args.run,
+        served=args.served,
     )
     try:
         settings.validate()

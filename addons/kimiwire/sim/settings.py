@@ -15,6 +15,8 @@ BROKEN_HISTORY = ("markup", "empty", "off")
 LEAKS = ("none", "consumed", "consumed-functions", "in-arguments", "untooled")
 # How reasoning reaches the client when the engine's reasoning parser does not split it.
 THINKS = ("field", "prefilled", "block")
+# Request validation before the model answers: off, or moonshot (Moonshot's 400s, moonshot_validator.py).
+CONTRACTS = ("off", "moonshot")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class SimSettings:
     stamp: bool = False  # end every event's text with its send time, `[sent_at=NS]` (benchmarks)
     leak: str = "none"  # none | consumed | consumed-functions | in-arguments | untooled
     think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
+    contract: str = "off"  # off | moonshot: refuse what Moonshot's API refuses, with its 400 messages
     run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests
+    served: str = "moonshotai/Kimi-K2-Thinking"  # the model GET /v1/models lists (its family)
 
     def with_overrides(self, text: str) -> SimSettings:
         """Apply `key=value` / `flag` items separated by commas or semicolons."""
@@ -69,6 +73,8 @@ class SimSettings:
             raise ValueError(f"broken_history must be one of {', '.join(BROKEN_HISTORY)}")
         if self.leak not in LEAKS:
             raise ValueError(f"leak must be one of {', '.join(LEAKS)}")
+        if self.contract not in CONTRACTS:
+            raise ValueError(f"contract must be one of {', '.join(CONTRACTS)}")
         if self.think not in THINKS:
             raise ValueError(f"think must be one of {', '.join(THINKS)}")
         kind, _, argument = self.fault.partition(":")

@@ -20,6 +20,11 @@ class RequestFacts:
     # The request goes to a K2.5/K2.6 model with thinking on: its chat template prefills `<think>`,
     # so the output starts inside reasoning (smg-project/smg#1873).
     thinking_prefilled: bool = False
+    # Tool names the upstream refuses were sent renamed: upstream name -> the client's name.
+    tool_renames: dict[str, str] = field(default_factory=dict)
+    # The request goes to a Kimi K3 model: its markup (k3_markup.py) and an answer that may come
+    # in the reasoning field (sgl-project/sglang PR #33995).
+    k3_model: bool = False
 
     @property
     def known_tool_names(self) -> frozenset[str]:
@@ -34,6 +39,8 @@ class RequestFacts:
             "stream": self.stream,
             "history_tool_names": self.history_tool_names,
             "thinking_prefilled": self.thinking_prefilled,
+            "tool_renames": self.tool_renames,
+            "k3_model": self.k3_model,
         }
 
     @classmethod
@@ -45,4 +52,6 @@ class RequestFacts:
             bool(data.get("stream")),
             [str(n) for n in data.get("history_tool_names") or []],
             bool(data.get("thinking_prefilled")),
+            {str(k): str(v) for k, v in (data.get("tool_renames") or {}).items()},
+            bool(data.get("k3_model")),
         )

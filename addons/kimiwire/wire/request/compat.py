@@ -11,12 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kimiwire.wire.models import sampling_is_fixed, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.request.thinking_fields import thinking_requested
-
-FIXED_SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+from kimiwire.wire.request.moonshot_rules import fixed_sampling, forced_tool_choice, thinking_and_effort, tool_schemas
 
 
 def _developer_role(body: dict[str, Any], log: RepairLog, kind: str) -> None:
@@ -43,41 +40,12 @@ def _drop(field: str) -> Callable[[dict[str, Any], RepairLog, str], None]:
     return drop
 
 
-def _reasoning_effort(body: dict[str, Any], log: RepairLog, kind: str) -> None:
-    if "reasoning_effort" not in body:
-        return
-    value = body.pop("reasoning_effort")
-    after = None
-    if value == "none" and "thinking" not in body:  # the client's intent, in Moonshot's field
-        body["thinking"] = after = {"type": "disabled"}
-    log.add(kind, None, {"reasoning_effort": value}, after and {"thinking": after})
-
-
 def _tool_strict(body: dict[str, Any], log: RepairLog, kind: str) -> None:
     tools = body.get("tools")
     for tool in tools if isinstance(tools, list) else ():
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and "strict" in function:
             log.add(kind, None, {"name": function.get("name"), "strict": function.pop("strict")}, None)
-
-
-def _fixed_sampling(body: dict[str, Any], log: RepairLog, kind: str) -> None:
-    # Dropped rather than pinned: the pinned temperature depends on the thinking mode (1 on,
-    # 0.6 off), which Moonshot knows better than a proxy; its default is the pinned value.
-    if not sampling_is_fixed(body.get("model")):
-        return
-    dropped = {field: body.pop(field) for field in FIXED_SAMPLING_FIELDS if field in body}
-    if dropped:
-        log.add(kind, None, dropped, None)
-
-
-def _forced_tool_choice(body: dict[str, Any], log: RepairLog, kind: str) -> None:
-    choice = body.get("tool_choice")
-    forced = choice == "required" or (isinstance(choice, dict) and choice.get("type") == "function")
-    if forced and thinking_is_a_switch(body.get("model")) and thinking_requested(body):
-        before = body.get("thinking")
-        body["thinking"] = {"type": "disabled"}
-        log.add(kind, None, {"tool_choice": choice, "thinking": before}, {"thinking": body["thinking"]})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +75,9 @@ RULES: tuple[RequestRule, ...] = (
     RequestRule(
         "compat.reasoning_effort",
         _MOONSHOT,
-        _reasoning_effort,
-        "400 cannot specify both 'thinking' and 'reasoning_effort': HKUDS/nanobot#3939",
+        thinking_and_effort,
+        "400 cannot specify both 'thinking' and 'reasoning_effort': HKUDS/nanobot#3939; per family "
+        "(K2.7-code: thinking only enabled, K3: reasoning_effort low|high|max): moonshot_contract.py",
     ),
     RequestRule(
         "compat.tool_strict", _MOONSHOT, _tool_strict, "issue 12: earendil-works/pi#8109, openclaw/openclaw#8579"
@@ -116,16 +85,23 @@ RULES: tuple[RequestRule, ...] = (
     RequestRule(
         "compat.fixed_sampling",
         _MOONSHOT,
-        _fixed_sampling,
+        fixed_sampling,
         "400 invalid temperature: only 1 is allowed for this model: NousResearch/hermes-agent#12566, "
         "anomalyco/opencode#10811; UKGovernmentBEIS/inspect_ai#5156 (pinned in both thinking modes)",
     ),
     RequestRule(
         "compat.forced_tool_choice",
         _MOONSHOT,
-        _forced_tool_choice,
+        forced_tool_choice,
         "400 tool_choice 'specified' is incompatible with thinking enabled: can1357/oh-my-pi#827, #1077; "
-        "UKGovernmentBEIS/inspect_ai#5152",
+        "UKGovernmentBEIS/inspect_ai#5152; which family takes which: moonshot_contract.py",
+    ),
+    RequestRule(
+        "compat.tool_schema",
+        _MOONSHOT,
+        tool_schemas,
+        "400 ... is not a valid moonshot flavored json schema: MoonshotAI/walle (its validator); "
+        "vercel/ai packages/moonshotai normalize-json-schema-for-mfjs.ts",
     ),
 )
 

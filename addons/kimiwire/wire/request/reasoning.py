@@ -13,8 +13,9 @@ from typing import Any
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 
-# Moonshot rejects a tool-call turn in the current loop whose reasoning is missing or empty
-# with HTTP 400 when thinking is on; a single space is accepted.
+# Moonshot rejects a request with a tool-call turn (in any loop of the history) whose reasoning is
+# missing or empty with HTTP 400 when thinking is on; a single space is accepted (kimi-agent-sdk#169,
+# earendil-works/pi#5633, PR #4178).
 MOONSHOT_REASONING_PLACEHOLDER = " "
 
 
@@ -56,15 +57,15 @@ def apply_reasoning_policy(
 ) -> None:
     """mode: `strip` | `loop` | `keep`. Kept reasoning goes under `key`, the one the server reads
     (`keep` leaves the history as sent unless that is not `reasoning_content`).
-    `placeholder_for_tool_calls` fills missing reasoning on tool-call messages of the current loop
-    (Moonshot with thinking on)."""
-    if mode == "keep" and key == REASONING_KEYS[0]:
+    `placeholder_for_tool_calls` (Moonshot with thinking on): every tool-call message, in every
+    loop of the history, keeps its own reasoning or gets a placeholder; Moonshot checks them all."""
+    if mode == "keep" and key == REASONING_KEYS[0] and not placeholder_for_tool_calls:
         return
     loop_start = current_loop_start(messages) if mode == "loop" else 0 if mode == "keep" else len(messages)
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
-        if index < loop_start:
+        if index < loop_start and not (placeholder_for_tool_calls and message.get("tool_calls")):
             _strip(message, index, log)
             continue
         _keep_under(key, message, index, log)

@@ -7,11 +7,18 @@ from typing import Any
 
 from kimiwire.wire import json_codec
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.models import thinking_is_a_switch
+from kimiwire.wire.models import is_k3, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.compat import apply_request_compat
 from kimiwire.wire.request.history import moonshot_hygiene, repair_history_arguments
+from kimiwire.wire.request.moonshot_contract import MoonshotError, contract_for
+from kimiwire.wire.request.moonshot_rules import (
+    moonshot_thinking_on,
+    rename_tools,
+    tool_name_renames,
+    tool_results_in_place,
+)
 from kimiwire.wire.request.reasoning import apply_reasoning_policy
 from kimiwire.wire.request.thinking_fields import thinking_requested, translate_thinking_fields
 from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, history_tool_calls
@@ -24,6 +31,9 @@ class RequestRepairResult:
     facts: RequestFacts
     skipped: str | None = None  # why the body was left alone (bad input), if it was
     notes: list[str] = field(default_factory=list)  # how the body was read, when that is worth saying
+    # An OpenAI-style 400 message the proxy answers with instead of sending a request the upstream
+    # is known to refuse and kimiwire cannot make acceptable (too many tools for the model).
+    refusal: str | None = None
 
 
 def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
@@ -41,8 +51,10 @@ def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     return declared, tools
 
 
-def facts_from_body(body: dict[str, Any]) -> RequestFacts:
+def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -> RequestFacts:
+    """`switch_models`: model ids the upstream listed as K2.5/K2.6 (their names may not say so)."""
     messages = body.get("messages")
+    model = body.get("model")
     declared, tools = declared_tools(body)
     count, names = history_tool_calls(messages) if isinstance(messages, list) else (0, [])
     return RequestFacts(
@@ -52,20 +64,29 @@ def facts_from_body(body: dict[str, Any]) -> RequestFacts:
         body.get("stream") is True,
         names,
         # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
-        thinking_is_a_switch(body.get("model")) and thinking_requested(body),
+        (thinking_is_a_switch(model) or (isinstance(model, str) and model in switch_models))
+        and thinking_requested(body),
+        k3_model=is_k3(model),
     )
 
 
 _HISTORY_ROLES = ("assistant", "tool")
 
 
-def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
+def moonshot_fixes(policy: Policy) -> bool:
+    return policy.flavor is Flavor.MOONSHOT and policy.request_compat == "fix"
+
+
+def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[str, str] | None = None) -> RepairLog:
     """Repair a parsed request body in place. Raises UnrepairableShape (before changing
-    anything that matters: the caller forwards the original bytes then)."""
+    anything that matters: the caller forwards the original bytes then). `renames`: tool names
+    the upstream refuses, client name -> upstream name (`tool_name_renames`)."""
     messages = body["messages"]
     log = RepairLog()
     if policy.request_compat == "fix":  # first: the thinking switch it may set decides the rest
         apply_request_compat(body, policy.flavor, log)
+    if renames and moonshot_fixes(policy):
+        rename_tools(body, renames, log, "compat.tool_name")
     repair_history = policy.history == "repair"
     if repair_history and policy.flavor is Flavor.MOONSHOT:
         kept, origin = _moonshot_hygiene_with_origin(messages, log)
@@ -83,7 +104,7 @@ def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
             messages,
             policy.reasoning,
             later,
-            placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and thinking_requested(body),
+            placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and moonshot_thinking_on(body),
             key=policy.flavor.history_reasoning_key,
         )
         if repair_history:
@@ -93,6 +114,10 @@ def repair_request_object(body: dict[str, Any], policy: Policy) -> RepairLog:
                 if entry.message_index is not None:
                     entry.message_index = origin[entry.message_index]
         log.extend(later)
+        if moonshot_fixes(policy):  # indexes of the final list: after the others are recorded
+            placed = tool_results_in_place(messages, log)
+            if placed is not messages:
+                body["messages"] = placed
     if policy.thinking_fields == "translate":
         translate_thinking_fields(body, policy.flavor, log)
     return log
@@ -102,6 +127,15 @@ def _moonshot_hygiene_with_origin(messages: list[Any], log: RepairLog) -> tuple[
     ids = {id(m): i for i, m in enumerate(messages)}
     kept = moonshot_hygiene(messages, log)
     return kept, [ids[id(m)] for m in kept]
+
+
+def _refused_before_upstream(body: dict[str, Any]) -> str | None:
+    contract = contract_for(body.get("model"))
+    tools = body.get("tools")
+    limit = contract.max_tools if contract is not None else None
+    if limit is not None and isinstance(tools, list) and len(tools) > limit:
+        return "kimiwire: " + MoonshotError.TOO_MANY_TOOLS.format(count=len(tools), limit=limit)
+    return None
 
 
 def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
@@ -114,16 +148,23 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     notes = [f"body read by the exact JSON decoder: {decoded.fallback}"] if decoded.fallback else []
     if not isinstance(body, dict):
         return RequestRepairResult(None, log, RequestFacts(), f"body is a JSON {type(body).__name__}, not an object")
-    facts = facts_from_body(body)
+    facts = facts_from_body(body, policy.thinking_switch_models)
     if decoded.fallback:  # the facts go onto the flow, whose files hold only valid UTF-8
         facts.tools = json_codec.storable(facts.tools)
         facts.history_tool_names = json_codec.storable(facts.history_tool_names)
     if not isinstance(body.get("messages"), list):
         return RequestRepairResult(None, log, facts, "`messages` is missing or not a list", notes)
+    renames: dict[str, str] = {}
+    if moonshot_fixes(policy):
+        refusal = _refused_before_upstream(body)
+        if refusal is not None:
+            return RequestRepairResult(None, log, facts, notes=notes, refusal=refusal)
+        renames = tool_name_renames(body)
     try:
-        log = repair_request_object(body, policy)
+        log = repair_request_object(body, policy, renames)
     except UnrepairableShape as exc:
         return RequestRepairResult(None, RepairLog(), facts, str(exc), notes)
+    facts.tool_renames = {new: old for old, new in renames.items()}
     if not log:
         return RequestRepairResult(None, log, facts, notes=notes)
     try:

@@ -8,7 +8,7 @@ from kimiwire.wire.policy import Flavor
 from kimiwire.wire.repairs import RepairLog
 
 
-def _thinking_enabled(value: Any) -> bool | None:
+def thinking_enabled(value: Any) -> bool | None:
     """Reads `thinking` in the forms harnesses send: {type: enabled|disabled}, a bool, a string."""
     if isinstance(value, dict):
         value = value.get("type")
@@ -27,7 +27,7 @@ def thinking_requested(body: dict[str, Any]) -> bool:
     """Whether the request leaves thinking on (the default of the Kimi thinking models)."""
     for key in ("thinking", "enable_thinking"):
         if key in body:
-            enabled = _thinking_enabled(body[key])
+            enabled = thinking_enabled(body[key])
             if enabled is not None:
                 return enabled
     kwargs = body.get("chat_template_kwargs")
@@ -41,7 +41,7 @@ def translate_thinking_fields(body: dict[str, Any], flavor: Flavor, log: RepairL
     if flavor is Flavor.MOONSHOT:
         if "enable_thinking" in body:
             value = body.pop("enable_thinking")
-            enabled = _thinking_enabled(value)
+            enabled = thinking_enabled(value)
             if "thinking" not in body and enabled is not None:
                 body["thinking"] = {"type": "enabled" if enabled else "disabled"}
             log.add("field.enable_thinking", None, value, body.get("thinking"))
@@ -50,7 +50,7 @@ def translate_thinking_fields(body: dict[str, Any], flavor: Flavor, log: RepairL
         if key not in body:
             continue
         value = body.pop(key)
-        enabled = _thinking_enabled(value)
+        enabled = thinking_enabled(value)
         after: Any = None
         if flavor.self_hosted and enabled is not None:
             kwargs = body.get("chat_template_kwargs")
