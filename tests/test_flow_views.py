@@ -200,3 +200,17 @@ def test_a_retried_flow_differs_when_its_last_attempt_would_now_answer():
     assert compare_retried(b"{}", b"{}", delivered, still_empty, source) == []
     lines = compare_retried(b"{}", b"{}", delivered, answers + b"data: [DONE]\n\n", source)
     assert "choice 0 content: '' -> 'hi'" in lines and any(line.startswith("errors:") for line in lines)
+
+
+def test_an_attempt_record_with_more_fields_is_shown(flows):
+    """Records of another version may keep more per attempt (its repairs, headers): shown, never an error."""
+    flow = flows["status_retried"].copy()
+    attempts = flow.metadata["kimiwire"]["attempts"]
+    attempts[1] = {
+        **attempts[1],
+        "repairs": [{"kind": "stream.tool_call_joined", "message_index": 0, "before": 5, "after": 1}],
+        "headers": [[b"content-type", b"text/event-stream"]],
+        "something_new": {"x": 1},
+    }
+    text = flat(view(flow.response, flow).text)
+    assert "repairs on this attempt (1): stream.tool_call_joined (call 0): its 5 argument deltas joined" in text

@@ -157,6 +157,10 @@ def attempt_lines(attempt: dict[str, Any], repaired: bytes | None, content_type:
     label = "repaired" if repaired is not None and repaired != body else "as sent"
     lines.append(f"    came back ({label}; {size} bytes raw, in the view 'Kimi Attempts Raw'):")
     lines += response_lines(assembled, "      ")
+    recorded = attempt.get("repairs")  # kept per attempt by records that have them
+    if isinstance(recorded, list) and recorded:
+        lines.append(f"    repairs on this attempt ({len(recorded)}):")
+        lines += ["      " + describe(r) for r in recorded if isinstance(r, dict)]
     return lines
 
 
