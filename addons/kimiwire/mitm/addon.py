@@ -409,7 +409,7 @@ class KimiWire:
         """kimiwire's counters as JSON: live traffic (repairs by kind, flows seen, flows with errors, bytes in
         and out), and under read_from_files the flows read from files (-r), counted from their records."""
         counts = dict(self.counts)
-        return JSONObject(
+        return JSONObject.of(
             {
                 "counts": "live traffic through this proxy; flows read from files are under read_from_files",
                 "flows": counts.get("flows.chat", 0),
