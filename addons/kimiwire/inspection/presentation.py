@@ -22,7 +22,7 @@ Section = tuple[str, list[str]]
 
 # How a flow's `ending` reads for a user.
 ENDINGS = {
-    "natural": "the upstream ended the stream itself",
+    "natural": "the upstream ended the response itself",
     "retried": "answered by a retry",
     "retries_exhausted": "no answer after every attempt; the client got the failure",
     "idle_timeout": "the proxy ended it: no upstream event for kimi_idle_timeout",
