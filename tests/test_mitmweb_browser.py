@@ -82,7 +82,7 @@ def page(tmp_path_factory):
             str(tmp_path_factory.mktemp("chromium-profile")),  # a new empty --user-data-dir
             executable_path=CHROMIUM,
             args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000},
+            viewport={"width": 1500, "height": 1000},
         )
         try:
             yield context.new_page()
