@@ -407,7 +407,7 @@ class KimiWire:
         # Reverse mode connects upstream eagerly by default: when the upstream is down the client
         # is dropped without any answer (and its SDK retries). Lazy connections turn that into an
         # error response the client can read.
-        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager":
+        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager" and not self.viewer_only:
             ctx.options.update(connection_strategy="lazy")
             logger.info("kimiwire: connection_strategy set to lazy, so upstream failures reach clients as errors")
         if ctx.options.kimi_json_errors and not proxy_internals.install_error_answers():
@@ -436,7 +436,7 @@ class KimiWire:
         and out), under read_from_files the flows read from files (-r), counted from their records, and
         under upstreams what kimi_flavor=auto found of each upstream (mitm/upstream_probe.py)."""
         counts = dict(self.counts)
-        return JSONObject(
+        return JSONObject.of(
             {
                 "counts": "live traffic through this proxy; flows read from files are under read_from_files",
                 "flows": counts.get("flows.chat", 0),
