@@ -25,8 +25,10 @@ class RequestFacts:
 
     @property
     def known_tool_names(self) -> frozenset[str]:
-        """Names a leaked call may use: the declared tools, else the tools the history called."""
-        return frozenset(self.tools) if self.tools else frozenset(self.history_tool_names)
+        """Names a leaked call may use: the declared tools, else the tools the history called (and
+        the names they were sent upstream under, when renamed)."""
+        known = frozenset(self.tools) if self.tools else frozenset(self.history_tool_names)
+        return known | frozenset(self.tool_renames) if self.tool_renames else known
 
     def as_dict(self) -> dict[str, Any]:
         return {
