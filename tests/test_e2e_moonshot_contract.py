@@ -148,3 +148,27 @@ def test_pi_ai_through_kimiwire_keeps_its_reasoning_and_gets_no_400(simulator, p
     last = seen[-1]["body"]
     replayed = [m.get("reasoning_content") for m in last["messages"] if m.get("tool_calls")]
     assert replayed and all(r and r.strip() for r in replayed)  # pi-ai's own reasoning, sent as kept
+
+
+def test_a_forced_tool_sent_as_auto_is_retried_then_the_answer_delivered(simulator, proxy):
+    # K2.7-code refuses `required` while it thinks (and cannot stop thinking): kimiwire sends `auto`
+    # and judges the turn on calling a tool. The scripted model answers this task in text every time.
+    def ask(base_url, task):
+        with openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-test", max_retries=0, timeout=20) as client:
+            return client.chat.completions.create(
+                model="kimi-k2.7-code",
+                messages=[{"role": "user", "content": task}],
+                tools=[READ],
+                tool_choice="required",
+                extra_headers={"x-kimi-sim": f"run={task}"},
+            )
+
+    with pytest.raises(openai.BadRequestError, match="tool_choice 'required' is incompatible with thinking enabled"):
+        ask(simulator.url, "say hi")
+    httpx.delete(f"{simulator.url}/_sim/requests")
+    reply = ask(proxy.url, "say hi")
+    assert reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+    seen = httpx.get(f"{simulator.url}/_sim/requests").json()
+    assert [r["body"]["tool_choice"] for r in seen] == ["auto", "auto", "auto"]  # the first attempt and 2 retries
+    reply = ask(proxy.url, "read a.py")
+    assert reply.choices[0].message.tool_calls[0].function.name == "read"

@@ -384,3 +384,45 @@ def test_any_request_moonshot_accepts_direct_is_accepted_after_kimiwire(body):
     if moonshot_refusal(body) is None:
         out, _ = repaired(body)
         assert moonshot_refusal(out) is None, out
+
+
+# -- a forced tool sent as `auto` is checked to have been called ---------------------------------
+
+
+def test_a_relaxed_forced_choice_is_remembered_in_the_facts():
+    body = {"model": "kimi-k2.7-code", "messages": [{"role": "user", "content": "x"}], "tools": [tool("read")]}
+    _, result = repaired({**body, "tool_choice": "required"})
+    assert result.facts.forced_tool == "*"
+    _, result = repaired({**body, "model": "kimi-k3", "tool_choice": NAMED})
+    assert result.facts.forced_tool == "read"
+    _, result = repaired({**body, "model": "kimi-k2.6", "tool_choice": NAMED})
+    assert result.facts.forced_tool is None  # thinking turned off instead: the upstream forces it
+
+
+def test_the_turn_verdict_on_a_forced_tool():
+    from kimiwire.wire.facts import RequestFacts
+    from kimiwire.wire.response.turn_gate import TurnSeen, judge
+
+    checks = frozenset({"forced_tool"})
+    text = TurnSeen(content=True, finish_reasons=["stop"])
+    assert judge(text, RequestFacts(forced_tool="*"), checks).kind == "forced_tool"
+    assert judge(text, RequestFacts(), checks) is None
+    other = TurnSeen(calls=[("exec", "{}")], finish_reasons=["tool_calls"])
+    assert judge(other, RequestFacts(forced_tool="read"), checks).kind == "forced_tool"
+    assert judge(other, RequestFacts(forced_tool="*"), checks) is None
+    assert judge(TurnSeen(content=True, finish_reasons=["length"]), RequestFacts(forced_tool="*"), checks) is None
+
+
+def test_the_gate_holds_content_while_a_forced_tool_is_awaited():
+    from kimiwire.wire.facts import RequestFacts
+    from kimiwire.wire.response.turn_gate import TurnGate
+
+    def event(delta, finish=None):
+        chunk = {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    gate = TurnGate(RequestFacts(forced_tool="*"), frozenset({"forced_tool", "empty"}), hold_calls=True)
+    assert gate.feed([event({"content": "hello"}), event({}, "stop"), b"data: [DONE]\n\n"]) == []
+    assert gate.verdict().kind == "forced_tool" and len(gate.discard()) == 3
+    gate = TurnGate(RequestFacts(), frozenset({"forced_tool", "empty"}), hold_calls=True)
+    assert len(gate.feed([event({"content": "hello"})])) == 1  # nothing forced: content proves the turn

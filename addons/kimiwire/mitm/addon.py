@@ -56,7 +56,7 @@ from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.response.turn_gate import DELIVERED_AS_CAME, TurnGate
 from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
@@ -238,7 +238,8 @@ class KimiWire:
             str,
             DEFAULT_RETRY_ON,
             "When to ask the upstream again, a comma list of: empty, reasoning_only, stall, connect, status, "
-            "invalid_call, schema (opt-in). Empty: no retries and no checks (empty turns pass as they come).",
+            "invalid_call, schema (opt-in), forced_tool. Empty: no retries and no checks (empty turns pass as they "
+            "come).",
         )
         loader.add_option("kimi_retries", int, 2, "Extra attempts per request after the first (0: none).")
         loader.add_option(
@@ -879,7 +880,7 @@ class KimiWire:
         if facts.stream and last.kind not in ("status", "connect", "stall"):
             _replace(response, 200, [(b"content-type", b"text/event-stream")], bytes(sink.delivered))
             response.content += b"".join(final_events(last, made))
-        elif last.kind in ("invalid_call", "schema") and last.body:
+        elif last.kind in DELIVERED_AS_CAME and last.body:
             _replace(response, 200, [(b"content-type", b"application/json")], last.body)
         elif last.kind == "status" and last.status is not None:
             if last.body is not failure.body:

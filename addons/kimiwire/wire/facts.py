@@ -22,6 +22,9 @@ class RequestFacts:
     thinking_prefilled: bool = False
     # Tool names the upstream refuses were sent renamed: upstream name -> the client's name.
     tool_renames: dict[str, str] = field(default_factory=dict)
+    # The client forced a tool (`tool_choice` required: "*", or the tool's name) that the upstream
+    # was sent as `auto` (it refuses forcing while thinking): the turn is judged on calling it.
+    forced_tool: str | None = None
 
     @property
     def known_tool_names(self) -> frozenset[str]:
@@ -39,6 +42,7 @@ class RequestFacts:
             "history_tool_names": self.history_tool_names,
             "thinking_prefilled": self.thinking_prefilled,
             "tool_renames": self.tool_renames,
+            "forced_tool": self.forced_tool,
         }
 
     @classmethod
@@ -51,4 +55,5 @@ class RequestFacts:
             [str(n) for n in data.get("history_tool_names") or []],
             bool(data.get("thinking_prefilled")),
             {str(k): str(v) for k, v in (data.get("tool_renames") or {}).items()},
+            data.get("forced_tool") if isinstance(data.get("forced_tool"), str) else None,
         )

@@ -104,6 +104,20 @@ def forced_tool_choice(body: dict[str, Any], log: RepairLog, kind: str) -> None:
         log.add(kind, None, {"tool_choice": choice}, {"tool_choice": "auto"})
 
 
+def forced_tool_relaxed(log: RepairLog) -> str | None:
+    """The tool the client forced when `forced_tool_choice` sent `auto` instead: "*" for
+    `required`, else the function's name (the client's own name)."""
+    for entry in log.entries:
+        if entry.kind == "compat.forced_tool_choice" and entry.after == {"tool_choice": "auto"}:
+            choice = entry.before["tool_choice"]
+            if choice == "required":
+                return "*"
+            function = choice.get("function") if isinstance(choice, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            return name if isinstance(name, str) else "*"
+    return None
+
+
 def tool_schemas(body: dict[str, Any], log: RepairLog, kind: str) -> None:
     """Tool parameter schemas (and a response_format schema) Moonshot's validator refuses,
     rewritten with the same meaning (mfjs_rewrite.py); the client's own schema stays the one its
