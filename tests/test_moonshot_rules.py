@@ -19,6 +19,8 @@ from kimiwire.wire.request.mfjs_rewrite import moonshot_schema
 from kimiwire.wire.request.moonshot_rules import INTERRUPTED_RESULT
 from kimiwire.wire.request.repair import repair_request_body
 
+from tests.support.moonshot_requests import HARNESS_REQUESTS
+
 MOON = Policy.build(Flavor.MOONSHOT)
 MCP = json.loads((Path(__file__).parent / "fixtures" / "mcp_tool_sets.json").read_text())
 
@@ -426,3 +428,22 @@ def test_the_gate_holds_content_while_a_forced_tool_is_awaited():
     assert gate.verdict().kind == "forced_tool" and len(gate.discard()) == 3
     gate = TurnGate(RequestFacts(), frozenset({"forced_tool", "empty"}), hold_calls=True)
     assert len(gate.feed([event({"content": "hello"})])) == 1  # nothing forced: content proves the turn
+
+
+# -- requests as harnesses send them ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("label", "body", "intent"), HARNESS_REQUESTS, ids=[h[0][:60] for h in HARNESS_REQUESTS])
+def test_harness_requests_are_accepted_through_kimiwire_with_their_intent(label, body, intent):
+    out, result = repaired(body)
+    if result.refusal is not None:  # answered by kimiwire with a clear 400, nothing sent
+        assert "too many tools" in result.refusal and moonshot_refusal(body) is not None
+        return
+    assert moonshot_refusal(out) is None, label
+    assert intent(out), label
+
+
+def test_most_harness_requests_are_refused_direct():
+    refused = [label for label, body, _ in HARNESS_REQUESTS if moonshot_refusal(body) is not None]
+    accepted = [label for label, body, _ in HARNESS_REQUESTS if moonshot_refusal(body) is None]
+    assert len(refused) == 22 and len(HARNESS_REQUESTS) == 28, accepted
