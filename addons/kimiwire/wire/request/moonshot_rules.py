@@ -143,7 +143,7 @@ def tool_schemas(body: dict[str, Any], log: RepairLog, kind: str) -> None:
 def acceptable_tool_name(name: str, taken: set[str]) -> str:
     """A name Moonshot takes for `name`, unlike every name in `taken`."""
     base = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in name)
-    if not base or not (base[0].isascii() and (base[0].isalpha() or base[0] == "_")):
+    if not base or not (base[0].isascii() and base[0].isalpha()):
         base = "t_" + base
     base = base[:TOOL_NAME_MAX]
     candidate, n = base, 1
