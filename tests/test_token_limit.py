@@ -46,6 +46,12 @@ def test_the_stated_limit_leaves_this_room(message, room):
     assert orjson.loads(clamped.body)["max_tokens"] == room
 
 
+def test_a_limit_wrapped_by_a_gateway_is_read():
+    raw = "Invalid request: Your request exceeded model token limit: 262144 (requested: 272000)"
+    wrapped = orjson.dumps({"error": {"message": "Provider returned error", "code": 400, "metadata": {"raw": raw}}})
+    assert clamp_max_tokens(wrapped, REQUEST).after == 22144
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -793,7 +793,7 @@ class KimiWire:
             return None
         facts, wire_policy = context
         status = response.status_code
-        if status == 400 and policy.watches("status"):
+        if status == 400 and policy.watches("status") and policy.retries > 0:
             return self._retry_clamped(state, facts, wire_policy)
         if status in RETRY_STATUSES and policy.watches("status"):
             raw = response.raw_content or b""

@@ -41,7 +41,10 @@ def _message(error_body: bytes) -> str:
         return error_body[:2000].decode("utf-8", "replace")
     error = parsed.get("error") if isinstance(parsed, dict) else None
     message = error.get("message") if isinstance(error, dict) else error
-    return message if isinstance(message, str) else ""
+    # A gateway (OpenRouter) wraps the provider's own error in `error.metadata.raw`.
+    metadata = error.get("metadata") if isinstance(error, dict) else None
+    raw = metadata.get("raw") if isinstance(metadata, dict) else None
+    return " ".join(text for text in (message, raw) if isinstance(text, str))
 
 
 def _room(message: str, requested: int) -> tuple[int, str] | None:
