@@ -172,3 +172,16 @@ def test_a_forced_tool_sent_as_auto_is_retried_then_the_answer_delivered(simulat
     assert [r["body"]["tool_choice"] for r in seen] == ["auto", "auto", "auto"]  # the first attempt and 2 retries
     reply = ask(proxy.url, "read a.py")
     assert reply.choices[0].message.tool_calls[0].function.name == "read"
+
+
+def test_more_tools_than_kimi_for_coding_takes_are_answered_by_kimiwire(simulator, proxy):
+    tools = [
+        {"type": "function", "function": {"name": f"tool_{i}", "parameters": {"type": "object"}}} for i in range(130)
+    ]
+    httpx.delete(f"{simulator.url}/_sim/requests")
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0, timeout=20)
+    with client, pytest.raises(openai.BadRequestError, match=r"too many tools: 130 \(at most 128\)"):
+        client.chat.completions.create(
+            model="kimi-for-coding", messages=[{"role": "user", "content": "hi"}], tools=tools
+        )
+    assert httpx.get(f"{simulator.url}/_sim/requests").json() == []  # nothing went upstream
