@@ -110,6 +110,8 @@ def banner(args: argparse.Namespace, upstream: Upstream, settings: AddonSettings
     listen = f"http://{args.host}:{args.port}"
     base = f"{listen}{upstream.path or '/v1'}"
     how = "detected from the host" if settings.flavor_option == "auto" else "set by kimi_flavor"
+    if settings.flavor_option == "auto" and settings.flavor == "selfhosted":
+        how += "; the engine and model from its /v1/models and answers, logged when found"
     lines = [f"kimiwire: proxy {listen}  ->  {upstream.origin}   (flavor {settings.flavor}, {how})"]
     if simulated:
         lines.append(f"kimiwire: no --upstream given: the built-in Kimi server simulator answers at {upstream.origin}")

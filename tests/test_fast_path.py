@@ -109,6 +109,11 @@ TEXT = st.lists(
         [
             *("hello", " ", "", "<", "|", "<|tool_call", "s_section_begin|>", "<think>", "</think>", "é", "\n"),
             *('"', "\\", "read", " rea", "functions.", ":0", "{", "😀", "\u2028"),
+            # Kimi K3 markup (wire/response/k3_markup.py), whole and in pieces
+            *("<|open|>", "<|close|>", "response", "think", "<|sep|>", "<|close|>response<|sep|>"),
+            *("<|open|>think<|sep|>", "<|close|>think<|sep|>", "<|op", "<|end_of_msg|>"),
+            *('<|open|>tools<|sep|><|open|>call tool="read" index="1"<|sep|>', "<|close|>call<|sep|>"),
+            *('<|open|>argument key="path" type="string"<|sep|>a<|close|>argument<|sep|>', "<|close|>tools<|sep|>"),
         ]
     ),
     max_size=4,
@@ -157,7 +162,9 @@ OTHER_EVENT = st.sampled_from(
 )
 STREAMS = st.lists(st.one_of(TEXT_EVENT, TEXT_EVENT, TEXT_EVENT, OTHER_EVENT), max_size=30).map(b"".join)
 TOOLS = RequestFacts(0, {"read": {"type": "object"}}, True, True)
-FACTS = st.sampled_from([NO_TOOLS, TOOLS, RequestFacts(0, {}, False, True, thinking_prefilled=True)])
+K3 = RequestFacts(0, {"read": {"type": "object"}}, True, True, k3_model=True)
+K3_NO_TOOLS = RequestFacts(0, {}, False, True, k3_model=True)
+FACTS = st.sampled_from([NO_TOOLS, TOOLS, RequestFacts(0, {}, False, True, thinking_prefilled=True), K3, K3_NO_TOOLS])
 
 
 def run(body: bytes, cuts: list[int], fast: bool, facts: RequestFacts = NO_TOOLS) -> tuple[list[bytes], list, tuple]:

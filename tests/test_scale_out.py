@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from kimiwire.mitm.capture import upstream_request_body
 from kimiwire.sim.server import SimulatorThread
 from mitmproxy import io
 
@@ -174,8 +175,7 @@ def _sent_upstream(capture_files: list[pathlib.Path]) -> list[tuple[float, bytes
     for path in capture_files:
         with open(path, "rb") as f:
             for flow in io.FlowReader(f).stream():
-                record = flow.metadata["kimiwire"]
-                sent.append((flow.request.timestamp_start, record["upstream_request"]))
+                sent.append((flow.request.timestamp_start, upstream_request_body(flow)))
     return sorted(sent)
 
 

@@ -187,9 +187,12 @@ def test_run_splits_an_upstream_url_with_a_path(tmp_path):
             assert "the harness's own; its Authorization header reaches" in run.output
             r = chat(run.port)
             assert r.status_code == 200 and r.content.endswith(b"data: [DONE]\n\n")
+            assert "the engine and model from its /v1/models" in run.output
         finally:
             os.kill(run.proc.pid, signal.SIGTERM)
             run.finish()
+        # mitmdump's log: what `auto` found at start
+        assert "engine sglang (from /v1/models owned_by=sglang" in run.output and "flavor sglang" in run.output
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import subprocess
 import httpx
 import orjson
 import pytest
+from kimiwire.mitm.capture import upstream_request_body
 from kimiwire.wire.redaction import REDACTED, Redactor, url_for_log
 from kimiwire.wire.replay_credentials import resolve_credential, restore
 
@@ -97,7 +98,7 @@ def test_no_planted_secret_in_the_capture(planted):
     sent = orjson.loads(flow.request.content)
     assert sent["api_key"] == REDACTED and sent["metadata"]["sessionToken"] == REDACTED
     assert sent["max_tokens"] == 123 and sent["prompt_cache_key"] == "cache-7"
-    assert orjson.loads(flow.metadata["kimiwire"]["upstream_request"])["api_key"] == REDACTED
+    assert orjson.loads(upstream_request_body(flow))["api_key"] == REDACTED
     for name in ("set-cookie", "openai-organization", "x-upstream-auth"):
         assert flow.response.headers[name] == REDACTED, name
     assert flow.response.headers["x-ratelimit-remaining-tokens"] == "777"

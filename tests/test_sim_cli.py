@@ -17,7 +17,7 @@ FLAGS = [
     "--port", "0", "--shape", "vllm", "--fragments", "2", "--interleave", "--reasoning-between", "--whole",
     "--no-reasoning", "--broken-history", "empty", "--fault", "done-open", "--delay", "0.5", "--hold", "3",
     "--answer-events", "7", "--leak", "consumed", "--think", "block", "--stamp", "--run", "r1",
-    "--contract", "moonshot",
+    "--served", "moonshotai/Kimi-K2.6", "--contract", "moonshot",
 ]  # fmt: skip
 
 

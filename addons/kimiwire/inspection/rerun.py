@@ -127,3 +127,78 @@ def compare(
     return describe_differences(
         old_request, new_request, assemble(old_delivered, content_type), assemble(new_delivered, content_type)
     )
+
+
+@dataclass(frozen=True)
+class RetrySource:
+    """The attempt whose body a retried flow's answer came from (for an exhausted flow, the last),
+    and how the flow ended."""
+
+    status: int
+    content_type: str
+    body: bytes
+    exhausted: bool
+
+
+def body_content_type(body: bytes, recorded: str = "") -> str:
+    """A body's content type: the recorded one, else told from the bytes (SSE or JSON)."""
+    if recorded:
+        return recorded
+    head = body.lstrip()[:64]
+    return "text/event-stream" if head.startswith((b"data:", b":", b"event:")) else "application/json"
+
+
+def _recorded_content_type(attempt: dict[str, Any]) -> str:
+    headers = attempt.get("headers")
+    for pair in headers if isinstance(headers, (list, tuple)) else []:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            continue
+        key, value = (v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in pair)
+        if key.lower() == "content-type":
+            return value
+    return ""
+
+
+def retry_source(record: dict[str, Any]) -> RetrySource | None:
+    """For a flow answered by a retry (or whose retries ran out): the last attempt that kept a body.
+    Records of other versions may carry more fields per attempt; they are ignored."""
+    ending = str(record.get("ending", ""))
+    attempts = record.get("attempts")
+    if not ending.startswith(("retried", "retries_exhausted")) or not isinstance(attempts, list):
+        return None
+    for attempt in reversed(attempts):
+        if isinstance(attempt, dict) and isinstance(attempt.get("body"), bytes) and attempt["body"]:
+            status = attempt.get("status")
+            body = attempt["body"]
+            return RetrySource(
+                status if isinstance(status, int) else 200,
+                body_content_type(body, _recorded_content_type(attempt)),
+                body,
+                ending.startswith("retries_exhausted"),
+            )
+    return None
+
+
+def compare_retried(
+    old_request: bytes, new_request: bytes, old_delivered: bytes, new_delivered: bytes, source: RetrySource
+) -> list[str]:
+    """Like `compare`, for a retried flow re-run on its last attempt: the reasoning of earlier
+    attempts reached the client live ahead of the answer's, and when no attempt answered (and
+    the re-run still does not) the client got the failure instead of the attempt's ending."""
+    old = assemble(old_delivered, source.content_type)
+    new = assemble(new_delivered, source.content_type)
+    still_no_answer = source.exhausted
+    for index, choice in new.choices.items():
+        before = old.choices.get(index)
+        if before is None:
+            continue
+        if choice.reasoning and before.reasoning.endswith(choice.reasoning):
+            choice.reasoning = before.reasoning
+            choice.reasoning_fields |= before.reasoning_fields
+        answered = bool(choice.content or choice.tool_calls)
+        still_no_answer = still_no_answer and not answered
+        if source.exhausted and not answered:
+            choice.finish_reason = before.finish_reason
+    if still_no_answer:
+        new.errors, new.done = old.errors, old.done
+    return describe_differences(old_request, new_request, old, new)

@@ -21,10 +21,13 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from kimiwire.mitm import proxy_internals
+from kimiwire.mitm import client_errors, proxy_internals
 from kimiwire.mitm.capture import CaptureFile, saved_state
+from kimiwire.mitm.command_types import JSONObject
+from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
+from kimiwire.mitm.loaded_flows import LoadedFlows
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.retry import (
     Attempt,
@@ -38,6 +41,7 @@ from kimiwire.mitm.retry import (
     retry_error_message,
 )
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
+from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges, replay_credentials
 from kimiwire.wire.content_decoding import (
@@ -47,6 +51,7 @@ from kimiwire.wire.content_decoding import (
     content_encoding,
     decode_body,
 )
+from kimiwire.wire.detection import Detection
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
@@ -64,8 +69,6 @@ from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
 
 logger = logging.getLogger("kimiwire")
 
-MARKER = ":wrench:"
-ERROR_MARKER = ":warning:"
 # Endings where the proxy cut the flow short (or answered it itself); the others are clean ends.
 CUT_SHORT = frozenset(
     {
@@ -109,6 +112,8 @@ class KimiWire:
         self.flows = FlowStates()
         self._shut_down = False  # done() ran: hooks that come later (connections torn down) are ignored
         self.capture: CaptureFile | None = None
+        self.viewer_only = False  # no proxy listens and nothing is replayed: no live traffic to capture
+        self.loaded = LoadedFlows()
         self.capture_problem: str | None = None
         self.redactor = Redactor()
         self.replay_credential: str | None = None
@@ -118,7 +123,9 @@ class KimiWire:
         self.health_path = chat_exchanges.HEALTH_PATH
         self.max_request_bytes = 0
         self.json_errors = True
+        self.error_names_upstream = False
         self._policies = PolicyCache()
+        self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
 
     # -- options ---------------------------------------------------------------------------
 
@@ -127,8 +134,8 @@ class KimiWire:
             "kimi_flavor",
             str,
             "auto",
-            "Upstream flavor: auto (from the upstream host), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, "
-            "deepinfra.",
+            "Upstream flavor: auto (from the upstream host, and on a self-hosted one the engine its /v1/models "
+            "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra.",
             choices=FLAVOR_CHOICES,
         )
         for field, (choices, help_text) in POLICY_OPTIONS.items():
@@ -207,6 +214,13 @@ class KimiWire:
             "",
             "Credential for client replay (-C) of captures, whose credentials are redacted: env:NAME reads "
             "the environment variable NAME, anything else is the credential itself.",
+        )
+        loader.add_option(
+            "kimi_error_names_upstream",
+            bool,
+            False,
+            "Name the upstream's address (scheme://host:port) in the error answers sent to clients; off: "
+            "they say 'the upstream' (the address stays in the log and the capture).",
         )
 
     def _load_ending_options(self, loader: Any) -> None:
@@ -303,17 +317,20 @@ class KimiWire:
                 raise exceptions.OptionsError(
                     f"{name} must be one of {', '.join(choices)} (got {getattr(ctx.options, name)!r})"
                 )
-        if updated & {"kimi_capture_dir", "kimi_capture_name"}:
+        if updated & {"kimi_capture_dir", "kimi_capture_name", "server", "client_replay"}:
             name = ctx.options.kimi_capture_name
             if "/" in name or name in (".", ".."):
                 raise exceptions.OptionsError("kimi_capture_name must be a plain file name")
             if self.capture is not None:
                 self.capture.close()
             folder = ctx.options.kimi_capture_dir
-            self.capture = CaptureFile(folder, name) if folder else None
+            # `-n` without `-C` (mitmweb -n -r FILE: a viewer): no flow will be captured, so no
+            # capture file, no folder made private, nothing said about captures.
+            self.viewer_only = not ctx.options.server and not ctx.options.client_replay
+            self.capture = CaptureFile(folder, name) if folder and not self.viewer_only else None
         if "kimi_max_request_bytes" in updated and ctx.options.kimi_max_request_bytes < 0:
             raise exceptions.OptionsError("kimi_max_request_bytes must be 0 (no limit) or a number of bytes")
-        if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required"}:
+        if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required", "server", "client_replay"}:
             self._check_capture_folder()
         if "kimi_redact" in updated:
             self.redactor = Redactor.from_option(ctx.options.kimi_redact)
@@ -332,12 +349,20 @@ class KimiWire:
         self.health_path = opts.kimi_health_path
         self.max_request_bytes = opts.kimi_max_request_bytes
         self.json_errors = opts.kimi_json_errors
+        self.error_names_upstream = opts.kimi_error_names_upstream
         if updated & _POLICY_OPTION_NAMES:
             self._policies = PolicyCache(
                 opts.kimi_flavor,
                 stream_buffer_limit=opts.kimi_stream_buffer_limit,
                 **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
             )
+            self.detector.enabled = opts.kimi_flavor == "auto"
+            for host, detection in self.detector.each():
+                self._learned(host, detection)
+
+    def _learned(self, host: str, detection: Detection) -> None:
+        """The detector found out more about the upstream `host`: `auto` follows it."""
+        self._policies.learn(host, detection.flavor(host), detection.switch_models())
 
     def _check_capture_folder(self) -> None:
         self.capture_problem = None
@@ -364,9 +389,14 @@ class KimiWire:
         if ctx.options.kimi_json_errors and not proxy_internals.install_error_answers():
             logger.warning("kimiwire: upstream failures will reach clients as mitmproxy's HTML error page")
         if self.capture is not None:
-            logger.info("kimiwire: chat flows are captured in %s", self.capture.path)
+            read = " (flows read from files are not)" if ctx.options.rfile else ""
+            logger.info("kimiwire: live chat flows are captured in %s%s", self.capture.path, read)
+        elif self.viewer_only:
+            logger.info("kimiwire: no proxy listens: flows read from files are shown as recorded, not repaired again")
         if self.retrier.policy.active and self.retrier.policy.retries > 0:
             self.retrier.client.get()  # the TLS context loads its CA bundle now, not on the first retry
+        if self.detector.enabled:
+            self.detector.start(reverse_upstreams(ctx.options.mode))
         if ctx.options.kimi_gc_freeze:
             freeze_startup_heap()
 
@@ -377,11 +407,13 @@ class KimiWire:
         return " ".join(f"{k}={v}" for k, v in counts.items())
 
     @command.command("kimi.stats")
-    def stats(self) -> str:
-        """kimiwire's counters as JSON: repairs by kind, flows seen, flows with errors, bytes in and out."""
+    def stats(self) -> JSONObject:
+        """kimiwire's counters as JSON: live traffic (repairs by kind, flows seen, flows with errors, bytes in
+        and out), and under read_from_files the flows read from files (-r), counted from their records."""
         counts = dict(self.counts)
-        return orjson.dumps(
+        return JSONObject(
             {
+                "counts": "live traffic through this proxy; flows read from files are under read_from_files",
                 "flows": counts.get("flows.chat", 0),
                 "flows_with_errors": counts.get("flows.error", 0) + counts.get("addon.error", 0),
                 "bytes_from_upstream": counts.get("bytes.upstream", 0),
@@ -398,12 +430,15 @@ class KimiWire:
                 "capture_file": str(self.capture.path) if self.capture and self.capture.flows_written else None,
                 "capture_lost": self.capture.flows_lost if self.capture else 0,
                 "capture_error": (self.capture.last_error if self.capture else None) or self.capture_problem,
+                "read_from_files": self.loaded.summary(),
+                "upstreams": self.detector.detections(),
             }
-        ).decode()
+        )
 
     def done(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
         self._shut_down = True
+        self.detector.cancel()
         self._finish_open_flows()
         if self.capture is not None:
             if self.capture.flows_lost or self.capture_problem:
@@ -437,11 +472,18 @@ class KimiWire:
         return self.flows.active_tasks
 
     def _ending(self, state: FlowState, how: str) -> None:
+        """Record how the flow ended (the first call wins); kimi.stats counts it once, when the flow is over."""
         if state.set_ending(how):
             kind = how.split(":", 1)[0]
-            self.counts[f"ending.{kind}"] += 1
-            if kind in CUT_SHORT:  # findable like repaired flows: ~marked, ~comment ended
+            if kind in CUT_SHORT or kind in RETRY_ENDINGS:  # findable: ~marked, ~comment ended, ~comment retr
                 self._describe(state)
+
+    def _count_ending(self, state: FlowState) -> None:
+        """One ending per chat flow in kimi.stats: the one its record keeps (a retry may replace the
+        first attempt's), or, for a flow nothing ended early, natural (or error, when it failed)."""
+        flow = state.flow
+        ending = state.record.setdefault("ending", "natural" if flow.error is None else "error")
+        self.counts[f"ending.{str(ending).split(':', 1)[0]}"] += 1
 
     def policy_for(self, flow: http.HTTPFlow) -> Policy:
         return self._policies.policy(flow.request.host)
@@ -465,13 +507,15 @@ class KimiWire:
         the places where kimiwire failed."""
         flow, record = state.flow, state.record
         counts = Counter(r["kind"] for r in record["repairs"])
-        words = [f"{k}={n}" for k, n in sorted(counts.items())] + record.get("flags", [])
+        words = [f"{k}={n}" for k, n in sorted(counts.items())] + record.get("flags", []) + retry_words(record)
         ending = str(record.get("ending", "")).split(":", 1)[0]
         if ending in CUT_SHORT:
             words.append(f"ended={ending}")
         if not words and not state.failed_in:
             return
-        if not flow.marked:
+        if gave_up(record):
+            flow.marked = ERROR_MARKER  # the client got the failure
+        elif not flow.marked:
             flow.marked = MARKER
         flow.comment = " ".join(["kimiwire:", *words, *(f"error in {where}" for where in state.failed_in)])
 
@@ -493,12 +537,15 @@ class KimiWire:
     # -- hooks -----------------------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if not flow.live or self._shut_down:
-            return  # loaded from a file: it was repaired when it was live
+        if not flow.live:
+            self.loaded.add(flow)  # read from a file: it was repaired when it was live
+            return
+        if self._shut_down:
+            return
         req = flow.request
         method, path = req.method, req.path
         if chat_exchanges.is_health_check(method, path, self.health_path):
-            body = orjson.dumps({"status": "ok", "pid": os.getpid(), **orjson.loads(self.stats())})
+            body = orjson.dumps({"status": "ok", "pid": os.getpid(), **self.stats()})
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
             return
         try:
@@ -519,6 +566,7 @@ class KimiWire:
                 self._note(flow, f"request not repaired: {why_not}")
             return
         self.counts["flows.chat"] += 1
+        detected = self.detector.seen(req.scheme, req.host, req.port, path)
         policy = self.policy_for(flow)
         state = self.flows.start(flow)
         state.policy = policy
@@ -526,6 +574,8 @@ class KimiWire:
         record = state.record
         record["limits"] = self.limits.as_dict()
         record["policy"] = self._policies.as_dict(policy)
+        if detected is not None:
+            record["detection"] = detected
         record["facts"] = state.facts.as_dict()
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
@@ -646,7 +696,7 @@ class KimiWire:
     def _answer_first_byte_timeout(self, state: FlowState) -> None:
         flow = state.flow
         seconds = self.limits.first_byte_timeout
-        message = f"kimiwire: {url_for_log(flow.request.url)} sent no response headers within {seconds:g} s"
+        message = f"kimiwire: {self._upstream_name(flow)} sent no response headers within {seconds:g} s"
         self._answer_error(state, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b""))
         self._ending(state, "first_byte_timeout")
         state.record["errors"].append(message)
@@ -952,6 +1002,7 @@ class KimiWire:
         if state is None or not state.is_chat:
             return
         record = state.record
+        self._count_ending(state)
         try:
             response = flow.response
             body = state.upstream_body
@@ -980,6 +1031,14 @@ class KimiWire:
                         "first_byte": response.timestamp_start,
                         "last_byte": response.timestamp_end,
                     }
+            req = flow.request
+            if (
+                response is not None
+                and response.status_code == 200
+                and self.detector.wants_answer(req.scheme, req.host, req.port)
+            ):
+                streamed = state.stream is not None
+                self.detector.read_answer(req.scheme, req.host, req.port, body or b"", streamed)
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
             if self.capture is not None:
@@ -1117,12 +1176,16 @@ class KimiWire:
         client_gone = message == "Client disconnected." or "client disconnect" in message.lower()
         if client_gone:
             self._ending(state, "client_disconnected")
+        elif flow.response is None and client_errors.is_client_error(flow):
+            # The client's request was refused before it was whole (both Content-Length and
+            # Transfer-Encoding, CONNECT in reverse mode, a malformed body): mitmproxy answers 400.
+            self._ending(state, "client_error")
         elif flow.response is None:
             # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
-            text = (
-                f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
-                f"failed before responding: {message}"
-            )
+            req = flow.request
+            self.detector.failed(req.scheme, req.host, req.port, req.path)
+            cause = client_errors.upstream_cause(flow, message, self.error_names_upstream)
+            text = f"kimiwire: {self._upstream_name(flow)} failed before responding: {cause}"
             self._answer_error(
                 state, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
             )
@@ -1139,6 +1202,10 @@ class KimiWire:
         if stream is not None and flow.response is not None:
             flow.response.content = stream.upstream_bytes()
             self._record_stream(state, stream)
+
+    def _upstream_name(self, flow: http.HTTPFlow) -> str:
+        """How an error answer names the upstream: its address only when the operator chose to show it."""
+        return client_errors.upstream_name(flow, self.error_names_upstream)
 
     def _answer_error(self, state: FlowState, answer: proxy_internals.ErrorAnswer, replace: bool = True) -> None:
         if not self.json_errors:

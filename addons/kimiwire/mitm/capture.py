@@ -4,7 +4,8 @@ per proxy run. Readable with mitmproxy.io.FlowReader, `mitmdump -nr` and mitmweb
 In each saved flow the request is what the client sent (before repair), the response is what
 the upstream sent (status, headers, full raw body), and `metadata["kimiwire"]` holds the body
 sent upstream, the body delivered to the client (`delivered`, left out when it is byte for byte
-the upstream's: `delivered_body` reads either), the repairs, timings, flavor and policies.
+the upstream's: `delivered_body` reads either; `upstream_request`, the body sent upstream, is
+likewise left out when it is the client's: `upstream_request_body`), the repairs, timings, flavor and policies.
 Credentials are redacted (`wire/redaction.py`).
 
 The file only ever holds whole records: each flow is serialized first, then written at the end of
@@ -64,6 +65,16 @@ def delivered_body(flow: http.HTTPFlow) -> bytes:
     return (flow.response.raw_content or b"") if flow.response is not None else b""
 
 
+def upstream_request_body(flow: http.HTTPFlow) -> bytes:
+    """What the proxy sent upstream: the record's `upstream_request`, or the request's body where
+    the capture leaves it out because the proxy sent it as the client did."""
+    record = flow.metadata.get("kimiwire") or {}
+    sent = record.get("upstream_request")
+    if isinstance(sent, bytes):
+        return sent
+    return flow.request.raw_content or b""
+
+
 def saved_state(
     flow: http.HTTPFlow,
     client_request: dict | None = None,
@@ -91,9 +102,12 @@ def saved_state(
     record = metadata.get("kimiwire")
     if isinstance(record, dict) and isinstance(record.get("upstream_request"), bytes):
         sent = record["upstream_request"]
-        # Sent as the client sent it (nothing repaired): redacted once, not parsed and walked again.
-        redacted = request["content"] if sent == client_body else redactor.json_body(sent)
-        metadata["kimiwire"] = {**record, "upstream_request": redacted}
+        if sent == client_body:
+            # Sent as the client sent it (nothing repaired): stored once, as the request's body
+            # (`upstream_request_body` reads it back), not a second time in the record.
+            metadata["kimiwire"] = {k: v for k, v in record.items() if k != "upstream_request"}
+        else:
+            metadata["kimiwire"] = {**record, "upstream_request": redactor.json_body(sent)}
     return {  # the keys and order of mitmproxy's HTTPFlow.get_state()
         "version": FLOW_FORMAT_VERSION,
         "type": flow.type,

@@ -1,4 +1,5 @@
-"""mitmweb / mitmproxy contentviews for chat-completions flows (adapter: thin over presentation)."""
+"""mitmweb / mitmproxy contentviews for chat-completions flows (adapter: thin over
+inspection/flow_views.py). A view picked by hand for a message it does not show says so."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from typing import Any
 import orjson
 from mitmproxy import contentviews, http
 
-from kimiwire.inspection.assembled import assemble
-from kimiwire.inspection.presentation import render_repairs, render_request, render_response
+from kimiwire.inspection.flow_views import attempts_raw_view, request_view, response_view, wrong_view
 from kimiwire.wire import chat_exchanges
 
 
@@ -26,24 +26,22 @@ def _is_chat_path(metadata: contentviews.Metadata) -> bool:
 
 
 class KimiResponseContentview(contentviews.Contentview):
-    """A chat-completions response assembled: reasoning, content, tool calls, finish_reason,
-    usage; then what the client received if kimiwire changed it, and the repairs."""
+    """A chat-completions response assembled: the attempts when it was retried, then reasoning,
+    content, tool calls, finish_reason, usage; what the client received if kimiwire changed it,
+    the repairs and how it ended."""
 
     name = "Kimi Response"
     syntax_highlight = "yaml"
 
     def prettify(self, data: bytes, metadata: contentviews.Metadata) -> str:
-        content_type = metadata.content_type or ""
-        parts = [render_response(assemble(data, content_type), "as the upstream sent it")]
-        record = _record(metadata)
-        delivered = record.get("delivered")
-        if isinstance(delivered, bytes) and delivered and delivered != data:
-            parts.append(render_response(assemble(delivered, content_type), "as the client received it"))
-        if record:
-            parts.append(render_repairs(record.get("repairs") or [], "response"))
-            if record.get("ending"):
-                parts.append(f"ending: {record['ending']}")
-        return "\n\n".join(parts)
+        if not isinstance(metadata.http_message, http.Response):
+            return wrong_view(self.name, "this is a request", "choose the Kimi Request view (or auto) for it")
+        flow = metadata.flow
+        client_request, started = b"", None
+        if isinstance(flow, http.HTTPFlow):
+            client_request = flow.request.get_content(strict=False) or b""
+            started = flow.request.timestamp_start
+        return response_view(data, metadata.content_type or "", _record(metadata), client_request, started)
 
     def render_priority(self, data: bytes, metadata: contentviews.Metadata) -> float:
         if not isinstance(metadata.http_message, http.Response):
@@ -53,6 +51,8 @@ class KimiResponseContentview(contentviews.Contentview):
             return 2 if _is_chat_path(metadata) or b'"choices"' in data[:8192] else -1
         if chat_exchanges.is_json(content_type) and _is_chat_path(metadata) and b'"choices"' in data[:65536]:
             return 2
+        if _record(metadata).get("attempts") and _is_chat_path(metadata):
+            return 2  # a retried flow whose recorded response is an error: its attempts are the story
         return -1
 
 
@@ -63,14 +63,13 @@ class KimiRequestContentview(contentviews.Contentview):
     syntax_highlight = "yaml"
 
     def prettify(self, data: bytes, metadata: contentviews.Metadata) -> str:
-        body = orjson.loads(data)
-        if not isinstance(body, dict):
-            raise ValueError("not a chat-completions request")
-        record = _record(metadata)
-        parts = [render_request(body, record.get("repairs") or [])]
-        if record:
-            parts.append(render_repairs(record.get("repairs") or [], "request"))
-        return "\n\n".join(parts)
+        if not isinstance(metadata.http_message, http.Request):
+            return wrong_view(self.name, "this is a response", "choose the Kimi Response view (or auto) for it")
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return wrong_view(self.name, "the body is not JSON", f"{exc}; choose the Raw view")
+        return request_view(body, _record(metadata))
 
     def render_priority(self, data: bytes, metadata: contentviews.Metadata) -> float:
         if not isinstance(metadata.http_message, http.Request) or not _is_chat_path(metadata):
@@ -78,6 +77,20 @@ class KimiRequestContentview(contentviews.Contentview):
         return 2 if b'"messages"' in data else -1
 
 
+class KimiAttemptsRawContentview(contentviews.Contentview):
+    """Each attempt's body exactly as the upstream sent it (picked by hand: never auto)."""
+
+    name = "Kimi Attempts (raw)"
+    syntax_highlight = "none"
+
+    def prettify(self, data: bytes, metadata: contentviews.Metadata) -> str:
+        return attempts_raw_view(_record(metadata))
+
+    def render_priority(self, data: bytes, metadata: contentviews.Metadata) -> float:
+        return -1
+
+
 def register() -> None:
     contentviews.add(KimiResponseContentview)
     contentviews.add(KimiRequestContentview)
+    contentviews.add(KimiAttemptsRawContentview)

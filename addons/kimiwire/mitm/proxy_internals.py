@@ -417,9 +417,16 @@ def _answering_send(self: Any, event: Any) -> Iterator[Any]:
     if type(event) is not ResponseProtocolError:
         return _MITMPROXY_SEND(self, event)
     answer = _ANSWERS.pop(self.conn.id, None)
-    if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
+    if answer is None or _client_at_fault(event) or not (self.conn.state & ConnectionState.CAN_WRITE):
         return _MITMPROXY_SEND(self, event)
     return _send_answer(self, answer)
+
+
+def _client_at_fault(event: Any) -> bool:
+    """mitmproxy answers a request it refused (malformed, invalid for the mode) with a 4xx: that
+    answer stands, never an upstream error in its place."""
+    status = event.code.http_status_code()
+    return status is not None and 400 <= status < 500
 
 
 def _send_answer(self: Any, answer: ErrorAnswer) -> Iterator[Any]:

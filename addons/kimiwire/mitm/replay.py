@@ -17,7 +17,7 @@ from typing import Any
 
 from mitmproxy import http, io
 
-from kimiwire.inspection.rerun import compare, rerun_exchange
+from kimiwire.inspection.rerun import compare, compare_retried, rerun_exchange, retry_source
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Flavor, Policy, resolve_flavor
 
 
@@ -110,18 +110,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_request = flow.request.get_content(strict=False) or b""
         upstream_body = flow.response.get_content(strict=False) or b""
         content_type = flow.response.headers.get("content-type", "")
-        result = rerun_exchange(
-            client_request,
-            flow.response.status_code,
-            content_type,
-            upstream_body,
-            policy,
-            ending=record.get("ending"),
-            error_event=record.get("error_event"),
-        )
+        retried = retry_source(record)
+        if retried is not None:  # re-run on the attempt that answered (or the last one)
+            result = rerun_exchange(client_request, retried.status, retried.content_type, retried.body, policy)
+        else:
+            result = rerun_exchange(
+                client_request,
+                flow.response.status_code,
+                content_type,
+                upstream_body,
+                policy,
+                ending=record.get("ending"),
+                error_event=record.get("error_event"),
+            )
         old_request = record.get("upstream_request") or client_request
         old_delivered = record.get("delivered") or upstream_body
-        lines = compare(old_request, result.upstream_request, old_delivered, result.delivered, content_type)
+        if retried is not None:
+            lines = compare_retried(old_request, result.upstream_request, old_delivered, result.delivered, retried)
+        else:
+            lines = compare(old_request, result.upstream_request, old_delivered, result.delivered, content_type)
         policy_text = f"{policy.flavor.value}/ids={policy.tool_ids}/reasoning={policy.reasoning}"
         if lines:
             differing += 1

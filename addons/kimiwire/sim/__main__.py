@@ -50,6 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
     )
     parser.add_argument("--stamp", action="store_true", help="end each event's text with its send time")
     parser.add_argument("--run", default="", help="a tag that separates the attempt counts of turn faults")
+    parser.add_argument(
+        "--served", default=SimSettings.served, help="the model GET /v1/models lists (moonshotai/Kimi-K2.6, ...)"
+    )
     args = parser.parse_args(argv)
     settings = SimSettings(
         shape=args.shape,
@@ -68,6 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
         think=args.think,
         contract=args.contract,
         run=args.run,
+        served=args.served,
     )
     try:
         settings.validate()

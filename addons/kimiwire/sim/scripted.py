@@ -1,5 +1,7 @@
 """A scripted fake upstream on the simulator's server: it records every request and answers each
-with `responder(request) -> Reply`. A Reply says the status, headers, body pieces, their pacing
+with `responder(request) -> Reply`, except kimiwire's background `GET …/models` probe
+(mitm/upstream_probe.py), which is answered 404 and kept apart in `probes`, so the scripts and the
+requests they record are only the clients' own. A Reply says the status, headers, body pieces, their pacing
 and framing (chunked, content-length or close-delimited) and the fault to play, so tests can
 script every stream shape, raw bytes included."""
 
@@ -53,11 +55,15 @@ class ScriptedServer(HttpServer):
         super().__init__(host, port)
         self.responder = responder
         self.requests: list[RecordedRequest] = []
+        self.probes: list[RecordedRequest] = []
 
     async def _respond(
         self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
     ) -> bool:
         request = RecordedRequest(method, path, headers, body)
+        if method == "GET" and path.split("?", 1)[0].rstrip("/").endswith("/models"):
+            self.probes.append(request)
+            return await send_reply(writer, json_reply({"error": {"message": "no model list here"}}, 404))
         self.requests.append(request)
         return await send_reply(writer, self.responder(request))
 

@@ -28,7 +28,7 @@ from kimiwire.wire.response.reasoning_field import TEXT_KEYS
 from .model import plan_turn
 from .moonshot_validator import moonshot_refusal
 from .settings import SimSettings, settings_for_request, turn_fault
-from .shapes import DONE, completion_body, faulty_plan, poisoned_plan, stream_chunks
+from .shapes import DONE, completion_body, faulty_plan, model_list, poisoned_plan, stream_chunks
 
 SETTINGS_HEADER = "x-kimi-sim"
 
@@ -178,14 +178,8 @@ class Simulator(HttpServer):
                 self.requests.clear()
             return await self._json(writer, 200, [r.as_dict() for r in self.requests])
         if route.endswith("/models") and method == "GET":
-            return await self._json(
-                writer,
-                200,
-                {
-                    "object": "list",
-                    "data": [{"id": "kimi-k2-thinking", "object": "model", "owned_by": "kimiwire-simulator"}],
-                },
-            )
+            settings = settings_for_request(self.defaults, headers.get(SETTINGS_HEADER), None)
+            return await self._json(writer, 200, model_list(settings.shape, settings.served))
         if route in ("/health", "/_sim/health"):
             return await self._json(writer, 200, {"ok": True})
         if method != "POST" or not route.endswith("/chat/completions"):

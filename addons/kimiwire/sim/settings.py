@@ -39,6 +39,7 @@ class SimSettings:
     think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
     contract: str = "off"  # off | moonshot: refuse what Moonshot's API refuses, with its 400 messages
     run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests
+    served: str = "moonshotai/Kimi-K2-Thinking"  # the model GET /v1/models lists (its family)
 
     def with_overrides(self, text: str) -> SimSettings:
         """Apply `key=value` / `flag` items separated by commas or semicolons."""

@@ -167,6 +167,34 @@ def _renamed(call: PlannedCall) -> str:
     return orjson.dumps({f"{k}_name": v for k, v in orjson.loads(call.arguments).items()}).decode()
 
 
+def _engine_stop_fields(shape: str, finish: str | None, streamed: bool) -> dict[str, Any]:
+    """What each engine puts beside `finish_reason`. SGLang: `matched_stop` on every choice, the
+    end-of-sequence token once the model stopped (sglang 0.5.23 sse_utils.py `StreamChoice`, no
+    omit_defaults). vLLM: `stop_reason` on the finishing choice only (chunks dumped with
+    exclude_unset, vllm 0.34.0 chat_completion/serving.py), null for an end-of-sequence token;
+    on every choice of a whole answer."""
+    if shape == "sglang":
+        return {"matched_stop": SGLANG_EOS_TOKEN if finish in ("stop", "tool_calls") else None}
+    if shape == "vllm" and (finish is not None or not streamed):
+        return {"stop_reason": None}
+    return {}
+
+
+def model_list(shape: str, served: str) -> dict[str, Any]:
+    """`GET /v1/models` as each engine answers it: `owned_by` names the engine and `root` is the
+    served model's path (vllm 0.34.0 vllm/entrypoints/serve/engine/protocol.py `ModelCard`, sglang
+    0.5.23 sglang/srt/entrypoints/openai/protocol.py `ModelCard`). No `owned_by` of Moonshot's or
+    DeepInfra's own API is documented: those shapes answer as a gateway would, with its own name."""
+    card: dict[str, Any] = {"id": served, "object": "model", "created": int(time.time())}
+    if shape == "vllm":
+        card |= {"owned_by": "vllm", "root": served, "parent": None, "max_model_len": 262144, "permission": []}
+    elif shape == "sglang":
+        card |= {"owned_by": "sglang", "root": served, "max_model_len": 262144}
+    else:
+        card |= {"owned_by": "kimiwire-simulator"}
+    return {"object": "list", "data": [card]}
+
+
 def _usage(plan: TurnPlan) -> dict[str, int]:
     completion = len(plan.reasoning) // 4 + len(plan.content) // 4 + 8 * len(plan.calls)
     return {"prompt_tokens": 100, "completion_tokens": completion, "total_tokens": 100 + completion}
@@ -230,6 +258,7 @@ def stream_chunks(
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        choice.update(_engine_stop_fields(settings.shape, finish, streamed=True))
         choice.update(extra)
         return {**base, "choices": [choice]}
 
@@ -246,17 +275,14 @@ def stream_chunks(
     chunks += [chunk({"content": piece}) for piece in content_pieces]
     chunks += [chunk(delta) for delta in _tool_deltas(plan.calls, plan, settings)]
     finish = plan.finish_reason
-    extra: dict[str, Any] = {}
     if plan.empty_tool_arrays:
         chunks += [chunk({"tool_calls": []}) for _ in range(3)]
         finish = "tool_calls"
-    elif settings.shape == "sglang" and not (plan.calls or plan.content or plan.reasoning):
-        extra["matched_stop"] = SGLANG_EOS_TOKEN
     usage = _usage(plan)
     if settings.shape == "moonshot":
         chunks.append(chunk({}, finish, usage=usage))
     else:
-        chunks.append(chunk({}, finish, **extra))
+        chunks.append(chunk({}, finish))
         if include_usage:
             chunks.append({**base, "choices": [], "usage": usage})
     chunks.append(DONE)
@@ -283,8 +309,7 @@ def completion_body(plan: TurnPlan, settings: SimSettings, model: str, request_i
             for i, c in enumerate(plan.calls)
         ]
     choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}
-    if settings.shape == "sglang" and not (plan.calls or plan.content or plan.reasoning):
-        choice["matched_stop"] = SGLANG_EOS_TOKEN
+    choice.update(_engine_stop_fields(settings.shape, plan.finish_reason, streamed=False))
     usage = _usage(plan)
     if settings.shape == "moonshot":
         choice["usage"] = usage

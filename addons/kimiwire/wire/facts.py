@@ -25,6 +25,9 @@ class RequestFacts:
     # The client forced a tool (`tool_choice` required: "*", or the tool's name) that the upstream
     # was sent as `auto` (it refuses forcing while thinking): the turn is judged on calling it.
     forced_tool: str | None = None
+    # The request goes to a Kimi K3 model: its markup (k3_markup.py) and an answer that may come
+    # in the reasoning field (sgl-project/sglang PR #33995).
+    k3_model: bool = False
 
     @property
     def known_tool_names(self) -> frozenset[str]:
@@ -43,6 +46,7 @@ class RequestFacts:
             "thinking_prefilled": self.thinking_prefilled,
             "tool_renames": self.tool_renames,
             "forced_tool": self.forced_tool,
+            "k3_model": self.k3_model,
         }
 
     @classmethod
@@ -56,4 +60,5 @@ class RequestFacts:
             bool(data.get("thinking_prefilled")),
             {str(k): str(v) for k, v in (data.get("tool_renames") or {}).items()},
             data.get("forced_tool") if isinstance(data.get("forced_tool"), str) else None,
+            bool(data.get("k3_model")),
         )

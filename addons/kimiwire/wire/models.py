@@ -13,6 +13,9 @@ _K25_K26 = re.compile(r"k2(?:[.\-_ ]?|p)[56](?!\d)", re.I)
 _FIXED_SAMPLING = re.compile(r"k2(?:[.\-_ ]?|p)[567](?!\d)|(?<![a-z0-9])k3(?!\d)|kimi-for-coding", re.I)
 
 
+_K3 = re.compile(r"(?<![a-z0-9])k3(?!\d)", re.I)
+
+
 def _name(model: Any) -> str:
     return model if isinstance(model, str) else ""
 
@@ -25,3 +28,9 @@ def thinking_is_a_switch(model: Any) -> bool:
 def sampling_is_fixed(model: Any) -> bool:
     """Moonshot rejects `temperature`, `top_p` and the penalties for these models with HTTP 400."""
     return _FIXED_SAMPLING.search(_name(model)) is not None
+
+
+def is_k3(model: Any) -> bool:
+    """Kimi K3 (kimi-k3, moonshotai/Kimi-K3, ...): its own markup, and answers that may come in
+    the reasoning field."""
+    return _K3.search(_name(model)) is not None

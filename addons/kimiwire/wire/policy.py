@@ -132,6 +132,9 @@ class Policy:
     arguments: str = "repair"  # response: tool-call arguments made JSON objects
     finish: str = "fix"  # response: finish_reason corrected, usage found in a choice also at the top
     think_tags: str = "split"  # response: reasoning that arrives as content with think tags split out
+    # Model ids the upstream lists as K2.5/K2.6 (wire/detection.py, `auto` only): their thinking is
+    # a switch and their template prefills <think>, whatever the id says.
+    thinking_switch_models: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, flavor: Flavor, reasoning: str = "auto", **options: Any) -> Policy:
@@ -144,10 +147,15 @@ class Policy:
         """From `as_dict`; fields a record predates keep their defaults."""
         known = {f.name for f in fields(cls)} - {"flavor"}
         values = {k: v for k, v in data.items() if k in known}
+        if "thinking_switch_models" in values:  # a list once stored
+            values["thinking_switch_models"] = tuple(values["thinking_switch_models"])
         return cls(flavor=Flavor(str(data["flavor"])), **values)
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"flavor": self.flavor.value}
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {
+            "flavor": self.flavor.value,
+            "thinking_switch_models": list(self.thinking_switch_models),
+        }
 
 
 class PolicyCache:
@@ -160,21 +168,39 @@ class PolicyCache:
         self.flavor_option = flavor_option
         self.options = options
         self._by_host: dict[str, Policy] = {}
-        self._by_flavor: dict[Flavor, Policy] = {}
+        # `auto`: what was found for a host: the flavor of its engine, its K2.5/K2.6 model ids
+        self._learned: dict[str, tuple[Flavor, tuple[str, ...]]] = {}
+        self._by_flavor: dict[tuple[Flavor, tuple[str, ...]], Policy] = {}
         self._dicts: dict[Policy, dict[str, Any]] = {}
 
     def policy(self, host: str) -> Policy:
         policy = self._by_host.get(host)
         if policy is None:
-            flavor = resolve_flavor(self.flavor_option, host)
-            policy = self._by_flavor.get(flavor)
+            learned = self._learned.get(host) or (resolve_flavor(self.flavor_option, host), ())
+            policy = self._by_flavor.get(learned)
             if policy is None:
-                policy = self._by_flavor[flavor] = Policy.build(flavor, **self.options)
+                flavor, switch_models = learned
+                policy = Policy.build(flavor, thinking_switch_models=switch_models, **self.options)
+                self._by_flavor[learned] = policy
                 self._dicts[policy] = policy.as_dict()
             if len(self._by_host) >= self.MAX_HOSTS:
                 self._by_host.clear()
             self._by_host[host] = policy
         return policy
+
+    def learn(self, host: str, flavor: Flavor, switch_models: tuple[str, ...] = ()) -> None:
+        """With `auto`, the flows to `host` get `flavor` (the engine behind it was found) and its
+        K2.5/K2.6 model ids from now on; an explicit kimi_flavor always wins."""
+        learned = (flavor, switch_models)
+        if self.flavor_option != "auto" or self._learned.get(host) == learned:
+            return
+        if len(self._learned) >= self.MAX_HOSTS:
+            self._learned.clear()
+        if len(self._by_flavor) >= self.MAX_HOSTS:
+            self._by_flavor.clear()
+            self._dicts.clear()
+        self._learned[host] = learned
+        self._by_host.pop(host, None)
 
     def as_dict(self, policy: Policy) -> dict[str, Any]:
         """`policy.as_dict()`, a fresh copy each call (it goes onto a flow's record)."""

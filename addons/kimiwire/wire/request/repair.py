@@ -7,7 +7,7 @@ from typing import Any
 
 from kimiwire.wire import json_codec
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.models import thinking_is_a_switch
+from kimiwire.wire.models import is_k3, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.compat import apply_request_compat
@@ -52,8 +52,10 @@ def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     return declared, tools
 
 
-def facts_from_body(body: dict[str, Any]) -> RequestFacts:
+def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -> RequestFacts:
+    """`switch_models`: model ids the upstream listed as K2.5/K2.6 (their names may not say so)."""
     messages = body.get("messages")
+    model = body.get("model")
     declared, tools = declared_tools(body)
     count, names = history_tool_calls(messages) if isinstance(messages, list) else (0, [])
     return RequestFacts(
@@ -63,7 +65,9 @@ def facts_from_body(body: dict[str, Any]) -> RequestFacts:
         body.get("stream") is True,
         names,
         # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
-        thinking_is_a_switch(body.get("model")) and thinking_requested(body),
+        (thinking_is_a_switch(model) or (isinstance(model, str) and model in switch_models))
+        and thinking_requested(body),
+        k3_model=is_k3(model),
     )
 
 
@@ -145,7 +149,7 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     notes = [f"body read by the exact JSON decoder: {decoded.fallback}"] if decoded.fallback else []
     if not isinstance(body, dict):
         return RequestRepairResult(None, log, RequestFacts(), f"body is a JSON {type(body).__name__}, not an object")
-    facts = facts_from_body(body)
+    facts = facts_from_body(body, policy.thinking_switch_models)
     if decoded.fallback:  # the facts go onto the flow, whose files hold only valid UTF-8
         facts.tools = json_codec.storable(facts.tools)
         facts.history_tool_names = json_codec.storable(facts.history_tool_names)

@@ -13,29 +13,52 @@ import orjson
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.response.markup import MarkupScanner, RecoveredCall, embedded_markup
+from kimiwire.wire.response.markup import CONTENT, REASONING, MarkupScanner, RecoveredCall, embedded_markup
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
 from kimiwire.wire.response.think_tags import split_think_tags
 from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason, is_truncated
 
 
 def _recover_markup(message: dict[str, Any], declared: frozenset[str], log: RepairLog) -> list[RecoveredCall]:
+    """Calls recovered from the texts; K3 channels move text between content and reasoning (the
+    whole reasoning is at hand: an answer found in it simply moves)."""
     recovered: list[RecoveredCall] = []
+    moved: dict[str, str] = {}
+    mirrored = isinstance(message.get("reasoning"), str) and message.get("reasoning") == message.get(
+        "reasoning_content"
+    )
     for key in TEXT_KEYS:
         text = message.get(key)
         if not isinstance(text, str) or not text:
             continue
-        scanner = MarkupScanner(declared)
+        if key == "reasoning" and mirrored:  # the same text under both names: scanned once
+            message["reasoning"] = message.get("reasoning_content")
+            continue
+        field = CONTENT if key == "content" else REASONING
+        scanner = MarkupScanner(declared, field, keep_copy=field == REASONING)
         head, calls = scanner.feed(text)
         tail, more = scanner.finish()
         calls += more
         remaining = head + tail
+        other = REASONING if field == CONTENT else CONTENT
+        if scanner.moved:
+            moved[other] = moved.get(other, "") + "".join(scanner.moved)
+            log.add(f"k3.moved_to_{other}", None, key, len("".join(scanner.moved)))
+        for kind in dict.fromkeys(scanner.events):
+            log.add(kind, None, key, None)
         if remaining == text and not calls:
             continue
         message[key] = remaining if remaining or key != "content" else None
         for call in calls:
             log.add(f"markup.recovered_{call.form}", None, key, call.name)
         recovered += calls
+    if moved.get(CONTENT):
+        content = message.get("content")
+        message["content"] = (content if isinstance(content, str) else "") + moved[CONTENT]
+    if moved.get(REASONING):
+        keys = [k for k in ("reasoning_content", "reasoning") if isinstance(message.get(k), str)]
+        for key in keys or ["reasoning_content"]:
+            message[key] = (message.get(key) or "") + moved[REASONING]
     return recovered
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from kimiwire.wire.response import k3_markup as k3
+
 MARKER_PREFIX = "<|tool_call"
 BARE_PREFIX = "functions."
 SECTION_BEGINS = ("<|tool_calls_section_begin|>", "<|tool_call_section_begin|>")
@@ -53,7 +55,27 @@ class RecoveredCall:
     raw_id: str
     name: str
     arguments: str
-    form: str  # "markup" | "consumed" | "bare"
+    form: str  # "markup" | "consumed" | "bare" | "k3"
+
+
+CONTENT = "content"
+REASONING = "reasoning"
+OPEN_THINK = "<think>"
+CLOSE_THINK = "</think>"
+COPY_LIMIT = 1 << 20  # reasoning kept in case it turns out to be a K3 answer (characters)
+TAIL_LIMIT = 2048  # content remembered to recognise text re-sent verbatim (vLLM keeps 1024)
+
+
+@dataclass(slots=True)
+class _K3Step:
+    """What one K3 element does: consume `size` characters from `begin` (None: wait for more
+    text), keep them as text (`verbatim`), then send later text to `route`."""
+
+    begin: int
+    size: int | None
+    verbatim: bool = False
+    route: str | None = None
+    answer_found: bool = False  # reasoning so far was the answer (a response close in reasoning)
 
 
 def name_from_id(raw_id: str, declared: Collection[str]) -> str:
@@ -159,34 +181,139 @@ _remembered_heads = functools.lru_cache(maxsize=64)(_build_heads)
 
 class MarkupScanner:
     """One per text field of one choice. `feed` and `finish` return (text to emit, calls).
-    `known`: tool names the marker-less forms may call (`RequestFacts.known_tool_names`)."""
+    `known`: tool names the marker-less forms and K3 calls may call (`RequestFacts.known_tool_names`).
 
-    def __init__(self, known: Collection[str]) -> None:
+    K3 channels move text between the fields: `field` is this scanner's own (content or
+    reasoning); text of a think channel found in content, or of a response channel found in
+    reasoning, is collected in `moved` for the other field's delta. `keep_copy` (reasoning of a
+    K3 request): the reasoning delivered is remembered, bounded, because a response close in it
+    means all of it was the answer (sgl-project/sglang PR #33995: the model skipped the think
+    channel the template prefilled); `keep_tail`: the end of the content delivered is
+    remembered, to recognise text an engine sends again."""
+
+    def __init__(
+        self, known: Collection[str], field: str = CONTENT, keep_copy: bool = False, keep_tail: bool = False
+    ) -> None:
         self.known = frozenset(known)
         self.pending = ""
         self._last = ""  # the last character emitted: the text before `pending`, for word boundaries
         self._heads, self._head_chars, self._longest_head = _heads_of(self.known)
+        self.field = field
+        self.route = field  # where text goes now (K3 channels change it)
+        self.moved: list[str] = []  # text for the other field, drained by the caller
+        self.events: list[str] = []  # repair kinds (K3 channel work), drained by the caller
+        self.k3_seen = False
+        self.section_open = False  # a K3 tools section is open: held until it closes
+        self.cut_call = False  # a K3 call block was cut off: it went out as text
+        self.copy: list[str] | None = [] if keep_copy else None
+        self._copy_size = 0
+        self.tail = "" if keep_tail else None
+        # Think tags at the edges of the reasoning field (the field itself says it is reasoning):
+        # a leading `<think>` is removed, a `</think>` that ends the reasoning too (held until
+        # more reasoning shows it was not the end).
+        self.edge_start = field == REASONING
+        self.edge_close = ""
 
     def passes_unchanged(self, text: str) -> bool:
         """True when `feed(text)` would return `text` itself and hold nothing (a cheap check)."""
         return (
             not self.pending
-            and MARKER_PREFIX not in text
+            and not self.edge_close
+            and (self.field != REASONING or "<" not in text)  # think tags at the field's edges
+            and "<|" not in text
             and (not self.known or BARE_PREFIX not in text)
+            and self.route == self.field
             and not self._holdback(text)
         )
+
+    def delivered(self, text: str) -> None:
+        """`text` went out in this field unchanged (fed, or taken by the repairer's fast path)."""
+        if self.copy is not None:
+            self._copy_size += len(text)
+            if self._copy_size > COPY_LIMIT:
+                self.copy = None
+            else:
+                self.copy.append(text)
+        if self.tail is not None:
+            self.tail = (self.tail + text)[-TAIL_LIMIT:]
 
     def feed(self, text: str) -> tuple[str, list[RecoveredCall]]:
         if self.passes_unchanged(text):
             self._last = text[-1:] or self._last
+            if self.copy is not None or self.tail is not None:
+                self.delivered(text)
+            if self.edge_start and text:  # reasoning began (the repairer's fast path decides alike)
+                self.edge_start = False
             return text, []
+        if self.edge_start:
+            text = self._leading_think(text)
+            if text is None:
+                return "", []
         self.pending += text
-        return self._scan(final=False)
+        emitted, calls = self._scan(final=False)
+        return self._trailing_think(emitted), calls
+
+    def _leading_think(self, text: str) -> str | None:
+        """The reasoning field's start: a `<think>` there is removed; None while the text so far
+        is whitespace and a start of `<think>` (held in `pending`)."""
+        text = self.pending + text
+        self.pending = ""
+        stripped = text.lstrip()
+        if stripped.startswith(OPEN_THINK):
+            self.edge_start = False
+            self.events.append("think.reasoning_edge_open")
+            return stripped[len(OPEN_THINK) :]
+        if not stripped or (OPEN_THINK.startswith(stripped) and len(text) - len(stripped) <= 64):
+            self.pending = text
+            if len(text) > 64 + len(OPEN_THINK):
+                self.edge_start = False
+                return ""
+            return None
+        self.edge_start = False
+        return text
+
+    def _trailing_think(self, emitted: str) -> str:
+        """A `</think>` (and whitespace) ending what goes out in the reasoning field is held: the
+        next reasoning puts it back, the field's end drops it."""
+        if self.field != REASONING or not (self.edge_close or emitted):
+            return emitted
+        if self.route != self.field:
+            return emitted
+        emitted = self.edge_close + emitted
+        self.edge_close = ""
+        body = emitted.rstrip()
+        if body.endswith(CLOSE_THINK):
+            cut = len(body) - len(CLOSE_THINK)
+        elif "<" in emitted[-len(CLOSE_THINK) :]:
+            cut = len(emitted) - _longest_prefix_suffix(emitted, CLOSE_THINK)
+        else:
+            return emitted
+        self.edge_close = emitted[cut:]
+        return emitted[:cut]
+
+    def _drop_edge_close(self) -> str:
+        """The reasoning field ended: a held `</think>` is dropped, a start of one goes out."""
+        held, self.edge_close = self.edge_close, ""
+        if held.rstrip().endswith(CLOSE_THINK):
+            self.events.append("think.reasoning_edge_close")
+            return ""
+        return held
 
     def finish(self) -> tuple[str, list[RecoveredCall]]:
         if not self.pending:
-            return "", []
-        return self._scan(final=True)
+            return self._drop_edge_close(), []
+        self.edge_start = False
+        emitted, calls = self._scan(final=True)
+        emitted = self._trailing_think(emitted)
+        return emitted + self._drop_edge_close(), calls
+
+    def _put(self, out: list[str], text: str) -> None:
+        if not text:
+            return
+        if self.route == self.field:
+            out.append(text)
+        else:
+            self.moved.append(text)
 
     def _scan(self, final: bool) -> tuple[str, list[RecoveredCall]]:
         text = self.pending
@@ -197,9 +324,26 @@ class MarkupScanner:
             start = self._next_start(text, position)
             if start == -1:
                 keep = 0 if final else self._holdback(text[position:])
-                out.append(text[position : len(text) - keep])
+                self._put(out, text[position : len(text) - keep])
                 position = len(text) - keep
                 break
+            if text.startswith("<|", start) and not MARKER_PREFIX.startswith(text[start : start + len(MARKER_PREFIX)]):
+                step = self._k3(text, start, final, calls)
+                if step.size is None:
+                    self._put(out, text[position:start])
+                    position = start
+                    break
+                self._put(out, text[position : step.begin])
+                if step.verbatim:
+                    self._put(out, text[step.begin : step.begin + step.size])
+                elif step.size == 0:
+                    self._put(out, text[step.begin])
+                if step.answer_found:
+                    self._answer_found(out)
+                if step.route is not None:
+                    self.route = step.route
+                position = step.begin + max(step.size, 1)
+                continue
             begin = start
             partial = None if text.startswith(MARKER_PREFIX, start) else _BARE_PARTIAL.match(text, start)
             if partial is None:
@@ -209,22 +353,100 @@ class MarkupScanner:
             else:
                 consumed = self._bare(text, start, final, calls)
             if consumed is None:  # may still become markup: wait for more text
-                out.append(text[position:begin])
+                self._put(out, text[position:begin])
                 position = begin
                 break
-            out.append(text[position:begin])
+            self._put(out, text[position:begin])
             if consumed == 0:  # not markup after all: emit its first character and go on
-                out.append(text[begin])
+                self._put(out, text[begin])
                 position = begin + 1
             else:
                 position = begin + consumed
         self.pending = text[position:]
         emitted = "".join(out)
         self._last = text[position - 1] if position else self._last
+        if emitted and (self.copy is not None or self.tail is not None):
+            self.delivered(emitted)
         return emitted, calls
 
+    def _answer_found(self, out: list[str]) -> None:
+        """A response close in reasoning before any other channel: the reasoning was the answer.
+        What went out as reasoning goes out again as content (sent text cannot be taken back);
+        what this read had not sent yet moves to content."""
+        self.events.append("k3.answer_in_reasoning")
+        if self.copy:
+            self.moved.extend(self.copy)
+        elif self.copy is None:
+            self.events.append("k3.answer_copy_dropped")
+        self.moved.extend(out)
+        out.clear()
+        self.copy = None
+
+    def _k3(self, text: str, start: int, final: bool, calls: list[RecoveredCall]) -> _K3Step:
+        found = k3.element_at(text, start, final)
+        if found is k3.Scan.WAIT:
+            return _K3Step(start, None)
+        if found is k3.Scan.NONE:
+            return _K3Step(start, 0)
+        if isinstance(found, tuple):  # `<|end_of_msg|>`, a stray `<|sep|>`
+            self.events.append("k3.marker_removed")
+            return _K3Step(start, found[1] - start)
+        element = found
+        if not isinstance(element, k3.Element) or element.channel is None:
+            return _K3Step(start, 0)
+        channel = element.channel
+        first = not self.k3_seen
+        size = element.end - start
+        if element.opens and channel in (k3.Channel.TOOLS, k3.Channel.CALL):
+            return self._k3_section(text, start, element, final, calls)
+        self.k3_seen = True
+        if channel is k3.Channel.THINK:
+            self.events.append("k3.think_channel")
+            return _K3Step(start, size, route=REASONING if element.opens else CONTENT)
+        if channel is k3.Channel.RESPONSE:
+            if element.opens:
+                self.events.append("k3.response_channel")
+                return _K3Step(start, size, route=CONTENT)
+            answer = first and self.field == REASONING and self.route == self.field
+            return _K3Step(start, size, route=CONTENT, answer_found=answer)
+        self.events.append("k3.marker_removed")
+        return _K3Step(start, size)
+
+    def _k3_section(
+        self, text: str, start: int, element: k3.Element, final: bool, calls: list[RecoveredCall]
+    ) -> _K3Step:
+        """A tools section (or a call whose section open was consumed): held until it closes;
+        its calls are recovered when every one names a known tool, else it goes out as text."""
+        inside = element.end if element.channel is k3.Channel.TOOLS else start
+        ends = k3.section_end(text, inside)
+        if ends is None:
+            if not final:
+                self.section_open = True
+                return _K3Step(start, None)
+            inner_end = stop = len(text)
+        else:
+            inner_end, stop = ends
+        self.section_open = False
+        self.k3_seen = True
+        section = k3.decode_section(text[inside:inner_end])
+        names = [call.name for call in section.calls]
+        if not section.calls or not self.known or any(name not in self.known for name in names):
+            self.events.append("k3.section_not_recovered")
+            return _K3Step(start, stop - start, verbatim=True)
+        for call in section.calls:
+            calls.append(RecoveredCall("", call.name, call.arguments, "k3"))
+        if section.incomplete:
+            # The output was cut inside a call: the complete calls are real; the cut one goes out
+            # as text, as the upstream sent it, and is never completed into a call.
+            self.cut_call = True
+            cut_at = k3.last_call_end(text, inside, inner_end)
+            return _K3Step(start, cut_at - start, route=None)
+        return _K3Step(start, stop - start)
+
     def _next_start(self, text: str, position: int) -> int:
-        marker = text.find(MARKER_PREFIX, position)
+        marker = text.find("<|", position)
+        while marker != -1 and not (text.startswith(MARKER_PREFIX, marker) or k3.could_start(text, marker)):
+            marker = text.find("<|", marker + 2)
         bare = text.find(BARE_PREFIX, position) if self.known else -1
         if marker == -1:
             return bare
@@ -235,7 +457,7 @@ class MarkupScanner:
     def _holdback(self, text: str) -> int:
         keep = 0
         if "<" in text[-len(MARKER_PREFIX) - 1 :]:
-            keep = _longest_prefix_suffix(text, MARKER_PREFIX + "s")
+            keep = max(_longest_prefix_suffix(text, MARKER_PREFIX + "s"), k3.holdback(text))
         if self.known:
             # a marker's start may follow the head of a call whose begin markers were consumed
             keep += self._head_tail(text[: len(text) - keep] if keep else text)

@@ -16,6 +16,7 @@ anything is held turns the stream into passthrough from a point where that is ex
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,14 @@ from kimiwire.wire.response.fast_path import (
     learn_template,
     text_of,
 )
-from kimiwire.wire.response.markup import MARKER_PREFIX, MarkupScanner, RecoveredCall, embedded_markup
+from kimiwire.wire.response.markup import (
+    CONTENT,
+    MARKER_PREFIX,
+    REASONING,
+    MarkupScanner,
+    RecoveredCall,
+    embedded_markup,
+)
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
 from kimiwire.wire.response.think_tags import ThinkTagSplitter
 from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall, PassedCalls
@@ -74,6 +82,14 @@ class _Choice:
     think: ThinkTagSplitter | None = None
     cut: bool = False  # the output was cut (length, body ended, reset, timeout), not ended by the model
     extra_calls: int = 0  # calls delivered beyond those held: one whose arguments held markup becomes those inside
+    recovered: set[int] = field(default_factory=set)  # id() of the held calls recovered from markup
+    matched: set[int] = field(default_factory=set)  # id() of held upstream calls a recovered repeat matched
+    native: list[tuple[str, Any]] = field(default_factory=list)  # (name, arguments) of tool-call deltas delivered
+
+    @property
+    def cut_call(self) -> bool:
+        """A K3 call block in the text was cut off (it went out as text)."""
+        return any(scanner.cut_call for scanner in self.scanners.values())
 
     @property
     def calls_delivered(self) -> int:
@@ -81,7 +97,7 @@ class _Choice:
 
     @property
     def truncated(self) -> bool:
-        return self.calls.truncated > 0 or self.passed.any_open
+        return self.calls.truncated > 0 or self.passed.any_open or self.cut_call
 
 
 class StreamRepairer:
@@ -113,7 +129,9 @@ class StreamRepairer:
         self.fast_path = policy.reasoning_field == "keep"
         self._templates: list[PlainTemplate] = []
         self._template_last = NO_TEMPLATE  # the template the last fast read matched, tried first
-        self._check_markup = self.scan_markup and bool(self.declared)
+        # A K3 request's reasoning is remembered (the answer may turn out to be in it), so its
+        # texts go through the scanner on the fast path too.
+        self._check_markup = self.scan_markup and (bool(self.declared) or facts.k3_model)
         # When a list, plain_read appends each event's text to it (for the turn gate, which must
         # see the texts of a turn not yet proven without parsing the events again).
         self.plain_texts: list[PlainText] | None = None
@@ -175,7 +193,7 @@ class StreamRepairer:
         if (
             closing > start
             and (self._text_unseen or self._check_markup)
-            and not self._plain_text(template, data, start, closing)
+            and not self._plain_text(template, data, start, closing, record=True)
         ):
             return 0
         self.events_in += 1
@@ -239,6 +257,10 @@ class StreamRepairer:
             for seen, start, closing in texts:
                 if closing > start and not self._plain_text(seen, data, start, closing):
                     return 0
+            if self._check_markup:  # every text passes: now they count as delivered
+                for seen, start, closing in texts:
+                    if closing > start:
+                        self._scanner(self._choices[0], seen.key).delivered(text_of(data[start:closing]))
         self._template_last = template
         self.events_in += events
         self.data_events_in += events
@@ -246,13 +268,17 @@ class StreamRepairer:
             self.plain_texts += [PlainText(seen, text_of(data[start:closing])) for seen, start, closing in texts]
         return events
 
-    def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int) -> bool:
+    def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int, record: bool = False) -> bool:
         """A matched event's non-empty text: the markup scanner decides when the request names
-        tools (a name may begin at the end of the text); the turn's text flags are set."""
-        if self._check_markup and not self._scanner(self._choices[0], template.key).passes_unchanged(
-            text_of(data[start:closing])
-        ):
-            return False
+        tools (a name may begin at the end of the text) or goes to K3; the turn's text flags are
+        set. `record`: the text counts as delivered when it passes."""
+        if self._check_markup:
+            scanner = self._scanner(self._choices[0], template.key)
+            text = text_of(data[start:closing])
+            if not scanner.passes_unchanged(text):
+                return False
+            if record:
+                scanner.delivered(text)
         if self._text_unseen:
             if template.reasoning:
                 self._reasoning_seen = True
@@ -269,7 +295,7 @@ class StreamRepairer:
         if state is None or state.finished:
             return False
         for scanner in state.scanners.values():
-            if scanner.pending:
+            if scanner.pending or scanner.edge_close or scanner.route != scanner.field:
                 return False
         # Think tags: nothing held; content only once the choice's content has begun (before
         # that it may still be reasoning), reasoning once the splitter knows reasoning has its own
@@ -428,10 +454,11 @@ class StreamRepairer:
                 if content:
                     out.append(self._chunk_event(state.index, {"content": content}))
             for key, scanner in state.scanners.items():
-                if scanner.pending:
-                    out.append(self._chunk_event(state.index, {key: scanner.pending}))
-                    self._see_text({key: scanner.pending})
-                    scanner.pending = ""
+                held = scanner.edge_close + scanner.pending
+                if held:
+                    out.append(self._chunk_event(state.index, {key: held}))
+                    self._see_text({key: held})
+                    scanner.pending = scanner.edge_close = ""
             assembly = state.calls
             while assembly.pending:
                 call = assembly.pending[0]
@@ -639,6 +666,10 @@ class StreamRepairer:
                 text = delta.get(key)
                 if type(text) is str and text and not self._scanner(state, key).passes_unchanged(text):
                     return False
+            for key in TEXT_KEYS:
+                text = delta.get(key)
+                if type(text) is str and text:
+                    self._scanner(state, key).delivered(text)
         if self._text_unseen:
             self._see_text(delta)
         return True
@@ -664,8 +695,39 @@ class StreamRepairer:
     def _scanner(self, state: _Choice, key: str) -> MarkupScanner:
         scanner = state.scanners.get(key)
         if scanner is None:
-            scanner = state.scanners[key] = MarkupScanner(self.declared)
+            field = CONTENT if key == "content" else REASONING
+            scanner = state.scanners[key] = MarkupScanner(
+                self.declared,
+                field,
+                keep_copy=field == REASONING and self.facts.k3_model,
+                keep_tail=field == CONTENT and self.facts.tools_declared,
+            )
         return scanner
+
+    def _moved(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        """Text a scanner moved to the other field (K3 channels) goes into this delta's field."""
+        moved_any = False
+        for key, scanner in list(state.scanners.items()):
+            if scanner.events:
+                for kind in scanner.events:
+                    self._note_once(kind)
+                scanner.events.clear()
+            if not scanner.moved:
+                continue
+            text = "".join(scanner.moved)
+            scanner.moved.clear()
+            if not text:
+                continue
+            moved_any = True
+            if scanner.field == REASONING:
+                previous = delta.get("content")
+                delta["content"] = (previous if isinstance(previous, str) else "") + text
+                self._scanner(state, "content").delivered(text)
+            else:
+                self._add_reasoning(delta, text)
+            to = "content" if scanner.field == REASONING else "reasoning"
+            self.log.add(f"k3.moved_to_{to}", None, key, len(text))
+        return moved_any
 
     def _splitter(self, state: _Choice) -> ThinkTagSplitter:
         if state.think is None:
@@ -744,34 +806,82 @@ class StreamRepairer:
                     del delta["reasoning"]
                 changed |= mirror != text
                 continue
-            emitted, calls = self._scanner(state, key).feed(text)
-            if emitted == text and not calls:
+            scanner = self._scanner(state, key)
+            if scanner.edge_start and self._reasoning_seen:  # not the start of the reasoning field
+                scanner.edge_start = False
+            emitted, calls = scanner.feed(text)
+            if emitted == text and not calls and not scanner.moved and not scanner.events:
                 continue
             changed = True
+            if calls and self._recovered(state, key, calls) and emitted and scanner.tail is not None:
+                emitted = self._unrepeated(scanner, emitted)
             if emitted:
                 delta[key] = emitted
             else:
                 del delta[key]
-            self._recovered(state, key, calls)
-        return changed
+        return self._moved(state, delta) or changed
 
     def _flush_texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
         changed = self._flush_think(state, delta)
         for key, scanner in state.scanners.items():
-            if not scanner.pending:
+            if not scanner.pending and not scanner.edge_close:
                 continue
             emitted, calls = scanner.finish()
+            if calls and self._recovered(state, key, calls) and emitted and scanner.tail is not None:
+                emitted = self._unrepeated(scanner, emitted)
             if emitted:
                 previous = delta.get(key)
                 delta[key] = (previous if isinstance(previous, str) else "") + emitted
-            self._recovered(state, key, calls)
             changed = True
-        return changed
+        return self._moved(state, delta) or changed
 
-    def _recovered(self, state: _Choice, key: str, calls: list[RecoveredCall]) -> None:
+    def _recovered(self, state: _Choice, key: str, calls: list[RecoveredCall]) -> bool:
+        """Recovered calls join the held ones, except a call that repeats one the upstream
+        already sent as a tool-call delta (same name and arguments): vLLM 0.11.1-0.13.0's Kimi
+        parser re-sends its buffer, call markup included, as content at the section end
+        (`vllm/tool_parsers/kimi_k2_tool_parser.py`: `return DeltaMessage(content=remaining)`).
+        Returns whether a call was such a repeat."""
+        repeated = False
         for recovered in calls:
+            if self._repeats_native(state, recovered):
+                repeated = True
+                self.log.add("markup.repeated_call", None, key, recovered.name)
+                continue
             call = state.calls.add_whole(recovered.raw_id, recovered.name, recovered.arguments)
+            state.recovered.add(id(call))
             self.log.add(f"markup.recovered_{recovered.form}", call.position, key, recovered.name)
+        return repeated
+
+    def _repeats_native(self, state: _Choice, recovered: RecoveredCall) -> bool:
+        try:
+            value = orjson.loads(recovered.arguments)
+        except orjson.JSONDecodeError:
+            return False
+        for n, (name, arguments) in enumerate(state.native):
+            if name == recovered.name and arguments == value:
+                del state.native[n]  # each call the upstream sent absorbs one repeat
+                return True
+        for call in state.calls.pending:
+            if id(call) in state.recovered or call.name != recovered.name or id(call) in state.matched:
+                continue
+            try:
+                if orjson.loads(call.arguments()) == value:
+                    state.matched.add(id(call))
+                    return True
+            except orjson.JSONDecodeError:
+                continue
+        return False
+
+    def _unrepeated(self, scanner: MarkupScanner, emitted: str) -> str:
+        """Text that came with repeated calls and repeats the end of what the client already
+        got (vLLM's re-sent buffer) is dropped."""
+        tail = scanner.tail or ""
+        before = tail[: len(tail) - len(emitted)]
+        if emitted.strip() and before.endswith(emitted):
+            scanner.tail = before
+            self.log.add("text.repeated", None, "content", emitted[-200:])
+            return ""
+        return emitted
 
     # -- tool calls ------------------------------------------------------------------------
 
@@ -837,6 +947,8 @@ class StreamRepairer:
         )
         if len(items) != 1 or items[0][2] is not arguments:
             truncated = False
+            if call.state is CallState.TRUNCATED:  # not delivered: the calls inside it go out instead
+                call.state = CallState.COMPLETE
         events: list[bytes] = []
         for n, (name, upstream_id, call_arguments) in enumerate(items):
             index = state.calls.emitted + offset + n
@@ -849,6 +961,9 @@ class StreamRepairer:
                 function = finished["function"]
                 events += self._call_events(state.index, index, finished["id"], function["name"], function["arguments"])
         state.extra_calls += len(items) - 1
+        if id(call) not in state.recovered and id(call) not in state.matched and not truncated:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                state.native.append((call.name or "", orjson.loads(arguments)))
         if call.fragments > 1:
             self.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
         return events

@@ -102,10 +102,15 @@ def fix_finish_reason(
     reason: Any, has_tool_calls: bool, position: int | None, log: RepairLog, policy: Policy, truncated: bool = False
 ) -> Any:
     """`tool_calls` whenever calls were delivered, `stop` for `tool_calls` without any call and
-    for engine-specific end reasons (`kimi_finish=fix`). Never changed: `length`, and whatever
-    came with a call whose arguments were cut off (it must not become a call to run)."""
-    if policy.finish != "fix" or truncated or reason in CUT_FINISH_REASONS:
+    for engine-specific end reasons (`kimi_finish=fix`). Never changed: `length` and
+    `content_filter`. A call whose arguments never closed makes it `length`, whatever the
+    upstream said: vLLM reports a call cut by `max_tokens` as `tool_calls` (vllm #47761), and a
+    client that partial-parses arguments would run it."""
+    if policy.finish != "fix" or reason in CUT_FINISH_REASONS:
         return reason
+    if truncated:
+        log.add("finish_reason.cut_call", position, reason, "length")
+        return "length"
     if has_tool_calls:
         fixed, kind = "tool_calls", "finish_reason.fixed"
     elif reason == "tool_calls":
