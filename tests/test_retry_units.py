@@ -46,7 +46,7 @@ def chunks(events):
 
 def test_policy_parses_the_option_and_rejects_unknown_reasons():
     assert RetryPolicy.parse(DEFAULT_RETRY_ON, 2, 120).reasons == frozenset(
-        {"empty", "reasoning_only", "stall", "connect", "status", "invalid_call"}
+        {"empty", "reasoning_only", "stall", "connect", "status", "invalid_call", "forced_tool"}
     )
     assert not RetryPolicy.parse("", 2, 120).active
     assert RetryPolicy.parse("empty, schema", 1, 5).turn_checks() == {"empty", "schema"}

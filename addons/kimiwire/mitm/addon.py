@@ -58,10 +58,11 @@ from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyC
 from kimiwire.wire.redaction import Redactor, carries_placeholder, url_for_log
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.request.token_limit import clamp_max_tokens
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.response.turn_gate import DELIVERED_AS_CAME, TurnGate
 from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
@@ -276,7 +277,8 @@ class KimiWire:
             str,
             DEFAULT_RETRY_ON,
             "When to ask the upstream again, a comma list of: empty, reasoning_only, stall, connect, status, "
-            "invalid_call, schema (opt-in). Empty: no retries and no checks (empty turns pass as they come).",
+            "invalid_call, schema (opt-in), forced_tool. Empty: no retries and no checks (empty turns pass as they "
+            "come).",
         )
         loader.add_option("kimi_retries", int, 2, "Extra attempts per request after the first (0: none).")
         loader.add_option(
@@ -873,6 +875,8 @@ class KimiWire:
             return None
         facts, wire_policy = context
         status = response.status_code
+        if status == 400 and policy.watches("status") and policy.retries > 0:
+            return self._retry_clamped(state, facts, wire_policy)
         if status in RETRY_STATUSES and policy.watches("status"):
             raw = response.raw_content or b""
             failure = Failure(
@@ -889,6 +893,27 @@ class KimiWire:
             failure.body = response.raw_content or b""
         else:
             return None
+        return self._retry_buffered(state, facts, wire_policy, failure)
+
+    def _retry_clamped(self, state: FlowState, facts: RequestFacts, wire_policy: Policy) -> Any:
+        """A 400 stating that `max_tokens` leaves no room for the prompt: sent once more with it
+        lowered to the room stated (a second refusal reaches the client as it came), or None."""
+        flow = state.flow
+        response = flow.response
+        assert response is not None
+        raw = response.raw_content or b""
+        clamped = clamp_max_tokens(raw, flow.request.content or b"")
+        if clamped is None:
+            return None
+        flow.request.content = clamped.body
+        state.record["upstream_request"] = clamped.body
+        log = RepairLog()
+        log.add("request.max_tokens_clamped", None, {clamped.field: clamped.before}, {clamped.field: clamped.after})
+        self._record_repairs(flow, "request", log)
+        self._note(
+            flow, f"the upstream stated its limit ({clamped.stated}): sent again with {clamped.field} {clamped.after}"
+        )
+        failure = Failure("status", retry_error_message(raw, 400), None, 400, raw, final=False)
         return self._retry_buffered(state, facts, wire_policy, failure)
 
     def _first_attempt(self, state: FlowState, failure: Failure, status: int | None, body: bytes) -> None:
@@ -961,7 +986,7 @@ class KimiWire:
         if facts.stream and last.kind not in ("status", "connect", "stall"):
             _replace(response, 200, [(b"content-type", b"text/event-stream")], bytes(sink.delivered))
             response.content += b"".join(final_events(last, made))
-        elif last.kind in ("invalid_call", "schema") and last.body:
+        elif last.kind in DELIVERED_AS_CAME and last.body:
             _replace(response, 200, [(b"content-type", b"application/json")], last.body)
         elif last.kind == "status" and last.status is not None:
             if last.body is not failure.body:

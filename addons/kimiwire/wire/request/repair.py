@@ -14,6 +14,7 @@ from kimiwire.wire.request.compat import apply_request_compat
 from kimiwire.wire.request.history import moonshot_hygiene, repair_history_arguments
 from kimiwire.wire.request.moonshot_contract import MoonshotError, contract_for
 from kimiwire.wire.request.moonshot_rules import (
+    forced_tool_relaxed,
     moonshot_thinking_on,
     rename_tools,
     tool_name_renames,
@@ -165,6 +166,7 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     except UnrepairableShape as exc:
         return RequestRepairResult(None, RepairLog(), facts, str(exc), notes)
     facts.tool_renames = {new: old for old, new in renames.items()}
+    facts.forced_tool = forced_tool_relaxed(log)
     if not log:
         return RequestRepairResult(None, log, facts, notes=notes)
     try:
