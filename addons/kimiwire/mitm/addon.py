@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from kimiwire.mitm import client_errors, proxy_internals
+from kimiwire.mitm import client_errors, proxy_internals, request_limits
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
@@ -390,6 +390,7 @@ class KimiWire:
             {
                 "flows": counts.get("flows.chat", 0),
                 "flows_with_errors": counts.get("flows.error", 0) + counts.get("addon.error", 0),
+                "refused_too_large": counts.get("flows.refused_too_large", 0),
                 "bytes_from_upstream": counts.get("bytes.upstream", 0),
                 "bytes_to_clients": counts.get("bytes.delivered", 0),
                 "repairs": {
@@ -504,6 +505,20 @@ class KimiWire:
         logger.info("kimiwire: %s %s: %s", flow.request.method, url_for_log(flow.request.path), text)
 
     # -- hooks -----------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or self._shut_down or not self.max_request_bytes or not self.json_errors:
+            return  # (without error answers the request hook answers 413, once the body is in)
+        limit = self.max_request_bytes
+        self._guarded(flow, "request size", lambda f: request_limits.enforce(f, limit, self._refused_while_arriving))
+
+    def _refused_while_arriving(self, received: int) -> None:
+        self.counts["flows.refused_too_large"] += 1
+        logger.info(
+            "kimiwire: request body refused after %d bytes (kimi_max_request_bytes=%d)",
+            received,
+            self.max_request_bytes,
+        )
 
     def request(self, flow: http.HTTPFlow) -> None:
         if not flow.live or self._shut_down:
