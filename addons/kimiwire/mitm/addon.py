@@ -26,6 +26,7 @@ from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
+from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RequestWorker
 from kimiwire.mitm.retry import (
     Attempt,
     ClientGone,
@@ -52,7 +53,7 @@ from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
 from kimiwire.wire.redaction import Redactor, carries_placeholder, url_for_log
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.request.repair import RequestRepairResult, repair_request_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
@@ -111,6 +112,7 @@ class KimiWire:
         self.redactor = Redactor()
         self.replay_credential: str | None = None
         self.retrier = Retrier(self.counts)
+        self.request_worker = RequestWorker()
         # Option values the hooks read on every flow, copied from ctx.options by `configure`
         # (an option lookup in mitmproxy costs microseconds; a flow made over a dozen of them).
         self.health_path = chat_exchanges.HEALTH_PATH
@@ -420,6 +422,7 @@ class KimiWire:
                 logger.info("kimiwire: %s", self.capture.summary())
             self.capture.close()
         self.flows.clear()
+        self.request_worker.close()
 
     def _finish_open_flows(self) -> None:
         """At shutdown (SIGTERM, SIGINT) the flows still under way are recorded as they are now:
@@ -520,23 +523,37 @@ class KimiWire:
             self.max_request_bytes,
         )
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Any:
         if not flow.live or self._shut_down:
-            return  # loaded from a file: it was repaired when it was live
+            return None  # loaded from a file: it was repaired when it was live
         req = flow.request
         method, path = req.method, req.path
         if chat_exchanges.is_health_check(method, path, self.health_path):
             body = orjson.dumps({"status": "ok", "pid": os.getpid(), **orjson.loads(self.stats())})
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
-            return
+            return None
+        off_loop = None
         try:
-            self._start_chat_flow(flow, method, path)
+            off_loop = self._start_chat_flow(flow, method, path)
         except Exception as exc:
             self._record_error(flow, "request", exc)
+        if off_loop is not None:
+            return self._request_after(flow, off_loop)  # mitmproxy awaits it before sending the request
+        self._request_done(flow)
+        return None
+
+    async def _request_after(self, flow: http.HTTPFlow, off_loop: Any) -> None:
+        try:
+            await off_loop
+        except Exception as exc:
+            self._record_error(flow, "request", exc)
+        self._request_done(flow)
+
+    def _request_done(self, flow: http.HTTPFlow) -> None:
         if flow.is_replay == "request":
             self._guarded(flow, "replay credentials", self._restore_credentials)
 
-    def _start_chat_flow(self, flow: http.HTTPFlow, method: str, path: str) -> None:
+    def _start_chat_flow(self, flow: http.HTTPFlow, method: str, path: str) -> Any:
         """Every chat flow gets the ending guarantees (first-byte timeout, JSON error answers, a
         watched and cleanly ended stream), whether or not its body can be read and repaired."""
         req = flow.request
@@ -565,34 +582,61 @@ class KimiWire:
             append_header(req.headers, b"accept-encoding", b"identity")
         elif accept_encoding != "identity":
             set_header(req.headers, b"accept-encoding", b"identity")
-        raw = self._request_body(state, headers.get(b"content-encoding", ""))
+        header = headers.get(b"content-encoding", "")
+        if len(req.raw_content or b"") >= OFFLOAD_BYTES and loop_running():
+            return self._prepare_off_loop(state, header)
+        raw = self._request_body(state, header)
         if raw is None:
-            return
-        if self.limits.first_byte_timeout > 0 and loop_running():
-            state.first_byte_timer = asyncio.get_running_loop().call_later(
-                self.limits.first_byte_timeout, self._first_byte_timeout, state
-            )
+            return None
+        self._start_first_byte_timer(state)
         try:
             self._repair_request(state, raw)
         except Exception as exc:
             self._record_error(flow, "request repair", exc)
+        return None
 
-    def _request_body(self, state: FlowState, header: str) -> bytes | None:
+    async def _prepare_off_loop(self, state: FlowState, header: str) -> None:
+        """A large body: decoded and repaired in the request worker, the results applied here."""
+        encoded = state.flow.request.raw_content or b""
+        limit = self.max_request_bytes or _NO_LIMIT
+        decoded = await self.request_worker.run(_decoded_request, encoded, header, limit)
+        raw = self._request_body(state, header, decoded)
+        if raw is None:
+            return
+        self._start_first_byte_timer(state)
+        if not raw:
+            return
+        result = await self.request_worker.run(repair_request_body, raw, state.policy or self.policy_for(state.flow))
+        if isinstance(result, Raised):
+            self._record_error(state.flow, "request repair", result.error)
+            return
+        try:
+            self._apply_request_repair(state, result)
+        except Exception as exc:
+            self._record_error(state.flow, "request repair", exc)
+
+    def _start_first_byte_timer(self, state: FlowState) -> None:
+        if self.limits.first_byte_timeout > 0 and loop_running():
+            state.first_byte_timer = asyncio.get_running_loop().call_later(
+                self.limits.first_byte_timeout, self._first_byte_timeout, state
+            )
+
+    def _request_body(self, state: FlowState, header: str, decoded: bytes | Raised | None = None) -> bytes | None:
         """The decoded request body, None when there is none to repair. A body that decodes to
-        more than kimi_max_request_bytes is answered 413 here, without inflating it further."""
+        more than kimi_max_request_bytes is answered 413 here, without inflating it further.
+        `decoded`: what the request worker made of it already."""
         req = state.flow.request
         encoded = req.raw_content
         if encoded is None:
             self._note(state.flow, "request not repaired: the body was streamed")
             return b""
         limit = self.max_request_bytes or _NO_LIMIT
-        encoding = content_encoding(header)
         try:
-            if len(encoded) > limit:
-                raise DecodedTooLarge(limit)
-            if encoding is None:
-                raise DecodingError(f"unsupported content-encoding {header!r}")
-            return decode_body(encoded, encoding, limit) if encoding else encoded
+            if decoded is None:
+                return _decoded_request(encoded, header, limit)
+            if isinstance(decoded, Raised):
+                raise decoded.error
+            return decoded
         except DecodedTooLarge:
             self._refuse_large_request(state, limit)
             return None
@@ -613,8 +657,10 @@ class KimiWire:
     def _repair_request(self, state: FlowState, raw: bytes) -> None:
         if not raw:
             return  # nothing to repair (streamed or undecodable: noted), forwarded as it came
+        self._apply_request_repair(state, repair_request_body(raw, state.policy or self.policy_for(state.flow)))
+
+    def _apply_request_repair(self, state: FlowState, result: RequestRepairResult) -> None:
         flow, req, record = state.flow, state.flow.request, state.record
-        result = repair_request_body(raw, state.policy or self.policy_for(flow))
         state.facts = result.facts
         record["facts"] = result.facts.as_dict()
         for note in result.notes:
@@ -1166,6 +1212,17 @@ class KimiWire:
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)
+
+
+def _decoded_request(encoded: bytes, header: str, limit: int) -> bytes:
+    """The request body with its content-encoding decoded (raises DecodedTooLarge past `limit`,
+    DecodingError when it cannot be decoded); pure, so the request worker can run it."""
+    if len(encoded) > limit:
+        raise DecodedTooLarge(limit)
+    encoding = content_encoding(header)
+    if encoding is None:
+        raise DecodingError(f"unsupported content-encoding {header!r}")
+    return decode_body(encoded, encoding, limit) if encoding else encoded
 
 
 def _raw(text: str) -> bytes:
