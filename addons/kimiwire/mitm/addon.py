@@ -119,6 +119,7 @@ class KimiWire:
         self.max_request_bytes = 0
         self.json_errors = True
         self.error_names_upstream = False
+        self.shutdown_grace = 2.0
         self._policies = PolicyCache()
 
     # -- options ---------------------------------------------------------------------------
@@ -234,6 +235,13 @@ class KimiWire:
             "0 disables.",
         )
         loader.add_option(
+            "kimi_shutdown_grace",
+            str,
+            "2",
+            "Seconds, at SIGTERM/SIGINT, to end open streams cleanly (what was held, a proxy_shutdown error event, "
+            "[DONE]) before the proxy stops; 0: streams are torn as the connections close.",
+        )
+        loader.add_option(
             "kimi_first_byte_timeout",
             str,
             "600",
@@ -340,6 +348,10 @@ class KimiWire:
         self.max_request_bytes = opts.kimi_max_request_bytes
         self.json_errors = opts.kimi_json_errors
         self.error_names_upstream = opts.kimi_error_names_upstream
+        try:
+            self.shutdown_grace = parse_seconds(opts.kimi_shutdown_grace, "kimi_shutdown_grace")
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
         if updated & _POLICY_OPTION_NAMES:
             self._policies = PolicyCache(
                 opts.kimi_flavor,
@@ -410,7 +422,36 @@ class KimiWire:
             }
         ).decode()
 
-    def done(self) -> None:
+    def done(self) -> Any:
+        """At shutdown (SIGTERM, SIGINT) open streams are first ended cleanly, within
+        kimi_shutdown_grace; on a script reload everything is let go at once."""
+        master = getattr(ctx, "master", None)
+        stopping = master is not None and master.should_exit.is_set() and loop_running()
+        if stopping and self.shutdown_grace > 0 and self._open_streams():
+            return self._done_after_grace()
+        self._done_now()
+        return None
+
+    def _open_streams(self) -> list[tuple[FlowState, RepairingStream]]:
+        return [
+            (state, state.stream)
+            for state in self.flows.open_states()
+            if state.stream is not None and state.flow.live and not state.stream.ended and state.is_chat
+        ]
+
+    async def _done_after_grace(self) -> None:
+        """Each open stream gets what was held, a proxy_shutdown error event and [DONE], and its
+        body ends (the response hook then records and captures it as usual)."""
+        streams = self._open_streams()
+        logger.info("kimiwire: shutting down: ending %d open stream(s) cleanly", len(streams))
+        endings = [state.spawn(self._end_stream(state, stream, ProxyEnd.SHUTDOWN)) for state, stream in streams]
+        _, late = await asyncio.wait(endings, timeout=self.shutdown_grace)
+        if late:
+            logger.warning("kimiwire: %d stream(s) not ended within kimi_shutdown_grace", len(late))
+        await asyncio.sleep(0)  # the response hooks the endings started
+        self._done_now()
+
+    def _done_now(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
         self._shut_down = True
         self._finish_open_flows()
