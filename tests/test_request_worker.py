@@ -101,3 +101,42 @@ def test_an_exception_in_the_worker_costs_the_repair_only(monkeypatch):
             flow.metadata["kimiwire"]["errors"]
         )
     kw.request_worker.close()
+
+
+def test_a_large_flow_is_captured_from_the_worker_redacted_and_whole(tmp_path, monkeypatch):
+    from kimiwire.mitm import capture as capture_module
+    from kimiwire.wire.redaction import REDACTED
+    from mitmproxy.io import FlowReader
+
+    threads = []
+    saved_state = capture_module.saved_state
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return saved_state(*args)
+
+    monkeypatch.setattr(addon_module, "saved_state", recording)
+    content = _large_request()[:-1] + b', "api_key": "sk-secret"}'
+    kw = KimiWire()
+    with taddons.context(kw) as tctx:
+        tctx.configure(kw, kimi_capture_dir=str(tmp_path))
+
+        async def exchange() -> None:
+            flow = _flow(content)
+            await kw.request(flow)
+            flow.response = tutils.tresp(
+                content=b'{"choices": []}', headers=http.Headers(content_type="application/json")
+            )
+            kw.response(flow)
+            assert kw._capture_tasks  # written later, by the worker
+            await asyncio.wait(set(kw._capture_tasks))
+
+        asyncio.run(exchange())
+        path = kw.capture.path
+        kw.done()
+    assert threads == ["kimiwire-request-repair_0"]
+    with open(path, "rb") as f:
+        [flow] = list(FlowReader(f).stream())
+    sent = orjson.loads(flow.request.content)
+    assert sent["api_key"] == REDACTED and len(sent["messages"]) == len(orjson.loads(content)["messages"])
+    kw.request_worker.close()

@@ -113,6 +113,7 @@ class KimiWire:
         self.replay_credential: str | None = None
         self.retrier = Retrier(self.counts)
         self.request_worker = RequestWorker()
+        self._capture_tasks: set[asyncio.Task[None]] = set()  # large flows' captures under way
         # Option values the hooks read on every flow, copied from ctx.options by `configure`
         # (an option lookup in mitmproxy costs microseconds; a flow made over a dozen of them).
         self.health_path = chat_exchanges.HEALTH_PATH
@@ -427,7 +428,7 @@ class KimiWire:
         kimi_shutdown_grace; on a script reload everything is let go at once."""
         master = getattr(ctx, "master", None)
         stopping = master is not None and master.should_exit.is_set() and loop_running()
-        if stopping and self.shutdown_grace > 0 and self._open_streams():
+        if stopping and (self._capture_tasks or (self.shutdown_grace > 0 and self._open_streams())):
             return self._done_after_grace()
         self._done_now()
         return None
@@ -442,13 +443,16 @@ class KimiWire:
     async def _done_after_grace(self) -> None:
         """Each open stream gets what was held, a proxy_shutdown error event and [DONE], and its
         body ends (the response hook then records and captures it as usual)."""
-        streams = self._open_streams()
-        logger.info("kimiwire: shutting down: ending %d open stream(s) cleanly", len(streams))
-        endings = [state.spawn(self._end_stream(state, stream, ProxyEnd.SHUTDOWN)) for state, stream in streams]
-        _, late = await asyncio.wait(endings, timeout=self.shutdown_grace)
-        if late:
-            logger.warning("kimiwire: %d stream(s) not ended within kimi_shutdown_grace", len(late))
-        await asyncio.sleep(0)  # the response hooks the endings started
+        streams = self._open_streams() if self.shutdown_grace > 0 else []
+        if streams:
+            logger.info("kimiwire: shutting down: ending %d open stream(s) cleanly", len(streams))
+            endings = [state.spawn(self._end_stream(state, stream, ProxyEnd.SHUTDOWN)) for state, stream in streams]
+            _, late = await asyncio.wait(endings, timeout=self.shutdown_grace)
+            if late:
+                logger.warning("kimiwire: %d stream(s) not ended within kimi_shutdown_grace", len(late))
+            await asyncio.sleep(0)  # the response hooks the endings started
+        if self._capture_tasks:  # large flows' records are written before the capture is closed
+            await asyncio.wait(set(self._capture_tasks))
         self._done_now()
 
     def _done_now(self) -> None:
@@ -1063,10 +1067,25 @@ class KimiWire:
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
             if self.capture is not None:
-                captured = saved_state(flow, state.client_request, state.upstream_headers, body, self.redactor)
-                self.capture.write(captured)
+                parts = (flow, state.client_request, state.upstream_headers, body, self.redactor)
+                if loop_running() and len(flow.request.raw_content or b"") + len(body or b"") >= OFFLOAD_BYTES:
+                    self._capture_off_loop(parts)
+                else:
+                    self.capture.write(saved_state(*parts))
         except Exception as exc:
             self._record_error(flow, "capture", exc)
+
+    def _capture_off_loop(self, parts: tuple[Any, ...]) -> None:
+        """A large flow's capture state (its bodies' redaction walks whole JSON documents) is made in
+        the request worker; the record is appended here, on the loop, like every other."""
+
+        async def write(capture: CaptureFile) -> None:
+            state = await self.request_worker.run(saved_state, *parts)
+            capture.write(state.error if isinstance(state, Raised) else state)
+
+        task = asyncio.get_running_loop().create_task(write(self.capture))
+        self._capture_tasks.add(task)
+        task.add_done_callback(self._capture_tasks.discard)
 
     def _finish_response(self, flow: http.HTTPFlow) -> None:
         state = self.flows.get(flow)
