@@ -9,6 +9,7 @@ import threading
 
 import orjson
 from kimiwire.mitm import addon as addon_module
+from kimiwire.mitm import request_worker
 from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES
 from mitmproxy import http
@@ -57,7 +58,8 @@ def test_a_large_body_is_repaired_in_the_worker_thread(monkeypatch):
         threads.append(threading.current_thread().name)
         return repair(*args)
 
-    monkeypatch.setattr(addon_module, "repair_request_body", recording)
+    monkeypatch.setattr(addon_module, "repair_request_body", recording)  # on the loop
+    monkeypatch.setattr(request_worker, "repair_request_body", recording)  # in the worker
     kw = KimiWire()
     with taddons.context(kw) as tctx:
         tctx.configure(kw, kimi_capture_dir="")
@@ -89,7 +91,7 @@ def test_an_exception_in_the_worker_costs_the_repair_only(monkeypatch):
     def boom(*args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(addon_module, "repair_request_body", boom)
+    monkeypatch.setattr(request_worker, "repair_request_body", boom)
     kw = KimiWire()
     with taddons.context(kw) as tctx:
         tctx.configure(kw, kimi_capture_dir="")

@@ -26,7 +26,7 @@ from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
-from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RequestWorker
+from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, RequestWorker, repair_and_record
 from kimiwire.mitm.retry import (
     Attempt,
     ClientGone,
@@ -521,6 +521,15 @@ class KimiWire:
         self._describe(self.flows.of(flow))
         logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, url_for_log(flow.request.path), log.summary())
 
+    def _keep_repairs(self, flow: http.HTTPFlow, phase: str, recorded: RecordedRepairs) -> None:
+        """`_record_repairs` for a log the request worker made ready for the record."""
+        self.flows.of(flow).record["repairs"].extend(recorded.entries)
+        self.counts.update(recorded.counts)
+        self._describe(self.flows.of(flow))
+        logger.info(
+            "kimiwire %s %s %s: %s", phase, flow.request.method, url_for_log(flow.request.path), recorded.summary
+        )
+
     @staticmethod
     def _describe(state: FlowState) -> None:
         """The flow's mark and comment for humans (mitmweb): repairs by kind, a cut-short ending,
@@ -651,12 +660,12 @@ class KimiWire:
         self._start_first_byte_timer(state)
         if not raw:
             return
-        result = await self.request_worker.run(repair_request_body, raw, state.policy or self.policy_for(state.flow))
-        if isinstance(result, Raised):
-            self._record_error(state.flow, "request repair", result.error)
+        done = await self.request_worker.run(repair_and_record, raw, state.policy or self.policy_for(state.flow))
+        if isinstance(done, Raised):
+            self._record_error(state.flow, "request repair", done.error)
             return
         try:
-            self._apply_request_repair(state, result)
+            self._apply_request_repair(state, *done)
         except Exception as exc:
             self._record_error(state.flow, "request repair", exc)
 
@@ -704,7 +713,9 @@ class KimiWire:
             return  # nothing to repair (streamed or undecodable: noted), forwarded as it came
         self._apply_request_repair(state, repair_request_body(raw, state.policy or self.policy_for(state.flow)))
 
-    def _apply_request_repair(self, state: FlowState, result: RequestRepairResult) -> None:
+    def _apply_request_repair(
+        self, state: FlowState, result: RequestRepairResult, recorded: RecordedRepairs | None = None
+    ) -> None:
         flow, req, record = state.flow, state.flow.request, state.record
         state.facts = result.facts
         record["facts"] = result.facts.as_dict()
@@ -716,7 +727,9 @@ class KimiWire:
         if result.body is not None:
             req.content = result.body
             record["upstream_request"] = result.body
-        if result.log:
+        if recorded is not None and recorded.entries:
+            self._keep_repairs(flow, "request", recorded)
+        elif result.log:
             self._record_repairs(flow, "request", result.log)
 
     def _restore_credentials(self, flow: http.HTTPFlow) -> None:

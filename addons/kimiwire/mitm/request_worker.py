@@ -18,6 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from kimiwire.wire.policy import Policy
+from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.request.repair import RequestRepairResult, repair_request_body
+
 T = TypeVar("T")
 
 # Smaller bodies are repaired in well under a millisecond or two: a thread hop would cost more.
@@ -29,6 +33,30 @@ class Raised:
     """What a call in the worker raised, handed back to the loop to be dealt with there."""
 
     error: Exception
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRepairs:
+    """A repair log as the flow's record keeps it (entries with their phase), its counts by kind and
+    its one-line summary: for a long history a hundred thousand entries, made where the repair ran."""
+
+    entries: list[dict[str, Any]]
+    counts: dict[str, int]
+    summary: str
+
+    @classmethod
+    def of(cls, log: RepairLog, phase: str) -> RecordedRepairs:
+        entries = log.as_list()
+        for entry in entries:
+            entry["phase"] = phase
+        counts = log.counts()
+        return cls(entries, dict(counts), " ".join(f"{k}={n}" for k, n in sorted(counts.items())))
+
+
+def repair_and_record(raw: bytes, policy: Policy) -> tuple[RequestRepairResult, RecordedRepairs]:
+    """The request repair as the worker runs it: the result and its log, ready for the record."""
+    result = repair_request_body(raw, policy)
+    return result, RecordedRepairs.of(result.log, "request")
 
 
 class RequestWorker:
