@@ -1,11 +1,33 @@
 import pytest
-from kimiwire.wire.stream_endings import EndingLimits, StreamTimes, next_deadline, parse_seconds
+from kimiwire.wire.stream_endings import EndingLimits, StreamTimes, next_deadline, next_keepalive, parse_seconds
 
 LIMITS = EndingLimits(done_grace=1.0, idle_timeout=120.0, first_byte_timeout=600.0)
 
 
-def test_before_the_first_event_the_first_byte_budget_applies():
-    assert next_deadline(StreamTimes(10.0, 10.0), LIMITS) == (610.0, "first_event")
+def test_before_the_first_event_its_own_timeout_applies_from_the_request():
+    assert next_deadline(StreamTimes(10.0, 10.0), LIMITS) == (10.0 + LIMITS.first_event_timeout, "first_event")
+    assert next_deadline(StreamTimes(10.0, 10.0), EndingLimits(first_event_timeout=0.0, idle_timeout=5.0)) == (
+        15.0,
+        "idle",
+    )
+
+
+def test_the_defaults_keep_their_order_and_scale_together():
+    limits = EndingLimits()
+    assert limits.first_byte_timeout < limits.first_event_timeout  # headers come before the first event
+    assert limits.keepalive < limits.idle_timeout
+    scaled = limits.scaled(0.01)
+    assert scaled.as_dict() == {k: v * 0.01 for k, v in limits.as_dict().items()}
+
+
+def test_comments_are_due_only_while_the_client_waits():
+    limits = EndingLimits(keepalive=10.0)
+    assert next_keepalive(StreamTimes(10.0, 10.0), limits, waiting=True) == 20.0
+    assert next_keepalive(StreamTimes(10.0, 10.0, keepalive_at=25.0), limits, waiting=True) == 35.0
+    assert next_keepalive(StreamTimes(10.0, 40.0, events_seen=True), limits, waiting=True) == 50.0
+    assert next_keepalive(StreamTimes(10.0, 10.0), limits, waiting=False) is None
+    assert next_keepalive(StreamTimes(10.0, 10.0, done_at=12.0), limits, waiting=True) is None
+    assert next_keepalive(StreamTimes(10.0, 10.0), EndingLimits(keepalive=0.0), waiting=True) is None
 
 
 def test_after_events_the_idle_timeout_counts_from_the_last_one():
@@ -21,7 +43,7 @@ def test_done_wins_and_finished_waits_for_quiet():
 
 
 def test_zero_disables():
-    limits = EndingLimits(1.0, 0.0, 0.0)
+    limits = EndingLimits(1.0, 0.0, 0.0, 0.0)
     assert next_deadline(StreamTimes(10.0, 50.0, events_seen=True), limits) is None
     assert next_deadline(StreamTimes(10.0, 10.0), limits) is None
 

@@ -68,9 +68,9 @@ from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
+from kimiwire.wire.retry_outcome import EMPTY_TURN_MESSAGE, Failure, exhausted_events
 from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
-from kimiwire.wire.sse import DONE_EVENT
-from kimiwire.wire.stream_endings import EndingLimits
+from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits
 
 logger = logging.getLogger("kimiwire")
 
@@ -78,7 +78,7 @@ _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade", b"proxy-connection"}
 )
 _MAX_ERROR_BODY = 1024 * 1024
-EMPTY_TURN_MESSAGE = "kimiwire: the upstream ended the turn without an answer ({detail}) after {attempts} attempt(s)"
+__all__ = ["EMPTY_TURN_MESSAGE", "Failure", "exhausted_events"]  # (re-exported for the adapter)
 
 
 class ClientGone(Exception):
@@ -86,23 +86,11 @@ class ClientGone(Exception):
 
 
 @dataclass
-class Failure:
-    """Why an attempt gave no answer, and what to deliver if it stays the last one."""
-
-    kind: str  # empty | reasoning_only | invalid_call | schema | stall | connect | status
-    detail: str
-    retry_after: float | None = None
-    status: int | None = None
-    body: bytes = b""  # the upstream's error body (status)
-    fallback: list[bytes] = field(default_factory=list)  # invalid calls as they came, ending included
-    final: bool = False  # not worth retrying (a status that is not transient)
-
-
-@dataclass
 class Success:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes  # the upstream's raw body
+    broken: str = ""  # the attempt answered, then its stream broke (a reset or a stall): why
 
 
 @dataclass
@@ -196,20 +184,7 @@ def retry_error_message(body: bytes, status: int) -> str:
     return f"the upstream answered HTTP {status}: {text}"
 
 
-def final_events(failure: Failure, attempts: int) -> list[bytes]:
-    """What a streaming client gets when attempts run out: never a silent empty success."""
-    if failure.kind in ("invalid_call", "schema") and failure.fallback:
-        return failure.fallback
-    if failure.kind in ("empty", "reasoning_only"):
-        message = EMPTY_TURN_MESSAGE.format(detail=failure.detail, attempts=attempts)
-        return [error_event(message, "upstream_empty_turn", "upstream_empty_turn"), DONE_EVENT]
-    if failure.kind == "status":
-        return [error_event(f"kimiwire: {failure.detail}", "upstream_error", failure.status), DONE_EVENT]
-    error_type = "upstream_timeout" if failure.kind == "stall" else "upstream_error"
-    return [
-        error_event(f"kimiwire: {failure.detail} (after {attempts} attempts)", error_type, failure.kind),
-        DONE_EVENT,
-    ]
+final_events = exhausted_events  # what a streaming client gets when attempts run out
 
 
 class Sink:
@@ -219,6 +194,8 @@ class Sink:
         self.flow = flow
         self.live = live
         self.delivered = delivered if delivered is not None else bytearray()
+        self.last_sent = time.monotonic()
+        self.comments = 0
 
     async def send(self, events: list[bytes]) -> None:
         data = [e for e in events if e]
@@ -230,7 +207,20 @@ class Sink:
                 raise ClientGone
             if result.kind is not proxy_internals.SendKind.SENT:
                 raise RuntimeError(f"cannot write to the client: {result}")
+            self.last_sent = time.monotonic()
         self.delivered += b"".join(data)
+
+    async def keep_alive(self, interval: float) -> None:
+        """While attempts run, a comment whenever the client heard nothing for `interval` seconds
+        (between whole events: every send is whole events). Runs until cancelled."""
+        while True:
+            await asyncio.sleep(max(0.0, self.last_sent + interval - time.monotonic()))
+            if time.monotonic() - self.last_sent >= interval:
+                try:
+                    await self.send([KEEPALIVE_COMMENT])
+                except (ClientGone, RuntimeError):
+                    return  # the attempt notices the client left by itself
+                self.comments += 1
 
 
 class Retrier:
@@ -251,9 +241,30 @@ class Retrier:
         record: dict[str, Any],
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
+        sink: Sink | None = None,
     ) -> tuple[Failure | None, int]:
         """Retry after the first attempt failed with `failure` until one answers (None) or
-        attempts run out (the last failure). Returns it with the number of attempts made."""
+        attempts run out (the last failure). Returns it with the number of attempts made. A live
+        `sink` gets a comment whenever the client heard nothing for `limits.keepalive` seconds."""
+        keeping = None
+        if sink is not None and sink.live and self.limits.keepalive > 0:
+            keeping = asyncio.ensure_future(sink.keep_alive(self.limits.keepalive))
+        try:
+            return await self._run(flow, record, failure, attempt)
+        finally:
+            if keeping is not None:
+                keeping.cancel()
+                await asyncio.gather(keeping, return_exceptions=True)
+                if sink is not None and sink.comments:
+                    self.counts["retry.keepalive_comments"] += sink.comments
+
+    async def _run(
+        self,
+        flow: http.HTTPFlow,
+        record: dict[str, Any],
+        failure: Failure,
+        attempt: Callable[[Attempt], Awaitable[Failure | None]],
+    ) -> tuple[Failure | None, int]:
         attempts = record.setdefault("attempts", [])
         made = len(attempts) or 1
         started = flow.request.timestamp_start
@@ -404,7 +415,7 @@ class Retrier:
             raw = bytearray()
             chunks = response.aiter_raw().__aiter__()
             while True:
-                wait = self._read_wait(flow, first=not raw, proven=gate.proven)
+                wait = self._read_wait(flow, current, first=not raw, proven=gate.proven)
                 try:
                     chunk = await asyncio.wait_for(chunks.__anext__(), wait)
                 except StopAsyncIteration:
@@ -416,6 +427,9 @@ class Retrier:
                         return Failure("stall" if isinstance(exc, TimeoutError) else "connect", why)
                     tail = repairer.end_with_error(error_event(f"kimiwire: retry ended: {why}", "upstream_error", None))
                     await sink.send(continuation.rewrite(gate.open() + tail))
+                    # It answered (content or a call reached the client's copy), then broke: the
+                    # client gets that and the error, as after a first attempt that broke.
+                    success.append(Success(response.status_code, list(response.headers.raw), bytes(raw), why))
                     return None
                 raw += chunk
                 current.body = bytes(raw)
@@ -430,9 +444,14 @@ class Retrier:
         finally:
             await response.aclose()
 
-    def _read_wait(self, flow: http.HTTPFlow, first: bool, proven: bool) -> float | None:
+    def _read_wait(self, flow: http.HTTPFlow, current: Attempt, first: bool, proven: bool) -> float | None:
+        """How long to wait for the next upstream read: the first event counts from the attempt's
+        start (its time to first token), later ones from the one before."""
         limits = self.limits
-        wait = limits.first_event_timeout if first and limits.first_byte_timeout > 0 else limits.idle_timeout
+        if first and limits.first_event_timeout > 0:
+            wait = max(0.001, limits.first_event_timeout - (time.time() - current.started))
+        else:
+            wait = limits.idle_timeout
         if not proven:  # still a retry: the budget bounds it too
             budget = self._remaining(flow)
             wait = min(wait, budget) if wait else budget
@@ -454,7 +473,8 @@ class Retrier:
             if parsed is not None and failure.kind in ("invalid_call", "schema"):
                 failure.fallback = continuation.rewrite(completion_events(parsed))
             return failure
-        assert parsed is not None
+        if parsed is None:  # not a chat completion that can be turned into events
+            return Failure("connect", "the upstream's JSON answer could not be read as a chat completion")
         await sink.send(continuation.rewrite(completion_events(parsed)))
         success.append(Success(response.status_code, list(response.headers.raw), body))
         return None
@@ -479,8 +499,11 @@ class Retrier:
         response, failure = await self._send(flow, current, stream=True)
         if response is None:
             return failure
+        wait = self._remaining(flow)
+        if self.limits.idle_timeout > 0:  # a whole body comes right after its headers, or it stalled
+            wait = min(wait, self.limits.idle_timeout)
         try:
-            body = await asyncio.wait_for(self._read_bounded_all(response), max(1.0, self._remaining(flow)))
+            body = await asyncio.wait_for(self._read_bounded_all(response), max(0.001, wait))
         except (TimeoutError, httpx.HTTPError) as exc:
             return Failure("stall" if isinstance(exc, TimeoutError) else "connect", f"{type(exc).__name__}")
         finally:
@@ -489,6 +512,7 @@ class Retrier:
         if chat_exchanges.is_json(response.headers.get("content-type", "")):
             _, failure = self.judge_completion(body, facts, policy)
             if failure is not None:
+                failure.body = body  # invalid calls go out as they came when attempts run out
                 return failure
         success.append(Success(response.status_code, list(response.headers.raw), body))
         return None

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
-from kimiwire.wire.stream_endings import next_deadline
+from kimiwire.wire.stream_endings import next_deadline, next_keepalive
 
 # The stream's lane passes events without timing them (RepairingStream.lane_events counts them):
 # while the idle deadline is the next one, the watchdog looks at the count this often (a fraction
@@ -27,9 +27,11 @@ class StreamWatchdog:
         end: Callable[[ProxyEnd], Awaitable[Any]],
         spawn: Callable[[Coroutine[Any, Any, Any]], Any],
         clock: Callable[[], float] = time.monotonic,
+        keepalive: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.stream = stream
         self.end = end
+        self.keepalive = keepalive  # sends the client a comment while it waits for an answer
         self.spawn = spawn  # runs the ending as a task of the flow
         self.clock = clock
         self._loop = asyncio.get_running_loop()
@@ -57,17 +59,26 @@ class StreamWatchdog:
             times = stream.times
             times.last_event_at = max(times.last_event_at, now)
         planned = next_deadline(stream.times, stream.limits)
-        if planned is None:
-            return
-        deadline, reason = planned
-        if now >= deadline:
+        if planned is not None and now >= planned[0]:
             self._stopped = True
-            self.spawn(self.end(ProxyEnd(reason)))
+            self.spawn(self.end(ProxyEnd(planned[1])))
             return
+        comment_due = next_keepalive(stream.times, stream.limits, self.keepalive is not None and stream.waiting)
+        if comment_due is not None and now >= comment_due:
+            stream.times.keepalive_at = now
+            assert self.keepalive is not None
+            self.spawn(self.keepalive())
+            comment_due = now + stream.limits.keepalive
+        if planned is None and comment_due is None:
+            return
+        deadline = planned[0] if planned is not None else comment_due
+        assert deadline is not None
         # Later events only move the deadline later: the timer re-plans when it fires.
-        if reason == "idle":
+        if planned is not None and planned[1] == "idle":
             deadline = min(deadline, now + stream.limits.idle_timeout / IDLE_LOOKS)
-        self._timer = self._loop.call_later(deadline - now, self.plan)
+        if comment_due is not None:
+            deadline = min(deadline, comment_due)
+        self._timer = self._loop.call_later(max(0.0, deadline - now), self.plan)
 
     def stop(self) -> None:
         self._stopped = True
