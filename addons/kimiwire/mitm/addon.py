@@ -39,6 +39,7 @@ from kimiwire.mitm.retry import (
     final_events,
     retry_error_message,
 )
+from kimiwire.mitm.status_stream import HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges, replay_credentials
@@ -674,6 +675,21 @@ class KimiWire:
         if not proxy_internals.close_upstream(flow):
             proxy_internals.close_connections(flow, "no upstream connection to close after the first-byte timeout")
 
+    def _hold_status(self, state: FlowState) -> bool:
+        """A streamed request's first attempt answered a retryable status that will be retried:
+        the client gets a first-time success's headers now, the retry streams (status_stream.py)."""
+        flow, response = state.flow, state.flow.response
+        assert response is not None
+        policy = self.retrier.policy
+        if not policy.watches("status") or not proxy_internals.usable():
+            return False
+        now = time.time()
+        retry_after = retry_after_seconds(response.headers.get("retry-after"), now)
+        if not will_retry(policy, response.status_code, now - flow.request.timestamp_start, retry_after):
+            return False
+        state.held_error = hold_for_retry(response, flow.request.data.http_version, retry_after)
+        return True
+
     def _body_timeout(self, state: FlowState) -> None:
         """A whole response body did not finish in time: the upstream is closed, the error hook
         retries it (stall) or answers 504 (a timer callback: never raises)."""
@@ -710,6 +726,8 @@ class KimiWire:
         context = state.repairs_context if state is not None else None
         if state is not None and context is not None:  # a chat flow: the capture keeps the upstream's own headers
             state.upstream_headers = response.headers.fields
+        if state is not None and context is not None and context[0].stream and self._hold_status(state):
+            return
         headers = read_headers(response.headers, _RESPONSE_HEADERS)
         if not chat_exchanges.is_event_stream(headers.get(b"content-type", "")):
             if state is not None and state.is_chat and self.limits.idle_timeout > 0 and loop_running():
@@ -850,6 +868,8 @@ class KimiWire:
         stream = state.stream  # (only a flow with a repairs context gets one)
         if stream is not None:
             return self._retry_stream(state, stream) if stream.failed_turn is not None else None
+        if state.held_error is not None:
+            return self._retry_status_stream(state, state.held_error)
         context = state.repairs_context
         if context is None:
             return None
@@ -886,15 +906,21 @@ class KimiWire:
         self.counts[f"retry.failed.{failure.kind}"] += 1
 
     def _retry_ending(self, state: FlowState, how: str) -> None:
-        """How a retried flow ended, in place of an attempt's timeout: counted once per flow."""
+        """How a retried flow ended, in place of an attempt's timeout: counted once per flow; the
+        flow is marked and commented with its retries (`retried=N why=...`, `~comment retried`)."""
         old = state.replace_ending(how)
-        if old == how:
-            return
-        if old is not None:
-            self.counts[f"ending.{old.split(':', 1)[0]}"] -= 1
-        self.counts[f"ending.{how.split(':', 1)[0]}"] += 1
-        if how.split(":", 1)[0] in CUT_SHORT:
-            self._describe(state)
+        if old != how:
+            if old is not None:
+                self.counts[f"ending.{old.split(':', 1)[0]}"] -= 1
+            self.counts[f"ending.{how.split(':', 1)[0]}"] += 1
+        record = state.record
+        retried = record.get("attempts", [])[1:]
+        flags = [f for f in record.get("flags", []) if not f.startswith(("retried=", "why="))]
+        if retried:
+            whys = ",".join(dict.fromkeys(str(a["why"]) for a in retried))
+            flags += [f"retried={len(retried)}", f"why={whys}"]
+        record["flags"] = flags
+        self._describe(state)
 
     async def _retry_stream(self, state: FlowState, stream: RepairingStream) -> None:
         """The first attempt's streamed turn gave no answer: retry into the client's open body."""
@@ -935,6 +961,49 @@ class KimiWire:
                 await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
         if success:  # the capture's response body: what the answering attempt sent
             stream.upstream = bytearray(success[-1].body)
+
+    async def _retry_status_stream(self, state: FlowState, held: HeldError) -> None:
+        """The first attempt's error status was held (the client has 200 headers): the retry
+        streams into the client's open body as it comes."""
+        flow = state.flow
+        context = state.repairs_context
+        assert context is not None
+        facts, wire_policy = context
+        raw = bytes(held.body)
+        failure = Failure("status", retry_error_message(raw, held.status), held.retry_after, held.status, raw)
+        self._first_attempt(state, failure, held.status, raw)
+        continuation = Continuation({}, False)
+        sink = Sink(flow, live=True)
+        success: list[Success] = []
+        try:
+            last, made = await self.retrier.run(
+                flow,
+                state.record,
+                failure,
+                lambda current: self.retrier.stream_attempt(
+                    flow, current, facts, wire_policy, continuation, sink, success
+                ),
+                sink,
+            )
+            if last is None and not success:  # (never expected: an answer always leaves its Success)
+                last = Failure("connect", "the answering attempt left no answer")
+            if last is not None:
+                await sink.send(exhausted_events(last, made))
+                self._retry_ending(state, f"retries_exhausted:{last.kind}")
+            else:
+                self._retry_ending(state, "retried")
+        except ClientGone:
+            self._retry_ending(state, "client_disconnected")
+        except Exception as exc:
+            self._record_error(flow, "retry", exc)
+            self._retry_ending(state, "retries_exhausted:error")
+            with contextlib.suppress(Exception):
+                await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
+        # The record: the answering (or last) attempt's status, headers and raw body; what the client got.
+        answer = success[-1] if success else None
+        state.upstream_body = answer.body if answer else raw
+        state.upstream_headers = answer.headers if answer else held.headers
+        state.record["delivered"] = bytes(sink.delivered)
 
     async def _retry_buffered(
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
@@ -1203,6 +1272,13 @@ class KimiWire:
                 answer = proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b"")
             self._answer_error(state, answer, replace=False)
             self._ending(state, "upstream_error")
+        elif state.held_error is not None and self.json_errors and proxy_internals.can_answer(flow):
+            # The held error's body broke before the retry began: the client's stream (200 headers
+            # sent) ends with the error event and [DONE].
+            tail = b"".join(exhausted_events(Failure("connect", f"the upstream failed: {message}"), 1))
+            state.record["delivered"] = tail
+            self._answer_error(state, proxy_internals.ErrorAnswer(502, b"", tail))
+            self._ending(state, "upstream_error_mid_stream")
         elif stream is not None and not stream.ended and self.json_errors and proxy_internals.can_answer(flow):
             # Mid-stream reset or protocol error: end the stream cleanly with an error event. (The
             # tail counts as delivered only where it can be written: HTTP/1, client still there.)

@@ -60,6 +60,7 @@ class FlowState:
     upstream_headers: Any = None
     upstream_body: bytes | None = None
     failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
+    held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
 
     @property
     def is_chat(self) -> bool:

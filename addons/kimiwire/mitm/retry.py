@@ -16,8 +16,11 @@ environment variables:
   so the body is still open; what the retry produces is written into it through
   `proxy_internals.send_to_client` (one synthetic event inside the HttpLayer, the technique that
   already ends stalled streams; only the flow's HttpStream waits for the hook).
-- a non-streamed turn, or an error status before anything was sent: the `response` hook again,
-  which replaces the response before mitmproxy sends it.
+- a retryable error status on a streamed request: decided at its headers (mitm/status_stream.py),
+  which become a first-time success's (`200 OK`, event stream) while the error body is held; the
+  retry then streams from the `response` hook as above.
+- a non-streamed turn, or an error status on a non-streamed request: the
+  `response` hook again, which replaces the response before mitmproxy sends it.
 - a connection failure before response headers: the `error` hook; the answer goes out through the
   error-answer path of `proxy_internals` (a whole response instead of mitmproxy's error page).
 Alternatives rejected: re-driving mitmproxy's HttpStream to send the request again (its state
@@ -104,6 +107,7 @@ class Attempt:
     outcome: str = ""
     detail: str = ""
     body: bytes = b""
+    repairs: list[dict[str, Any]] = field(default_factory=list)  # what the attempt's repairer did
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +121,7 @@ class Attempt:
             "detail": self.detail,
             "bytes": len(self.body),
             "body": self.body,
+            "repairs": self.repairs,
         }
 
 
@@ -304,6 +309,10 @@ class Retrier:
             if result is None:
                 current.outcome = "answered"
                 attempts[-1] = current.as_dict()
+                # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
+                for entry in current.repairs:
+                    record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
+                    self.counts[entry["kind"]] += 1
                 self.counts["retry.answered"] += 1
                 logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
                 return None, made
@@ -403,6 +412,7 @@ class Retrier:
         response, failure = await self._send(flow, current, self.policy.stream)
         if response is None:
             return failure
+        repairer: StreamRepairer | None = None
         try:
             content_type = response.headers.get("content-type", "")
             if chat_exchanges.is_json(content_type):
@@ -442,6 +452,8 @@ class Retrier:
             success.append(Success(response.status_code, list(response.headers.raw), bytes(raw)))
             return None
         finally:
+            if repairer is not None:
+                current.repairs = repairer.log.as_list()
             await response.aclose()
 
     def _read_wait(self, flow: http.HTTPFlow, current: Attempt, first: bool, proven: bool) -> float | None:
