@@ -74,13 +74,19 @@ def test_a_stall_after_the_headers_is_retried_in_time_and_the_client_hears_comme
     assert KEEPALIVE_COMMENT in body
 
 
-def test_no_headers_at_all_is_retried_in_time(proxy):
-    """Before the upstream's headers nothing can go to the client (its status is not known): the
-    wait is kimi_first_byte_timeout, then the retry's answer."""
-    reads, _ = timed_stream(proxy.url, "silent:1")
+@pytest.mark.parametrize("fault", ["silent:1", "refuse:1"])
+def test_no_headers_at_all_is_retried_in_time_and_streamed(proxy, fault):
+    """Before the upstream's headers nothing can go to the client (no status is known yet): the
+    wait is kimi_first_byte_timeout (60 s); then the client gets a first-time success's head and
+    the retry's events as they come."""
+    reads, headers_at = timed_stream(proxy.url, fault)
     body = b"".join(piece for _, piece in reads)
-    assert CALL in body and body.endswith(b"data: [DONE]\n\n")
+    assert CALL in body and body.endswith(b"data: [DONE]\n\n") and b'"error"' not in body
     assert reads[-1][0] < ANSWER_WITHIN
+    if fault.startswith("silent"):
+        assert 60 * SCALE <= headers_at < 60 * SCALE + COMMENT_EVERY
+    times = [headers_at] + [at for at, _ in reads]
+    assert max(later - earlier for earlier, later in itertools.pairwise(times)) < COMMENT_EVERY
 
 
 def test_the_openai_sdk_takes_the_comments_in_its_stride(proxy):

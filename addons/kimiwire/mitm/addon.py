@@ -39,7 +39,7 @@ from kimiwire.mitm.retry import (
     final_events,
     retry_error_message,
 )
-from kimiwire.mitm.status_stream import HeldError, hold_for_retry, will_retry
+from kimiwire.mitm.status_stream import STREAM_HEAD, HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges, replay_credentials
@@ -61,7 +61,7 @@ from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate
 from kimiwire.wire.retry_outcome import exhausted_answer
-from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, retry_after_seconds
+from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits, parse_seconds
 
@@ -965,15 +965,24 @@ class KimiWire:
     async def _retry_status_stream(self, state: FlowState, held: HeldError) -> None:
         """The first attempt's error status was held (the client has 200 headers): the retry
         streams into the client's open body as it comes."""
+        raw = bytes(held.body)
+        failure = Failure("status", retry_error_message(raw, held.status), held.retry_after, held.status, raw)
+        self._first_attempt(state, failure, held.status, raw)
+        success = await self._retry_live(state, failure, Sink(state.flow, live=True))
+        # The record: the answering (or last) attempt's status, headers and raw body.
+        answer = success[-1] if success else None
+        state.upstream_body = answer.body if answer else raw
+        state.upstream_headers = answer.headers if answer else held.headers
+
+    async def _retry_live(self, state: FlowState, failure: Failure, sink: Sink) -> list[Success]:
+        """Attempts after `failure` whose events go to the client as they come (`sink`), as after
+        a first-time success; the client's answer ends with the failure made explicit when they
+        run out. Never raises; returns the answering attempt's Success (none when none answered)."""
         flow = state.flow
         context = state.repairs_context
         assert context is not None
         facts, wire_policy = context
-        raw = bytes(held.body)
-        failure = Failure("status", retry_error_message(raw, held.status), held.retry_after, held.status, raw)
-        self._first_attempt(state, failure, held.status, raw)
         continuation = Continuation({}, False)
-        sink = Sink(flow, live=True)
         success: list[Success] = []
         try:
             last, made = await self.retrier.run(
@@ -999,11 +1008,10 @@ class KimiWire:
             self._retry_ending(state, "retries_exhausted:error")
             with contextlib.suppress(Exception):
                 await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
-        # The record: the answering (or last) attempt's status, headers and raw body; what the client got.
-        answer = success[-1] if success else None
-        state.upstream_body = answer.body if answer else raw
-        state.upstream_headers = answer.headers if answer else held.headers
+        with contextlib.suppress(Exception):
+            await sink.finish()
         state.record["delivered"] = bytes(sink.delivered)
+        return success
 
     async def _retry_buffered(
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
@@ -1219,6 +1227,12 @@ class KimiWire:
         state.release()  # the first-byte watch must not answer while the retry runs
         response = flow.response  # (headers came when a whole body broke)
         self._first_attempt(state, failure, response.status_code if response else None, b"")
+        if facts.stream and response is None and await self._stream_head_sent(state, failure):
+            success = await self._retry_live(state, failure, Sink(flow, live=True, raw=True))
+            if success:
+                state.upstream_body = success[-1].body
+                state.upstream_headers = success[-1].headers
+            return
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
         last, made = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
@@ -1248,6 +1262,23 @@ class KimiWire:
         )
         record["error_answer"] = answer.status
         self._retry_ending(state, f"retries_exhausted:{last.kind}")
+
+    async def _stream_head_sent(self, state: FlowState, failure: Failure) -> bool:
+        """A streamed request that failed before response headers and will be retried: an HTTP/1
+        client gets a first-time success's head now, so the retry streams to it as it comes."""
+        flow = state.flow
+        elapsed = time.time() - flow.request.timestamp_start
+        if not proxy_internals.can_answer(flow):
+            return False
+        if not decide(self.retrier.policy, failure.kind, 1, elapsed, 0.0, failure.retry_after).retry:
+            return False
+        sent = await proxy_internals.send_raw_to_client(flow, STREAM_HEAD)
+        if sent.kind is not proxy_internals.SendKind.SENT:
+            return False
+        # mitmproxy's protocol error for this flow now only closes the connection (after our end).
+        proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(200, b"", b"", raw_sent=True))
+        state.record["error_answer"] = 200
+        return True
 
     def _on_error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.of(flow)

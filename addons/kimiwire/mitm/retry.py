@@ -195,9 +195,10 @@ final_events = exhausted_events  # what a streaming client gets when attempts ru
 class Sink:
     """Where an attempt's repaired events go: live into the client's open body, or collected."""
 
-    def __init__(self, flow: http.HTTPFlow, live: bool, delivered: bytearray | None = None) -> None:
+    def __init__(self, flow: http.HTTPFlow, live: bool, delivered: bytearray | None = None, raw: bool = False) -> None:
         self.flow = flow
         self.live = live
+        self.raw = raw  # live, written as chunks straight to a client that has our head (send_raw_to_client)
         self.delivered = delivered if delivered is not None else bytearray()
         self.last_sent = time.monotonic()
         self.comments = 0
@@ -207,13 +208,22 @@ class Sink:
         if not data:
             return
         if self.live:
-            result = await proxy_internals.send_to_client(self.flow, data)
+            if self.raw:
+                joined = b"".join(data)
+                result = await proxy_internals.send_raw_to_client(self.flow, b"%x\r\n%s\r\n" % (len(joined), joined))
+            else:
+                result = await proxy_internals.send_to_client(self.flow, data)
             if result.kind is proxy_internals.SendKind.GONE:
                 raise ClientGone
             if result.kind is not proxy_internals.SendKind.SENT:
                 raise RuntimeError(f"cannot write to the client: {result}")
             self.last_sent = time.monotonic()
         self.delivered += b"".join(data)
+
+    async def finish(self) -> None:
+        """A raw sink's body ends (the chunked terminator)."""
+        if self.raw:
+            await proxy_internals.send_raw_to_client(self.flow, b"0\r\n\r\n")
 
     async def keep_alive(self, interval: float) -> None:
         """While attempts run, a comment whenever the client heard nothing for `interval` seconds

@@ -1,4 +1,6 @@
-"""A streamed request whose first attempt answered a retryable error status (429, 5xx): the client
+"""A streamed request whose first attempt failed before an answer, retried as it comes.
+
+A retryable error status (429, 5xx) (429, 5xx): the client
 gets the headers of a first-time success at once (`200 OK`, `text/event-stream`, no
 content-length), the error body is held for the record, and the retry streams into the open body
 as it comes (mitm/retry.py), with comments while the client waits. Decided when the error's
@@ -17,9 +19,7 @@ from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide
 class HeldError:
     """The flow's stream callable while the error body arrives: kept, nothing sent."""
 
-    def __init__(
-        self, status: int, reason: str, headers: list[tuple[bytes, bytes]], retry_after: float | None
-    ) -> None:
+    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]], retry_after: float | None) -> None:
         self.status = status
         self.retry_after = retry_after
         self.reason = reason
@@ -38,6 +38,14 @@ def will_retry(policy: RetryPolicy, status: int, elapsed: float, retry_after: fl
     if status not in RETRY_STATUSES or not policy.active:
         return False
     return decide(policy, "status", 1, elapsed, 0.0, retry_after).retry
+
+
+# What a client that was sent nothing yet gets first when a failure before response headers is
+# retried as it comes: a first-time success's head (HTTP/1.1, chunked; the connection closes after).
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+)
 
 
 def hold_for_retry(response: http.Response, http_version: bytes, retry_after: float | None) -> HeldError:
