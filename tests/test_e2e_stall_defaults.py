@@ -18,6 +18,8 @@ from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 from tests.support.conversations import TOOLS
 from tests.support.mitm import Mitmdump
+from tests.support.streams import Stream
+from tests.support.upstream import RecordingUpstream, json_reply, sse_reply
 
 SCALE = 0.05  # 150 s -> 7.5 s
 ANSWER_WITHIN = 150 * SCALE
@@ -51,14 +53,15 @@ def timed_stream(url: str, fault: str) -> tuple[list[tuple[float, bytes]], float
     """(seconds after the request, bytes) of each read, and when the headers came."""
     header = f"fault={fault}, run={uuid.uuid4().hex[:8]}"
     reads: list[tuple[float, bytes]] = []
-    started = time.monotonic()
-    with httpx.stream(
-        "POST", f"{url}/v1/chat/completions", json=request_body(), headers={"x-kimi-sim": header}, timeout=60
-    ) as response:
-        assert response.status_code == 200 and response.reason_phrase == "OK"
-        headers_at = time.monotonic() - started
-        for piece in response.iter_raw():
-            reads.append((time.monotonic() - started, piece))
+    with httpx.Client(timeout=60) as client:  # (made first: a new client loads its CA bundle)
+        started = time.monotonic()
+        with client.stream(
+            "POST", f"{url}/v1/chat/completions", json=request_body(), headers={"x-kimi-sim": header}
+        ) as response:
+            assert response.status_code == 200 and response.reason_phrase == "OK"
+            headers_at = time.monotonic() - started
+            for piece in response.iter_raw():
+                reads.append((time.monotonic() - started, piece))
     return reads, headers_at
 
 
@@ -102,3 +105,27 @@ def test_the_openai_sdk_takes_the_comments_in_its_stride(proxy):
             for call in choice.delta.tool_calls or []
         )
     assert arguments == '{"path":"/w/a.txt"}'
+
+
+def test_a_retry_waiting_for_its_own_prefill_keeps_the_client_hearing_comments(tmp_path):
+    """A 503, then a second attempt whose first event takes 40 s (a long prefill): the client has
+    200 OK at once and a comment at least every 15 s until the answer streams."""
+    answer = Stream(rid="chatcmpl-up").chunk({"role": "assistant", "content": ""}).chunk({"content": "Hello."})
+    replies = iter(
+        [
+            json_reply({"error": {"message": "busy", "type": "server_error", "code": 503}}, 503),
+            sse_reply(answer.chunk({}, "stop").done().events, first_gap=40 * SCALE),
+        ]
+    )
+    with (
+        RecordingUpstream(lambda request: next(replies)) as upstream,
+        Mitmdump(upstream.url, tmp_path, {"kimi_timeout_scale": str(SCALE)}, save_flows=False) as proxy,
+    ):
+        reads, headers_at = timed_stream(proxy.url, "none")
+    body = b"".join(piece for _, piece in reads)
+    assert b'"content":"Hello."' in body and body.endswith(b"data: [DONE]\n\n")
+    assert headers_at < 40 * SCALE - COMMENT_EVERY  # at once, not when the retry answers (a cold proxy is slow)
+    comments_before_answer = body.split(b"Hello.")[0].count(KEEPALIVE_COMMENT)
+    assert comments_before_answer >= 2
+    times = [headers_at] + [at for at, _ in reads]
+    assert max(later - earlier for earlier, later in itertools.pairwise(times)) < COMMENT_EVERY
