@@ -312,6 +312,8 @@ class KimiWire:
         }
         try:
             scale = parse_seconds(ctx.options.kimi_timeout_scale, "kimi_timeout_scale")
+            if scale == 0:  # (0 would switch every timeout off)
+                raise ValueError("kimi_timeout_scale must be more than 0")
             if updated & retry_options:
                 self.retrier.policy = RetryPolicy.parse(
                     ctx.options.kimi_retry_on,

@@ -19,10 +19,12 @@ environment variables:
 - a retryable error status on a streamed request: decided at its headers (mitm/status_stream.py),
   which become a first-time success's (`200 OK`, event stream) while the error body is held; the
   retry then streams from the `response` hook as above.
-- a non-streamed turn, or an error status on a non-streamed request: the
-  `response` hook again, which replaces the response before mitmproxy sends it.
-- a connection failure before response headers: the `error` hook; the answer goes out through the
-  error-answer path of `proxy_internals` (a whole response instead of mitmproxy's error page).
+- a non-streamed turn, or an error status on a non-streamed request: the `response` hook again,
+  which replaces the response before mitmproxy sends it.
+- a connection failure or stall before response headers (or a whole body that broke): the `error`
+  hook. A streamed request's HTTP/1 client is sent a first-time success's head from there
+  (`proxy_internals.send_raw_to_client`) and the retry's events as chunks; otherwise the answer
+  goes out whole through the error-answer path of `proxy_internals`.
 Alternatives rejected: re-driving mitmproxy's HttpStream to send the request again (its state
 machine, connection pool and hook order are private, far more coupling than one event); deciding
 in `responseheaders` (an empty turn is known only at its end); buffering every stream until its
@@ -40,8 +42,9 @@ reasoning-only attempt the client's message holds that reasoning followed by the
 attempts run out the client gets the failure made explicit: an `upstream_empty_turn` error event
 and `[DONE]` (502 JSON non-streamed) for an empty turn, the last attempt's calls as they are for
 invalid calls, the last upstream error otherwise. A client that leaves cancels the retry (its
-upstream request is closed). Each attempt is recorded in `flow.metadata["kimiwire"]["attempts"]`
-(why, status, timing, bytes, the raw upstream body), counted and logged.
+upstream request is closed); the mapping to that answer is `wire/retry_outcome.py`, one for
+every path. Each attempt is recorded in `flow.metadata["kimiwire"]["attempts"]` (why, status,
+timing, bytes, the raw upstream body, its repairs), counted and logged.
 """
 
 from __future__ import annotations
