@@ -234,8 +234,7 @@ def test_bad_retry_options_are_rejected(option, value):
 
 @pytest.mark.parametrize(
     "option,value",
-    [("kimi_retry_on", "empty,sometimes"), ("kimi_retry_budget", "soon"), ("kimi_retries", -1)]
-    + [("kimi_timeout_scale", "0"), ("kimi_timeout_scale", "fast"), ("kimi_first_event_timeout", "-1")],
+    [("kimi_timeout_scale", "0"), ("kimi_timeout_scale", "fast"), ("kimi_first_event_timeout", "-1")],
 )
 def test_bad_timing_options_are_rejected(option, value):
     from mitmproxy import exceptions
