@@ -53,7 +53,7 @@ def haproxy_config(listen: Endpoint, workers: Sequence[Endpoint], stats: Endpoin
         "    mode http",
         "    option httplog",
         # Streams of a long agent turn can be quiet for minutes (prefill, reasoning): kimiwire's own
-        # timeouts (kimi_first_byte_timeout 600 s, kimi_idle_timeout 120 s) decide, not the balancer.
+        # timeouts (kimi_first_event_timeout 90 s, kimi_idle_timeout 60 s, retries) decide, not the balancer.
         "    timeout connect 5s",
         "    timeout client 15m",
         "    timeout server 15m",

@@ -232,6 +232,31 @@ def test_bad_retry_options_are_rejected(option, value):
         tctx.configure(kw, **{option: value})
 
 
+@pytest.mark.parametrize(
+    "option,value",
+    [("kimi_timeout_scale", "0"), ("kimi_timeout_scale", "fast"), ("kimi_first_event_timeout", "-1")],
+)
+def test_bad_timing_options_are_rejected(option, value):
+    from mitmproxy import exceptions
+
+    kw = KimiWire()
+    with taddons.context(kw) as tctx, pytest.raises(exceptions.OptionsError, match=option):
+        tctx.configure(kw, **{option: value})
+
+
+def test_one_factor_scales_every_time_limit():
+    kw = KimiWire()
+    with taddons.context(kw) as tctx:
+        default_limits, default_policy = kw.limits, kw.retrier.policy
+        tctx.configure(kw, kimi_timeout_scale="0.1")
+        assert kw.limits.as_dict() == pytest.approx({k: v * 0.1 for k, v in default_limits.as_dict().items()})
+        assert kw.retrier.limits is kw.limits
+        assert kw.retrier.policy.budget == pytest.approx(default_policy.budget * 0.1)
+        assert kw.retrier.policy.backoff == pytest.approx(default_policy.backoff * 0.1)
+        tctx.configure(kw, kimi_idle_timeout="30")  # an option set later keeps the factor
+        assert kw.limits.idle_timeout == pytest.approx(3.0)
+
+
 def test_running_freezes_the_startup_heap_unless_switched_off(monkeypatch):
     frozen = []
     monkeypatch.setattr(addon_module, "freeze_startup_heap", lambda: frozen.append(True))

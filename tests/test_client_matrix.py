@@ -66,7 +66,12 @@ _reports: dict[tuple[str, str, str], Report] = {}
 @pytest.fixture(scope="module")
 def urls(tmp_path_factory):
     """Where each route reaches the one simulator: straight, or through mitmdump with the addon."""
-    options = {"kimi_idle_timeout": 2, "kimi_first_byte_timeout": 2, "kimi_done_grace": 0.3}
+    options = {
+        "kimi_idle_timeout": 2,
+        "kimi_first_byte_timeout": 2,
+        "kimi_first_event_timeout": 2,
+        "kimi_done_grace": 0.3,
+    }
     with (
         SimulatorThread() as sim,
         Mitmdump(sim.url, tmp_path_factory.mktemp("matrix"), options, save_flows=False) as proxy,

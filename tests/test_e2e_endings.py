@@ -17,6 +17,7 @@ from kimiwire.mitm import proxy_internals
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 from tests.support.endings import FIRST_BYTE, GRACE, IDLE, OPTIONS, REQUEST
 from tests.support.mitm import Mitmdump
@@ -175,13 +176,17 @@ def test_reset_mid_stream_gets_error_event_and_clean_end(proxy):
     assert not [line for line in proxy.lines if proxy_internals.FALLBACK in line]
 
 
-def test_headers_then_no_event_uses_the_first_byte_budget(upstream, tmp_path):
-    # Prefill can take long after the headers: before the first event the first-byte budget
-    # applies, not the (shorter) idle timeout.
-    with Mitmdump(upstream.url, tmp_path, {**OPTIONS, "kimi_idle_timeout": 1, "kimi_first_byte_timeout": 2.5}) as p:
+def test_headers_then_no_event_uses_the_first_event_timeout(upstream, tmp_path):
+    # Prefill can take long after the headers: before the first event its own (longer) timeout
+    # applies, not the idle one; the client hears a comment meanwhile.
+    options = {**OPTIONS, "kimi_idle_timeout": 1, "kimi_first_byte_timeout": 1, "kimi_first_event_timeout": 2.5}
+    with Mitmdump(upstream.url, tmp_path, {**options, "kimi_keepalive": 0.5}) as p:
         slow = fetch(p, "first_event_slow")
         silent = fetch(p, "headers_then_nothing")
-    assert slow.body == text_events().chunk({}, "stop").done().body()  # 1.8 s > idle, < first-byte
+    comment = KEEPALIVE_COMMENT
+    assert slow.body.replace(comment, b"") == text_events().chunk({}, "stop").done().body()  # 1.8 s > idle
+    assert slow.body.startswith(comment)  # the client heard something during the prefill
+    assert silent.body.count(comment) >= 3
     error = orjson.loads(datas(silent.body)[0])["error"]
     assert error["code"] == "upstream_first_event_timeout" and datas(silent.body)[1:] == [b"[DONE]"]
     assert 2.5 <= silent.elapsed < 4.5

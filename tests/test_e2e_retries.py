@@ -308,3 +308,51 @@ def test_no_headers_in_time_is_retried_then_the_504(proxy, simulator):
     assert response.status_code == 504 and response.json()["error"]["type"] == "upstream_timeout"
     assert len(seen_by_upstream(simulator, run)) == 3
     assert 3 * 1.5 <= elapsed < 3 * 1.5 + 2  # three first-byte timeouts, two short backoffs
+
+
+@pytest.mark.parametrize("fault", ["status:429:1", "status:503:2"])
+def test_a_status_retry_of_a_streamed_request_streams_as_a_first_time_success(proxy, simulator, fault):
+    """The client gets `200 OK` event-stream headers at once (no content-length), then the retry's
+    events as they come; the record describes the answering attempt and what the client got."""
+    header, run = sim_header(fault + ", delay=0.15")
+    body = {"model": "kimi-k2-thinking", "messages": [{"role": "user", "content": "read /w/a.txt"}], "tools": TOOLS}
+    started = time.monotonic()
+    with httpx.stream(
+        "POST", f"{proxy.url}/v1/chat/completions", json={**body, "stream": True}, headers={"x-kimi-sim": header}
+    ) as response:
+        headers_at = time.monotonic() - started
+        assert (response.status_code, response.reason_phrase) == (200, "OK")
+        assert "content-length" not in response.headers
+        assert response.headers["content-type"].startswith("text/event-stream")
+        reads = [(time.monotonic() - started, piece) for piece in response.iter_raw()]
+    events = sse_chunks(b"".join(piece for _, piece in reads))
+    assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1 and b"error" not in b"".join(events)
+    assert reads[-1][0] - headers_at > 0.5  # the answer streamed in after the headers (0.15 s between events)
+    assert len([at for at, _ in reads if at < reads[-1][0] - 0.3]) > 1  # ...in several pieces
+    failing = int(fault.rsplit(":", 1)[1])
+    assert len(seen_by_upstream(simulator, run)) == failing + 1
+    [flow] = captured(proxy, run)
+    record = flow.metadata["kimiwire"]
+    code = int(fault.split(":")[1])
+    assert [(a["why"], a["status"], a["outcome"]) for a in record["attempts"]] == [
+        ("first", code, "status"),
+        *[("status", code, "status")] * (failing - 1),
+        ("status", 200, "answered"),
+    ]
+    assert record["ending"] == "retried" and "retried=" in flow.comment
+    assert flow.response.content == record["attempts"][-1]["body"]  # the answering attempt's raw body
+    assert delivered_body(flow).count(b"[DONE]") == 1 and delivered_body(flow) != flow.response.content
+
+
+def captured(proxy, run: str) -> list:
+    flows = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not flows:
+        flows = [
+            f
+            for path in proxy.capture_files()
+            for f in proxy.read_flows(path)
+            if f"run={run}" in f.request.headers.get("x-kimi-sim", "")
+        ]
+        time.sleep(0.1)
+    return flows

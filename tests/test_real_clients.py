@@ -60,7 +60,12 @@ EXACT_DIRECT_FAILURE = {
 
 @pytest.fixture(scope="module")
 def proxy(simulator, tmp_path_factory):
-    options = {"kimi_idle_timeout": 2, "kimi_first_byte_timeout": 2, "kimi_done_grace": 0.3}
+    options = {
+        "kimi_idle_timeout": 2,
+        "kimi_first_byte_timeout": 2,
+        "kimi_first_event_timeout": 2,
+        "kimi_done_grace": 0.3,
+    }
     with Mitmdump(simulator.url, tmp_path_factory.mktemp("real"), options, save_flows=False) as p:
         yield p
 
@@ -69,7 +74,13 @@ def proxy(simulator, tmp_path_factory):
 def proxy_without_retries(simulator, tmp_path_factory):
     """The ending guarantees alone: with retries (the default) each of these faults is first
     retried, and multiplied by the client's own retries (tests/test_e2e_retries.py, README)."""
-    options = {"kimi_idle_timeout": 2, "kimi_first_byte_timeout": 2, "kimi_done_grace": 0.3, "kimi_retry_on": ""}
+    options = {
+        "kimi_idle_timeout": 2,
+        "kimi_first_byte_timeout": 2,
+        "kimi_first_event_timeout": 2,
+        "kimi_done_grace": 0.3,
+        "kimi_retry_on": "",
+    }
     with Mitmdump(simulator.url, tmp_path_factory.mktemp("real-noretry"), options, save_flows=False) as p:
         yield p
 

@@ -7,6 +7,8 @@ import email.utils
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kimiwire.sim.server import SimulatorThread
 from kimiwire.sim.settings import SimSettings
 from kimiwire.wire.facts import RequestFacts
@@ -14,6 +16,7 @@ from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
+from kimiwire.wire.retry_outcome import Failure, exhausted_answer, exhausted_events
 from kimiwire.wire.retry_policy import (
     DEFAULT_RETRY_ON,
     RetryPolicy,
@@ -352,3 +355,45 @@ def test_a_stall_after_a_call_started_is_not_a_turn_without_an_answer():
     empty_arrays = Stream().chunk({"role": "assistant"}).chunk({"tool_calls": []})
     assert not upstream_started_calls(empty_arrays.body())
     assert not upstream_started_calls(Stream().chunk({"content": "tool_calls"}).body())
+
+
+# -- what the client gets when attempts run out -------------------------------------------------
+
+_KINDS = ("empty", "reasoning_only", "invalid_call", "schema", "stall", "connect", "status")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(_KINDS),
+    status=st.sampled_from([None, 429, 500, 502, 503, 504]),
+    body=st.sampled_from([b"", b'{"error": {"message": "busy"}}', b'{"choices": []}']),
+    fallback=st.booleans(),
+    attempts=st.integers(1, 5),
+    streamed=st.booleans(),
+    delivered=st.sampled_from([b"", b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant"}}]}\n\n']),
+)
+def test_every_exhausted_retry_gets_one_well_formed_answer(kind, status, body, fallback, attempts, streamed, delivered):
+    calls = [b'data: {"id":"c","choices":[{"index":0,"delta":{"tool_calls":[]}}]}\n\n', b"data: [DONE]\n\n"]
+    failure = Failure(kind, "why", status=status if kind == "status" else None, body=body)
+    failure.fallback = calls if fallback and kind in ("invalid_call", "schema") else []
+    events = exhausted_events(failure, attempts)
+    assert data(events)[-1] == b"[DONE]" and data(events).count(b"[DONE]") == 1
+    answer = exhausted_answer(failure, attempts, streamed, delivered, "the upstream")
+    assert 200 <= answer.status < 600
+    if answer.content_type == "text/event-stream":
+        assert streamed and answer.status == 200 and answer.body.startswith(delivered)
+        assert data([answer.body])[-1] == b"[DONE]" and data([answer.body]).count(b"[DONE]") == 1
+        return
+    assert answer.content_type == "application/json"
+    parsed = orjson.loads(answer.body)
+    if answer.status == 200:  # only calls as they came: never a silent empty success
+        assert kind in ("invalid_call", "schema") and answer.body == body
+        return
+    if kind == "status" and status is not None and body:
+        assert answer.status == status and answer.body == body  # the upstream's error, as it came
+        return
+    assert isinstance(parsed.get("error"), dict) and parsed["error"]["message"], parsed
+    expected = {"stall": 504, "status": status}.get(kind, 502)
+    assert answer.status == (expected if expected is not None else 502)
+    if kind in ("empty", "reasoning_only"):
+        assert parsed["error"]["type"] == "upstream_empty_turn"

@@ -128,6 +128,10 @@ TOOL_LIMITS = EndingLimits(done_grace=1.0, idle_timeout=IDLE, first_byte_timeout
 TOOLS = {"read": {"type": "object"}}
 
 
+async def _note(comments: list[float], now: float) -> None:
+    comments.append(now)
+
+
 def held_call(facts: RequestFacts, opening: list[bytes]) -> tuple[float, list[float]]:
     """The opening events at t=0, then silence: when the stream is ended, and when comments went out."""
     timers = FakeTimers()
@@ -146,7 +150,7 @@ def held_call(facts: RequestFacts, opening: list[bytes]) -> tuple[float, list[fl
             end,
             lambda coroutine: asyncio.ensure_future(coroutine),
             clock=timers.clock,
-            keepalive=lambda: comments.append(timers.now),
+            keepalive=lambda: _note(comments, timers.now),
         )
         dog._loop = timers  # type: ignore[assignment]
         dog.plan()
@@ -167,7 +171,7 @@ def test_a_k3_request_with_tools_gets_the_tool_idle_deadline_and_comments():
     opening = [event({"role": "assistant", "content": ""}), event({"content": "Writing the file."})]
     ended_at, comments = held_call(RequestFacts(0, TOOLS, True, True, k3_model=True), opening)
     assert 4 * IDLE <= ended_at <= 4 * IDLE * (1 + 1 / IDLE_LOOKS)
-    keepalive = TOOL_LIMITS.tool_keepalive
+    keepalive = TOOL_LIMITS.keepalive
     assert comments and comments[0] == keepalive
     assert all(b - a == keepalive for a, b in itertools.pairwise(comments))
 

@@ -16,6 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -38,9 +39,11 @@ from kimiwire.mitm.retry import (
     Sink,
     Success,
     client_gone,
+    exhausted_events,
     final_events,
     retry_error_message,
 )
+from kimiwire.mitm.status_stream import STREAM_HEAD, HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.watchdog import StreamWatchdog
@@ -63,10 +66,11 @@ from kimiwire.wire.request.token_limit import clamp_max_tokens
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import DELIVERED_AS_CAME, TurnGate
-from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, retry_after_seconds
+from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.retry_outcome import exhausted_answer
+from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
-from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
+from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits, parse_seconds
 
 logger = logging.getLogger("kimiwire")
 
@@ -107,12 +111,11 @@ _SECONDS_OPTIONS = (
     "kimi_done_grace",
     "kimi_idle_timeout",
     "kimi_first_byte_timeout",
+    "kimi_first_event_timeout",
     "kimi_tool_idle_timeout",
-    "kimi_tool_keepalive",
+    "kimi_keepalive",
+    "kimi_timeout_scale",
 )
-# Sent to the client while a tool call may be under way upstream unseen: an SSE comment, which
-# clients ignore except to know the line is alive.
-TOOL_KEEPALIVE = b": kimiwire: the upstream is writing a tool call\n\n"
 
 
 class KimiWire:
@@ -247,10 +250,10 @@ class KimiWire:
         loader.add_option(
             "kimi_idle_timeout",
             str,
-            "120",
-            "Seconds without an upstream event (comments do not count) before a stream is ended with an "
-            "error event (never earlier, at most an eighth later: plain text events are counted, not timed); "
-            "0 disables.",
+            "60",
+            "Seconds without an upstream event (comments do not count) after the first before a stream is ended "
+            "with an error event, or retried when it has no answer yet (never earlier, at most an eighth later: "
+            "plain text events are counted, not timed); 0 disables.",
         )
         loader.add_option(
             "kimi_tool_idle_timeout",
@@ -259,13 +262,6 @@ class KimiWire:
             "Seconds without an upstream event while a tool call may be under way unseen (a tool section "
             "held, arguments open, or a K3 request with tools: servers hold a call until it is complete) "
             "before the stream is ended like kimi_idle_timeout; 0 disables.",
-        )
-        loader.add_option(
-            "kimi_tool_keepalive",
-            str,
-            "5",
-            "Seconds of upstream silence, while a tool call may be under way unseen, between SSE comments "
-            "sent to the client so its own idle watchdog stays quiet; 0 disables.",
         )
         loader.add_option(
             "kimi_shutdown_grace",
@@ -277,9 +273,30 @@ class KimiWire:
         loader.add_option(
             "kimi_first_byte_timeout",
             str,
-            "600",
-            "Seconds to wait for the upstream's response headers before answering 504 (and, once headers came, "
-            "for the first event); 0 disables.",
+            "60",
+            "Seconds from the request to the upstream's response headers before answering 504 (or retrying: "
+            "stall); 0 disables.",
+        )
+        loader.add_option(
+            "kimi_first_event_timeout",
+            str,
+            "90",
+            "Seconds from the request to the stream's first event (its time to first token, prefill included) "
+            "before the stream is retried (stall) or ended with an error event; 0 disables.",
+        )
+        loader.add_option(
+            "kimi_keepalive",
+            str,
+            "10",
+            "While a streaming client has no answer yet (before the first event, during a retry), an SSE "
+            "comment `: kimiwire waiting for upstream` after this many seconds of silence; 0 disables.",
+        )
+        loader.add_option(
+            "kimi_timeout_scale",
+            str,
+            "1",
+            "Multiplies every time limit (done grace, idle, first byte, first event, keepalive, retry budget and "
+            "backoff), so the defaults' ratios can be run faster (tests) or slower.",
         )
 
     def _load_retry_options(self, loader: Any) -> None:
@@ -300,7 +317,11 @@ class KimiWire:
             "collector's full passes (gc.freeze): modules and options are never garbage.",
         )
         loader.add_option(
-            "kimi_retry_budget", str, "120", "Seconds for all attempts of one request, counted from the request."
+            "kimi_retry_budget",
+            str,
+            "200",
+            "Seconds for all attempts of one request, counted from the request (at defaults: two attempts that "
+            "stall before their first event, and a third).",
         )
         loader.add_option(
             "kimi_retry_backoff",
@@ -324,30 +345,32 @@ class KimiWire:
             "kimi_retry_budget",
             "kimi_retry_backoff",
             "kimi_retry_stream",
+            "kimi_timeout_scale",
         }
-        if updated & retry_options:
-            try:
+        try:
+            scale = parse_seconds(ctx.options.kimi_timeout_scale, "kimi_timeout_scale")
+            if scale == 0:  # (0 would switch every timeout off)
+                raise ValueError("kimi_timeout_scale must be more than 0")
+            if updated & retry_options:
                 self.retrier.policy = RetryPolicy.parse(
                     ctx.options.kimi_retry_on,
                     ctx.options.kimi_retries,
-                    parse_seconds(ctx.options.kimi_retry_budget, "kimi_retry_budget"),
-                    parse_seconds(ctx.options.kimi_retry_backoff, "kimi_retry_backoff"),
+                    parse_seconds(ctx.options.kimi_retry_budget, "kimi_retry_budget") * scale,
+                    parse_seconds(ctx.options.kimi_retry_backoff, "kimi_retry_backoff") * scale,
                     ctx.options.kimi_retry_stream,
                 )
-            except ValueError as exc:
-                raise exceptions.OptionsError(str(exc)) from None
-        if updated & set(_SECONDS_OPTIONS):
-            try:
+            if updated & set(_SECONDS_OPTIONS):
                 self.limits = EndingLimits(
                     done_grace=parse_seconds(ctx.options.kimi_done_grace, "kimi_done_grace"),
                     idle_timeout=parse_seconds(ctx.options.kimi_idle_timeout, "kimi_idle_timeout"),
                     first_byte_timeout=parse_seconds(ctx.options.kimi_first_byte_timeout, "kimi_first_byte_timeout"),
+                    first_event_timeout=parse_seconds(ctx.options.kimi_first_event_timeout, "kimi_first_event_timeout"),
                     tool_idle_timeout=parse_seconds(ctx.options.kimi_tool_idle_timeout, "kimi_tool_idle_timeout"),
-                    tool_keepalive=parse_seconds(ctx.options.kimi_tool_keepalive, "kimi_tool_keepalive"),
-                )
-            except ValueError as exc:
-                raise exceptions.OptionsError(str(exc)) from None
-            self.retrier.limits = self.limits
+                    keepalive=parse_seconds(ctx.options.kimi_keepalive, "kimi_keepalive"),
+                ).scaled(scale)
+                self.retrier.limits = self.limits
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
         # mitmproxy does not enforce `choices` for --set, so validate here (exits at startup).
         for name, choices in _CHOICE_OPTIONS.items():
             if name in updated and getattr(ctx.options, name) not in choices:
@@ -469,6 +492,7 @@ class KimiWire:
                 "retries": {k[6:]: v for k, v in sorted(counts.items()) if k.startswith("retry.")},
                 "endings": {k[7:]: v for k, v in sorted(counts.items()) if k.startswith("ending.")},
                 "active_tasks": self.active_tasks,
+                "open_flows": len(self.flows),  # flow states not yet freed (requests under way)
                 "captured": self.capture.flows_written if self.capture else 0,
                 "capture_file": str(self.capture.path) if self.capture and self.capture.flows_written else None,
                 "capture_lost": self.capture.flows_lost if self.capture else 0,
@@ -849,6 +873,38 @@ class KimiWire:
         if not proxy_internals.close_upstream(flow):
             proxy_internals.close_connections(flow, "no upstream connection to close after the first-byte timeout")
 
+    def _hold_status(self, state: FlowState) -> bool:
+        """A streamed request's first attempt answered a retryable status that will be retried:
+        the client gets a first-time success's headers now, the retry streams (status_stream.py)."""
+        flow, response = state.flow, state.flow.response
+        assert response is not None
+        policy = self.retrier.policy
+        if not policy.watches("status") or not proxy_internals.usable():
+            return False
+        now = time.time()
+        retry_after = retry_after_seconds(response.headers.get("retry-after"), now)
+        if not will_retry(policy, response.status_code, now - flow.request.timestamp_start, retry_after):
+            return False
+        state.held_error = hold_for_retry(response, flow.request.data.http_version, retry_after)
+        return True
+
+    def _body_timeout(self, state: FlowState) -> None:
+        """A whole response body did not finish in time: the upstream is closed, the error hook
+        retries it (stall) or answers 504 (a timer callback: never raises)."""
+        state.body_timer = None
+        flow = state.flow
+        if not flow.live or flow.error is not None:
+            return
+
+        def close(_: http.HTTPFlow) -> None:
+            seconds = self.limits.idle_timeout
+            state.record["errors"].append(f"kimiwire: the response body did not finish within {seconds:g} s")
+            self._ending(state, "idle_timeout")
+            if not proxy_internals.close_upstream(flow):
+                proxy_internals.close_connections(flow, "no upstream connection to close after the body timeout")
+
+        self._guarded(flow, "body timeout", close)
+
     # -- responses -------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -868,8 +924,16 @@ class KimiWire:
         context = state.repairs_context if state is not None else None
         if state is not None and context is not None:  # a chat flow: the capture keeps the upstream's own headers
             state.upstream_headers = response.headers.fields
+        if state is not None and context is not None and context[0].stream and self._hold_status(state):
+            return
         headers = read_headers(response.headers, _RESPONSE_HEADERS)
         if not chat_exchanges.is_event_stream(headers.get(b"content-type", "")):
+            if state is not None and state.is_chat and self.limits.idle_timeout > 0 and loop_running():
+                # A whole body comes right after its headers (the server had it ready): one that
+                # stops coming is a stall, like a silent stream.
+                state.body_timer = asyncio.get_running_loop().call_later(
+                    self.limits.idle_timeout, self._body_timeout, state
+                )
             return
         if state is None or context is None:
             if not response.stream:
@@ -909,6 +973,8 @@ class KimiWire:
         else:
             stream = RepairingStream(repairer, on_error=on_error, limits=self.limits, **retrying)
         state.stream = stream
+        # The first event's deadline counts from the request (its time to first token).
+        stream.times.started_at -= max(0.0, time.time() - flow.request.timestamp_start)
         # Its bound __call__, not the object: mitmproxy calls it once per upstream chunk, and a
         # bound method is called without the type's __call__ lookup (33 against 121 ns a call).
         response.stream = stream.__call__
@@ -917,9 +983,21 @@ class KimiWire:
                 stream,
                 lambda reason: self._end_stream(state, stream, reason),
                 state.spawn,
-                keepalive=lambda: state.spawn(proxy_internals.send_to_client(state.flow, [TOOL_KEEPALIVE])),
+                keepalive=lambda: self._keep_alive(state, stream),
             )
             state.watchdog.plan()
+
+    async def _keep_alive(self, state: FlowState, stream: RepairingStream) -> None:
+        """A comment to a client still waiting for an answer (never raises: a timer's task)."""
+        try:
+            if not (stream.waiting or stream.times.tool_section_open):
+                return
+            sent = await proxy_internals.send_to_client(state.flow, [KEEPALIVE_COMMENT])
+            if sent.kind is proxy_internals.SendKind.SENT:
+                stream.delivered += KEEPALIVE_COMMENT
+                self.counts["retry.keepalive_comments"] += 1
+        except Exception as exc:
+            self._record_error(state.flow, "keepalive", exc)
 
     async def _end_stream(self, state: FlowState, stream: RepairingStream, reason: ProxyEnd) -> EndOutcome:
         flow = state.flow
@@ -970,9 +1048,13 @@ class KimiWire:
         return None
 
     async def _response_after(self, flow: http.HTTPFlow, retry: Any) -> None:
-        await retry
-        self._guarded(flow, "response repair", self._finish_response)
-        self._flow_over(flow)
+        try:
+            await retry
+        except Exception as exc:  # (the retry paths catch their own: this is the last line)
+            self._record_error(flow, "retry", exc)
+        finally:
+            self._guarded(flow, "response repair", self._finish_response)
+            self._flow_over(flow)
 
     # -- retries (issue 13; the mechanism is described in mitm/retry.py) ----------------------
 
@@ -984,6 +1066,8 @@ class KimiWire:
         stream = state.stream  # (only a flow with a repairs context gets one)
         if stream is not None:
             return self._retry_stream(state, stream) if stream.failed_turn is not None else None
+        if state.held_error is not None:
+            return self._retry_status_stream(state, state.held_error)
         context = state.repairs_context
         if context is None:
             return None
@@ -1042,6 +1126,19 @@ class KimiWire:
         state.record["attempts"] = [first.as_dict()]
         self.counts[f"retry.failed.{failure.kind}"] += 1
 
+    def _retry_ending(self, state: FlowState, how: str) -> None:
+        """How a retried flow ended, in place of an attempt's timeout (counted once, when the flow is over); the
+        flow is marked and commented with its retries (`retried=N why=...`, `~comment retried`)."""
+        state.replace_ending(how)  # kimi.stats counts the flow's last ending once, when it is over
+        record = state.record
+        retried = record.get("attempts", [])[1:]
+        flags = [f for f in record.get("flags", []) if not f.startswith(("retried=", "why="))]
+        if retried:
+            whys = ",".join(dict.fromkeys(str(a["why"]) for a in retried))
+            flags += [f"retried={len(retried)}", f"why={whys}"]
+        record["flags"] = flags
+        self._describe(state)
+
     async def _retry_stream(self, state: FlowState, stream: RepairingStream) -> None:
         """The first attempt's streamed turn gave no answer: retry into the client's open body."""
         flow = state.flow
@@ -1063,20 +1160,75 @@ class KimiWire:
                 lambda current: self.retrier.stream_attempt(
                     flow, current, facts, wire_policy, continuation, sink, success
                 ),
+                sink,
             )
+            if last is None and not success:  # (never expected: an answer always leaves its Success)
+                last = Failure("connect", "the answering attempt left no answer")
             if last is not None:
-                await sink.send(final_events(last, made))
-                self._ending(state, f"retries_exhausted:{last.kind}")
+                await sink.send(exhausted_events(last, made))
+                self._retry_ending(state, f"retries_exhausted:{last.kind}")
             else:
-                self._ending(state, "retried")
+                self._retry_ending(state, "retried")
         except ClientGone:
-            self._ending(state, "client_disconnected")
+            self._retry_ending(state, "client_disconnected")
         except Exception as exc:
             self._record_error(flow, "retry", exc)
+            self._retry_ending(state, "retries_exhausted:error")
             with contextlib.suppress(Exception):
                 await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
         if success:  # the capture's response body: what the answering attempt sent
             stream.upstream = bytearray(success[-1].body)
+
+    async def _retry_status_stream(self, state: FlowState, held: HeldError) -> None:
+        """The first attempt's error status was held (the client has 200 headers): the retry
+        streams into the client's open body as it comes."""
+        raw = bytes(held.body)
+        failure = Failure("status", retry_error_message(raw, held.status), held.retry_after, held.status, raw)
+        self._first_attempt(state, failure, held.status, raw)
+        success = await self._retry_live(state, failure, Sink(state.flow, live=True))
+        # The record: the answering (or last) attempt's status, headers and raw body.
+        answer = success[-1] if success else None
+        state.upstream_body = answer.body if answer else raw
+        state.upstream_headers = answer.headers if answer else held.headers
+
+    async def _retry_live(self, state: FlowState, failure: Failure, sink: Sink) -> list[Success]:
+        """Attempts after `failure` whose events go to the client as they come (`sink`), as after
+        a first-time success; the client's answer ends with the failure made explicit when they
+        run out. Never raises; returns the answering attempt's Success (none when none answered)."""
+        flow = state.flow
+        context = state.repairs_context
+        assert context is not None
+        facts, wire_policy = context
+        continuation = Continuation({}, False)
+        success: list[Success] = []
+        try:
+            last, made = await self.retrier.run(
+                flow,
+                state.record,
+                failure,
+                lambda current: self.retrier.stream_attempt(
+                    flow, current, facts, wire_policy, continuation, sink, success
+                ),
+                sink,
+            )
+            if last is None and not success:  # (never expected: an answer always leaves its Success)
+                last = Failure("connect", "the answering attempt left no answer")
+            if last is not None:
+                await sink.send(exhausted_events(last, made))
+                self._retry_ending(state, f"retries_exhausted:{last.kind}")
+            else:
+                self._retry_ending(state, "retried")
+        except ClientGone:
+            self._retry_ending(state, "client_disconnected")
+        except Exception as exc:
+            self._record_error(flow, "retry", exc)
+            self._retry_ending(state, "retries_exhausted:error")
+            with contextlib.suppress(Exception):
+                await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
+        with contextlib.suppress(Exception):
+            await sink.finish()
+        state.record["delivered"] = bytes(sink.delivered)
+        return success
 
     async def _retry_buffered(
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
@@ -1088,37 +1240,49 @@ class KimiWire:
         self._first_attempt(state, failure, response.status_code, response.raw_content or b"")
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
-        try:
-            last, made = await self._buffered_attempts(state, facts, wire_policy, failure, sink, success)
-        except ClientGone:
-            self._ending(state, "client_disconnected")
+        last, made = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
+        if state.record.get("ending") == "client_disconnected":
             return
         if last is None:
-            self._ending(state, "retried")
             answer = success[-1]
+            self._retry_ending(state, "retried")
+            state.upstream_body = answer.body
             if facts.stream:
-                _replace(response, 200, answer.headers, bytes(sink.delivered))
+                headers = [(k, v) for k, v in answer.headers if k.lower() != b"content-type"]
+                _replace(response, 200, [*headers, (b"content-type", b"text/event-stream")], bytes(sink.delivered))
             else:
                 _replace(response, answer.status, answer.headers, answer.body)
             return
-        self._ending(state, f"retries_exhausted:{last.kind}")
-        if facts.stream and last.kind not in ("status", "connect", "stall"):
-            _replace(response, 200, [(b"content-type", b"text/event-stream")], bytes(sink.delivered))
-            response.content += b"".join(final_events(last, made))
-        elif last.kind in DELIVERED_AS_CAME and last.body:
-            _replace(response, 200, [(b"content-type", b"application/json")], last.body)
-        elif last.kind == "status" and last.status is not None:
-            if last.body is not failure.body:
-                _replace(response, last.status, [(b"content-type", b"application/json")], last.body)
-        else:
-            status = 504 if last.kind == "stall" else 502
-            error_type = {"empty": "upstream_empty_turn", "reasoning_only": "upstream_empty_turn"}.get(
-                last.kind, "upstream_timeout" if last.kind == "stall" else "upstream_error"
-            )
-            message = f"kimiwire: no answer from the upstream after {made} attempt(s): {last.kind}: {last.detail}"
-            _replace(
-                response, status, [(b"content-type", b"application/json")], error_body(message, error_type, status)
-            )
+        self._retry_ending(state, f"retries_exhausted:{last.kind}")
+        if last is failure and last.kind == "status":
+            return  # no other attempt was made: the client gets the upstream's error as it came
+        answer = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), "the upstream")
+        _replace(response, answer.status, [(b"content-type", answer.content_type.encode())], answer.body)
+
+    async def _attempts_settled(
+        self,
+        state: FlowState,
+        facts: RequestFacts,
+        wire_policy: Policy,
+        failure: Failure,
+        sink: Sink,
+        success: list[Success],
+    ) -> tuple[Failure | None, int]:
+        """The attempts of a buffered retry; (None, attempts) when one answered (its Success last in
+        `success`), else the failure the client is told about. A client that leaves, or an
+        exception in the retry, ends the attempts as a failure: never an exception to the hook."""
+        try:
+            last, made = await self._buffered_attempts(state, facts, wire_policy, failure, sink, success)
+        except ClientGone:
+            self._retry_ending(state, "client_disconnected")
+            return failure, len(state.record.get("attempts") or [1])
+        except Exception as exc:
+            self._record_error(state.flow, "retry", exc)
+            detail = f"the retry failed: {type(exc).__name__}"
+            return Failure("connect", detail), len(state.record.get("attempts") or [1])
+        if last is None and not success:  # (never expected: an answer always leaves its Success)
+            return Failure("connect", "the answering attempt left no answer"), made
+        return last, made
 
     def _buffered_attempts(
         self,
@@ -1270,9 +1434,13 @@ class KimiWire:
         return None
 
     async def _error_after(self, flow: http.HTTPFlow, retry: Any) -> None:
-        await retry
-        self._guarded(flow, "error hook", self._on_error)
-        self._flow_over(flow)
+        try:
+            await retry
+        except Exception as exc:  # (the retry paths catch their own: this is the last line)
+            self._record_error(flow, "retry", exc)
+        finally:
+            self._guarded(flow, "error hook", self._on_error)
+            self._flow_over(flow)
 
     def _retry_for_error(self, flow: http.HTTPFlow) -> Any:
         """A failure before response headers (refused, reset, TLS, DNS, first-byte timeout) is
@@ -1280,9 +1448,11 @@ class KimiWire:
         message = flow.error.msg if flow.error else ""
         state = self.flows.get(flow)
         context = state.repairs_context if state is not None else None
-        if state is None or context is None or flow.response is not None or "client disconnect" in message.lower():
+        if state is None or context is None or "client disconnect" in message.lower():
             return None
-        kind = "stall" if state.record.get("ending") == "first_byte_timeout" else "connect"
+        if flow.response is not None and (state.stream is not None or not _buffered(flow.response)):
+            return None  # a streamed response under way ends by its own path
+        kind = "stall" if state.record.get("ending") in ("first_byte_timeout", "idle_timeout") else "connect"
         if not self.retrier.policy.watches(kind) or not self.json_errors:
             return None
         if not proxy_internals.install_error_answers() or client_gone(flow):
@@ -1294,14 +1464,20 @@ class KimiWire:
     ) -> None:
         flow = state.flow
         state.release()  # the first-byte watch must not answer while the retry runs
-        self._first_attempt(state, failure, None, b"")
+        response = flow.response  # (headers came when a whole body broke)
+        self._first_attempt(state, failure, response.status_code if response else None, b"")
+        if facts.stream and response is None and await self._stream_head_sent(state, failure):
+            success = await self._retry_live(state, failure, Sink(flow, live=True, raw=True))
+            if success:
+                state.upstream_body = success[-1].body
+                state.upstream_headers = success[-1].headers
+            return
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
-        try:
-            last, made = await self._buffered_attempts(state, facts, wire_policy, failure, sink, success)
-        except ClientGone:
-            return
+        last, made = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
         record = state.record
+        if record.get("ending") == "client_disconnected":
+            return
         if last is None:
             answer = success[-1]
             if facts.stream:
@@ -1315,22 +1491,32 @@ class KimiWire:
             )
             record["error_answer"] = answer.status
             record["delivered"] = body
-            record.pop("ending", None)
-            self._ending(state, "retried")
+            state.upstream_body = answer.body
+            self._retry_ending(state, "retried")
             return
-        if last.kind == "status" and last.status is not None:
-            answer_error = proxy_internals.ErrorAnswer(last.status, last.body, b"")
-        else:
-            status = 504 if last.kind == "stall" else 502
-            text = (
-                f"kimiwire: the upstream {flow.request.scheme}://{flow.request.pretty_host}:{flow.request.port} "
-                f"failed before responding ({made} attempts): {last.kind}: {last.detail}"
-            )
-            error_type = "upstream_timeout" if last.kind == "stall" else "upstream_error"
-            answer_error = proxy_internals.ErrorAnswer(status, error_body(text, error_type, status), b"")
-        proxy_internals.set_error_answer(state.flow, answer_error)
-        record["error_answer"] = answer_error.status
-        self._ending(state, f"retries_exhausted:{last.kind}")
+        answer = exhausted_answer(last, made, False, b"", self._upstream_name(flow))
+        proxy_internals.set_error_answer(
+            state.flow, proxy_internals.ErrorAnswer(answer.status, answer.body, b"", answer.content_type)
+        )
+        record["error_answer"] = answer.status
+        self._retry_ending(state, f"retries_exhausted:{last.kind}")
+
+    async def _stream_head_sent(self, state: FlowState, failure: Failure) -> bool:
+        """A streamed request that failed before response headers and will be retried: an HTTP/1
+        client gets a first-time success's head now, so the retry streams to it as it comes."""
+        flow = state.flow
+        elapsed = time.time() - flow.request.timestamp_start
+        if not proxy_internals.can_answer(flow):
+            return False
+        if not decide(self.retrier.policy, failure.kind, 1, elapsed, 0.0, failure.retry_after).retry:
+            return False
+        sent = await proxy_internals.send_raw_to_client(flow, STREAM_HEAD)
+        if sent.kind is not proxy_internals.SendKind.SENT:
+            return False
+        # mitmproxy's protocol error for this flow now only closes the connection (after our end).
+        proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(200, b"", b"", raw_sent=True))
+        state.record["error_answer"] = 200
+        return True
 
     def _on_error(self, flow: http.HTTPFlow) -> None:
         state = self.flows.of(flow)
@@ -1346,16 +1532,27 @@ class KimiWire:
             # The client's request was refused before it was whole (both Content-Length and
             # Transfer-Encoding, CONNECT in reverse mode, a malformed body): mitmproxy answers 400.
             self._ending(state, "client_error")
-        elif flow.response is None:
-            # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout.
+        elif flow.response is None or (stream is None and _buffered(flow.response)):
+            # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout;
+            # or a whole body that broke or stalled before it was complete (nothing was sent yet).
             req = flow.request
-            self.detector.failed(req.scheme, req.host, req.port, req.path)
+            if flow.response is None:
+                self.detector.failed(req.scheme, req.host, req.port, req.path)
             cause = client_errors.upstream_cause(flow, message, self.error_names_upstream)
             text = f"kimiwire: {self._upstream_name(flow)} failed before responding: {cause}"
-            self._answer_error(
-                state, proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b""), replace=False
-            )
+            if state.record.get("ending") == "idle_timeout":
+                answer = proxy_internals.ErrorAnswer(504, error_body(text, "upstream_timeout", 504), b"")
+            else:
+                answer = proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b"")
+            self._answer_error(state, answer, replace=False)
             self._ending(state, "upstream_error")
+        elif state.held_error is not None and self.json_errors and proxy_internals.can_answer(flow):
+            # The held error's body broke before the retry began: the client's stream (200 headers
+            # sent) ends with the error event and [DONE].
+            tail = b"".join(exhausted_events(Failure("connect", f"the upstream failed: {message}"), 1))
+            state.record["delivered"] = tail
+            self._answer_error(state, proxy_internals.ErrorAnswer(502, b"", tail))
+            self._ending(state, "upstream_error_mid_stream")
         elif stream is not None and not stream.ended and self.json_errors and proxy_internals.can_answer(flow):
             # Mid-stream reset or protocol error: end the stream cleanly with an error event. (The
             # tail counts as delivered only where it can be written: HTTP/1, client still there.)
@@ -1413,14 +1610,29 @@ def _decoded_request(encoded: bytes, header: str, limit: int) -> bytes:
     return decode_body(encoded, encoding, limit) if encoding else encoded
 
 
+def _reason(status: int) -> str:
+    """The status's reason phrase as RFC 9110 names it (what uvicorn-based servers send)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _buffered(response: http.Response) -> bool:
+    """The response is read whole before the client gets any of it."""
+    return not response.stream
+
+
 def _raw(text: str) -> bytes:
     """Header text back to the bytes mitmproxy decoded it from."""
     return text.encode("utf-8", "surrogateescape")
 
 
 def _replace(response: http.Response, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    """Make `response` (not yet sent) the given one; framing headers are mitmproxy's business."""
+    """Make `response` (not yet sent) the given one; framing headers are mitmproxy's business, and
+    the reason phrase is the status's own (never the replaced response's)."""
     response.status_code = status
+    response.reason = _reason(status)
     response.headers = http.Headers(
         [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding", b"content-encoding")]
     )

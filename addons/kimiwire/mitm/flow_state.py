@@ -54,11 +54,13 @@ class FlowState:
     stream: RepairingStream | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     first_byte_timer: asyncio.TimerHandle | None = None
+    body_timer: asyncio.TimerHandle | None = None  # a whole (not streamed) response body must come in time
     watchdog: StreamWatchdog | None = None
     client_request: dict[str, Any] | None = None
     upstream_headers: Any = None
     upstream_body: bytes | None = None
     failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
+    held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
 
     @property
     def is_chat(self) -> bool:
@@ -79,6 +81,13 @@ class FlowState:
         self.record["ending"] = how
         return True
 
+    def replace_ending(self, how: str) -> str | None:
+        """A retry decides how the flow ended after all (an attempt's timeout is not the flow's
+        ending): record `how` in place of any earlier ending; returns the one replaced."""
+        old = self.record.get("ending")
+        self.record["ending"] = how
+        return old
+
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
@@ -96,6 +105,9 @@ class FlowState:
 
     def stop_timers(self) -> None:
         self.headers_came()
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
         if self.watchdog is not None:
             self.watchdog.stop()
 
@@ -109,7 +121,8 @@ class FlowState:
     def pending(self) -> int:
         """Tasks and timers still to run for this flow."""
         watching = self.watchdog is not None and self.watchdog.waiting
-        return len(self.tasks) + (self.first_byte_timer is not None) + watching
+        timers = (self.first_byte_timer is not None) + (self.body_timer is not None)
+        return len(self.tasks) + timers + watching
 
 
 class FlowStates:

@@ -342,6 +342,42 @@ async def send_to_client(flow: http.HTTPFlow, chunks: list[bytes]) -> SendOutcom
     return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
 
 
+async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
+    """Write bytes straight to an HTTP/1 client whose flow waits in its `error` hook and that has
+    been sent no response yet (a retry after a failure before response headers, answered as it
+    comes: the caller writes the status line and headers, then chunks). The answer registered
+    with `raw_sent` then only closes the connection."""
+    if not data:
+        return SendOutcome(SendKind.NOTHING)
+    if not usable() or not flow.request.http_version.startswith("HTTP/1"):
+        return SendOutcome(SendKind.REFUSED, "not an HTTP/1 client")
+    if not flow.client_conn.state & ConnectionState.CAN_WRITE:
+        return SendOutcome(SendKind.GONE)
+    handler = _handler(flow)
+    found = _locate(handler, flow) if handler is not None else None
+    if found is None:
+        return SendOutcome(SendKind.GONE)
+    http_layer, stream_id = found
+    outcome: list[SendOutcome] = []
+
+    def body() -> Iterator[Any]:
+        stream = http_layer.streams.get(stream_id)
+        server = http_layer.connections.get(flow.client_conn)
+        if stream is None or stream.flow is not flow or server is None:
+            outcome.append(SendOutcome(SendKind.GONE))
+            return
+        if not isinstance(server, Http1Server) or server.response is not None:
+            outcome.append(SendOutcome(SendKind.REFUSED, "a response was sent already"))
+            return
+        outcome.append(SendOutcome(SendKind.SENT))
+        yield commands.SendData(flow.client_conn, data)
+
+    ran = await _run_inside(handler, http_layer, body)
+    if outcome:
+        return outcome[0]
+    return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
+
+
 def _close_if_open(handler: Any, conn: Any) -> bool:
     if conn.state is ConnectionState.CLOSED or conn not in handler.transports:
         return False
@@ -434,6 +470,7 @@ class ErrorAnswer:
     body: bytes  # a whole JSON error response body, if no response has started
     tail: bytes  # SSE events that close a stream already under way
     content_type: str = "application/json"  # of `body` (a retry's answer may be an event stream)
+    raw_sent: bool = False  # the answer went out already (send_raw_to_client): only close the connection
 
 
 _ANSWERS: dict[Any, ErrorAnswer] = {}
@@ -497,7 +534,9 @@ def _client_at_fault(event: Any) -> bool:
 
 
 def _send_answer(self: Any, answer: ErrorAnswer) -> Iterator[Any]:
-    if self.response is None:
+    if answer.raw_sent:
+        pass
+    elif self.response is None:
         response = http.Response.make(
             answer.status, answer.body, {"content-type": answer.content_type, "connection": "close"}
         )

@@ -16,10 +16,15 @@ environment variables:
   so the body is still open; what the retry produces is written into it through
   `proxy_internals.send_to_client` (one synthetic event inside the HttpLayer, the technique that
   already ends stalled streams; only the flow's HttpStream waits for the hook).
-- a non-streamed turn, or an error status before anything was sent: the `response` hook again,
+- a retryable error status on a streamed request: decided at its headers (mitm/status_stream.py),
+  which become a first-time success's (`200 OK`, event stream) while the error body is held; the
+  retry then streams from the `response` hook as above.
+- a non-streamed turn, or an error status on a non-streamed request: the `response` hook again,
   which replaces the response before mitmproxy sends it.
-- a connection failure before response headers: the `error` hook; the answer goes out through the
-  error-answer path of `proxy_internals` (a whole response instead of mitmproxy's error page).
+- a connection failure or stall before response headers (or a whole body that broke): the `error`
+  hook. A streamed request's HTTP/1 client is sent a first-time success's head from there
+  (`proxy_internals.send_raw_to_client`) and the retry's events as chunks; otherwise the answer
+  goes out whole through the error-answer path of `proxy_internals`.
 Alternatives rejected: re-driving mitmproxy's HttpStream to send the request again (its state
 machine, connection pool and hook order are private, far more coupling than one event); deciding
 in `responseheaders` (an empty turn is known only at its end); buffering every stream until its
@@ -37,8 +42,9 @@ reasoning-only attempt the client's message holds that reasoning followed by the
 attempts run out the client gets the failure made explicit: an `upstream_empty_turn` error event
 and `[DONE]` (502 JSON non-streamed) for an empty turn, the last attempt's calls as they are for
 invalid calls, the last upstream error otherwise. A client that leaves cancels the retry (its
-upstream request is closed). Each attempt is recorded in `flow.metadata["kimiwire"]["attempts"]`
-(why, status, timing, bytes, the raw upstream body), counted and logged.
+upstream request is closed); the mapping to that answer is `wire/retry_outcome.py`, one for
+every path. Each attempt is recorded in `flow.metadata["kimiwire"]["attempts"]` (why, status,
+timing, bytes, the raw upstream body, its repairs), counted and logged.
 """
 
 from __future__ import annotations
@@ -67,16 +73,10 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import (
-    DELIVERED_AS_CAME,
-    TurnGate,
-    completion_seen,
-    judge,
-    upstream_started_calls,
-)
+from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
+from kimiwire.wire.retry_outcome import DELIVERED_AS_CAME, EMPTY_TURN_MESSAGE, Failure, exhausted_events
 from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
-from kimiwire.wire.sse import DONE_EVENT
-from kimiwire.wire.stream_endings import EndingLimits
+from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits
 
 logger = logging.getLogger("kimiwire")
 
@@ -84,7 +84,7 @@ _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade", b"proxy-connection"}
 )
 _MAX_ERROR_BODY = 1024 * 1024
-EMPTY_TURN_MESSAGE = "kimiwire: the upstream ended the turn without an answer ({detail}) after {attempts} attempt(s)"
+__all__ = ["EMPTY_TURN_MESSAGE", "Failure", "exhausted_events"]  # (re-exported for the adapter)
 
 
 class ClientGone(Exception):
@@ -92,23 +92,11 @@ class ClientGone(Exception):
 
 
 @dataclass
-class Failure:
-    """Why an attempt gave no answer, and what to deliver if it stays the last one."""
-
-    kind: str  # empty | reasoning_only | invalid_call | schema | stall | connect | status
-    detail: str
-    retry_after: float | None = None
-    status: int | None = None
-    body: bytes = b""  # the upstream's error body (status)
-    fallback: list[bytes] = field(default_factory=list)  # invalid calls as they came, ending included
-    final: bool = False  # not worth retrying (a status that is not transient)
-
-
-@dataclass
 class Success:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes  # the upstream's raw body
+    broken: str = ""  # the attempt answered, then its stream broke (a reset or a stall): why
 
 
 @dataclass
@@ -122,6 +110,7 @@ class Attempt:
     outcome: str = ""
     detail: str = ""
     body: bytes = b""
+    repairs: list[dict[str, Any]] = field(default_factory=list)  # what the attempt's repairer did
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +124,7 @@ class Attempt:
             "detail": self.detail,
             "bytes": len(self.body),
             "body": self.body,
+            "repairs": self.repairs,
         }
 
 
@@ -202,41 +192,53 @@ def retry_error_message(body: bytes, status: int) -> str:
     return f"the upstream answered HTTP {status}: {text}"
 
 
-def final_events(failure: Failure, attempts: int) -> list[bytes]:
-    """What a streaming client gets when attempts run out: never a silent empty success."""
-    if failure.kind in DELIVERED_AS_CAME and failure.fallback:
-        return failure.fallback
-    if failure.kind in ("empty", "reasoning_only"):
-        message = EMPTY_TURN_MESSAGE.format(detail=failure.detail, attempts=attempts)
-        return [error_event(message, "upstream_empty_turn", "upstream_empty_turn"), DONE_EVENT]
-    if failure.kind == "status":
-        return [error_event(f"kimiwire: {failure.detail}", "upstream_error", failure.status), DONE_EVENT]
-    error_type = "upstream_timeout" if failure.kind == "stall" else "upstream_error"
-    return [
-        error_event(f"kimiwire: {failure.detail} (after {attempts} attempts)", error_type, failure.kind),
-        DONE_EVENT,
-    ]
+final_events = exhausted_events  # what a streaming client gets when attempts run out
 
 
 class Sink:
     """Where an attempt's repaired events go: live into the client's open body, or collected."""
 
-    def __init__(self, flow: http.HTTPFlow, live: bool, delivered: bytearray | None = None) -> None:
+    def __init__(self, flow: http.HTTPFlow, live: bool, delivered: bytearray | None = None, raw: bool = False) -> None:
         self.flow = flow
         self.live = live
+        self.raw = raw  # live, written as chunks straight to a client that has our head (send_raw_to_client)
         self.delivered = delivered if delivered is not None else bytearray()
+        self.last_sent = time.monotonic()
+        self.comments = 0
 
     async def send(self, events: list[bytes]) -> None:
         data = [e for e in events if e]
         if not data:
             return
         if self.live:
-            result = await proxy_internals.send_to_client(self.flow, data)
+            if self.raw:
+                joined = b"".join(data)
+                result = await proxy_internals.send_raw_to_client(self.flow, b"%x\r\n%s\r\n" % (len(joined), joined))
+            else:
+                result = await proxy_internals.send_to_client(self.flow, data)
             if result.kind is proxy_internals.SendKind.GONE:
                 raise ClientGone
             if result.kind is not proxy_internals.SendKind.SENT:
                 raise RuntimeError(f"cannot write to the client: {result}")
+            self.last_sent = time.monotonic()
         self.delivered += b"".join(data)
+
+    async def finish(self) -> None:
+        """A raw sink's body ends (the chunked terminator)."""
+        if self.raw:
+            await proxy_internals.send_raw_to_client(self.flow, b"0\r\n\r\n")
+
+    async def keep_alive(self, interval: float) -> None:
+        """While attempts run, a comment whenever the client heard nothing for `interval` seconds
+        (between whole events: every send is whole events). Runs until cancelled."""
+        while True:
+            await asyncio.sleep(max(0.0, self.last_sent + interval - time.monotonic()))
+            if time.monotonic() - self.last_sent >= interval:
+                try:
+                    await self.send([KEEPALIVE_COMMENT])
+                except (ClientGone, RuntimeError):
+                    return  # the attempt notices the client left by itself
+                self.comments += 1
 
 
 class Retrier:
@@ -257,9 +259,30 @@ class Retrier:
         record: dict[str, Any],
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
+        sink: Sink | None = None,
     ) -> tuple[Failure | None, int]:
         """Retry after the first attempt failed with `failure` until one answers (None) or
-        attempts run out (the last failure). Returns it with the number of attempts made."""
+        attempts run out (the last failure). Returns it with the number of attempts made. A live
+        `sink` gets a comment whenever the client heard nothing for `limits.keepalive` seconds."""
+        keeping = None
+        if sink is not None and sink.live and self.limits.keepalive > 0:
+            keeping = asyncio.ensure_future(sink.keep_alive(self.limits.keepalive))
+        try:
+            return await self._run(flow, record, failure, attempt)
+        finally:
+            if keeping is not None:
+                keeping.cancel()
+                await asyncio.gather(keeping, return_exceptions=True)
+                if sink is not None and sink.comments:
+                    self.counts["retry.keepalive_comments"] += sink.comments
+
+    async def _run(
+        self,
+        flow: http.HTTPFlow,
+        record: dict[str, Any],
+        failure: Failure,
+        attempt: Callable[[Attempt], Awaitable[Failure | None]],
+    ) -> tuple[Failure | None, int]:
         attempts = record.setdefault("attempts", [])
         made = len(attempts) or 1
         started = flow.request.timestamp_start
@@ -299,6 +322,10 @@ class Retrier:
             if result is None:
                 current.outcome = "answered"
                 attempts[-1] = current.as_dict()
+                # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
+                for entry in current.repairs:
+                    record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
+                    self.counts[entry["kind"]] += 1
                 self.counts["retry.answered"] += 1
                 logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
                 return None, made
@@ -398,6 +425,7 @@ class Retrier:
         response, failure = await self._send(flow, current, self.policy.stream)
         if response is None:
             return failure
+        repairer: StreamRepairer | None = None
         try:
             content_type = response.headers.get("content-type", "")
             if chat_exchanges.is_json(content_type):
@@ -410,7 +438,7 @@ class Retrier:
             raw = bytearray()
             chunks = response.aiter_raw().__aiter__()
             while True:
-                wait = self._read_wait(flow, first=not raw, proven=gate.proven)
+                wait = self._read_wait(flow, current, first=not raw, proven=gate.proven)
                 try:
                     chunk = await asyncio.wait_for(chunks.__anext__(), wait)
                 except StopAsyncIteration:
@@ -422,6 +450,9 @@ class Retrier:
                         return Failure("stall" if isinstance(exc, TimeoutError) else "connect", why)
                     tail = repairer.end_with_error(error_event(f"kimiwire: retry ended: {why}", "upstream_error", None))
                     await sink.send(continuation.rewrite(gate.open() + tail))
+                    # It answered (content or a call reached the client's copy), then broke: the
+                    # client gets that and the error, as after a first attempt that broke.
+                    success.append(Success(response.status_code, list(response.headers.raw), bytes(raw), why))
                     return None
                 raw += chunk
                 current.body = bytes(raw)
@@ -434,11 +465,18 @@ class Retrier:
             success.append(Success(response.status_code, list(response.headers.raw), bytes(raw)))
             return None
         finally:
+            if repairer is not None:
+                current.repairs = repairer.log.as_list()
             await response.aclose()
 
-    def _read_wait(self, flow: http.HTTPFlow, first: bool, proven: bool) -> float | None:
+    def _read_wait(self, flow: http.HTTPFlow, current: Attempt, first: bool, proven: bool) -> float | None:
+        """How long to wait for the next upstream read: the first event counts from the attempt's
+        start (its time to first token), later ones from the one before."""
         limits = self.limits
-        wait = limits.first_event_timeout if first and limits.first_byte_timeout > 0 else limits.idle_timeout
+        if first and limits.first_event_timeout > 0:
+            wait = max(0.001, limits.first_event_timeout - (time.time() - current.started))
+        else:
+            wait = limits.idle_timeout
         if not proven:  # still a retry: the budget bounds it too
             budget = self._remaining(flow)
             wait = min(wait, budget) if wait else budget
@@ -460,7 +498,8 @@ class Retrier:
             if parsed is not None and failure.kind in DELIVERED_AS_CAME:
                 failure.fallback = continuation.rewrite(completion_events(parsed))
             return failure
-        assert parsed is not None
+        if parsed is None:  # not a chat completion that can be turned into events
+            return Failure("connect", "the upstream's JSON answer could not be read as a chat completion")
         await sink.send(continuation.rewrite(completion_events(parsed)))
         success.append(Success(response.status_code, list(response.headers.raw), body))
         return None
@@ -485,8 +524,11 @@ class Retrier:
         response, failure = await self._send(flow, current, stream=True)
         if response is None:
             return failure
+        wait = self._remaining(flow)
+        if self.limits.idle_timeout > 0:  # a whole body comes right after its headers, or it stalled
+            wait = min(wait, self.limits.idle_timeout)
         try:
-            body = await asyncio.wait_for(self._read_bounded_all(response), max(1.0, self._remaining(flow)))
+            body = await asyncio.wait_for(self._read_bounded_all(response), max(0.001, wait))
         except (TimeoutError, httpx.HTTPError) as exc:
             return Failure("stall" if isinstance(exc, TimeoutError) else "connect", f"{type(exc).__name__}")
         finally:
@@ -495,8 +537,7 @@ class Retrier:
         if chat_exchanges.is_json(response.headers.get("content-type", "")):
             _, failure = self.judge_completion(body, facts, policy)
             if failure is not None:
-                if failure.kind == "forced_tool":  # still an answer: delivered when attempts run out
-                    failure.body = body
+                failure.body = body  # invalid calls go out as they came when attempts run out
                 return failure
         success.append(Success(response.status_code, list(response.headers.raw), body))
         return None

@@ -41,6 +41,15 @@ class ProxyEnd(StrEnum):
     SHUTDOWN = "shutdown"  # the proxy is stopping (SIGTERM, SIGINT)
 
     @property
+    def waiting(self) -> bool:
+        """The client has no answer yet (no event, or a turn not proven by content or a call) and
+        what it was sent ends at an event boundary: a comment can go in now."""
+        if self.ended or self.failed or self.repairer.bypass:
+            return False
+        gate = self.gate
+        return not self.times.events_seen or (gate is not None and not gate.proven)
+
+    @property
     def ending(self) -> str:
         """How the flow's record names this ending."""
         return _ENDING_NAMES[self]
@@ -311,6 +320,15 @@ class RepairingStream:
     def end_by_proxy(self, reason: ProxyEnd) -> None:
         """The proxy ends this stream now: the coming `stream(b"")` flushes for this reason."""
         self.end_reason = reason
+
+    @property
+    def waiting(self) -> bool:
+        """The client has no answer yet (no event, or a turn not proven by content or a call) and
+        what it was sent ends at an event boundary: a comment can go in now."""
+        if self.ended or self.failed or self.repairer.bypass:
+            return False
+        gate = self.gate
+        return not self.times.events_seen or (gate is not None and not gate.proven)
 
     @property
     def ending(self) -> str:

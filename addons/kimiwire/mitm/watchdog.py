@@ -27,14 +27,13 @@ class StreamWatchdog:
         end: Callable[[ProxyEnd], Awaitable[Any]],
         spawn: Callable[[Coroutine[Any, Any, Any]], Any],
         clock: Callable[[], float] = time.monotonic,
-        keepalive: Callable[[], Any] | None = None,
+        keepalive: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.stream = stream
         self.end = end
+        self.keepalive = keepalive  # sends the client a comment while it waits for an answer
         self.spawn = spawn  # runs the ending as a task of the flow
         self.clock = clock
-        # Sends an SSE comment to the client (while a tool call may be under way upstream unseen).
-        self.keepalive = keepalive
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
@@ -60,22 +59,28 @@ class StreamWatchdog:
             times = stream.times
             times.last_event_at = max(times.last_event_at, now)
         planned = next_deadline(stream.times, stream.limits)
-        if planned is None:
-            return
-        deadline, reason = planned
-        if now >= deadline:
+        if planned is not None and now >= planned[0]:
             self._stopped = True
-            self.spawn(self.end(ProxyEnd(reason)))
+            self.spawn(self.end(ProxyEnd(planned[1])))
             return
+        comment_due = (
+            next_keepalive(stream.times, stream.limits, stream.waiting) if self.keepalive is not None else None
+        )
+        if comment_due is not None and now >= comment_due:
+            stream.times.keepalive_at = now
+            assert self.keepalive is not None
+            self.spawn(self.keepalive())
+            comment_due = now + stream.limits.keepalive
+        if planned is None and comment_due is None:
+            return
+        deadline = planned[0] if planned is not None else comment_due
+        assert deadline is not None
         # Later events only move the deadline later: the timer re-plans when it fires.
-        if reason == "idle":
-            deadline = min(deadline, now + stream.limits.idle_timeout / IDLE_LOOKS)
-            if self.keepalive is not None and (due := next_keepalive(stream.times, stream.limits)) is not None:
-                if now >= due:
-                    stream.times.keepalive_at = now
-                    self.keepalive()
-                    due = now + stream.limits.tool_keepalive
-                deadline = min(deadline, due)
+        if planned is not None and planned[1] == "idle":
+            span = planned[0] - stream.times.last_event_at  # the idle wait in use (tool or plain)
+            deadline = min(deadline, now + span / IDLE_LOOKS)
+        if comment_due is not None:
+            deadline = min(deadline, comment_due)
         self._timer = self._loop.call_later(max(0.0, deadline - now), self.plan)
 
     def stop(self) -> None:

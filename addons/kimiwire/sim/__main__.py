@@ -38,7 +38,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
         default="none",
         help="none | stall:N | done-open | reset:N | status:CODE | slow-first-byte:SECONDS, or a turn fault that "
         "fails the first N attempts of each turn: empty:N | reasoning-only:N | empty-tool-arrays:N | status:CODE:N | "
-        "refuse:N | stall-first:N | invalid-call:N | schema-violation:N",
+        "refuse:N | stall-first:N | silent:N | headers-stall:N | reasoning-stall:N | invalid-call:N | "
+        "schema-violation:N",
     )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between events")
     parser.add_argument("--hold", type=float, default=300.0, help="seconds a stall or done-open lasts")

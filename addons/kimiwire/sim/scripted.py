@@ -40,6 +40,7 @@ class Reply:
     header_delay: float = 0.0  # wait this long before sending the status line
     content_length: int | None = None  # declare this length (framing "length") whatever is sent
     first_gap: float = 0.0  # wait this long after the headers before the first piece
+    reset_before_headers: bool = False  # reset the connection instead of answering (after header_delay)
 
 
 def json_reply(obj: Any, status: int = 200) -> Reply:
@@ -72,6 +73,9 @@ async def send_reply(writer: asyncio.StreamWriter, reply: Reply) -> bool:
     """Write one scripted reply; True when the connection may serve another request."""
     if reply.header_delay:
         await asyncio.sleep(reply.header_delay)
+    if reply.reset_before_headers:
+        _reset(writer)
+        return False
     pairs = list(reply.headers.items())
     if reply.framing == "chunked":
         pairs.append(("transfer-encoding", "chunked"))

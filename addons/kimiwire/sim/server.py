@@ -285,6 +285,12 @@ class Simulator(HttpServer):
         streamed = request.get("stream") is True
         model = str(request.get("model") or "kimi-k2-thinking")
         clean = settings.with_overrides("fault=none")
+        if kind == "silent" or (kind in ("headers-stall", "reasoning-stall") and not streamed):
+            await asyncio.sleep(settings.hold)
+            return False
+        if kind in ("headers-stall", "reasoning-stall"):
+            chunks = stream_chunks(plan, clean, model, False, request_id)
+            return await self._stream(writer, chunks, clean, "stall", "0" if kind == "headers-stall" else "3")
         if kind == "stall-first":
             if not streamed:
                 await asyncio.sleep(settings.hold)

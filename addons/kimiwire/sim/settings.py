@@ -110,6 +110,9 @@ TURN_FAULTS = {
     "status": "status:CODE:N: an OpenAI-style error with HTTP CODE (429 with Retry-After: 0)",
     "refuse": "the connection is reset before any response",
     "stall-first": "headers and the role chunk, then nothing (the connection stays open)",
+    "silent": "no response headers at all (the connection stays open for `hold`, then closes)",
+    "headers-stall": "the DeepInfra/Kimi-K2.5 report: headers, then nothing (non-streamed: as silent)",
+    "reasoning-stall": "headers, the role chunk and reasoning, then nothing (non-streamed: as silent)",
     "invalid-call": "anomalyco/opencode#37297 (vLLM, K2.6): Kimi markup nested in a call's arguments",
     "schema-violation": "MoonshotAI/K2-Vendor-Verifier: arguments that are JSON but break the declared schema",
 }

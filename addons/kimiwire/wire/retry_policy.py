@@ -35,7 +35,7 @@ MAX_BACKOFF = 30.0
 class RetryPolicy:
     reasons: frozenset[str] = frozenset(DEFAULT_RETRY_ON.split(","))
     retries: int = 2
-    budget: float = 120.0
+    budget: float = 200.0  # two attempts stalled before their first event (90 s each), and a third
     backoff: float = 0.5
     stream: bool = True  # a retry of a streamed request is streamed too (False: sent non-streamed)
 

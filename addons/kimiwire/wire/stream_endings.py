@@ -7,38 +7,64 @@
 - `idle`: no upstream event for `idle_timeout` (comments and keepalives do not count): the
   client gets what is held, an OpenAI-style error event and [DONE]. While a tool call may be
   under way unseen (`StreamRepairer.tool_section_open`: servers hold a call until it is
-  complete), the wait is `tool_idle_timeout`, and the client gets an SSE comment every
-  `tool_keepalive` seconds of upstream silence so its own idle watchdog stays quiet.
-- `first_event`: headers came, but no event yet. Servers often send headers at once and the
-  first event after prefill, which takes long on long contexts: this wait gets the first-byte
-  budget, not the idle one. It ends like `idle`.
+  complete), the wait is `tool_idle_timeout`.
+- `first_event`: no event yet, `first_event_timeout` after the request (its time to first
+  token: response headers often come at once, the first event after the prefill, which takes long
+  on long contexts, so this wait is longer than the idle one). It ends like `idle`.
+- `keepalive` (not an ending): while the client has been sent no answer yet, or a tool call may be
+  under way unseen, an SSE comment every `keepalive` seconds of upstream silence, so client
+  watchdogs that count bytes stay quiet.
+
+The defaults, and why (the worst cases are worked out in the README, "Timeouts"): response
+headers in 60 s (SGLang and vLLM send them before the prefill; a gateway may queue first); the
+first event in 90 s from the request, its time to first token (prefill grows with the context: a
+32K-token prompt takes ~1 s on H100/H200 for a 70B model, tenstorrent/tt-inference-server#406; a
+128K-token one 73-88 s on 8 L40S, yhfgyyf/vllm-deepseek-v4-sm89#62; a busy server adds its
+queue); 60 s between later events (vLLM's K3 parser holds a long call silently, ~32 s for 17.5K
+characters, vllm PR #50627), 600 s while a tool call may be under way unseen (the same parser
+holds the whole call); a comment every 10 s while the client waits (byte-counting client
+timeouts such as undici's 300 s bodyTimeout stay far off). `scaled` multiplies every one of them,
+so tests run the defaults' ratios in seconds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+KEEPALIVE_COMMENT = b": kimiwire waiting for upstream\n\n"
 
 
 @dataclass(frozen=True, slots=True)
 class EndingLimits:
     done_grace: float = 1.0
-    idle_timeout: float = 120.0  # 0: never
-    first_byte_timeout: float = 600.0  # 0: never
-    tool_idle_timeout: float = 600.0  # the idle wait while a tool call may be under way; 0: never
-    tool_keepalive: float = 5.0  # seconds of silence between comments to the client then; 0: none
+    idle_timeout: float = 60.0  # 0: never
+    first_byte_timeout: float = 60.0  # response headers, from the request; 0: never
+    first_event_timeout: float = 90.0  # the first event, from the request; 0: never
+    tool_idle_timeout: float = 600.0  # the idle wait while a tool call may be under way unseen; 0: never
+    keepalive: float = 10.0  # 0: no comments
 
-    @property
-    def first_event_timeout(self) -> float:
-        """How long a stream may wait for its first event after the headers."""
-        return max(self.first_byte_timeout, self.idle_timeout)
+    def scaled(self, factor: float) -> EndingLimits:
+        """Every limit times `factor`: the defaults' ratios at another speed."""
+        if factor == 1.0:
+            return self
+        return replace(
+            self,
+            done_grace=self.done_grace * factor,
+            idle_timeout=self.idle_timeout * factor,
+            first_byte_timeout=self.first_byte_timeout * factor,
+            first_event_timeout=self.first_event_timeout * factor,
+            tool_idle_timeout=self.tool_idle_timeout * factor,
+            keepalive=self.keepalive * factor,
+        )
 
     def as_dict(self) -> dict[str, float]:
         return {
             "done_grace": self.done_grace,
             "idle_timeout": self.idle_timeout,
             "first_byte_timeout": self.first_byte_timeout,
+            "first_event_timeout": self.first_event_timeout,
             "tool_idle_timeout": self.tool_idle_timeout,
-            "tool_keepalive": self.tool_keepalive,
+            "keepalive": self.keepalive,
         }
 
 
@@ -50,7 +76,7 @@ class StreamTimes:
     finished_at: float | None = None
     events_seen: bool = False
     tool_section_open: bool = False  # after the last read: a tool call may be under way unseen
-    keepalive_at: float = 0.0  # the last comment sent to the client while one was
+    keepalive_at: float | None = None  # the last comment sent to the client while it waited
 
 
 def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str] | None:
@@ -59,7 +85,7 @@ def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str]
         return times.done_at + limits.done_grace, "done"
     if times.finished_at is not None:
         return max(times.finished_at, times.last_event_at) + limits.done_grace, "finished"
-    if not times.events_seen and limits.first_byte_timeout > 0:
+    if not times.events_seen and limits.first_event_timeout > 0:
         return times.started_at + limits.first_event_timeout, "first_event"
     idle = limits.tool_idle_timeout if times.tool_section_open else limits.idle_timeout
     if idle > 0:
@@ -67,18 +93,18 @@ def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str]
     return None
 
 
-def next_keepalive(times: StreamTimes, limits: EndingLimits) -> float | None:
-    """When the client is next due an SSE comment (a tool call may be under way upstream and the
-    upstream is silent), or None."""
+def next_keepalive(times: StreamTimes, limits: EndingLimits, waiting: bool) -> float | None:
+    """When the next comment is due, or None: while the client is `waiting` for an answer, or a
+    tool call may be under way upstream unseen."""
     if (
-        not times.tool_section_open
-        or limits.tool_keepalive <= 0
-        or not times.events_seen
+        not (waiting or times.tool_section_open)
+        or limits.keepalive <= 0
         or times.done_at is not None
         or times.finished_at is not None
     ):
         return None
-    return max(times.last_event_at, times.keepalive_at) + limits.tool_keepalive
+    last = max(times.last_event_at, times.keepalive_at or times.started_at)
+    return last + limits.keepalive
 
 
 def parse_seconds(value: str, name: str) -> float:
