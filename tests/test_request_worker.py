@@ -2,9 +2,7 @@
 loop; the results (repairs, facts, 413, errors) are the same as on the loop."""
 
 import asyncio
-import base64
 import gzip
-import random
 import threading
 
 import orjson
@@ -74,13 +72,12 @@ def test_a_large_body_is_repaired_in_the_worker_thread(monkeypatch):
     kw.request_worker.close()
 
 
-def test_a_large_compressed_bomb_is_refused_from_the_worker():
+def test_a_compressed_bomb_of_any_size_is_refused_from_the_worker():
     kw = KimiWire()
     with taddons.context(kw) as tctx:
         tctx.configure(kw, kimi_capture_dir="", kimi_max_request_bytes=4 * OFFLOAD_BYTES)
-        noise = base64.b64encode(random.Random(7).randbytes(OFFLOAD_BYTES))  # keeps the compressed body large
-        bomb = gzip.compress(b'{"x": "' + noise + b'", "pad": "' + b" " * (32 * OFFLOAD_BYTES) + b'"}', 1)
-        assert len(bomb) >= OFFLOAD_BYTES
+        bomb = gzip.compress(b'{"pad": "' + b" " * (32 * OFFLOAD_BYTES) + b'"}', 9)
+        assert len(bomb) < OFFLOAD_BYTES // 8  # small, yet decoded in the worker: it may inflate to the limit
         flow = _flow(bomb, content_encoding="gzip")
         assert _run_request_hook(kw, flow)
         assert flow.response is not None and flow.response.status_code == 413

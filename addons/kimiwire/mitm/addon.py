@@ -725,7 +725,8 @@ class KimiWire:
         elif accept_encoding != "identity":
             set_header(req.headers, b"accept-encoding", b"identity")
         header = headers.get(b"content-encoding", "")
-        if len(req.raw_content or b"") >= OFFLOAD_BYTES and loop_running():
+        # A compressed body goes to the worker whatever its size: a few KB may inflate to the limit.
+        if (header or len(req.raw_content or b"") >= OFFLOAD_BYTES) and loop_running():
             return self._prepare_off_loop(state, header)
         raw = self._request_body(state, header)
         if raw is None:

@@ -17,8 +17,9 @@ nor to answer an upstream failure with anything but its own HTML error page. Two
 4. Counting a request body as it arrives: the flow's HttpStream gets its own `_handle_event` (the
    instance's attribute over the class's method) that counts `RequestData` and, past a limit,
    answers the client itself and discards the rest (mitmproxy's `body_size_limit` would apply to
-   every response too, and its answer closes a socket it then never reads nor releases: a client
-   still writing its body blocks until its own timeout).
+   every response too; and an answer followed by mitmproxy's CloseConnection while the client was
+   still writing left the socket ESTABLISHED with a full receive queue, seen with `ss`, so the
+   client blocked until its own write timeout instead of reading the answer).
 3. Error responses: a client connection for which kimiwire registers an answer gets its own
    `send` (the Http1Server instance's attribute over the class's method), so that a protocol error
    there sends that answer (an OpenAI-style JSON error before the response started, or the closing
