@@ -16,14 +16,8 @@ from kimiwire.sim.settings import SimSettings
 from tests.support.conversations import TOOLS, assistant, call, tool, user
 from tests.support.mitm import Mitmdump
 
-SCALE = 1 / 60  # of the defaults: idle 120 s, first byte 600 s, done grace 1 s, budget 120 s, backoff 0.5 s
-OPTIONS = {
-    "kimi_idle_timeout": f"{120 * SCALE:g}",
-    "kimi_first_byte_timeout": f"{600 * SCALE:g}",
-    "kimi_done_grace": f"{1 * SCALE:g}",
-    "kimi_retry_budget": f"{120 * SCALE:g}",
-    "kimi_retry_backoff": f"{0.5 * SCALE:g}",
-}
+SCALE = 1 / 60  # of every default timeout, retry budget and backoff (kimi_timeout_scale): their ratios kept
+OPTIONS = {"kimi_timeout_scale": f"{SCALE:g}"}
 
 
 @dataclass(frozen=True)

@@ -1129,15 +1129,8 @@ class KimiWire:
 
     def _retry_ending(self, state: FlowState, how: str) -> None:
         """How a retried flow ended, in place of an attempt's timeout (counted once, when the flow is over); the
-        flow is marked and commented with its retries (`retried=N why=...`, `~comment retried`)."""
+        flow is marked and commented with its retries (flow_notes.retry_words: `retried=N why=...`)."""
         state.replace_ending(how)  # kimi.stats counts the flow's last ending once, when it is over
-        record = state.record
-        retried = record.get("attempts", [])[1:]
-        flags = [f for f in record.get("flags", []) if not f.startswith(("retried=", "why="))]
-        if retried:
-            whys = ",".join(dict.fromkeys(str(a["why"]) for a in retried))
-            flags += [f"retried={len(retried)}", f"why={whys}"]
-        record["flags"] = flags
         self._describe(state)
 
     async def _retry_stream(self, state: FlowState, stream: RepairingStream) -> None:
