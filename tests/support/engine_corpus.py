@@ -163,3 +163,53 @@ def guide_problems(case: Case, body: bytes) -> list[str]:
 
 def problems(case: Case, body: bytes) -> list[str]:
     return [f"pi-ai: {p}" for p in piai_problems(case, body)] + [f"guide: {p}" for p in guide_problems(case, body)]
+
+
+def _lost_from(part: str, whole: str) -> bool:
+    """`part` is `whole` with some characters missing (none added, none moved)."""
+    rest = iter(whole)
+    return all(char in rest for char in part)
+
+
+def _calls_lost_from(calls: list[tuple[Any, Any]], whole: list[tuple[Any, Any]]) -> bool:
+    rest = iter(whole)
+    return all(call in rest for call in calls)
+
+
+def engine_lost_problems(case: Case, body: bytes) -> list[str]:
+    """For a stream whose engine never sent part of the model's output (the truth cannot be
+    delivered), what a client must still get: nothing invented (the text and reasoning are the
+    model's with parts missing, every call whose arguments parse is one the model made, in order)
+    and no cut call to run: a call whose arguments never closed goes out under finish `length`
+    (pi-ai `length`), else the model's finish."""
+    truth = case.truth
+    got = piai_parse(body)
+    problems = []
+    for label, text, want in (
+        ("pi-ai text", got["text"], truth["text"]),
+        ("pi-ai reasoning", got["thinking"], truth["reasoning"]),
+        ("guide text", _content(body), truth["text"]),
+    ):
+        if not _lost_from(text, want):
+            problems.append(f"{label} {text!r} is not {want!r} with parts lost")
+    complete: list[tuple[Any, Any]] = []
+    cut = False
+    for _, name, arguments in guide_accumulate(body):
+        try:
+            value = json.loads(arguments)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            complete.append((name, value))
+        else:
+            cut = True
+    want_calls = [(name, args) for name, args in truth["calls"]]
+    if not _calls_lost_from(complete, want_calls):
+        problems.append(f"calls {complete} are not among {want_calls}")
+    finish, stop = _finish(body), got["stop"]
+    if cut or truth["cut"]:
+        if (finish, stop) != ("length", "length"):
+            problems.append(f"a call whose arguments never closed goes out under finish {finish} (pi-ai {stop})")
+    elif (finish, stop) != (truth["finish"], PIAI_STOP[truth["finish"]]):
+        problems.append(f"finish {finish} (pi-ai {stop}) != {truth['finish']}")
+    return problems
