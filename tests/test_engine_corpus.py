@@ -14,40 +14,10 @@ import pytest
 from tests.support import engine_corpus as ec
 
 CASES = ec.load()
-# With several tokens in one engine step, these releases never send part of the model's output:
-# SGLang 0.5.5's Kimi detector and vLLM 0.10.2-0.20's Kimi tool parser drop the text or arguments
-# that share a step with a marker token (the end of the text before the tool section, the end of
-# a call's arguments), vLLM 0.13/0.20's reasoning parser the end of the reasoning that shares a
-# step with `</think>`. No proxy can deliver bytes it never got, so for these the test asserts
-# what can be: nothing invented, no cut call to run (finish `length`), never worse than direct.
-ENGINE_LOST = {
-    ("sglang-0.5.5", "k25-one-call"),
-    ("sglang-0.5.5", "k25-no-reasoning-parser"),
-    *(("vllm-0.10.2", s) for s in ("k2-one-call", "k25-two-calls", "k25-nested-args", "k25-off-one-call")),
-    *(
-        ("vllm-0.13.0", s)
-        for s in (
-            "k25-text",
-            "k25-one-call",
-            "k2-one-call",
-            "k25-two-calls",
-            "k25-nested-args",
-            "k25-cut-call",
-            "k25-no-reasoning-parser",
-            "k25-off-one-call",
-        )
-    ),
-    *(("vllm-0.20.0", s) for s in ("k25-text", "k25-one-call", "k25-two-calls", "k25-nested-args", "k25-cut-call")),
-}
-ENGINE_LOST_SPLIT = "4tok-steps"
 # Where the engine lost the end of a call's arguments, pi-ai's partial-JSON parse may guess the rest
 # and run it; kimiwire ends such a turn with `length` instead (truncated output never becomes an
 # action), so that one difference is not harm.
 LOST_CALL_ENDED = {"pi-ai: stop length != toolUse", "guide: finish length != tool_calls"}
-
-
-def engine_lost(case: ec.Case) -> bool:
-    return case.split == ENGINE_LOST_SPLIT and (case.engine, case.scenario) in ENGINE_LOST
 
 
 def test_the_corpus_covers_each_release_model_and_split_and_stays_small():
@@ -76,8 +46,8 @@ def test_each_copied_parser_module_is_the_released_file_byte_for_byte():
 def test_through_kimiwire_the_client_gets_the_models_calls_text_and_finish(case):
     body = ec.through(case)
     problems = ec.problems(case, body)
-    if engine_lost(case):
-        assert problems, f"{case.id} passes now: remove it from ENGINE_LOST"
+    if ec.engine_lost(case):
+        assert problems, f"{case.id} passes now: remove it from ec.ENGINE_LOST"
         assert ec.engine_lost_problems(case, body) == []
     else:
         assert problems == []
@@ -88,7 +58,7 @@ def test_through_kimiwire_is_never_worse_than_direct(case):
     body = ec.through(case)
     direct, through = ec.problems(case, case.sse), ec.problems(case, body)
     added = [p for p in through if p not in direct]
-    lost_call_ended = bool(added) and set(added) <= LOST_CALL_ENDED and engine_lost(case)
+    lost_call_ended = bool(added) and set(added) <= LOST_CALL_ENDED and ec.engine_lost(case)
     if lost_call_ended:  # the one difference allowed: a call whose arguments never closed ends the turn
         assert ec.engine_lost_problems(case, body) == []
         assert any("never closed" in p for p in ec.engine_lost_problems(case, case.sse))
@@ -97,14 +67,14 @@ def test_through_kimiwire_is_never_worse_than_direct(case):
         if not assemble(case, case.sse):
             assert set(assemble(case, body)) <= allowed, assemble.__name__
     assert len(through) <= len(direct) or lost_call_ended
-    if engine_lost(case):  # what the engine did send, kimiwire delivers no worse
+    if ec.engine_lost(case):  # what the engine did send, kimiwire delivers no worse
         assert len(ec.engine_lost_problems(case, body)) <= len(ec.engine_lost_problems(case, case.sse))
 
 
 def test_the_engine_lost_checks_can_fail():
     """Direct, the engines' own streams fail the weaker checks: a call whose arguments never
     closed runs under `tool_calls`, reasoning and `</think>` come as text."""
-    failing = [c.id for c in CASES if engine_lost(c) and ec.engine_lost_problems(c, c.sse)]
+    failing = [c.id for c in CASES if ec.engine_lost(c) and ec.engine_lost_problems(c, c.sse)]
     assert "vllm-0.10.2/k2-one-call/4tok-steps" in failing
     assert "vllm-0.13.0/k25-no-reasoning-parser/4tok-steps" in failing
     assert len(failing) >= 10
