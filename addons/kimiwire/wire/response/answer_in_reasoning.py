@@ -57,7 +57,11 @@ def reasoning_is_answer(facts: RequestFacts, policy: Policy) -> bool:
 
 def reasoning_as_content(delta: dict[str, Any]) -> str:
     """Takes the reasoning out of `delta` (both names, once when one mirrors the other) and puts it
-    before the delta's content (the model wrote it first). Returns the text moved."""
+    before the delta's content (the model wrote it first). Returns the text moved. Content that is
+    not text (parts) is left alone, and so is the reasoning then."""
+    content = delta.get("content")
+    if content is not None and not isinstance(content, str):
+        return ""
     texts: list[str] = []
     for key in REASONING_KEYS:
         text = delta.get(key)
@@ -67,6 +71,5 @@ def reasoning_as_content(delta: dict[str, Any]) -> str:
                 texts.append(text)
     moved = "".join(texts)
     if moved:
-        content = delta.get("content")
-        delta["content"] = moved + (content if isinstance(content, str) else "")
+        delta["content"] = moved + (content or "")
     return moved

@@ -923,13 +923,13 @@ class StreamRepairer:
         removed the tag): then it is the end of the reasoning followed by the end of the text."""
         tail = scanner.tail or ""
         before = tail[: len(tail) - len(emitted)]
-        if not emitted.strip():
+        if not emitted.strip() or scanner.field != CONTENT:
             return emitted
         if before.endswith(emitted):
             scanner.tail = before
             self.log.add("text.repeated", None, "content", emitted[-200:])
             return ""
-        if scanner.field == CONTENT and repeats_across_think(emitted, self._reasoning_tail(state), before):
+        if repeats_across_think(emitted, self._reasoning_tail(state), before):
             scanner.tail = before
             self.log.add("text.repeated", None, "reasoning and content", emitted[-200:])
             return ""
