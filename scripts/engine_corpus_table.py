@@ -1,6 +1,8 @@
 """Prints the README's engine-corpus table: per engine release and scenario, in how many of the
 corpus's splits a client gets the model's exact calls, text, reasoning and finish, reading the
-engine directly and through kimiwire (pi-ai and OpenAI-guide assembly both).
+engine directly and through kimiwire (pi-ai and OpenAI-guide assembly both). A split whose engine
+never sent part of the output is counted as "lost upstream" when kimiwire invents nothing and
+sends no cut call to run (tests/support/engine_corpus.py `engine_lost_problems`).
 
     .venv/bin/python scripts/engine_corpus_table.py"""
 
@@ -31,23 +33,32 @@ def short(problem: str) -> str:
 
 
 def main() -> None:
-    rows: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0, 0, 0, set(), set()])
+    rows: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0, 0, 0, set(), set(), 0])
     for case in ec.load():
         row = rows[(case.engine, case.scenario)]
-        direct, through = ec.problems(case, case.sse), ec.problems(case, ec.through(case))
+        body = ec.through(case)
+        direct, through = ec.problems(case, case.sse), ec.problems(case, body)
         row[0] += 1
         row[1] += not direct
         row[2] += not through
         row[3].update(short(p.split(": ", 1)[1]) for p in direct)
-        row[4].update(short(p.split(": ", 1)[1]) for p in through)
+        if through and ec.engine_lost(case) and not ec.engine_lost_problems(case, body):
+            row[5] += 1
+        else:
+            row[4].update(short(p.split(": ", 1)[1]) for p in through)
     print("| engine | scenario | direct | through kimiwire |")
     print("|---|---|---|---|")
-    for (engine, scenario), (n, d, t, dp, tp) in rows.items():
+    for (engine, scenario), (n, d, t, dp, tp, lost) in rows.items():
         direct = f"{d}/{n}" + (f" ({', '.join(sorted(dp))})" if dp else "")
-        through = f"{t}/{n}" + (f" ({', '.join(sorted(tp))})" if tp else "")
+        through = (
+            f"{t}/{n}" + (f" + {lost} lost upstream" if lost else "") + (f" ({', '.join(sorted(tp))})" if tp else "")
+        )
         print(f"| {engine} | {scenario} | {direct} | {through} |")
-    total = [sum(r[i] for r in rows.values()) for i in range(3)]
-    print(f"\nall: direct {total[1]}/{total[0]}, through kimiwire {total[2]}/{total[0]}")
+    total = [sum(r[i] for r in rows.values()) for i in (0, 1, 2, 5)]
+    print(
+        f"\nall: direct {total[1]}/{total[0]}, through kimiwire {total[2]}/{total[0]}"
+        f" + {total[3]} lost upstream (nothing invented, no cut call run)"
+    )
 
 
 if __name__ == "__main__":

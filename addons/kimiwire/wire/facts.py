@@ -28,6 +28,9 @@ class RequestFacts:
     # The request goes to a Kimi K3 model: its markup (k3_markup.py) and an answer that may come
     # in the reasoning field (sgl-project/sglang PR #33995).
     k3_model: bool = False
+    # The request goes to a K2.5/K2.6 model with thinking switched off explicitly: the model
+    # writes no reasoning, so reasoning deltas are a misparsed answer (answer_in_reasoning.py).
+    thinking_off: bool = False
 
     @property
     def known_tool_names(self) -> frozenset[str]:
@@ -47,6 +50,7 @@ class RequestFacts:
             "tool_renames": self.tool_renames,
             "forced_tool": self.forced_tool,
             "k3_model": self.k3_model,
+            "thinking_off": self.thinking_off,
         }
 
     @classmethod
@@ -61,4 +65,5 @@ class RequestFacts:
             {str(k): str(v) for k, v in (data.get("tool_renames") or {}).items()},
             data.get("forced_tool") if isinstance(data.get("forced_tool"), str) else None,
             bool(data.get("k3_model")),
+            bool(data.get("thinking_off")),
         )

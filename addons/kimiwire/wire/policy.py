@@ -85,7 +85,8 @@ POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "think_tags": (
         THINK_TAGS_CHOICES,
         "split: reasoning that arrives as content with <think>/</think> goes out as reasoning, no tags "
-        "left; keep: forward the content as sent.",
+        "left, and with thinking switched off on a selfhosted engine an answer that arrives as reasoning goes "
+        "out as content; keep: forward both fields as sent.",
     ),
     "reasoning_field": (
         REASONING_FIELD_CHOICES,

@@ -58,6 +58,7 @@ def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -
     model = body.get("model")
     declared, tools = declared_tools(body)
     count, names = history_tool_calls(messages) if isinstance(messages, list) else (0, [])
+    switch = thinking_is_a_switch(model) or (isinstance(model, str) and model in switch_models)
     return RequestFacts(
         count,
         tools,
@@ -65,9 +66,9 @@ def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -
         body.get("stream") is True,
         names,
         # K2.5 and K2.6 templates prefill `<think>` when thinking is on (smg-project/smg#1873).
-        (thinking_is_a_switch(model) or (isinstance(model, str) and model in switch_models))
-        and thinking_requested(body),
+        switch and thinking_requested(body),
         k3_model=is_k3(model),
+        thinking_off=switch and not thinking_requested(body),
     )
 
 

@@ -13,6 +13,7 @@ import orjson
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.response.answer_in_reasoning import reasoning_as_content, reasoning_is_answer
 from kimiwire.wire.response.markup import CONTENT, REASONING, MarkupScanner, RecoveredCall, embedded_markup
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
 from kimiwire.wire.response.think_tags import split_think_tags
@@ -104,6 +105,7 @@ def _without_embedded_markup(
 def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: Policy) -> RepairLog:
     log = RepairLog()
     declared = facts.known_tool_names
+    reasoning_to_content = policy.think_tags == "split" and reasoning_is_answer(facts, policy)
     choices = body.get("choices")
     if not isinstance(choices, list):
         return log
@@ -111,6 +113,8 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             continue
         message = choice["message"]
+        if reasoning_to_content and (moved := reasoning_as_content(message)):
+            log.add("reasoning.answer_when_thinking_off", None, "reasoning", len(moved))
         if policy.think_tags == "split":
             _split_think_tags(message, log)
         recovered, any_truncated = (

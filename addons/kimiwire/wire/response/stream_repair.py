@@ -25,6 +25,7 @@ import orjson
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.response.answer_in_reasoning import reasoning_as_content, reasoning_is_answer
 from kimiwire.wire.response.fast_path import (
     EVENT_REST,
     MAX_TEMPLATES,
@@ -107,6 +108,8 @@ class StreamRepairer:
         self.declared = facts.known_tool_names
         self.scan_markup = policy.markup == "recover"
         self.split_think = policy.think_tags == "split"
+        # Thinking is off: reasoning deltas are the answer an engine misparsed (answer_in_reasoning.py).
+        self.reasoning_to_content = self.split_think and reasoning_is_answer(facts, policy)
         self._reasoning_key: str | None = None  # the reasoning field the upstream uses
         self.log = RepairLog()
         self.done = False  # `data: [DONE]` has been emitted
@@ -332,7 +335,7 @@ class StreamRepairer:
                 key = name
                 continue
             return
-        if key is None:
+        if key is None or (self.reasoning_to_content and key != "content"):
             return
         for template in self._templates:
             if raw.startswith(template.head):
@@ -678,7 +681,7 @@ class StreamRepairer:
         delta = choice.get("delta")
         if type(delta) is not dict or "tool_calls" in delta:
             return False
-        if self.policy.reasoning_field != "keep":
+        if self.policy.reasoning_field != "keep" or (self.reasoning_to_content and _has_reasoning(delta)):
             return False
         index = choice.get("index")
         state = self._choice(index if isinstance(index, int) else 0)
@@ -729,7 +732,8 @@ class StreamRepairer:
                 self.declared,
                 field,
                 keep_copy=field == REASONING and self.facts.k3_model,
-                keep_tail=field == CONTENT and self.facts.tools_declared,
+                # Content's end, and reasoning's (an engine's re-sent buffer may hold both).
+                keep_tail=self.facts.tools_declared,
             )
         return scanner
 
@@ -819,7 +823,9 @@ class StreamRepairer:
         return bool(reasoning or content)
 
     def _texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
+        moved = self._reasoning_to_content(delta) if self.reasoning_to_content else False
         changed = self._think(state, delta) if self.split_think else False
+        changed |= moved
         if not self.scan_markup:
             return changed
         mirrored = isinstance(delta.get("reasoning_content"), str) and delta.get("reasoning_content") == delta.get(
@@ -845,12 +851,19 @@ class StreamRepairer:
                 continue
             changed = True
             if calls and self._recovered(state, key, calls) and emitted and scanner.tail is not None:
-                emitted = self._unrepeated(scanner, emitted)
+                emitted = self._unrepeated(state, scanner, emitted)
             if emitted:
                 delta[key] = emitted
             else:
                 del delta[key]
         return self._moved(state, delta) or changed
+
+    def _reasoning_to_content(self, delta: dict[str, Any]) -> bool:
+        """Thinking is off: the reasoning of this delta is the answer, and goes out as content."""
+        moved = reasoning_as_content(delta)
+        if moved:
+            self.log.add("reasoning.answer_when_thinking_off", None, "reasoning", len(moved))
+        return bool(moved)
 
     def _flush_texts(self, state: _Choice, delta: dict[str, Any]) -> bool:
         changed = self._flush_think(state, delta)
@@ -859,7 +872,7 @@ class StreamRepairer:
                 continue
             emitted, calls = scanner.finish()
             if calls and self._recovered(state, key, calls) and emitted and scanner.tail is not None:
-                emitted = self._unrepeated(scanner, emitted)
+                emitted = self._unrepeated(state, scanner, emitted)
             if emitted:
                 previous = delta.get(key)
                 delta[key] = (previous if isinstance(previous, str) else "") + emitted
@@ -903,16 +916,32 @@ class StreamRepairer:
                 continue
         return False
 
-    def _unrepeated(self, scanner: MarkupScanner, emitted: str) -> str:
+    def _unrepeated(self, state: _Choice, scanner: MarkupScanner, emitted: str) -> str:
         """Text that came with repeated calls and repeats the end of what the client already
-        got (vLLM's re-sent buffer) is dropped."""
+        got (vLLM's re-sent buffer) is dropped. With no reasoning parser, vLLM 0.13's buffer holds
+        the reasoning, `</think>` and the text (the think splitter sent the first as reasoning and
+        removed the tag): then it is the end of the reasoning followed by the end of the text."""
         tail = scanner.tail or ""
         before = tail[: len(tail) - len(emitted)]
-        if emitted.strip() and before.endswith(emitted):
+        if not emitted.strip() or scanner.field != CONTENT:
+            return emitted
+        if before.endswith(emitted):
             scanner.tail = before
             self.log.add("text.repeated", None, "content", emitted[-200:])
             return ""
+        if repeats_across_think(emitted, self._reasoning_tail(state), before):
+            scanner.tail = before
+            self.log.add("text.repeated", None, "reasoning and content", emitted[-200:])
+            return ""
         return emitted
+
+    @staticmethod
+    def _reasoning_tail(state: _Choice) -> str:
+        for key in TEXT_KEYS[1:]:
+            scanner = state.scanners.get(key)
+            if scanner is not None and scanner.tail:
+                return scanner.tail
+        return ""
 
     # -- tool calls ------------------------------------------------------------------------
 
@@ -1048,3 +1077,24 @@ class StreamRepairer:
     @staticmethod
     def _encode(chunk: dict[str, Any]) -> bytes:
         return encode_data(orjson.dumps(chunk))
+
+
+def repeats_across_think(text: str, reasoning_tail: str, content_tail: str) -> bool:
+    """`text` is an end of the reasoning delivered followed by an end of the content delivered
+    (the reasoning part not empty). Bounded: the tails are at most TAIL_LIMIT characters, and
+    only the split points the common end of `text` and `content_tail` allows are tried."""
+    if not reasoning_tail or len(text) > len(reasoning_tail) + len(content_tail):
+        return False
+    common = 0
+    limit = min(len(text), len(content_tail))
+    while common < limit and text[-1 - common] == content_tail[-1 - common]:
+        common += 1
+    last = reasoning_tail[-1]
+    return any(
+        text[split - 1] == last and reasoning_tail.endswith(text[:split])
+        for split in range(max(1, len(text) - common), len(text) + 1)
+    )
+
+
+def _has_reasoning(delta: dict[str, Any]) -> bool:
+    return any(type(delta.get(key)) is str and delta[key] for key in TEXT_KEYS[1:])
