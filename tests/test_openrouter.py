@@ -8,9 +8,15 @@ from typing import Any
 
 import orjson
 import pytest
+from kimiwire.mitm.retry import retry_error_message
+from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy, resolve_flavor
 from kimiwire.wire.request.moonshot_contract import TOOL_NAME
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.response.completion_repair import repair_completion_body
+from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.retry_policy import UpstreamError, in_band_error
+from kimiwire.wire.sse import SSEDecoder
 
 OPENROUTER = Policy.build(Flavor.OPENROUTER)
 
@@ -129,3 +135,168 @@ def test_strip_takes_details_with_the_text() -> None:
     sent, _ = _repaired({**body, "thinking": {"type": "disabled"}}, policy)
     first = sent["messages"][1]
     assert "reasoning" not in first and "reasoning_details" not in first
+
+
+# -- answers: OpenRouter's reasoning_details stream and JSON shapes --------------------------------
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "gen-1",
+        "provider": "Moonshot AI",
+        "model": "moonshotai/kimi-k2.6",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "native_finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _detail(text: str) -> dict[str, Any]:
+    return {"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}
+
+
+SUMMARY = {"type": "reasoning.summary", "summary": " So."}
+ENCRYPTED = {"type": "reasoning.encrypted", "data": "e1"}
+
+# As OpenRouter streams a reasoning model: `reasoning` beside `reasoning_details` (ai-sdk-provider
+# src/chat/schemas.ts), and deltas carrying only the details, which its SDK reads as reasoning too.
+DETAILS_STREAM = [
+    _chunk({"role": "assistant", "content": "", "reasoning": "Let me ", "reasoning_details": [_detail("Let me ")]}),
+    _chunk({"role": "assistant", "content": "", "reasoning_details": [_detail("think.")]}),
+    _chunk(
+        {"role": "assistant", "content": "", "reasoning_details": [{"type": "reasoning.summary", "summary": " So."}]}
+    ),
+    _chunk({"role": "assistant", "content": "", "reasoning_details": [{"type": "reasoning.encrypted", "data": "e1"}]}),
+    _chunk({"role": "assistant", "content": "Hello"}),
+    _chunk({"role": "assistant", "content": ""}, "stop"),
+    b"data: [DONE]\n\n",
+]
+
+
+def _stream_through(events: list[bytes], facts: RequestFacts, policy: Policy = OPENROUTER) -> list[dict[str, Any]]:
+    repairer = StreamRepairer(facts, policy)
+    out = [piece for event in events for piece in repairer.feed(event)] + repairer.end()
+    decoder = SSEDecoder()
+    return [
+        orjson.loads(e.data) for e in decoder.feed(b"".join(out)) + decoder.end() if e.data not in (None, b"[DONE]")
+    ]
+
+
+@pytest.mark.parametrize("reasoning_field", ["keep", "reasoning_content"])
+def test_streamed_reasoning_details_reach_the_client_as_its_reasoning(reasoning_field: str) -> None:
+    policy = Policy.build(Flavor.OPENROUTER, reasoning_field=reasoning_field)
+    chunks = _stream_through(DETAILS_STREAM, RequestFacts(stream=True), policy)
+    key = "reasoning" if reasoning_field == "keep" else "reasoning_content"
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]
+    assert "".join(d.get(key) or "" for d in deltas) == "Let me think. So."
+    assert "".join(d.get("content") or "" for d in deltas) == "Hello"
+    # the details go on as they came, for clients that read them (OpenRouter's own SDKs)
+    assert [d["reasoning_details"][0]["type"] for d in deltas if "reasoning_details" in d] == [
+        "reasoning.text",
+        "reasoning.text",
+        "reasoning.summary",
+        "reasoning.encrypted",
+    ]
+
+
+def test_json_reasoning_details_reach_the_client_as_its_reasoning() -> None:
+    body = {
+        "id": "gen-2",
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello",
+                    "reasoning_details": [_detail("Plan"), {"type": "reasoning.encrypted", "data": "e1"}],
+                },
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    repaired, log, why = repair_completion_body(orjson.dumps(body), RequestFacts(), OPENROUTER)
+    assert why is None and repaired is not None
+    message = orjson.loads(repaired)["choices"][0]["message"]
+    assert (
+        message["reasoning"] == "Plan"
+        and message["reasoning_details"] == body["choices"][0]["message"]["reasoning_details"]
+    )
+    assert "reasoning.from_details" in [entry.kind for entry in log.entries]
+
+
+def test_passthrough_calls_of_renamed_tools_reach_the_client_under_its_name() -> None:
+    facts = RequestFacts(stream=True, tools={"github.create_issue": {}}, tools_declared=True)
+    facts.tool_renames = {"github_create_issue": "github.create_issue"}
+    policy = Policy.build(Flavor.MOONSHOT, tool_stream="passthrough")
+    first = {"index": 0, "id": "functions.github_create_issue:0", "type": "function"}
+    events = [
+        _chunk(
+            {
+                "role": "assistant",
+                "tool_calls": [{**first, "function": {"name": "github_create_issue", "arguments": ""}}],
+            }
+        ),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"title": "x"}'}}]}),
+        _chunk({}, "tool_calls"),
+        b"data: [DONE]\n\n",
+    ]
+    chunks = _stream_through(events, facts, policy)
+    names = [
+        call["function"].get("name")
+        for c in chunks
+        for call in (c["choices"][0]["delta"].get("tool_calls") or [] if c.get("choices") else [])
+        if call.get("function", {}).get("name")
+    ]
+    assert names == ["github.create_issue"]
+
+
+# -- errors OpenRouter wraps ------------------------------------------------------------------------
+
+# openrouter.ai/docs/api-reference/errors: `error.metadata.raw` is the provider's own error.
+WRAPPED = {
+    "error": {
+        "code": 429,
+        "message": "Provider returned error",
+        "metadata": {
+            "raw": '{"error":{"message":"The engine is currently overloaded, please try again later",'
+            '"type":"engine_overloaded_error"}}',
+            "provider_name": "Moonshot AI",
+        },
+    },
+    "user_id": "u1",
+}
+
+
+def test_wrapped_provider_error_is_read_with_its_words() -> None:
+    error = UpstreamError.parse(orjson.dumps(WRAPPED))
+    assert error is not None and error.retryable and error.provider == "Moonshot AI"
+    assert "engine is currently overloaded" in error.text() and "[Moonshot AI]" in error.text()
+    assert "engine is currently overloaded" in retry_error_message(orjson.dumps(WRAPPED), 429)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({**WRAPPED, "error": {**WRAPPED["error"], "code": 502}}, 502),
+        (
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": ""},
+                        "finish_reason": "error",
+                        "error": {"code": 503, "message": "Provider unavailable"},
+                    }
+                ]
+            },
+            503,
+        ),
+        ({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}, None),
+        ({"error": {"code": 400, "message": "bad"}}, 400),
+    ],
+)
+def test_in_band_errors_in_a_200(body: dict[str, Any], code: int | None) -> None:
+    error = in_band_error(orjson.dumps(body))
+    assert (error.code if error is not None else None) == code

@@ -74,7 +74,14 @@ from kimiwire.wire.response.turn_gate import (
     judge,
     upstream_started_calls,
 )
-from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
+from kimiwire.wire.retry_policy import (
+    RETRY_STATUSES,
+    RetryPolicy,
+    UpstreamError,
+    decide,
+    in_band_error,
+    retry_after_seconds,
+)
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import EndingLimits
 
@@ -193,12 +200,9 @@ def retry_body(body: bytes, stream: bool) -> bytes:
 
 
 def retry_error_message(body: bytes, status: int) -> str:
-    try:
-        parsed = orjson.loads(body)
-        message = parsed["error"]["message"] if isinstance(parsed.get("error"), dict) else parsed.get("error")
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        message = None
-    text = message if isinstance(message, str) and message else body[:300].decode("utf-8", "replace")
+    error = UpstreamError.parse(body)  # with a gateway's wrapped provider error (OpenRouter)
+    message = error.text() if error is not None else None
+    text = message if message else body[:300].decode("utf-8", "replace")
     return f"the upstream answered HTTP {status}: {text}"
 
 
@@ -469,6 +473,10 @@ class Retrier:
         self, body: bytes, facts: RequestFacts, policy: Policy
     ) -> tuple[dict[str, Any] | None, Failure | None]:
         """A non-streamed answer repaired and judged: (the repaired body, why it is no answer)."""
+        error = in_band_error(body)  # OpenRouter: an error met after the model began, in a 200
+        if error is not None and error.retryable and self.policy.watches("status"):
+            detail = f"the upstream answered HTTP 200 with error {error.code}: {error.text()}"
+            return None, Failure("status", detail, None, error.code, body)
         repaired, _, why = repair_completion_body(body, facts, policy)
         if why:
             return None, None  # not something to judge: delivered as it came

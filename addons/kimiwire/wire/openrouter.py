@@ -127,3 +127,8 @@ def history_details(messages: list[Any], log: RepairLog) -> None:
             keep_details(message, index, log)
         elif index in stripped and DETAILS_KEY in message:
             log.add("reasoning.stripped", index, {DETAILS_KEY: message.pop(DETAILS_KEY)}, None)
+
+
+def details_only(delta: dict[str, Any]) -> bool:
+    """A delta carrying reasoning in `reasoning_details` and in no text field."""
+    return DETAILS_KEY in delta and not any(delta.get(key) for key in REASONING_TEXT_KEYS)

@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.openrouter import reasoning_from_details
 from kimiwire.wire.policy import Policy
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.markup import CONTENT, REASONING, MarkupScanner, RecoveredCall, embedded_markup
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
@@ -106,6 +108,8 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             continue
         message = choice["message"]
+        if reasoning_from_details(message, REASONING_KEYS):  # OpenRouter's reasoning_details only
+            log.add("reasoning.from_details", None, "reasoning_details", "reasoning")
         if policy.think_tags == "split":
             _split_think_tags(message, log)
         recovered = _recover_markup(message, declared, log) if policy.markup == "recover" else []
