@@ -62,7 +62,7 @@ from mitmproxy.connection import ConnectionState
 from kimiwire.mitm import proxy_internals
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.openai_errors import error_event
+from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
@@ -476,7 +476,9 @@ class Retrier:
         error = in_band_error(body)  # OpenRouter: an error met after the model began, in a 200
         if error is not None and error.retryable and self.policy.watches("status"):
             detail = f"the upstream answered HTTP 200 with error {error.code}: {error.text()}"
-            return None, Failure("status", detail, None, error.code, body)
+            # as an OpenAI-style error: the client gets it with its status when attempts run out
+            answer = error_body(f"kimiwire: {detail}", "upstream_error", error.code)
+            return None, Failure("status", detail, None, error.code, answer)
         repaired, _, why = repair_completion_body(body, facts, policy)
         if why:
             return None, None  # not something to judge: delivered as it came
