@@ -54,7 +54,8 @@ POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "thinking_fields": (
         THINKING_FIELDS_CHOICES,
         "translate: thinking / enable_thinking become what the flavor understands "
-        "(chat_template_kwargs.thinking, reasoning_effort none); keep: forward them as sent.",
+        "(chat_template_kwargs.thinking, reasoning_effort none, OpenRouter's reasoning.enabled); "
+        "keep: forward them as sent.",
     ),
     "history": (
         HISTORY_CHOICES,
