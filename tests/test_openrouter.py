@@ -123,6 +123,7 @@ def test_other_models_on_openrouter_are_left_to_openrouter() -> None:
     assert sent["tools"][0]["function"]["name"] == "github.create_issue"
     assert not any(kind.startswith("compat.") for kind in kinds)
     assert "reasoning" not in sent["messages"][1]  # no placeholder: not Moonshot behind
+    assert sent["messages"][5]["reasoning"] == "second plan" and "reasoning_details" not in sent["messages"][5]
 
 
 def test_strip_takes_details_with_the_text() -> None:

@@ -116,15 +116,17 @@ def history_reasoning_from_details(messages: list[Any], log: RepairLog) -> None:
             log.add("reasoning.from_details", index, DETAILS_KEY, REASONING_KEY)
 
 
-def history_details(messages: list[Any], log: RepairLog) -> None:
-    """After the reasoning policy: kept reasoning goes back with its details (`keep_details`), and
-    the details of a message whose reasoning the policy stripped are stripped too."""
+def history_details(messages: list[Any], log: RepairLog, add: bool) -> None:
+    """After the reasoning policy: kept reasoning goes back with its details (`keep_details`; only
+    when `add`: a Kimi model, whose reasoning carries no provider signature to lose), and the
+    details of a message whose reasoning the policy stripped are stripped too."""
     stripped = {entry.message_index for entry in log.entries if entry.kind == "reasoning.stripped"}
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
         if any(key in message for key in REASONING_TEXT_KEYS):
-            keep_details(message, index, log)
+            if add:
+                keep_details(message, index, log)
         elif index in stripped and DETAILS_KEY in message:
             log.add("reasoning.stripped", index, {DETAILS_KEY: message.pop(DETAILS_KEY)}, None)
 

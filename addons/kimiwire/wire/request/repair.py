@@ -131,7 +131,7 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
             key=policy.flavor.history_reasoning_key,
         )
         if behind_gateway:
-            openrouter.history_details(messages, later)
+            openrouter.history_details(messages, later, add=moonshot)
         if repair_history:
             repair_history_arguments(messages, later)
         if origin is not None:
