@@ -98,6 +98,11 @@ def test_thinking_switch_becomes_openrouters_reasoning_object() -> None:
     assert kept["reasoning"] == {"effort": "low"}  # the client's own setting wins
 
 
+def test_k27_code_is_never_sent_thinking_off() -> None:
+    sent, kinds = _repaired({"model": "moonshotai/kimi-k2.7-code", "thinking": {"type": "disabled"}, "messages": []})
+    assert "thinking" not in sent and "reasoning" not in sent and "field.thinking" in kinds
+
+
 def test_forced_tool_choice_on_k26_turns_thinking_off_openrouters_way() -> None:
     body = {
         "model": "moonshotai/kimi-k2.6",

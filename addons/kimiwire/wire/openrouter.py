@@ -24,7 +24,7 @@ from typing import Any
 
 from kimiwire.wire.reasoning_keys import REASONING_KEYS as REASONING_TEXT_KEYS
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.request.moonshot_contract import contract_for
+from kimiwire.wire.request.moonshot_contract import ThinkingForm, contract_for
 
 DETAILS_KEY = "reasoning_details"
 REASONING_KEY = "reasoning"  # the text field OpenRouter sends and takes
@@ -134,3 +134,11 @@ def history_details(messages: list[Any], log: RepairLog, add: bool) -> None:
 def details_only(delta: dict[str, Any]) -> bool:
     """A delta carrying reasoning in `reasoning_details` and in no text field."""
     return DETAILS_KEY in delta and not any(delta.get(key) for key in REASONING_TEXT_KEYS)
+
+
+def switch_refused(model: Any, enabled: bool) -> bool:
+    """Turning thinking off a Kimi model that always thinks: Moonshot refuses it for K2.7-code
+    (`only type=enabled is allowed`, vercel/ai moonshotai-k2.7-disabled-thinking-error.json), so the
+    switch is not sent through OpenRouter either."""
+    contract = contract_for(model) if is_kimi_model(model) else None
+    return not enabled and contract is not None and contract.thinking is ThinkingForm.ALWAYS_ON
