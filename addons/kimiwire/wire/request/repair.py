@@ -7,7 +7,7 @@ from typing import Any
 
 from kimiwire.wire import json_codec, openrouter
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.models import is_k3, thinking_is_a_switch
+from kimiwire.wire.models import id_handling, is_k3, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.compat import apply_request_compat
@@ -117,7 +117,7 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
     # turn has none, and skips them.
     if any(isinstance(message, dict) and message.get("role") in _HISTORY_ROLES for message in messages):
         later = RepairLog()
-        if policy.tool_ids == "canonical":
+        if policy.tool_ids == "canonical" and id_handling(body.get("model")).history:
             canonicalize_tool_ids(messages, later)
         if behind_gateway:
             openrouter.history_reasoning_from_details(messages, later)
