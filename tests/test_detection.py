@@ -107,7 +107,7 @@ def test_hosts_name_the_provider_and_keep_their_flavor() -> None:
     assert moonshot.engine is Engine.MOONSHOT and moonshot.flavor("api.moonshot.ai") is Flavor.MOONSHOT
     router = Detection()
     router.read_host("openrouter.ai")
-    assert router.engine is Engine.OPENROUTER and router.flavor("openrouter.ai") is Flavor.SELFHOSTED
+    assert router.engine is Engine.OPENROUTER and router.flavor("openrouter.ai") is Flavor.OPENROUTER
 
 
 @pytest.mark.parametrize(

@@ -77,5 +77,5 @@ def test_named_engines_behave_as_selfhosted_otherwise(flavor):
 
 
 def test_flavor_choices_and_auto():
-    assert FLAVOR_CHOICES == ("auto", "selfhosted", "sglang", "vllm", "moonshot", "deepinfra")
+    assert FLAVOR_CHOICES == ("auto", "selfhosted", "sglang", "vllm", "moonshot", "deepinfra", "openrouter")
     assert detect_flavor("10.0.0.5") is Flavor.SELFHOSTED  # a host cannot tell SGLang from vLLM

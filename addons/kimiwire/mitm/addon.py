@@ -151,7 +151,7 @@ class KimiWire:
             str,
             "auto",
             "Upstream flavor: auto (from the upstream host, and on a self-hosted one the engine its /v1/models "
-            "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra.",
+            "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra, openrouter.",
             choices=FLAVOR_CHOICES,
         )
         for field, (choices, help_text) in POLICY_OPTIONS.items():

@@ -68,14 +68,21 @@ from mitmproxy.connection import ConnectionState
 from kimiwire.mitm import proxy_internals
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.openai_errors import error_event
+from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
 from kimiwire.wire.retry_outcome import DELIVERED_AS_CAME, EMPTY_TURN_MESSAGE, Failure, exhausted_events
-from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
+from kimiwire.wire.retry_policy import (
+    RETRY_STATUSES,
+    RetryPolicy,
+    UpstreamError,
+    decide,
+    in_band_error,
+    retry_after_seconds,
+)
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits
 
 logger = logging.getLogger("kimiwire")
@@ -183,12 +190,9 @@ def retry_body(body: bytes, stream: bool) -> bytes:
 
 
 def retry_error_message(body: bytes, status: int) -> str:
-    try:
-        parsed = orjson.loads(body)
-        message = parsed["error"]["message"] if isinstance(parsed.get("error"), dict) else parsed.get("error")
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        message = None
-    text = message if isinstance(message, str) and message else body[:300].decode("utf-8", "replace")
+    error = UpstreamError.parse(body)  # with a gateway's wrapped provider error (OpenRouter)
+    message = error.text() if error is not None else None
+    text = message if message else body[:300].decode("utf-8", "replace")
     return f"the upstream answered HTTP {status}: {text}"
 
 
@@ -508,6 +512,12 @@ class Retrier:
         self, body: bytes, facts: RequestFacts, policy: Policy
     ) -> tuple[dict[str, Any] | None, Failure | None]:
         """A non-streamed answer repaired and judged: (the repaired body, why it is no answer)."""
+        error = in_band_error(body)  # OpenRouter: an error met after the model began, in a 200
+        if error is not None and error.retryable and self.policy.watches("status"):
+            detail = f"the upstream answered HTTP 200 with error {error.code}: {error.text()}"
+            # as an OpenAI-style error: the client gets it with its status when attempts run out
+            answer = error_body(f"kimiwire: {detail}", "upstream_error", error.code)
+            return None, Failure("status", detail, None, error.code, answer)
         repaired, _, why = repair_completion_body(body, facts, policy)
         if why:
             return None, None  # not something to judge: delivered as it came
@@ -537,7 +547,8 @@ class Retrier:
         if chat_exchanges.is_json(response.headers.get("content-type", "")):
             _, failure = self.judge_completion(body, facts, policy)
             if failure is not None:
-                failure.body = body  # invalid calls go out as they came when attempts run out
+                if not failure.body:  # (an in-band error brings its own OpenAI-style body)
+                    failure.body = body  # invalid calls go out as they came when attempts run out
                 return failure
         success.append(Success(response.status_code, list(response.headers.raw), body))
         return None

@@ -13,6 +13,7 @@ class Flavor(StrEnum):
     VLLM = "vllm"  # self-hosted, known to be vLLM
     MOONSHOT = "moonshot"  # api.moonshot.ai / .cn, platform.kimi.ai
     DEEPINFRA = "deepinfra"
+    OPENROUTER = "openrouter"  # openrouter.ai: a gateway; its Kimi models get Moonshot's request rules
 
     @property
     def self_hosted(self) -> bool:
@@ -24,8 +25,8 @@ class Flavor(StrEnum):
         only `reasoning` (vllm entrypoints/chat_utils.py `_parse_chat_message_content`, which
         hands it to the template as both keys; vllm#27752, #33402, #38488); SGLang's message
         model declares only `reasoning_content` (sglang entrypoints/openai/protocol.py), as does
-        Moonshot."""
-        return "reasoning" if self is Flavor.VLLM else "reasoning_content"
+        Moonshot. OpenRouter takes `reasoning` (with `reasoning_details`: wire/openrouter.py)."""
+        return "reasoning" if self in (Flavor.VLLM, Flavor.OPENROUTER) else "reasoning_content"
 
 
 FLAVOR_CHOICES = ("auto", *(f.value for f in Flavor))
@@ -48,12 +49,13 @@ POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "reasoning": (
         REASONING_CHOICES,
         "Historical reasoning: strip, loop (keep only the current tool loop), keep; "
-        "auto: strip for selfhosted, loop for moonshot and deepinfra.",
+        "auto: strip for selfhosted, loop for moonshot, deepinfra and openrouter.",
     ),
     "thinking_fields": (
         THINKING_FIELDS_CHOICES,
         "translate: thinking / enable_thinking become what the flavor understands "
-        "(chat_template_kwargs.thinking, reasoning_effort none); keep: forward them as sent.",
+        "(chat_template_kwargs.thinking, reasoning_effort none, OpenRouter's reasoning.enabled); "
+        "keep: forward them as sent.",
     ),
     "history": (
         HISTORY_CHOICES,
@@ -96,6 +98,7 @@ POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
 
 _MOONSHOT_HOST_SUFFIXES = ("moonshot.ai", "moonshot.cn", "kimi.ai", "kimi.com")
 _DEEPINFRA_HOST_SUFFIXES = ("deepinfra.com",)
+_OPENROUTER_HOST_SUFFIXES = ("openrouter.ai",)  # https://openrouter.ai/api/v1/chat/completions
 
 
 def _host_matches(host: str, suffixes: tuple[str, ...]) -> bool:
@@ -108,6 +111,8 @@ def detect_flavor(host: str) -> Flavor:
         return Flavor.MOONSHOT
     if _host_matches(host, _DEEPINFRA_HOST_SUFFIXES):
         return Flavor.DEEPINFRA
+    if _host_matches(host, _OPENROUTER_HOST_SUFFIXES):
+        return Flavor.OPENROUTER
     return Flavor.SELFHOSTED
 
 

@@ -24,6 +24,9 @@ from __future__ import annotations
 import email.utils
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 RETRY_REASONS = ("empty", "reasoning_only", "stall", "connect", "status", "invalid_call", "schema", "forced_tool")
 DEFAULT_RETRY_ON = "empty,reasoning_only,stall,connect,status,invalid_call,forced_tool"
@@ -128,3 +131,79 @@ def decide(
     if delay >= remaining:
         return RetryDecision(False, why_not=f"the retry budget of {policy.budget:g} s would be exceeded")
     return RetryDecision(True, delay)
+
+
+_ERROR_TEXT_LIMIT = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamError:
+    """An OpenAI-style error object, with what a gateway wraps in it. OpenRouter sends
+    `{error: {code, message, metadata}}`, the provider's own error as a string in
+    `metadata.raw` and its name in `metadata.provider_name` (openrouter.ai/docs/api-reference/errors;
+    OpenRouterTeam/ai-sdk-provider src/schemas/error-response.ts, which reads both)."""
+
+    message: str | None
+    code: int | None  # `error.code` when a number: OpenRouter's is the HTTP status it means
+    raw: str | None
+    provider: str | None
+
+    @classmethod
+    def read(cls, error: Any) -> UpstreamError | None:
+        if isinstance(error, str):
+            return cls(error, None, None, None)
+        if not isinstance(error, dict):
+            return None
+        metadata = error.get("metadata") if isinstance(error.get("metadata"), dict) else {}
+        code = error.get("code")
+        return cls(
+            error.get("message") if isinstance(error.get("message"), str) else None,
+            code if type(code) is int else None,
+            metadata.get("raw") if isinstance(metadata.get("raw"), str) else None,
+            metadata.get("provider_name") if isinstance(metadata.get("provider_name"), str) else None,
+        )
+
+    @classmethod
+    def parse(cls, body: bytes) -> UpstreamError | None:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        return cls.read(parsed.get("error")) if isinstance(parsed, dict) else None
+
+    def text(self) -> str:
+        """The message, with the provider's own words when a gateway wrapped them."""
+        parts = [self.message or ""]
+        if self.provider:
+            parts.append(f"[{self.provider}]")
+        if self.raw and self.raw != self.message:
+            parts.append(self.raw)
+        return " ".join(p for p in parts if p)[:_ERROR_TEXT_LIMIT]
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRY_STATUSES
+
+
+def in_band_error(body: bytes) -> UpstreamError | None:
+    """An error a `200 OK` JSON body carries instead of an answer: OpenRouter reports an error met
+    after the model began as HTTP 200 with the error object in the body (openrouter.ai/docs/
+    api-reference/errors; ai-sdk-provider src/chat/schemas.ts "HTTP 200 with error payload"), at
+    the top or in a choice finished with `error`. None for an answer."""
+    if b'"error"' not in body:
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    choices = parsed.get("choices")
+    if "error" in parsed and not choices:
+        return UpstreamError.read(parsed["error"])
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict) and choice.get("finish_reason") == "error" and "error" in choice:
+            message = choice.get("message")
+            answered = isinstance(message, dict) and (message.get("content") or message.get("tool_calls"))
+            return None if answered else UpstreamError.read(choice["error"])
+    return None

@@ -106,11 +106,14 @@ RULES: tuple[RequestRule, ...] = (
 )
 
 
-def apply_request_compat(body: dict[str, Any], flavor: Flavor, log: RepairLog) -> None:
-    """Every rule of `flavor`, in table order (the `reasoning_effort` rule before the forced
-    `tool_choice` one, which reads the thinking switch it may set)."""
+def apply_request_compat(
+    body: dict[str, Any], flavor: Flavor, log: RepairLog, without: frozenset[str] = frozenset()
+) -> None:
+    """Every rule of `flavor` but those named in `without`, in table order (the `reasoning_effort`
+    rule before the forced `tool_choice` one, which reads the thinking switch it may set)."""
     for rule in _RULES_BY_FLAVOR[flavor]:
-        rule.fix(body, log, rule.kind)
+        if rule.kind not in without:
+            rule.fix(body, log, rule.kind)
 
 
 _RULES_BY_FLAVOR = {flavor: tuple(rule for rule in RULES if flavor in rule.flavors) for flavor in Flavor}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kimiwire.wire import json_codec
+from kimiwire.wire import json_codec, openrouter
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.models import id_handling, is_k3, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
@@ -75,8 +75,21 @@ def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -
 _HISTORY_ROLES = ("assistant", "tool")
 
 
-def moonshot_fixes(policy: Policy) -> bool:
-    return policy.flavor is Flavor.MOONSHOT and policy.request_compat == "fix"
+def moonshot_fixes(policy: Policy, body: dict[str, Any]) -> bool:
+    """Moonshot's request rules apply: on its own API, and for its Kimi models behind OpenRouter."""
+    return policy.request_compat == "fix" and moonshot_behind(policy, body)
+
+
+def moonshot_behind(policy: Policy, body: dict[str, Any]) -> bool:
+    """Moonshot's API serves the request (directly, or as OpenRouter's provider of a Kimi model)."""
+    return policy.flavor is Flavor.MOONSHOT or (
+        policy.flavor is Flavor.OPENROUTER and openrouter.is_kimi_model(body.get("model"))
+    )
+
+
+# OpenRouter has its own thinking and effort fields (wire/openrouter.py): Moonshot's forms of them
+# are not sent there.
+_NOT_THROUGH_OPENROUTER = frozenset({"compat.reasoning_effort"})
 
 
 def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[str, str] | None = None) -> RepairLog:
@@ -85,12 +98,17 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
     the upstream refuses, client name -> upstream name (`tool_name_renames`)."""
     messages = body["messages"]
     log = RepairLog()
+    behind_gateway = policy.flavor is Flavor.OPENROUTER
+    moonshot = moonshot_behind(policy, body)
     if policy.request_compat == "fix":  # first: the thinking switch it may set decides the rest
-        apply_request_compat(body, policy.flavor, log)
-    if renames and moonshot_fixes(policy):
+        if behind_gateway and moonshot:
+            apply_request_compat(body, Flavor.MOONSHOT, log, without=_NOT_THROUGH_OPENROUTER)
+        else:
+            apply_request_compat(body, policy.flavor, log)
+    if renames and moonshot_fixes(policy, body):
         rename_tools(body, renames, log, "compat.tool_name")
     repair_history = policy.history == "repair"
-    if repair_history and policy.flavor is Flavor.MOONSHOT:
+    if repair_history and moonshot:
         kept, origin = _moonshot_hygiene_with_origin(messages, log)
         if len(kept) != len(messages):
             body["messages"] = messages = kept
@@ -102,13 +120,19 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
         later = RepairLog()
         if policy.tool_ids == "canonical" and id_handling(body.get("model")).history:
             canonicalize_tool_ids(messages, later)
+        if behind_gateway:
+            openrouter.history_reasoning_from_details(messages, later)
         apply_reasoning_policy(
             messages,
             policy.reasoning,
             later,
-            placeholder_for_tool_calls=policy.flavor is Flavor.MOONSHOT and moonshot_thinking_on(body),
+            placeholder_for_tool_calls=moonshot
+            and moonshot_thinking_on(body)
+            and not (behind_gateway and openrouter.reasoning_switched_off(body)),
             key=policy.flavor.history_reasoning_key,
         )
+        if behind_gateway:
+            openrouter.history_details(messages, later, add=moonshot)
         if repair_history:
             repair_history_arguments(messages, later)
         if origin is not None:
@@ -116,7 +140,7 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
                 if entry.message_index is not None:
                     entry.message_index = origin[entry.message_index]
         log.extend(later)
-        if moonshot_fixes(policy):  # indexes of the final list: after the others are recorded
+        if moonshot_fixes(policy, body):  # indexes of the final list: after the others are recorded
             placed = tool_results_in_place(messages, log)
             if placed is not messages:
                 body["messages"] = placed
@@ -157,7 +181,7 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     if not isinstance(body.get("messages"), list):
         return RequestRepairResult(None, log, facts, "`messages` is missing or not a list", notes)
     renames: dict[str, str] = {}
-    if moonshot_fixes(policy):
+    if moonshot_fixes(policy, body):
         refusal = _refused_before_upstream(body)
         if refusal is not None:
             return RequestRepairResult(None, log, facts, notes=notes, refusal=refusal)

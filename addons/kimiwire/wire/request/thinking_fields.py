@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kimiwire.wire.openrouter import switch_refused, thinking_as_reasoning
 from kimiwire.wire.policy import Flavor
 from kimiwire.wire.repairs import RepairLog
 
@@ -58,6 +59,9 @@ def translate_thinking_fields(body: dict[str, Any], flavor: Flavor, log: RepairL
                 kwargs = body["chat_template_kwargs"] = {}
             kwargs.setdefault("thinking", enabled)  # an explicit client value wins
             after = {"chat_template_kwargs": {"thinking": kwargs["thinking"]}}
+        elif flavor is Flavor.OPENROUTER and enabled is not None and not switch_refused(body.get("model"), enabled):
+            thinking_as_reasoning(body, enabled)  # OpenRouter's own switch
+            after = {"reasoning": body["reasoning"]}
         elif flavor is Flavor.DEEPINFRA and enabled is False:
             body["reasoning_effort"] = "none"  # harnesses send an effort level on every request
             after = {"reasoning_effort": body["reasoning_effort"]}

@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.openrouter import reasoning_from_details
 from kimiwire.wire.policy import Policy
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_as_content, reasoning_is_answer
 from kimiwire.wire.response.markup import CONTENT, REASONING, MarkupScanner, RecoveredCall, embedded_markup
@@ -113,6 +115,8 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
         if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
             continue
         message = choice["message"]
+        if reasoning_from_details(message, REASONING_KEYS):  # OpenRouter's reasoning_details only
+            log.add("reasoning.from_details", None, "reasoning_details", "reasoning")
         if reasoning_to_content and (moved := reasoning_as_content(message)):
             log.add("reasoning.answer_when_thinking_off", None, "reasoning", len(moved))
         if policy.think_tags == "split":

@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.openrouter import details_only, reasoning_from_details
 from kimiwire.wire.policy import Policy
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_as_content, reasoning_is_answer
 from kimiwire.wire.response.fast_path import (
@@ -48,7 +50,12 @@ from kimiwire.wire.response.markup import (
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
 from kimiwire.wire.response.think_tags import ThinkTagSplitter
 from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall, PassedCalls
-from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason
+from kimiwire.wire.response.tool_calls import (
+    CUT_FINISH_REASONS,
+    deliver_call,
+    fix_finish_reason,
+    restore_streamed_names,
+)
 from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
@@ -606,7 +613,10 @@ class StreamRepairer:
         if not isinstance(delta, dict):
             delta = None
         else:
-            changed = self._texts(state, delta)
+            if reasoning_from_details(delta, REASONING_KEYS):  # OpenRouter's reasoning_details only
+                self._note_once("reasoning.from_details", "reasoning_details", "reasoning")
+                changed = True
+            changed = self._texts(state, delta) or changed
             if "tool_calls" in delta:
                 if self.policy.tool_stream == "whole":
                     tool_deltas = delta.pop("tool_calls")
@@ -616,6 +626,7 @@ class StreamRepairer:
                 elif isinstance(delta["tool_calls"], list):
                     if delta["tool_calls"]:
                         state.passed.see(delta["tool_calls"])
+                        changed |= restore_streamed_names(delta["tool_calls"], self.facts, self.log)
                     elif self.policy.finish == "fix":  # vllm #54701: `tool_calls: []` deltas
                         del delta["tool_calls"]
                         changed = True
@@ -679,7 +690,7 @@ class StreamRepairer:
         if type(choice) is not dict or choice.get("finish_reason") is not None or "usage" in choice:
             return False
         delta = choice.get("delta")
-        if type(delta) is not dict or "tool_calls" in delta:
+        if type(delta) is not dict or "tool_calls" in delta or details_only(delta):
             return False
         if self.policy.reasoning_field != "keep" or (self.reasoning_to_content and _has_reasoning(delta)):
             return False

@@ -58,6 +58,22 @@ def client_tool_name(name: str, position: int, facts: RequestFacts, log: RepairL
     return client
 
 
+def restore_streamed_names(tool_deltas: list[Any], facts: RequestFacts, log: RepairLog) -> bool:
+    """`kimi_tool_stream=passthrough`: a call streamed under a name the request sent renamed goes
+    out under the client's name (a call's name comes whole, in its first delta). True when one did."""
+    if not facts.tool_renames:
+        return False
+    changed = False
+    for tool_delta in tool_deltas:
+        function = tool_delta.get("function") if isinstance(tool_delta, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name in facts.tool_renames:
+            index = tool_delta.get("index")
+            function["name"] = client_tool_name(name, index if isinstance(index, int) else 0, facts, log)
+            changed = True
+    return changed
+
+
 def deliver_call(
     name: str,
     upstream_id: Any,
