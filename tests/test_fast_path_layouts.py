@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pathlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,3 +190,35 @@ def test_each_engines_text_deltas_take_the_fast_path(engine, respaced):
         assert taken == unchanged == 0
     else:
         assert unchanged > 100 and taken >= minimum * unchanged, (taken, unchanged)
+
+
+def _bench_layouts():
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_layouts
+
+    return bench_layouts
+
+
+def test_the_benchmarks_layout_streams_keep_each_servers_layout_and_take_the_fast_path():
+    """scripts/bench_layouts.py's streams are the corpus's events with new texts: the layouts the
+    rows are named for, whole OpenAI streams, and (but SGLang 0.5.5's) taken by the fast path."""
+    layouts = _bench_layouts()
+    features = {
+        "vllm-0.13.0": b'"reasoning":"thinking 0 ","reasoning_content":"thinking 0 "',
+        "sglang-0.5.5": b'"tool_calls":null},"logprobs":null,"finish_reason":null,"matched_stop":null}],"usage":null}',
+        "sglang-0.5.23": b'"finish_reason":null,"matched_stop":null}',
+        "moonshot-like": b'{"content":"tok [sent_at]"},"finish_reason":null}]}',
+        "gateway-spaced": b'"delta": {"role": null, "content": "tok [sent_at]", "reasoning_content": null}',
+    }
+    no_tools = RequestFacts(0, {}, True, True)
+    for row in (*layouts.LAYOUTS, layouts.AGENT_TURN):
+        events = layouts.stream(row, 40)
+        assert events[-1] == b"data: [DONE]\n\n" and all(json.loads(e[6:]) for e in events[:-1])
+        assert features.get(row, b"data: ") in b"".join(events), row
+        share = layouts.fast_share(events, no_tools)
+        if row == "sglang-0.5.5":
+            assert share == 0
+        else:
+            assert share > (0.4 if row == layouts.AGENT_TURN else 0.8), (row, share)
+    turn = b"".join(layouts.agent_turn(40))
+    assert turn.count(b'"name":"read"') == turn.count(b'"name":"exec"') == 1 and b'"arguments":"x' in turn
