@@ -8,7 +8,9 @@
    (the headline ratio); errors; proxy RSS over 1,000 streams; the most paced streams one proxy carries
    with p99 event latency under 50 ms.
 3. Scale-out: events/s at 64 fast streams through HAProxy with one and with two workers (scripts/balance.py).
-4. Layouts: real servers' bytes (scripts/bench_layouts.py: the engine corpus's vLLM and SGLang layouts,
+4. Chaos: 2,000 requests (60 with --quick) at 32 in flight against a seeded random-fault upstream
+   (kimiwire.sim.chaos): requests, faults by kind, lost (must be 0), seconds, proxy RSS.
+5. Layouts: real servers' bytes (scripts/bench_layouts.py: the engine corpus's vLLM and SGLang layouts,
    a Moonshot-like and a spaced-JSON gateway layout, an agent turn with reasoning, text and two
    fragmented calls), replayed by the simulator: proxy CPU per event against plain mitmdump at 1, 16
    and 64 fast streams, and in process the stream callable's time per event, fast and full path.
@@ -797,6 +799,32 @@ def ratios(e2e: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def chaos_row(quick: bool) -> dict[str, Any]:
+    """Seeded random faults through mitmdump (kimiwire.sim.chaos, as tests/test_chaos.py, more requests)."""
+    from kimiwire.sim import chaos
+    from kimiwire.sim.scripted import ScriptedUpstream
+
+    seed, requests, concurrency = 24, (60 if quick else 2000), 32
+    options = {
+        "kimi_done_grace": 1 / 40,
+        "kimi_idle_timeout": 3,
+        "kimi_first_byte_timeout": 15,
+        "kimi_retry_budget": 3,
+        "kimi_retry_backoff": 0.5 / 40,
+        "kimi_shutdown_grace": 2 / 40,
+        "kimi_capture_dir": "",
+    }
+    started = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ScriptedUpstream(chaos.ChaosUpstream(seed)) as upstream,
+        launch.Mitmdump(upstream.url, pathlib.Path(tmp) / "conf", options) as proxy,
+    ):
+        report = asyncio.run(chaos.run(proxy.url, seed, range(requests), concurrency))
+        rss = rss_bytes(proxy.pid)
+    return {**report.summary(), "seconds": time.monotonic() - started, "rss_mb": rss / 2**20}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best or median is kept)")
@@ -818,6 +846,7 @@ def main() -> int:
         e2e["ratios"] = ratios(e2e)
         e2e["scale"] = scale_out(args.repeat, args.quick)
         e2e["layouts"] = layout_rows(args.repeat, args.quick)
+        e2e["chaos"] = chaos_row(args.quick)
     report = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -831,6 +860,11 @@ def main() -> int:
     print(table(core_results, e2e))
     if e2e:
         print("\n" + layout_table(e2e["layouts"]))
+    if e2e and e2e.get("chaos"):
+        row = e2e["chaos"]
+        print("\n| chaos | requests | faults | lost | seconds | proxy RSS MB |\n|---|---|---|---|---|---|")
+        faults = ", ".join(f"{k} {v}" for k, v in row["faults"].items())
+        print(f"| seeded | {row['requests']} | {faults} | {row['lost']} | {row['seconds']:.0f} | {row['rss_mb']:.0f} |")
     print(f"\n{report['seconds']:.0f} s; figures also in {args.json}")
     return 0
 

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import pathlib
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -161,6 +162,7 @@ class Scenario:
     calls: list[tuple[str, dict]]
     finish: str  # stop | tool_calls | length
     cut: bool = False  # a call's arguments never closed
+    reasoning_parser: bool = True  # the server runs a reasoning parser (off: --reasoning-parser not given)
 
 
 def k2_call(name: str, index: int, args: dict | str) -> str:
@@ -235,6 +237,17 @@ def scenarios() -> list[Scenario]:
             "length",
             cut=True,
         ),
+        Scenario(
+            "k25-no-reasoning-parser",
+            "k25",
+            True,
+            f"{r}</think>Reading it." + k2_section(k2_call("read", 0, READ)),
+            r,
+            "Reading it.",
+            [("read", READ)],
+            "tool_calls",
+            reasoning_parser=False,
+        ),
         Scenario("k25-off-text", "k25", False, "Hello there.", "", "Hello there.", [], "stop"),
         Scenario(
             "k25-off-one-call",
@@ -280,6 +293,18 @@ def scenarios() -> list[Scenario]:
 SPLITS = {"1ch": (1, 1), "1-4ch": (4, 1), "4tok-steps": (4, 3)}  # (max token chars, tokens per step)
 
 
+_PIECE_IDS: dict[str, int] = {}
+_PIECE_TEXT: dict[int, str] = {}
+
+
+def piece_id(piece: str) -> int:
+    """An ordinary-text token's id: one per distinct piece, below the special tokens' range."""
+    if piece not in _PIECE_IDS:
+        _PIECE_IDS[piece] = 1000 + len(_PIECE_IDS)
+        _PIECE_TEXT[_PIECE_IDS[piece]] = piece
+    return _PIECE_IDS[piece]
+
+
 def tokenize(output: str, specials: dict[str, int], max_chars: int) -> list[tuple[str, int]]:
     tokens: list[tuple[str, int]] = []
     i = 0
@@ -293,10 +318,17 @@ def tokenize(output: str, specials: dict[str, int], max_chars: int) -> list[tupl
         end = i
         while end < len(output) and not any(output.startswith(s, end) for s in specials):
             end += 1
+        if tokens and tokens[-1][0] in ("<|open|>", "<|close|>"):
+            # A K3 channel name after its marker is one token ("think", "response", "call", ...).
+            name = re.match(r"[a-z_]+", output[i:end])
+            if name:
+                tokens.append((name.group(), piece_id(name.group())))
+                i += len(name.group())
+                continue
         while i < end:
             size = size % max_chars + 1
             piece = output[i : min(end, i + size)]
-            tokens.append((piece, 1000 + sum(map(ord, piece)) % 90000))
+            tokens.append((piece, piece_id(piece)))
             i += len(piece)
     return tokens
 
@@ -329,6 +361,16 @@ class FakeTokenizer:
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self.specials)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [i for _, i in tokenize(text, self.specials, 4)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        by_id = {i: t for t, i in self.specials.items()}
+        return "".join(by_id.get(i) or _PIECE_TEXT.get(i, "") for i in ids)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self.decode([i]) for i in ids]
 
 
 def tool_namespace() -> list[Any]:
@@ -451,8 +493,10 @@ def sglang_stream(release: str, sc: Scenario, split: str) -> bytes:
         if n == 0:
             (light if modern else pyd)(role="assistant", content="")
         delta = "".join(t for t, _ in step)
-        reasoning_text, delta = reasoner.parse_stream_chunk(delta)
-        if modern and finishing:
+        reasoning_text = None
+        if sc.reasoning_parser:  # serving_chat: `if self.reasoning_parser and request.separate_reasoning`
+            reasoning_text, delta = reasoner.parse_stream_chunk(delta)
+        if modern and finishing and sc.reasoning_parser:
             end_reasoning, end_normal = reasoner.parse_stream_end()
             reasoning_text = (reasoning_text or "") + (end_reasoning or "")
             delta = (delta or "") + (end_normal or "")
@@ -677,7 +721,19 @@ def vllm_stream(release: str, sc: Scenario, split: str) -> bytes:
         current_text = previous_text + delta_text
         current_ids = previous_ids + output_ids
         delta_message = None
-        if release == "0.10.2":
+        if not sc.reasoning_parser:  # the `elif tool_choice_auto:` branch: the tool parser sees everything
+            delta_message = tool_parser.extract_tool_calls_streaming(
+                previous_text=previous_text,
+                current_text=current_text,
+                delta_text=delta_text,
+                previous_token_ids=previous_ids,
+                current_token_ids=current_ids,
+                delta_token_ids=output_ids,
+                request=request,
+            )
+            if delta_message and delta_message.tool_calls:
+                tools_streamed = True
+        elif release == "0.10.2":
             if not reasoning_end:
                 delta_message = extract_reasoning(
                     previous_text, current_text, delta_text, previous_ids, current_ids, output_ids
@@ -780,11 +836,399 @@ def vllm_stream(release: str, sc: Scenario, split: str) -> bytes:
     return "".join(out).encode()
 
 
+# -- vLLM 0.34 (vllm/entrypoints/openai/chat_completion/serving.py `chat_completion_stream_generator`
+#    and stream_processor.py `ChatStreamProcessor.step`: one parser object, `parse_delta` per engine
+#    step; finish from serve/utils/tool_calls_utils.py `resolve_finish_reason`; chunks
+#    `model_dump_json(exclude_unset=True, exclude_none=not chunk.choices)`) ---------------------------
+
+
+def vllm34_protocol() -> tuple[types.ModuleType, types.ModuleType]:
+    from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+    class OpenAIBaseModel(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    class FunctionCall(OpenAIBaseModel):
+        id: str | None = Field(default=None, exclude=True)
+        name: str
+        arguments: str
+
+    ids = iter(range(10**6))
+
+    class ToolCall(OpenAIBaseModel):
+        # as released: `Field(default_factory=make_tool_call_id)`, a random `chatcmpl-tool-<uuid>`
+        id: str = Field(default_factory=lambda: f"chatcmpl-tool-{next(ids):032x}")
+        type: str = "function"
+        function: FunctionCall
+
+    class DeltaFunctionCall(BaseModel):
+        name: str | None = None
+        arguments: str | None = None
+
+    class DeltaToolCall(OpenAIBaseModel):
+        id: str | None = None
+        type: str | None = None
+        index: int
+        function: DeltaFunctionCall | None = None
+
+    class ExtractedToolCallInformation(BaseModel):
+        tools_called: bool
+        tool_calls: list[ToolCall]
+        content: str | None = None
+
+    class DeltaMessage(OpenAIBaseModel):
+        role: str | None = None
+        content: str | None = None
+        reasoning: str | None = None
+        tool_calls: list[DeltaToolCall] = Field(default_factory=list)
+
+        @model_serializer(mode="wrap")
+        def _serialize(self, handler):
+            data = handler(self)
+            if len(data.get("tool_calls", [])) == 0:
+                data.pop("tool_calls", None)
+            return data
+
+    class Choice(OpenAIBaseModel):
+        index: int
+        delta: DeltaMessage
+        logprobs: dict | None = None
+        finish_reason: str | None = None
+        stop_reason: int | str | None = None
+        token_ids: list[int] | None = None
+        weight_versions: list | None = None
+
+    class Response(OpenAIBaseModel):
+        id: str
+        object: str = "chat.completion.chunk"
+        created: int
+        model: str
+        choices: list[Choice]
+        usage: dict | None = Field(default=None)
+        system_fingerprint: str | None = None
+        prompt_token_ids: list[int] | None = None
+        prompt_text: str | None = None
+        metrics: dict | None = None
+        kv_transfer_params: dict | None = None
+
+    base = _module(
+        "vllm.entrypoints.generate.base.protocol",
+        DeltaFunctionCall=DeltaFunctionCall,
+        DeltaToolCall=DeltaToolCall,
+        DeltaMessage=DeltaMessage,
+        FunctionCall=FunctionCall,
+        ToolCall=ToolCall,
+        ExtractedToolCallInformation=ExtractedToolCallInformation,
+    )
+
+    class FunctionDefinition(OpenAIBaseModel):
+        name: str
+        description: str | None = None
+        parameters: dict | None = None
+        strict: bool | None = None
+
+    class ChatCompletionRequest:
+        def __init__(self, **fields: Any) -> None:
+            self.__dict__.update(fields)
+
+    class ChatCompletionToolsParam(OpenAIBaseModel):
+        type: str = "function"
+        function: FunctionDefinition
+
+    chat = _module(
+        "vllm.entrypoints.openai.chat_completion.protocol",
+        ChatCompletionToolsParam=ChatCompletionToolsParam,
+        ChatCompletionResponseStreamChoice=Choice,
+        ChatCompletionStreamResponse=Response,
+        ChatCompletionRequest=ChatCompletionRequest,
+        ChatCompletionNamedToolChoiceParam=_Any,
+    )
+    return base, chat
+
+
+def vllm34_stream(release: str, sc: Scenario, split: str) -> bytes:
+    base, chat = vllm34_protocol()
+    counter = iter(range(10**6))
+    overrides = {
+        "vllm.entrypoints.generate.base.protocol": base,
+        "vllm.entrypoints.openai.chat_completion.protocol": chat,
+        "vllm.logger": _module("vllm.logger", init_logger=logging.getLogger),
+        "vllm.utils": _module("vllm.utils", random_uuid=lambda: f"{next(counter):032x}"),
+        "vllm.utils.collection_utils": _module(
+            "vllm.utils.collection_utils",
+            is_list_of=_is_list_of,
+            as_list=lambda x: x if isinstance(x, list) else list(x),
+        ),
+    }
+    reasoning_pkg = _module("vllm.reasoning")
+    overrides["vllm.reasoning"] = reasoning_pkg
+    load_release(f"vllm-{release}", overrides)
+    abs_reasoning = importlib.import_module("vllm.reasoning.abs_reasoning_parsers")
+    reasoning_pkg.ReasoningParser = abs_reasoning.ReasoningParser
+    reasoning_pkg.ReasoningParserManager = abs_reasoning.ReasoningParserManager
+    chat_utils = _module("vllm.renderers.chat_utils")
+    sys.modules["vllm.renderers.chat_utils"] = chat_utils
+    tool_call = importlib.import_module("vllm.renderers.chat_utils.tool_call")
+    chat_utils.get_tool_call_id_type = tool_call.get_tool_call_id_type
+    chat_utils.make_tool_call_id = tool_call.make_tool_call_id
+    abstract = importlib.import_module("vllm.parser.abstract_parser")
+    k3 = sc.model == "k3"
+    if k3:
+        base_cls = importlib.import_module("vllm.parser.kimi_k3").KimiK3Parser
+        reasoning_cls = importlib.import_module("vllm.reasoning.kimi_k3_reasoning_parser").KimiK3ReasoningParser
+        tool_cls = importlib.import_module("vllm.tool_parsers.kimi_k3_tool_parser").KimiK3ToolParser
+    else:
+        base_cls = abstract.DelegatingParser
+        reasoning_cls = importlib.import_module("vllm.reasoning.kimi_k2_reasoning_parser").KimiK2ReasoningParser
+        tool_cls = importlib.import_module("vllm.tool_parsers.kimi_k2_tool_parser").KimiK2ToolParser
+
+    class Parser(base_cls):  # vllm/parser/parser_manager.py `_compose_parser`
+        reasoning_parser_cls = reasoning_cls if sc.reasoning_parser else None
+        tool_parser_cls = tool_cls
+        tool_strict_level = None
+
+    specials = K3_SPECIALS if k3 else K2_SPECIALS
+    tokenizer = FakeTokenizer(specials)
+    model_config = types.SimpleNamespace(
+        hf_config=types.SimpleNamespace(model_type="kimi_k3" if k3 else "kimi_k25"),
+        hf_text_config=None,
+        hf_overrides=None,
+    )
+    tools = [chat.ChatCompletionToolsParam(function={"name": n, "parameters": p}) for n, p in TOOLS.items()]
+    kwargs = {"thinking": sc.thinking} if sc.model == "k25" else {}
+    request = chat.ChatCompletionRequest(
+        tools=tools,
+        tool_choice="auto",
+        messages=[{"role": "user", "content": "Read /tmp/a.txt"}],
+        parallel_tool_calls=True,
+        include_reasoning=True,
+        chat_template_kwargs=kwargs,
+        skip_special_tokens=False,
+        response_format=None,
+        structured_outputs=None,
+    )
+    parser = Parser(tokenizer, tools, chat_template_kwargs=kwargs, model_config=model_config)
+    if k3:
+        prompt = [1001, specials["<|open|>"], 1002, specials["<|sep|>"]]
+    else:
+        prompt = [163588, 1001, 163601]
+        if sc.model == "k25":
+            prompt += [163606] + ([] if sc.thinking else [163607])
+    out: list[str] = []
+    first = Response = chat.ChatCompletionStreamResponse
+    Choice, DeltaMessage = chat.ChatCompletionResponseStreamChoice, base.DeltaMessage
+    first = Response(
+        id=RID,
+        object="chat.completion.chunk",
+        created=CREATED,
+        model="kimi",
+        prompt_token_ids=None,
+        prompt_text=None,
+        choices=[Choice(index=0, delta=DeltaMessage(role="assistant", content=""), logprobs=None, finish_reason=None)],
+    )
+    out.append(f"data: {first.model_dump_json(exclude_unset=True, exclude_none=False)}\n\n")
+    max_chars, per_step = SPLITS[split]
+    all_steps = steps(tokenize(sc.output, specials, max_chars), per_step)
+    if sc.finish != "length":
+        all_steps[-1] = [*all_steps[-1], ("", specials["[EOS]"] if k3 else specials["<|im_end|>"])]
+    tools_streamed = False
+    for n, step in enumerate(all_steps):
+        engine_finish = ("length" if sc.finish == "length" else "stop") if n == len(all_steps) - 1 else None
+        delta = parser.parse_delta(
+            delta_text="".join(t for t, _ in step),
+            delta_token_ids=[i for _, i in step],
+            request=request,
+            prompt_token_ids=prompt,
+            finished=engine_finish is not None,
+        )
+        if delta is not None and delta.tool_calls:
+            tools_streamed = True
+        finish = None
+        if engine_finish is not None:
+            finish = "tool_calls" if tools_streamed and engine_finish == "stop" else engine_finish
+        if delta is None:
+            if engine_finish is None:
+                continue
+            delta = DeltaMessage()
+        if engine_finish is None:
+            choice = Choice(index=0, delta=delta, logprobs=None, finish_reason=None, token_ids=None)
+        else:
+            choice = Choice(
+                index=0,
+                delta=delta,
+                logprobs=None,
+                finish_reason=finish,
+                stop_reason=None,
+                token_ids=None,
+                weight_versions=None,
+            )
+        chunk = Response(
+            id=RID,
+            object="chat.completion.chunk",
+            created=CREATED,
+            choices=[choice],
+            model="kimi",
+            kv_transfer_params=None,
+        )
+        out.append(f"data: {chunk.model_dump_json(exclude_unset=True, exclude_none=False)}\n\n")
+    out.append("data: [DONE]\n\n")
+    return "".join(out).encode()
+
+
+# -- vLLM 0.20 (vllm/entrypoints/openai/chat_completion/serving.py `chat_completion_stream_generator`:
+#    the auto-tools branch calls `parser.parse_delta`; the finish keeps the old rules: unstreamed
+#    argument remainder, `tool_calls` whenever the tool parser holds a call; protocol in
+#    entrypoints/openai/engine/protocol.py and chat_completion/protocol.py) ------------------------
+
+
+def vllm20_stream(release: str, sc: Scenario, split: str) -> bytes:
+    base34, chat34 = vllm34_protocol()
+    from pydantic import Field
+
+    class Choice(chat34.ChatCompletionResponseStreamChoice):
+        weight_versions: None = Field(default=None, exclude=True)
+
+    class Response(chat34.ChatCompletionStreamResponse):  # 0.20 has no prompt_text/metrics/kv_transfer_params
+        pass
+
+    DeltaMessage = base34.DeltaMessage
+    engine = _module(
+        "vllm.entrypoints.openai.engine.protocol",
+        **{
+            k: getattr(base34, k)
+            for k in (
+                "DeltaFunctionCall",
+                "DeltaToolCall",
+                "DeltaMessage",
+                "FunctionCall",
+                "ToolCall",
+                "ExtractedToolCallInformation",
+            )
+        },
+    )
+    chat = _module(
+        "vllm.entrypoints.openai.chat_completion.protocol",
+        ChatCompletionRequest=chat34.ChatCompletionRequest,
+        ChatCompletionToolsParam=chat34.ChatCompletionToolsParam,
+    )
+    counter = iter(range(10**6))
+
+    def make_tool_call_id(id_type: str = "random", func_name=None, idx=None) -> str:
+        # vllm/entrypoints/chat_utils.py `make_tool_call_id` as released in 0.20.0
+        return f"functions.{func_name}:{idx}" if id_type == "kimi_k2" else f"chatcmpl-tool-{next(counter):032x}"
+
+    overrides = {
+        "vllm.entrypoints.openai.engine.protocol": engine,
+        "vllm.entrypoints.openai.chat_completion.protocol": chat,
+        "vllm.entrypoints.chat_utils": _module("vllm.entrypoints.chat_utils", make_tool_call_id=make_tool_call_id),
+        "vllm.logger": _module("vllm.logger", init_logger=logging.getLogger),
+        "vllm.utils": _module("vllm.utils", random_uuid=lambda: f"{next(counter):032x}"),
+        "vllm.utils.collection_utils": _module("vllm.utils.collection_utils", is_list_of=_is_list_of),
+    }
+    reasoning_pkg = _module("vllm.reasoning")
+    overrides["vllm.reasoning"] = reasoning_pkg
+    load_release(f"vllm-{release}", overrides)
+    abs_reasoning = importlib.import_module("vllm.reasoning.abs_reasoning_parsers")
+    reasoning_pkg.ReasoningParser = abs_reasoning.ReasoningParser
+    reasoning_pkg.ReasoningParserManager = abs_reasoning.ReasoningParserManager
+    abstract = importlib.import_module("vllm.parser.abstract_parser")
+
+    class Parser(abstract._WrappedParser):  # vllm/parser/parser_manager.py
+        reasoning_parser_cls = (
+            importlib.import_module("vllm.reasoning.kimi_k2_reasoning_parser").KimiK2ReasoningParser
+            if sc.reasoning_parser
+            else None
+        )
+        tool_parser_cls = importlib.import_module("vllm.tool_parsers.kimi_k2_tool_parser").KimiK2ToolParser
+
+    tokenizer = FakeTokenizer(K2_SPECIALS)
+    tools = [chat34.ChatCompletionToolsParam(function={"name": n, "parameters": p}) for n, p in TOOLS.items()]
+    kwargs = {"thinking": sc.thinking} if sc.model == "k25" else {}
+    request = chat34.ChatCompletionRequest(
+        tools=tools,
+        tool_choice="auto",
+        messages=[{"role": "user", "content": "Read /tmp/a.txt"}],
+        parallel_tool_calls=True,
+        include_reasoning=True,
+        chat_template_kwargs=kwargs,
+        skip_special_tokens=False,
+    )
+    parser = Parser(tokenizer, tools, chat_template_kwargs=kwargs)
+    prompt = [163588, 1001, 163601]
+    if sc.model == "k25":
+        prompt += [163606] + ([] if sc.thinking else [163607])
+    out: list[str] = []
+    first = Response(
+        id=RID,
+        object="chat.completion.chunk",
+        created=CREATED,
+        model="kimi",
+        prompt_token_ids=None,
+        choices=[Choice(index=0, delta=DeltaMessage(role="assistant", content=""), logprobs=None, finish_reason=None)],
+    )
+    out.append(f"data: {first.model_dump_json(exclude_unset=True)}\n\n")
+    max_chars, per_step = SPLITS[split]
+    all_steps = steps(tokenize(sc.output, K2_SPECIALS, max_chars), per_step)
+    if sc.finish != "length":
+        all_steps[-1] = [*all_steps[-1], ("", K2_SPECIALS["<|im_end|>"])]
+    tools_streamed = False
+    tool_parser = parser.tool_parser
+    for n, step in enumerate(all_steps):
+        engine_finish = ("length" if sc.finish == "length" else "stop") if n == len(all_steps) - 1 else None
+        delta = parser.parse_delta(
+            delta_text="".join(t for t, _ in step),
+            delta_token_ids=[i for _, i in step],
+            request=request,
+            prompt_token_ids=prompt,
+        )
+        if delta and delta.tool_calls:
+            tools_streamed = True
+        if delta is None:
+            if engine_finish is None:
+                continue
+            delta = DeltaMessage()
+        if engine_finish is None:
+            choice = Choice(index=0, delta=delta, logprobs=None, finish_reason=None, token_ids=None)
+        else:
+            auto_tools_called = len(tool_parser.prev_tool_call_arr) > 0
+            index = len(tool_parser.prev_tool_call_arr) - 1 if auto_tools_called else 0
+            tc = delta.tool_calls
+            if auto_tools_called and tc and tc[0] and tc[0].function and tc[0].function.arguments is not None:
+                latest = len(tc[0].function.arguments) if isinstance(tc[0].function.arguments, str) else 0
+                args = tool_parser.prev_tool_call_arr[index].get("arguments", {})
+                expected = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+                actual = tool_parser.streamed_args_for_tool[index]
+                if latest > 0:
+                    actual = actual[:-latest]
+                remaining = expected.replace(actual, "", 1)
+                # `_create_remaining_args_delta`: id, type and name kept from the delta, the remainder as arguments
+                original = next((t for t in delta.tool_calls if t.index == index), None)
+                fn = original.function if original else None
+                delta = DeltaMessage(
+                    tool_calls=[
+                        engine.DeltaToolCall(
+                            index=index,
+                            id=original.id if original else None,
+                            type=original.type if original else None,
+                            function=engine.DeltaFunctionCall(name=fn.name if fn else None, arguments=remaining),
+                        )
+                    ]
+                )
+            finish = "tool_calls" if auto_tools_called or tools_streamed else engine_finish
+            choice = Choice(index=0, delta=delta, logprobs=None, finish_reason=finish, stop_reason=None, token_ids=None)
+        chunk = Response(id=RID, object="chat.completion.chunk", created=CREATED, choices=[choice], model="kimi")
+        out.append(f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n")
+    out.append("data: [DONE]\n\n")
+    return "".join(out).encode()
+
+
 ENGINES = {
     "sglang-0.5.5": (sglang_stream, "0.5.5", ("k2", "k25")),
     "sglang-0.5.23": (sglang_stream, "0.5.23", ("k2", "k25", "k3")),
     "vllm-0.10.2": (vllm_stream, "0.10.2", ("k2", "k25")),
     "vllm-0.13.0": (vllm_stream, "0.13.0", ("k2", "k25")),
+    "vllm-0.20.0": (vllm20_stream, "0.20.0", ("k2", "k25")),
+    "vllm-0.34.0": (vllm34_stream, "0.34.0", ("k2", "k25", "k3")),
 }
 
 

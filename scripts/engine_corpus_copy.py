@@ -51,6 +51,53 @@ RELEASES: dict[tuple[str, str], list[str]] = {
         "vllm/reasoning/basic_parsers.py",
         "vllm/reasoning/abs_reasoning_parsers.py",
     ],
+    ("vllm", "0.20.0"): [
+        "vllm/parser/abstract_parser.py",
+        "vllm/tool_parsers/kimi_k2_tool_parser.py",
+        "vllm/tool_parsers/abstract_tool_parser.py",
+        "vllm/tool_parsers/utils.py",
+        "vllm/reasoning/kimi_k2_reasoning_parser.py",
+        "vllm/reasoning/abs_reasoning_parsers.py",
+        "vllm/reasoning/identity_reasoning_parser.py",
+    ],
+    ("vllm", "0.34.0"): [
+        *(f"vllm/parser/{name}.py" for name in ("abstract_parser", "kimi_k2", "kimi_k3", "utils")),
+        *(
+            f"vllm/parser/engine/{name}.py"
+            for name in (
+                "__init__",
+                "adapters",
+                "events",
+                "incremental_lexer",
+                "parser_engine",
+                "parser_engine_config",
+                "registered_adapters",
+                "streaming_parser_engine",
+                "token_id_scanner",
+            )
+        ),
+        *(
+            f"vllm/tool_parsers/{name}.py"
+            for name in (
+                "kimi_k2_tool_parser",
+                "kimi_k3_tool_parser",
+                "abstract_tool_parser",
+                "streaming",
+                "tool_strict_level",
+            )
+        ),
+        *(
+            f"vllm/reasoning/{name}.py"
+            for name in (
+                "kimi_k2_reasoning_parser",
+                "kimi_k3_reasoning_parser",
+                "abs_reasoning_parsers",
+                "basic_parsers",
+            )
+        ),
+        "vllm/v1/token_buffer.py",
+        "vllm/renderers/chat_utils/tool_call.py",
+    ],
 }
 
 

@@ -61,7 +61,8 @@ def upstream():
 def live(upstream, tmp_path_factory):
     """One live run: two flows through mitmdump, then the capture it left."""
     tmp = tmp_path_factory.mktemp("live")
-    with Mitmdump(upstream.url, tmp, {"kimi_idle_timeout": 1}) as proxy:
+    # the stalled stream stops inside an open call: the tool idle deadline is the one that applies
+    with Mitmdump(upstream.url, tmp, {"kimi_idle_timeout": 1, "kimi_tool_idle_timeout": 1}) as proxy:
         raw_request = orjson.dumps(REQUEST)
         with httpx.Client(timeout=10) as client:
             first = client.post(

@@ -18,7 +18,9 @@ from kimiwire.wire.detection import Detection, Engine, IdForm, ModelFamily, id_f
 from kimiwire.wire.policy import Flavor, Policy, PolicyCache
 from kimiwire.wire.request.repair import repair_request_body
 
+from tests.support import engine_corpus
 from tests.support.mitm import Mitmdump
+from tests.support.upstream import TEXT_COMPLETION
 
 READ = {"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}
 
@@ -56,6 +58,21 @@ def test_each_simulator_shape_gives_its_known_detection(shape: str, streamed: bo
     assert answers.id_forms == [form.value]
     expected_flavor = {Engine.SGLANG: Flavor.SGLANG, Engine.VLLM: Flavor.VLLM}.get(answer_engine, Flavor.SELFHOSTED)
     assert answers.flavor("10.0.0.5") is expected_flavor
+
+
+def test_every_corpus_stream_names_its_engine() -> None:
+    """The engine corpus: streams of the released SGLang and vLLM Kimi parsers (tests/fixtures/engines)."""
+    cases = engine_corpus.load()
+    assert len(cases) > 100
+    for case in cases:
+        detection = Detection()
+        detection.read_answer(case.sse, True)
+        assert detection.engine.value == case.engine.split("-")[0], case.id
+        assert detection.flavor("gpu-box").value == case.engine.split("-")[0], case.id
+        if case.model == "k3" and detection.id_forms:
+            assert detection.family is ModelFamily.K3, case.id
+        elif case.engine.startswith("sglang"):
+            assert detection.family is ModelFamily.UNKNOWN, case.id
 
 
 def test_an_empty_sglang_turn_and_a_whole_vllm_call_still_name_their_engine() -> None:
@@ -232,6 +249,34 @@ def test_hosts_that_clients_name_are_never_asked() -> None:
 
         record = asyncio.run(scenario())
     assert server.asked == [] and record is not None and record["engine"] == "unknown"
+
+
+class _HangingListing(HttpServer):
+    """Never answers GET /v1/models (the connection stays open); answers chat at once."""
+
+    async def _respond(self, method, path, headers, body, writer) -> bool:
+        if path.endswith("/models"):
+            await asyncio.sleep(60)
+            return False
+        return await self._json(writer, 200, TEXT_COMPLETION)
+
+
+def test_a_listing_that_never_comes_is_never_in_a_clients_path(tmp_path) -> None:
+    with ServerThread(_HangingListing()) as upstream, Mitmdump(upstream.url, tmp_path) as proxy:
+        started = time.monotonic()
+        response = httpx.post(
+            proxy.url + "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+        assert response.status_code == 200 and time.monotonic() - started < UpstreamDetector.TIMEOUT
+        deadline = time.monotonic() + UpstreamDetector.TIMEOUT + 5
+        while not next(iter(_health(proxy)["upstreams"].values()))["probe_problem"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        upstream_state = next(iter(_health(proxy)["upstreams"].values()))
+    assert upstream_state["probe_problem"] == f"no answer within {UpstreamDetector.TIMEOUT:g} s"
+    assert upstream_state["engine"] == "unknown" and upstream_state["probes"] == 1
 
 
 def _health(proxy: Mitmdump) -> dict:

@@ -78,7 +78,28 @@ def test_the_table_names_findings_and_options(monkeypatch) -> None:
     assert "markup leak" in lines[harness] and lines[harness + 1].split()[0] == "kimiwire"
     assert lines[harness + 1].rstrip().endswith("ok")
     assert "kimi_reasoning_field=both" in output  # vLLM sends `reasoning`
-    assert "kimiwire repaired: harness (markup leak)" in output
+    assert "kimiwire repaired: markup leak (harness)" in output
+
+
+def test_moonshot_behind_a_gateway_is_suggested_and_the_suggestion_can_be_tried() -> None:
+    """A Moonshot-like server on a host `auto` cannot know (the simulator's Moonshot contract):
+    harness requests are refused; the doctor suggests kimi_flavor=moonshot, and with it nothing is."""
+    with SimulatorThread(SimSettings(shape="moonshot", contract="moonshot", served="kimi-k2.6")) as sim:
+        code, output = _doctor("--upstream", sim.url + "/v1", "--json")
+        tried_code, tried_output = _doctor("--upstream", sim.url + "/v1", "--json", "--set", "kimi_flavor=moonshot")
+    report, tried = orjson.loads(output), orjson.loads(tried_output)
+    harness = {c["case"]: c for c in report["cases"]}["harness"]
+    assert harness["direct"]["status"] == 400 and harness["kimiwire"]["status"] == 400
+    assert code == 1 and any("--set kimi_flavor=moonshot" in line for line in report["options"])
+    assert tried_code == 0, tried["problems_left"]
+    assert tried["kimiwire_options"] == ["kimi_flavor=moonshot"]
+    assert all(c["kimiwire"]["status"] == 200 for c in tried["cases"])
+    assert any(c["direct"]["status"] == 400 for c in tried["cases"])
+
+
+def test_set_takes_only_kimiwire_options() -> None:
+    with pytest.raises(SystemExit):
+        _doctor("--upstream", "http://127.0.0.1:9/v1", "--set", "mode=regular")
 
 
 def test_problems_left_through_kimiwire_exit_1(monkeypatch) -> None:

@@ -239,7 +239,7 @@ def stalled_reply(request):
     )
 
 
-def test_after_sigterm_delivered_holds_only_what_the_client_received(tmp_path):
+def test_sigterm_ends_open_streams_cleanly_and_captures_what_the_client_received(tmp_path):
     received = bytearray()
     with RecordingUpstream(stalled_reply) as up:
         p = Mitmdump(up.url, tmp_path, {**OPTIONS, "kimi_idle_timeout": 60}).start()
@@ -253,14 +253,15 @@ def test_after_sigterm_delivered_holds_only_what_the_client_received(tmp_path):
                 while b"tok " not in received:
                     received += next(chunks)
                 assert p.stop() == 0  # SIGTERM while the stream is open
-                try:
-                    for chunk in chunks:
-                        received += chunk
-                except httpx.HTTPError:
-                    pass
+                for chunk in chunks:  # the body ends cleanly (a torn one raises httpx.RemoteProtocolError)
+                    received += chunk
         finally:
             p.stop()
-    assert received.endswith(b"\n\n") and b"[DONE]" not in received  # the proxy was stopped mid-stream
+    # The stream was ended by the proxy as it stopped: an OpenAI-style error event, then [DONE].
+    events = [e for e in bytes(received).split(b"\n\n") if e.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]"
+    assert orjson.loads(events[-2][6:])["error"]["type"] == "proxy_shutdown"
+    assert "kimiwire: shutting down: ending 1 open stream(s) cleanly" in p.output
     for path in [p.flows_path, *p.capture_files()]:
         [flow] = p.read_flows(path)
         record = flow.metadata["kimiwire"]

@@ -54,7 +54,8 @@ KNOWN_FIELDS = {
     "flavor,expect_reasoning,expect_thinking_field",
     [
         ("auto", [None, None, None], False),
-        ("moonshot", [None, None, "r2"], True),
+        # Moonshot checks every tool-call turn while thinking: an earlier loop's reasoning stays
+        ("moonshot", ["r1", None, "r2"], True),
         ("deepinfra", [None, None, "r2"], False),
     ],
 )

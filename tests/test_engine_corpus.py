@@ -15,31 +15,45 @@ from tests.support import engine_corpus as ec
 
 CASES = ec.load()
 ALL = "*"
-RESEND = "missing repair: no call twice (vLLM 0.11.1-0.13.0 re-send buffered markup as content at section end)"
-CUT = "missing repair: a cut call goes out under finish_reason tool_calls (should become length)"
-THINK_TAG = "missing repair: a literal <think> at the start of the reasoning field"
 ANSWER_IN_REASONING = "missing repair: thinking off, the engine's reasoning parser puts the answer in reasoning"
+RESENT_ACROSS_THINK = (
+    "missing repair: no text twice when vLLM 0.13 re-sends its buffer at the section end and, with no reasoning "
+    "parser, that buffer holds the reasoning and </think> before the text"
+)
 ENGINE_LOST = "not recoverable: with several tokens in one step the engine never sends part of the text/arguments"
 # (engine, scenario) -> {split or ALL: reason}
 KNOWN_GAPS: dict[tuple[str, str], dict[str, str]] = {
-    **{
-        ("vllm-0.13.0", s): {ALL: RESEND}
-        for s in ("k25-one-call", "k2-one-call", "k25-two-calls", "k25-nested-args", "k25-off-one-call")
-    },
-    ("vllm-0.13.0", "k25-cut-call"): {ALL: CUT},
-    ("vllm-0.10.2", "k25-cut-call"): {ALL: CUT},
-    ("vllm-0.10.2", "k2-text"): {"4tok-steps": THINK_TAG},
-    ("vllm-0.10.2", "k2-one-call"): {"4tok-steps": THINK_TAG + "; and " + ENGINE_LOST},
-    ("vllm-0.10.2", "k25-off-text"): {ALL: ANSWER_IN_REASONING},
-    ("vllm-0.10.2", "k25-off-one-call"): {ALL: ANSWER_IN_REASONING},
-    ("sglang-0.5.5", "k25-off-text"): {ALL: ANSWER_IN_REASONING},
+    **{(e, s): {ALL: ANSWER_IN_REASONING} for e in ("sglang-0.5.5", "vllm-0.10.2") for s in ("k25-off-text",)},
     ("sglang-0.5.5", "k25-off-one-call"): {ALL: ANSWER_IN_REASONING},
+    ("vllm-0.10.2", "k25-off-one-call"): {
+        ALL: ANSWER_IN_REASONING,
+        "4tok-steps": ANSWER_IN_REASONING + "; " + ENGINE_LOST,
+    },
     ("sglang-0.5.5", "k25-one-call"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.10.2", "k25-two-calls"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.10.2", "k25-nested-args"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.13.0", "k25-text"): {"4tok-steps": ENGINE_LOST},
-    ("vllm-0.13.0", "k2-text"): {"4tok-steps": ENGINE_LOST},
+    ("sglang-0.5.5", "k25-no-reasoning-parser"): {"4tok-steps": ENGINE_LOST},
+    ("vllm-0.13.0", "k25-no-reasoning-parser"): {ALL: RESENT_ACROSS_THINK, "4tok-steps": ENGINE_LOST},
+    **{("vllm-0.10.2", s): {"4tok-steps": ENGINE_LOST} for s in ("k2-one-call", "k25-two-calls", "k25-nested-args")},
+    **{
+        ("vllm-0.20.0", s): {"4tok-steps": ENGINE_LOST}
+        for s in ("k25-text", "k25-one-call", "k25-two-calls", "k25-nested-args", "k25-cut-call")
+    },
+    **{
+        ("vllm-0.13.0", s): {"4tok-steps": ENGINE_LOST}
+        for s in (
+            "k25-text",
+            "k25-one-call",
+            "k2-one-call",
+            "k25-two-calls",
+            "k25-nested-args",
+            "k25-cut-call",
+            "k25-off-one-call",
+        )
+    },
 }
+# Where the engine lost the end of a call's arguments, pi-ai's partial-JSON parse may guess the rest
+# and run it; kimiwire ends such a turn with `length` instead (truncated output never becomes an
+# action), so that one difference is not harm.
+LOST_CALL_ENDED = {"pi-ai: stop length != toolUse", "guide: finish length != tool_calls"}
 
 
 def known_gap(case: ec.Case) -> str | None:
@@ -49,10 +63,10 @@ def known_gap(case: ec.Case) -> str | None:
 
 def test_the_corpus_covers_each_release_model_and_split_and_stays_small():
     engines = {c.engine for c in CASES}
-    assert engines == {"sglang-0.5.5", "sglang-0.5.23", "vllm-0.10.2", "vllm-0.13.0"}
+    assert engines == {"sglang-0.5.5", "sglang-0.5.23", "vllm-0.10.2", "vllm-0.13.0", "vllm-0.20.0", "vllm-0.34.0"}
     assert {c.model for c in CASES} == {"k2", "k25", "k3"}
     assert {c.split for c in CASES} == {"1ch", "1-4ch", "4tok-steps"}
-    assert ec.CORPUS.stat().st_size < 2_000_000
+    assert ec.CORPUS.stat().st_size < 3_000_000
     total = sum(p.stat().st_size for p in ec.CORPUS.parent.rglob("*") if p.is_file())
     assert total < 5_000_000
 
@@ -82,13 +96,14 @@ def test_through_kimiwire_the_client_gets_the_models_calls_text_and_finish(case)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_through_kimiwire_is_never_worse_than_direct(case):
     body = ec.through(case)
+    direct, through = ec.problems(case, case.sse), ec.problems(case, body)
+    added = [p for p in through if p not in direct]
+    if added and set(added) <= LOST_CALL_ENDED and ENGINE_LOST in (known_gap(case) or ""):
+        pytest.skip("the engine lost the end of a call's arguments: kimiwire ends the turn with length")
     for assemble in (ec.piai_problems, ec.guide_problems):
         if not assemble(case, case.sse):
             assert assemble(case, body) == [], assemble.__name__
-    worse = len(ec.problems(case, body)) > len(ec.problems(case, case.sse))
-    if worse and known_gap(case) == RESEND:
-        pytest.skip("harm today: " + RESEND + " (markup shown as text becomes a second call)")
-    assert not worse
+    assert len(through) <= len(direct)
 
 
 def test_the_corpus_shows_what_each_release_breaks_direct():
@@ -100,6 +115,58 @@ def test_the_corpus_shows_what_each_release_breaks_direct():
     cut = by_id["vllm-0.13.0/k25-cut-call/1ch"]
     assert b'"finish_reason":"tool_calls"' in cut.sse
     k3 = by_id["sglang-0.5.23/k3-two-calls/1ch"]
-    assert b'"id":"read:0"' in k3.sse and ec.guide_problems(k3, k3.sse)  # whole call twice (0.5.23)
+    assert b'"id":"read:0"' in k3.sse and ec.guide_problems(k3, k3.sse)  # whole arguments in the first delta
+    assert b'"finish_reason":"tool_calls"' in by_id["vllm-0.20.0/k25-cut-call/1ch"].sse
+    assert b'"finish_reason":"length"' in by_id["vllm-0.34.0/k25-cut-call/1ch"].sse  # fixed by 0.34
+    assert b'"kv_transfer_params":null' in by_id["vllm-0.34.0/k3-text/1ch"].sse
     assert b'"matched_stop":163586' in by_id["sglang-0.5.23/k25-text/1ch"].sse
     assert b'"stop_reason":null' in by_id["vllm-0.13.0/k25-text/1ch"].sse
+
+
+# -- a few streams through a real mitmdump subprocess --------------------------------------------
+
+E2E = [
+    "sglang-0.5.5/k25-two-calls/1-4ch",
+    "sglang-0.5.23/k3-two-calls/1-4ch",
+    "vllm-0.10.2/k25-nested-args/1-4ch",
+    "vllm-0.13.0/k25-off-text/1ch",
+    "vllm-0.13.0/k25-one-call/1-4ch",  # vLLM re-sends the section as content at its end
+    "vllm-0.34.0/k3-two-calls/4tok-steps",
+    "vllm-0.10.2/k25-off-text/1ch",  # known gap: the same verdict as in process
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_proxy(tmp_path_factory):
+    from tests.support.mitm import Mitmdump
+    from tests.support.upstream import RecordingUpstream, sse_reply
+
+    by_id = {c.id: c for c in CASES}
+
+    def respond(request):
+        case = by_id[request.headers["x-case"]]
+        return sse_reply([event + b"\n\n" for event in case.sse.split(b"\n\n") if event])
+
+    with RecordingUpstream(respond) as up, Mitmdump(up.url, tmp_path_factory.mktemp("proxy")) as proxy:
+        yield proxy
+
+
+@pytest.mark.parametrize("case_id", E2E)
+def test_through_mitmdump_the_client_gets_what_the_repairer_gives_in_process(corpus_proxy, case_id):
+    import httpx
+
+    case = next(c for c in CASES if c.id == case_id)
+    with httpx.stream(
+        "POST",
+        f"{corpus_proxy.url}/v1/chat/completions",
+        json=case.request_body(),
+        headers={"x-case": case_id},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        delivered = b"".join(response.iter_bytes())
+    assert ec.problems(case, delivered) == ec.problems(case, ec.through(case))
+    if known_gap(case) is None:
+        assert ec.problems(case, delivered) == []
+    else:
+        assert ec.problems(case, delivered)

@@ -65,7 +65,7 @@ def test_every_attempt_is_listed_before_the_answer(flows, kind, statuses, outcom
     assert "first try" in attempts[0] and "retry after" in attempts[1]
     assert text.index("━━ attempts: ") < text.index("━━ as the upstream sent it")
     assert text.count("came back (") == len(statuses) and outcome in text
-    raw = view(flows[kind].response, flows[kind], "kimi attempts (raw)").text
+    raw = view(flows[kind].response, flows[kind], "kimi attempts raw").text
     assert raw.count("━━ attempt ") == len(statuses)
 
 
@@ -73,15 +73,20 @@ def test_a_flow_answered_first_time_lists_no_attempts(flows):
     assert "attempts:" not in view(flows["fragmented"].response, flows["fragmented"]).text
 
 
+def flat(text: str) -> str:
+    """The text with wrapped lines joined (words as they would read unwrapped)."""
+    return " ".join(text.split())
+
+
 def test_repairs_say_which_call_and_what_changed(flows):
-    fragmented = view(flows["fragmented"].response, flows["fragmented"]).text
+    fragmented = flat(view(flows["fragmented"].response, flows["fragmented"]).text)
     assert "stream.tool_call_joined (call 1): its 6 argument deltas joined; sent as 2 deltas" in fragmented
     assert "(in 2 deltas)" in fragmented
-    think = view(flows["think_tags"].response, flows["think_tags"]).text
+    think = flat(view(flows["think_tags"].response, flows["think_tags"]).text)
     assert "think.open_tag: a <think> tag in the content" in think
-    leaked = view(flows["leaked_markup"].response, flows["leaked_markup"]).text
+    leaked = flat(view(flows["leaked_markup"].response, flows["leaked_markup"]).text)
     assert "markup.recovered_consumed (call 0): call read recovered from Kimi tool-call markup" in leaked
-    ids = view(flows["mangled_ids"].request, flows["mangled_ids"]).text
+    ids = flat(view(flows["mangled_ids"].request, flows["mangled_ids"]).text)
     assert "ids.call (message 1): tool-call id functionsread0 -> functions.read:0" in ids
 
 
@@ -195,3 +200,17 @@ def test_a_retried_flow_differs_when_its_last_attempt_would_now_answer():
     assert compare_retried(b"{}", b"{}", delivered, still_empty, source) == []
     lines = compare_retried(b"{}", b"{}", delivered, answers + b"data: [DONE]\n\n", source)
     assert "choice 0 content: '' -> 'hi'" in lines and any(line.startswith("errors:") for line in lines)
+
+
+def test_an_attempt_record_with_more_fields_is_shown(flows):
+    """Records of another version may keep more per attempt (its repairs, headers): shown, never an error."""
+    flow = flows["status_retried"].copy()
+    attempts = flow.metadata["kimiwire"]["attempts"]
+    attempts[1] = {
+        **attempts[1],
+        "repairs": [{"kind": "stream.tool_call_joined", "message_index": 0, "before": 5, "after": 1}],
+        "headers": [[b"content-type", b"text/event-stream"]],
+        "something_new": {"x": 1},
+    }
+    text = flat(view(flow.response, flow).text)
+    assert "repairs on this attempt (1): stream.tool_call_joined (call 0): its 5 argument deltas joined" in text

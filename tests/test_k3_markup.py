@@ -277,3 +277,38 @@ def test_a_think_tag_later_in_reasoning_is_not_an_edge():
     body = token_stream([("reasoning_content", "First."), ("reasoning_content", "<think>x")])
     parsed = piai_parse(run(body, RequestFacts())[0])
     assert parsed["thinking"] == "First.<think>x"
+
+
+@pytest.mark.parametrize("model_is_k3", [True, False])
+def test_an_answer_found_in_reasoning_opens_the_retry_gate(model_is_k3):
+    """Even when the answer had already gone out as reasoning and could not be sent again (a model
+    name that does not say K3), the turn is answered: never retried as reasoning-only."""
+    from kimiwire.mitm.stream_callable import RepairingStream
+    from kimiwire.wire.response.turn_gate import TurnGate
+
+    facts = RequestFacts(0, {}, False, True, k3_model=model_is_k3)
+    gate = TurnGate(facts, frozenset({"empty", "reasoning_only"}), hold_calls=False)
+    stream = RepairingStream(StreamRepairer(facts, POLICY), gate=gate)
+    body = token_stream(
+        [("reasoning_content", "The answer is 42."), ("reasoning_content", "<|close|>response<|sep|>")],
+        model="kimi-k3" if model_is_k3 else "kimi-latest",
+    )
+    out = b"".join(b"".join(stream(e + b"\n\n")) for e in body.split(b"\n\n") if e) + b"".join(stream(b""))
+    assert gate.verdict() is None and gate.proven
+    assert b"data: [DONE]" in out
+    assert (piai_parse(out)["text"] == "The answer is 42.") is model_is_k3
+
+
+def test_an_unnamed_close_and_end_of_message_are_removed():
+    assert scan(["Done.<|close|><|sep|><|end_of_msg|>"]) == ("Done.", "", [])
+    assert scan(["a <|close|>  <|sep|>b"]) == ("a b", "", [])
+
+
+def test_non_streamed_k3_call_cut_off_ends_with_length():
+    text = "<|open|>tools<|sep|>" + CALL_READ + CALL_EXEC[:50]
+    body = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+    log = repair_completion_object(body, k3_facts(), POLICY)
+    choice = body["choices"][0]
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["read"]
+    assert choice["message"]["content"] == CALL_EXEC[:50]  # the cut call, as sent
+    assert choice["finish_reason"] == "length" and log.counts()["finish_reason.cut_call"] == 1

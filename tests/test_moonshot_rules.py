@@ -19,6 +19,8 @@ from kimiwire.wire.request.mfjs_rewrite import moonshot_schema
 from kimiwire.wire.request.moonshot_rules import INTERRUPTED_RESULT
 from kimiwire.wire.request.repair import repair_request_body
 
+from tests.support.moonshot_requests import HARNESS_REQUESTS
+
 MOON = Policy.build(Flavor.MOONSHOT)
 MCP = json.loads((Path(__file__).parent / "fixtures" / "mcp_tool_sets.json").read_text())
 
@@ -384,3 +386,64 @@ def test_any_request_moonshot_accepts_direct_is_accepted_after_kimiwire(body):
     if moonshot_refusal(body) is None:
         out, _ = repaired(body)
         assert moonshot_refusal(out) is None, out
+
+
+# -- a forced tool sent as `auto` is checked to have been called ---------------------------------
+
+
+def test_a_relaxed_forced_choice_is_remembered_in_the_facts():
+    body = {"model": "kimi-k2.7-code", "messages": [{"role": "user", "content": "x"}], "tools": [tool("read")]}
+    _, result = repaired({**body, "tool_choice": "required"})
+    assert result.facts.forced_tool == "*"
+    _, result = repaired({**body, "model": "kimi-k3", "tool_choice": NAMED})
+    assert result.facts.forced_tool == "read"
+    _, result = repaired({**body, "model": "kimi-k2.6", "tool_choice": NAMED})
+    assert result.facts.forced_tool is None  # thinking turned off instead: the upstream forces it
+
+
+def test_the_turn_verdict_on_a_forced_tool():
+    from kimiwire.wire.facts import RequestFacts
+    from kimiwire.wire.response.turn_gate import TurnSeen, judge
+
+    checks = frozenset({"forced_tool"})
+    text = TurnSeen(content=True, finish_reasons=["stop"])
+    assert judge(text, RequestFacts(forced_tool="*"), checks).kind == "forced_tool"
+    assert judge(text, RequestFacts(), checks) is None
+    other = TurnSeen(calls=[("exec", "{}")], finish_reasons=["tool_calls"])
+    assert judge(other, RequestFacts(forced_tool="read"), checks).kind == "forced_tool"
+    assert judge(other, RequestFacts(forced_tool="*"), checks) is None
+    assert judge(TurnSeen(content=True, finish_reasons=["length"]), RequestFacts(forced_tool="*"), checks) is None
+
+
+def test_the_gate_holds_content_while_a_forced_tool_is_awaited():
+    from kimiwire.wire.facts import RequestFacts
+    from kimiwire.wire.response.turn_gate import TurnGate
+
+    def event(delta, finish=None):
+        chunk = {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    gate = TurnGate(RequestFacts(forced_tool="*"), frozenset({"forced_tool", "empty"}), hold_calls=True)
+    assert gate.feed([event({"content": "hello"}), event({}, "stop"), b"data: [DONE]\n\n"]) == []
+    assert gate.verdict().kind == "forced_tool" and len(gate.discard()) == 3
+    gate = TurnGate(RequestFacts(), frozenset({"forced_tool", "empty"}), hold_calls=True)
+    assert len(gate.feed([event({"content": "hello"})])) == 1  # nothing forced: content proves the turn
+
+
+# -- requests as harnesses send them ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("label", "body", "intent"), HARNESS_REQUESTS, ids=[h[0][:60] for h in HARNESS_REQUESTS])
+def test_harness_requests_are_accepted_through_kimiwire_with_their_intent(label, body, intent):
+    out, result = repaired(body)
+    if result.refusal is not None:  # answered by kimiwire with a clear 400, nothing sent
+        assert "too many tools" in result.refusal and moonshot_refusal(body) is not None
+        return
+    assert moonshot_refusal(out) is None, label
+    assert intent(out), label
+
+
+def test_most_harness_requests_are_refused_direct():
+    refused = [label for label, body, _ in HARNESS_REQUESTS if moonshot_refusal(body) is not None]
+    accepted = [label for label, body, _ in HARNESS_REQUESTS if moonshot_refusal(body) is None]
+    assert len(refused) == 22 and len(HARNESS_REQUESTS) == 28, accepted

@@ -46,7 +46,7 @@ def chunks(events):
 
 def test_policy_parses_the_option_and_rejects_unknown_reasons():
     assert RetryPolicy.parse(DEFAULT_RETRY_ON, 2, 120).reasons == frozenset(
-        {"empty", "reasoning_only", "stall", "connect", "status", "invalid_call"}
+        {"empty", "reasoning_only", "stall", "connect", "status", "invalid_call", "forced_tool"}
     )
     assert not RetryPolicy.parse("", 2, 120).active
     assert RetryPolicy.parse("empty, schema", 1, 5).turn_checks() == {"empty", "schema"}
@@ -190,10 +190,14 @@ def test_calls_with_markup_or_unparseable_arguments_are_invalid():
     # is left with reasoning only, which is retried too.
     gate, delivered = gated(call_turn(markup))
     assert gate.verdict().kind == "reasoning_only" and b"tool_calls_section_begin" not in b"".join(delivered)
-    verdict = gated(call_turn('{"path": "/w/a.txt"'), policy=Policy.build(Flavor.SELFHOSTED, arguments="off"))[
+    verdict = gated(call_turn('{"path": "/w/a.txt"}}'), policy=Policy.build(Flavor.SELFHOSTED, arguments="off"))[
         0
     ].verdict()
     assert verdict.kind == "invalid_call" and "parse" in verdict.detail
+    # Arguments that never closed are a cut call, not an invalid one: the turn ends `length`
+    # whatever the upstream said (vllm #47761), which explains it: no retry.
+    gate, delivered = gated(call_turn('{"path": "/w/a.txt"'), policy=Policy.build(Flavor.SELFHOSTED, arguments="off"))
+    assert gate.verdict() is None and b'"finish_reason":"length"' in b"".join(delivered + gate.open())
 
 
 def test_schema_violations_only_when_opted_in():

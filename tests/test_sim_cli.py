@@ -16,7 +16,7 @@ from kimiwire.sim.settings import SimSettings
 FLAGS = [
     "--port", "0", "--shape", "vllm", "--fragments", "2", "--interleave", "--reasoning-between", "--whole",
     "--no-reasoning", "--broken-history", "empty", "--fault", "done-open", "--delay", "0.5", "--hold", "3",
-    "--answer-events", "7", "--leak", "consumed", "--think", "block", "--stamp", "--run", "r1",
+    "--answer-events", "7", "--leak", "consumed", "--held-call", "2", "--think", "block", "--stamp", "--run", "r1",
     "--served", "moonshotai/Kimi-K2.6", "--contract", "moonshot", "--replay", "turn.sse",
 ]  # fmt: skip
 

@@ -80,3 +80,28 @@ def test_settings_reject_unknown_values():
             continue
         raise AssertionError(text)
     assert orjson.dumps(SimSettings().with_overrides("leak=consumed, think=block").leak) == b'"consumed"'
+
+
+def test_k3_tools_channel_as_content():
+    choice = message({"messages": [TASK], "tools": TOOLS}, leak="k3-tools")
+    content = choice["message"]["content"]
+    assert content.startswith("<|open|>response<|sep|>")
+    call = '<|open|>call tool="read" index="1"<|sep|><|open|>argument key="path" type="string"<|sep|>/w/a.txt'
+    assert call in content
+    assert content.endswith("<|close|>tools<|sep|><|close|>message<|sep|>")
+    assert "tool_calls" not in choice["message"]
+
+
+def test_k3_answer_in_reasoning():
+    choice = message({"messages": [{"role": "user", "content": "hi"}]}, leak="k3-answer-in-reasoning")
+    assert not choice["message"]["content"]
+    assert choice["message"]["reasoning_content"].endswith("<|close|>response<|sep|><|close|>message<|sep|>")
+
+
+def test_vllm_resend_at_section_end_and_cut_call_misreported():
+    pieces, deltas = streamed_content({"messages": [TASK], "tools": TOOLS}, leak="resend")
+    assert "<|tool_call_begin|>functions.read:0<|tool_call_argument_begin|>" in pieces[-1]
+    assert any(d.get("tool_calls") for d in deltas)
+    choice = message({"messages": [TASK], "tools": TOOLS}, leak="cut-call")
+    arguments = choice["message"]["tool_calls"][-1]["function"]["arguments"]
+    assert not arguments.endswith("}") and choice["finish_reason"] == "tool_calls"

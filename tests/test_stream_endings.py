@@ -1,5 +1,5 @@
 import pytest
-from kimiwire.wire.stream_endings import EndingLimits, StreamTimes, next_deadline, parse_seconds
+from kimiwire.wire.stream_endings import EndingLimits, StreamTimes, next_deadline, next_keepalive, parse_seconds
 
 LIMITS = EndingLimits(done_grace=1.0, idle_timeout=120.0, first_byte_timeout=600.0)
 
@@ -30,3 +30,16 @@ def test_zero_disables():
 def test_option_values_are_checked(value):
     with pytest.raises(ValueError, match="kimi_idle_timeout"):
         parse_seconds(value, "kimi_idle_timeout")
+
+
+def test_while_a_tool_call_may_be_under_way_its_own_idle_deadline_and_keepalives_apply():
+    limits = EndingLimits(done_grace=1.0, idle_timeout=10.0, first_byte_timeout=60.0, tool_idle_timeout=100.0)
+    times = StreamTimes(started_at=0.0, last_event_at=5.0, events_seen=True)
+    assert next_deadline(times, limits) == (15.0, "idle") and next_keepalive(times, limits) is None
+    times.tool_section_open = True
+    assert next_deadline(times, limits) == (105.0, "idle")
+    assert next_keepalive(times, limits) == 5.0 + limits.tool_keepalive
+    times.keepalive_at = 12.0
+    assert next_keepalive(times, limits) == 12.0 + limits.tool_keepalive
+    times.finished_at = 20.0
+    assert next_keepalive(times, limits) is None

@@ -191,3 +191,18 @@ def test_rewrite_is_recorded_with_before_and_after():
         ("ids.call", 1, "functionsread0", "functions.read:0"),
         ("ids.result", 2, "functionsread0", "functions.read:0"),
     ]
+
+
+def test_next_index_continues_after_the_highest_id_a_trimmed_history_holds():
+    # The client compacted its history: two calls left, but it holds functions.exec:7.
+    messages = [
+        user(),
+        assistant(call("functions.read:6", "read")),
+        tool("functions.read:6"),
+        assistant(call("functions.exec:7", "exec")),
+        tool("functions.exec:7"),
+    ]
+    assert count_history_tool_calls(messages) == 8
+    assert count_history_tool_calls([user(), assistant(call("call_abc", "read")), tool("call_abc")]) == 1
+    # an id that only a tool message still names counts too
+    assert count_history_tool_calls([user(), tool("read:11")]) == 12

@@ -2,6 +2,7 @@
 earlier than the idle timeout after the last event, at most an eighth of it later."""
 
 import asyncio
+import itertools
 from dataclasses import dataclass, field
 
 import orjson
@@ -119,3 +120,66 @@ def test_the_lane_passes_events_without_reading_the_clock():
     assert stream.lane_events() == 20
     stream(event({"content": "caf\u00e9"}))  # the steady branch times its event (and settles the lane's)
     assert len(reads) == before + 1 and stream.lane_events() == 20
+
+
+# -- while a tool call may be under way unseen (vllm PR #50627: the K3 parser holds a call) -----
+
+TOOL_LIMITS = EndingLimits(done_grace=1.0, idle_timeout=IDLE, first_byte_timeout=600.0, tool_idle_timeout=4 * IDLE)
+TOOLS = {"read": {"type": "object"}}
+
+
+def held_call(facts: RequestFacts, opening: list[bytes]) -> tuple[float, list[float]]:
+    """The opening events at t=0, then silence: when the stream is ended, and when comments went out."""
+    timers = FakeTimers()
+    ended: list[float] = []
+    comments: list[float] = []
+
+    async def scenario() -> None:
+        repairer = StreamRepairer(facts, Policy.build(Flavor.SELFHOSTED))
+        stream = RepairingStream(repairer, clock=timers.clock, limits=TOOL_LIMITS)
+
+        async def end(reason: ProxyEnd) -> None:
+            ended.append(timers.now)
+
+        dog = StreamWatchdog(
+            stream,
+            end,
+            lambda coroutine: asyncio.ensure_future(coroutine),
+            clock=timers.clock,
+            keepalive=lambda: comments.append(timers.now),
+        )
+        dog._loop = timers  # type: ignore[assignment]
+        dog.plan()
+        for data in opening:
+            stream(data)
+        while not ended:
+            pending = timers.due(float("inf"))
+            assert pending, "the watchdog stopped watching"
+            timers.now = pending[0][0]
+            pending[0][1]()
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    return ended[0], comments
+
+
+def test_a_k3_request_with_tools_gets_the_tool_idle_deadline_and_comments():
+    opening = [event({"role": "assistant", "content": ""}), event({"content": "Writing the file."})]
+    ended_at, comments = held_call(RequestFacts(0, TOOLS, True, True, k3_model=True), opening)
+    assert 4 * IDLE <= ended_at <= 4 * IDLE * (1 + 1 / IDLE_LOOKS)
+    keepalive = TOOL_LIMITS.tool_keepalive
+    assert comments and comments[0] == keepalive
+    assert all(b - a == keepalive for a, b in itertools.pairwise(comments))
+
+
+def test_a_tool_section_held_as_markup_gets_the_tool_idle_deadline():
+    section = "<|tool_calls_section_begin|><|tool_call_begin|>functions.read:0<|tool_call_argument_begin|>{"
+    opening = [event({"role": "assistant", "content": ""}), event({"content": "ok " + section})]
+    ended_at, comments = held_call(RequestFacts(0, TOOLS, True, True), opening)
+    assert ended_at >= 4 * IDLE and comments
+
+
+def test_plain_text_keeps_the_ordinary_idle_deadline_and_no_comments():
+    opening = [event({"role": "assistant", "content": ""}), event({"content": "Hello."})]
+    ended_at, comments = held_call(RequestFacts(0, TOOLS, True, True), opening)
+    assert IDLE <= ended_at <= IDLE * (1 + 1 / IDLE_LOOKS) and not comments

@@ -11,6 +11,9 @@ OPTIONS = {
     "kimi_done_grace": GRACE,
     "kimi_idle_timeout": IDLE,
     "kimi_first_byte_timeout": FIRST_BYTE,
+    # the defaults' ratios to the idle timeout (600 s and 5 s to 120 s)
+    "kimi_tool_idle_timeout": 5 * IDLE,
+    "kimi_tool_keepalive": IDLE / 24,
     "kimi_retry_on": "",
 }
 REQUEST = {"model": "kimi", "messages": [user("hi")], "tools": TOOLS, "stream": True}

@@ -11,6 +11,7 @@ from typing import Any
 
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.request.repair import facts_from_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.sse import SSEDecoder
 
@@ -39,8 +40,22 @@ class Case:
     def id(self) -> str:
         return f"{self.engine}/{self.scenario}/{self.split}"
 
+    def request_body(self) -> dict[str, Any]:
+        """The request the stream answers, as a harness would send it to that server."""
+        model = {"k2": "kimi-k2-thinking", "k25": "kimi-k2.5", "k3": "kimi-k3"}[self.model]
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Read /tmp/a.txt"}],
+            "tools": [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in TOOLS.items()],
+            "stream": True,
+        }
+        if self.model == "k25":
+            body["chat_template_kwargs"] = {"thinking": self.thinking}
+        return body
+
     def facts(self) -> RequestFacts:
-        return RequestFacts(0, dict(TOOLS), True, True, thinking_prefilled=self.model == "k25" and self.thinking)
+        """What kimiwire learns from that request (as the addon does)."""
+        return facts_from_body(self.request_body())
 
 
 def load() -> list[Case]:

@@ -52,6 +52,7 @@ class Report:
     model: str
     detection: Detection
     proxy_detection: dict[str, Any] | None = None
+    kimiwire_options: list[str] = field(default_factory=list)  # --set, beside the defaults
     rows: list[Row] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -65,6 +66,7 @@ class Report:
             "model": self.model,
             "detection": self.detection.as_dict(),
             "kimiwire_detection": self.proxy_detection,
+            "kimiwire_options": self.kimiwire_options,
             "cases": [
                 {
                     "case": r.case.name,
@@ -88,7 +90,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--yes", action="store_true", help="do not ask before spending tokens on a non-local upstream")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (for CI)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="kimi_NAME=VALUE",
+        help="an option for the kimiwire the doctor starts (repeatable), to try the options it suggests",
+    )
+    args = parser.parse_args(argv)
+    for spec in args.set:
+        if not spec.startswith("kimi_") or "=" not in spec:
+            parser.error(f"--set takes kimi_NAME=VALUE (got {spec})")
+    return args
 
 
 def is_local(host: str) -> bool:
@@ -151,9 +164,11 @@ def run(args: argparse.Namespace, key: str | None, say: Redacted) -> Report:
         detection.read_host(parts.hostname)
         listed = _list_models(client, origin + base, detection)
         model = args.model or (listed[0] if listed else DEFAULT_MODEL)
-        report = Report(origin + base, model, detection)
+        report = Report(origin + base, model, detection, kimiwire_options=list(args.set))
         requests = 2 * len(CASES)
         say(f"doctor: {origin + base}, model {model}: {detection.summary()}")
+        if args.set:
+            say(f"doctor: kimiwire runs with {' '.join(args.set)}")
         say(
             f"doctor: {requests} requests ({len(CASES)} direct, {len(CASES)} through kimiwire), "
             f"at most {requests * MAX_TOKENS} completion tokens and about {_prompt_tokens(model)} prompt tokens"
@@ -161,16 +176,13 @@ def run(args: argparse.Namespace, key: str | None, say: Redacted) -> Report:
         if not is_local(parts.hostname) and not args.yes and not _consent(say):
             raise DoctorError("not confirmed; --yes skips the question", 2)
         with tempfile.TemporaryDirectory(prefix="kimiwire-doctor-") as confdir:
-            proxy = Mitmdump(
-                origin,
-                pathlib.Path(confdir),
-                {"kimi_capture_dir": "", "kimi_retries": 1, "kimi_retry_budget": args.timeout},
-                verbosity="info",
-            )
+            options: dict[str, object] = {"kimi_capture_dir": "", "kimi_retries": 1, "kimi_retry_budget": args.timeout}
+            options |= dict(spec.split("=", 1) for spec in args.set)
+            proxy = Mitmdump(origin, pathlib.Path(confdir), options, verbosity="info")
             try:
                 proxy.start()
             except RuntimeError as exc:
-                raise DoctorError(f"kimiwire did not start: {exc}", 1) from None
+                raise DoctorError(f"kimiwire did not start: {exc}", 2 if args.set else 1) from None
             try:
                 _battery(client, origin + base, proxy.url + base, model, report)
                 report.proxy_detection = _proxy_detection(client, proxy.url)
@@ -293,7 +305,8 @@ def print_report(report: Report, say: Redacted) -> None:
     if report.proxy_detection is not None:
         found = report.proxy_detection
         signs = ", ".join(e["sign"] for e in found.get("evidence", []) if e.get("strong")) or "no engine sign"
-        say(f"kimiwire (kimi_flavor=auto): engine {found.get('engine')}, family {found.get('family')} ({signs})")
+        flavor = _tried_flavor(report) or "kimi_flavor=auto"
+        say(f"kimiwire ({flavor}): engine {found.get('engine')}, family {found.get('family')} ({signs})")
     say("options:")
     for line in advice(report):
         say(f"  {line}")
@@ -302,11 +315,18 @@ def print_report(report: Report, say: Redacted) -> None:
     say(f"doctor: {len(report.rows) * 2} requests in {report.seconds:.1f} s")
 
 
+def _tried_flavor(report: Report) -> str | None:
+    return next((spec for spec in report.kimiwire_options if spec.startswith("kimi_flavor=")), None)
+
+
 def advice(report: Report) -> list[str]:
     detection = report.detection
     direct = [r.direct for r in report.rows]
     lines = []
-    if detection.engine in (Engine.SGLANG, Engine.VLLM):
+    tried = _tried_flavor(report)
+    if tried is not None:
+        lines.append(f"{tried}: as tried here (-- --set {tried} for ./scripts/run)")
+    elif detection.engine in (Engine.SGLANG, Engine.VLLM):
         lines.append(
             f"kimi_flavor=auto finds {detection.engine.value} by itself; or name it: -- --set kimi_flavor="
             f"{detection.engine.value}"
@@ -315,7 +335,8 @@ def advice(report: Report) -> list[str]:
         lines.append(f"kimi_flavor=auto (the host is {detection.engine.value}'s)")
     elif IdForm.BARE.value in detection.id_forms and not any(a.engine_fields for a in direct):
         lines.append(
-            "ids NAME:N and no engine fields: Moonshot's API behind a gateway? then -- --set kimi_flavor=moonshot"
+            "ids NAME:N and no engine fields: Moonshot's API behind a gateway? then -- --set kimi_flavor=moonshot "
+            "(try it: ./scripts/doctor ... --set kimi_flavor=moonshot)"
         )
     else:
         lines.append(
@@ -329,16 +350,16 @@ def advice(report: Report) -> list[str]:
         )
     if detection.family is ModelFamily.K2_5_K2_6:
         lines.append("K2.5/K2.6: thinking is a switch; keep kimi_thinking_fields=translate (default)")
-    fixed = sorted(
-        {
-            f"{r.case.name} ({p})"
-            for r in report.rows
-            for p in r.direct.problems(r.case)
-            if p not in r.proxied.problems(r.case)
-        }
-    )
+    elif detection.family in (ModelFamily.K2_7_CODE, ModelFamily.K3):
+        lines.append(f"{detection.family.value}: thinking cannot be turned off (see the thinking_off case)")
+    fixed: dict[str, list[str]] = {}
+    for row in report.rows:
+        for problem in row.direct.problems(row.case):
+            if problem not in row.proxied.problems(row.case):
+                fixed.setdefault(problem, []).append(row.case.name)
     if fixed:
-        lines.append("kimiwire repaired: " + ", ".join(fixed) + " (defaults; keep them on)")
+        repaired = "; ".join(f"{problem} ({', '.join(cases)})" for problem, cases in fixed.items())
+        lines.append(f"kimiwire repaired: {repaired} (defaults; keep them on)")
     if not report.left:
         lines.append("nothing left broken through kimiwire with these options")
     return lines

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import textwrap
 
-WIDTH = 100
-HEADING_WIDTH = 80
+WIDTH = 80
+HEADING_WIDTH = 78
 RULE = "━"
 
 

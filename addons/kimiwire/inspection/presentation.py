@@ -22,7 +22,7 @@ Section = tuple[str, list[str]]
 
 # How a flow's `ending` reads for a user.
 ENDINGS = {
-    "natural": "the upstream ended the stream itself",
+    "natural": "the upstream ended the response itself",
     "retried": "answered by a retry",
     "retries_exhausted": "no answer after every attempt; the client got the failure",
     "idle_timeout": "the proxy ended it: no upstream event for kimi_idle_timeout",
@@ -155,8 +155,12 @@ def attempt_lines(attempt: dict[str, Any], repaired: bytes | None, content_type:
     shown = repaired if repaired is not None else body
     assembled = assemble(shown, body_content_type(body, content_type))
     label = "repaired" if repaired is not None and repaired != body else "as sent"
-    lines.append(f"    came back ({label}; {size} bytes raw, in the view 'Kimi Attempts (raw)'):")
+    lines.append(f"    came back ({label}; {size} bytes raw, in the view 'Kimi Attempts Raw'):")
     lines += response_lines(assembled, "      ")
+    recorded = attempt.get("repairs")  # kept per attempt by records that have them
+    if isinstance(recorded, list) and recorded:
+        lines.append(f"    repairs on this attempt ({len(recorded)}):")
+        lines += ["      " + describe(r) for r in recorded if isinstance(r, dict)]
     return lines
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from kimiwire.mitm import client_errors, proxy_internals
+from kimiwire.mitm import client_errors, proxy_internals, request_limits
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.command_types import JSONObject
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
@@ -29,6 +29,7 @@ from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
 from kimiwire.mitm.loaded_flows import LoadedFlows
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
+from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, RequestWorker, repair_and_record
 from kimiwire.mitm.retry import (
     Attempt,
     ClientGone,
@@ -57,11 +58,12 @@ from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
 from kimiwire.wire.redaction import Redactor, carries_placeholder, url_for_log
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.request.repair import RequestRepairResult, repair_request_body
+from kimiwire.wire.request.token_limit import clamp_max_tokens
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.response.turn_gate import DELIVERED_AS_CAME, TurnGate
 from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
@@ -101,7 +103,16 @@ _POLICY_OPTION_NAMES = frozenset(
 _REQUEST_HEADERS = frozenset({b"content-type", b"content-encoding", b"accept-encoding"})
 _RESPONSE_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length", b"transfer-encoding"})
 
-_SECONDS_OPTIONS = ("kimi_done_grace", "kimi_idle_timeout", "kimi_first_byte_timeout")
+_SECONDS_OPTIONS = (
+    "kimi_done_grace",
+    "kimi_idle_timeout",
+    "kimi_first_byte_timeout",
+    "kimi_tool_idle_timeout",
+    "kimi_tool_keepalive",
+)
+# Sent to the client while a tool call may be under way upstream unseen: an SSE comment, which
+# clients ignore except to know the line is alive.
+TOOL_KEEPALIVE = b": kimiwire: the upstream is writing a tool call\n\n"
 
 
 class KimiWire:
@@ -117,12 +128,15 @@ class KimiWire:
         self.redactor = Redactor()
         self.replay_credential: str | None = None
         self.retrier = Retrier(self.counts)
+        self.request_worker = RequestWorker()
+        self._capture_tasks: set[asyncio.Task[None]] = set()  # large flows' captures under way
         # Option values the hooks read on every flow, copied from ctx.options by `configure`
         # (an option lookup in mitmproxy costs microseconds; a flow made over a dozen of them).
         self.health_path = chat_exchanges.HEALTH_PATH
         self.max_request_bytes = 0
         self.json_errors = True
         self.error_names_upstream = False
+        self.shutdown_grace = 2.0
         self._policies = PolicyCache()
         self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
 
@@ -239,6 +253,28 @@ class KimiWire:
             "0 disables.",
         )
         loader.add_option(
+            "kimi_tool_idle_timeout",
+            str,
+            "600",
+            "Seconds without an upstream event while a tool call may be under way unseen (a tool section "
+            "held, arguments open, or a K3 request with tools: servers hold a call until it is complete) "
+            "before the stream is ended like kimi_idle_timeout; 0 disables.",
+        )
+        loader.add_option(
+            "kimi_tool_keepalive",
+            str,
+            "5",
+            "Seconds of upstream silence, while a tool call may be under way unseen, between SSE comments "
+            "sent to the client so its own idle watchdog stays quiet; 0 disables.",
+        )
+        loader.add_option(
+            "kimi_shutdown_grace",
+            str,
+            "2",
+            "Seconds, at SIGTERM/SIGINT, to end open streams cleanly (what was held, a proxy_shutdown error event, "
+            "[DONE]) before the proxy stops; 0: streams are torn as the connections close.",
+        )
+        loader.add_option(
             "kimi_first_byte_timeout",
             str,
             "600",
@@ -252,7 +288,8 @@ class KimiWire:
             str,
             DEFAULT_RETRY_ON,
             "When to ask the upstream again, a comma list of: empty, reasoning_only, stall, connect, status, "
-            "invalid_call, schema (opt-in). Empty: no retries and no checks (empty turns pass as they come).",
+            "invalid_call, schema (opt-in), forced_tool. Empty: no retries and no checks (empty turns pass as they "
+            "come).",
         )
         loader.add_option("kimi_retries", int, 2, "Extra attempts per request after the first (0: none).")
         loader.add_option(
@@ -305,6 +342,8 @@ class KimiWire:
                     done_grace=parse_seconds(ctx.options.kimi_done_grace, "kimi_done_grace"),
                     idle_timeout=parse_seconds(ctx.options.kimi_idle_timeout, "kimi_idle_timeout"),
                     first_byte_timeout=parse_seconds(ctx.options.kimi_first_byte_timeout, "kimi_first_byte_timeout"),
+                    tool_idle_timeout=parse_seconds(ctx.options.kimi_tool_idle_timeout, "kimi_tool_idle_timeout"),
+                    tool_keepalive=parse_seconds(ctx.options.kimi_tool_keepalive, "kimi_tool_keepalive"),
                 )
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
@@ -348,6 +387,10 @@ class KimiWire:
         self.max_request_bytes = opts.kimi_max_request_bytes
         self.json_errors = opts.kimi_json_errors
         self.error_names_upstream = opts.kimi_error_names_upstream
+        try:
+            self.shutdown_grace = parse_seconds(opts.kimi_shutdown_grace, "kimi_shutdown_grace")
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
         if updated & _POLICY_OPTION_NAMES:
             self._policies = PolicyCache(
                 opts.kimi_flavor,
@@ -381,7 +424,7 @@ class KimiWire:
         # Reverse mode connects upstream eagerly by default: when the upstream is down the client
         # is dropped without any answer (and its SDK retries). Lazy connections turn that into an
         # error response the client can read.
-        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager":
+        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager" and not self.viewer_only:
             ctx.options.update(connection_strategy="lazy")
             logger.info("kimiwire: connection_strategy set to lazy, so upstream failures reach clients as errors")
         if ctx.options.kimi_json_errors and not proxy_internals.install_error_answers():
@@ -407,13 +450,15 @@ class KimiWire:
     @command.command("kimi.stats")
     def stats(self) -> JSONObject:
         """kimiwire's counters as JSON: live traffic (repairs by kind, flows seen, flows with errors, bytes in
-        and out), and under read_from_files the flows read from files (-r), counted from their records."""
+        and out), under read_from_files the flows read from files (-r), counted from their records, and
+        under upstreams what kimi_flavor=auto found of each upstream (mitm/upstream_probe.py)."""
         counts = dict(self.counts)
-        return JSONObject(
+        return JSONObject.of(
             {
                 "counts": "live traffic through this proxy; flows read from files are under read_from_files",
                 "flows": counts.get("flows.chat", 0),
                 "flows_with_errors": counts.get("flows.error", 0) + counts.get("addon.error", 0),
+                "refused_too_large": counts.get("flows.refused_too_large", 0),
                 "bytes_from_upstream": counts.get("bytes.upstream", 0),
                 "bytes_to_clients": counts.get("bytes.delivered", 0),
                 "repairs": {
@@ -433,7 +478,39 @@ class KimiWire:
             }
         )
 
-    def done(self) -> None:
+    def done(self) -> Any:
+        """At shutdown (SIGTERM, SIGINT) open streams are first ended cleanly, within
+        kimi_shutdown_grace; on a script reload everything is let go at once."""
+        master = getattr(ctx, "master", None)
+        stopping = master is not None and master.should_exit.is_set() and loop_running()
+        if stopping and (self._capture_tasks or (self.shutdown_grace > 0 and self._open_streams())):
+            return self._done_after_grace()
+        self._done_now()
+        return None
+
+    def _open_streams(self) -> list[tuple[FlowState, RepairingStream]]:
+        return [
+            (state, state.stream)
+            for state in self.flows.open_states()
+            if state.stream is not None and state.flow.live and not state.stream.ended and state.is_chat
+        ]
+
+    async def _done_after_grace(self) -> None:
+        """Each open stream gets what was held, a proxy_shutdown error event and [DONE], and its
+        body ends (the response hook then records and captures it as usual)."""
+        streams = self._open_streams() if self.shutdown_grace > 0 else []
+        if streams:
+            logger.info("kimiwire: shutting down: ending %d open stream(s) cleanly", len(streams))
+            endings = [state.spawn(self._end_stream(state, stream, ProxyEnd.SHUTDOWN)) for state, stream in streams]
+            _, late = await asyncio.wait(endings, timeout=self.shutdown_grace)
+            if late:
+                logger.warning("kimiwire: %d stream(s) not ended within kimi_shutdown_grace", len(late))
+            await asyncio.sleep(0)  # the response hooks the endings started
+        if self._capture_tasks:  # large flows' records are written before the capture is closed
+            await asyncio.wait(set(self._capture_tasks))
+        self._done_now()
+
+    def _done_now(self) -> None:
         logger.info("kimiwire stats: %s", self.stats_summary())
         self._shut_down = True
         self.detector.cancel()
@@ -446,6 +523,7 @@ class KimiWire:
                 logger.info("kimiwire: %s", self.capture.summary())
             self.capture.close()
         self.flows.clear()
+        self.request_worker.close()
 
     def _finish_open_flows(self) -> None:
         """At shutdown (SIGTERM, SIGINT) the flows still under way are recorded as they are now:
@@ -499,6 +577,15 @@ class KimiWire:
         self._describe(self.flows.of(flow))
         logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, url_for_log(flow.request.path), log.summary())
 
+    def _keep_repairs(self, flow: http.HTTPFlow, phase: str, recorded: RecordedRepairs) -> None:
+        """`_record_repairs` for a log the request worker made ready for the record."""
+        self.flows.of(flow).record["repairs"].extend(recorded.entries)
+        self.counts.update(recorded.counts)
+        self._describe(self.flows.of(flow))
+        logger.info(
+            "kimiwire %s %s %s: %s", phase, flow.request.method, url_for_log(flow.request.path), recorded.summary
+        )
+
     @staticmethod
     def _describe(state: FlowState) -> None:
         """The flow's mark and comment for humans (mitmweb): repairs by kind, a cut-short ending,
@@ -534,26 +621,54 @@ class KimiWire:
 
     # -- hooks -----------------------------------------------------------------------------
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or self._shut_down or not self.max_request_bytes or not self.json_errors:
+            return  # (without error answers the request hook answers 413, once the body is in)
+        limit = self.max_request_bytes
+        self._guarded(flow, "request size", lambda f: request_limits.enforce(f, limit, self._refused_while_arriving))
+
+    def _refused_while_arriving(self, received: int) -> None:
+        self.counts["flows.refused_too_large"] += 1
+        logger.info(
+            "kimiwire: request body refused after %d bytes (kimi_max_request_bytes=%d)",
+            received,
+            self.max_request_bytes,
+        )
+
+    def request(self, flow: http.HTTPFlow) -> Any:
         if not flow.live:
             self.loaded.add(flow)  # read from a file: it was repaired when it was live
-            return
+            return None
         if self._shut_down:
-            return
+            return None
         req = flow.request
         method, path = req.method, req.path
         if chat_exchanges.is_health_check(method, path, self.health_path):
             body = orjson.dumps({"status": "ok", "pid": os.getpid(), **self.stats()})
             flow.response = http.Response.make(200, body, {"content-type": "application/json"})
-            return
+            return None
+        off_loop = None
         try:
-            self._start_chat_flow(flow, method, path)
+            off_loop = self._start_chat_flow(flow, method, path)
         except Exception as exc:
             self._record_error(flow, "request", exc)
+        if off_loop is not None:
+            return self._request_after(flow, off_loop)  # mitmproxy awaits it before sending the request
+        self._request_done(flow)
+        return None
+
+    async def _request_after(self, flow: http.HTTPFlow, off_loop: Any) -> None:
+        try:
+            await off_loop
+        except Exception as exc:
+            self._record_error(flow, "request", exc)
+        self._request_done(flow)
+
+    def _request_done(self, flow: http.HTTPFlow) -> None:
         if flow.is_replay == "request":
             self._guarded(flow, "replay credentials", self._restore_credentials)
 
-    def _start_chat_flow(self, flow: http.HTTPFlow, method: str, path: str) -> None:
+    def _start_chat_flow(self, flow: http.HTTPFlow, method: str, path: str) -> Any:
         """Every chat flow gets the ending guarantees (first-byte timeout, JSON error answers, a
         watched and cleanly ended stream), whether or not its body can be read and repaired."""
         req = flow.request
@@ -585,34 +700,61 @@ class KimiWire:
             append_header(req.headers, b"accept-encoding", b"identity")
         elif accept_encoding != "identity":
             set_header(req.headers, b"accept-encoding", b"identity")
-        raw = self._request_body(state, headers.get(b"content-encoding", ""))
+        header = headers.get(b"content-encoding", "")
+        if len(req.raw_content or b"") >= OFFLOAD_BYTES and loop_running():
+            return self._prepare_off_loop(state, header)
+        raw = self._request_body(state, header)
         if raw is None:
-            return
-        if self.limits.first_byte_timeout > 0 and loop_running():
-            state.first_byte_timer = asyncio.get_running_loop().call_later(
-                self.limits.first_byte_timeout, self._first_byte_timeout, state
-            )
+            return None
+        self._start_first_byte_timer(state)
         try:
             self._repair_request(state, raw)
         except Exception as exc:
             self._record_error(flow, "request repair", exc)
+        return None
 
-    def _request_body(self, state: FlowState, header: str) -> bytes | None:
+    async def _prepare_off_loop(self, state: FlowState, header: str) -> None:
+        """A large body: decoded and repaired in the request worker, the results applied here."""
+        encoded = state.flow.request.raw_content or b""
+        limit = self.max_request_bytes or _NO_LIMIT
+        decoded = await self.request_worker.run(_decoded_request, encoded, header, limit)
+        raw = self._request_body(state, header, decoded)
+        if raw is None:
+            return
+        self._start_first_byte_timer(state)
+        if not raw:
+            return
+        done = await self.request_worker.run(repair_and_record, raw, state.policy or self.policy_for(state.flow))
+        if isinstance(done, Raised):
+            self._record_error(state.flow, "request repair", done.error)
+            return
+        try:
+            self._apply_request_repair(state, *done)
+        except Exception as exc:
+            self._record_error(state.flow, "request repair", exc)
+
+    def _start_first_byte_timer(self, state: FlowState) -> None:
+        if self.limits.first_byte_timeout > 0 and loop_running():
+            state.first_byte_timer = asyncio.get_running_loop().call_later(
+                self.limits.first_byte_timeout, self._first_byte_timeout, state
+            )
+
+    def _request_body(self, state: FlowState, header: str, decoded: bytes | Raised | None = None) -> bytes | None:
         """The decoded request body, None when there is none to repair. A body that decodes to
-        more than kimi_max_request_bytes is answered 413 here, without inflating it further."""
+        more than kimi_max_request_bytes is answered 413 here, without inflating it further.
+        `decoded`: what the request worker made of it already."""
         req = state.flow.request
         encoded = req.raw_content
         if encoded is None:
             self._note(state.flow, "request not repaired: the body was streamed")
             return b""
         limit = self.max_request_bytes or _NO_LIMIT
-        encoding = content_encoding(header)
         try:
-            if len(encoded) > limit:
-                raise DecodedTooLarge(limit)
-            if encoding is None:
-                raise DecodingError(f"unsupported content-encoding {header!r}")
-            return decode_body(encoded, encoding, limit) if encoding else encoded
+            if decoded is None:
+                return _decoded_request(encoded, header, limit)
+            if isinstance(decoded, Raised):
+                raise decoded.error
+            return decoded
         except DecodedTooLarge:
             self._refuse_large_request(state, limit)
             return None
@@ -633,8 +775,12 @@ class KimiWire:
     def _repair_request(self, state: FlowState, raw: bytes) -> None:
         if not raw:
             return  # nothing to repair (streamed or undecodable: noted), forwarded as it came
+        self._apply_request_repair(state, repair_request_body(raw, state.policy or self.policy_for(state.flow)))
+
+    def _apply_request_repair(
+        self, state: FlowState, result: RequestRepairResult, recorded: RecordedRepairs | None = None
+    ) -> None:
         flow, req, record = state.flow, state.flow.request, state.record
-        result = repair_request_body(raw, state.policy or self.policy_for(flow))
         state.facts = result.facts
         record["facts"] = result.facts.as_dict()
         for note in result.notes:
@@ -648,7 +794,9 @@ class KimiWire:
         if result.body is not None:
             req.content = result.body
             record["upstream_request"] = result.body
-        if result.log:
+        if recorded is not None and recorded.entries:
+            self._keep_repairs(flow, "request", recorded)
+        elif result.log:
             self._record_repairs(flow, "request", result.log)
 
     def _refuse_request(self, state: FlowState, message: str) -> None:
@@ -765,7 +913,12 @@ class KimiWire:
         # bound method is called without the type's __call__ lookup (33 against 121 ns a call).
         response.stream = stream.__call__
         if loop_running():
-            state.watchdog = StreamWatchdog(stream, lambda reason: self._end_stream(state, stream, reason), state.spawn)
+            state.watchdog = StreamWatchdog(
+                stream,
+                lambda reason: self._end_stream(state, stream, reason),
+                state.spawn,
+                keepalive=lambda: state.spawn(proxy_internals.send_to_client(state.flow, [TOOL_KEEPALIVE])),
+            )
             state.watchdog.plan()
 
     async def _end_stream(self, state: FlowState, stream: RepairingStream, reason: ProxyEnd) -> EndOutcome:
@@ -841,6 +994,8 @@ class KimiWire:
             return None
         facts, wire_policy = context
         status = response.status_code
+        if status == 400 and policy.watches("status") and policy.retries > 0:
+            return self._retry_clamped(state, facts, wire_policy)
         if status in RETRY_STATUSES and policy.watches("status"):
             raw = response.raw_content or b""
             failure = Failure(
@@ -857,6 +1012,27 @@ class KimiWire:
             failure.body = response.raw_content or b""
         else:
             return None
+        return self._retry_buffered(state, facts, wire_policy, failure)
+
+    def _retry_clamped(self, state: FlowState, facts: RequestFacts, wire_policy: Policy) -> Any:
+        """A 400 stating that `max_tokens` leaves no room for the prompt: sent once more with it
+        lowered to the room stated (a second refusal reaches the client as it came), or None."""
+        flow = state.flow
+        response = flow.response
+        assert response is not None
+        raw = response.raw_content or b""
+        clamped = clamp_max_tokens(raw, flow.request.content or b"")
+        if clamped is None:
+            return None
+        flow.request.content = clamped.body
+        state.record["upstream_request"] = clamped.body
+        log = RepairLog()
+        log.add("request.max_tokens_clamped", None, {clamped.field: clamped.before}, {clamped.field: clamped.after})
+        self._record_repairs(flow, "request", log)
+        self._note(
+            flow, f"the upstream stated its limit ({clamped.stated}): sent again with {clamped.field} {clamped.after}"
+        )
+        failure = Failure("status", retry_error_message(raw, 400), None, 400, raw, final=False)
         return self._retry_buffered(state, facts, wire_policy, failure)
 
     def _first_attempt(self, state: FlowState, failure: Failure, status: int | None, body: bytes) -> None:
@@ -929,7 +1105,7 @@ class KimiWire:
         if facts.stream and last.kind not in ("status", "connect", "stall"):
             _replace(response, 200, [(b"content-type", b"text/event-stream")], bytes(sink.delivered))
             response.content += b"".join(final_events(last, made))
-        elif last.kind in ("invalid_call", "schema") and last.body:
+        elif last.kind in DELIVERED_AS_CAME and last.body:
             _replace(response, 200, [(b"content-type", b"application/json")], last.body)
         elif last.kind == "status" and last.status is not None:
             if last.body is not failure.body:
@@ -1017,10 +1193,25 @@ class KimiWire:
             self.counts["bytes.upstream"] += len(body or b"")
             self.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
             if self.capture is not None:
-                captured = saved_state(flow, state.client_request, state.upstream_headers, body, self.redactor)
-                self.capture.write(captured)
+                parts = (flow, state.client_request, state.upstream_headers, body, self.redactor)
+                if loop_running() and len(flow.request.raw_content or b"") + len(body or b"") >= OFFLOAD_BYTES:
+                    self._capture_off_loop(parts)
+                else:
+                    self.capture.write(saved_state(*parts))
         except Exception as exc:
             self._record_error(flow, "capture", exc)
+
+    def _capture_off_loop(self, parts: tuple[Any, ...]) -> None:
+        """A large flow's capture state (its bodies' redaction walks whole JSON documents) is made in
+        the request worker; the record is appended here, on the loop, like every other."""
+
+        async def write(capture: CaptureFile) -> None:
+            state = await self.request_worker.run(saved_state, *parts)
+            capture.write(state.error if isinstance(state, Raised) else state)
+
+        task = asyncio.get_running_loop().create_task(write(self.capture))
+        self._capture_tasks.add(task)
+        task.add_done_callback(self._capture_tasks.discard)
 
     def _finish_response(self, flow: http.HTTPFlow) -> None:
         state = self.flows.get(flow)
@@ -1209,6 +1400,17 @@ class KimiWire:
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)
+
+
+def _decoded_request(encoded: bytes, header: str, limit: int) -> bytes:
+    """The request body with its content-encoding decoded (raises DecodedTooLarge past `limit`,
+    DecodingError when it cannot be decoded); pure, so the request worker can run it."""
+    if len(encoded) > limit:
+        raise DecodedTooLarge(limit)
+    encoding = content_encoding(header)
+    if encoding is None:
+        raise DecodingError(f"unsupported content-encoding {header!r}")
+    return decode_body(encoded, encoding, limit) if encoding else encoded
 
 
 def _raw(text: str) -> bytes:

@@ -267,8 +267,11 @@ class CaptureFile:
         self._size = self._position = os.lseek(fd, 0, os.SEEK_END)
         return fd
 
-    def write(self, state: dict) -> bool:
-        """Append one flow, given as its serialized state (see `saved_state`), whole or not at all."""
+    def write(self, state: dict | BaseException) -> bool:
+        """Append one flow, given as its serialized state (see `saved_state`), whole or not at all;
+        an exception (the state could not be made) counts the flow as lost."""
+        if isinstance(state, BaseException):
+            return self._lost(state)
         try:
             record = tnetstring.dumps(state)
         except Exception as exc:

@@ -17,6 +17,11 @@ from mitmproxy import types
 class JSONObject(dict):
     """A command's result that mitmweb shows as a JSON object."""
 
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> JSONObject:
+        """`data` in plain JSON types (mitmweb writes results with the standard json module)."""
+        return cls(orjson.loads(orjson.dumps(data)))
+
 
 class _JSONObjectType(types._BaseType):
     typ = JSONObject

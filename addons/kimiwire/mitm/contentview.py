@@ -80,7 +80,7 @@ class KimiRequestContentview(contentviews.Contentview):
 class KimiAttemptsRawContentview(contentviews.Contentview):
     """Each attempt's body exactly as the upstream sent it (picked by hand: never auto)."""
 
-    name = "Kimi Attempts (raw)"
+    name = "Kimi Attempts Raw"
     syntax_highlight = "none"
 
     def prettify(self, data: bytes, metadata: contentviews.Metadata) -> str:

@@ -14,6 +14,11 @@ nor to answer an upstream failure with anything but its own HTML error page. Two
    only then ends the client's body. The same synthetic event, run inside the HttpLayer, sends
    `ResponseData` for the flow's stream straight to the client connection's layer (chunked on
    HTTP/1, DATA frames on HTTP/2); only the HttpStream waits for the hook, not the HttpLayer.
+4. Counting a request body as it arrives: the flow's HttpStream gets its own `_handle_event` (the
+   instance's attribute over the class's method) that counts `RequestData` and, past a limit,
+   answers the client itself and discards the rest (mitmproxy's `body_size_limit` would apply to
+   every response too, and its answer closes a socket it then never reads nor releases: a client
+   still writing its body blocks until its own timeout).
 3. Error responses: a client connection for which kimiwire registers an answer gets its own
    `send` (the Http1Server instance's attribute over the class's method), so that a protocol error
    there sends that answer (an OpenAI-style JSON error before the response started, or the closing
@@ -49,6 +54,8 @@ try:
     from mitmproxy.proxy.layers.http._base import ReceiveHttp
     from mitmproxy.proxy.layers.http._events import (
         ErrorCode,
+        RequestData,
+        RequestEndOfMessage,
         RequestProtocolError,
         ResponseData,
         ResponseEndOfMessage,
@@ -360,6 +367,64 @@ def close_connections(flow: http.HTTPFlow, why: str) -> EndOutcome:
     return EndOutcome(EndKind.CLOSED, why)
 
 
+# -- request bodies counted as they arrive ---------------------------------------------------
+
+
+def limit_request_body(flow: http.HTTPFlow, limit: int, answer: ErrorAnswer, refused: Callable[[int], None]) -> bool:
+    """From the `requestheaders` hook of an HTTP/1 request: count its body as it arrives and, once
+    more than `limit` bytes came (at once for a negative limit), answer it now: the buffered part
+    is dropped, `answer` goes to the client (connection: close) and `refused(bytes received)` runs.
+    The rest of the body is read and discarded (a client that writes its whole body before reading,
+    as most do, then reads the answer instead of blocking on a socket nobody reads) up to `limit`
+    more bytes, then the connection is closed. False when the flow's stream cannot be found."""
+    if not usable() or not flow.request.http_version.startswith("HTTP/1"):
+        return False
+    handler = _handler(flow)
+    found = _locate(handler, flow) if handler is not None else None
+    if found is None:
+        return False
+    http_layer, stream_id = found
+    stream = http_layer.streams[stream_id]
+    mitmproxy_handle = stream._handle_event
+    received = 0
+    answered = False
+
+    def counting(event: Any) -> Iterator[Any]:
+        nonlocal received, answered
+        kind = type(event)
+        if kind is RequestData:
+            received += len(event.data)
+            if answered:
+                if received > 2 * max(limit, 0) + (1 << 20):  # enough politeness: a client writing on is cut off
+                    yield commands.CloseConnection(flow.client_conn)
+                return
+            if received > limit:
+                answered = True
+                stream.request_body_buf = bytearray()  # its memory returns now, not when the connection goes
+                stream.client_state = stream.server_state = stream.state_errored
+                flow.live = False
+                refused(received)
+                yield commands.SendData(flow.client_conn, _assembled(answer))
+                return
+        elif answered:
+            if kind is RequestEndOfMessage or kind is RequestProtocolError:
+                yield commands.CloseConnection(flow.client_conn)
+            return
+        yield from mitmproxy_handle(event)
+
+    stream._handle_event = counting
+    return True
+
+
+def _assembled(answer: ErrorAnswer) -> bytes:
+    from mitmproxy.net.http import http1
+
+    response = http.Response.make(
+        answer.status, answer.body, {"content-type": answer.content_type, "connection": "close"}
+    )
+    return http1.assemble_response(response)
+
+
 # -- error answers on HTTP/1 client connections ----------------------------------------------
 
 
@@ -417,7 +482,9 @@ def _answering_send(self: Any, event: Any) -> Iterator[Any]:
     if type(event) is not ResponseProtocolError:
         return _MITMPROXY_SEND(self, event)
     answer = _ANSWERS.pop(self.conn.id, None)
-    if answer is None or _client_at_fault(event) or not (self.conn.state & ConnectionState.CAN_WRITE):
+    if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
+        return _MITMPROXY_SEND(self, event)
+    if _client_at_fault(event) and answer.status >= 500:
         return _MITMPROXY_SEND(self, event)
     return _send_answer(self, answer)
 

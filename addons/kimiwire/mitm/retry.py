@@ -67,7 +67,13 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
+from kimiwire.wire.response.turn_gate import (
+    DELIVERED_AS_CAME,
+    TurnGate,
+    completion_seen,
+    judge,
+    upstream_started_calls,
+)
 from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import EndingLimits
@@ -198,7 +204,7 @@ def retry_error_message(body: bytes, status: int) -> str:
 
 def final_events(failure: Failure, attempts: int) -> list[bytes]:
     """What a streaming client gets when attempts run out: never a silent empty success."""
-    if failure.kind in ("invalid_call", "schema") and failure.fallback:
+    if failure.kind in DELIVERED_AS_CAME and failure.fallback:
         return failure.fallback
     if failure.kind in ("empty", "reasoning_only"):
         message = EMPTY_TURN_MESSAGE.format(detail=failure.detail, attempts=attempts)
@@ -451,7 +457,7 @@ class Retrier:
         """A non-streamed answer (kimi_retry_stream=false) delivered to a streaming client as SSE."""
         parsed, failure = self.judge_completion(body, facts, policy)
         if failure is not None:
-            if parsed is not None and failure.kind in ("invalid_call", "schema"):
+            if parsed is not None and failure.kind in DELIVERED_AS_CAME:
                 failure.fallback = continuation.rewrite(completion_events(parsed))
             return failure
         assert parsed is not None
@@ -489,6 +495,8 @@ class Retrier:
         if chat_exchanges.is_json(response.headers.get("content-type", "")):
             _, failure = self.judge_completion(body, facts, policy)
             if failure is not None:
+                if failure.kind == "forced_tool":  # still an answer: delivered when attempts run out
+                    failure.body = body
                 return failure
         success.append(Success(response.status_code, list(response.headers.raw), body))
         return None

@@ -28,6 +28,8 @@ FIRST_EVENT_MESSAGE = (
     "kimiwire: the upstream sent headers but no event within {seconds:g} s; the stream was ended by the proxy"
 )
 
+SHUTDOWN_MESSAGE = "kimiwire: the proxy is shutting down; the stream was ended before the upstream finished it"
+
 
 class ProxyEnd(StrEnum):
     """Why the proxy ends a stream itself (the deadlines of wire/stream_endings.py)."""
@@ -36,6 +38,7 @@ class ProxyEnd(StrEnum):
     FINISHED = "finished"
     IDLE = "idle"
     FIRST_EVENT = "first_event"
+    SHUTDOWN = "shutdown"  # the proxy is stopping (SIGTERM, SIGINT)
 
     @property
     def ending(self) -> str:
@@ -48,6 +51,7 @@ _ENDING_NAMES = {
     ProxyEnd.FINISHED: "proxy_finished",
     ProxyEnd.IDLE: "idle_timeout",
     ProxyEnd.FIRST_EVENT: "first_event_timeout",
+    ProxyEnd.SHUTDOWN: "shutdown",
 }
 
 
@@ -264,6 +268,8 @@ class RepairingStream:
             elif judging:
                 texts = repairer.plain_texts
                 out = gate.feed_plain(data, texts) if texts else gate.feed(out)
+                if repairer.answered_in_reasoning and not gate.proven:  # never retried away
+                    out += gate.open()
         repairer.plain_texts = None
         times = self.times
         if repairer.bypass and data:
@@ -275,6 +281,9 @@ class RepairingStream:
             if not times.events_seen:
                 times.events_seen = True
                 self._wake()
+        if times.tool_section_open is not (section := repairer.tool_section_open):
+            times.tool_section_open = section  # its own idle deadline and keep-alive comments
+            self._wake()
         if times.done_at is None and repairer.done:
             times.done_at = self.clock()
             self._wake()
@@ -308,6 +317,8 @@ class RepairingStream:
         return "natural" if self.end_reason is None else self.end_reason.ending
 
     def _end(self) -> list[bytes]:
+        if self.end_reason is ProxyEnd.SHUTDOWN:  # never a retry: the client gets what was held and why
+            return self.end_with_error(error_event(SHUTDOWN_MESSAGE, "proxy_shutdown", "proxy_shutdown"))
         gate = self.gate
         timed_out = self.end_reason in (ProxyEnd.IDLE, ProxyEnd.FIRST_EVENT)
         if (

@@ -104,9 +104,10 @@ class UpstreamDetector:
         upstream = self._upstreams.get(_origin(scheme, host, port))
         if upstream is None or not upstream.detection.wants_answers:
             return
-        before = upstream.detection.engine
-        upstream.detection.read_answer(body, streamed)
-        if upstream.detection.engine is not before:
+        detection = upstream.detection
+        before = (detection.engine, detection.family)
+        detection.read_answer(body, streamed)
+        if (detection.engine, detection.family) != before:
             self._changed(upstream, "its answers")
 
     def failed(self, scheme: str, host: str, port: int, path: str) -> None:

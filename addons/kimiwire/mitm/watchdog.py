@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
-from kimiwire.wire.stream_endings import next_deadline
+from kimiwire.wire.stream_endings import next_deadline, next_keepalive
 
 # The stream's lane passes events without timing them (RepairingStream.lane_events counts them):
 # while the idle deadline is the next one, the watchdog looks at the count this often (a fraction
@@ -27,11 +27,14 @@ class StreamWatchdog:
         end: Callable[[ProxyEnd], Awaitable[Any]],
         spawn: Callable[[Coroutine[Any, Any, Any]], Any],
         clock: Callable[[], float] = time.monotonic,
+        keepalive: Callable[[], Any] | None = None,
     ) -> None:
         self.stream = stream
         self.end = end
         self.spawn = spawn  # runs the ending as a task of the flow
         self.clock = clock
+        # Sends an SSE comment to the client (while a tool call may be under way upstream unseen).
+        self.keepalive = keepalive
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
@@ -67,7 +70,13 @@ class StreamWatchdog:
         # Later events only move the deadline later: the timer re-plans when it fires.
         if reason == "idle":
             deadline = min(deadline, now + stream.limits.idle_timeout / IDLE_LOOKS)
-        self._timer = self._loop.call_later(deadline - now, self.plan)
+            if self.keepalive is not None and (due := next_keepalive(stream.times, stream.limits)) is not None:
+                if now >= due:
+                    stream.times.keepalive_at = now
+                    self.keepalive()
+                    due = now + stream.limits.tool_keepalive
+                deadline = min(deadline, due)
+        self._timer = self._loop.call_later(max(0.0, deadline - now), self.plan)
 
     def stop(self) -> None:
         self._stopped = True

@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int, pat
     parser.add_argument("--hold", type=float, default=300.0, help="seconds a stall or done-open lasts")
     parser.add_argument("--answer-events", type=int, default=0, help="text answers as N one-token events")
     parser.add_argument("--leak", choices=LEAKS, default="none", help="how tool parsing fails on a turn with calls")
+    parser.add_argument(
+        "--held-call", type=float, default=0.0, help="seconds of silence before the first tool-call chunk"
+    )
     parser.add_argument("--think", choices=THINKS, default="field", help="how reasoning reaches the client")
     parser.add_argument(
         "--contract", choices=CONTRACTS, default="off", help="moonshot: answer what Moonshot's API refuses with its 400"
@@ -75,6 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int, pat
         answer_events=args.answer_events,
         stamp=args.stamp,
         leak=args.leak,
+        held_call=args.held_call,
         think=args.think,
         contract=args.contract,
         run=args.run,

@@ -83,6 +83,19 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked request body (trailers skipped)."""
+    body = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass
+            return bytes(body)
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
 class HttpServer:
     """A minimal HTTP/1.1 server on 127.0.0.1; subclasses answer in `_respond` (True: keep-alive)."""
 
@@ -122,8 +135,11 @@ class HttpServer:
                     if ":" in line:
                         name, value = line.split(":", 1)
                         headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length") or 0)
-                body = await reader.readexactly(length) if length else b""
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    body = await _read_chunked(reader)
+                else:
+                    length = int(headers.get("content-length") or 0)
+                    body = await reader.readexactly(length) if length else b""
                 keep_alive = await self._respond(method, path, headers, body, writer)
                 if not keep_alive or headers.get("connection", "").lower() == "close":
                     break
@@ -310,6 +326,7 @@ class Simulator(HttpServer):
         )
         await writer.drain()
         limit = int(argument) if fault in ("stall", "reset") else None
+        held = settings.held_call  # the server holds the first call until it is complete
         for n, item in enumerate(chunks):
             if limit is not None and n >= limit:
                 if fault == "reset":
@@ -319,6 +336,9 @@ class Simulator(HttpServer):
                 return False
             if n and settings.delay:
                 await asyncio.sleep(settings.delay)
+            if held and item != DONE and any("tool_calls" in c.get("delta", {}) for c in item.get("choices", [])):
+                await asyncio.sleep(held)
+                held = 0.0
             if item == DONE:
                 data = b"data: [DONE]\n\n"
             else:

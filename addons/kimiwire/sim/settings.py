@@ -14,7 +14,17 @@ from .replay import NAME as REPLAY_NAME
 SHAPES = ("sglang", "vllm", "moonshot", "deepinfra")
 BROKEN_HISTORY = ("markup", "empty", "off")
 # How a server's tool parsing fails on a turn with calls (sources in shapes.py).
-LEAKS = ("none", "consumed", "consumed-functions", "in-arguments", "untooled")
+LEAKS = (
+    "none",
+    "consumed",
+    "consumed-functions",
+    "in-arguments",
+    "untooled",
+    "k3-tools",
+    "k3-answer-in-reasoning",
+    "resend",
+    "cut-call",
+)
 # How reasoning reaches the client when the engine's reasoning parser does not split it.
 THINKS = ("field", "prefilled", "block")
 # Request validation before the model answers: off, or moonshot (Moonshot's 400s, moonshot_validator.py).
@@ -37,7 +47,8 @@ class SimSettings:
     hold: float = 300.0  # how long stall and done-open keep the connection
     answer_events: int = 0  # > 0: text answers are this many one-token content events (benchmarks)
     stamp: bool = False  # end every event's text with its send time, `[sent_at=NS]` (benchmarks)
-    leak: str = "none"  # none | consumed | consumed-functions | in-arguments | untooled
+    leak: str = "none"  # one of LEAKS (shapes.py says what each is and who reported it)
+    held_call: float = 0.0  # seconds of silence before the first tool-call chunk (vllm PR #50627)
     think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
     contract: str = "off"  # off | moonshot: refuse what Moonshot's API refuses, with its 400 messages
     run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests

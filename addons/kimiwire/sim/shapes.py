@@ -25,6 +25,20 @@ Tool parsing that fails (`leak`), from public reports:
 - untooled: the request declares no tools (pi-ai sends `tools: []` after tool history), the model
   calls its history's tools anyway, and SGLang, which parses calls only when `request.tools` is
   set, streams the text with special tokens skipped: `functions.NAME:N{json}`.
+- k3-tools: Kimi K3's markup with no K3 parser in front: the response channel and the tools
+  channel (`<|open|>tools<|sep|><|open|>call tool="NAME" index="1"<|sep|><|open|>argument key="K"
+  type="T"<|sep|>V<|close|>argument<|sep|>…`) as content (grammar: vLLM
+  `vllm/tool_parsers/kimi_k3_tool_parser.py`, SGLang `kimik3_detector.py`);
+- k3-answer-in-reasoning: K3 skipped the think channel its template prefilled and SGLang's K3
+  reasoning parser took the whole answer as reasoning: `reasoning_content` holds
+  `ANSWER<|close|>response<|sep|><|close|>message<|sep|>`, content is empty (sglang PR #33995);
+- resend: vLLM 0.11.1-0.13.0's Kimi K2 parser streams the calls as `tool_calls`, then at
+  `<|tool_calls_section_end|>` sends its buffer as content: the text before the section again and
+  every call's markup without the section markers (`kimi_k2_tool_parser.py`, `token_buffer`);
+- cut-call: the last call's arguments cut by `max_tokens`, reported as `finish_reason: tool_calls`
+  (vllm #47761).
+`held_call`: seconds of silence before the first tool-call chunk: vLLM's K3 parser holds a call
+until it is complete (32 s for a 17.5K-character `write_file`, vllm PR #50627).
 Reasoning that the engine does not split (`think`): prefilled: the K2.5/K2.6 template prefilled
 `<think>`, so reasoning and a literal `</think>` arrive as content (smg-project/smg#1873, SGLang
 without `force_reasoning`); block: the whole `<think>…</think>` as content (vllm PR #32490). Both
@@ -94,11 +108,59 @@ def nested_arguments(plan: TurnPlan) -> str:
     return f'{{"{key}": "<|tool_calls_section_begin|>{section}<|tool_calls_section_end|>'
 
 
+def _k3_value(value: Any) -> tuple[str, str]:
+    """(type attribute, body) of one K3 argument, as the K3 template writes it."""
+    if isinstance(value, str):
+        return "string", value
+    kind = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(type(value), "null")
+    return kind, orjson.dumps(value).decode()
+
+
+def _k3_attribute(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;")
+
+
+def k3_tools_text(plan: TurnPlan) -> str:
+    """The turn's calls as K3's tools channel (indexes from 1 within the message)."""
+    calls = []
+    for i, call in enumerate(plan.calls):
+        arguments = "".join(
+            f'<|open|>argument key="{_k3_attribute(key)}" type="{kind}"<|sep|>{body}<|close|>argument<|sep|>'
+            for key, (kind, body) in ((k, _k3_value(v)) for k, v in orjson.loads(call.arguments).items())
+        )
+        calls.append(
+            f'<|open|>call tool="{_k3_attribute(call.name)}" index="{i + 1}"<|sep|>{arguments}<|close|>call<|sep|>'
+        )
+    return "<|open|>tools<|sep|>" + "".join(calls) + "<|close|>tools<|sep|>"
+
+
+def resent_buffer(plan: TurnPlan) -> str:
+    """What vLLM 0.11.1-0.13.0 sends as content at the section end: the text before the section
+    and the calls' markup, section markers stripped."""
+    return plan.content + "".join(
+        f"<|tool_call_begin|>functions.{c.name}:{plan.history_calls + i}<|tool_call_argument_begin|>"
+        f"{c.arguments}<|tool_call_end|>"
+        for i, c in enumerate(plan.calls)
+    )
+
+
+K3_MESSAGE_CLOSE = "<|close|>message<|sep|>"
+
+
 def effective_plan(plan: TurnPlan, settings: SimSettings) -> TurnPlan:
     """The turn as the client will see it: poisoned by broken history, or its calls leaked."""
     plan, _ = poisoned_plan(plan, settings)
-    if not plan.calls or settings.leak == "none":
+    if settings.leak == "k3-answer-in-reasoning" and not plan.calls:
+        return replace(plan, reasoning=plan.content + "<|close|>response<|sep|>" + K3_MESSAGE_CLOSE, content="")
+    if not plan.calls or settings.leak in ("none", "resend", "k3-answer-in-reasoning"):
         return plan
+    if settings.leak == "k3-tools":
+        response = f"<|open|>response<|sep|>{plan.content}<|close|>response<|sep|>"
+        return replace(plan, content=response + k3_tools_text(plan) + K3_MESSAGE_CLOSE, calls=[])
+    if settings.leak == "cut-call":
+        last = plan.calls[-1]
+        cut = PlannedCall(last.name, last.arguments[: max(1, len(last.arguments) // 2)])
+        return replace(plan, calls=[*plan.calls[:-1], cut])  # the finish still says tool_calls
     if settings.leak == "in-arguments":
         return replace(plan, calls=[PlannedCall(plan.calls[0].name, nested_arguments(plan))])
     if settings.leak == "untooled":
@@ -274,6 +336,8 @@ def stream_chunks(
         content_pieces = _pieces(content, 4)
     chunks += [chunk({"content": piece}) for piece in content_pieces]
     chunks += [chunk(delta) for delta in _tool_deltas(plan.calls, plan, settings)]
+    if settings.leak == "resend" and plan.calls:
+        chunks.append(chunk({"content": resent_buffer(plan)}))
     finish = plan.finish_reason
     if plan.empty_tool_arrays:
         chunks += [chunk({"tool_calls": []}) for _ in range(3)]

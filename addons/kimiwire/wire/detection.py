@@ -9,7 +9,9 @@ Engines, from their released source:
   dumped with `exclude_unset=True` (vllm/entrypoints/openai/chat_completion/serving.py), and only
   the finishing choice sets `stop_reason` (`ChatCompletionResponseStreamChoice`, chat_completion/
   protocol.py): the key is on the last choice only, null for an end-of-sequence token.
-  Reasoning comes as `reasoning` (`DeltaMessage`, vllm/entrypoints/generate/base/protocol.py).
+  Reasoning comes as `reasoning` (`DeltaMessage`, vllm/entrypoints/generate/base/protocol.py);
+  releases before 0.13 sent `reasoning_content`, 0.13.0 both (tests/fixtures/engines, the corpus
+  of released parsers): the field name is a weak sign.
 - SGLang 0.5.23 (wheel): `ModelCard.owned_by: str = "sglang"` with `root`
   (sglang/srt/entrypoints/openai/protocol.py). Every streamed choice carries `matched_stop`
   (`StreamChoice` in sglang/srt/entrypoints/openai/sse_utils.py has no omit_defaults; the
@@ -18,7 +20,8 @@ Engines, from their released source:
   (`StreamDelta` keeps it required).
 - Tool-call ids: the kimi_k2 parsers of both keep the model's `functions.NAME:N` (SGLang
   serving_chat.py `_process_tool_call_id`; vLLM vllm/parser/kimi_k2.py `_extract_tool_id_and_name`);
-  SGLang's kimi_k3 parser writes `NAME:N`, as Moonshot's API does (shapes in sim/shapes.py);
+  SGLang's kimi_k3 parser writes `NAME:N`, as Moonshot's API does (shapes in sim/shapes.py), so
+  SGLang answering `NAME:N` serves K3;
   any other SGLang parser `call_` + 24 hex digits.
 Hosts (wire/policy.py has the Moonshot and DeepInfra suffixes): OpenRouter is openrouter.ai.
 """
@@ -282,12 +285,16 @@ class Detection:
                 if form not in self.id_forms:
                     self.id_forms.append(form)
                     self.add(Evidence(f"tool-call ids {form}", f"id form {form}", _ID_SOURCE, strong=False))
+                if form == IdForm.BARE and self.engine is Engine.SGLANG and self.family is ModelFamily.UNKNOWN:
+                    self.family = ModelFamily.K3
+                    self.add(Evidence("SGLang ids NAME:N", "model family k3", _K3_ID_SOURCE, strong=False))
 
 
 _REASONING_SOURCES = {
     "reasoning": "vllm 0.34.0 vllm/entrypoints/generate/base/protocol.py DeltaMessage.reasoning (also OpenRouter)",
     "reasoning_content": "sglang 0.5.23 sse_utils.py StreamDelta.reasoning_content (also Moonshot, DeepInfra)",
 }
+_K3_ID_SOURCE = "sglang 0.5.23 serving_chat.py _process_tool_call_id: the kimi_k3 parser's ids"
 _ID_SOURCE = "sglang 0.5.23 serving_chat.py _process_tool_call_id; vllm 0.34.0 vllm/parser/kimi_k2.py"
 
 _EVENTS_READ = 64  # events read from each end of a stream

@@ -62,9 +62,10 @@ POLICY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     ),
     "request_compat": (
         REQUEST_COMPAT_CHOICES,
-        "fix: request fields the flavor's server rejects are made acceptable (moonshot: developer role, "
-        "max_completion_tokens, store, tools' strict, reasoning_effort, fixed sampling, forced tool_choice "
-        "with thinking on); off: forward them as sent.",
+        "fix: request fields the flavor's server rejects are made acceptable (moonshot, per model family: "
+        "developer role, max_completion_tokens, store, tools' strict, thinking and reasoning_effort, pinned "
+        "sampling, forced tool_choice while thinking, tool schemas, tool names, tool results out of place, "
+        "too many tools); off: forward them as sent.",
     ),
     "tool_stream": (
         TOOL_STREAM_CHOICES,

@@ -9,7 +9,9 @@ Reasons a turn is retried (`kimi_retry_on`, a comma list):
 - `status`: 429, 500, 502, 503 or 504 before anything was delivered (Retry-After honoured);
 - `invalid_call`: the turn's only output is tool calls and one of them is unusable after repair
   (arguments that do not parse to an object, Kimi markup left in them);
-- `schema` (opt-in): a call's arguments violate the JSON schema the request declared.
+- `schema` (opt-in): a call's arguments violate the JSON schema the request declared;
+- `forced_tool`: the client forced a tool call that was sent as `tool_choice: auto` (Moonshot refuses
+  forcing while the model thinks) and the turn called no such tool.
 
 Attempts are bounded twice: `retries` extra attempts, and `budget` seconds for all attempts of one
 flow. Between attempts: exponential backoff with full jitter (base `backoff`, doubling), or the
@@ -23,8 +25,8 @@ import email.utils
 import math
 from dataclasses import dataclass
 
-RETRY_REASONS = ("empty", "reasoning_only", "stall", "connect", "status", "invalid_call", "schema")
-DEFAULT_RETRY_ON = "empty,reasoning_only,stall,connect,status,invalid_call"
+RETRY_REASONS = ("empty", "reasoning_only", "stall", "connect", "status", "invalid_call", "schema", "forced_tool")
+DEFAULT_RETRY_ON = "empty,reasoning_only,stall,connect,status,invalid_call,forced_tool"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF = 30.0
 
@@ -59,7 +61,7 @@ class RetryPolicy:
 
     def turn_checks(self) -> frozenset[str]:
         """The turn verdicts that are acted on (retried, or made explicit when attempts run out)."""
-        return self.reasons & {"empty", "reasoning_only", "invalid_call", "schema"}
+        return self.reasons & {"empty", "reasoning_only", "invalid_call", "schema", "forced_tool"}
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -192,9 +192,10 @@ def contract_for(model: Any) -> ModelContract | None:
 # `none` and `minimal` cannot switch an always-thinking model off and get its lowest).
 EFFORT_NEAREST = {"none": "low", "minimal": "low", "low": "low", "medium": "high", "high": "high", "xhigh": "max"}
 
-# Tool names the platform takes: vercel-labs eval of kimi-k2.7-code (leading `_` taken, digits,
-# dots refused); new-api relay kimi-k3 validation; QwenPaw#6557; openclaw#79179.
-TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+# Tool names the platform takes, as its message says: a letter first, then letters, digits, `_`, `-`
+# (new-api relay kimi-k3 validation; QwenPaw#6557; openclaw#79179). A public probe of kimi-k2.7-code
+# saw a leading `_` taken; K3's check wants a letter: kimiwire renames such names too (reversibly).
+TOOL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 TOOL_NAME_MAX = 64  # OpenAI's own limit; Moonshot's is not documented, so the rename keeps within it
 
 

@@ -104,6 +104,20 @@ def forced_tool_choice(body: dict[str, Any], log: RepairLog, kind: str) -> None:
         log.add(kind, None, {"tool_choice": choice}, {"tool_choice": "auto"})
 
 
+def forced_tool_relaxed(log: RepairLog) -> str | None:
+    """The tool the client forced when `forced_tool_choice` sent `auto` instead: "*" for
+    `required`, else the function's name (the client's own name)."""
+    for entry in log.entries:
+        if entry.kind == "compat.forced_tool_choice" and entry.after == {"tool_choice": "auto"}:
+            choice = entry.before["tool_choice"]
+            if choice == "required":
+                return "*"
+            function = choice.get("function") if isinstance(choice, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            return name if isinstance(name, str) else "*"
+    return None
+
+
 def tool_schemas(body: dict[str, Any], log: RepairLog, kind: str) -> None:
     """Tool parameter schemas (and a response_format schema) Moonshot's validator refuses,
     rewritten with the same meaning (mfjs_rewrite.py); the client's own schema stays the one its
@@ -129,7 +143,7 @@ def tool_schemas(body: dict[str, Any], log: RepairLog, kind: str) -> None:
 def acceptable_tool_name(name: str, taken: set[str]) -> str:
     """A name Moonshot takes for `name`, unlike every name in `taken`."""
     base = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in name)
-    if not base or not (base[0].isascii() and (base[0].isalpha() or base[0] == "_")):
+    if not base or not (base[0].isascii() and base[0].isalpha()):
         base = "t_" + base
     base = base[:TOOL_NAME_MAX]
     candidate, n = base, 1

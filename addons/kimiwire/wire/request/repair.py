@@ -7,13 +7,14 @@ from typing import Any
 
 from kimiwire.wire import json_codec
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.models import is_k3, thinking_is_a_switch
+from kimiwire.wire.models import id_handling, is_k3, thinking_is_a_switch
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.compat import apply_request_compat
 from kimiwire.wire.request.history import moonshot_hygiene, repair_history_arguments
 from kimiwire.wire.request.moonshot_contract import MoonshotError, contract_for
 from kimiwire.wire.request.moonshot_rules import (
+    forced_tool_relaxed,
     moonshot_thinking_on,
     rename_tools,
     tool_name_renames,
@@ -98,7 +99,7 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
     # turn has none, and skips them.
     if any(isinstance(message, dict) and message.get("role") in _HISTORY_ROLES for message in messages):
         later = RepairLog()
-        if policy.tool_ids == "canonical":
+        if policy.tool_ids == "canonical" and id_handling(body.get("model")).history:
             canonicalize_tool_ids(messages, later)
         apply_reasoning_policy(
             messages,
@@ -165,6 +166,7 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     except UnrepairableShape as exc:
         return RequestRepairResult(None, RepairLog(), facts, str(exc), notes)
     facts.tool_renames = {new: old for old, new in renames.items()}
+    facts.forced_tool = forced_tool_relaxed(log)
     if not log:
         return RequestRepairResult(None, log, facts, notes=notes)
     try:

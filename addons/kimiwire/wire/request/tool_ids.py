@@ -25,26 +25,48 @@ def canonical_id(name: str, k: int) -> str:
     return f"functions.{name}:{k}"
 
 
+_ID_INDEX = re.compile(r":(\d{1,7})")  # the `:N` of `functions.read:N`, `read:N`, `functions.read:N:M`
+
+
+def _highest_index(call_id: Any, highest: int) -> int:
+    if type(call_id) is str and ":" in call_id:
+        for found in _ID_INDEX.findall(call_id):
+            highest = max(highest, int(found))
+    return highest
+
+
 def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
-    """The number of tool calls in the history (the first index a new response continues from)
-    and the tools its assistant messages called, each once, in order; one pass."""
+    """The first index a new response continues from, and the tools the history's assistant
+    messages called, each once, in order; one pass. The index is the number of calls in the
+    history, or the highest `:N` of an id in the request + 1 when that is larger: a client that
+    trimmed or compacted its history still holds the ids it was given, and a repeated id froze
+    agents and got 400s (sgl-project/sglang PR #33343, openclaw/openclaw PR #51155)."""
     count = 0
+    highest = -1
     names: dict[str, None] = {}
     for message in messages:
-        if type(message) is dict and message.get("role") == "assistant":
+        if type(message) is not dict:
+            continue
+        role = message.get("role")
+        if role == "assistant":
             calls = message.get("tool_calls")
             if type(calls) is list:
                 count += len(calls)
                 for call in calls:
-                    function = call.get("function") if type(call) is dict else None
+                    if type(call) is not dict:
+                        continue
+                    highest = _highest_index(call.get("id"), highest)
+                    function = call.get("function")
                     name = function.get("name") if type(function) is dict else None
                     if type(name) is str and name:
                         names[name] = None
-    return count, list(names)
+        elif role == "tool":
+            highest = _highest_index(message.get("tool_call_id"), highest)
+    return max(count, highest + 1), list(names)
 
 
 def count_history_tool_calls(messages: list[Any]) -> int:
-    """The number of tool calls in the history: the first index a new response continues from."""
+    """The first index a new response continues from (`history_tool_calls`)."""
     return history_tool_calls(messages)[0]
 
 

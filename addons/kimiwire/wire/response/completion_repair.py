@@ -19,9 +19,13 @@ from kimiwire.wire.response.think_tags import split_think_tags
 from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason, is_truncated
 
 
-def _recover_markup(message: dict[str, Any], declared: frozenset[str], log: RepairLog) -> list[RecoveredCall]:
-    """Calls recovered from the texts; K3 channels move text between content and reasoning (the
-    whole reasoning is at hand: an answer found in it simply moves)."""
+def _recover_markup(
+    message: dict[str, Any], declared: frozenset[str], log: RepairLog
+) -> tuple[list[RecoveredCall], bool]:
+    """Calls recovered from the texts, and whether a K3 call block was cut off (it stays text);
+    K3 channels move text between content and reasoning (the whole reasoning is at hand: an
+    answer found in it simply moves)."""
+    cut = False
     recovered: list[RecoveredCall] = []
     moved: dict[str, str] = {}
     mirrored = isinstance(message.get("reasoning"), str) and message.get("reasoning") == message.get(
@@ -39,6 +43,7 @@ def _recover_markup(message: dict[str, Any], declared: frozenset[str], log: Repa
         head, calls = scanner.feed(text)
         tail, more = scanner.finish()
         calls += more
+        cut |= scanner.cut_call
         remaining = head + tail
         other = REASONING if field == CONTENT else CONTENT
         if scanner.moved:
@@ -59,7 +64,7 @@ def _recover_markup(message: dict[str, Any], declared: frozenset[str], log: Repa
         keys = [k for k in ("reasoning_content", "reasoning") if isinstance(message.get(k), str)]
         for key in keys or ["reasoning_content"]:
             message[key] = (message.get(key) or "") + moved[REASONING]
-    return recovered
+    return recovered, cut
 
 
 def _split_think_tags(message: dict[str, Any], log: RepairLog) -> None:
@@ -108,7 +113,9 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
         message = choice["message"]
         if policy.think_tags == "split":
             _split_think_tags(message, log)
-        recovered = _recover_markup(message, declared, log) if policy.markup == "recover" else []
+        recovered, any_truncated = (
+            _recover_markup(message, declared, log) if policy.markup == "recover" else ([], False)
+        )
         existing = message.get("tool_calls")
         sent: list[tuple[str, Any, Any, Any]] = []  # name, id, arguments, the call as sent
         if isinstance(existing, list):
@@ -128,7 +135,6 @@ def repair_completion_object(body: dict[str, Any], facts: RequestFacts, policy: 
             replaced = len(log) != before
             if replaced and not sent:
                 message.pop("tool_calls", None)
-        any_truncated = False
         if sent:
             before = len(log)
             calls = []

@@ -56,7 +56,7 @@ class Channel(Enum):
 
 # `<|open|>NAME attrs<|sep|>` / `<|close|>NAME<|sep|>`, spaced or not.
 _ELEMENT = re.compile(
-    r"<\|(?P<kind>open|close)\|>\s*(?P<name>[a-z_]+)(?P<attrs>(?:(?!<\|).){0," + str(HEADER_LIMIT) + r"}?)\s*<\|sep\|>",
+    r"<\|(?P<kind>open|close)\|>\s*(?P<name>[a-z_]*)(?P<attrs>(?:(?!<\|).){0," + str(HEADER_LIMIT) + r"}?)\s*<\|sep\|>",
     re.S,
 )
 _ATTR = re.compile(r'(?P<k>\w+)="(?P<v>[^"]*)"')
@@ -114,6 +114,8 @@ def element_at(text: str, at: int, final: bool) -> Element | tuple[str, int] | S
         if not final and sep == -1 and len(text) - at < HEADER_LIMIT + 32:
             return Scan.WAIT
         return Scan.NONE
+    if not match["name"]:  # `<|close|><|sep|>`: a close without a name, removed like a stray marker
+        return (CLOSE + SEP, match.end()) if match["kind"] == "close" and not match["attrs"].strip() else Scan.NONE
     try:
         channel: Channel | None = Channel(match["name"])
     except ValueError:

@@ -207,7 +207,8 @@ class MarkupScanner:
         self.cut_call = False  # a K3 call block was cut off: it went out as text
         self.copy: list[str] | None = [] if keep_copy else None
         self._copy_size = 0
-        self.tail = "" if keep_tail else None
+        self._tail: list[str] | None = [] if keep_tail else None  # pieces, joined when read
+        self._tail_size = 0
         # Think tags at the edges of the reasoning field (the field itself says it is reasoning):
         # a leading `<think>` is removed, a `</think>` that ends the reasoning too (held until
         # more reasoning shows it was not the end).
@@ -234,13 +235,34 @@ class MarkupScanner:
                 self.copy = None
             else:
                 self.copy.append(text)
-        if self.tail is not None:
-            self.tail = (self.tail + text)[-TAIL_LIMIT:]
+        tail = self._tail
+        if tail is not None:
+            tail.append(text)
+            self._tail_size += len(text)
+            if self._tail_size > 4 * TAIL_LIMIT:  # trimmed now and then, not on every text
+                self.tail = self.tail
+
+    @property
+    def keeps_delivered(self) -> bool:
+        return self.copy is not None or self._tail is not None
+
+    @property
+    def tail(self) -> str | None:
+        """The end of what went out in this field (`keep_tail`), at least TAIL_LIMIT characters."""
+        return None if self._tail is None else "".join(self._tail)[-TAIL_LIMIT:]
+
+    @tail.setter
+    def tail(self, text: str | None) -> None:
+        if text is None:
+            self._tail = None
+        else:
+            text = text[-TAIL_LIMIT:]
+            self._tail, self._tail_size = [text], len(text)
 
     def feed(self, text: str) -> tuple[str, list[RecoveredCall]]:
         if self.passes_unchanged(text):
             self._last = text[-1:] or self._last
-            if self.copy is not None or self.tail is not None:
+            if self.copy is not None or self._tail is not None:
                 self.delivered(text)
             if self.edge_start and text:  # reasoning began (the repairer's fast path decides alike)
                 self.edge_start = False
@@ -365,7 +387,7 @@ class MarkupScanner:
         self.pending = text[position:]
         emitted = "".join(out)
         self._last = text[position - 1] if position else self._last
-        if emitted and (self.copy is not None or self.tail is not None):
+        if emitted and (self.copy is not None or self._tail is not None):
             self.delivered(emitted)
         return emitted, calls
 
@@ -439,6 +461,7 @@ class MarkupScanner:
             # The output was cut inside a call: the complete calls are real; the cut one goes out
             # as text, as the upstream sent it, and is never completed into a call.
             self.cut_call = True
+            self.events.append("k3.call_cut")
             cut_at = k3.last_call_end(text, inside, inner_end)
             return _K3Step(start, cut_at - start, route=None)
         return _K3Step(start, stop - start)

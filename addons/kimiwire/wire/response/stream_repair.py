@@ -137,6 +137,9 @@ class StreamRepairer:
         self.plain_texts: list[PlainText] | None = None
         self._plain_ready = False  # the state lets plain text pass: set after each full-path read
         self._content_blocked = False  # ... but only reasoning (think tags: content not begun)
+        # The reasoning field held the answer (a K3 response close in it): the turn is answered
+        # even when the text had already gone out as reasoning.
+        self.answered_in_reasoning = False
 
     # -- public API ------------------------------------------------------------------------
 
@@ -259,8 +262,9 @@ class StreamRepairer:
                     return 0
             if self._check_markup:  # every text passes: now they count as delivered
                 for seen, start, closing in texts:
-                    if closing > start:
-                        self._scanner(self._choices[0], seen.key).delivered(text_of(data[start:closing]))
+                    scanner = self._scanner(self._choices[0], seen.key)
+                    if closing > start and scanner.keeps_delivered:
+                        scanner.delivered(text_of(data[start:closing]))
         self._template_last = template
         self.events_in += events
         self.data_events_in += events
@@ -277,7 +281,7 @@ class StreamRepairer:
             text = text_of(data[start:closing])
             if not scanner.passes_unchanged(text):
                 return False
-            if record:
+            if record and scanner.keeps_delivered:
                 scanner.delivered(text)
         if self._text_unseen:
             if template.reasoning:
@@ -402,6 +406,31 @@ class StreamRepairer:
     def all_finished(self) -> bool:
         """Every choice seen so far has had its finish_reason."""
         return self._finished_choices > 0 and self._finished_choices == len(self._choices)
+
+    @property
+    def tool_section_open(self) -> bool:
+        """A tool call may be under way with nothing for the client to see: a tool section the
+        scanner holds until it closes, a call whose arguments are still open, or a K3 request
+        with tools whose choices have not finished (vLLM's K3 parser holds a call until it is
+        complete: 32 s of silence for a 17.5K-character `write_file`, vllm PR #50627). The
+        adapter gives such silence its own idle deadline and keeps the client's line alive."""
+        for state in self._choices.values():
+            if state.finished:
+                continue
+            pending = state.calls.pending
+            if pending and pending[-1].state is _OPEN and not pending[-1].args_closed():
+                return True
+            if state.passed.any_open:
+                return True
+            for scanner in state.scanners.values():
+                if scanner.section_open or MARKER_PREFIX in scanner.pending:
+                    return True
+        return (
+            self.facts.k3_model
+            and self.facts.tools_declared
+            and not self.done
+            and (not self._choices or not self.all_finished)
+        )
 
     @property
     def buffered(self) -> int:
@@ -666,10 +695,10 @@ class StreamRepairer:
                 text = delta.get(key)
                 if type(text) is str and text and not self._scanner(state, key).passes_unchanged(text):
                     return False
-            for key in TEXT_KEYS:
+            for key, scanner in state.scanners.items():
                 text = delta.get(key)
-                if type(text) is str and text:
-                    self._scanner(state, key).delivered(text)
+                if type(text) is str and text and scanner.keeps_delivered:
+                    scanner.delivered(text)
         if self._text_unseen:
             self._see_text(delta)
         return True
@@ -711,6 +740,8 @@ class StreamRepairer:
             if scanner.events:
                 for kind in scanner.events:
                     self._note_once(kind)
+                    if kind == "k3.answer_in_reasoning":
+                        self.answered_in_reasoning = True
                 scanner.events.clear()
             if not scanner.moved:
                 continue

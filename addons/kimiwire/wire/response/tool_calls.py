@@ -26,6 +26,7 @@ def finalize_call(
     log: RepairLog,
 ) -> dict[str, Any]:
     """The complete OpenAI tool call for the call at `position` in this response's choice."""
+    name = client_tool_name(name, position, facts, log)
     fixed = fix_response_arguments(arguments) if policy.arguments == "repair" else unrepaired_arguments(arguments)
     if fixed.kind is not None:
         log.add(fixed.kind, position, arguments, fixed.text)
@@ -46,6 +47,15 @@ def finalize_call(
     else:
         call_id = upstream_id
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": fixed.text}}
+
+
+def client_tool_name(name: str, position: int, facts: RequestFacts, log: RepairLog) -> str:
+    """The client's own name for a tool the request sent renamed (a name the upstream refuses)."""
+    client = facts.tool_renames.get(name)
+    if client is None:
+        return name
+    log.add("tool.name_restored", position, name, client)
+    return client
 
 
 def deliver_call(

@@ -12,7 +12,8 @@ The verdict, at the end: `None` (the turn answered, or told the client why not: 
 `length` or `content_filter` finish), or one of the checked kinds: `empty` (no content, no call,
 after the `</think>` split and markup recovery; empty `tool_calls: []` deltas count as nothing),
 `reasoning_only`, `invalid_call` (arguments that do not parse to an object, or Kimi markup left
-in them), `schema` (arguments that violate the declared schema; opt-in).
+in them), `schema` (arguments that violate the declared schema; opt-in), `forced_tool` (the client
+forced a tool the upstream was asked for with `auto`, and the turn did not call it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from kimiwire.wire.response.fast_path import PlainText
 from kimiwire.wire.response.schema_check import schema_violation
 from kimiwire.wire.sse import DONE, SSEDecoder
 
-TURN_CHECKS = ("empty", "reasoning_only", "invalid_call", "schema")
+TURN_CHECKS = ("empty", "reasoning_only", "invalid_call", "schema", "forced_tool")
+# Failed verdicts whose output is still an answer: when attempts run out the client gets what came.
+DELIVERED_AS_CAME = frozenset({"invalid_call", "schema", "forced_tool"})
 _TEMPLATE_KEYS = ("id", "created", "model", "system_fingerprint")
 _EXPLAINED_FINISHES = frozenset({"length", "content_filter"})
 MARKUP_TOKEN = "<|"
@@ -70,9 +73,21 @@ def call_problem(name: str, arguments: Any, facts: RequestFacts, check_schema: b
     return None
 
 
+def forced_tool_missing(seen: TurnSeen, facts: RequestFacts) -> TurnVerdict | None:
+    forced = facts.forced_tool
+    if forced is None or any(name and (forced == "*" or name == forced) for name, _ in seen.calls):
+        return None
+    wanted = "a tool call" if forced == "*" else f"a call to {forced}"
+    return TurnVerdict("forced_tool", f"the client forced {wanted} (sent upstream as tool_choice auto)")
+
+
 def judge(seen: TurnSeen, facts: RequestFacts, checks: frozenset[str]) -> TurnVerdict | None:
     """The verdict on a finished turn (streamed or not) for the checks that are on."""
-    if seen.content or seen.error or any(r in _EXPLAINED_FINISHES for r in seen.finish_reasons):
+    if seen.error or any(r in _EXPLAINED_FINISHES for r in seen.finish_reasons):
+        return None
+    if "forced_tool" in checks and (missing := forced_tool_missing(seen, facts)) is not None:
+        return missing
+    if seen.content:
         return None
     if seen.calls:
         if not checks & {"invalid_call", "schema"}:
@@ -165,11 +180,13 @@ class TurnGate:
     ) -> None:
         self.facts = facts
         self.checks = checks
-        self.hold_calls = hold_calls and bool(checks & {"invalid_call", "schema"})
+        # A forced tool: content proves nothing and calls are held until the turn ends.
+        self.forced = "forced_tool" in checks and facts.forced_tool is not None
+        self.hold_calls = (hold_calls and bool(checks & {"invalid_call", "schema"})) or self.forced
         self.hold_limit = hold_limit
         # Nothing checked: the gate is open from the start (or, when only stalls are retried, it
         # just notes whether an answer started).
-        self.proven = not checks and not watch_stall
+        self.proven = (not checks and not watch_stall) or (checks == {"forced_tool"} and not self.forced)
         self.seen = TurnSeen()
         self.template: dict[str, Any] = {}
         self.role_delivered = False
@@ -212,7 +229,7 @@ class TurnGate:
         order): the same verdicts and records without parsing the events again."""
         if self.proven:
             return [data]
-        if self.held or not self.template:
+        if self.held or not self.template or self.forced:
             return self.feed([data])
         seen = self.seen
         for text in texts:
@@ -303,8 +320,9 @@ class TurnGate:
                 role |= "role" in delta
                 before = self.seen.content
                 _texts(delta, self.seen)
-                if self.seen.content and not before:
+                if self.seen.content and not before and not self.forced:
                     return True, False, role
+                hold |= self.forced and self.seen.content
                 calls = delta.get("tool_calls")
                 if isinstance(calls, list) and calls:
                     if not self.hold_calls:
