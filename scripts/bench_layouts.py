@@ -5,8 +5,9 @@ released vLLM and SGLang wheels write), with only their texts, call ids and argu
 changed and written back in the same layout (the corpus's events are compact JSON with UTF-8
 text, which `json.dumps(separators=(",", ":"), ensure_ascii=False)` writes byte for byte again):
 - vllm-0.10.2, vllm-0.13.0 (reasoning in both `reasoning` and `reasoning_content`, `token_ids:
-  null`), sglang-0.5.5 (`role`, `content`, `reasoning_content`, `tool_calls` null in every delta,
-  `matched_stop`, `usage: null`), sglang-0.5.23;
+  null`), vllm-0.20.0 (`reasoning`), vllm-0.34.0 (`kv_transfer_params: null`), sglang-0.5.5
+  (`role`, `content`, `reasoning_content`, `tool_calls` null in every delta, `matched_stop`,
+  `usage: null`), sglang-0.5.23;
 - moonshot-like: vLLM 0.10.2's events with the simulator's Moonshot shape (no `logprobs`, usage
   inside the finishing choice, sim/shapes.py);
 - gateway-spaced: SGLang 0.5.23's events written again with `json.dumps` defaults (`", "`, `": "`,
@@ -37,7 +38,10 @@ from kimiwire.wire.response.stream_repair import StreamRepairer
 from tests.support import engine_corpus
 
 MARK = STAMP_MARK.decode()
-LAYOUTS = ("vllm-0.10.2", "vllm-0.13.0", "sglang-0.5.5", "sglang-0.5.23", "moonshot-like", "gateway-spaced")
+LAYOUTS = (
+    *("vllm-0.10.2", "vllm-0.13.0", "vllm-0.20.0", "vllm-0.34.0", "sglang-0.5.5", "sglang-0.5.23"),
+    *("moonshot-like", "gateway-spaced"),
+)
 AGENT_TURN = "agent-turn"
 TOOLS = RequestFacts(0, dict(engine_corpus.TOOLS), True, True)
 

@@ -178,7 +178,18 @@ def _text_delta(raw: bytes) -> bool:
 # twice (`reasoning` and `reasoning_content`, the same text): only its content phase is taken.
 # SGLang 0.5.5 sends `tool_calls: null` in every delta, which the full path takes out: none is
 # forwarded unchanged (the row checks that it stays so, and that no event is counted twice).
-MIN_SHARE = {"sglang-0.5.5": None, "sglang-0.5.23": 0.7, "vllm-0.10.2": 0.7, "vllm-0.13.0": 0.25}
+MIN_SHARE = {
+    "sglang-0.5.5": None,
+    "sglang-0.5.23": 0.7,
+    "vllm-0.10.2": 0.7,
+    "vllm-0.13.0": 0.25,
+    "vllm-0.20.0": 0.7,
+    "vllm-0.34.0": 0.7,
+}
+
+
+def test_every_engine_of_the_corpus_has_its_fast_path_share():
+    assert {case.engine for case in engine_corpus.load()} == set(MIN_SHARE)
 
 
 @pytest.mark.parametrize("respaced", [False, True], ids=["as_sent", "json_dumps_spacing"])
@@ -207,6 +218,7 @@ def test_the_benchmarks_layout_streams_keep_each_servers_layout_and_take_the_fas
         "vllm-0.13.0": b'"reasoning":"thinking 0 ","reasoning_content":"thinking 0 "',
         "sglang-0.5.5": b'"tool_calls":null},"logprobs":null,"finish_reason":null,"matched_stop":null}],"usage":null}',
         "sglang-0.5.23": b'"finish_reason":null,"matched_stop":null}',
+        "vllm-0.34.0": b'"finish_reason":null,"token_ids":null}],"kv_transfer_params":null}',
         "moonshot-like": b'{"content":"tok [sent_at]"},"finish_reason":null}]}',
         "gateway-spaced": b'"delta": {"role": null, "content": "tok [sent_at]", "reasoning_content": null}',
     }

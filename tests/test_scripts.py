@@ -336,7 +336,9 @@ def test_bench_runs_end_to_end_without_errors(tmp_path):
     assert "| kimiwire vs plain mitmdump" in done.stdout
     assert all(r["cpu_per_event_ratio"] > 0 for r in report["e2e"]["ratios"])
     layouts = report["e2e"]["layouts"]  # real servers' bytes, replayed by the simulator
-    assert set(layouts["e2e"]) == {"vllm-0.10.2", "vllm-0.13.0", "sglang-0.5.5", "sglang-0.5.23"} | {
+    assert set(layouts["e2e"]) == {"vllm-0.10.2", "vllm-0.13.0", "vllm-0.20.0", "vllm-0.34.0"} | {
+        "sglang-0.5.5",
+        "sglang-0.5.23",
         "moonshot-like",
         "gateway-spaced",
         "agent-turn",
