@@ -55,6 +55,7 @@ _TEXT_BODY = TEXT_BODY.match
 _EVENT_REST = EVENT_REST.match
 _EVENT_REST_TO_END = EVENT_REST.fullmatch
 _OPEN = CallState.OPEN
+_TEXT_ORDER = {key: position for position, key in enumerate(TEXT_KEYS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -731,6 +732,12 @@ class StreamRepairer:
                 keep_copy=field == REASONING and self.facts.k3_model,
                 keep_tail=field == CONTENT and self.facts.tools_declared,
             )
+            if len(state.scanners) > 1:
+                # Held texts are flushed in the scanners' order: kept in TEXT_KEYS order, not in the
+                # order the fields first came, which differs when the fast path took some texts.
+                ordered = sorted(state.scanners.items(), key=lambda item: _TEXT_ORDER.get(item[0], len(_TEXT_ORDER)))
+                state.scanners.clear()
+                state.scanners.update(ordered)
         return scanner
 
     def _moved(self, state: _Choice, delta: dict[str, Any]) -> bool:
