@@ -322,7 +322,7 @@ class StreamRepairer:
             or type(delta) is not dict
             or choice.get("finish_reason") is not None
             or "usage" in choice
-            or "tool_calls" in delta
+            or delta.get("tool_calls") is not None
         ):
             return
         key = None
@@ -605,7 +605,8 @@ class StreamRepairer:
             delta = None
         else:
             changed = self._texts(state, delta)
-            if "tool_calls" in delta:
+            # `tool_calls: null` (SGLang 0.5.5 writes it in every delta) carries no call: left as sent
+            if delta.get("tool_calls") is not None:
                 if self.policy.tool_stream == "whole":
                     tool_deltas = delta.pop("tool_calls")
                     changed = True
@@ -677,7 +678,7 @@ class StreamRepairer:
         if type(choice) is not dict or choice.get("finish_reason") is not None or "usage" in choice:
             return False
         delta = choice.get("delta")
-        if type(delta) is not dict or "tool_calls" in delta:
+        if type(delta) is not dict or delta.get("tool_calls") is not None:
             return False
         if self.policy.reasoning_field != "keep":
             return False
