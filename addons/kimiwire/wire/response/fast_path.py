@@ -17,8 +17,9 @@ request names tools).
 
 Nothing assumes one server's layout: the head and tail are whatever bytes the stream's own first
 plain event had (field order, `json.dumps`'s `", "` and `": "` spacing, null fields such as
-`logprobs`, `stop_reason`, `matched_stop`, `token_ids`, `kv_transfer_params`, a `null` twin
-reasoning field in the delta, `usage: null`), so each stream learns its own.
+`logprobs`, `stop_reason`, `matched_stop`, `token_ids`, `kv_transfer_params`, `role`,
+`reasoning_content` or `tool_calls` null beside the text in the delta, `usage: null`), so each
+stream learns its own.
 
 Conservative by construction: any event that does not match sends the whole read to the full path.
 """
