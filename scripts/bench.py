@@ -10,6 +10,10 @@
 3. Scale-out: events/s at 64 fast streams through HAProxy with one and with two workers (scripts/balance.py).
 4. Chaos: 2,000 requests (60 with --quick) at 32 in flight against a seeded random-fault upstream
    (kimiwire.sim.chaos): requests, faults by kind, lost (must be 0), seconds, proxy RSS.
+5. Layouts: real servers' bytes (scripts/bench_layouts.py: the engine corpus's vLLM and SGLang layouts,
+   a Moonshot-like and a spaced-JSON gateway layout, an agent turn with reasoning, text and two
+   fragmented calls), replayed by the simulator: proxy CPU per event against plain mitmdump at 1, 16
+   and 64 fast streams, and in process the stream callable's time per event, fast and full path.
 
 Prints a markdown table and writes the same figures as JSON. Run with ./scripts/bench.
 """
@@ -36,6 +40,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
+import bench_layouts  # noqa: E402
 import orjson  # noqa: E402
 from kimiwire import launch  # noqa: E402
 from kimiwire.wire.facts import RequestFacts  # noqa: E402
@@ -294,9 +299,13 @@ async def one_stream(port: int, settings: str, expect: int) -> dict[str, Any]:
     return {"ttfb_ns": ttfb, "latencies": latencies, "ok": status_ok and done and len(latencies) >= expect}
 
 
-async def run_streams(port: int, concurrency: int, events: int, delay: float, rounds: int = 1) -> dict[str, Any]:
-    """`concurrency` streams at once, `rounds` times in a row (the figures cover all rounds)."""
+async def run_streams(
+    port: int, concurrency: int, events: int, delay: float, rounds: int = 1, replay: str = ""
+) -> dict[str, Any]:
+    """`concurrency` streams at once, `rounds` times in a row (the figures cover all rounds);
+    `replay`: the simulator serves that file of its replay directory (`events` stamped events)."""
     settings = f"answer_events={events},stamp" + (f",delay={delay}" if delay else "")
+    settings += f",replay={replay}" if replay else ""
     start = time.monotonic()
     results: list[Any] = []
     for _ in range(rounds):
@@ -402,7 +411,13 @@ def end_to_end(repeat: int, quick: bool) -> dict[str, Any]:
 
 
 def cpu_pairs(
-    plain: launch.Mitmdump, addon: launch.Mitmdump, concurrency: int, events: int, rounds: int, pairs: int
+    plain: launch.Mitmdump,
+    addon: launch.Mitmdump,
+    concurrency: int,
+    events: int,
+    rounds: int,
+    pairs: int,
+    replay: str = "",
 ) -> dict[str, Any]:
     """The headline: proxy CPU per event, kimiwire over plain mitmdump, with both proxies serving
     the same fast streams at the same time, `pairs` times. Run one after the other, the two sides
@@ -413,7 +428,7 @@ def cpu_pairs(
 
     async def together() -> list[dict[str, Any]]:
         return await asyncio.gather(
-            *(run_streams(proc.port, concurrency, events, 0.0, rounds) for proc in procs.values())
+            *(run_streams(proc.port, concurrency, events, 0.0, rounds, replay) for proc in procs.values())
         )
 
     ratios = []
@@ -508,6 +523,59 @@ def scale_out(repeat: int, quick: bool) -> dict[str, Any] | None:
         sim.stop()
     out["speedup"] = out["workers"]["2"]["events_per_s"] / out["workers"]["1"]["events_per_s"]
     return out
+
+
+def layout_rows(repeat: int, quick: bool) -> dict[str, Any]:
+    """Section 4: each layout's streams (bench_layouts.py) replayed by the simulator through plain
+    mitmdump and kimiwire together, proxy CPU per event paired as in the headline."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="kimiwire-bench-layouts-"))
+    plan = [(1, 300), (16, 50), (64, 20)] if quick else [(1, 2000), (16, 400), (64, 120)]
+    replays = tmp / "replays"
+    replays.mkdir()
+    names = bench_layouts.write_replays(replays, [events for _, events in plan])
+    sim = launch.simulator(0, "--replay-dir", str(replays)).start()
+    procs = []
+    rows: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for script, options in ((ROOT / "scripts" / "bench_baseline_addon.py", {}), (launch.ADDON, {})):
+            proxy = launch.Mitmdump(f"http://127.0.0.1:{sim.port}", tmp, options, addon=script, verbosity="info")
+            procs.append(proxy.start())
+        plain, addon = procs
+        for proxy in procs:  # the first streams through a proxy pay for its start (imports, first flows)
+            asyncio.run(run_streams(proxy.port, 4, plan[0][1], 0.0, 2, names[(bench_layouts.AGENT_TURN, plan[0][1])]))
+        for row in (*bench_layouts.LAYOUTS, bench_layouts.AGENT_TURN):
+            rows[row] = [
+                cpu_pairs(
+                    plain,
+                    addon,
+                    concurrency,
+                    events,
+                    1 if quick else math.ceil(FAST_WINDOW / (concurrency * events)),
+                    1 if quick else max(3, 2 * repeat),
+                    names[(row, events)],
+                )
+                for concurrency, events in plan
+            ]
+    finally:
+        for proc in (*procs, sim):
+            proc.stop()
+    return {"e2e": rows, "in_process": bench_layouts.in_process(3 if quick else 5, 5_000 if quick else 20_000)}
+
+
+def layout_table(layouts: dict[str, Any]) -> str:
+    lines = [
+        "| layout (real servers' bytes) | proxy CPU/event vs mitmdump, 1 / 16 / 64 fast streams | errors | "
+        "in process µs/event fast / full path (tools declared) | taken by the fast path |",
+        "|---|---|---|---|---|",
+    ]
+    for row, pairs in layouts["e2e"].items():
+        cpu = " / ".join(f"{p['ratio']:.2f}x" if p["ratio"] else "-" for p in pairs)
+        own = layouts["in_process"][row]
+        lines.append(
+            f"| {row} | {cpu} | {sum(p['errors'] for p in pairs)} | {own['fast_us_tools']:.2f} / "
+            f"{own['full_us_tools']:.2f} | {own['fast_share_tools']:.0%} |"
+        )
+    return "\n".join(lines)
 
 
 def _cpu_of(pids: list[int]) -> float:
@@ -762,14 +830,22 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best or median is kept)")
     parser.add_argument("--core-only", action="store_true")
     parser.add_argument("--quick", action="store_true", help="small end-to-end runs (a smoke test)")
+    parser.add_argument("--layouts-only", action="store_true", help="only section 4, the layout rows")
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / ".cache" / "bench" / "latest.json")
     args = parser.parse_args()
     started = time.monotonic()
+    if args.layouts_only:
+        layouts = layout_rows(args.repeat, args.quick)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), "layouts": layouts}, indent=2))
+        print(layout_table(layouts))
+        return 0
     core_results = core(max(args.repeat, 3))
     e2e = None if args.core_only else end_to_end(args.repeat, args.quick)
     if e2e:
         e2e["ratios"] = ratios(e2e)
         e2e["scale"] = scale_out(args.repeat, args.quick)
+        e2e["layouts"] = layout_rows(args.repeat, args.quick)
         e2e["chaos"] = chaos_row(args.quick)
     report = {
         "machine": machine(),
@@ -782,6 +858,8 @@ def main() -> int:
     args.json.write_text(json.dumps(report, indent=2))
     print(f"machine: {report['machine']}")
     print(table(core_results, e2e))
+    if e2e:
+        print("\n" + layout_table(e2e["layouts"]))
     if e2e and e2e.get("chaos"):
         row = e2e["chaos"]
         print("\n| chaos | requests | faults | lost | seconds | proxy RSS MB |\n|---|---|---|---|---|---|")

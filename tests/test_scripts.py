@@ -335,6 +335,16 @@ def test_bench_runs_end_to_end_without_errors(tmp_path):
     assert memory["most_held_with_20mb_argument"] <= memory["limit_bytes"] and memory["bypassed_past_limit"]
     assert "| kimiwire vs plain mitmdump" in done.stdout
     assert all(r["cpu_per_event_ratio"] > 0 for r in report["e2e"]["ratios"])
+    layouts = report["e2e"]["layouts"]  # real servers' bytes, replayed by the simulator
+    assert set(layouts["e2e"]) == {"vllm-0.10.2", "vllm-0.13.0", "vllm-0.20.0", "vllm-0.34.0"} | {
+        "sglang-0.5.5",
+        "sglang-0.5.23",
+        "moonshot-like",
+        "gateway-spaced",
+        "agent-turn",
+    }
+    assert all(p["errors"] == 0 and p["ratio"] > 0 for pairs in layouts["e2e"].values() for p in pairs)
+    assert layouts["in_process"]["gateway-spaced"]["fast_share_no_tools"] > 0.5
     scale = report["e2e"]["scale"]
     assert scale is not None, "haproxy is installed by ./scripts/test"
     assert scale["workers"]["1"]["errors"] == 0 and scale["workers"]["2"]["errors"] == 0

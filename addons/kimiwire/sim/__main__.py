@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import pathlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,8 +13,8 @@ from .server import SETTINGS_HEADER, Simulator
 from .settings import BROKEN_HISTORY, CONTRACTS, LEAKS, SHAPES, THINKS, SimSettings
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
-    """The simulator's defaults and port from its command line."""
+def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int, pathlib.Path | None]:
+    """The simulator's defaults, port and replay directory from its command line."""
     parser = argparse.ArgumentParser(
         prog="scripts/sim",
         description="An OpenAI-compatible Kimi K2 server simulator (127.0.0.1 only). Per request, the header "
@@ -57,6 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
     parser.add_argument(
         "--served", default=SimSettings.served, help="the model GET /v1/models lists (moonshotai/Kimi-K2.6, ...)"
     )
+    parser.add_argument("--replay", default="", help="answer streams with this file of --replay-dir (or per request)")
+    parser.add_argument(
+        "--replay-dir",
+        type=pathlib.Path,
+        help="a directory of SSE files: the setting replay=NAME answers a stream with NAME's events as they are",
+    )
     args = parser.parse_args(argv)
     settings = SimSettings(
         shape=args.shape,
@@ -77,20 +84,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimSettings, int]:
         contract=args.contract,
         run=args.run,
         served=args.served,
+        replay=args.replay,
     )
     try:
         settings.validate()
     except ValueError as exc:
         parser.error(str(exc))
 
-    return settings, args.port
+    return settings, args.port, args.replay_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings, port = parse_args(argv)
+    settings, port, replay_dir = parse_args(argv)
 
     async def run() -> None:
-        simulator = Simulator(settings, port=port)
+        simulator = Simulator(settings, port=port, replay_dir=replay_dir)
         await simulator.start()
         print(f"kimiwire simulator listening at {simulator.url} (shape {settings.shape})", flush=True)
         stop = asyncio.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import pathlib
 import socket
 import struct
 import threading
@@ -27,6 +28,7 @@ from kimiwire.wire.response.reasoning_field import TEXT_KEYS
 
 from .model import plan_turn
 from .moonshot_validator import moonshot_refusal
+from .replay import STAMP_MARK, ReplayFiles
 from .settings import SimSettings, settings_for_request, turn_fault
 from .shapes import DONE, completion_body, faulty_plan, model_list, poisoned_plan, stream_chunks
 
@@ -169,8 +171,15 @@ class HttpServer:
 
 
 class Simulator(HttpServer):
-    def __init__(self, defaults: SimSettings | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        defaults: SimSettings | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        replay_dir: pathlib.Path | None = None,
+    ) -> None:
         super().__init__(host, port)
+        self.replays = ReplayFiles(replay_dir)
         self.defaults = defaults or SimSettings()
         self.defaults.validate()
         self.requests: deque[SimRequest] = deque(maxlen=2000)
@@ -210,6 +219,12 @@ class Simulator(HttpServer):
             )
         except ValueError as exc:
             return await self._json(writer, 400, error_object(str(exc), "invalid_request_error", 400))
+        if settings.replay and request.get("stream") is True:
+            try:
+                events = self.replays.events(settings.replay)
+            except ValueError as exc:
+                return await self._json(writer, 400, error_object(str(exc), "invalid_request_error", 400))
+            return await self._replay(writer, events, settings)
         refusal = moonshot_refusal(request) if settings.contract == "moonshot" else None
         if refusal is not None:
             self.requests.append(
@@ -345,6 +360,25 @@ class Simulator(HttpServer):
         await writer.drain()
         return True
 
+    async def _replay(self, writer: asyncio.StreamWriter, events: list[bytes], settings: SimSettings) -> bool:
+        """A replay's events as they are, one chunk each (`stamp`: with their send times)."""
+        writer.write(
+            _status_line(200)
+            + _headers(
+                [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("transfer-encoding", "chunked")]
+            )
+        )
+        for n, event in enumerate(events):
+            if n and settings.delay:
+                await asyncio.sleep(settings.delay)
+            if settings.stamp and STAMP_MARK in event:
+                event = event.replace(STAMP_MARK, STAMP_FORMAT.format(time.monotonic_ns()).encode())
+            writer.write(_chunk(event))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
 
 STAMP_FORMAT = "[sent_at={}]"  # what `stamp` appends to an event's text (scripts/bench.py reads it)
 
@@ -399,6 +433,8 @@ class ServerThread:
 class SimulatorThread(ServerThread):
     """The Kimi simulator in a background thread."""
 
-    def __init__(self, defaults: SimSettings | None = None, port: int = 0) -> None:
-        self.simulator = Simulator(defaults, port=port)
+    def __init__(
+        self, defaults: SimSettings | None = None, port: int = 0, replay_dir: pathlib.Path | None = None
+    ) -> None:
+        self.simulator = Simulator(defaults, port=port, replay_dir=replay_dir)
         super().__init__(self.simulator)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from .replay import NAME as REPLAY_NAME
+
 SHAPES = ("sglang", "vllm", "moonshot", "deepinfra")
 BROKEN_HISTORY = ("markup", "empty", "off")
 # How a server's tool parsing fails on a turn with calls (sources in shapes.py).
@@ -51,6 +53,7 @@ class SimSettings:
     contract: str = "off"  # off | moonshot: refuse what Moonshot's API refuses, with its 400 messages
     run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests
     served: str = "moonshotai/Kimi-K2-Thinking"  # the model GET /v1/models lists (its family)
+    replay: str = ""  # a file of --replay-dir: a stream answers with its events as they are (sim/replay.py)
 
     def with_overrides(self, text: str) -> SimSettings:
         """Apply `key=value` / `flag` items separated by commas or semicolons."""
@@ -97,6 +100,8 @@ class SimSettings:
             int(argument)
         if kind == "slow-first-byte":
             float(argument)
+        if self.replay and not REPLAY_NAME.fullmatch(self.replay):
+            raise ValueError("replay must be a plain file name")
         if self.fragments < 1:
             raise ValueError("fragments must be at least 1")
 

@@ -15,6 +15,12 @@ did forward only in what no repair looks at, as long as the repairer's state all
 (`StreamRepairer.plain_read` checks that, and runs the markup scanner on the text when the
 request names tools).
 
+Nothing assumes one server's layout: the head and tail are whatever bytes the stream's own first
+plain event had (field order, `json.dumps`'s `", "` and `": "` spacing, null fields such as
+`logprobs`, `stop_reason`, `matched_stop`, `token_ids`, `kv_transfer_params`, `role`,
+`reasoning_content` or `tool_calls` null beside the text in the delta, `usage: null`), so each
+stream learns its own.
+
 Conservative by construction: any event that does not match sends the whole read to the full path.
 """
 
@@ -49,8 +55,15 @@ TEXT_BODY = re.compile(_ASCII_RUN + rb"(?:(?:" + _MULTIBYTE + rb"|" + _ESCAPE + 
 # After `choices`: scalar fields only (`usage` only as null; no error, no second `choices`), the
 # object's end, and the blank line that ends the event.
 _SCALAR = rb'null|true|false|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
-_FIELD = rb'"usage":null|"(?!usage"|error"|choices")[A-Za-z_][A-Za-z0-9_]*":(?:' + _SCALAR + rb")"
-EVENT_REST = re.compile(rb"(?:,(?:" + _FIELD + rb"))*\}\n\n")
+# JSON allows blanks around `,` and `:` (`json.dumps` writes `", "` and `": "`); within one SSE data
+# line only spaces and tabs.
+_BLANK = rb"[ \t]*"
+_COLON = _BLANK + rb":" + _BLANK
+_NAME = rb'"(?!usage"|error"|choices")[A-Za-z_][A-Za-z0-9_]*"'
+_FIELD = rb'"usage"' + _COLON + rb"null|" + _NAME + _COLON + rb"(?:" + _SCALAR + rb")"
+_COMMA = _BLANK + rb"," + _BLANK
+EVENT_REST = re.compile(rb"(?:" + _COMMA + rb"(?:" + _FIELD + rb"))*" + _BLANK + rb"\}" + _BLANK + rb"\n\n")
+_CHOICES = re.compile(rb'"choices"' + _COLON + rb"\[")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +105,13 @@ def learn_template(raw: bytes, key: str, reasoning: bool, role: bool = False) ->
     do not have the expected shape."""
     if not raw.startswith(b"data:") or not raw.endswith(b"\n\n") or raw.count(b"\n") != 2:
         return None
-    opening = b'"' + key.encode() + b'":"'
-    choices = raw.find(b'"choices":[')
-    start = raw.find(opening, choices) if choices != -1 else -1
-    if start == -1 or raw.find(opening, start + 1) != -1:
+    choices = _CHOICES.search(raw)
+    if choices is None:
         return None
-    head_end = start + len(opening)
+    openings = list(re.finditer(rb'"' + re.escape(key.encode()) + rb'"' + _COLON + rb'"', raw[choices.end() :]))
+    if len(openings) != 1:
+        return None
+    head_end = choices.end() + openings[0].end()
     body = TEXT_BODY.match(raw, head_end)
     if body is None:
         return None

@@ -63,6 +63,7 @@ _TEXT_BODY = TEXT_BODY.match
 _EVENT_REST = EVENT_REST.match
 _EVENT_REST_TO_END = EVENT_REST.fullmatch
 _OPEN = CallState.OPEN
+_TEXT_ORDER = {key: position for position, key in enumerate(TEXT_KEYS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +332,7 @@ class StreamRepairer:
             or type(delta) is not dict
             or choice.get("finish_reason") is not None
             or "usage" in choice
-            or "tool_calls" in delta
+            or delta.get("tool_calls") is not None
         ):
             return
         key = None
@@ -617,7 +618,8 @@ class StreamRepairer:
                 self._note_once("reasoning.from_details", "reasoning_details", "reasoning")
                 changed = True
             changed = self._texts(state, delta) or changed
-            if "tool_calls" in delta:
+            # `tool_calls: null` (SGLang 0.5.5 writes it in every delta) carries no call: left as sent
+            if delta.get("tool_calls") is not None:
                 if self.policy.tool_stream == "whole":
                     tool_deltas = delta.pop("tool_calls")
                     changed = True
@@ -690,7 +692,7 @@ class StreamRepairer:
         if type(choice) is not dict or choice.get("finish_reason") is not None or "usage" in choice:
             return False
         delta = choice.get("delta")
-        if type(delta) is not dict or "tool_calls" in delta or details_only(delta):
+        if type(delta) is not dict or delta.get("tool_calls") is not None or details_only(delta):
             return False
         if self.policy.reasoning_field != "keep" or (self.reasoning_to_content and _has_reasoning(delta)):
             return False
@@ -746,6 +748,12 @@ class StreamRepairer:
                 # Content's end, and reasoning's (an engine's re-sent buffer may hold both).
                 keep_tail=self.facts.tools_declared,
             )
+            if len(state.scanners) > 1:
+                # Held texts are flushed in the scanners' order: kept in TEXT_KEYS order, not in the
+                # order the fields first came, which differs when the fast path took some texts.
+                ordered = sorted(state.scanners.items(), key=lambda item: _TEXT_ORDER.get(item[0], len(_TEXT_ORDER)))
+                state.scanners.clear()
+                state.scanners.update(ordered)
         return scanner
 
     def _moved(self, state: _Choice, delta: dict[str, Any]) -> bool:
