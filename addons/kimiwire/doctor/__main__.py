@@ -308,8 +308,8 @@ def print_report(report: Report, say: Redacted) -> None:
         flavor = _tried_flavor(report) or "kimi_flavor=auto"
         say(f"kimiwire ({flavor}): engine {found.get('engine')}, family {found.get('family')} ({signs})")
     say("options:")
-    for line in advice(report):
-        say(f"  {line}")
+    for tip in advice(report):
+        say(f"  {tip}")
     if report.left:
         say(f"left broken through kimiwire: {len(report.left)}")
     say(f"doctor: {len(report.rows) * 2} requests in {report.seconds:.1f} s")

@@ -18,7 +18,7 @@ from kimiwire.wire.detection import id_form
 
 MAX_TOKENS = 1024  # per request: room for a short reasoning and a call, a bound on the cost
 
-READ = {
+READ: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "read",
@@ -26,7 +26,7 @@ READ = {
         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
     },
 }
-EDIT = {
+EDIT: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "edit",
@@ -279,10 +279,10 @@ def _error_message(body: bytes) -> str:
     except orjson.JSONDecodeError:
         return body[:200].decode("utf-8", "replace").strip()
     error = parsed.get("error") if isinstance(parsed, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"][:200]
-    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
-        return parsed["message"][:200]
+    if isinstance(error, dict) and isinstance(message := error.get("message"), str):
+        return message[:200]
+    if isinstance(parsed, dict) and isinstance(message := parsed.get("message"), str):
+        return message[:200]
     return body[:200].decode("utf-8", "replace")
 
 
@@ -350,7 +350,7 @@ def _read_choice(answer: Answer, choice: dict[str, Any], whole: bool, slots: dic
     for delta in calls:
         if not isinstance(delta, dict):
             continue
-        function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+        function = given if isinstance(given := delta.get("function"), dict) else {}
         if "index" in delta:
             index = delta["index"]
         else:

@@ -14,7 +14,7 @@ import orjson
 from mitmproxy import types
 
 
-class JSONObject(dict):
+class JSONObject(dict[str, Any]):
     """A command's result that mitmweb shows as a JSON object."""
 
     @classmethod

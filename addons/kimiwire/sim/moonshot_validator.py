@@ -31,7 +31,7 @@ def _empty(content: Any) -> bool:
 def moonshot_refusal(body: dict[str, Any]) -> str | None:
     """The message of the first 400 Moonshot's API answers this request with, or None."""
     contract = contract_for(body.get("model"))
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    messages = given if isinstance(given := body.get("messages"), list) else []
     if any(isinstance(m, dict) and m.get("role") == "developer" for m in messages):
         return MoonshotError.DEVELOPER_ROLE
     thinking = body.get("thinking")
@@ -63,7 +63,7 @@ def moonshot_refusal(body: dict[str, Any]) -> str | None:
     choice = body.get("tool_choice")
     if contract is not None and thinking_on and not contract.forced_choice_taken(choice):
         return MoonshotError.REQUIRED_WITH_THINKING if choice == "required" else MoonshotError.NAMED_WITH_THINKING
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    tools = given if isinstance(given := body.get("tools"), list) else []
     if contract is not None and contract.max_tools is not None and len(tools) > contract.max_tools:
         return MoonshotError.TOO_MANY_TOOLS.format(count=len(tools), limit=contract.max_tools)
     for tool in tools:

@@ -43,7 +43,7 @@ class SimRequest:
     path: str
     body: Any
     settings: str
-    tool_call_ids: list[str] = field(default_factory=list)
+    tool_call_ids: list[Any] = field(default_factory=list)  # as sent: a missing id is None
     poisoned_by: str | None = None
     attempt: int = 1  # how many identical requests (this one included) the simulator has seen
     raw: bytes = b""
@@ -150,7 +150,7 @@ class HttpServer:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
-            self._connections.discard(task)  # type: ignore[arg-type]
+            self._connections.discard(task)
 
     async def _respond(
         self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter

@@ -353,7 +353,9 @@ def stream_chunks(
     return chunks
 
 
-def completion_body(plan: TurnPlan, settings: SimSettings, model: str, request_id: str = "chatcmpl-sim") -> dict:
+def completion_body(
+    plan: TurnPlan, settings: SimSettings, model: str, request_id: str = "chatcmpl-sim"
+) -> dict[str, Any]:
     """The non-streaming answer."""
     plan = effective_plan(plan, settings)
     reasoning, content = visible_text(plan, settings)

@@ -64,9 +64,9 @@ class BodyDecoder:
         self.encoding = encoding
         self.max_output = max_output
         self._fed_anything = False
-        self._zlib: Any = None
-        self._brotli: Any = None
-        self._zstd: Any = None
+        self._zlib: zlib._Decompress | None = None
+        self._brotli: Any = None  # brotli ships no types
+        self._zstd: zstandard.ZstdDecompressionWriter | None = None
         self._sink: _LimitedSink | None = None
         if encoding in ("gzip", "x-gzip"):
             self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16)
@@ -76,7 +76,12 @@ class BodyDecoder:
             self._brotli = brotli.Decompressor()
         else:
             self._sink = _LimitedSink(max_output)
-            self._zstd = zstandard.ZstdDecompressor().stream_writer(self._sink, write_size=65536, closefd=False)
+            # zstandard calls only the sink's write() (and flush() when it has one); its stub asks for IO[bytes].
+            self._zstd = zstandard.ZstdDecompressor().stream_writer(
+                self._sink,  # type: ignore[arg-type]
+                write_size=65536,
+                closefd=False,
+            )
 
     def feed(self, data: bytes) -> bytes:
         """The decoded bytes of `data` (possibly empty: the decoder may wait for more input)."""
@@ -86,7 +91,7 @@ class BodyDecoder:
             if self._zlib is not None:
                 return self._feed_zlib(data)
             if self._brotli is not None:
-                out = self._brotli.process(data, output_buffer_limit=self.max_output + 1)
+                out: bytes = self._brotli.process(data, output_buffer_limit=self.max_output + 1)
                 if len(out) > self.max_output:
                     raise DecodedTooLarge(self.max_output)
                 return out
@@ -102,6 +107,7 @@ class BodyDecoder:
             self._fed_anything = True
 
     def _feed_zlib(self, data: bytes) -> bytes:
+        assert self._zlib is not None
         out = bytearray()
         while data:
             try:

@@ -86,7 +86,7 @@ class RetryDecision:
 def backoff_delay(attempt: int, base: float, jitter: float) -> float:
     """Full jitter: a uniform share (`jitter` in [0, 1)) of base * 2^(attempt-1), capped.
     `attempt` is the number of the attempt that just failed, from 1."""
-    ceiling = min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1))
+    ceiling: float = min(MAX_BACKOFF, base * 2 ** max(0, attempt - 1))
     return ceiling * min(max(jitter, 0.0), 1.0)
 
 

@@ -34,7 +34,9 @@ def dumps(value: Any) -> bytes:
     return b"".join(pieces)
 
 
-def _put(pieces, value):
+def _put(pieces: list[bytes], value: Any) -> int:
+    """Appends `value`'s encoding to `pieces`; returns its length in bytes."""
+    piece: bytes | None
     kind = type(value)
     if kind is str or kind is bytes:
         if len(value) > _CACHED_LENGTH:
@@ -134,7 +136,7 @@ def _pair(value: tuple[bytes, bytes]) -> bytes:
 
 def _short(value: str | bytes) -> bytes:
     """A short text's or bytes' encoding, remembered."""
-    if type(value) is str:
+    if isinstance(value, str):  # callers pass exact str or bytes only
         data = value.encode()
         piece = b"%d:%s;" % (len(data), data)
     else:

@@ -70,7 +70,8 @@ class _Rewriter:
         ):
             root["type"] = "object"
             self.note("type object given to the root")
-        return self.schema(root, 0)
+        self.schema(root, 0)  # rewrites the root in place
+        return root
 
     def schema(self, node: Any, depth: int) -> Any:
         if not isinstance(node, dict) or depth > _MAX_DEPTH:

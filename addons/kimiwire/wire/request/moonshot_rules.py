@@ -43,7 +43,7 @@ def thinking_and_effort(body: dict[str, Any], log: RepairLog, kind: str) -> None
             body["thinking"] = {"type": "enabled" if enabled else "disabled"}
             log.add("compat.thinking", None, {"thinking": before}, {"thinking": body["thinking"]})
     form = contract.thinking if contract is not None else None
-    if form is ThinkingForm.EFFORT:
+    if form is ThinkingForm.EFFORT and contract is not None:
         _effort_family(body, log, kind, contract)
     elif form is ThinkingForm.ALWAYS_ON:
         if "reasoning_effort" in body:

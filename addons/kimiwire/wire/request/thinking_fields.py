@@ -32,8 +32,8 @@ def thinking_requested(body: dict[str, Any]) -> bool:
             if enabled is not None:
                 return enabled
     kwargs = body.get("chat_template_kwargs")
-    if isinstance(kwargs, dict) and isinstance(kwargs.get("thinking"), bool):
-        return kwargs["thinking"]
+    if isinstance(kwargs, dict) and isinstance(thinking := kwargs.get("thinking"), bool):
+        return thinking
     return body.get("reasoning_effort") != "none"
 
 

@@ -82,7 +82,7 @@ def completion_events(body: dict[str, Any]) -> list[bytes]:
     reasoning, content, each tool call as OpenAI streams it (a first delta with its id, name and
     `arguments: ""`, then its arguments), the finish
     chunk, usage, [DONE]. For retries sent non-streamed (`kimi_retry_stream=false`, vllm#54701)."""
-    base = {k: body[k] for k in ("id", "created", "model", "system_fingerprint") if k in body}
+    base: dict[str, Any] = {k: body[k] for k in ("id", "created", "model", "system_fingerprint") if k in body}
     base["object"] = "chat.completion.chunk"
     events: list[bytes] = []
 
@@ -93,8 +93,8 @@ def completion_events(body: dict[str, Any]) -> list[bytes]:
     for position, choice in enumerate(body.get("choices") or []):
         if not isinstance(choice, dict):
             continue
-        index = choice.get("index") if isinstance(choice.get("index"), int) else position
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        index = given if isinstance(given := choice.get("index"), int) else position
+        message = given if isinstance(given := choice.get("message"), dict) else {}
         emit(index, {"role": message.get("role") or "assistant", "content": ""})
         for key in REASONING_KEYS:
             if isinstance(message.get(key), str) and message[key]:
@@ -105,7 +105,7 @@ def completion_events(body: dict[str, Any]) -> list[bytes]:
             if not isinstance(call, dict):
                 continue
             # as OpenAI streams a call: id, type, name and `arguments: ""` first, then the arguments
-            function = call.get("function") if isinstance(call.get("function"), dict) else {}
+            function = given if isinstance(given := call.get("function"), dict) else {}
             head = {"index": number, "id": call.get("id"), "type": call.get("type") or "function"}
             emit(index, {"tool_calls": [{**head, "function": {"name": function.get("name"), "arguments": ""}}]})
             if function.get("arguments"):

@@ -129,4 +129,5 @@ def text_of(body: bytes) -> str:
     """The text of a matched event, from its JSON string body (without quotes)."""
     if b"\\" not in body:
         return body.decode()
-    return orjson.loads(b'"' + body + b'"')
+    text: str = orjson.loads(b'"' + body + b'"')  # a JSON string literal
+    return text

@@ -268,9 +268,10 @@ class MarkupScanner:
                 self.edge_start = False
             return text, []
         if self.edge_start:
-            text = self._leading_think(text)
-            if text is None:
+            after_think = self._leading_think(text)
+            if after_think is None:
                 return "", []
+            text = after_think
         self.pending += text
         emitted, calls = self._scan(final=False)
         return self._trailing_think(emitted), calls

@@ -345,8 +345,8 @@ class StreamRepairer:
             return
         if key is None or (self.reasoning_to_content and key != "content"):
             return
-        for template in self._templates:
-            if raw.startswith(template.head):
+        for known in self._templates:
+            if raw.startswith(known.head):
                 return
         template = learn_template(raw, key, key != "content", "role" in delta)
         if template is not None:
@@ -656,7 +656,7 @@ class StreamRepairer:
             self._finished_choices += 1
         if delta is None:
             delta = choice["delta"] = {}
-        ready: list[bytes] = []
+        ready = []
         ending = Ending.CUT if finish in CUT_FINISH_REASONS else Ending.FINISHED
         if self._finish_choice(state, ending, delta, ready):
             changed = True

@@ -66,7 +66,7 @@ class ArgumentsScanner:
         if self.closed or self.broken or not text:
             return
         position, size = 0, len(text)
-        depth, in_string, closed = self.depth, self.in_string, self.closed
+        depth, in_string, closed = self.depth, self.in_string, False  # not closed yet: returned above
         if self.escape:
             self.escape = False
             position = 1

@@ -292,7 +292,7 @@ class TurnGate:
         then its arguments), or whole in one delta: assembled by (choice, index)."""
         if not isinstance(call, dict):
             return
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = given if isinstance(given := call.get("function"), dict) else {}
         key = (choice, call.get("index", position))
         assembled = self._calls.get(key)
         if assembled is None:
