@@ -25,7 +25,7 @@ from mitmproxy import io
 from tests.support.clients import FILES, TASK, TOOLS
 from tests.support.mitm import Mitmdump, free_port
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 BALANCE = ROOT / "scripts" / "balance.py"
 sys.path.insert(0, str(ROOT / "scripts"))
 from balance import Endpoint, haproxy_config  # noqa: E402
