@@ -13,6 +13,7 @@ from tests.support.clients import (
     tool_runs,
 )
 from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import Stream
 from tests.support.upstream import RecordingUpstream, sse_reply
 
@@ -68,7 +69,7 @@ def proxy(simulator, tmp_path_factory):
 @pytest.fixture(scope="module")
 def proxy_without_retries(simulator, tmp_path_factory):
     """The ending guarantees alone: with retries (the default) each of these faults is first
-    retried, and multiplied by the client's own retries (tests/test_e2e_retries.py, README)."""
+    retried, and multiplied by the client's own retries (tests/e2e/test_e2e_retries.py, README)."""
     options = {"kimi_idle_timeout": 2, "kimi_first_byte_timeout": 2, "kimi_done_grace": 0.3, "kimi_retry_on": ""}
     with Mitmdump(simulator.url, tmp_path_factory.mktemp("real-noretry"), options, save_flows=False) as p:
         yield p
@@ -126,8 +127,8 @@ def test_a_stream_without_finish_reason_fails_piai_1x_directly(version):
 
 
 def test_piai_1x_gets_a_finish_reason_through_the_proxy(tmp_path):
-    # kimiwire ends every choice with a finish_reason (lane core, tests/test_do_no_harm.py)
-    with RecordingUpstream(_answer_without_finish_reason) as upstream, Mitmdump(upstream.url, tmp_path) as proxy:
+    # kimiwire ends every choice with a finish_reason (lane core, tests/unit/wire/test_do_no_harm.py)
+    with proxied(_answer_without_finish_reason, tmp_path) as proxy:
         report = run_piai(PIAI_VERSIONS[-1], proxy.url, task="hello")
     assert report["outcome"] == "answered" and report["finalText"] == "Hello", report
 
