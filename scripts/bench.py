@@ -800,7 +800,7 @@ def ratios(e2e: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def chaos_row(quick: bool) -> dict[str, Any]:
-    """Seeded random faults through mitmdump (kimiwire.sim.chaos, as tests/test_chaos.py, more requests)."""
+    """Seeded random faults through mitmdump (kimiwire.sim.chaos, as tests/e2e/test_chaos.py, more requests)."""
     from kimiwire.sim import chaos
     from kimiwire.sim.scripted import ScriptedUpstream
 

@@ -6,7 +6,7 @@ from tests.support.conversations import TOOLS, user
 
 GRACE, IDLE, FIRST_BYTE = 0.3, 1.5, 1.5
 # The guarantees themselves, without retries (kimi_retry_on= is today's pass-through); with
-# retries the same failures are first retried: tests/test_e2e_retries.py.
+# retries the same failures are first retried: tests/e2e/test_e2e_retries.py.
 OPTIONS = {
     "kimi_done_grace": GRACE,
     "kimi_idle_timeout": IDLE,

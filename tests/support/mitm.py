@@ -4,6 +4,7 @@ shared launcher kimiwire.launch, with a test's tmp_path for its files and checks
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 from kimiwire import launch
 from kimiwire.launch import ADDON, MITMDUMP, ROOT, free_port
@@ -13,6 +14,8 @@ __all__ = ["ADDON", "MITMDUMP", "ROOT", "Mitmdump", "free_port"]
 
 class Mitmdump(launch.Mitmdump):
     """Context manager: starts mitmdump, waits until it listens, stops it and checks it exited cleanly."""
+
+    upstream: Any = None  # the server behind it, when tests.support.proxied started both
 
     def __init__(
         self,

@@ -84,7 +84,7 @@ def saved_state(
 ) -> dict:
     """The flow's serialized state as it goes into a capture: the request as the client sent it
     (`client_request`, a request state taken before repair), the raw upstream response, no
-    secrets. Equal to `flow.get_state()` with those parts replaced (tests/test_capture_state.py),
+    secrets. Equal to `flow.get_state()` with those parts replaced (tests/unit/mitm/test_capture_state.py),
     built without its copies: the metadata's values are the flow's own, so the state is written
     before the flow changes again (`CaptureFile.write` right after)."""
     redactor = redactor or Redactor()
@@ -129,7 +129,7 @@ def saved_state(
 
 
 def connection_state(connection: Connection) -> dict:
-    """`connection.get_state()`, equal (tests/test_capture_state.py) and about ten times cheaper:
+    """`connection.get_state()`, equal (tests/unit/mitm/test_capture_state.py) and about ten times cheaper:
     mitmproxy converts every field by its declared type (typing inspection per field, each time);
     here each field's conversion is looked up once per class."""
     fields = _connection_fields(type(connection))

@@ -5,7 +5,7 @@ so a run is the same for the same seed. The first attempt of a request plays its
 further attempt of it (the proxy's retries) answers cleanly. What the client must receive
 follows from the fault (`expect_full`): the whole answer, byte for byte in its text, or, when the
 upstream failed after sending part of it, exactly that part, then an error event and [DONE].
-Used by tests/test_chaos.py and scripts/bench (the chaos row).
+Used by tests/e2e/test_chaos.py and scripts/bench (the chaos row).
 """
 
 from __future__ import annotations

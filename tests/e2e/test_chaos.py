@@ -12,6 +12,7 @@ from kimiwire.sim import chaos
 from kimiwire.sim.scripted import sse_reply
 
 from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.upstream import RecordingUpstream, json_reply
 
 SEED = 24
@@ -45,7 +46,7 @@ def _addon_errors(output: str) -> list[str]:
 
 def test_chaos_through_mitmdump(tmp_path):
     upstream_plan = chaos.ChaosUpstream(SEED)
-    with RecordingUpstream(upstream_plan) as upstream, Mitmdump(upstream.url, tmp_path, OPTIONS, save_flows=False) as p:
+    with proxied(upstream_plan, tmp_path, OPTIONS, save_flows=False) as p:
         half = REQUESTS // 2
         first = asyncio.run(chaos.run(p.url, SEED, range(half), CONCURRENCY))
         rss_after_first = _rss_mb(p.pid)

@@ -24,6 +24,7 @@ from tests.support.conversations import user
 from tests.support.endings import FIRST_BYTE, IDLE, OPTIONS, REQUEST
 from tests.support.mitm import Mitmdump
 from tests.support.piai_model import piai_parse
+from tests.support.proxied import proxied
 from tests.support.streams import EXEC_ARGS, READ_ARGS, Stream, interleaved, tool_delta
 from tests.support.upstream import RecordingUpstream, sse_reply
 
@@ -272,7 +273,7 @@ def test_sigterm_ends_open_streams_cleanly_and_captures_what_the_client_received
 def test_flows_the_proxy_ended_are_marked_and_commented(tmp_path):
     from mitmproxy import flowfilter
 
-    with RecordingUpstream(stalled_reply) as up, Mitmdump(up.url, tmp_path, OPTIONS) as p:
+    with proxied(stalled_reply, tmp_path, OPTIONS) as p:
         httpx.post(f"{p.url}/v1/chat/completions", json=REQUEST, timeout=10)
     [flow] = p.read_flows(p.capture_files()[0])
     assert flow.metadata["kimiwire"]["ending"] == "idle_timeout"

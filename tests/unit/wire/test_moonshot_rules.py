@@ -22,7 +22,7 @@ from kimiwire.wire.request.repair import repair_request_body
 from tests.support.moonshot_requests import HARNESS_REQUESTS
 
 MOON = Policy.build(Flavor.MOONSHOT)
-MCP = json.loads((Path(__file__).parent / "fixtures" / "mcp_tool_sets.json").read_text())
+MCP = json.loads((Path(__file__).parents[2] / "fixtures" / "mcp_tool_sets.json").read_text())
 
 
 def repaired(body, policy=MOON):

@@ -9,8 +9,8 @@ from kimiwire.mitm import client_errors
 from mitmproxy.test import tflow
 
 from tests.support.endings import OPTIONS
-from tests.support.mitm import Mitmdump
-from tests.support.upstream import TEXT_COMPLETION, RecordingUpstream, json_reply
+from tests.support.proxied import proxied
+from tests.support.upstream import TEXT_COMPLETION, json_reply
 
 BODY = b'{"model": "kimi", "messages": [{"role": "user", "content": "hi"}]}'
 MALFORMED = {
@@ -33,11 +33,7 @@ def _exchange(port: int, raw: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
-    with (
-        RecordingUpstream(lambda request: json_reply(TEXT_COMPLETION)) as upstream,
-        Mitmdump(upstream.url, tmp_path_factory.mktemp("client-errors"), OPTIONS) as p,
-    ):
-        p.upstream = upstream
+    with proxied(lambda request: json_reply(TEXT_COMPLETION), tmp_path_factory.mktemp("client-errors"), OPTIONS) as p:
         yield p
 
 

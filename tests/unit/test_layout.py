@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import pathlib
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "addons" / "kimiwire"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "addons" / "kimiwire"
 
 
 def _imported_modules(path: pathlib.Path) -> set[str]:

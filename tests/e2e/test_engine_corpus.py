@@ -114,8 +114,8 @@ E2E = [
 
 @pytest.fixture(scope="module")
 def corpus_proxy(tmp_path_factory):
-    from tests.support.mitm import Mitmdump
-    from tests.support.upstream import RecordingUpstream, sse_reply
+    from tests.support.proxied import proxied
+    from tests.support.upstream import sse_reply
 
     by_id = {c.id: c for c in CASES}
 
@@ -123,7 +123,7 @@ def corpus_proxy(tmp_path_factory):
         case = by_id[request.headers["x-case"]]
         return sse_reply([event + b"\n\n" for event in case.sse.split(b"\n\n") if event])
 
-    with RecordingUpstream(respond) as up, Mitmdump(up.url, tmp_path_factory.mktemp("proxy")) as proxy:
+    with proxied(respond, tmp_path_factory.mktemp("proxy")) as proxy:
         yield proxy
 
 

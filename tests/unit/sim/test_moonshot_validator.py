@@ -11,7 +11,7 @@ from kimiwire.sim.settings import SimSettings
 from kimiwire.wire.request.mfjs import schema_refusal
 from kimiwire.wire.request.moonshot_contract import contract_for
 
-WALLE = Path(__file__).parent / "fixtures" / "walle"
+WALLE = Path(__file__).parents[2] / "fixtures" / "walle"
 # The checks this validator makes (walle's strict level); walle's own invalid cases that expect one
 # of these messages must be refused.
 STRICT_CHECKS = (

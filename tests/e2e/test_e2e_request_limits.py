@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from tests.support.endings import OPTIONS
-from tests.support.mitm import Mitmdump
-from tests.support.upstream import TEXT_COMPLETION, RecordingUpstream, json_reply
+from tests.support.proxied import proxied
+from tests.support.upstream import TEXT_COMPLETION, json_reply
 
 LIMIT = 1 << 20
 PIECE = b"x" * 65536
@@ -24,11 +24,8 @@ def _chunks(total: int):
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
-    with (
-        RecordingUpstream(lambda request: json_reply(TEXT_COMPLETION)) as upstream,
-        Mitmdump(upstream.url, tmp_path_factory.mktemp("limits"), {**OPTIONS, "kimi_max_request_bytes": LIMIT}) as p,
-    ):
-        p.upstream = upstream
+    options = {**OPTIONS, "kimi_max_request_bytes": LIMIT}
+    with proxied(lambda request: json_reply(TEXT_COMPLETION), tmp_path_factory.mktemp("limits"), options) as p:
         yield p
 
 

@@ -13,6 +13,7 @@ from tests.support.clients import (
     tool_runs,
 )
 from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import Stream
 from tests.support.upstream import RecordingUpstream, sse_reply
 
@@ -137,8 +138,8 @@ def test_a_stream_without_finish_reason_fails_piai_1x_directly(version):
 
 
 def test_piai_1x_gets_a_finish_reason_through_the_proxy(tmp_path):
-    # kimiwire ends every choice with a finish_reason (lane core, tests/test_do_no_harm.py)
-    with RecordingUpstream(_answer_without_finish_reason) as upstream, Mitmdump(upstream.url, tmp_path) as proxy:
+    # kimiwire ends every choice with a finish_reason (lane core, tests/unit/wire/test_do_no_harm.py)
+    with proxied(_answer_without_finish_reason, tmp_path) as proxy:
         report = run_piai(PIAI_VERSIONS[-1], proxy.url, task="hello")
     assert report["outcome"] == "answered" and report["finalText"] == "Hello", report
 

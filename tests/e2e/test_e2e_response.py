@@ -10,6 +10,7 @@ from tests.support import streams
 from tests.support.conversations import TOOLS, assistant, call, tool, user
 from tests.support.mitm import Mitmdump
 from tests.support.piai_model import piai_parse
+from tests.support.proxied import proxied
 from tests.support.streams import EXEC_ARGS, READ_ARGS
 from tests.support.upstream import RecordingUpstream, Reply, json_reply, sse_reply
 
@@ -130,7 +131,7 @@ def test_non_streaming_markup_is_repaired(tmp_path):
 
 def test_upstream_error_json_passes_through(tmp_path):
     error = {"error": {"message": "rate limited", "type": "rate_limit", "code": 429}}
-    with RecordingUpstream(lambda req: json_reply(error, 429)) as up, Mitmdump(up.url, tmp_path) as p:
+    with proxied(lambda req: json_reply(error, 429), tmp_path) as p:
         r = httpx.post(f"{p.url}/v1/chat/completions", json={"model": "k", "messages": HISTORY}, timeout=15)
     assert r.status_code == 429 and r.json() == error
 
@@ -138,7 +139,7 @@ def test_upstream_error_json_passes_through(tmp_path):
 def test_content_length_stream_is_reframed(tmp_path):
     body = streams.interleaved(TWO).body()
     reply = Reply(headers={"content-type": "text/event-stream"}, pieces=[body], framing="length")
-    with RecordingUpstream(lambda req: reply) as up, Mitmdump(up.url, tmp_path) as p:
+    with proxied(lambda req: reply, tmp_path) as p:
         r = httpx.post(
             f"{p.url}/v1/chat/completions",
             json={"model": "k", "messages": HISTORY, "tools": TOOLS, "stream": True},

@@ -20,12 +20,14 @@ import orjson
 import pytest
 from kimiwire.mitm.capture import upstream_request_body
 from kimiwire.sim.server import SimulatorThread
+from kimiwire.sim.settings import SimSettings
 from mitmproxy import io
 
 from tests.support.clients import FILES, TASK, TOOLS
-from tests.support.mitm import Mitmdump, free_port
+from tests.support.mitm import free_port
+from tests.support.proxied import proxied
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 BALANCE = ROOT / "scripts" / "balance.py"
 sys.path.insert(0, str(ROOT / "scripts"))
 from balance import Endpoint, haproxy_config  # noqa: E402
@@ -185,7 +187,7 @@ def _normalised(body: bytes) -> bytes:
 
 def test_turns_on_different_workers_match_a_single_worker(tmp_path: pathlib.Path) -> None:
     (tmp_path / "one").mkdir()
-    with SimulatorThread() as sim, Mitmdump(sim.url, tmp_path / "one", save_flows=False) as single:
+    with proxied(SimSettings(), tmp_path / "one", save_flows=False) as single:
         one_bodies = run_conversation(single.url)
     one_sent = [body for _, body in _sent_upstream(single.capture_files())]
     assert len(one_bodies) >= 3, "the task takes several rounds"
