@@ -74,7 +74,7 @@ def proxy(simulator, tmp_path_factory):
 @pytest.fixture(scope="module")
 def proxy_without_retries(simulator, tmp_path_factory):
     """The ending guarantees alone: with retries (the default) each of these faults is first
-    retried, and multiplied by the client's own retries (tests/test_e2e_retries.py, README)."""
+    retried, and multiplied by the client's own retries (tests/e2e/test_e2e_retries.py, README)."""
     options = {
         "kimi_idle_timeout": 2,
         "kimi_first_byte_timeout": 2,

@@ -22,7 +22,7 @@ from kimiwire.wire.response.stream_repair import StreamRepairer
 
 from tests.support import engine_corpus
 from tests.support.streams import tool_delta
-from tests.test_fast_path import BASE, FACTS, NO_SPLIT, POLICY, TEXT, gated, run, streamed
+from tests.unit.wire.test_fast_path import BASE, FACTS, NO_SPLIT, POLICY, TEXT, gated, run, streamed
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def test_each_engines_text_deltas_take_the_fast_path(engine, respaced):
 
 
 def _bench_layouts():
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "scripts"))
     import bench_layouts
 
     return bench_layouts

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.mitm import Mitmdump
 from tests.support.upstream import TEXT_COMPLETION, RecordedRequest, RecordingUpstream, Reply, json_reply, sse_reply
-from tests.test_openrouter import DETAILS_STREAM
+from tests.unit.wire.test_openrouter import DETAILS_STREAM
 
 MODEL = "moonshotai/kimi-k2.6"
 TOOLS: list[Any] = [
