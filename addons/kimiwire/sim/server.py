@@ -80,6 +80,26 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+MAX_REQUEST_BODY = 64 * 1024 * 1024
+
+
+async def _chunked_body(reader: asyncio.StreamReader) -> bytes:
+    """A request body sent with `Transfer-Encoding: chunked` (trailers read and dropped)."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass
+            return b"".join(parts)
+        total += size
+        if total > MAX_REQUEST_BODY:
+            raise ValueError("request body too large")
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
 class HttpServer:
     """A minimal HTTP/1.1 server on 127.0.0.1; subclasses answer in `_respond` (True: keep-alive)."""
 
@@ -119,8 +139,11 @@ class HttpServer:
                     if ":" in line:
                         name, value = line.split(":", 1)
                         headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length") or 0)
-                body = await reader.readexactly(length) if length else b""
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    body = await _chunked_body(reader)  # Bun's fetch (opencode) sends bodies chunked
+                else:
+                    length = int(headers.get("content-length") or 0)
+                    body = await reader.readexactly(length) if length else b""
                 keep_alive = await self._respond(method, path, headers, body, writer)
                 if not keep_alive or headers.get("connection", "").lower() == "close":
                     break
