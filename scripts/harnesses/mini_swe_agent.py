@@ -2,7 +2,7 @@
 asking. It talks to the model through litellm (`openai/` prefix: plain chat completions to the base
 URL, not streamed) and has one tool, `bash`; a run ends when the model runs
 `echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT`, and what that command prints after the marker is the
-submission (the harness's final answer)."""
+submission (the harness's final answer): the task reads the files, then submits them again."""
 
 from __future__ import annotations
 
@@ -45,11 +45,12 @@ class MiniSweAgent(Harness):
     def task(self, ws: Workspace) -> str:
         a, b, c = ws.paths
         submit = json.dumps({"command": f"{SUBMIT} && cat {a} {b} {c}"})
-        return f"{self.read_step(a)} and {self.read_step(b)} then call bash {submit}"
+        return f"{self.read_step(a)} and {self.read_step(b)} then {self.read_step(c)} then call bash {submit}"
 
     def env(self, version: str, install_dir: pathlib.Path, ws: Workspace) -> dict[str, str]:
         env = super().env(version, install_dir, ws)
         env.update(MSWEA_GLOBAL_CONFIG_DIR=str(ws.home / "mini"), MSWEA_SILENT_STARTUP="1", MSWEA_CONFIGURED="true")
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm's own copy: no fetch from the internet
         return env
 
     def command(self, version: str, install_dir: pathlib.Path, ws: Workspace, task: str) -> list[str]:
