@@ -188,6 +188,32 @@ def print_table(outcomes: list[Outcome], paths: tuple[str, ...]) -> None:
         print(f"| {name} {version} | {shape} | " + " | ".join(cells) + " |")
 
 
+def report(lines: list[dict[str, Any]]) -> str:
+    """The README's table from the JSON lines of a run: a row per harness version, a column per
+    shape, each cell `direct / through kimiwire`; then what failed and how."""
+    mark = {True: "✓", False: "✗"}
+    shapes = list(dict.fromkeys(line["shape"] for line in lines))
+    rows = list(dict.fromkeys((line["harness"], line["version"]) for line in lines))
+    cell = {(o["harness"], o["version"], o["shape"], o["path"]): o for o in lines}
+    out = ["| harness | " + " | ".join(shapes) + " |", "|---" * (len(shapes) + 1) + "|"]
+    for name, version in rows:
+        title = f"{HARNESSES[name].title} {version}" if name in HARNESSES else f"{name} {version}"
+        cells = []
+        for shape in shapes:
+            pair = [cell.get((name, version, shape, path)) for path in PATHS]
+            cells.append(" / ".join("-" if o is None else mark[o["passed"]] for o in pair))
+        out.append(f"| {title} | " + " | ".join(cells) + " |")
+    failures = [o for o in lines if not o["passed"]]
+    if failures:
+        out.append("")
+        for o in failures:
+            where = "directly" if o["path"] == "direct" else "through kimiwire"
+            out.append(f"- {o['harness']} {o['version']}, {o['shape']}, {where}: {o['detail']}")
+    seconds = sum(o["seconds"] for o in lines)
+    out.append(f"\n{len(lines)} runs, {seconds / 60:.0f} minutes of harness time.")
+    return "\n".join(out)
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds the context managers: the simulator and mitmdump stop
 
@@ -195,7 +221,7 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(prog="scripts/e2e-harness", description=__doc__)
-    parser.add_argument("--harness", required=True, help=f"{' | '.join(HARNESSES)} | all")
+    parser.add_argument("--harness", default="all", help=f"{' | '.join(HARNESSES)} | all (comma lists work)")
     parser.add_argument(
         "--version", default="default", help="a release, `default` (the first pinned), `newest` or `pinned` (all)"
     )
@@ -210,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=pathlib.Path, help="append every outcome to this JSON-lines file")
     parser.add_argument("--show-config", action="store_true", help="print each harness's config and exit")
+    parser.add_argument("--report", type=pathlib.Path, help="print the README table of a --json file and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]))
+        return 0
     names = list(HARNESSES) if args.harness == "all" else args.harness.split(",")
     unknown = [n for n in names if n not in HARNESSES]
     if unknown:

@@ -139,6 +139,19 @@ class Harness(ABC):
         return f"{self.title} {version}"
 
 
+def pretty_json(value: Any, indent: int = 0, width: int = 100) -> str:
+    """JSON as a person writes a config: what fits on a line stays on one, the rest nests."""
+    flat = json.dumps(value)
+    if len(flat) + indent <= width or not isinstance(value, (dict, list)) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        items = [f"{pad}{json.dumps(k)}: {pretty_json(v, indent + 2, width)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [f"{pad}{pretty_json(v, indent + 2, width)}" for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+
+
 def npm_harness(name: str, packages: dict[str, str], overrides: dict[str, str] | None = None) -> pathlib.Path:
     """npm packages, pinned, installed once into .cache/harness/NAME (install scripts stay off)."""
     source = CACHE / "manifests" / name

@@ -29,15 +29,11 @@ class MiniSweAgent(Harness):
         settings = {
             "model": {
                 "model_name": f"openai/{MODEL}",
-                "model_kwargs": {"api_base": base_url, "api_key": f"${KEY_ENV}"},
+                "model_kwargs": {"api_base": base_url},  # the key: OPENAI_API_KEY, as litellm reads it
                 "cost_tracking": "ignore_errors",  # litellm has no price for a custom model
             }
         }
         return "kimiwire.yaml", yaml.safe_dump(settings, sort_keys=False)
-
-    def prepare(self, version: str, install_dir: pathlib.Path, ws: Workspace, base_url: str) -> None:
-        name, text = self.config(version, base_url)
-        (ws.home / name).write_text(text.replace(f"${KEY_ENV}", "sk-kimiwire-e2e"))
 
     def read_step(self, path: str) -> str:
         return f"call bash {json.dumps({'command': f'cat {path}'})}"
@@ -50,6 +46,7 @@ class MiniSweAgent(Harness):
     def env(self, version: str, install_dir: pathlib.Path, ws: Workspace) -> dict[str, str]:
         env = super().env(version, install_dir, ws)
         env.update(MSWEA_GLOBAL_CONFIG_DIR=str(ws.home / "mini"), MSWEA_SILENT_STARTUP="1", MSWEA_CONFIGURED="true")
+        env["OPENAI_API_KEY"] = env[KEY_ENV]
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm's own copy: no fetch from the internet
         return env
 

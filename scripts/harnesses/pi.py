@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from .base import KEY_ENV, MODEL, NODE_22, Harness, Workspace, npm_harness
+from .base import KEY_ENV, MODEL, NODE_22, Harness, Workspace, npm_harness, pretty_json
 
 
 class Pi(Harness):
@@ -35,7 +35,7 @@ class Pi(Harness):
             "compat": {"supportsDeveloperRole": False},
             "models": [{"id": MODEL, "reasoning": True}],
         }
-        return ".pi/agent/models.json", json.dumps({"providers": {"kimiwire": provider}}, indent=2) + "\n"
+        return ".pi/agent/models.json", pretty_json({"providers": {"kimiwire": provider}}) + "\n"
 
     def command(self, version: str, install_dir: pathlib.Path, ws: Workspace, task: str) -> list[str]:
         package = install_dir / "node_modules" / self.package(version)
