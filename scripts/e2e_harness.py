@@ -14,6 +14,7 @@ import contextlib
 import json
 import pathlib
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -163,6 +164,10 @@ def run_once(
     (scratch / "stderr.txt").write_text(stderr)
     (scratch / "requests.json").write_text(json.dumps(run.requests, indent=1))
     passed, detail = judge(run, ws, poisoned)
+    if passed:
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        detail += f" (logs: {scratch.relative_to(ROOT) if scratch.is_relative_to(ROOT) else scratch})"
     return Outcome(harness.name, version, shape.name, path, passed, detail, run.seconds, len(run.requests))
 
 

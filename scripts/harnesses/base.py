@@ -9,6 +9,7 @@ calls). The driver (scripts/e2e_harness.py) judges every harness the same way (`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -172,6 +173,13 @@ def npm_harness(name: str, packages: dict[str, str], overrides: dict[str, str] |
 def pip_harness(name: str, requirement: str, python: str | None = None) -> pathlib.Path:
     """A PyPI package, pinned, in its own venv under .cache/harness/NAME (once)."""
     target = CACHE / name
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run installing the same version: wait for it
+        return _pip_install(target, requirement, python)
+
+
+def _pip_install(target: pathlib.Path, requirement: str, python: str | None) -> pathlib.Path:
     stamp = target / ".installed"
     if stamp.exists() and stamp.read_text() == requirement:
         return target
@@ -192,14 +200,24 @@ def pip_harness(name: str, requirement: str, python: str | None = None) -> pathl
 
 
 def python_at_least(minor: int) -> str:
-    """A Python 3.`minor`+ interpreter: this one, or the first found on PATH."""
-    if sys.version_info >= (3, minor):
-        return sys.executable
-    for candidate in (f"python3.{m}" for m in range(minor, 15)):
-        found = shutil.which(candidate)
-        if found and subprocess.run([found, "-c", "pass"], capture_output=True).returncode == 0:
-            return found
-    raise RuntimeError(f"Python 3.{minor} or newer is needed")
+    """The newest Python 3.`minor`+ found (on PATH, under pyenv, or this one): a harness that needs a
+    newer Python than the project's gets the newest there is (3.12.1's typing breaks kimi-cli)."""
+    found: list[tuple[tuple[int, ...], str]] = []
+    candidates = [shutil.which(f"python3.{m}") for m in range(minor, 16)]
+    candidates += [str(p) for p in pathlib.Path.home().glob(".pyenv/versions/3.*/bin/python")]
+    for candidate in [*candidates, sys.executable]:
+        if not candidate:
+            continue
+        done = subprocess.run(
+            [candidate, "-c", "import sys; print(*sys.version_info[:3])"], capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            version = tuple(int(part) for part in done.stdout.split())
+            if version >= (3, minor):
+                found.append((version, candidate))
+    if not found:
+        raise RuntimeError(f"Python 3.{minor} or newer is needed")
+    return max(found)[1]
 
 
 def run_process(command: list[str], cwd: pathlib.Path, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
