@@ -125,6 +125,10 @@ def judge(run: Run, ws: Workspace, poisoned: list[str]) -> tuple[bool, str]:
     parts = [f"exit {run.returncode}", f"reads returned {len(returned)}/3", f"answer holds {len(answered)}/3"]
     if poisoned:
         parts.append(f"model copied broken ids ({poisoned[0]})")
+    if "<|tool_call" in run.answer:
+        parts.append("the calls reached the user as markup text")
+    elif run.returncode == 0 and not run.answer.strip():
+        parts.append("empty answer")
     failure = failure_line(run)
     if failure:
         parts.append(f"`{failure}`")
@@ -213,7 +217,8 @@ def report(lines: list[dict[str, Any]]) -> str:
         out.append("")
         for o in failures:
             where = "directly" if o["path"] == "direct" else "through kimiwire"
-            out.append(f"- {o['harness']} {o['version']}, {o['shape']}, {where}: {o['detail']}")
+            detail = o["detail"].split(" (logs: ")[0]
+            out.append(f"- {o['harness']} {o['version']}, {o['shape']}, {where}: {detail}")
     seconds = sum(o["seconds"] for o in lines)
     out.append(f"\n{len(lines)} runs, {seconds / 60:.0f} minutes of harness time.")
     return "\n".join(out)
