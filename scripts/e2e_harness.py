@@ -138,6 +138,9 @@ def judge(run: Run, ws: Workspace, poisoned: list[str]) -> tuple[bool, str]:
 def failure_line(run: Run) -> str:
     """The first line of the harness's output that looks like its error, shortened."""
     text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", run.stderr + "\n" + run.stdout)
+    raw = re.findall(r"rawError=(.+)", text)  # OpenClaw's own provider error
+    if raw:
+        return raw[-1].strip()[:160].replace("|", "/").replace("`", "'")
     lines = [
         line.strip()
         for line in text.splitlines()
