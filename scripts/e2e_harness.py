@@ -145,6 +145,7 @@ def failure_line(run: Run) -> str:
         line.strip()
         for line in text.splitlines()
         if re.search(r"\berror\b|failed|timed out|terminated|invalid|exception", line, re.I)
+        and "[session-sqlite]" not in line  # OpenClaw's housekeeping log, not the run's failure
     ]
     return lines[0][:160].replace("|", "/").replace("`", "'") if lines else ""
 
