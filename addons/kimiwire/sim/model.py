@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 _STEP_SPLIT = re.compile(r"\bthen\b|;|\n", re.I)
-_READ = re.compile(r"\bread\s+(?P<path>[^\s,;]+)", re.I)
+_READ = re.compile(r"""\bread\s+(?P<path>[^\s,;"'`]+)""", re.I)  # a path ends before a quote (opencode quotes the task)
 _RUN = re.compile(r"\b(?:run|exec)\s+`(?P<command>[^`]+)`", re.I)
 _CALL = re.compile(r"\bcall\s+(?P<name>[\w\-]+)\s+(?P<args>\{.*?\})(?=\s+and\b|\s*$)", re.I)
 CANONICAL_ID = re.compile(r"^functions\.[A-Za-z0-9_\-]+:(?P<index>\d+)$")
@@ -58,21 +58,46 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _steps(task: str, declared: set[str]) -> list[list[PlannedCall]]:
+def _json_object(text: str) -> dict[str, Any] | None:
+    """`text` as a JSON object; None when it is not one (a harness quoted the task, say)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _path_key(tools: Any) -> str:
+    """The argument the declared `read` tool takes the path in, as a model reads it off the schema:
+    its first required property (opencode's `read` takes `filePath`); `path` by default."""
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("name") == "read":
+            parameters = function.get("parameters")
+            required = parameters.get("required") if isinstance(parameters, dict) else None
+            if isinstance(required, list) and required and isinstance(required[0], str):
+                return required[0]
+    return "path"
+
+
+def _steps(task: str, declared: set[str], path_key: str = "path") -> list[list[PlannedCall]]:
     steps: list[list[PlannedCall]] = []
     for part in _STEP_SPLIT.split(task):
         calls: list[tuple[int, PlannedCall]] = []
+        # `call read {"filePath": ...}` is one explicit call, not also the shorthand `read PATH`
+        explicit = [match.span() for match in _CALL.finditer(part)]
         for match in _READ.finditer(part):
+            if any(start <= match.start() < end for start, end in explicit):
+                continue
             if "read" in declared:
-                calls.append((match.start(), PlannedCall("read", orjson.dumps({"path": match["path"]}).decode())))
+                calls.append((match.start(), PlannedCall("read", orjson.dumps({path_key: match["path"]}).decode())))
         for match in _RUN.finditer(part):
             if "exec" in declared:
                 calls.append((match.start(), PlannedCall("exec", orjson.dumps({"command": match["command"]}).decode())))
         for match in _CALL.finditer(part):
-            if match["name"] in declared:
-                calls.append(
-                    (match.start(), PlannedCall(match["name"], orjson.dumps(orjson.loads(match["args"])).decode()))
-                )
+            arguments = _json_object(match["args"])
+            if match["name"] in declared and arguments is not None:
+                calls.append((match.start(), PlannedCall(match["name"], orjson.dumps(arguments).decode())))
         if calls:
             steps.append([c for _, c in sorted(calls, key=lambda pair: pair[0])])
     return steps
@@ -135,7 +160,7 @@ def plan_turn(body: dict[str, Any], history_tools: bool = False) -> TurnPlan:
     task_at = _turn_start(messages)
     task = _text(messages[task_at].get("content")) if task_at >= 0 else ""
     turns_done = sum(1 for m in messages[task_at + 1 :] if m.get("role") == "assistant" and m.get("tool_calls"))
-    steps = _steps(task, declared)
+    steps = _steps(task, declared, _path_key(body.get("tools")))
     plan = TurnPlan(
         history_calls=history_calls, poisoned_by=broken_history_id(messages), tools_declared=bool(body.get("tools"))
     )

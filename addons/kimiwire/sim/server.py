@@ -83,16 +83,23 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    """A chunked request body (trailers skipped)."""
-    body = bytearray()
+MAX_REQUEST_BODY = 64 * 1024 * 1024
+
+
+async def _chunked_body(reader: asyncio.StreamReader) -> bytes:
+    """A request body sent with `Transfer-Encoding: chunked` (trailers read and dropped)."""
+    parts: list[bytes] = []
+    total = 0
     while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip() or b"0", 16)
         if size == 0:
             while (await reader.readuntil(b"\r\n")) != b"\r\n":
                 pass
-            return bytes(body)
-        body += await reader.readexactly(size)
+            return b"".join(parts)
+        total += size
+        if total > MAX_REQUEST_BODY:
+            raise ValueError("request body too large")
+        parts.append(await reader.readexactly(size))
         await reader.readexactly(2)
 
 
@@ -136,7 +143,7 @@ class HttpServer:
                         name, value = line.split(":", 1)
                         headers[name.strip().lower()] = value.strip()
                 if "chunked" in headers.get("transfer-encoding", "").lower():
-                    body = await _read_chunked(reader)
+                    body = await _chunked_body(reader)  # Bun's fetch (opencode) sends bodies chunked
                 else:
                     length = int(headers.get("content-length") or 0)
                     body = await reader.readexactly(length) if length else b""

@@ -1,0 +1,134 @@
+"""The harness matrix (scripts/e2e-harness): the simulator plays the model for every harness's
+task, every shape is a valid simulator setting, the README's config snippets are the ones the runs
+write, and a subset runs real harnesses (one shape each, the one that breaks it directly) through
+kimiwire."""
+
+import json
+import shutil
+import socket
+import subprocess
+
+import orjson
+import pytest
+from kimiwire.sim.model import plan_turn
+from kimiwire.sim.server import SimulatorThread
+from kimiwire.sim.settings import SimSettings
+
+from scripts.e2e_harness import PATHS, judge, run_once
+from scripts.harnesses import HARNESSES
+from scripts.harnesses.base import Run, Workspace
+from scripts.harnesses.shapes import SHAPES
+from tests.support.mitm import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _tool(name, *required):
+    properties = {key: {"type": "string"} for key in required}
+    parameters = {"type": "object", "properties": properties, "required": list(required)}
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def _calls(body):
+    return [(c.name, orjson.loads(c.arguments)) for c in plan_turn(body).calls]
+
+
+@pytest.mark.parametrize("name", HARNESSES)
+def test_the_simulator_plays_each_harness_task(name, tmp_path):
+    # The first turn calls the harness's read tool twice in parallel with the exact paths.
+    harness = HARNESSES[name]
+    ws = Workspace.create(tmp_path)
+    key = "filePath" if name == "opencode" else "command" if name == "mini-swe-agent" else "path"
+    tools = [_tool(harness.read_tool, key)]
+    calls = _calls({"tools": tools, "messages": [{"role": "user", "content": harness.task(ws)}]})
+    a, b, _ = ws.paths
+    expected = [{key: f"cat {p}"} if key == "command" else {key: p} for p in (a, b)]
+    assert calls == [(harness.read_tool, arguments) for arguments in expected]
+
+
+def test_the_read_shorthand_takes_the_schema_key_and_stops_at_quotes():
+    # opencode's `read` takes `filePath`, and opencode sends the task quoted.
+    body = {"tools": [_tool("read", "filePath")], "messages": [{"role": "user", "content": '"read /w/a.txt"'}]}
+    assert _calls(body) == [("read", {"filePath": "/w/a.txt"})]
+
+
+def test_an_explicit_call_is_one_call_and_bad_json_none():
+    text = 'call read {"path": "/w/a.txt"} and call read {\\"path\\": \\"/w/b.txt\\"}'
+    body = {"tools": [_tool("read", "path")], "messages": [{"role": "user", "content": text}]}
+    assert _calls(body) == [("read", {"path": "/w/a.txt"})]
+
+
+def test_the_simulator_reads_a_chunked_request_body():
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    with SimulatorThread() as sim, socket.create_connection(("127.0.0.1", sim.port), timeout=10) as conn:
+        conn.sendall(head + chunks + b"0\r\n\r\n")
+        answer = b""
+        while data := conn.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200") and b"Hello!" in answer
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
+def test_every_shape_is_a_simulator_setting(shape):
+    SimSettings().with_overrides(shape.sim)
+    assert shape.reproduces
+
+
+def test_judge_needs_every_token_read_back_and_answered(tmp_path):
+    ws = Workspace.create(tmp_path)
+    tokens = list(ws.files.values())
+    results = [{"messages": [{"role": "tool", "content": f"1: {t}"} for t in tokens]}]
+    assert judge(Run(0, "", "", 1.0, results, " ".join(tokens)), ws, [])[0]
+    assert not judge(Run(0, "", "", 1.0, results, " ".join(tokens[:2])), ws, [])[0]
+    assert not judge(Run(0, "", "", 1.0, results[:0], " ".join(tokens)), ws, [])[0]
+    assert not judge(Run(1, "", "", 1.0, results, " ".join(tokens)), ws, [])[0]
+    assert not judge(Run(0, "", "", 1.0, results, " ".join(tokens)), ws, ["functionsread0"])[0]
+
+
+@pytest.mark.parametrize("name", HARNESSES)
+def test_the_readme_shows_the_config_the_runs_write(name):
+    harness = HARNESSES[name]
+    for version in harness.versions:
+        _, text = harness.config(version, "http://127.0.0.1:8080/v1")
+        assert text.strip() in README, f"README lacks {harness.title} {version}'s config"
+
+
+# One shape per harness: the one that breaks it directly (README table), run through kimiwire.
+SUBSET = {
+    ("openclaw", "2026.9.6"): "moonshot",
+    ("pi", "0.73.1"): "moonshot",
+    ("pi", "1.6.0"): "moonshot",
+    ("opencode", "1.18.33"): "moonshot",
+    ("hermes", "0.19.0"): "empty-turn",
+    ("mini-swe-agent", "2.4.6"): "empty-turn",
+    ("kimi-cli", "1.51.0"): "empty-turn",
+}
+
+
+def _registry_reachable(name):
+    tool = "npm" if name in ("openclaw", "pi", "opencode") else "pip"
+    if tool == "npm":
+        command = [shutil.which("npm") or "npm", "view", "is-number", "version"]
+    else:
+        command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "pip", "download", "--no-deps", "-d", "/tmp", "six"]
+    try:
+        return subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize(("name", "version"), SUBSET, ids=[f"{n}-{v}" for n, v in SUBSET])
+def test_the_harness_finishes_through_kimiwire(name, version):
+    harness = HARNESSES[name]
+    try:
+        install_dir = harness.install(version)
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        if not _registry_reachable(name):
+            pytest.skip(f"the package registry is unreachable, {harness.title} {version} cannot install: {exc}")
+        raise
+    shape = next(s for s in SHAPES if s.name == SUBSET[name, version])
+    outcome = run_once(harness, version, install_dir, shape, PATHS[1], timeout=240, scale=0.1)
+    assert outcome.passed, json.dumps(outcome.__dict__)
