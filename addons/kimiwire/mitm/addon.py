@@ -1490,11 +1490,13 @@ class KimiWire:
             state.upstream_body = answer.body
             self._retry_ending(state, "retried")
             return
-        answer = exhausted_answer(last, made, False, b"", self._upstream_name(flow))
+        # As after a buffered retry: a streamed request's client gets an event stream (the calls the
+        # last attempt made, or an error event); a connection failure or a stall its 502 or 504.
+        exhausted = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), self._upstream_name(flow))
         proxy_internals.set_error_answer(
-            state.flow, proxy_internals.ErrorAnswer(answer.status, answer.body, b"", answer.content_type)
+            state.flow, proxy_internals.ErrorAnswer(exhausted.status, exhausted.body, b"", exhausted.content_type)
         )
-        record["error_answer"] = answer.status
+        record["error_answer"] = exhausted.status
         self._retry_ending(state, f"retries_exhausted:{last.kind}")
 
     async def _stream_head_sent(self, state: FlowState, failure: Failure) -> bool:
