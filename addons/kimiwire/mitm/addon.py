@@ -959,7 +959,6 @@ class KimiWire:
         gate = None
         if (checks or retry_stall) and proxy_internals.usable():
             gate = TurnGate(facts, checks, policy.tool_stream == "whole", policy.stream_buffer_limit, retry_stall)
-        retrying = {"gate": gate, "retry_stall": retry_stall}
         if encoding:
             # Asked for identity, sent compressed anyway: decode it, so the client gets a
             # repaired, timed stream (identity) and the capture a readable body.
@@ -969,10 +968,12 @@ class KimiWire:
             state.record["upstream_content_encoding"] = encoding
             decoder = BodyDecoder(encoding, max(policy.stream_buffer_limit, _MIN_DECODED_CHUNK))
             stream: RepairingStream = DecodingStream(
-                repairer, decoder, on_error=on_error, limits=self.limits, **retrying
+                repairer, decoder, on_error=on_error, limits=self.limits, gate=gate, retry_stall=retry_stall
             )
         else:
-            stream = RepairingStream(repairer, on_error=on_error, limits=self.limits, **retrying)
+            stream = RepairingStream(
+                repairer, on_error=on_error, limits=self.limits, gate=gate, retry_stall=retry_stall
+            )
         state.stream = stream
         # The first event's deadline counts from the request (its time to first token).
         stream.times.started_at -= max(0.0, time.time() - flow.request.timestamp_start)
@@ -1079,6 +1080,7 @@ class KimiWire:
             return None
         facts, wire_policy = context
         status = response.status_code
+        failure: Failure | None
         if status == 400 and policy.watches("status") and policy.retries > 0:
             return self._retry_clamped(state, facts, wire_policy)
         if status in RETRY_STATUSES and policy.watches("status"):
@@ -1250,8 +1252,8 @@ class KimiWire:
         self._retry_ending(state, f"retries_exhausted:{last.kind}")
         if last is failure and last.kind == "status":
             return  # no other attempt was made: the client gets the upstream's error as it came
-        answer = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), "the upstream")
-        _replace(response, answer.status, [(b"content-type", answer.content_type.encode())], answer.body)
+        exhausted = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), "the upstream")
+        _replace(response, exhausted.status, [(b"content-type", exhausted.content_type.encode())], exhausted.body)
 
     async def _attempts_settled(
         self,
@@ -1353,13 +1355,13 @@ class KimiWire:
             if self.capture is not None:
                 parts = (flow, state.client_request, state.upstream_headers, body, self.redactor)
                 if loop_running() and len(flow.request.raw_content or b"") + len(body or b"") >= OFFLOAD_BYTES:
-                    self._capture_off_loop(parts)
+                    self._capture_off_loop(self.capture, parts)
                 else:
                     self.capture.write(saved_state(*parts))
         except Exception as exc:
             self._record_error(flow, "capture", exc)
 
-    def _capture_off_loop(self, parts: tuple[Any, ...]) -> None:
+    def _capture_off_loop(self, capture: CaptureFile, parts: tuple[Any, ...]) -> None:
         """A large flow's capture state (its bodies' redaction walks whole JSON documents) is made in
         the request worker; the record is appended here, on the loop, like every other."""
 
@@ -1367,7 +1369,7 @@ class KimiWire:
             state = await self.request_worker.run(saved_state, *parts)
             capture.write(state.error if isinstance(state, Raised) else state)
 
-        task = asyncio.get_running_loop().create_task(write(self.capture))
+        task = asyncio.get_running_loop().create_task(write(capture))
         self._capture_tasks.add(task)
         task.add_done_callback(self._capture_tasks.discard)
 
@@ -1383,8 +1385,8 @@ class KimiWire:
             if stream.calls == 0:
                 # Server replay (or a response set by another addon): the body arrives whole and
                 # the stream callable is never called, so repair the whole body here.
-                body = response.raw_content or b""
-                repaired = stream(body) + stream(b"") if body else stream(b"")
+                whole = response.raw_content or b""
+                repaired = stream(whole) + stream(b"") if whole else stream(b"")
                 if stream.failed_turn is not None and stream.gate is not None:
                     # No upstream to ask again here: the failure is made explicit, never silent.
                     verdict = stream.failed_turn
@@ -1461,10 +1463,10 @@ class KimiWire:
         response = flow.response  # (headers came when a whole body broke)
         self._first_attempt(state, failure, response.status_code if response else None, b"")
         if facts.stream and response is None and await self._stream_head_sent(state, failure):
-            success = await self._retry_live(state, failure, Sink(flow, live=True, raw=True))
-            if success:
-                state.upstream_body = success[-1].body
-                state.upstream_headers = success[-1].headers
+            answered = await self._retry_live(state, failure, Sink(flow, live=True, raw=True))
+            if answered:
+                state.upstream_body = answered[-1].body
+                state.upstream_headers = answered[-1].headers
             return
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
@@ -1488,11 +1490,13 @@ class KimiWire:
             state.upstream_body = answer.body
             self._retry_ending(state, "retried")
             return
-        answer = exhausted_answer(last, made, False, b"", self._upstream_name(flow))
+        # As after a buffered retry: a streamed request's client gets an event stream (the calls the
+        # last attempt made, or an error event); a connection failure or a stall its 502 or 504.
+        exhausted = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), self._upstream_name(flow))
         proxy_internals.set_error_answer(
-            state.flow, proxy_internals.ErrorAnswer(answer.status, answer.body, b"", answer.content_type)
+            state.flow, proxy_internals.ErrorAnswer(exhausted.status, exhausted.body, b"", exhausted.content_type)
         )
-        record["error_answer"] = answer.status
+        record["error_answer"] = exhausted.status
         self._retry_ending(state, f"retries_exhausted:{last.kind}")
 
     async def _stream_head_sent(self, state: FlowState, failure: Failure) -> bool:

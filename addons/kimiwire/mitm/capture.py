@@ -77,11 +77,11 @@ def upstream_request_body(flow: http.HTTPFlow) -> bytes:
 
 def saved_state(
     flow: http.HTTPFlow,
-    client_request: dict | None = None,
+    client_request: dict[str, Any] | None = None,
     upstream_headers: Any = None,
     upstream_body: bytes | None = None,
     redactor: Redactor | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The flow's serialized state as it goes into a capture: the request as the client sent it
     (`client_request`, a request state taken before repair), the raw upstream response, no
     secrets. Equal to `flow.get_state()` with those parts replaced (tests/unit/mitm/test_capture_state.py),
@@ -128,13 +128,14 @@ def saved_state(
     }
 
 
-def connection_state(connection: Connection) -> dict:
+def connection_state(connection: Connection) -> dict[str, Any]:
     """`connection.get_state()`, equal (tests/unit/mitm/test_capture_state.py) and about ten times cheaper:
     mitmproxy converts every field by its declared type (typing inspection per field, each time);
     here each field's conversion is looked up once per class."""
     fields = _connection_fields(type(connection))
     if fields is None:
-        return connection.get_state()
+        whole: dict[str, Any] = connection.get_state()
+        return whole
     state = {}
     for name, convert in fields:
         value = getattr(connection, name)
@@ -180,7 +181,7 @@ def _conversion(declared: Any) -> Callable[[Any], Any] | Literal[False] | None:
     return False
 
 
-def _redact_message(message: dict, redactor: Redactor, is_request: bool) -> None:
+def _redact_message(message: dict[str, Any], redactor: Redactor, is_request: bool) -> None:
     message["headers"] = redactor.header_fields(message["headers"])
     if message.get("trailers"):
         message["trailers"] = redactor.header_fields(message["trailers"])
@@ -194,7 +195,7 @@ def _get_state(value: Any) -> Any:
     return value.get_state()
 
 
-def _converted_list(convert: Callable[[Any], Any], values: Any) -> list:
+def _converted_list(convert: Callable[[Any], Any], values: Any) -> list[Any]:
     return [convert(value) for value in values]
 
 
@@ -267,7 +268,7 @@ class CaptureFile:
         self._size = self._position = os.lseek(fd, 0, os.SEEK_END)
         return fd
 
-    def write(self, state: dict | BaseException) -> bool:
+    def write(self, state: dict[str, Any] | BaseException) -> bool:
         """Append one flow, given as its serialized state (see `saved_state`), whole or not at all;
         an exception (the state could not be made) counts the flow as lost."""
         if isinstance(state, BaseException):

@@ -52,7 +52,7 @@ try:
     from mitmproxy.proxy import commands, events
     from mitmproxy.proxy import layer as proxy_layer
     from mitmproxy.proxy.layers.http import HttpLayer, SendHttp
-    from mitmproxy.proxy.layers.http._base import ReceiveHttp
+    from mitmproxy.proxy.layers.http._base import HttpEvent, ReceiveHttp
     from mitmproxy.proxy.layers.http._events import (
         ErrorCode,
         RequestData,
@@ -178,7 +178,7 @@ if not _IMPORT_ERROR:
             self.ran = False
             self.cancelled = False
 
-        def _handle_event(self, event: Any) -> Iterator[Any]:
+        def _handle_event(self, event: events.Event) -> proxy_layer.CommandGenerator[None]:
             if self.cancelled:
                 return
             self.ran = True
@@ -459,7 +459,8 @@ def _assembled(answer: ErrorAnswer) -> bytes:
     response = http.Response.make(
         answer.status, answer.body, {"content-type": answer.content_type, "connection": "close"}
     )
-    return http1.assemble_response(response)
+    assembled: bytes = http1.assemble_response(response)  # (mitmproxy leaves it unannotated)
+    return assembled
 
 
 # -- error answers on HTTP/1 client connections ----------------------------------------------
@@ -513,7 +514,7 @@ def install_error_answers() -> bool:
     return _INSTALLED
 
 
-def _answering_send(self: Any, event: Any) -> Iterator[Any]:
+def _answering_send(self: Http1Server, event: HttpEvent) -> proxy_layer.CommandGenerator[None]:
     """Http1Server.send for a client connection that may have an answer: a protocol error with a
     registered answer sends that answer; anything else goes to mitmproxy's own send. Not a
     generator itself (the events of a stream pass here)."""
@@ -534,7 +535,7 @@ def _client_at_fault(event: Any) -> bool:
     return status is not None and 400 <= status < 500
 
 
-def _send_answer(self: Any, answer: ErrorAnswer) -> Iterator[Any]:
+def _send_answer(self: Http1Server, answer: ErrorAnswer) -> proxy_layer.CommandGenerator[None]:
     if answer.raw_sent:
         pass
     elif self.response is None:
@@ -567,8 +568,8 @@ def _answer_through(flow: http.HTTPFlow) -> None:
             if isinstance(current, HttpLayer):
                 server = current.connections.get(flow.client_conn)
                 if isinstance(server, Http1Server):
-                    if "send" not in server.__dict__:
-                        server.send = MethodType(_answering_send, server)
+                    if "send" not in server.__dict__:  # (this instance's send, over the class's method)
+                        server.send = MethodType(_answering_send, server)  # type: ignore[method-assign]
                     return
                 if server is not None:
                     return  # HTTP/2: no answers there (can_answer says so)

@@ -73,8 +73,14 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
-from kimiwire.wire.retry_outcome import DELIVERED_AS_CAME, EMPTY_TURN_MESSAGE, Failure, exhausted_events
+from kimiwire.wire.response.turn_gate import (
+    DELIVERED_AS_CAME,
+    TurnGate,
+    completion_seen,
+    judge,
+    upstream_started_calls,
+)
+from kimiwire.wire.retry_outcome import EMPTY_TURN_MESSAGE, Failure, exhausted_events
 from kimiwire.wire.retry_policy import (
     RETRY_STATUSES,
     RetryPolicy,

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
@@ -41,15 +41,6 @@ class ProxyEnd(StrEnum):
     SHUTDOWN = "shutdown"  # the proxy is stopping (SIGTERM, SIGINT)
 
     @property
-    def waiting(self) -> bool:
-        """The client has no answer yet (no event, or a turn not proven by content or a call) and
-        what it was sent ends at an event boundary: a comment can go in now."""
-        if self.ended or self.failed or self.repairer.bypass:
-            return False
-        gate = self.gate
-        return not self.times.events_seen or (gate is not None and not gate.proven)
-
-    @property
     def ending(self) -> str:
         """How the flow's record names this ending."""
         return _ENDING_NAMES[self]
@@ -73,7 +64,11 @@ class JoinedReads:
         self.buffer = f"_{name}"
         self.reads = f"_{name}_reads"
 
-    def __get__(self, stream: Any, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, stream: None, owner: type | None = None) -> JoinedReads: ...
+    @overload
+    def __get__(self, stream: RepairingStream, owner: type | None = None) -> bytearray: ...
+    def __get__(self, stream: RepairingStream | None, owner: type | None = None) -> JoinedReads | bytearray:
         if stream is None:
             return self
         stream.settle()
@@ -84,12 +79,12 @@ class JoinedReads:
             reads.clear()
         return buffer
 
-    def __set__(self, stream: Any, value: bytearray) -> None:
+    def __set__(self, stream: RepairingStream, value: bytearray) -> None:
         stream.settle()
         getattr(stream, self.reads).clear()
         setattr(stream, self.buffer, value)
 
-    def bytes_of(self, stream: Any) -> bytes:
+    def bytes_of(self, stream: RepairingStream) -> bytes:
         """The attribute's bytes with one copy at most: the reads are joined once and kept as
         that one piece (the bytearray would cost three copies: join, extend, bytes())."""
         stream.settle()
@@ -247,8 +242,8 @@ class RepairingStream:
         undecoded = repairer.undecoded()
         events_before = repairer.data_events_in
         gate = self.gate
-        judging = data and gate is not None and not gate.proven
-        if judging:
+        judging = gate if data and gate is not None and not gate.proven else None  # (the gate judging this read)
+        if judging is not None:
             repairer.plain_texts = []  # what the fast path takes, the gate need not parse again
         try:
             out = repairer.feed(data) if data else self._end()
@@ -274,11 +269,11 @@ class RepairingStream:
                     out[:0] = self.gate.open()
                 if self.on_error is not None:
                     self.on_error(repairer.failure)
-            elif judging:
+            elif judging is not None:
                 texts = repairer.plain_texts
-                out = gate.feed_plain(data, texts) if texts else gate.feed(out)
-                if repairer.answered_in_reasoning and not gate.proven:  # never retried away
-                    out += gate.open()
+                out = judging.feed_plain(data, texts) if texts else judging.feed(out)
+                if repairer.answered_in_reasoning and not judging.proven:  # never retried away
+                    out += judging.open()
         repairer.plain_texts = None
         times = self.times
         if repairer.bypass and data:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
@@ -24,10 +24,10 @@ class StreamWatchdog:
     def __init__(
         self,
         stream: RepairingStream,
-        end: Callable[[ProxyEnd], Awaitable[Any]],
+        end: Callable[[ProxyEnd], Coroutine[Any, Any, Any]],
         spawn: Callable[[Coroutine[Any, Any, Any]], Any],
         clock: Callable[[], float] = time.monotonic,
-        keepalive: Callable[[], Awaitable[Any]] | None = None,
+        keepalive: Callable[[], Coroutine[Any, Any, Any]] | None = None,
     ) -> None:
         self.stream = stream
         self.end = end

@@ -154,7 +154,9 @@ class UpstreamError:
             return cls(error, None, None, None)
         if not isinstance(error, dict):
             return None
-        metadata = error.get("metadata") if isinstance(error.get("metadata"), dict) else {}
+        metadata = error.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
         code = error.get("code")
         return cls(
             error.get("message") if isinstance(error.get("message"), str) else None,

@@ -66,7 +66,9 @@ def restore_streamed_names(tool_deltas: list[Any], facts: RequestFacts, log: Rep
     changed = False
     for tool_delta in tool_deltas:
         function = tool_delta.get("function") if isinstance(tool_delta, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(function, dict):
+            continue
+        name = function.get("name")
         if isinstance(name, str) and name in facts.tool_renames:
             index = tool_delta.get("index")
             function["name"] = client_tool_name(name, index if isinstance(index, int) else 0, facts, log)
