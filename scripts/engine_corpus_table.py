@@ -1,4 +1,4 @@
-"""Prints the README's engine-corpus table: per engine release and scenario, in how many of the
+"""Prints the engine-corpus table of docs/engines.md: per engine release and scenario, in how many of the
 corpus's splits a client gets the model's exact calls, text, reasoning and finish, reading the
 engine directly and through kimiwire (pi-ai and OpenAI-guide assembly both). A split whose engine
 never sent part of the output is counted as "lost upstream" when kimiwire invents nothing and

@@ -1,4 +1,4 @@
-"""Captures, offline replay, mitmproxy replay and inspection (issue 5)."""
+"""Captures, offline replay, mitmproxy replay and inspection."""
 
 import errno
 import os

@@ -1,4 +1,4 @@
-"""Every client stream ends, cleanly and in bounded time, whatever the upstream does (issue 4).
+"""Every client stream ends, cleanly and in bounded time, whatever the upstream does.
 
 A fault-injecting upstream drives each case through mitmdump with the addon and short timeouts.
 """

@@ -1,4 +1,4 @@
-"""First, do no harm (issue 10, adapter side), through mitmdump: every chat flow gets the ending
+"""First, do no harm (adapter side), through mitmdump: every chat flow gets the ending
 guarantees whether or not its body parsed (6), a compressed SSE stream is decoded, repaired,
 captured and timed (7), [DONE] then a torn connection is a clean end (8), and a compressed
 request is never inflated past kimi_max_request_bytes (9)."""
@@ -231,7 +231,7 @@ def test_the_request_limit_is_an_option(upstream, tmp_path):
     assert re.search(rb"data: \[DONE\]", small.content)
 
 
-# -- issue 14 item 3: the record says what happened ----------------------------------------------
+# -- the record says what happened ----------------------------------------------------------------
 
 
 def stalled_reply(request):

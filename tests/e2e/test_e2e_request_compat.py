@@ -1,4 +1,4 @@
-"""Moonshot request compatibility through mitmdump (issue 12, item 6): the OpenAI Python SDK sends
+"""Moonshot request compatibility through mitmdump: the OpenAI Python SDK sends
 OpenAI's defaults; an upstream that rejects them the way Moonshot does (its documented 400 bodies)
 fails the request direct and with `kimi_request_compat=off`, and answers it through kimiwire."""
 

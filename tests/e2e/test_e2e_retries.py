@@ -1,4 +1,4 @@
-"""Retries through mitmdump against the simulator's turn faults (issue 13): the client gets one clean
+"""Retries through mitmdump against the simulator's turn faults: the client gets one clean
 answer, the upstream saw N+1 identical requests, time stays bounded, and when attempts run out the
 failure is explicit, never a silent empty success."""
 

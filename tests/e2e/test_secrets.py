@@ -1,4 +1,4 @@
-"""Nothing leaks (issue 14): credentials are redacted by name in captures and log lines, and client
+"""Nothing leaks: credentials are redacted by name in captures and log lines, and client
 replay of a capture puts a real credential back instead of the placeholder."""
 
 import os

@@ -1,7 +1,7 @@
-"""Never worse than direct, with real clients (issue 10): every client below runs the simulator's
+"""Never worse than direct, with real clients: every client below runs the simulator's
 multi-round tool task on every server shape, once straight at the simulator and once through
 `mitmdump -s addons/kimi.py`. Through kimiwire every cell finishes with the exact arguments; direct,
-a cell fails only where the table below (and README "Real clients") says, with that symptom.
+a cell fails only where the table below (and docs/clients.md) says, with that symptom.
 
 pi-ai, the other real client, has its own direct/through tests in test_real_clients.py."""
 

@@ -1,5 +1,5 @@
 """Real clients finish the multi-turn tool task through the proxy, for every server shape the
-simulator offers, and fail without it where the documented bugs say they do (issue 6)."""
+simulator offers, and fail without it where the documented bugs say they do."""
 
 import httpx
 import pytest

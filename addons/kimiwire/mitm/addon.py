@@ -134,7 +134,7 @@ class KimiWire:
         self.request_worker = RequestWorker()
         self._capture_tasks: set[asyncio.Task[None]] = set()  # large flows' captures under way
         # Option values the hooks read on every flow, copied from ctx.options by `configure`
-        # (an option lookup in mitmproxy costs microseconds; a flow made over a dozen of them).
+        # (an option lookup in mitmproxy is slow next to an attribute; a flow made over a dozen of them).
         self.health_path = chat_exchanges.HEALTH_PATH
         self.max_request_bytes = 0
         self.json_errors = True
@@ -978,7 +978,7 @@ class KimiWire:
         # The first event's deadline counts from the request (its time to first token).
         stream.times.started_at -= max(0.0, time.time() - flow.request.timestamp_start)
         # Its bound __call__, not the object: mitmproxy calls it once per upstream chunk, and a
-        # bound method is called without the type's __call__ lookup (33 against 121 ns a call).
+        # bound method is called without the type's __call__ lookup (docs/performance.md).
         response.stream = stream.__call__
         if loop_running():
             state.watchdog = StreamWatchdog(
@@ -1058,7 +1058,7 @@ class KimiWire:
             self._guarded(flow, "response repair", self._finish_response)
             self._flow_over(flow)
 
-    # -- retries (issue 13; the mechanism is described in mitm/retry.py) ----------------------
+    # -- retries (the mechanism is described in mitm/retry.py) -------------------------------
 
     def _retry_for_response(self, flow: http.HTTPFlow) -> Any:
         """The retry a finished response needs (a coroutine), or None."""
@@ -1639,7 +1639,7 @@ def _replace(response: http.Response, status: int, headers: list[tuple[bytes, by
 
 def freeze_startup_heap() -> None:
     """Every full garbage collection walks every tracked object: with mitmproxy's and kimiwire's
-    modules that is ~100,000 objects, 66 ms per pass measured in a bench run, a cost that grew with
+    modules that is ~100,000 objects, a cost that grew with
     kimiwire's imports and fell on the streams of that moment. The objects alive once started
     are never garbage; frozen, they are left out of all later passes. A reload unfreezes first, so
     the old module's objects can still be collected."""

@@ -11,8 +11,8 @@ Credentials are redacted (`wire/redaction.py`).
 The file only ever holds whole records: each flow is serialized first, then written at the end of
 the last whole record; when a write fails (a full disk) the file is cut back to its last whole
 record, the flow is counted as lost, and the next flow tries again. Written records are synced to
-disk (fsync) by a helper thread: an fsync took 4 ms at the median and up to 115 ms on this project's
-busy test machine, time the event loop, and every stream on it, would otherwise wait. It syncs at
+disk (fsync) by a helper thread: an fsync can take long on a busy machine, time the event loop,
+and every stream on it, would otherwise wait. It syncs at
 most once per SYNC_INTERVAL while flows keep coming (one fsync per flow cost a thread wake-up and a
 journal commit each), and close() syncs the rest: a flow is in the file (for any reader, and after
 a killed proxy) when it ends, on the disk (after a power loss) within about a second.

@@ -14,8 +14,8 @@ came), `first_byte_timer` (cancelled when the response headers come), `watchdog`
 deadline timer), `tasks` (a proxy ending under way), `client_request` (what the client sent, for
 the capture), `upstream_headers` and `upstream_body` (what the upstream sent, for the capture),
 `failed_in` (hooks that raised), and `record`: the dict stored as `flow.metadata["kimiwire"]`,
-which tests, captures and scripts read. Everything written to the record goes through the
-methods here.
+which tests, captures and scripts read. The record is a plain dict: the methods here write some
+of it, and the adapter (`addon.py`) writes the rest directly.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The only module that touches mitmproxy's private proxy core (verified on 12.2.x).
 
 mitmproxy gives an addon no public way to end a streamed response while the upstream is silent,
-nor to answer an upstream failure with anything but its own HTML error page. Two techniques:
+nor to write to a client while its flow waits in a hook, nor to count a request body as it arrives,
+nor to answer an upstream failure with anything but its own HTML error page. Four techniques:
 
 1. Ending a stream: one synthetic event is fed into the flow's connection handler. Inside the
    HttpLayer it plays the upstream connection: the upstream parser is detached from the stream,
@@ -9,21 +10,21 @@ nor to answer an upstream failure with anything but its own HTML error page. Two
    run the `response` hook and end the client body (chunked terminator or HTTP/2 END_STREAM);
    then the upstream is cancelled (HTTP/1 connection closed, HTTP/2 RST_STREAM on that stream).
    Every precondition is checked inside that event, serialized with real IO.
-2. Writing to a client while its flow waits in the `response` hook (retries, issue 13): once the
+2. Writing to a client while its flow waits in the `response` hook (retries): once the
    upstream body has ended, mitmproxy calls `stream(b"")`, then awaits the `response` hook, and
    only then ends the client's body. The same synthetic event, run inside the HttpLayer, sends
    `ResponseData` for the flow's stream straight to the client connection's layer (chunked on
    HTTP/1, DATA frames on HTTP/2); only the HttpStream waits for the hook, not the HttpLayer.
+3. Error responses: a client connection for which kimiwire registers an answer gets its own
+   `send` (the Http1Server instance's attribute over the class's method), so that a protocol error
+   there sends that answer (an OpenAI-style JSON error before the response started, or the closing
+   events of a stream already under way); other connections keep mitmproxy's send untouched.
 4. Counting a request body as it arrives: the flow's HttpStream gets its own `_handle_event` (the
    instance's attribute over the class's method) that counts `RequestData` and, past a limit,
    answers the client itself and discards the rest (mitmproxy's `body_size_limit` would apply to
    every response too; and an answer followed by mitmproxy's CloseConnection while the client was
    still writing left the socket ESTABLISHED with a full receive queue, seen with `ss`, so the
    client blocked until its own write timeout instead of reading the answer).
-3. Error responses: a client connection for which kimiwire registers an answer gets its own
-   `send` (the Http1Server instance's attribute over the class's method), so that a protocol error
-   there sends that answer (an OpenAI-style JSON error before the response started, or the closing
-   events of a stream already under way); other connections keep mitmproxy's send untouched.
 
 When a precondition fails, callers fall back to closing the connections at once, so a client
 errors promptly instead of hanging.

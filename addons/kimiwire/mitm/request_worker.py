@@ -6,8 +6,8 @@ so a long history done on the loop held every other stream's events back for sec
 OFFLOAD_BYTES up go to one worker thread, one at a time (two would only contend for the GIL); the
 `request` hook awaits it, mitmproxy holds that flow meanwhile and serves the others. The repair
 code is the same sans-IO code: the worker only calls it. What is left on the loop is the GIL the
-worker takes: pure Python gives it back every switch interval (5 ms), orjson holds it for one whole
-document, which for the largest bodies is the gap left (see the README's Performance section).
+worker takes: pure Python gives it back every switch interval, orjson holds it for one whole
+document, which for the largest bodies is the gap left (docs/design.md, "Ending streams").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Retries upstream inside one flow, so a client never gets a silent empty turn while attempts
-remain (issue 13). The decisions are sans-IO (`wire/retry_policy.py`, `wire/response/turn_gate.py`,
+remain. The decisions are sans-IO (`wire/retry_policy.py`, `wire/response/turn_gate.py`,
 `wire/response/continuation.py`); this module makes the extra attempts and delivers their answer.
 
 Mechanism, and why

@@ -118,7 +118,7 @@ class RepairingStream:
     ) -> None:
         self.repairer = repairer
         self._plain_read = repairer.plain_read  # (bound once: the steady branch calls it per event)
-        # Retries (issue 13): the gate holds a turn's ending until it proves to have an answer;
+        # Retries: the gate holds a turn's ending until it proves to have an answer;
         # a turn that fails is left unended (`failed_turn`) for the `response` hook to retry.
         self.gate = gate
         self.retry_stall = retry_stall
@@ -189,7 +189,7 @@ class RepairingStream:
 
     def lane_events(self) -> int:
         """Events the lane passed so far. It does not read the clock for them (a cold clock read
-        cost ~0.3 us an event in situ): the watchdog looks at this count instead."""
+        per event costs more than the count): the watchdog looks at this count instead."""
         return self._lane_settled + len(self._lane_reads)
 
     def _full_read(self, data: bytes) -> list[bytes]:

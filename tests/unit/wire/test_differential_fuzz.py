@@ -1,4 +1,4 @@
-"""Never worse than direct, as a property (issue 10): random upstream streams in every server's
+"""Never worse than direct, as a property: random upstream streams in every server's
 shape go through the repairer and are read back by two client models, pi-ai's one-current-block
 parser and the accumulation OpenAI's function-calling guide shows. Every call the model completed
 must arrive exact and in the model's order; a call cut off in its arguments must never arrive

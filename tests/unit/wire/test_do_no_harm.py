@@ -1,4 +1,4 @@
-"""First, do no harm (issue 10): the proxy never delivers a wire worse than the upstream's. One
+"""First, do no harm: the proxy never delivers a wire worse than the upstream's. One
 named test per safety invariant; each failed on the code before it."""
 
 import itertools
@@ -240,7 +240,7 @@ def test_e_tool_calls_without_a_call_becomes_stop_and_empty_arrays_are_dropped(t
 
 
 def test_e_passthrough_with_finish_fix_keeps_tool_calls_when_calls_were_streamed():
-    # issue 10 harm 5: `tool_calls` used to become `stop` because no call was counted
+    # with passthrough tool deltas the calls still count: `tool_calls` must not become `stop`
     raw = streams.sglang([("read", READ_ARGS)]).body()
     body, repairer = run(raw, Policy.build(Flavor.SELFHOSTED, tool_stream="passthrough"))
     assert finish_reasons(body) == ["tool_calls"]

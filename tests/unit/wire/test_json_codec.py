@@ -1,5 +1,5 @@
 """Request bodies orjson refuses or silently changes: read by the exact decoder, repaired, and
-written back with nothing changed but the repairs (issue 10, harm 6)."""
+written back with nothing changed but the repairs."""
 
 import math
 

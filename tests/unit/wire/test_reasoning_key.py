@@ -1,4 +1,4 @@
-"""Kept reasoning goes under the key the self-hosted server reads (issue 12, item 7): vLLM reads only
+"""Kept reasoning goes under the key the self-hosted server reads: vLLM reads only
 `reasoning` on input (vllm chat_utils `_parse_chat_message_content`; vllm#27752, #33402, #38488),
 SGLang only `reasoning_content` (sglang protocol.py `ChatCompletionMessageGenericParam`)."""
 

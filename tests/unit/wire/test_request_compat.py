@@ -1,4 +1,4 @@
-"""Moonshot request compatibility (issue 12, item 6): fields Moonshot answers with HTTP 400 when a
+"""Moonshot request compatibility: fields Moonshot answers with HTTP 400 when a
 harness behind the proxy cannot tell it talks to Moonshot. Shapes from the sources in compat.py."""
 
 import orjson

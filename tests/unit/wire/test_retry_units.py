@@ -1,6 +1,6 @@
 """Retries, sans-IO: the policy (reasons, backoff, Retry-After, budget), the turn gate over what the
 stream repairer delivers, the continuation of a retry into the client's response, and the
-simulator's turn faults (issue 13)."""
+simulator's turn faults."""
 
 import email.utils
 

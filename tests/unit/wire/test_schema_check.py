@@ -1,4 +1,4 @@
-"""The informational schema check never blocks the event loop and never raises (issue 10, harm 9)."""
+"""The informational schema check never blocks the event loop and never raises."""
 
 import socket
 import time

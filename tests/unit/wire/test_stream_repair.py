@@ -82,7 +82,7 @@ def test_reasoning_between_fragments():
 
 
 def test_each_call_goes_out_as_openai_streams_it():
-    # issue 10 harm 1: the old single whole-call delta doubled the arguments for a client that
+    # one delta carrying the whole arguments would be doubled by a client that
     # adds up every delta's arguments, the first included (OpenAI's function-calling guide).
     body, repairer = repair(streams.sglang(TWO).body())
     tool_events = [orjson.loads(e) for e in events(body) if b'"tool_calls":[' in e]
@@ -99,7 +99,7 @@ def test_each_call_goes_out_as_openai_streams_it():
 
 
 def test_calls_leave_in_the_models_index_order():
-    # issue 10 harm 10: index 1 closing before index 0 used to go out first, renumbered index 0.
+    # index 1 closing before index 0 must not go out first, renumbered index 0.
     s = Stream().chunk({"role": "assistant", "content": ""})
     s.chunk(tool_delta(0, "functions.exec:0", "exec", ""))
     s.chunk(tool_delta(1, "functions.read:1", "read", ""))
@@ -123,7 +123,7 @@ def test_calls_leave_in_the_models_index_order():
 
 
 def test_a_call_that_starts_first_with_a_later_index_leaves_after_the_earlier_index():
-    # issue 10 harm 10: the model's order is the index order, whatever order the deltas come in
+    # the model's order is the index order, whatever order the deltas come in
     s = Stream().chunk(tool_delta(1, "functions.write:1", "exec", ""))
     s.chunk(tool_delta(1, None, None, EXEC_ARGS))
     s.chunk(tool_delta(0, "functions.mkdir:0", "read", ""))

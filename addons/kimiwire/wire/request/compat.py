@@ -69,9 +69,9 @@ RULES: tuple[RequestRule, ...] = (
         "compat.max_completion_tokens",
         _MOONSHOT,
         _max_completion_tokens,
-        "Gitlawb/openclaude#805 (renames it for Moonshot); issue 12",
+        "Gitlawb/openclaude#805 (renames it for Moonshot)",
     ),
-    RequestRule("compat.store", _MOONSHOT, _drop("store"), "Gitlawb/openclaude#805 (strips it for Moonshot); issue 12"),
+    RequestRule("compat.store", _MOONSHOT, _drop("store"), "Gitlawb/openclaude#805 (strips it for Moonshot)"),
     RequestRule(
         "compat.reasoning_effort",
         _MOONSHOT,
@@ -79,9 +79,7 @@ RULES: tuple[RequestRule, ...] = (
         "400 cannot specify both 'thinking' and 'reasoning_effort': HKUDS/nanobot#3939; per family "
         "(K2.7-code: thinking only enabled, K3: reasoning_effort low|high|max): moonshot_contract.py",
     ),
-    RequestRule(
-        "compat.tool_strict", _MOONSHOT, _tool_strict, "issue 12: earendil-works/pi#8109, openclaw/openclaw#8579"
-    ),
+    RequestRule("compat.tool_strict", _MOONSHOT, _tool_strict, "earendil-works/pi#8109, openclaw/openclaw#8579"),
     RequestRule(
         "compat.fixed_sampling",
         _MOONSHOT,

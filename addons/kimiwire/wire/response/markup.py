@@ -158,7 +158,7 @@ def calls_in_region(region: str) -> list[tuple[str, str]]:
 def _heads_of(known: frozenset[str]) -> tuple[frozenset[str], frozenset[str], int]:
     """The words `_head_tail` holds for these tool names, the characters they can end with, and
     the longest tail that may hold one (with `:N` and spaces). The same for every scanner of
-    every stream of a request's tools: two scanners per stream built them anew (~6 µs each), so
+    every stream of a request's tools: two scanners per stream built them anew, so
     they are remembered, for tool sets of a usual size only (the sets grow with the names)."""
     if sum(map(len, known)) > _REMEMBERED_NAMES_LENGTH:
         return _build_heads(known)
