@@ -25,6 +25,7 @@ from mitmproxy import command, ctx, exceptions, http
 from kimiwire.mitm import client_errors, proxy_internals, request_limits
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.command_types import JSONObject
+from kimiwire.mitm.early_head import EarlyHead, LateAnswer
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
@@ -56,6 +57,7 @@ from kimiwire.wire.content_decoding import (
     decode_body,
 )
 from kimiwire.wire.detection import Detection
+from kimiwire.wire.early_answer import events_for_error_body
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
@@ -691,6 +693,22 @@ class KimiWire:
     def _request_done(self, flow: http.HTTPFlow) -> None:
         if flow.is_replay == "request":
             self._guarded(flow, "replay credentials", self._restore_credentials)
+        self._guarded(flow, "early head", self._plan_early_head)
+
+    def _plan_early_head(self, flow: http.HTTPFlow) -> None:
+        """A streamed chat request from an HTTP/1 client: an early head and comments while the
+        upstream sends no headers (mitm/early_head.py)."""
+        state = self.flows.get(flow)
+        keepalive = self.limits.keepalive
+        if state is None or state.facts is None or not state.facts.stream or flow.response is not None:
+            return
+        if keepalive <= 0 or not self.json_errors or not loop_running() or not proxy_internals.can_answer(flow):
+            return
+        state.early_head = EarlyHead(flow, keepalive, self._early_comment)
+        state.early_head.start()
+
+    def _early_comment(self) -> None:
+        self.counts["retry.keepalive_comments"] += 1
 
     def _start_chat_flow(self, flow: http.HTTPFlow, method: str, path: str) -> Any:
         """Every chat flow gets the ending guarantees (first-byte timeout, JSON error answers, a
@@ -922,12 +940,22 @@ class KimiWire:
         state = self.flows.get(flow)
         if state is not None:
             state.headers_came()
+            if state.early_head_sent:
+                state.record["early_head"] = True
         context = state.repairs_context if state is not None else None
         if state is not None and context is not None:  # a chat flow: the capture keeps the upstream's own headers
             state.upstream_headers = response.headers.fields
         if state is not None and context is not None and context[0].stream and self._hold_status(state):
             return
         headers = read_headers(response.headers, _RESPONSE_HEADERS)
+        if state is not None and state.early_head_sent and context is not None:
+            content_type = headers.get(b"content-type", "")
+            if response.status_code >= 400 or not chat_exchanges.is_event_stream(content_type):
+                facts, policy = context
+                repair = lambda body: repair_completion_body(body, facts, policy)[0] or body  # noqa: E731
+                state.early_head.late = LateAnswer(response.status_code, content_type, repair)
+                response.stream = state.early_head.late
+                return
         if not chat_exchanges.is_event_stream(headers.get(b"content-type", "")):
             if state is not None and state.is_chat and self.limits.idle_timeout > 0 and loop_running():
                 # A whole body comes right after its headers (the server had it ready): one that
@@ -1069,6 +1097,8 @@ class KimiWire:
             return self._retry_stream(state, stream) if stream.failed_turn is not None else None
         if state.held_error is not None:
             return self._retry_status_stream(state, state.held_error)
+        if state.early_head_sent:
+            return None  # a late answer went out in the early head's stream (LateAnswer)
         context = state.repairs_context
         if context is None:
             return None
@@ -1386,6 +1416,14 @@ class KimiWire:
         response = flow.response
         assert response is not None
         stream = state.stream
+        late = state.early_head.late if state.early_head is not None else None
+        if stream is None and late is not None:
+            if not late.ended:  # a body that came whole with its head (mitmproxy did not stream it)
+                late(response.raw_content or b"")
+                response.raw_content = b"".join(late(b""))
+            state.upstream_body = bytes(late.body)
+            state.record["delivered"] = late.delivered
+            return
         if stream is not None:
             if stream.calls == 0:
                 # Server replay (or a response set by another addon): the body arrives whole and
@@ -1509,6 +1547,9 @@ class KimiWire:
         elapsed = time.time() - flow.request.timestamp_start
         if not proxy_internals.can_answer(flow):
             return False
+        if state.early_head_sent:  # the client has its head: the retry, or its failure, streams into it
+            proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(200, b"", b"", raw_sent=True))
+            return True
         if not decide(self.retrier.policy, failure.kind, 1, elapsed, 0.0, failure.retry_after).retry:
             return False
         sent = await proxy_internals.send_raw_to_client(flow, STREAM_HEAD)
@@ -1575,6 +1616,9 @@ class KimiWire:
         if not self.json_errors:
             return
         record = state.record
+        if state.early_head_sent and not answer.tail and not answer.raw_sent:
+            # The client has an event-stream head: the error goes out as an event, then [DONE].
+            answer.tail = b"".join(events_for_error_body(answer.status, answer.body))
         if replace or "error_answer" not in record:
             proxy_internals.set_error_answer(state.flow, answer, replace)
             record["error_answer"] = answer.status
@@ -1598,6 +1642,7 @@ class KimiWire:
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)
+        proxy_internals.forget_early_head(client.id)
 
 
 def _decoded_request(encoded: bytes, header: str, limit: int) -> bytes:

@@ -61,6 +61,11 @@ class FlowState:
     upstream_body: bytes | None = None
     failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
     held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
+    early_head: Any = None  # an EarlyHead: the client's head and comments while no upstream headers came
+
+    @property
+    def early_head_sent(self) -> bool:
+        return self.early_head is not None and self.early_head.sent
 
     @property
     def is_chat(self) -> bool:
@@ -112,7 +117,9 @@ class FlowState:
             self.watchdog.stop()
 
     def headers_came(self) -> None:
-        """The first-byte timeout no longer applies."""
+        """The first-byte timeout no longer applies (nor the early head's comments)."""
+        if self.early_head is not None:
+            self.early_head.stop()
         if self.first_byte_timer is not None:
             self.first_byte_timer.cancel()
             self.first_byte_timer = None
@@ -122,6 +129,7 @@ class FlowState:
         """Tasks and timers still to run for this flow."""
         watching = self.watchdog is not None and self.watchdog.waiting
         timers = (self.first_byte_timer is not None) + (self.body_timer is not None)
+        timers += self.early_head is not None and self.early_head.pending
         return len(self.tasks) + timers + watching
 
 
