@@ -704,7 +704,7 @@ class KimiWire:
             return
         if keepalive <= 0 or not self.json_errors or not loop_running() or not proxy_internals.can_answer(flow):
             return
-        state.early_head = EarlyHead(flow, keepalive, self._early_comment)
+        state.early_head = EarlyHead(flow, state.record, keepalive, self._early_comment)
         state.early_head.start()
 
     def _early_comment(self) -> None:
@@ -940,8 +940,6 @@ class KimiWire:
         state = self.flows.get(flow)
         if state is not None:
             state.headers_came()
-            if state.early_head_sent:
-                state.record["early_head"] = True
         context = state.repairs_context if state is not None else None
         if state is not None and context is not None:  # a chat flow: the capture keeps the upstream's own headers
             state.upstream_headers = response.headers.fields

@@ -34,8 +34,11 @@ _COMMENT_CHUNK = b"%x\r\n%s\r\n" % (len(KEEPALIVE_COMMENT), KEEPALIVE_COMMENT)
 class EarlyHead:
     """One flow's wait for the upstream's headers: the head, then comments, until `stop()`."""
 
-    def __init__(self, flow: http.HTTPFlow, interval: float, on_comment: Callable[[], None]) -> None:
+    def __init__(
+        self, flow: http.HTTPFlow, record: dict[str, object], interval: float, on_comment: Callable[[], None]
+    ) -> None:
         self.flow = flow
+        self.record = record  # gets `early_head: True` once the head went out
         self.interval = interval
         self.on_comment = on_comment
         self.sent = False  # the client has our head
@@ -75,6 +78,7 @@ class EarlyHead:
                     logger.debug("kimiwire: no early head: %s", outcome)
                     return
                 self.sent = True
+                self.record["early_head"] = True
                 outcome = await proxy_internals.send_raw_to_client(self.flow, _COMMENT_CHUNK)  # body bytes at once
                 if outcome.kind is not proxy_internals.SendKind.SENT:
                     return
