@@ -26,6 +26,7 @@ from kimiwire.mitm import client_errors, proxy_internals, request_limits
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.command_types import JSONObject
 from kimiwire.mitm.early_head import EarlyHead, LateAnswer
+from kimiwire.mitm.fallback import Fallback, Target
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
@@ -143,6 +144,9 @@ class KimiWire:
         self.error_names_upstream = False
         self.shutdown_grace = 2.0
         self._policies = PolicyCache()
+        self.fallback: Fallback | None = None
+        self._fallback_policies: PolicyCache | None = None  # made when first needed
+        self.retrier.fallback_for = self._fallback_target
         self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
 
     # -- options ---------------------------------------------------------------------------
@@ -333,6 +337,27 @@ class KimiWire:
             "(a longer Retry-After is honoured within the budget).",
         )
         loader.add_option(
+            "kimi_fallback_upstream",
+            str,
+            "",
+            "scheme://host[:port] of a fallback upstream: when the attempts on the primary run out by connect, "
+            "status or stall, one attempt goes there (the client's path and original body, repaired for "
+            "kimi_fallback_flavor). Empty: none.",
+        )
+        loader.add_option(
+            "kimi_fallback_flavor",
+            str,
+            "auto",
+            "The fallback upstream's flavor (as kimi_flavor; auto: by its host).",
+        )
+        loader.add_option(
+            "kimi_fallback_key_env",
+            str,
+            "",
+            "Name of an environment variable holding the fallback's API key (sent as Authorization: Bearer; "
+            "never logged or captured). Empty: the client's Authorization goes to the fallback.",
+        )
+        loader.add_option(
             "kimi_retry_stream",
             bool,
             True,
@@ -394,6 +419,8 @@ class KimiWire:
             raise exceptions.OptionsError("kimi_max_request_bytes must be 0 (no limit) or a number of bytes")
         if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required", "server", "client_replay"}:
             self._check_capture_folder()
+        if updated & {"kimi_fallback_upstream", "kimi_fallback_flavor", "kimi_fallback_key_env"}:
+            self._configure_fallback()
         if "kimi_redact" in updated:
             self.redactor = Redactor.from_option(ctx.options.kimi_redact)
         if "kimi_replay_auth" in updated:
@@ -406,6 +433,40 @@ class KimiWire:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
         self._copy_options(updated)
 
+    def _configure_fallback(self) -> None:
+        opts = ctx.options
+        if opts.kimi_fallback_flavor not in FLAVOR_CHOICES:
+            raise exceptions.OptionsError(f"kimi_fallback_flavor must be one of {', '.join(FLAVOR_CHOICES)}")
+        try:
+            self.fallback = Fallback.parse(
+                opts.kimi_fallback_upstream, opts.kimi_fallback_flavor, opts.kimi_fallback_key_env, os.environ
+            )
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        self._fallback_policies = None
+        if self.fallback is not None:
+            logger.info("kimiwire: fallback upstream %s", self.fallback.describe())
+
+    def _fallback_target(self, flow: http.HTTPFlow) -> Target | None:
+        """The fallback attempt for `flow` (the client's own body repaired for the fallback), or None."""
+        fallback, state = self.fallback, self.flows.get(flow)
+        if fallback is None or state is None or state.client_body is None:
+            return None
+        opts = ctx.options
+        if self._fallback_policies is None:
+            self._fallback_policies = PolicyCache(
+                fallback.flavor,
+                stream_buffer_limit=opts.kimi_stream_buffer_limit,
+                **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
+            )
+        policy = self._fallback_policies.policy(fallback.host)
+        limits = self.limits
+        seconds = max(limits.first_byte_timeout, limits.first_event_timeout) + limits.idle_timeout
+        headers = [(k, v) for k, v in state.client_headers or []]
+        target = fallback.target(flow.request.path, headers, state.client_body, policy, seconds or 600.0)
+        self._note(flow, f"one attempt on the fallback upstream {target.name}")
+        return target
+
     def _copy_options(self, updated: set[str]) -> None:
         opts = ctx.options
         self.health_path = opts.kimi_health_path
@@ -417,6 +478,7 @@ class KimiWire:
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
         if updated & _POLICY_OPTION_NAMES:
+            self._fallback_policies = None
             self._policies = PolicyCache(
                 opts.kimi_flavor,
                 stream_buffer_limit=opts.kimi_stream_buffer_limit,
@@ -749,6 +811,7 @@ class KimiWire:
         raw = self._request_body(state, header)
         if raw is None:
             return None
+        self._keep_client_request(state, raw)
         self._start_first_byte_timer(state)
         try:
             self._repair_request(state, raw)
@@ -764,6 +827,7 @@ class KimiWire:
         raw = self._request_body(state, header, decoded)
         if raw is None:
             return
+        self._keep_client_request(state, raw)
         self._start_first_byte_timer(state)
         if not raw:
             return
@@ -775,6 +839,14 @@ class KimiWire:
             self._apply_request_repair(state, *done)
         except Exception as exc:
             self._record_error(state.flow, "request repair", exc)
+
+    def _keep_client_request(self, state: FlowState, raw: bytes) -> None:
+        """With a fallback upstream: the client's own (decoded) body and headers, repaired again for it."""
+        if self.fallback is not None and raw:
+            state.client_body = raw
+            state.client_headers = [
+                (k, v) for k, v in state.flow.request.headers.items(multi=True) if k.lower() != "content-encoding"
+            ]
 
     def _start_first_byte_timer(self, state: FlowState) -> None:
         if self.limits.first_byte_timeout > 0 and loop_running():

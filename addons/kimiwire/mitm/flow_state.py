@@ -61,6 +61,8 @@ class FlowState:
     upstream_body: bytes | None = None
     failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
     held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
+    client_body: bytes | None = None  # the client's own decoded body (kept only for a fallback upstream)
+    client_headers: list[tuple[str, str]] | None = None
     early_head: Any = None  # an EarlyHead: the client's head and comments while no upstream headers came
 
     @property

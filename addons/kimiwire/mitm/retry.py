@@ -66,6 +66,7 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 
 from kimiwire.mitm import proxy_internals
+from kimiwire.mitm.fallback import FALLBACK_KINDS, Target
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_event
@@ -75,7 +76,7 @@ from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
 from kimiwire.wire.retry_outcome import DELIVERED_AS_CAME, EMPTY_TURN_MESSAGE, Failure, exhausted_events
-from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
+from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryDecision, RetryPolicy, decide, retry_after_seconds
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits
 
 logger = logging.getLogger("kimiwire")
@@ -111,9 +112,11 @@ class Attempt:
     detail: str = ""
     body: bytes = b""
     repairs: list[dict[str, Any]] = field(default_factory=list)  # what the attempt's repairer did
+    target: Target | None = None  # not the flow's upstream: the fallback
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        where = {"upstream": self.target.name} if self.target is not None else {}
+        return where | {
             "attempt": self.number,
             "why": self.why,
             "delay": round(self.delay, 3),
@@ -250,6 +253,8 @@ class Retrier:
         self.rand = rand
         self.policy = RetryPolicy()
         self.limits = EndingLimits()
+        # The fallback attempt for a flow whose primary attempts ran out (None: no fallback).
+        self.fallback_for: Callable[[http.HTTPFlow], Target | None] = lambda flow: None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -286,13 +291,21 @@ class Retrier:
         attempts = record.setdefault("attempts", [])
         made = len(attempts) or 1
         started = flow.request.timestamp_start
+        target: Target | None = None
         while True:
-            if failure.final:
-                break
-            decision = decide(self.policy, failure.kind, made, time.time() - started, self.rand(), failure.retry_after)
+            if target is not None:
+                break  # the fallback was the last attempt
+            decision = RetryDecision(False)
+            if not failure.final:
+                elapsed = time.time() - started
+                decision = decide(self.policy, failure.kind, made, elapsed, self.rand(), failure.retry_after)
+                if not decision.retry:
+                    record["retry_gave_up"] = decision.why_not
             if not decision.retry:
-                record["retry_gave_up"] = decision.why_not
-                break
+                target = self._fallback(flow, failure, record)
+                if target is None:
+                    break
+                decision = RetryDecision(True)
             logger.info(
                 "kimiwire: %s %s: attempt %d failed (%s: %s); retrying in %.2f s",
                 flow.request.method,
@@ -302,9 +315,11 @@ class Retrier:
                 failure.detail,
                 decision.delay,
             )
-            current = Attempt(made + 1, failure.kind, decision.delay)
+            current = Attempt(made + 1, failure.kind, decision.delay, target=target)
             self.counts["retry.attempts"] += 1
             self.counts[f"retry.why.{failure.kind}"] += 1
+            if target is not None:
+                self.counts["retry.fallback"] += 1
             try:
                 await self._unless_client_leaves(flow, asyncio.sleep(decision.delay))
                 current.started = time.time()
@@ -343,6 +358,25 @@ class Retrier:
         )
         return failure, made
 
+    def _fallback(self, flow: http.HTTPFlow, failure: Failure, record: dict[str, Any]) -> Target | None:
+        """One attempt on the fallback upstream when the primary failed by itself (connect, status,
+        stall) and not with a status the client caused (a final 4xx)."""
+        if failure.kind not in FALLBACK_KINDS or (failure.final and (failure.status or 0) < 500):
+            return None
+        target = self.fallback_for(flow)
+        if target is None:
+            return None
+        record["fallback"] = target.name
+        logger.info(
+            "kimiwire: %s %s: the upstream failed (%s: %s); one attempt on the fallback %s",
+            flow.request.method,
+            flow.request.path,
+            failure.kind,
+            failure.detail,
+            target.name,
+        )
+        return target
+
     @staticmethod
     async def _unless_client_leaves(flow: http.HTTPFlow, work: Awaitable[Any]) -> Any:
         task = asyncio.ensure_future(work)
@@ -360,23 +394,30 @@ class Retrier:
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    def _request(self, flow: http.HTTPFlow, stream: bool) -> httpx.Request:
+    def _request(self, flow: http.HTTPFlow, stream: bool, target: Target | None = None) -> httpx.Request:
+        if target is not None:
+            body = retry_body(target.body, stream)
+            method, url = flow.request.method, target.url
+            return self.client.get().build_request(method, url, headers=target.headers, content=body)
         headers = [(k, v) for k, v in flow.request.headers.fields if k.lower() not in _HOP_BY_HOP]
         body = retry_body(flow.request.raw_content or b"", stream)
         return self.client.get().build_request(flow.request.method, flow.request.url, headers=headers, content=body)
 
-    def _remaining(self, flow: http.HTTPFlow) -> float:
+    def _remaining(self, flow: http.HTTPFlow, current: Attempt | None = None) -> float:
+        if current is not None and current.target is not None:  # the fallback has its own budget
+            return max(0.0, current.target.deadline - time.time())
         return max(0.0, self.policy.budget - (time.time() - flow.request.timestamp_start))
 
     async def _send(
         self, flow: http.HTTPFlow, current: Attempt, stream: bool
     ) -> tuple[httpx.Response | None, Failure | None]:
         """Send the request; (response, None) once headers came, else (None, why not)."""
-        limit = self._remaining(flow)
+        limit = self._remaining(flow, current)
         if self.limits.first_byte_timeout > 0:
             limit = min(limit, self.limits.first_byte_timeout)
+        request = self._request(flow, stream, current.target)
         try:
-            response = await asyncio.wait_for(self.client.get().send(self._request(flow, stream), stream=True), limit)
+            response = await asyncio.wait_for(self.client.get().send(request, stream=True), limit)
         except TimeoutError:
             return None, Failure("stall", f"no response headers within {limit:.1f} s")
         except httpx.HTTPError as exc:
@@ -385,7 +426,7 @@ class Retrier:
         if response.status_code < 400:
             return response, None
         try:
-            body = await asyncio.wait_for(self._read_bounded(response), max(1.0, self._remaining(flow)))
+            body = await asyncio.wait_for(self._read_bounded(response), max(1.0, self._remaining(flow, current)))
         except (TimeoutError, httpx.HTTPError):
             body = b""
         finally:
@@ -422,6 +463,8 @@ class Retrier:
     ) -> Failure | None:
         """One streamed attempt: its repaired events go to `sink` as they come, its ending held
         until the turn proves to have an answer."""
+        if current.target is not None:  # the fallback's answer is repaired by its own policy
+            facts, policy = current.target.facts, current.target.policy
         response, failure = await self._send(flow, current, self.policy.stream)
         if response is None:
             return failure
@@ -478,7 +521,7 @@ class Retrier:
         else:
             wait = limits.idle_timeout
         if not proven:  # still a retry: the budget bounds it too
-            budget = self._remaining(flow)
+            budget = self._remaining(flow, current)
             wait = min(wait, budget) if wait else budget
         return wait or None
 
@@ -521,10 +564,12 @@ class Retrier:
         self, flow: http.HTTPFlow, current: Attempt, facts: RequestFacts, policy: Policy, success: list[Success]
     ) -> Failure | None:
         """One non-streamed attempt: the whole answer, judged."""
+        if current.target is not None:
+            facts, policy = current.target.facts, current.target.policy
         response, failure = await self._send(flow, current, stream=True)
         if response is None:
             return failure
-        wait = self._remaining(flow)
+        wait = self._remaining(flow, current)
         if self.limits.idle_timeout > 0:  # a whole body comes right after its headers, or it stalled
             wait = min(wait, self.limits.idle_timeout)
         try:
