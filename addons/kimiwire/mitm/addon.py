@@ -45,7 +45,7 @@ from kimiwire.mitm.retry import (
     final_events,
     retry_error_message,
 )
-from kimiwire.mitm.status_stream import STREAM_HEAD, HeldError, hold_for_retry, will_retry
+from kimiwire.mitm.status_stream import HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.watchdog import StreamWatchdog
@@ -1622,7 +1622,7 @@ class KimiWire:
             return True
         if not decide(self.retrier.policy, failure.kind, 1, elapsed, 0.0, failure.retry_after).retry:
             return False
-        sent = await proxy_internals.send_raw_to_client(flow, STREAM_HEAD)
+        sent = await proxy_internals.send_early_head(flow)  # (the same head an early head is)
         if sent.kind is not proxy_internals.SendKind.SENT:
             return False
         # mitmproxy's protocol error for this flow now only closes the connection (after our end).

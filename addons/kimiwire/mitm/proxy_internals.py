@@ -439,6 +439,10 @@ async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
         if stream is None or stream.flow is not flow or server is None or flow.response is not None:
             outcome.append(SendOutcome(SendKind.GONE))
             return
+        early = _EARLY_HEADS.get(flow.client_conn.id)
+        if isinstance(server, Http1Server) and early is not None and server.response is early:
+            outcome.append(SendOutcome(SendKind.SENT))  # sent already (the early head and a retry met)
+            return
         if not isinstance(server, Http1Server) or server.response is not None or server.stream_id != stream_id:
             outcome.append(SendOutcome(SendKind.REFUSED, "a response was sent already"))
             return
