@@ -30,6 +30,7 @@ from kimiwire.mitm.fallback import Fallback, Target
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
+from kimiwire.mitm.hedge import HedgeRace
 from kimiwire.mitm.loaded_flows import LoadedFlows
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, RequestWorker, repair_and_record
@@ -145,6 +146,7 @@ class KimiWire:
         self.shutdown_grace = 2.0
         self._policies = PolicyCache()
         self.fallback: Fallback | None = None
+        self.hedge_after = 0.0
         self._fallback_policies: PolicyCache | None = None  # made when first needed
         self.retrier.fallback_for = self._fallback_target
         self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
@@ -337,6 +339,14 @@ class KimiWire:
             "(a longer Retry-After is honoured within the budget).",
         )
         loader.add_option(
+            "kimi_hedge_after",
+            str,
+            "0",
+            "Seconds from the request without a first event before a second attempt of a streamed turn starts "
+            "beside the first (whichever shows content first answers, the other is cancelled; one extra prefill); "
+            "0: off.",
+        )
+        loader.add_option(
             "kimi_fallback_upstream",
             str,
             "",
@@ -386,6 +396,8 @@ class KimiWire:
                     parse_seconds(ctx.options.kimi_retry_backoff, "kimi_retry_backoff") * scale,
                     ctx.options.kimi_retry_stream,
                 )
+            if updated & {"kimi_hedge_after", "kimi_timeout_scale"}:
+                self.hedge_after = parse_seconds(ctx.options.kimi_hedge_after, "kimi_hedge_after") * scale
             if updated & set(_SECONDS_OPTIONS):
                 self.limits = EndingLimits(
                     done_grace=parse_seconds(ctx.options.kimi_done_grace, "kimi_done_grace"),
@@ -756,6 +768,57 @@ class KimiWire:
         if flow.is_replay == "request":
             self._guarded(flow, "replay credentials", self._restore_credentials)
         self._guarded(flow, "early head", self._plan_early_head)
+        self._guarded(flow, "hedge", self._plan_hedge)
+
+    def _plan_hedge(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.get(flow)
+        policy = self.retrier.policy
+        if self.hedge_after <= 0 or state is None or state.facts is None or not state.facts.stream:
+            return
+        if flow.response is not None or not policy.watches("stall") or policy.retries < 1:
+            return  # (the hedge answers as the stall's retry)
+        if not loop_running() or not proxy_internals.usable():
+            return
+        wait = max(0.0, flow.request.timestamp_start + self.hedge_after - time.time())
+        state.hedge_timer = asyncio.get_running_loop().call_later(wait, self._hedge_due, state)
+
+    def _first_sent_event(self, state: FlowState) -> bool:
+        """Has the first attempt sent the client an event (more than comments)?"""
+        return state.stream is not None and bool(state.stream.times.events_seen)
+
+    def _hedge_due(self, state: FlowState) -> None:
+        """kimi_hedge_after passed (a timer callback: never raises): the hedge starts unless the
+        first attempt sent an event, or a retry is under way already."""
+        state.hedge_timer = None
+        flow = state.flow
+
+        def start(_: http.HTTPFlow) -> None:
+            context = state.repairs_context
+            if context is None or not flow.live or "attempts" in state.record or self._first_sent_event(state):
+                return
+            if state.stream is not None and (state.stream.ended or state.stream.failed_turn is not None):
+                return
+            facts, wire_policy = context
+            race = HedgeRace(flow, lambda: self._first_sent_event(state), lambda: self._end_first(state), self.counts)
+            attempt = Attempt(2, "hedge")
+            state.hedge = race
+            race.start(
+                attempt,
+                lambda sink: self.retrier.stream_attempt(
+                    flow, attempt, facts, wire_policy, race.continuation, sink, race.success
+                ),
+            )
+            self._note(flow, f"no first event after {self.hedge_after:g} s: a hedged attempt started")
+
+        self._guarded(flow, "hedge", start)
+
+    def _end_first(self, state: FlowState) -> None:
+        """The hedge showed content first: the first attempt ends (its retry adopts the hedge)."""
+        flow, stream = state.flow, state.stream
+        if stream is not None:
+            state.spawn(self._end_stream(state, stream, ProxyEnd.FIRST_EVENT))
+        elif flow.response is None:
+            proxy_internals.close_upstream(flow)
 
     def _plan_early_head(self, flow: http.HTTPFlow) -> None:
         """A streamed chat request from an HTTP/1 client: an early head and comments while the
@@ -1253,6 +1316,11 @@ class KimiWire:
         continuation = Continuation(gate.template, gate.role_delivered, gate.seen.reasoning_chars > 0)
         sink = Sink(flow, live=True, delivered=stream.delivered)
         success: list[Success] = []
+        race = state.hedge
+        adopted = race.adopt() if race is not None else None
+        if race is not None and adopted is not None:
+            await race.sink.go_live(False, stream.delivered)
+            sink, continuation, success = race.sink, race.continuation, race.success
         try:
             last, made = await self.retrier.run(
                 flow,
@@ -1262,6 +1330,7 @@ class KimiWire:
                     flow, current, facts, wire_policy, continuation, sink, success
                 ),
                 sink,
+                adopted,
             )
             if last is None and not success:  # (never expected: an answer always leaves its Success)
                 last = Failure("connect", "the answering attempt left no answer")
@@ -1292,7 +1361,9 @@ class KimiWire:
         state.upstream_body = answer.body if answer else raw
         state.upstream_headers = answer.headers if answer else held.headers
 
-    async def _retry_live(self, state: FlowState, failure: Failure, sink: Sink) -> list[Success]:
+    async def _retry_live(
+        self, state: FlowState, failure: Failure, sink: Sink, race: HedgeRace | None = None
+    ) -> list[Success]:
         """Attempts after `failure` whose events go to the client as they come (`sink`), as after
         a first-time success; the client's answer ends with the failure made explicit when they
         run out. Never raises; returns the answering attempt's Success (none when none answered)."""
@@ -1302,6 +1373,11 @@ class KimiWire:
         facts, wire_policy = context
         continuation = Continuation({}, False)
         success: list[Success] = []
+        race = race or state.hedge
+        adopted = race.adopt() if race is not None else None
+        if race is not None and adopted is not None:
+            await race.sink.go_live(sink.raw, sink.delivered)
+            sink, continuation, success = race.sink, race.continuation, race.success
         try:
             last, made = await self.retrier.run(
                 flow,
@@ -1311,6 +1387,7 @@ class KimiWire:
                     flow, current, facts, wire_policy, continuation, sink, success
                 ),
                 sink,
+                adopted,
             )
             if last is None and not success:  # (never expected: an answer always leaves its Success)
                 last = Failure("connect", "the answering attempt left no answer")
@@ -1562,6 +1639,8 @@ class KimiWire:
         if flow.response is not None and (state.stream is not None or not _buffered(flow.response)):
             return None  # a streamed response under way ends by its own path
         kind = "stall" if state.record.get("ending") in ("first_byte_timeout", "idle_timeout") else "connect"
+        if state.hedge is not None and state.hedge.won:
+            kind = "stall"  # the hedge answered first: the first attempt was closed for it
         if not self.retrier.policy.watches(kind) or not self.json_errors:
             return None
         if not proxy_internals.install_error_answers() or client_gone(flow):
@@ -1572,15 +1651,18 @@ class KimiWire:
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
     ) -> None:
         flow = state.flow
+        race, state.hedge = state.hedge, None  # (kept for the retry that adopts it)
         state.release()  # the first-byte watch must not answer while the retry runs
         response = flow.response  # (headers came when a whole body broke)
         self._first_attempt(state, failure, response.status_code if response else None, b"")
         if facts.stream and response is None and await self._stream_head_sent(state, failure):
-            success = await self._retry_live(state, failure, Sink(flow, live=True, raw=True))
+            success = await self._retry_live(state, failure, Sink(flow, live=True, raw=True), race)
             if success:
                 state.upstream_body = success[-1].body
                 state.upstream_headers = success[-1].headers
             return
+        if race is not None:
+            race.cancel("the retry is answered whole")
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
         last, made = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)

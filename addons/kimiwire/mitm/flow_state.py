@@ -63,6 +63,8 @@ class FlowState:
     held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
     client_body: bytes | None = None  # the client's own decoded body (kept only for a fallback upstream)
     client_headers: list[tuple[str, str]] | None = None
+    hedge: Any = None  # a HedgeRace (kimi_hedge_after): a second attempt beside the first
+    hedge_timer: asyncio.TimerHandle | None = None
     early_head: Any = None  # an EarlyHead: the client's head and comments while no upstream headers came
 
     @property
@@ -112,6 +114,11 @@ class FlowState:
 
     def stop_timers(self) -> None:
         self.headers_came()
+        if self.hedge_timer is not None:
+            self.hedge_timer.cancel()
+            self.hedge_timer = None
+        if self.hedge is not None:
+            self.hedge.cancel("the flow is over")
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None

@@ -265,15 +265,17 @@ class Retrier:
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
         sink: Sink | None = None,
+        adopted: tuple[Attempt, Awaitable[Failure | None]] | None = None,
     ) -> tuple[Failure | None, int]:
         """Retry after the first attempt failed with `failure` until one answers (None) or
         attempts run out (the last failure). Returns it with the number of attempts made. A live
-        `sink` gets a comment whenever the client heard nothing for `limits.keepalive` seconds."""
+        `sink` gets a comment whenever the client heard nothing for `limits.keepalive` seconds.
+        `adopted`: an attempt already under way (a hedge), taken as the first retry."""
         keeping = None
         if sink is not None and sink.live and self.limits.keepalive > 0:
             keeping = asyncio.ensure_future(sink.keep_alive(self.limits.keepalive))
         try:
-            return await self._run(flow, record, failure, attempt)
+            return await self._run(flow, record, failure, attempt, adopted)
         finally:
             if keeping is not None:
                 keeping.cancel()
@@ -287,6 +289,7 @@ class Retrier:
         record: dict[str, Any],
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
+        adopted: tuple[Attempt, Awaitable[Failure | None]] | None = None,
     ) -> tuple[Failure | None, int]:
         attempts = record.setdefault("attempts", [])
         made = len(attempts) or 1
@@ -295,6 +298,23 @@ class Retrier:
         while True:
             if target is not None:
                 break  # the fallback was the last attempt
+            if adopted is not None:
+                current, work = adopted
+                current.number = made + 1
+                adopted = None
+                try:
+                    result = await self._unless_client_leaves(flow, work)
+                finally:
+                    current.seconds = time.time() - current.started
+                    attempts.append(current.as_dict())
+                made += 1
+                if result is None:
+                    self._answered(flow, record, current, attempts, made)
+                    return None, made
+                current.outcome, current.detail = result.kind, result.detail
+                attempts[-1] = current.as_dict()
+                failure = result
+                continue
             decision = RetryDecision(False)
             if not failure.final:
                 elapsed = time.time() - started
@@ -335,14 +355,7 @@ class Retrier:
                 attempts.append(current.as_dict())
             made += 1
             if result is None:
-                current.outcome = "answered"
-                attempts[-1] = current.as_dict()
-                # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
-                for entry in current.repairs:
-                    record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
-                    self.counts[entry["kind"]] += 1
-                self.counts["retry.answered"] += 1
-                logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
+                self._answered(flow, record, current, attempts, made)
                 return None, made
             current.outcome, current.detail = result.kind, result.detail
             attempts[-1] = current.as_dict()
@@ -357,6 +370,18 @@ class Retrier:
             failure.detail,
         )
         return failure, made
+
+    def _answered(
+        self, flow: http.HTTPFlow, record: dict[str, Any], current: Attempt, attempts: list[Any], made: int
+    ) -> None:
+        current.outcome = "answered"
+        attempts[-1] = current.as_dict()
+        # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
+        for entry in current.repairs:
+            record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
+            self.counts[entry["kind"]] += 1
+        self.counts["retry.answered"] += 1
+        logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
 
     def _fallback(self, flow: http.HTTPFlow, failure: Failure, record: dict[str, Any]) -> Target | None:
         """One attempt on the fallback upstream when the primary failed by itself (connect, status,
