@@ -23,6 +23,13 @@ def events(text: str) -> list[bytes]:
     return stream.chunk({}, "stop").done().events
 
 
+def connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections (IPv4) whose remote end is 127.0.0.1:`port` (from /proc/net/tcp)."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[3] == "01" and int(row[2].split(":")[1], 16) == port)
+
+
 def read(client: openai.OpenAI) -> tuple[str, float]:
     started = time.monotonic()
     stream = client.chat.completions.create(**REQUEST)
@@ -69,6 +76,9 @@ def test_a_first_attempt_that_shows_content_first_keeps_the_turn(tmp_path):
         assert read(client)[0] == "warm"
         text, _ = read(client)
         assert len(upstream.requests) == 3  # the hedge was sent
+        time.sleep(5 * SCALE)
+        # The proxy's own keep-alive connection stays; the hedge's (whose answer is not due yet) was closed.
+        assert connections_to(upstream.port) == 1
     assert text == "From the first."
     record = proxy.read_flows()[-1].metadata["kimiwire"]
     assert record["hedge"]["outcome"] == "cancelled" and "attempts" not in record
