@@ -74,11 +74,12 @@ def test_a_first_attempt_that_shows_content_first_keeps_the_turn(tmp_path):
         openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk", max_retries=0, timeout=30) as client,
     ):
         assert read(client)[0] == "warm"
+        before = connections_to(upstream.port)  # the proxy's own (kept alive or not)
         text, _ = read(client)
         assert len(upstream.requests) == 3  # the hedge was sent
         time.sleep(5 * SCALE)
-        # The proxy's own keep-alive connection stays; the hedge's (whose answer is not due yet) was closed.
-        assert connections_to(upstream.port) == 1
+        # The hedge's connection (its answer is not due yet) was closed: no more than before.
+        assert connections_to(upstream.port) <= before
     assert text == "From the first."
     record = proxy.read_flows()[-1].metadata["kimiwire"]
     assert record["hedge"]["outcome"] == "cancelled" and "attempts" not in record
