@@ -1,7 +1,7 @@
 """A stalled first attempt at the DEFAULT timeouts, every one scaled by one factor
 (`kimi_timeout_scale`), so the test runs in seconds with the defaults' ratios: the client has its
-answer within 150 (scaled) seconds, and while it waits after the upstream's headers it hears a
-comment at least every 15 (scaled) seconds."""
+answer within 150 (scaled) seconds, and while it waits (before the upstream's headers too: the
+early head) it hears a comment at least every 15 (scaled) seconds."""
 
 from __future__ import annotations
 
