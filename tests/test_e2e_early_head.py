@@ -142,3 +142,13 @@ def test_a_request_that_is_not_streamed_gets_no_early_head(proxy_for):
     head, chunks, _ = raw_exchange(proxy.url, chat(stream=False))
     assert dict(head.headers)[b"content-type"] == b"application/json"
     assert orjson.loads(b"".join(data for _, data in chunks))["choices"][0]["message"]["content"] == "hi"
+
+
+def test_a_late_retryable_status_is_retried_into_the_early_heads_body(proxy_for):
+    busy = json_reply({"error": {"message": "busy", "type": "server_error", "code": 503}}, 503)
+    busy.header_delay = LATE
+    proxy, upstream = proxy_for([busy, sse_reply(streamed("After the retry."))])
+    _, chunks, raw = raw_exchange(proxy.url, chat())
+    body = b"".join(data for _, data in chunks)
+    assert raw.count(b"HTTP/1.1 ") == 1 and len(upstream.requests) == 2
+    assert b'"content":"After the retry."' in body and body.endswith(b"data: [DONE]\n\n") and b"busy" not in body
