@@ -1,7 +1,7 @@
 """A stalled first attempt at the DEFAULT timeouts, every one scaled by one factor
 (`kimi_timeout_scale`), so the test runs in seconds with the defaults' ratios: the client has its
-answer within 150 (scaled) seconds, and while it waits after the upstream's headers it hears a
-comment at least every 15 (scaled) seconds."""
+answer within 150 (scaled) seconds, and while it waits (before the upstream's headers too: the
+early head) it hears a comment at least every 15 (scaled) seconds."""
 
 from __future__ import annotations
 
@@ -79,17 +79,34 @@ def test_a_stall_after_the_headers_is_retried_in_time_and_the_client_hears_comme
 
 @pytest.mark.parametrize("fault", ["silent:1", "refuse:1"])
 def test_no_headers_at_all_is_retried_in_time_and_streamed(proxy, fault):
-    """Before the upstream's headers nothing can go to the client (no status is known yet): the
-    wait is kimi_first_byte_timeout (60 s); then the client gets a first-time success's head and
-    the retry's events as they come."""
+    """Before the upstream's headers the client gets an early head after kimi_keepalive (10 s)
+    and comments; the retry after kimi_first_byte_timeout (60 s) streams into that body."""
     reads, headers_at = timed_stream(proxy.url, fault)
     body = b"".join(piece for _, piece in reads)
     assert CALL in body and body.endswith(b"data: [DONE]\n\n") and b'"error"' not in body
     assert reads[-1][0] < ANSWER_WITHIN
+    assert headers_at < 10 * SCALE + COMMENT_EVERY
     if fault.startswith("silent"):
-        assert 60 * SCALE <= headers_at < 60 * SCALE + COMMENT_EVERY
-    times = [headers_at] + [at for at, _ in reads]
+        assert body.count(KEEPALIVE_COMMENT) >= 4  # from the head to the retry's answer, every 10 s
+    times = [0.0, headers_at] + [at for at, _ in reads]
     assert max(later - earlier for earlier, later in itertools.pairwise(times)) < COMMENT_EVERY
+
+
+def test_the_openai_sdk_reads_an_early_head_and_the_retry_after_it(proxy):
+    """An upstream that sends no headers for the first attempt: the SDK's stream is clean."""
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
+    header = f"fault=silent:1, run={uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    with client:
+        stream = client.chat.completions.create(**request_body(), extra_headers={"x-kimi-sim": header})
+        arguments = "".join(
+            call.function.arguments or ""
+            for chunk in stream
+            for choice in chunk.choices
+            for call in choice.delta.tool_calls or []
+        )
+    assert arguments == '{"path":"/w/a.txt"}'
+    assert time.monotonic() - started < ANSWER_WITHIN
 
 
 def test_the_openai_sdk_takes_the_comments_in_its_stride(proxy):

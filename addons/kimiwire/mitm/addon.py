@@ -25,9 +25,12 @@ from mitmproxy import command, ctx, exceptions, http
 from kimiwire.mitm import client_errors, proxy_internals, request_limits
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.command_types import JSONObject
+from kimiwire.mitm.early_head import EarlyHead, LateAnswer
+from kimiwire.mitm.fallback import Fallback, Target
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
+from kimiwire.mitm.hedge import HedgeRace
 from kimiwire.mitm.loaded_flows import LoadedFlows
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, RequestWorker, repair_and_record
@@ -43,7 +46,7 @@ from kimiwire.mitm.retry import (
     final_events,
     retry_error_message,
 )
-from kimiwire.mitm.status_stream import STREAM_HEAD, HeldError, hold_for_retry, will_retry
+from kimiwire.mitm.status_stream import HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.watchdog import StreamWatchdog
@@ -56,6 +59,7 @@ from kimiwire.wire.content_decoding import (
     decode_body,
 )
 from kimiwire.wire.detection import Detection
+from kimiwire.wire.early_answer import events_for_error_body
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
@@ -68,7 +72,14 @@ from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate
 from kimiwire.wire.retry_outcome import exhausted_answer
-from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RETRY_STATUSES, RetryPolicy, decide, retry_after_seconds
+from kimiwire.wire.retry_policy import (
+    DEFAULT_RETRY_ON,
+    RETRY_STATUSES,
+    RetryPolicy,
+    decide,
+    lasting_connect_failure,
+    retry_after_seconds,
+)
 from kimiwire.wire.sse import DONE_EVENT
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits, parse_seconds
 
@@ -141,6 +152,10 @@ class KimiWire:
         self.error_names_upstream = False
         self.shutdown_grace = 2.0
         self._policies = PolicyCache()
+        self.fallback: Fallback | None = None
+        self.hedge_after = 0.0
+        self._fallback_policies: PolicyCache | None = None  # made when first needed
+        self.retrier.fallback_for = self._fallback_target
         self.detector = UpstreamDetector(self.retrier.client.get, self._learned)
 
     # -- options ---------------------------------------------------------------------------
@@ -331,6 +346,35 @@ class KimiWire:
             "(a longer Retry-After is honoured within the budget).",
         )
         loader.add_option(
+            "kimi_hedge_after",
+            str,
+            "0",
+            "Seconds from the request without a first event before a second attempt of a streamed turn starts "
+            "beside the first (whichever shows content first answers, the other is cancelled; one extra prefill); "
+            "0: off.",
+        )
+        loader.add_option(
+            "kimi_fallback_upstream",
+            str,
+            "",
+            "scheme://host[:port] of a fallback upstream: when the attempts on the primary run out by connect, "
+            "status or stall, one attempt goes there (the client's path and original body, repaired for "
+            "kimi_fallback_flavor). Empty: none.",
+        )
+        loader.add_option(
+            "kimi_fallback_flavor",
+            str,
+            "auto",
+            "The fallback upstream's flavor (as kimi_flavor; auto: by its host).",
+        )
+        loader.add_option(
+            "kimi_fallback_key_env",
+            str,
+            "",
+            "Name of an environment variable holding the fallback's API key (sent as Authorization: Bearer; "
+            "never logged or captured). Empty: the client's Authorization goes to the fallback.",
+        )
+        loader.add_option(
             "kimi_retry_stream",
             bool,
             True,
@@ -359,6 +403,8 @@ class KimiWire:
                     parse_seconds(ctx.options.kimi_retry_backoff, "kimi_retry_backoff") * scale,
                     ctx.options.kimi_retry_stream,
                 )
+            if updated & {"kimi_hedge_after", "kimi_timeout_scale"}:
+                self.hedge_after = parse_seconds(ctx.options.kimi_hedge_after, "kimi_hedge_after") * scale
             if updated & set(_SECONDS_OPTIONS):
                 self.limits = EndingLimits(
                     done_grace=parse_seconds(ctx.options.kimi_done_grace, "kimi_done_grace"),
@@ -392,6 +438,8 @@ class KimiWire:
             raise exceptions.OptionsError("kimi_max_request_bytes must be 0 (no limit) or a number of bytes")
         if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required", "server", "client_replay"}:
             self._check_capture_folder()
+        if updated & {"kimi_fallback_upstream", "kimi_fallback_flavor", "kimi_fallback_key_env"}:
+            self._configure_fallback()
         if "kimi_redact" in updated:
             self.redactor = Redactor.from_option(ctx.options.kimi_redact)
         if "kimi_replay_auth" in updated:
@@ -404,6 +452,40 @@ class KimiWire:
             raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
         self._copy_options(updated)
 
+    def _configure_fallback(self) -> None:
+        opts = ctx.options
+        if opts.kimi_fallback_flavor not in FLAVOR_CHOICES:
+            raise exceptions.OptionsError(f"kimi_fallback_flavor must be one of {', '.join(FLAVOR_CHOICES)}")
+        try:
+            self.fallback = Fallback.parse(
+                opts.kimi_fallback_upstream, opts.kimi_fallback_flavor, opts.kimi_fallback_key_env, os.environ
+            )
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        self._fallback_policies = None
+        if self.fallback is not None:
+            logger.info("kimiwire: fallback upstream %s", self.fallback.describe())
+
+    def _fallback_target(self, flow: http.HTTPFlow) -> Target | None:
+        """The fallback attempt for `flow` (the client's own body repaired for the fallback), or None."""
+        fallback, state = self.fallback, self.flows.get(flow)
+        if fallback is None or state is None or state.client_body is None:
+            return None
+        opts = ctx.options
+        if self._fallback_policies is None:
+            self._fallback_policies = PolicyCache(
+                fallback.flavor,
+                stream_buffer_limit=opts.kimi_stream_buffer_limit,
+                **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
+            )
+        policy = self._fallback_policies.policy(fallback.host)
+        limits = self.limits
+        seconds = max(limits.first_byte_timeout, limits.first_event_timeout) + limits.idle_timeout
+        headers = [(k, v) for k, v in state.client_headers or []]
+        target = fallback.target(flow.request.path, headers, state.client_body, policy, seconds or 600.0)
+        self._note(flow, f"one attempt on the fallback upstream {target.name}")
+        return target
+
     def _copy_options(self, updated: set[str]) -> None:
         opts = ctx.options
         self.health_path = opts.kimi_health_path
@@ -415,6 +497,7 @@ class KimiWire:
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
         if updated & _POLICY_OPTION_NAMES:
+            self._fallback_policies = None
             self._policies = PolicyCache(
                 opts.kimi_flavor,
                 stream_buffer_limit=opts.kimi_stream_buffer_limit,
@@ -691,6 +774,73 @@ class KimiWire:
     def _request_done(self, flow: http.HTTPFlow) -> None:
         if flow.is_replay == "request":
             self._guarded(flow, "replay credentials", self._restore_credentials)
+        self._guarded(flow, "early head", self._plan_early_head)
+        self._guarded(flow, "hedge", self._plan_hedge)
+
+    def _plan_hedge(self, flow: http.HTTPFlow) -> None:
+        state = self.flows.get(flow)
+        policy = self.retrier.policy
+        if self.hedge_after <= 0 or state is None or state.facts is None or not state.facts.stream:
+            return
+        if flow.response is not None or not policy.watches("stall") or policy.retries < 1:
+            return  # (the hedge answers as the stall's retry)
+        if not loop_running() or not proxy_internals.usable():
+            return
+        wait = max(0.0, flow.request.timestamp_start + self.hedge_after - time.time())
+        state.hedge_timer = asyncio.get_running_loop().call_later(wait, self._hedge_due, state)
+
+    def _first_sent_event(self, state: FlowState) -> bool:
+        """Has the first attempt sent the client an event (more than comments)?"""
+        return state.stream is not None and bool(state.stream.times.events_seen)
+
+    def _hedge_due(self, state: FlowState) -> None:
+        """kimi_hedge_after passed (a timer callback: never raises): the hedge starts unless the
+        first attempt sent an event, or a retry is under way already."""
+        state.hedge_timer = None
+        flow = state.flow
+
+        def start(_: http.HTTPFlow) -> None:
+            context = state.repairs_context
+            if context is None or not flow.live or "attempts" in state.record or self._first_sent_event(state):
+                return
+            if state.stream is not None and (state.stream.ended or state.stream.failed_turn is not None):
+                return
+            facts, wire_policy = context
+            race = HedgeRace(flow, lambda: self._first_sent_event(state), lambda: self._end_first(state), self.counts)
+            attempt = Attempt(2, "hedge")
+            state.hedge = race
+            race.start(
+                attempt,
+                lambda sink: self.retrier.stream_attempt(
+                    flow, attempt, facts, wire_policy, race.continuation, sink, race.success
+                ),
+            )
+            self._note(flow, f"no first event after {self.hedge_after:g} s: a hedged attempt started")
+
+        self._guarded(flow, "hedge", start)
+
+    def _end_first(self, state: FlowState) -> None:
+        """The hedge showed content first: the first attempt ends (its retry adopts the hedge)."""
+        flow, stream = state.flow, state.stream
+        if stream is not None:
+            state.spawn(self._end_stream(state, stream, ProxyEnd.FIRST_EVENT))
+        elif flow.response is None:
+            proxy_internals.close_upstream(flow)
+
+    def _plan_early_head(self, flow: http.HTTPFlow) -> None:
+        """A streamed chat request from an HTTP/1 client: an early head and comments while the
+        upstream sends no headers (mitm/early_head.py)."""
+        state = self.flows.get(flow)
+        keepalive = self.limits.keepalive
+        if state is None or state.facts is None or not state.facts.stream or flow.response is not None:
+            return
+        if keepalive <= 0 or not self.json_errors or not loop_running() or not proxy_internals.can_answer(flow):
+            return
+        state.early_head = EarlyHead(flow, state.record, keepalive, self._early_comment)
+        state.early_head.start()
+
+    def _early_comment(self) -> None:
+        self.counts["retry.keepalive_comments"] += 1
 
     def _start_chat_flow(self, flow: http.HTTPFlow, method: str, path: str) -> Any:
         """Every chat flow gets the ending guarantees (first-byte timeout, JSON error answers, a
@@ -731,6 +881,7 @@ class KimiWire:
         raw = self._request_body(state, header)
         if raw is None:
             return None
+        self._keep_client_request(state, raw)
         self._start_first_byte_timer(state)
         try:
             self._repair_request(state, raw)
@@ -746,6 +897,7 @@ class KimiWire:
         raw = self._request_body(state, header, decoded)
         if raw is None:
             return
+        self._keep_client_request(state, raw)
         self._start_first_byte_timer(state)
         if not raw:
             return
@@ -757,6 +909,14 @@ class KimiWire:
             self._apply_request_repair(state, *done)
         except Exception as exc:
             self._record_error(state.flow, "request repair", exc)
+
+    def _keep_client_request(self, state: FlowState, raw: bytes) -> None:
+        """With a fallback upstream: the client's own (decoded) body and headers, repaired again for it."""
+        if self.fallback is not None and raw:
+            state.client_body = raw
+            state.client_headers = [
+                (k, v) for k, v in state.flow.request.headers.items(multi=True) if k.lower() != "content-encoding"
+            ]
 
     def _start_first_byte_timer(self, state: FlowState) -> None:
         if self.limits.first_byte_timeout > 0 and loop_running():
@@ -928,6 +1088,14 @@ class KimiWire:
         if state is not None and context is not None and context[0].stream and self._hold_status(state):
             return
         headers = read_headers(response.headers, _RESPONSE_HEADERS)
+        if state is not None and state.early_head_sent and context is not None:
+            content_type = headers.get(b"content-type", "")
+            if response.status_code >= 400 or not chat_exchanges.is_event_stream(content_type):
+                facts, policy = context
+                repair = lambda body: repair_completion_body(body, facts, policy)[0] or body  # noqa: E731
+                state.early_head.late = LateAnswer(response.status_code, content_type, repair)
+                response.stream = state.early_head.late
+                return
         if not chat_exchanges.is_event_stream(headers.get(b"content-type", "")):
             if state is not None and state.is_chat and self.limits.idle_timeout > 0 and loop_running():
                 # A whole body comes right after its headers (the server had it ready): one that
@@ -1070,6 +1238,8 @@ class KimiWire:
             return self._retry_stream(state, stream) if stream.failed_turn is not None else None
         if state.held_error is not None:
             return self._retry_status_stream(state, state.held_error)
+        if state.early_head_sent:
+            return None  # a late answer went out in the early head's stream (LateAnswer)
         context = state.repairs_context
         if context is None:
             return None
@@ -1148,6 +1318,11 @@ class KimiWire:
         continuation = Continuation(gate.template, gate.role_delivered, gate.seen.reasoning_chars > 0)
         sink = Sink(flow, live=True, delivered=stream.delivered)
         success: list[Success] = []
+        race = state.hedge
+        adopted = race.adopt() if race is not None else None
+        if race is not None and adopted is not None:
+            await race.sink.go_live(False, stream.delivered)
+            sink, continuation, success = race.sink, race.continuation, race.success
         try:
             last, made = await self.retrier.run(
                 flow,
@@ -1157,6 +1332,7 @@ class KimiWire:
                     flow, current, facts, wire_policy, continuation, sink, success
                 ),
                 sink,
+                adopted,
             )
             if last is None and not success:  # (never expected: an answer always leaves its Success)
                 last = Failure("connect", "the answering attempt left no answer")
@@ -1187,7 +1363,9 @@ class KimiWire:
         state.upstream_body = answer.body if answer else raw
         state.upstream_headers = answer.headers if answer else held.headers
 
-    async def _retry_live(self, state: FlowState, failure: Failure, sink: Sink) -> list[Success]:
+    async def _retry_live(
+        self, state: FlowState, failure: Failure, sink: Sink, race: HedgeRace | None = None
+    ) -> list[Success]:
         """Attempts after `failure` whose events go to the client as they come (`sink`), as after
         a first-time success; the client's answer ends with the failure made explicit when they
         run out. Never raises; returns the answering attempt's Success (none when none answered)."""
@@ -1197,6 +1375,11 @@ class KimiWire:
         facts, wire_policy = context
         continuation = Continuation({}, False)
         success: list[Success] = []
+        race = race or state.hedge
+        adopted = race.adopt() if race is not None else None
+        if race is not None and adopted is not None:
+            await race.sink.go_live(sink.raw, sink.delivered)
+            sink, continuation, success = race.sink, race.continuation, race.success
         try:
             last, made = await self.retrier.run(
                 flow,
@@ -1206,6 +1389,7 @@ class KimiWire:
                     flow, current, facts, wire_policy, continuation, sink, success
                 ),
                 sink,
+                adopted,
             )
             if last is None and not success:  # (never expected: an answer always leaves its Success)
                 last = Failure("connect", "the answering attempt left no answer")
@@ -1381,6 +1565,14 @@ class KimiWire:
         response = flow.response
         assert response is not None
         stream = state.stream
+        late = state.early_head.late if state.early_head is not None else None
+        if stream is None and late is not None:
+            if not late.ended:  # a body that came whole with its head (mitmproxy did not stream it)
+                late(response.raw_content or b"")
+                response.raw_content = b"".join(late(b""))
+            state.upstream_body = bytes(late.body)
+            state.record["delivered"] = late.delivered
+            return
         if stream is not None:
             if stream.calls == 0:
                 # Server replay (or a response set by another addon): the body arrives whole and
@@ -1449,8 +1641,12 @@ class KimiWire:
         if flow.response is not None and (state.stream is not None or not _buffered(flow.response)):
             return None  # a streamed response under way ends by its own path
         kind = "stall" if state.record.get("ending") in ("first_byte_timeout", "idle_timeout") else "connect"
+        if state.hedge is not None and state.hedge.won:
+            kind = "stall"  # the hedge answered first: the first attempt was closed for it
         if not self.retrier.policy.watches(kind) or not self.json_errors:
             return None
+        if kind == "connect" and lasting_connect_failure(message):
+            return None  # answered at once (502 naming the cause): another attempt would fail the same way
         if not proxy_internals.install_error_answers() or client_gone(flow):
             return None
         return self._retry_before_headers(state, *context, Failure(kind, message or "no response"))
@@ -1459,15 +1655,18 @@ class KimiWire:
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
     ) -> None:
         flow = state.flow
+        race, state.hedge = state.hedge, None  # (kept for the retry that adopts it)
         state.release()  # the first-byte watch must not answer while the retry runs
         response = flow.response  # (headers came when a whole body broke)
         self._first_attempt(state, failure, response.status_code if response else None, b"")
         if facts.stream and response is None and await self._stream_head_sent(state, failure):
-            answered = await self._retry_live(state, failure, Sink(flow, live=True, raw=True))
+            answered = await self._retry_live(state, failure, Sink(flow, live=True, raw=True), race)
             if answered:
                 state.upstream_body = answered[-1].body
                 state.upstream_headers = answered[-1].headers
             return
+        if race is not None:
+            race.cancel("the retry is answered whole")
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
         last, made = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
@@ -1506,9 +1705,12 @@ class KimiWire:
         elapsed = time.time() - flow.request.timestamp_start
         if not proxy_internals.can_answer(flow):
             return False
+        if state.early_head_sent:  # the client has its head: the retry, or its failure, streams into it
+            proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(200, b"", b"", raw_sent=True))
+            return True
         if not decide(self.retrier.policy, failure.kind, 1, elapsed, 0.0, failure.retry_after).retry:
             return False
-        sent = await proxy_internals.send_raw_to_client(flow, STREAM_HEAD)
+        sent = await proxy_internals.send_early_head(flow)  # (the same head an early head is)
         if sent.kind is not proxy_internals.SendKind.SENT:
             return False
         # mitmproxy's protocol error for this flow now only closes the connection (after our end).
@@ -1572,6 +1774,9 @@ class KimiWire:
         if not self.json_errors:
             return
         record = state.record
+        if state.early_head_sent and not answer.tail and not answer.raw_sent:
+            # The client has an event-stream head: the error goes out as an event, then [DONE].
+            answer.tail = b"".join(events_for_error_body(answer.status, answer.body))
         if replace or "error_answer" not in record:
             proxy_internals.set_error_answer(state.flow, answer, replace)
             record["error_answer"] = answer.status
@@ -1595,6 +1800,7 @@ class KimiWire:
 
     def client_disconnected(self, client: Any) -> None:
         proxy_internals.forget_error_answer(client.id)
+        proxy_internals.forget_early_head(client.id)
 
 
 def _decoded_request(encoded: bytes, header: str, limit: int) -> bytes:

@@ -61,6 +61,15 @@ class FlowState:
     upstream_body: bytes | None = None
     failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
     held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
+    client_body: bytes | None = None  # the client's own decoded body (kept only for a fallback upstream)
+    client_headers: list[tuple[str, str]] | None = None
+    hedge: Any = None  # a HedgeRace (kimi_hedge_after): a second attempt beside the first
+    hedge_timer: asyncio.TimerHandle | None = None
+    early_head: Any = None  # an EarlyHead: the client's head and comments while no upstream headers came
+
+    @property
+    def early_head_sent(self) -> bool:
+        return self.early_head is not None and self.early_head.sent
 
     @property
     def is_chat(self) -> bool:
@@ -105,6 +114,11 @@ class FlowState:
 
     def stop_timers(self) -> None:
         self.headers_came()
+        if self.hedge_timer is not None:
+            self.hedge_timer.cancel()
+            self.hedge_timer = None
+        if self.hedge is not None:
+            self.hedge.cancel("the flow is over")
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
@@ -112,7 +126,9 @@ class FlowState:
             self.watchdog.stop()
 
     def headers_came(self) -> None:
-        """The first-byte timeout no longer applies."""
+        """The first-byte timeout no longer applies (nor the early head's comments)."""
+        if self.early_head is not None:
+            self.early_head.stop()
         if self.first_byte_timer is not None:
             self.first_byte_timer.cancel()
             self.first_byte_timer = None
@@ -122,6 +138,7 @@ class FlowState:
         """Tasks and timers still to run for this flow."""
         watching = self.watchdog is not None and self.watchdog.waiting
         timers = (self.first_byte_timer is not None) + (self.body_timer is not None)
+        timers += self.early_head is not None and self.early_head.pending
         return len(self.tasks) + timers + watching
 
 

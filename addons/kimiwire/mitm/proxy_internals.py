@@ -2,7 +2,8 @@
 
 mitmproxy gives an addon no public way to end a streamed response while the upstream is silent,
 nor to write to a client while its flow waits in a hook, nor to count a request body as it arrives,
-nor to answer an upstream failure with anything but its own HTML error page. Four techniques:
+nor to answer an upstream failure with anything but its own HTML error page, nor to answer a client before
+the upstream's headers came. Five techniques:
 
 1. Ending a stream: one synthetic event is fed into the flow's connection handler. Inside the
    HttpLayer it plays the upstream connection: the upstream parser is detached from the stream,
@@ -25,6 +26,11 @@ nor to answer an upstream failure with anything but its own HTML error page. Fou
    every response too; and an answer followed by mitmproxy's CloseConnection while the client was
    still writing left the socket ESTABLISHED with a full receive queue, seen with `ss`, so the
    client blocked until its own write timeout instead of reading the answer).
+5. An early head: an HTTP/1 client of a streamed request still waiting for the upstream's headers
+   is sent a `200 OK` event-stream head (chunked) from inside the HttpLayer, and its Http1Server
+   gets that head as its `response` (so mitmproxy frames every later `ResponseData` as chunks and
+   ends the body with the chunked terminator) and the answering `send`, which also drops the
+   `ResponseHeaders` of that stream when the upstream's head comes: the client has had its head.
 
 When a precondition fails, callers fall back to closing the connections at once, so a client
 errors promptly instead of hanging.
@@ -43,6 +49,8 @@ from typing import Any
 from mitmproxy import ctx, http, version
 from mitmproxy.connection import ConnectionState
 
+from kimiwire.wire.early_answer import events_for_error_body
+from kimiwire.wire.openai_errors import error_body
 from kimiwire.wire.redaction import url_for_log
 
 logger = logging.getLogger("kimiwire")
@@ -61,6 +69,7 @@ try:
         RequestProtocolError,
         ResponseData,
         ResponseEndOfMessage,
+        ResponseHeaders,
         ResponseProtocolError,
     )
     from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Connection, Http1Server
@@ -97,6 +106,12 @@ def problems() -> list[str]:
             found.append(f"HttpLayer no longer sets .{name}")
     if "send" not in Http1Connection._handle_event.__code__.co_names:
         found.append("Http1Connection._handle_event no longer calls self.send")
+    if not {"response", "response_done", "stream_id"} <= set(Http1Connection.__annotations__) | set(
+        Http1Server.__annotations__
+    ):
+        found.append("Http1Server no longer keeps .response, .response_done and .stream_id")
+    if "response" not in Http1Server.send.__code__.co_names:
+        found.append("Http1Server.send no longer frames its body by .response")
     if "our_stream_id" not in Http2Client.__init__.__code__.co_names:
         found.append("Http2Client no longer sets .our_stream_id")
     return found
@@ -368,7 +383,10 @@ async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
         if stream is None or stream.flow is not flow or server is None:
             outcome.append(SendOutcome(SendKind.GONE))
             return
-        if not isinstance(server, Http1Server) or server.response is not None:
+        if not isinstance(server, Http1Server) or server.response_done:
+            outcome.append(SendOutcome(SendKind.REFUSED, "not an open HTTP/1 response"))
+            return
+        if server.response is not None and server.response is not _EARLY_HEADS.get(flow.client_conn.id):
             outcome.append(SendOutcome(SendKind.REFUSED, "a response was sent already"))
             return
         outcome.append(SendOutcome(SendKind.SENT))
@@ -378,6 +396,77 @@ async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
     if outcome:
         return outcome[0]
     return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
+
+
+# -- early heads ---------------------------------------------------------------------------
+
+_EARLY_HEADS: dict[Any, http.Response] = {}  # client connection id -> the head it was sent
+
+
+def early_head() -> http.Response:
+    """The head of a first-time success's event stream (HTTP/1.1, chunked, the connection closes after)."""
+    return http.Response.make(
+        200,
+        b"",
+        [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+            (b"transfer-encoding", b"chunked"),
+            (b"connection", b"close"),
+        ],
+    )
+
+
+async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
+    """Send an HTTP/1 client whose flow still waits for the upstream's response headers a `200 OK`
+    event-stream head now; the upstream's head, when it comes, does not reach the client (the body
+    goes on in the chunks begun). Later chunks: `send_raw_to_client` until the upstream's head,
+    mitmproxy's own ResponseData after it."""
+    if not usable() or not flow.request.http_version.startswith("HTTP/1"):
+        return SendOutcome(SendKind.REFUSED, "not an HTTP/1 client")
+    if not flow.client_conn.state & ConnectionState.CAN_WRITE:
+        return SendOutcome(SendKind.GONE)
+    handler = _handler(flow)
+    found = _locate(handler, flow) if handler is not None else None
+    if found is None:
+        return SendOutcome(SendKind.GONE)
+    http_layer, stream_id = found
+    outcome: list[SendOutcome] = []
+
+    def body() -> Iterator[Any]:
+        from mitmproxy.net.http import http1
+
+        stream = http_layer.streams.get(stream_id)
+        server = http_layer.connections.get(flow.client_conn)
+        if stream is None or stream.flow is not flow or server is None or flow.response is not None:
+            outcome.append(SendOutcome(SendKind.GONE))
+            return
+        early = _EARLY_HEADS.get(flow.client_conn.id)
+        if isinstance(server, Http1Server) and early is not None and server.response is early:
+            outcome.append(SendOutcome(SendKind.SENT))  # sent already (the early head and a retry met)
+            return
+        if not isinstance(server, Http1Server) or server.response is not None or server.stream_id != stream_id:
+            outcome.append(SendOutcome(SendKind.REFUSED, "a response was sent already"))
+            return
+        head = early_head()
+        server.response = head
+        _EARLY_HEADS[flow.client_conn.id] = head
+        server.send = MethodType(_answering_send, server)  # type: ignore[method-assign]  # one connection's own send
+        outcome.append(SendOutcome(SendKind.SENT))
+        yield commands.SendData(flow.client_conn, http1.assemble_response_head(head))
+
+    ran = await _run_inside(handler, http_layer, body)
+    if outcome:
+        return outcome[0]
+    return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
+
+
+def forget_early_head(client_conn_id: Any) -> None:
+    _EARLY_HEADS.pop(client_conn_id, None)
+
+
+def early_heads() -> int:
+    return len(_EARLY_HEADS)
 
 
 def _close_if_open(handler: Any, conn: Any) -> bool:
@@ -515,13 +604,25 @@ def install_error_answers() -> bool:
     return _INSTALLED
 
 
+def _send_nothing() -> proxy_layer.CommandGenerator[None]:
+    """A send that sends nothing (the upstream's head of a stream that had an early head)."""
+    yield from ()
+
+
 def _answering_send(self: Http1Server, event: HttpEvent) -> proxy_layer.CommandGenerator[None]:
     """Http1Server.send for a client connection that may have an answer: a protocol error with a
     registered answer sends that answer; anything else goes to mitmproxy's own send. Not a
-    generator itself (the events of a stream pass here)."""
-    if type(event) is not ResponseProtocolError:
+    generator itself (the events of a stream pass here). The upstream's head of a stream that had
+    an early head is dropped (the head the client has is that Http1Server's `response`)."""
+    kind = type(event)
+    if kind is ResponseHeaders and self.response is not None and self.response is _EARLY_HEADS.get(self.conn.id):
+        return _send_nothing()
+    if kind is not ResponseProtocolError:
         return _MITMPROXY_SEND(self, event)
     answer = _ANSWERS.pop(self.conn.id, None)
+    if answer is None and self.response is not None and self.response is _EARLY_HEADS.get(self.conn.id):
+        # A stream begun by an early head never ends torn: the error event and [DONE] at least.
+        answer = ErrorAnswer(502, b"", _EARLY_HEAD_FAILED)
     if answer is None or not (self.conn.state & ConnectionState.CAN_WRITE):
         return _MITMPROXY_SEND(self, event)
     if _client_at_fault(event) and answer.status >= 500:
@@ -581,3 +682,6 @@ def _answer_through(flow: http.HTTPFlow) -> None:
 
 
 FALLBACK = "a client connection's layer was not found"
+_EARLY_HEAD_FAILED = b"".join(
+    events_for_error_body(502, error_body("kimiwire: the upstream failed before it answered", "upstream_error", 502))
+)

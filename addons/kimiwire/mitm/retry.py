@@ -66,6 +66,7 @@ from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 
 from kimiwire.mitm import proxy_internals
+from kimiwire.mitm.fallback import FALLBACK_KINDS, Target
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
@@ -83,6 +84,7 @@ from kimiwire.wire.response.turn_gate import (
 from kimiwire.wire.retry_outcome import EMPTY_TURN_MESSAGE, Failure, exhausted_events
 from kimiwire.wire.retry_policy import (
     RETRY_STATUSES,
+    RetryDecision,
     RetryPolicy,
     UpstreamError,
     decide,
@@ -124,9 +126,11 @@ class Attempt:
     detail: str = ""
     body: bytes = b""
     repairs: list[dict[str, Any]] = field(default_factory=list)  # what the attempt's repairer did
+    target: Target | None = None  # not the flow's upstream: the fallback
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        where = {"upstream": self.target.name} if self.target is not None else {}
+        return where | {
             "attempt": self.number,
             "why": self.why,
             "delay": round(self.delay, 3),
@@ -260,6 +264,8 @@ class Retrier:
         self.rand = rand
         self.policy = RetryPolicy()
         self.limits = EndingLimits()
+        # The fallback attempt for a flow whose primary attempts ran out (None: no fallback).
+        self.fallback_for: Callable[[http.HTTPFlow], Target | None] = lambda flow: None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -270,15 +276,17 @@ class Retrier:
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
         sink: Sink | None = None,
+        adopted: tuple[Attempt, Awaitable[Failure | None]] | None = None,
     ) -> tuple[Failure | None, int]:
         """Retry after the first attempt failed with `failure` until one answers (None) or
         attempts run out (the last failure). Returns it with the number of attempts made. A live
-        `sink` gets a comment whenever the client heard nothing for `limits.keepalive` seconds."""
+        `sink` gets a comment whenever the client heard nothing for `limits.keepalive` seconds.
+        `adopted`: an attempt already under way (a hedge), taken as the first retry."""
         keeping = None
         if sink is not None and sink.live and self.limits.keepalive > 0:
             keeping = asyncio.ensure_future(sink.keep_alive(self.limits.keepalive))
         try:
-            return await self._run(flow, record, failure, attempt)
+            return await self._run(flow, record, failure, attempt, adopted)
         finally:
             if keeping is not None:
                 keeping.cancel()
@@ -292,17 +300,43 @@ class Retrier:
         record: dict[str, Any],
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
+        adopted: tuple[Attempt, Awaitable[Failure | None]] | None = None,
     ) -> tuple[Failure | None, int]:
         attempts = record.setdefault("attempts", [])
         made = len(attempts) or 1
         started = flow.request.timestamp_start
+        target: Target | None = None
         while True:
-            if failure.final:
-                break
-            decision = decide(self.policy, failure.kind, made, time.time() - started, self.rand(), failure.retry_after)
+            if target is not None:
+                break  # the fallback was the last attempt
+            if adopted is not None:
+                current, work = adopted
+                current.number = made + 1
+                adopted = None
+                try:
+                    result = await self._unless_client_leaves(flow, work)
+                finally:
+                    current.seconds = time.time() - current.started
+                    attempts.append(current.as_dict())
+                made += 1
+                if result is None:
+                    self._answered(flow, record, current, attempts, made)
+                    return None, made
+                current.outcome, current.detail = result.kind, result.detail
+                attempts[-1] = current.as_dict()
+                failure = result
+                continue
+            decision = RetryDecision(False)
+            if not failure.final:
+                elapsed = time.time() - started
+                decision = decide(self.policy, failure.kind, made, elapsed, self.rand(), failure.retry_after)
+                if not decision.retry:
+                    record["retry_gave_up"] = decision.why_not
             if not decision.retry:
-                record["retry_gave_up"] = decision.why_not
-                break
+                target = self._fallback(flow, failure, record)
+                if target is None:
+                    break
+                decision = RetryDecision(True)
             logger.info(
                 "kimiwire: %s %s: attempt %d failed (%s: %s); retrying in %.2f s",
                 flow.request.method,
@@ -312,9 +346,11 @@ class Retrier:
                 failure.detail,
                 decision.delay,
             )
-            current = Attempt(made + 1, failure.kind, decision.delay)
+            current = Attempt(made + 1, failure.kind, decision.delay, target=target)
             self.counts["retry.attempts"] += 1
             self.counts[f"retry.why.{failure.kind}"] += 1
+            if target is not None:
+                self.counts["retry.fallback"] += 1
             try:
                 await self._unless_client_leaves(flow, asyncio.sleep(decision.delay))
                 current.started = time.time()
@@ -330,14 +366,7 @@ class Retrier:
                 attempts.append(current.as_dict())
             made += 1
             if result is None:
-                current.outcome = "answered"
-                attempts[-1] = current.as_dict()
-                # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
-                for entry in current.repairs:
-                    record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
-                    self.counts[entry["kind"]] += 1
-                self.counts["retry.answered"] += 1
-                logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
+                self._answered(flow, record, current, attempts, made)
                 return None, made
             current.outcome, current.detail = result.kind, result.detail
             attempts[-1] = current.as_dict()
@@ -352,6 +381,37 @@ class Retrier:
             failure.detail,
         )
         return failure, made
+
+    def _answered(
+        self, flow: http.HTTPFlow, record: dict[str, Any], current: Attempt, attempts: list[Any], made: int
+    ) -> None:
+        current.outcome = "answered"
+        attempts[-1] = current.as_dict()
+        # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
+        for entry in current.repairs:
+            record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
+            self.counts[entry["kind"]] += 1
+        self.counts["retry.answered"] += 1
+        logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
+
+    def _fallback(self, flow: http.HTTPFlow, failure: Failure, record: dict[str, Any]) -> Target | None:
+        """One attempt on the fallback upstream when the primary failed by itself (connect, status,
+        stall) and not with a status the client caused (a final 4xx)."""
+        if failure.kind not in FALLBACK_KINDS or (failure.final and (failure.status or 0) < 500):
+            return None
+        target = self.fallback_for(flow)
+        if target is None:
+            return None
+        record["fallback"] = target.name
+        logger.info(
+            "kimiwire: %s %s: the upstream failed (%s: %s); one attempt on the fallback %s",
+            flow.request.method,
+            flow.request.path,
+            failure.kind,
+            failure.detail,
+            target.name,
+        )
+        return target
 
     @staticmethod
     async def _unless_client_leaves(flow: http.HTTPFlow, work: Awaitable[Any]) -> Any:
@@ -370,23 +430,30 @@ class Retrier:
 
     # -- one attempt ------------------------------------------------------------------------------
 
-    def _request(self, flow: http.HTTPFlow, stream: bool) -> httpx.Request:
+    def _request(self, flow: http.HTTPFlow, stream: bool, target: Target | None = None) -> httpx.Request:
+        if target is not None:
+            body = retry_body(target.body, stream)
+            method, url = flow.request.method, target.url
+            return self.client.get().build_request(method, url, headers=target.headers, content=body)
         headers = [(k, v) for k, v in flow.request.headers.fields if k.lower() not in _HOP_BY_HOP]
         body = retry_body(flow.request.raw_content or b"", stream)
         return self.client.get().build_request(flow.request.method, flow.request.url, headers=headers, content=body)
 
-    def _remaining(self, flow: http.HTTPFlow) -> float:
+    def _remaining(self, flow: http.HTTPFlow, current: Attempt | None = None) -> float:
+        if current is not None and current.target is not None:  # the fallback has its own budget
+            return max(0.0, current.target.deadline - time.time())
         return max(0.0, self.policy.budget - (time.time() - flow.request.timestamp_start))
 
     async def _send(
         self, flow: http.HTTPFlow, current: Attempt, stream: bool
     ) -> tuple[httpx.Response | None, Failure | None]:
         """Send the request; (response, None) once headers came, else (None, why not)."""
-        limit = self._remaining(flow)
+        limit = self._remaining(flow, current)
         if self.limits.first_byte_timeout > 0:
             limit = min(limit, self.limits.first_byte_timeout)
+        request = self._request(flow, stream, current.target)
         try:
-            response = await asyncio.wait_for(self.client.get().send(self._request(flow, stream), stream=True), limit)
+            response = await asyncio.wait_for(self.client.get().send(request, stream=True), limit)
         except TimeoutError:
             return None, Failure("stall", f"no response headers within {limit:.1f} s")
         except httpx.HTTPError as exc:
@@ -395,7 +462,7 @@ class Retrier:
         if response.status_code < 400:
             return response, None
         try:
-            body = await asyncio.wait_for(self._read_bounded(response), max(1.0, self._remaining(flow)))
+            body = await asyncio.wait_for(self._read_bounded(response), max(1.0, self._remaining(flow, current)))
         except (TimeoutError, httpx.HTTPError):
             body = b""
         finally:
@@ -432,6 +499,8 @@ class Retrier:
     ) -> Failure | None:
         """One streamed attempt: its repaired events go to `sink` as they come, its ending held
         until the turn proves to have an answer."""
+        if current.target is not None:  # the fallback's answer is repaired by its own policy
+            facts, policy = current.target.facts, current.target.policy
         response, failure = await self._send(flow, current, self.policy.stream)
         if response is None:
             return failure
@@ -488,7 +557,7 @@ class Retrier:
         else:
             wait = limits.idle_timeout
         if not proven:  # still a retry: the budget bounds it too
-            budget = self._remaining(flow)
+            budget = self._remaining(flow, current)
             wait = min(wait, budget) if wait else budget
         return wait or None
 
@@ -537,10 +606,12 @@ class Retrier:
         self, flow: http.HTTPFlow, current: Attempt, facts: RequestFacts, policy: Policy, success: list[Success]
     ) -> Failure | None:
         """One non-streamed attempt: the whole answer, judged."""
+        if current.target is not None:
+            facts, policy = current.target.facts, current.target.policy
         response, failure = await self._send(flow, current, stream=True)
         if response is None:
             return failure
-        wait = self._remaining(flow)
+        wait = self._remaining(flow, current)
         if self.limits.idle_timeout > 0:  # a whole body comes right after its headers, or it stalled
             wait = min(wait, self.limits.idle_timeout)
         try:

@@ -40,14 +40,6 @@ def will_retry(policy: RetryPolicy, status: int, elapsed: float, retry_after: fl
     return decide(policy, "status", 1, elapsed, 0.0, retry_after).retry
 
 
-# What a client that was sent nothing yet gets first when a failure before response headers is
-# retried as it comes: a first-time success's head (HTTP/1.1, chunked; the connection closes after).
-STREAM_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-    b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-)
-
-
 def hold_for_retry(response: http.Response, http_version: bytes, retry_after: float | None) -> HeldError:
     """Turn the error's response into the stream a first-time success would have started."""
     held = HeldError(response.status_code, response.reason, list(response.headers.fields), retry_after)

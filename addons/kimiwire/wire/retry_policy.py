@@ -32,6 +32,9 @@ RETRY_REASONS = ("empty", "reasoning_only", "stall", "connect", "status", "inval
 DEFAULT_RETRY_ON = "empty,reasoning_only,stall,connect,status,invalid_call,forced_tool"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF = 30.0
+# Connection failures that another attempt cannot cure: the upstream's certificate is not trusted
+# (Python's ssl and OpenSSL texts). The client is better served by the error at once.
+_LASTING_CONNECT_FAILURES = ("certificate verify failed", "certificate_verify_failed", "hostname mismatch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,12 @@ class RetryDecision:
     retry: bool
     delay: float = 0.0
     why_not: str | None = None
+
+
+def lasting_connect_failure(message: str) -> bool:
+    """A connection failure no retry can cure (an untrusted or mismatched certificate)."""
+    text = message.lower()
+    return any(sign in text for sign in _LASTING_CONNECT_FAILURES)
 
 
 def backoff_delay(attempt: int, base: float, jitter: float) -> float:

@@ -222,7 +222,13 @@ def test_a_replayed_empty_turn_is_made_explicit_not_silent():
 
 @pytest.mark.parametrize(
     "option,value",
-    [("kimi_retry_on", "empty,sometimes"), ("kimi_retry_budget", "soon"), ("kimi_retries", -1)],
+    [
+        ("kimi_retry_on", "empty,sometimes"),
+        ("kimi_retry_budget", "soon"),
+        ("kimi_retries", -1),
+        ("kimi_fallback_upstream", "ftp://example"),
+        ("kimi_fallback_flavor", "nonesuch"),
+    ],
 )
 def test_bad_retry_options_are_rejected(option, value):
     from mitmproxy import exceptions
@@ -234,7 +240,12 @@ def test_bad_retry_options_are_rejected(option, value):
 
 @pytest.mark.parametrize(
     "option,value",
-    [("kimi_timeout_scale", "0"), ("kimi_timeout_scale", "fast"), ("kimi_first_event_timeout", "-1")],
+    [
+        ("kimi_timeout_scale", "0"),
+        ("kimi_timeout_scale", "fast"),
+        ("kimi_first_event_timeout", "-1"),
+        ("kimi_hedge_after", "soon"),
+    ],
 )
 def test_bad_timing_options_are_rejected(option, value):
     from mitmproxy import exceptions
@@ -253,6 +264,8 @@ def test_one_factor_scales_every_time_limit():
         assert kw.retrier.limits is kw.limits
         assert kw.retrier.policy.budget == pytest.approx(default_policy.budget * 0.1)
         assert kw.retrier.policy.backoff == pytest.approx(default_policy.backoff * 0.1)
+        tctx.configure(kw, kimi_hedge_after="30")
+        assert kw.hedge_after == pytest.approx(3.0)
         tctx.configure(kw, kimi_idle_timeout="30")  # an option set later keeps the factor
         assert kw.limits.idle_timeout == pytest.approx(3.0)
 
