@@ -1,4 +1,4 @@
-"""The mitmproxy adapter: options, hooks, and the bookkeeping on each flow.
+"""The mitmproxy adapter: hooks, and the bookkeeping on each flow (the options: mitm/options.py).
 
 Hooks stay thin: they pick the flows, call the sans-IO repairs and record what happened.
 An exception inside a hook never breaks a flow: the flow passes through, the error is logged
