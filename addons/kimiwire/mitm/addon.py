@@ -1,4 +1,4 @@
-"""The mitmproxy adapter: options, hooks, and the bookkeeping on each flow.
+"""The mitmproxy adapter: hooks, and the bookkeeping on each flow (the options: mitm/options.py).
 
 Hooks stay thin: they pick the flows, call the sans-IO repairs and record what happened.
 An exception inside a hook never breaks a flow: the flow passes through, the error is logged
@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from kimiwire.mitm import client_errors, proxy_internals, request_limits
+from kimiwire.mitm import client_errors, options, proxy_internals, request_limits
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.command_types import JSONObject
 from kimiwire.mitm.early_head import EarlyHead, LateAnswer
@@ -32,6 +32,7 @@ from kimiwire.mitm.flow_state import FlowState, FlowStates, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, remove_header, set_body, set_header
 from kimiwire.mitm.hedge import HedgeRace
 from kimiwire.mitm.loaded_flows import LoadedFlows
+from kimiwire.mitm.options import Feeds, Settings
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, RequestWorker, repair_and_record
 from kimiwire.mitm.retry import (
@@ -62,7 +63,7 @@ from kimiwire.wire.detection import Detection
 from kimiwire.wire.early_answer import events_for_error_body
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
-from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Policy, PolicyCache
+from kimiwire.wire.policy import Policy, PolicyCache
 from kimiwire.wire.redaction import Redactor, carries_placeholder, url_for_log
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import RequestRepairResult, repair_request_body
@@ -72,16 +73,9 @@ from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import TurnGate
 from kimiwire.wire.retry_outcome import exhausted_answer
-from kimiwire.wire.retry_policy import (
-    DEFAULT_RETRY_ON,
-    RETRY_STATUSES,
-    RetryPolicy,
-    decide,
-    lasting_connect_failure,
-    retry_after_seconds,
-)
+from kimiwire.wire.retry_policy import RETRY_STATUSES, decide, lasting_connect_failure, retry_after_seconds
 from kimiwire.wire.sse import DONE_EVENT
-from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits, parse_seconds
+from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits
 
 logger = logging.getLogger("kimiwire")
 
@@ -101,32 +95,15 @@ CUT_SHORT = frozenset(
     }
 )
 
-_CHOICE_OPTIONS = {"kimi_flavor": FLAVOR_CHOICES} | {
-    f"kimi_{field}": choices for field, (choices, _) in POLICY_OPTIONS.items()
-}
-
-
 # A compressed upstream chunk (at most 64 KiB per read) that decodes to more than this is a bomb.
 _MIN_DECODED_CHUNK = 1 << 20
 
 _NO_LIMIT = 1 << 40
 
-_POLICY_OPTION_NAMES = frozenset(
-    {"kimi_flavor", "kimi_stream_buffer_limit", *(f"kimi_{field}" for field in POLICY_OPTIONS)}
-)
+_POLICY_OPTION_NAMES = options.names(Feeds.POLICY)
 
 _REQUEST_HEADERS = frozenset({b"content-type", b"content-encoding", b"accept-encoding"})
 _RESPONSE_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length", b"transfer-encoding"})
-
-_SECONDS_OPTIONS = (
-    "kimi_done_grace",
-    "kimi_idle_timeout",
-    "kimi_first_byte_timeout",
-    "kimi_first_event_timeout",
-    "kimi_tool_idle_timeout",
-    "kimi_keepalive",
-    "kimi_timeout_scale",
-)
 
 
 class KimiWire:
@@ -144,7 +121,8 @@ class KimiWire:
         self.retrier = Retrier(self.counts)
         self.request_worker = RequestWorker()
         self._capture_tasks: set[asyncio.Task[None]] = set()  # large flows' captures under way
-        # Option values the hooks read on every flow, copied from ctx.options by `configure`
+        self.settings = Settings.defaults()  # every kimi_* option, read by `configure` (mitm/options.py)
+        # Option values the hooks read on every flow, copied from the settings by `configure`
         # (an option lookup in mitmproxy is slow next to an attribute; a flow made over a dozen of them).
         self.health_path = chat_exchanges.HEALTH_PATH
         self.max_request_bytes = 0
@@ -161,304 +139,38 @@ class KimiWire:
     # -- options ---------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "kimi_flavor",
-            str,
-            "auto",
-            "Upstream flavor: auto (from the upstream host, and on a self-hosted one the engine its /v1/models "
-            "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra, openrouter.",
-            choices=FLAVOR_CHOICES,
-        )
-        for field, (choices, help_text) in POLICY_OPTIONS.items():
-            loader.add_option(f"kimi_{field}", str, choices[0], help_text, choices=choices)
-        loader.add_option(
-            "kimi_stream_buffer_limit",
-            int,
-            8 * 1024 * 1024,
-            "Most bytes of tool-call arguments and held-back text buffered per stream; past it the "
-            "stream is forwarded unrepaired.",
-        )
-        loader.add_option(
-            "kimi_max_request_bytes",
-            int,
-            32 * 1024 * 1024,
-            "Largest chat request body, after content-encoding is decoded; a larger one is answered 413 with "
-            "an OpenAI-style JSON error (checked while decoding, so a compressed bomb is never inflated); "
-            "0 disables.",
-        )
-        self._load_ending_options(loader)
-        self._load_retry_options(loader)
-        loader.add_option(
-            "kimi_lazy_connect",
-            bool,
-            True,
-            "Set connection_strategy to lazy: in reverse mode mitmproxy's default (eager) drops clients without "
-            "any answer when the upstream is down.",
-        )
-        loader.add_option(
-            "kimi_json_errors",
-            bool,
-            True,
-            "Answer upstream failures with OpenAI-style errors (502/504 JSON bodies; an error event, [DONE] and "
-            "a clean end mid-stream) instead of mitmproxy's HTML page or a torn connection.",
-        )
-        loader.add_option(
-            "kimi_capture_dir",
-            str,
-            "captures",
-            "Folder for capture files (one per proxy run, every chat-completions flow with what the client "
-            "sent, what the upstream sent and what the client received); empty disables capturing.",
-        )
-        loader.add_option(
-            "kimi_capture_name",
-            str,
-            "",
-            "File name of this run's capture in kimi_capture_dir (default kimiwire-<start time>-<pid>.mitm).",
-        )
-        loader.add_option(
-            "kimi_health_path",
-            str,
-            chat_exchanges.HEALTH_PATH,
-            "Path the proxy answers itself with 200 and kimi.stats as JSON (for load balancers' health checks); "
-            "empty forwards it upstream like any other path.",
-        )
-        self._load_secret_options(loader)
-
-    def _load_secret_options(self, loader: Any) -> None:
-        loader.add_option(
-            "kimi_capture_required",
-            bool,
-            True,
-            "Stop at start-up when kimi_capture_dir cannot be written; false: run on, with a warning repeated "
-            "at shutdown and in kimi.stats (later flows are still tried).",
-        )
-        loader.add_option(
-            "kimi_redact",
-            str,
-            "",
-            "More header, query parameter and JSON body field names (comma-separated, any case) redacted in "
-            "captures, besides every name that looks like a credential.",
-        )
-        loader.add_option(
-            "kimi_replay_auth",
-            str,
-            "",
-            "Credential for client replay (-C) of captures, whose credentials are redacted: env:NAME reads "
-            "the environment variable NAME, anything else is the credential itself.",
-        )
-        loader.add_option(
-            "kimi_error_names_upstream",
-            bool,
-            False,
-            "Name the upstream's address (scheme://host:port) in the error answers sent to clients; off: "
-            "they say 'the upstream' (the address stays in the log and the capture).",
-        )
-
-    def _load_ending_options(self, loader: Any) -> None:
-        loader.add_option(
-            "kimi_done_grace",
-            str,
-            "1",
-            "Seconds after data: [DONE] (or after the last finish_reason) before the proxy ends the "
-            "client's body itself when the upstream keeps it open.",
-        )
-        loader.add_option(
-            "kimi_idle_timeout",
-            str,
-            "60",
-            "Seconds without an upstream event (comments do not count) after the first before a stream is ended "
-            "with an error event, or retried when it has no answer yet (never earlier, at most an eighth later: "
-            "plain text events are counted, not timed); 0 disables.",
-        )
-        loader.add_option(
-            "kimi_tool_idle_timeout",
-            str,
-            "600",
-            "Seconds without an upstream event while a tool call may be under way unseen (a tool section "
-            "held, arguments open, or a K3 request with tools: servers hold a call until it is complete) "
-            "before the stream is ended like kimi_idle_timeout; 0 disables.",
-        )
-        loader.add_option(
-            "kimi_shutdown_grace",
-            str,
-            "2",
-            "Seconds, at SIGTERM/SIGINT, to end open streams cleanly (what was held, a proxy_shutdown error event, "
-            "[DONE]) before the proxy stops; 0: streams are torn as the connections close.",
-        )
-        loader.add_option(
-            "kimi_first_byte_timeout",
-            str,
-            "60",
-            "Seconds from the request to the upstream's response headers before answering 504 (or retrying: "
-            "stall); 0 disables.",
-        )
-        loader.add_option(
-            "kimi_first_event_timeout",
-            str,
-            "90",
-            "Seconds from the request to the stream's first event (its time to first token, prefill included) "
-            "before the stream is retried (stall) or ended with an error event; 0 disables.",
-        )
-        loader.add_option(
-            "kimi_keepalive",
-            str,
-            "10",
-            "While a streaming client has no answer yet (before the first event, during a retry), an SSE "
-            "comment `: kimiwire waiting for upstream` after this many seconds of silence; 0 disables.",
-        )
-        loader.add_option(
-            "kimi_timeout_scale",
-            str,
-            "1",
-            "Multiplies every time limit (done grace, idle, first byte, first event, keepalive, retry budget and "
-            "backoff), so the defaults' ratios can be run faster (tests) or slower.",
-        )
-
-    def _load_retry_options(self, loader: Any) -> None:
-        loader.add_option(
-            "kimi_retry_on",
-            str,
-            DEFAULT_RETRY_ON,
-            "When to ask the upstream again, a comma list of: empty, reasoning_only, stall, connect, status, "
-            "invalid_call, schema (opt-in), forced_tool. Empty: no retries and no checks (empty turns pass as they "
-            "come).",
-        )
-        loader.add_option("kimi_retries", int, 2, "Extra attempts per request after the first (0: none).")
-        loader.add_option(
-            "kimi_gc_freeze",
-            bool,
-            True,
-            "Once started (and after a script reload), keep the objects alive then out of the garbage "
-            "collector's full passes (gc.freeze): modules and options are never garbage.",
-        )
-        loader.add_option(
-            "kimi_retry_budget",
-            str,
-            "200",
-            "Seconds for all attempts of one request, counted from the request (at defaults: two attempts that "
-            "stall before their first event, and a third).",
-        )
-        loader.add_option(
-            "kimi_retry_backoff",
-            str,
-            "0.5",
-            "Seconds of the first backoff between attempts; it doubles per attempt, with full jitter "
-            "(a longer Retry-After is honoured within the budget).",
-        )
-        loader.add_option(
-            "kimi_hedge_after",
-            str,
-            "0",
-            "Seconds from the request without a first event before a second attempt of a streamed turn starts "
-            "beside the first (whichever shows content first answers, the other is cancelled; one extra prefill); "
-            "0: off.",
-        )
-        loader.add_option(
-            "kimi_fallback_upstream",
-            str,
-            "",
-            "scheme://host[:port] of a fallback upstream: when the attempts on the primary run out by connect, "
-            "status or stall, one attempt goes there (the client's path and original body, repaired for "
-            "kimi_fallback_flavor). Empty: none.",
-        )
-        loader.add_option(
-            "kimi_fallback_flavor",
-            str,
-            "auto",
-            "The fallback upstream's flavor (as kimi_flavor; auto: by its host).",
-        )
-        loader.add_option(
-            "kimi_fallback_key_env",
-            str,
-            "",
-            "Name of an environment variable holding the fallback's API key (sent as Authorization: Bearer; "
-            "never logged or captured). Empty: the client's Authorization goes to the fallback.",
-        )
-        loader.add_option(
-            "kimi_retry_stream",
-            bool,
-            True,
-            "Retries of a streamed request are streamed; false sends them non-streamed and delivers the answer "
-            "as SSE (vLLM's parser loses calls under load only when streaming, vllm#54701).",
-        )
+        options.register(loader)
 
     def configure(self, updated: set[str]) -> None:
-        retry_options = {
-            "kimi_retry_on",
-            "kimi_retries",
-            "kimi_retry_budget",
-            "kimi_retry_backoff",
-            "kimi_retry_stream",
-            "kimi_timeout_scale",
-        }
-        try:
-            scale = parse_seconds(ctx.options.kimi_timeout_scale, "kimi_timeout_scale")
-            if scale == 0:  # (0 would switch every timeout off)
-                raise ValueError("kimi_timeout_scale must be more than 0")
-            if updated & retry_options:
-                self.retrier.policy = RetryPolicy.parse(
-                    ctx.options.kimi_retry_on,
-                    ctx.options.kimi_retries,
-                    parse_seconds(ctx.options.kimi_retry_budget, "kimi_retry_budget") * scale,
-                    parse_seconds(ctx.options.kimi_retry_backoff, "kimi_retry_backoff") * scale,
-                    ctx.options.kimi_retry_stream,
-                )
-            if updated & {"kimi_hedge_after", "kimi_timeout_scale"}:
-                self.hedge_after = parse_seconds(ctx.options.kimi_hedge_after, "kimi_hedge_after") * scale
-            if updated & set(_SECONDS_OPTIONS):
-                self.limits = EndingLimits(
-                    done_grace=parse_seconds(ctx.options.kimi_done_grace, "kimi_done_grace"),
-                    idle_timeout=parse_seconds(ctx.options.kimi_idle_timeout, "kimi_idle_timeout"),
-                    first_byte_timeout=parse_seconds(ctx.options.kimi_first_byte_timeout, "kimi_first_byte_timeout"),
-                    first_event_timeout=parse_seconds(ctx.options.kimi_first_event_timeout, "kimi_first_event_timeout"),
-                    tool_idle_timeout=parse_seconds(ctx.options.kimi_tool_idle_timeout, "kimi_tool_idle_timeout"),
-                    keepalive=parse_seconds(ctx.options.kimi_keepalive, "kimi_keepalive"),
-                ).scaled(scale)
-                self.retrier.limits = self.limits
-        except ValueError as exc:
-            raise exceptions.OptionsError(str(exc)) from None
-        # mitmproxy does not enforce `choices` for --set, so validate here (exits at startup).
-        for name, choices in _CHOICE_OPTIONS.items():
-            if name in updated and getattr(ctx.options, name) not in choices:
-                raise exceptions.OptionsError(
-                    f"{name} must be one of {', '.join(choices)} (got {getattr(ctx.options, name)!r})"
-                )
+        settings = self.settings = Settings.from_options(ctx.options)  # raises OptionsError naming a bad value
+        self.retrier.policy = settings.retry_policy()
+        self.limits = self.retrier.limits = settings.ending_limits()
+        self.hedge_after = settings.hedge_after * settings.timeout_scale
         if updated & {"kimi_capture_dir", "kimi_capture_name", "server", "client_replay"}:
-            name = ctx.options.kimi_capture_name
-            if "/" in name or name in (".", ".."):
-                raise exceptions.OptionsError("kimi_capture_name must be a plain file name")
             if self.capture is not None:
                 self.capture.close()
-            folder = ctx.options.kimi_capture_dir
+            folder = settings.capture_dir
             # `-n` without `-C` (mitmweb -n -r FILE: a viewer): no flow will be captured, so no
             # capture file, no folder made private, nothing said about captures.
             self.viewer_only = not ctx.options.server and not ctx.options.client_replay
-            self.capture = CaptureFile(folder, name) if folder and not self.viewer_only else None
-        if "kimi_max_request_bytes" in updated and ctx.options.kimi_max_request_bytes < 0:
-            raise exceptions.OptionsError("kimi_max_request_bytes must be 0 (no limit) or a number of bytes")
+            self.capture = CaptureFile(folder, settings.capture_name) if folder and not self.viewer_only else None
         if updated & {"kimi_capture_dir", "kimi_capture_name", "kimi_capture_required", "server", "client_replay"}:
             self._check_capture_folder()
         if updated & {"kimi_fallback_upstream", "kimi_fallback_flavor", "kimi_fallback_key_env"}:
             self._configure_fallback()
         if "kimi_redact" in updated:
-            self.redactor = Redactor.from_option(ctx.options.kimi_redact)
+            self.redactor = Redactor.from_option(settings.redact)
         if "kimi_replay_auth" in updated:
-            self.replay_credential, problem = replay_credentials.resolve_credential(
-                ctx.options.kimi_replay_auth, os.environ
-            )
+            self.replay_credential, problem = replay_credentials.resolve_credential(settings.replay_auth, os.environ)
             if problem:
                 logger.warning("kimiwire: %s; replayed flows go without credentials", problem)
-        if "kimi_stream_buffer_limit" in updated and ctx.options.kimi_stream_buffer_limit < 1024:
-            raise exceptions.OptionsError("kimi_stream_buffer_limit must be at least 1024 bytes")
         self._copy_options(updated)
 
     def _configure_fallback(self) -> None:
-        opts = ctx.options
-        if opts.kimi_fallback_flavor not in FLAVOR_CHOICES:
-            raise exceptions.OptionsError(f"kimi_fallback_flavor must be one of {', '.join(FLAVOR_CHOICES)}")
+        settings = self.settings  # (the flavor is checked with the other options)
         try:
             self.fallback = Fallback.parse(
-                opts.kimi_fallback_upstream, opts.kimi_fallback_flavor, opts.kimi_fallback_key_env, os.environ
+                settings.fallback_upstream, settings.fallback_flavor, settings.fallback_key_env, os.environ
             )
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
@@ -471,13 +183,8 @@ class KimiWire:
         fallback, state = self.fallback, self.flows.get(flow)
         if fallback is None or state is None or state.client_body is None:
             return None
-        opts = ctx.options
         if self._fallback_policies is None:
-            self._fallback_policies = PolicyCache(
-                fallback.flavor,
-                stream_buffer_limit=opts.kimi_stream_buffer_limit,
-                **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
-            )
+            self._fallback_policies = PolicyCache(fallback.flavor, **self.settings.policy_options())
         policy = self._fallback_policies.policy(fallback.host)
         limits = self.limits
         seconds = max(limits.first_byte_timeout, limits.first_event_timeout) + limits.idle_timeout
@@ -487,23 +194,16 @@ class KimiWire:
         return target
 
     def _copy_options(self, updated: set[str]) -> None:
-        opts = ctx.options
-        self.health_path = opts.kimi_health_path
-        self.max_request_bytes = opts.kimi_max_request_bytes
-        self.json_errors = opts.kimi_json_errors
-        self.error_names_upstream = opts.kimi_error_names_upstream
-        try:
-            self.shutdown_grace = parse_seconds(opts.kimi_shutdown_grace, "kimi_shutdown_grace")
-        except ValueError as exc:
-            raise exceptions.OptionsError(str(exc)) from None
+        settings = self.settings
+        self.health_path = settings.health_path
+        self.max_request_bytes = settings.max_request_bytes
+        self.json_errors = settings.json_errors
+        self.error_names_upstream = settings.error_names_upstream
+        self.shutdown_grace = settings.shutdown_grace
         if updated & _POLICY_OPTION_NAMES:
             self._fallback_policies = None
-            self._policies = PolicyCache(
-                opts.kimi_flavor,
-                stream_buffer_limit=opts.kimi_stream_buffer_limit,
-                **{field: getattr(opts, f"kimi_{field}") for field in POLICY_OPTIONS},
-            )
-            self.detector.enabled = opts.kimi_flavor == "auto"
+            self._policies = PolicyCache(settings.flavor, **settings.policy_options())
+            self.detector.enabled = settings.flavor == "auto"
             for host, detection in self.detector.each():
                 self._learned(host, detection)
 
@@ -519,7 +219,7 @@ class KimiWire:
             self.capture.prepare()
         except OSError as exc:
             self.capture_problem = f"cannot write captures in {self.capture.folder}: {exc}"
-            if ctx.options.kimi_capture_required:
+            if self.settings.capture_required:
                 raise exceptions.OptionsError(
                     f"kimiwire: {self.capture_problem} (kimi_capture_dir= disables captures; "
                     "kimi_capture_required=false runs on without them)"
@@ -530,10 +230,10 @@ class KimiWire:
         # Reverse mode connects upstream eagerly by default: when the upstream is down the client
         # is dropped without any answer (and its SDK retries). Lazy connections turn that into an
         # error response the client can read.
-        if ctx.options.kimi_lazy_connect and ctx.options.connection_strategy == "eager" and not self.viewer_only:
+        if self.settings.lazy_connect and ctx.options.connection_strategy == "eager" and not self.viewer_only:
             ctx.options.update(connection_strategy="lazy")
             logger.info("kimiwire: connection_strategy set to lazy, so upstream failures reach clients as errors")
-        if ctx.options.kimi_json_errors and not proxy_internals.install_error_answers():
+        if self.settings.json_errors and not proxy_internals.install_error_answers():
             logger.warning("kimiwire: upstream failures will reach clients as mitmproxy's HTML error page")
         if self.capture is not None:
             read = " (flows read from files are not)" if ctx.options.rfile else ""
@@ -544,7 +244,7 @@ class KimiWire:
             self.retrier.client.get()  # the TLS context loads its CA bundle now, not on the first retry
         if self.detector.enabled:
             self.detector.start(reverse_upstreams(ctx.options.mode))
-        if ctx.options.kimi_gc_freeze:
+        if self.settings.gc_freeze:
             freeze_startup_heap()
 
     def stats_summary(self) -> str:
