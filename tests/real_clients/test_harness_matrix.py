@@ -14,7 +14,7 @@ from kimiwire.sim.model import plan_turn
 from kimiwire.sim.server import SimulatorThread
 from kimiwire.sim.settings import SimSettings
 
-from scripts.e2e_harness import PATHS, judge, run_once
+from scripts.e2e_harness import PATHS, judge, proxy_options, run_once
 from scripts.harnesses import HARNESSES
 from scripts.harnesses.base import Run, Workspace
 from scripts.harnesses.shapes import SHAPES
@@ -68,6 +68,16 @@ def test_the_simulator_reads_a_chunked_request_body():
         while data := conn.recv(65536):
             answer += data
     assert answer.startswith(b"HTTP/1.1 200") and b"Hello!" in answer
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
+def test_kimiwire_runs_at_its_defaults_scaled_by_one_factor(shape, tmp_path):
+    # Only kimi_timeout_scale shortens time: a per-option value would pin an old default and break
+    # the ratios (a stall that is never retried because the idle timeout equals the budget).
+    options = proxy_options(shape, 0.1, tmp_path)
+    assert options["kimi_timeout_scale"] == "0.1"
+    timed = [key for key in options if key.endswith(("_timeout", "_budget", "_backoff", "_grace", "keepalive"))]
+    assert timed == []
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
