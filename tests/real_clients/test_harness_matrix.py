@@ -142,3 +142,14 @@ def test_the_harness_finishes_through_kimiwire(name, version):
     shape = next(s for s in SHAPES if s.name == SUBSET[name, version])
     outcome = run_once(harness, version, install_dir, shape, PATHS[1], timeout=240, scale=0.1)
     assert outcome.passed, json.dumps(outcome.__dict__)
+
+
+@pytest.mark.parametrize("on_stderr", [False, True], ids=["stdout", "stderr (2026.4.21)"])
+def test_openclaws_answer_is_its_json_payload_text_on_either_stream(on_stderr, tmp_path):
+    ws = Workspace.create(tmp_path)
+    tokens = list(ws.files.values())
+    result = {"payloads": [{"text": "Done. " + " | ".join(tokens)}], "meta": {"finalAssistantRawText": "x"}}
+    printed = json.dumps(result, indent=2) + "\n"
+    plugins = "[plugins] openai installed bundled runtime deps: ws@^8.20.0\n"
+    run = Run(0, "" if on_stderr else printed, plugins + printed if on_stderr else plugins, 1.0, [])
+    assert HARNESSES["openclaw"].answer(run, ws) == "Done. " + " | ".join(tokens)
