@@ -118,6 +118,8 @@ def judge(run: Run, ws: Workspace, poisoned: list[str]) -> tuple[bool, str]:
         parts.append(f"model copied broken ids ({poisoned[0]})")
     if "<|tool_call" in run.answer:
         parts.append("the calls reached the user as markup text")
+    elif re.search(r'\w+:?\d+\s*\{"\w+":', run.answer):  # `read:0 {"path": ..}`: the markers stripped
+        parts.append("the calls reached the user as text")
     elif run.returncode == 0 and not run.answer.strip():
         parts.append("empty answer")
     failure = failure_line(run)
@@ -137,6 +139,7 @@ def failure_line(run: Run) -> str:
         for line in text.splitlines()
         if re.search(r"\berror\b|failed|timed out|terminated|invalid|exception", line, re.I)
         and "[session-sqlite]" not in line  # OpenClaw's housekeeping log, not the run's failure
+        and not re.match(r'\s*"\w+":', line)  # a key of the harness's JSON result (OpenClaw's "replayInvalid")
     ]
     return lines[0][:160].replace("|", "/").replace("`", "'") if lines else ""
 

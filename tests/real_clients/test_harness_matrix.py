@@ -97,6 +97,16 @@ def test_judge_needs_every_token_read_back_and_answered(tmp_path):
     assert not judge(Run(0, "", "", 1.0, results, " ".join(tokens)), ws, ["functionsread0"])[0]
 
 
+def test_judge_names_calls_that_reached_the_user_as_text(tmp_path):
+    # OpenClaw 2026.4.21 strips Kimi's markers: the call's name, index and arguments remain as text.
+    ws = Workspace.create(tmp_path)
+    stripped = judge(Run(0, "", "", 1.0, [], 'read:0 {"path":"BOOTSTRAP.md"}'), ws, [])[1]
+    markup = judge(Run(0, "", "", 1.0, [], 'read:0<|tool_call_argument_begin|>{"path":"a"}'), ws, [])[1]
+    prose = judge(Run(0, "", "", 1.0, [], "I read the file: {nothing}"), ws, [])[1]
+    assert "reached the user as text" in stripped and "as markup text" in markup
+    assert "reached the user" not in prose
+
+
 @pytest.mark.parametrize("name", HARNESSES)
 def test_the_readme_shows_the_config_the_runs_write(name):
     harness = HARNESSES[name]
