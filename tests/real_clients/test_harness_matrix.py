@@ -14,7 +14,7 @@ from kimiwire.sim.model import plan_turn
 from kimiwire.sim.server import SimulatorThread
 from kimiwire.sim.settings import SimSettings
 
-from scripts.e2e_harness import PATHS, judge, run_once
+from scripts.e2e_harness import PATHS, judge, proxy_options, run_once
 from scripts.harnesses import HARNESSES
 from scripts.harnesses.base import Run, Workspace
 from scripts.harnesses.shapes import SHAPES
@@ -71,6 +71,16 @@ def test_the_simulator_reads_a_chunked_request_body():
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
+def test_kimiwire_runs_at_its_defaults_scaled_by_one_factor(shape, tmp_path):
+    # Only kimi_timeout_scale shortens time: a per-option value would pin an old default and break
+    # the ratios (a stall that is never retried because the idle timeout equals the budget).
+    options = proxy_options(shape, 0.1, tmp_path)
+    assert options["kimi_timeout_scale"] == "0.1"
+    timed = [key for key in options if key.endswith(("_timeout", "_budget", "_backoff", "_grace", "keepalive"))]
+    assert timed == []
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
 def test_every_shape_is_a_simulator_setting(shape):
     SimSettings().with_overrides(shape.sim)
     assert shape.reproduces
@@ -85,6 +95,16 @@ def test_judge_needs_every_token_read_back_and_answered(tmp_path):
     assert not judge(Run(0, "", "", 1.0, results[:0], " ".join(tokens)), ws, [])[0]
     assert not judge(Run(1, "", "", 1.0, results, " ".join(tokens)), ws, [])[0]
     assert not judge(Run(0, "", "", 1.0, results, " ".join(tokens)), ws, ["functionsread0"])[0]
+
+
+def test_judge_names_calls_that_reached_the_user_as_text(tmp_path):
+    # OpenClaw 2026.4.21 strips Kimi's markers: the call's name, index and arguments remain as text.
+    ws = Workspace.create(tmp_path)
+    stripped = judge(Run(0, "", "", 1.0, [], 'read:0 {"path":"BOOTSTRAP.md"}'), ws, [])[1]
+    markup = judge(Run(0, "", "", 1.0, [], 'read:0<|tool_call_argument_begin|>{"path":"a"}'), ws, [])[1]
+    prose = judge(Run(0, "", "", 1.0, [], "I read the file: {nothing}"), ws, [])[1]
+    assert "reached the user as text" in stripped and "as markup text" in markup
+    assert "reached the user" not in prose
 
 
 @pytest.mark.parametrize("name", HARNESSES)
@@ -132,3 +152,14 @@ def test_the_harness_finishes_through_kimiwire(name, version):
     shape = next(s for s in SHAPES if s.name == SUBSET[name, version])
     outcome = run_once(harness, version, install_dir, shape, PATHS[1], timeout=240, scale=0.1)
     assert outcome.passed, json.dumps(outcome.__dict__)
+
+
+@pytest.mark.parametrize("on_stderr", [False, True], ids=["stdout", "stderr (2026.4.21)"])
+def test_openclaws_answer_is_its_json_payload_text_on_either_stream(on_stderr, tmp_path):
+    ws = Workspace.create(tmp_path)
+    tokens = list(ws.files.values())
+    result = {"payloads": [{"text": "Done. " + " | ".join(tokens)}], "meta": {"finalAssistantRawText": "x"}}
+    printed = json.dumps(result, indent=2) + "\n"
+    plugins = "[plugins] openai installed bundled runtime deps: ws@^8.20.0\n"
+    run = Run(0, "" if on_stderr else printed, plugins + printed if on_stderr else plugins, 1.0, [])
+    assert HARNESSES["openclaw"].answer(run, ws) == "Done. " + " | ".join(tokens)
