@@ -1008,46 +1008,15 @@ class KimiWire:
     async def _retry_stream(self, state: FlowState, stream: RepairingStream) -> None:
         """The first attempt's streamed turn gave no answer: retry into the client's open body."""
         flow = state.flow
-        gate, verdict, context = stream.gate, stream.failed_turn, state.repairs_context
-        assert context is not None and gate is not None and verdict is not None
-        facts, wire_policy = context
+        gate, verdict = stream.gate, stream.failed_turn
+        assert state.repairs_context is not None and gate is not None and verdict is not None
         failure = Failure(verdict.kind, verdict.detail, fallback=gate.discard())
         self._first_attempt(
             state, failure, flow.response.status_code if flow.response else None, stream.upstream_bytes()
         )
         continuation = Continuation(gate.template, gate.role_delivered, gate.seen.reasoning_chars > 0)
         sink = Sink(flow, live=True, delivered=stream.delivered)
-        success: list[Success] = []
-        race = state.hedge
-        adopted = race.adopt() if race is not None else None
-        if race is not None and adopted is not None:
-            await race.sink.go_live(False, stream.delivered)
-            sink, continuation, success = race.sink, race.continuation, race.success
-        try:
-            last, made = await self.retrier.run(
-                flow,
-                state.record,
-                failure,
-                lambda current: self.retrier.stream_attempt(
-                    flow, current, facts, wire_policy, continuation, sink, success
-                ),
-                sink,
-                adopted,
-            )
-            if last is None and not success:  # (never expected: an answer always leaves its Success)
-                last = Failure("connect", "the answering attempt left no answer")
-            if last is not None:
-                await sink.send(exhausted_events(last, made))
-                self._retry_ending(state, f"retries_exhausted:{last.kind}")
-            else:
-                self._retry_ending(state, "retried")
-        except ClientGone:
-            self._retry_ending(state, "client_disconnected")
-        except Exception as exc:
-            self._record_error(flow, "retry", exc)
-            self._retry_ending(state, "retries_exhausted:error")
-            with contextlib.suppress(Exception):
-                await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
+        _, success = await self._live_attempts(state, failure, sink, continuation, state.hedge)
         if success:  # the capture's response body: what the answering attempt sent
             stream.upstream = bytearray(success[-1].body)
 
@@ -1063,19 +1032,23 @@ class KimiWire:
         state.upstream_body = answer.body if answer else raw
         state.upstream_headers = answer.headers if answer else held.headers
 
-    async def _retry_live(
-        self, state: FlowState, failure: Failure, sink: Sink, race: HedgeRace | None = None
-    ) -> list[Success]:
-        """Attempts after `failure` whose events go to the client as they come (`sink`), as after
-        a first-time success; the client's answer ends with the failure made explicit when they
-        run out. Never raises; returns the answering attempt's Success (none when none answered)."""
+    async def _live_attempts(
+        self,
+        state: FlowState,
+        failure: Failure,
+        sink: Sink,
+        continuation: Continuation,
+        race: HedgeRace | None,
+    ) -> tuple[Sink, list[Success]]:
+        """The retry's attempts, each one's events into the client's open body as they come (a hedge
+        under way taken as the first), the answer ended explicitly when they run out and the flow's
+        ending recorded. Never raises; returns the sink the events went to and the answering
+        attempt's Success (none when none answered)."""
         flow = state.flow
         context = state.repairs_context
         assert context is not None
         facts, wire_policy = context
-        continuation = Continuation({}, False)
         success: list[Success] = []
-        race = race or state.hedge
         adopted = race.adopt() if race is not None else None
         if race is not None and adopted is not None:
             await race.sink.go_live(sink.raw, sink.delivered)
@@ -1105,6 +1078,15 @@ class KimiWire:
             self._retry_ending(state, "retries_exhausted:error")
             with contextlib.suppress(Exception):
                 await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
+        return sink, success
+
+    async def _retry_live(
+        self, state: FlowState, failure: Failure, sink: Sink, race: HedgeRace | None = None
+    ) -> list[Success]:
+        """Attempts after `failure` whose events go to the client as they come (`sink`), as after
+        a first-time success; the client's answer ends with the failure made explicit when they
+        run out. Never raises; returns the answering attempt's Success (none when none answered)."""
+        sink, success = await self._live_attempts(state, failure, sink, Continuation({}, False), race or state.hedge)
         with contextlib.suppress(Exception):
             await sink.finish()
         state.record["delivered"] = bytes(sink.delivered)
