@@ -32,9 +32,8 @@ def broken_links(path: pathlib.Path) -> list[str]:
             continue  # an address, not a file here
         file_part, _, fragment = target.partition("#")
         linked = (path.parent / file_part).resolve() if file_part else path
-        if not linked.exists():
-            broken.append(target)
-        elif fragment and linked.suffix == ".md" and fragment not in anchors(linked.read_text()):
+        missing = not linked.exists()
+        if missing or (fragment and linked.suffix == ".md" and fragment not in anchors(linked.read_text())):
             broken.append(target)
     return broken
 
