@@ -51,3 +51,17 @@ def test_the_check_sees_a_missing_file_and_a_missing_heading(tmp_path: pathlib.P
         " [web](https://example.com/x.md) `[code](missing.md)` [self](#a-heading)\n\n## A heading\n"
     )
     assert broken_links(page) == ["missing.md", "other.md#retries"]
+
+
+def layout_paths(readme: str) -> list[str]:
+    """The paths in the first column of the README's Layout table."""
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return [path for row in rows for path in re.findall(r"`([^`]+)`", row)]
+
+
+def test_the_layout_table_names_paths_that_exist() -> None:
+    paths = layout_paths((ROOT / "README.md").read_text())
+    assert "mitm/proxy_internals.py" in paths
+    missing = [p for p in paths if not any((base / p).exists() for base in (ROOT, ROOT / "addons" / "kimiwire"))]
+    assert missing == []
