@@ -196,8 +196,8 @@ def print_table(outcomes: list[Outcome], paths: tuple[str, ...]) -> None:
 
 
 def report(lines: list[dict[str, Any]]) -> str:
-    """The README's table from the JSON lines of a run: a row per harness version, a column per
-    shape, each cell `direct / through kimiwire`; then what failed and how."""
+    """The harness-matrix table of docs/harnesses.md from the JSON lines of a run: a row per harness version, a
+    column per shape, each cell `direct / through kimiwire`; then what failed and how."""
     mark = {True: "✓", False: "✗"}
     shapes = list(dict.fromkeys(line["shape"] for line in lines))
     rows = list(dict.fromkeys((line["harness"], line["version"]) for line in lines))
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=pathlib.Path, help="append every outcome to this JSON-lines file")
     parser.add_argument("--show-config", action="store_true", help="print each harness's config and exit")
-    parser.add_argument("--report", type=pathlib.Path, help="print the README table of a --json file and exit")
+    parser.add_argument("--report", type=pathlib.Path, help="print the docs/harnesses.md table of a run and exit")
     args = parser.parse_args(argv)
     if args.report:
         print(report([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]))

@@ -88,7 +88,7 @@ class Harness(ABC):
     @abstractmethod
     def config(self, version: str, base_url: str) -> tuple[str, str]:
         """(file name relative to HOME, text): the config a user writes to point this harness at
-        `base_url` (the same text goes into the README)."""
+        `base_url` (the same text goes into docs/harnesses.md)."""
 
     @abstractmethod
     def command(self, version: str, install_dir: pathlib.Path, ws: Workspace, task: str) -> list[str]:

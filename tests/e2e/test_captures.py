@@ -525,7 +525,7 @@ def command_lines(markdown: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("document", ["README.md", "captures/README.md"])
+@pytest.mark.parametrize("document", ["README.md", "captures/README.md", "docs/captures.md"])
 def test_documented_command_lines_listen_on_loopback_only(document):
     lines = command_lines((ROOT / document).read_text())
     assert lines  # the documents do show command lines

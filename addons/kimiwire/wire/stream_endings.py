@@ -15,7 +15,7 @@
   under way unseen, an SSE comment every `keepalive` seconds of upstream silence, so client
   watchdogs that count bytes stay quiet.
 
-The defaults, and why (the worst cases are worked out in the README, "Timeouts"): response
+The defaults, and why (the worst cases are worked out in docs/endings.md, "Timeouts"): response
 headers in 60 s (SGLang and vLLM send them before the prefill; a gateway may queue first); the
 first event in 90 s from the request, its time to first token (prefill grows with the context: a
 32K-token prompt takes ~1 s on H100/H200 for a 70B model, tenstorrent/tt-inference-server#406; a
