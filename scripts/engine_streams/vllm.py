@@ -20,8 +20,9 @@ from .stubs import AnyStub, fake_module, load_release
 #    protocol.py `ChatCompletionStreamResponse.model_dump_json(exclude_unset=True)`) -----------------
 
 
-def vllm_protocol(release: str) -> types.ModuleType:
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
+def tool_call_delta_models() -> tuple[Any, Any, Any]:
+    """OpenAIBaseModel, DeltaFunctionCall and DeltaToolCall: the same in every release here."""
+    from pydantic import BaseModel, ConfigDict
 
     class OpenAIBaseModel(BaseModel):
         model_config = ConfigDict(extra="allow")
@@ -35,6 +36,14 @@ def vllm_protocol(release: str) -> types.ModuleType:
         type: str | None = None
         index: int
         function: DeltaFunctionCall | None = None
+
+    return OpenAIBaseModel, DeltaFunctionCall, DeltaToolCall
+
+
+def vllm_protocol(release: str) -> types.ModuleType:
+    from pydantic import BaseModel, Field, model_validator
+
+    OpenAIBaseModel, DeltaFunctionCall, DeltaToolCall = tool_call_delta_models()
 
     class FunctionCall(OpenAIBaseModel):
         name: str

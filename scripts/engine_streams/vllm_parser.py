@@ -25,7 +25,7 @@ from .outputs import (
     k2_prompt,
 )
 from .stubs import AnyStub, fake_module
-from .vllm import is_list_of, load_with_reasoning_package, unstreamed_arguments
+from .vllm import is_list_of, load_with_reasoning_package, tool_call_delta_models, unstreamed_arguments
 
 # -- vLLM 0.34 (vllm/entrypoints/openai/chat_completion/serving.py `chat_completion_stream_generator`
 #    and stream_processor.py `ChatStreamProcessor.step`: one parser object, `parse_delta` per engine
@@ -34,10 +34,9 @@ from .vllm import is_list_of, load_with_reasoning_package, unstreamed_arguments
 
 
 def vllm34_protocol() -> tuple[types.ModuleType, types.ModuleType]:
-    from pydantic import BaseModel, ConfigDict, Field, model_serializer
+    from pydantic import BaseModel, Field, model_serializer
 
-    class OpenAIBaseModel(BaseModel):
-        model_config = ConfigDict(extra="allow")
+    OpenAIBaseModel, DeltaFunctionCall, DeltaToolCall = tool_call_delta_models()
 
     class FunctionCall(OpenAIBaseModel):
         id: str | None = Field(default=None, exclude=True)
@@ -51,16 +50,6 @@ def vllm34_protocol() -> tuple[types.ModuleType, types.ModuleType]:
         id: str = Field(default_factory=lambda: f"chatcmpl-tool-{next(ids):032x}")
         type: str = "function"
         function: FunctionCall
-
-    class DeltaFunctionCall(BaseModel):
-        name: str | None = None
-        arguments: str | None = None
-
-    class DeltaToolCall(OpenAIBaseModel):
-        id: str | None = None
-        type: str | None = None
-        index: int
-        function: DeltaFunctionCall | None = None
 
     class ExtractedToolCallInformation(BaseModel):
         tools_called: bool
@@ -282,19 +271,9 @@ def vllm20_stream(release: str, sc: Scenario, split: str) -> bytes:
         pass
 
     DeltaMessage = base34.DeltaMessage
+    # 0.20's engine protocol holds what 0.34's base protocol holds
     engine = fake_module(
-        "vllm.entrypoints.openai.engine.protocol",
-        **{
-            k: getattr(base34, k)
-            for k in (
-                "DeltaFunctionCall",
-                "DeltaToolCall",
-                "DeltaMessage",
-                "FunctionCall",
-                "ToolCall",
-                "ExtractedToolCallInformation",
-            )
-        },
+        "vllm.entrypoints.openai.engine.protocol", **{k: v for k, v in vars(base34).items() if not k.startswith("__")}
     )
     chat = fake_module(
         "vllm.entrypoints.openai.chat_completion.protocol",
