@@ -212,7 +212,7 @@ def vllm34_stream(release: str, sc: Scenario, split: str) -> bytes:
     parser = Parser(tokenizer, tools, chat_template_kwargs=kwargs, model_config=model_config)
     prompt = [1001, specials["<|open|>"], 1002, specials["<|sep|>"]] if k3 else k2_prompt(sc)
     out: list[str] = []
-    first = Response = chat.ChatCompletionStreamResponse
+    Response = chat.ChatCompletionStreamResponse
     Choice, DeltaMessage = chat.ChatCompletionResponseStreamChoice, base.DeltaMessage
     first = Response(
         id=RID,
