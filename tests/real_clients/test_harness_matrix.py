@@ -16,7 +16,7 @@ from kimiwire.sim.settings import SimSettings
 
 from scripts.e2e_harness import PATHS, judge, proxy_options, run_once
 from scripts.harnesses import HARNESSES
-from scripts.harnesses.base import Run, Workspace
+from scripts.harnesses.base import API_KEY, KEY_PLACEHOLDER, Run, Workspace
 from scripts.harnesses.shapes import SHAPES
 from tests.support.mitm import ROOT
 
@@ -113,6 +113,19 @@ def test_the_harness_doc_shows_the_config_the_runs_write(name):
     for version in harness.versions:
         _, text = harness.config(version, "http://127.0.0.1:8080/v1")
         assert text.strip() in HARNESS_DOC, f"docs/harnesses.md lacks {harness.title} {version}'s config"
+
+
+@pytest.mark.parametrize("name", HARNESSES)
+def test_a_run_writes_its_config_with_the_runs_key_in_place_of_the_placeholder(name, tmp_path):
+    harness = HARNESSES[name]
+    ws = Workspace.create(tmp_path)
+    version = harness.versions[0]
+    config_name, readme_text = harness.config(version, "http://127.0.0.1:8080/v1")
+    harness.prepare(version, tmp_path / "install", ws, "http://127.0.0.1:8080/v1")
+    written = (ws.home / config_name).read_text()
+    assert "http://127.0.0.1:8080/v1" in written and KEY_PLACEHOLDER not in written
+    if KEY_PLACEHOLDER in readme_text:  # else the config names KEY_ENV, or (mini-swe-agent) none
+        assert API_KEY in written
 
 
 # One shape per harness: the one that breaks it directly (docs/harnesses.md's table), run through kimiwire.

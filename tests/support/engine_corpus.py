@@ -13,9 +13,9 @@ from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.repair import facts_from_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.sse import SSEDecoder
 
 from tests.support.piai_model import guide_accumulate, piai_parse
+from tests.support.sse_reading import content, finish_reasons
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "engines" / "corpus.jsonl"
 TOOLS = {
@@ -119,23 +119,8 @@ def through(case: Case, policy: Policy | None = None) -> bytes:
 
 
 def _finish(body: bytes) -> str | None:
-    decoder = SSEDecoder()
-    finish = None
-    for event in decoder.feed(body) + decoder.end():
-        if event.data and event.data != b"[DONE]":
-            for choice in json.loads(event.data).get("choices") or []:
-                finish = choice.get("finish_reason") or finish
-    return finish
-
-
-def _content(body: bytes) -> str:
-    decoder = SSEDecoder()
-    text = []
-    for event in decoder.feed(body) + decoder.end():
-        if event.data and event.data != b"[DONE]":
-            for choice in json.loads(event.data).get("choices") or []:
-                text.append((choice.get("delta") or {}).get("content") or "")
-    return "".join(text)
+    reasons = finish_reasons(body)
+    return reasons[-1] if reasons else None
 
 
 def _complete_object(arguments: str) -> bool:
@@ -187,8 +172,8 @@ def guide_problems(case: Case, body: bytes) -> list[str]:
             problems.append(f"calls {calls} != {want}")
     if _finish(body) != truth["finish"]:
         problems.append(f"finish {_finish(body)} != {truth['finish']}")
-    if _content(body) != truth["text"]:
-        problems.append(f"text {_content(body)!r} != {truth['text']!r}")
+    if content(body) != truth["text"]:
+        problems.append(f"text {content(body)!r} != {truth['text']!r}")
     return problems
 
 
@@ -219,7 +204,7 @@ def engine_lost_problems(case: Case, body: bytes) -> list[str]:
     for label, text, want in (
         ("pi-ai text", got["text"], truth["text"]),
         ("pi-ai reasoning", got["thinking"], truth["reasoning"]),
-        ("guide text", _content(body), truth["text"]),
+        ("guide text", content(body), truth["text"]),
     ):
         if not _lost_from(text, want):
             problems.append(f"{label} {text!r} is not {want!r} with parts lost")

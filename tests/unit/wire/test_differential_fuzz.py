@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.sse import SSEDecoder
 
 from tests.support.piai_model import guide_accumulate, piai_parse
+from tests.support.sse_reading import finish_reasons
 from tests.support.streams import Stream
 
 SHAPES = ("sglang", "vllm", "vllm_bundled", "moonshot", "deepinfra")
@@ -109,15 +109,6 @@ def sent_arguments(order: list) -> dict[int, str]:
             for entry in delta["tool_calls"]:
                 sent[i] = sent.get(i, "") + (entry.get("function", {}).get("arguments") or "")
     return dict(sorted(sent.items()))
-
-
-def finish_reasons(body: bytes) -> list:
-    decoder = SSEDecoder()
-    reasons = []
-    for event in decoder.feed(body) + decoder.end():
-        if event.data and event.data != b"[DONE]":
-            reasons += [c["finish_reason"] for c in json.loads(event.data)["choices"] if c.get("finish_reason")]
-    return reasons
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

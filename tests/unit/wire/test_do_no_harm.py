@@ -18,6 +18,7 @@ from kimiwire.wire.sse import SSEDecoder
 from tests.support import streams
 from tests.support.conversations import TOOLS
 from tests.support.piai_model import guide_accumulate, piai_parse
+from tests.support.sse_reading import finish_reasons
 from tests.support.streams import EXEC_ARGS, READ_ARGS, Stream, tool_delta
 
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
@@ -30,17 +31,6 @@ def run(raw: bytes, policy: Policy = POLICY, tools=None, error: bytes | None = N
     out = repairer.feed(raw)
     out += repairer.end_with_error(error) if error is not None else repairer.end()
     return b"".join(out), repairer
-
-
-def finish_reasons(body: bytes) -> list:
-    decoder = SSEDecoder()
-    reasons = []
-    for event in decoder.feed(body) + decoder.end():
-        if event.data and event.data != b"[DONE]":
-            for choice in json.loads(event.data).get("choices") or []:
-                if choice.get("finish_reason"):
-                    reasons.append(choice["finish_reason"])
-    return reasons
 
 
 def runnable(arguments: str) -> bool:
