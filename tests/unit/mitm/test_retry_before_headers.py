@@ -9,8 +9,8 @@ import httpx
 import orjson
 import pytest
 from kimiwire.mitm import proxy_internals
-from kimiwire.mitm.proxy_internals import error_answers
 from kimiwire.mitm.addon import KimiWire
+from kimiwire.mitm.proxy_internals import error_answers
 from kimiwire.mitm.retry import UpstreamClient
 from mitmproxy import flow as mitm_flow
 from mitmproxy import http

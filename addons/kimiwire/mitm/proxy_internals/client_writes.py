@@ -110,8 +110,6 @@ async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
     return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
 
 
-
-
 async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
     """Send an HTTP/1 client whose flow still waits for the upstream's response headers a `200 OK`
     event-stream head now; the upstream's head, when it comes, does not reach the client (the body

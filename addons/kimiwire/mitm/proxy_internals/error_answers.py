@@ -21,13 +21,12 @@ try:
     from mitmproxy.proxy import layer as proxy_layer
     from mitmproxy.proxy.layers.http import HttpLayer
     from mitmproxy.proxy.layers.http._base import HttpEvent
-    from mitmproxy.proxy.layers.http._events import ResponseHeaders, ResponseProtocolError
+    from mitmproxy.proxy.layers.http._events import ResponseEndOfMessage, ResponseHeaders, ResponseProtocolError
     from mitmproxy.proxy.layers.http._http1 import Http1Server
 
     _MITMPROXY_SEND = Http1Server.send
 except ImportError:  # pragma: no cover - only on an unverified mitmproxy (core.problems says so)
     pass
-
 
 
 @dataclass(slots=True)
@@ -91,6 +90,10 @@ def answering_send(self: Http1Server, event: HttpEvent) -> proxy_layer.CommandGe
     kind = type(event)
     if kind is ResponseHeaders and is_early_head(self.conn.id, self.response):
         return _send_nothing()
+    if kind is ResponseEndOfMessage:
+        # The response ended whole: an answer registered for it is stale, never for the next request.
+        _ANSWERS.pop(self.conn.id, None)
+        return _MITMPROXY_SEND(self, event)
     if kind is not ResponseProtocolError:
         return _MITMPROXY_SEND(self, event)
     answer = _ANSWERS.pop(self.conn.id, None)
@@ -101,7 +104,7 @@ def answering_send(self: Http1Server, event: HttpEvent) -> proxy_layer.CommandGe
         return _MITMPROXY_SEND(self, event)
     if _client_at_fault(event) and answer.status >= 500:
         return _MITMPROXY_SEND(self, event)
-    return _send_answer(self, answer)
+    return _send_answer(self, answer, event.stream_id)
 
 
 def _client_at_fault(event: Any) -> bool:
@@ -111,16 +114,24 @@ def _client_at_fault(event: Any) -> bool:
     return status is not None and 400 <= status < 500
 
 
-def _send_answer(self: Http1Server, answer: ErrorAnswer) -> proxy_layer.CommandGenerator[None]:
+def _send_answer(self: Http1Server, answer: ErrorAnswer, stream_id: int) -> proxy_layer.CommandGenerator[None]:
+    """The answer, then the end of the response: a whole response (the JSON error) or a chunked body
+    ended with its terminator leaves the connection as mitmproxy leaves it after any response, open
+    for the client's next request (a pooled client sends it there at once: closing it now would
+    reset that request). Otherwise the connection is closed, the head saying so when it is ours."""
+    reusable = _reusable(self, stream_id)
     if answer.raw_sent:
-        pass
+        reusable = False  # (under the early head, which says connection: close)
     elif self.response is None:
-        response = http.Response.make(
-            answer.status, answer.body, {"content-type": answer.content_type, "connection": "close"}
-        )
+        headers = {"content-type": answer.content_type}
+        if not reusable:
+            headers["connection"] = "close"
+        response = http.Response.make(answer.status, answer.body, headers)
         from mitmproxy.net.http import http1
 
         yield commands.SendData(self.conn, http1.assemble_response(response))
+        if reusable:
+            self.response = response
     else:
         # The closing events, then a clean end of the body: an empty tail still ends a stream
         # whose [DONE] went out before the upstream tore the connection.
@@ -128,9 +139,26 @@ def _send_answer(self: Http1Server, answer: ErrorAnswer) -> proxy_layer.CommandG
             data = (b"%x\r\n%s\r\n" % (len(answer.tail), answer.tail) if answer.tail else b"") + b"0\r\n\r\n"
         else:
             data = answer.tail
+            reusable = False  # a body that ends when the connection does
         if data:
             yield commands.SendData(self.conn, data)
-    yield commands.CloseConnection(self.conn)
+    if reusable:
+        yield from self.mark_done(response=True)  # mitmproxy's own end of a response (closes when a head says so)
+    else:
+        yield commands.CloseConnection(self.conn)
+
+
+def _reusable(self: Http1Server, stream_id: int) -> bool:
+    """Whether the client's connection can serve its next request once this answer ends: the
+    client's request was read whole, and it is the one this connection is answering."""
+    request = self.request
+    return (
+        self.request_done
+        and not self.response_done
+        and self.stream_id == stream_id
+        and request is not None
+        and request.method.upper() != "CONNECT"
+    )
 
 
 def _answer_through(flow: http.HTTPFlow) -> None:
