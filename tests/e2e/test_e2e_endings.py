@@ -4,7 +4,9 @@ A fault-injecting upstream drives each case through mitmdump with the addon and 
 """
 
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -329,3 +331,32 @@ def test_openai_sdk_next_request_after_a_stream_the_proxy_ended(proxy):
             assert not isinstance(raised.value, openai.APIConnectionError)  # the error event, not a reset
             chunks = list(client.chat.completions.create(**REQUEST, extra_headers={"x-scenario": "normal"}))
             assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+_NODE_FETCH_TWICE = """
+const [url, scenario, body] = process.argv.slice(1);
+const post = (name) =>
+  fetch(url, { method: "POST", headers: { "content-type": "application/json", "x-scenario": name }, body });
+const first = await (await post(scenario)).text();
+const second = await post("normal");
+console.log(JSON.stringify({ first, status: second.status, second: await second.text() }));
+"""
+
+
+@pytest.mark.parametrize("scenario", ["stall", "reset_mid_stream", "slow_first_byte"])
+def test_node_fetch_sends_its_next_request_after_an_answer_the_proxy_ended(proxy, scenario):
+    # Node's fetch (undici) keeps its connections and sends the next request on one at once.
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    url, body = f"{proxy.url}/v1/chat/completions", orjson.dumps(REQUEST).decode()
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", _NODE_FETCH_TWICE, url, scenario, body],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr  # a reset next request: "TypeError: fetch failed"
+    got = orjson.loads(done.stdout)
+    assert "upstream" in got["first"]  # the error event, or the 504's JSON body
+    assert got["status"] == 200 and got["second"] == text_events().chunk({}, "stop").done().body().decode()
