@@ -22,8 +22,10 @@ event that runs a step inside the flow's HttpLayer, serialized with every real I
 3. Error answers (`error_answers`): a client connection for which kimiwire registers an answer
    gets its own `send` (the Http1Server instance's attribute over the class's method), so that a
    protocol error there sends that answer (an OpenAI-style JSON error before the response started,
-   or the closing events of a stream already under way); other connections keep mitmproxy's send
-   untouched.
+   or the closing events of a stream already under way), then ends the response as mitmproxy ends
+   any (`Http1Server.mark_done`), so the connection serves the client's next request: a pooled
+   client sends it there at once, and a connection closed under a head without `connection: close`
+   would reset it. Other connections keep mitmproxy's send untouched.
 4. Counting a request body as it arrives (`request_body`): the flow's HttpStream gets its own
    `_handle_event` (the instance's attribute over the class's method) that counts `RequestData`
    and, past a limit, answers the client itself and discards the rest (mitmproxy's

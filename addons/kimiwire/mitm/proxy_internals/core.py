@@ -41,6 +41,7 @@ def problems() -> list[str]:
         (Http1Client, "read_body"),
         (Http1Client, "done"),
         (Http1Server, "send"),
+        (Http1Connection, "mark_done"),
         (proxy_layer.Layer, "_handle_event"),
         (events.CommandCompleted, "command"),
     ]
@@ -53,10 +54,10 @@ def problems() -> list[str]:
             found.append(f"HttpLayer no longer sets .{name}")
     if "send" not in Http1Connection._handle_event.__code__.co_names:
         found.append("Http1Connection._handle_event no longer calls self.send")
-    if not {"response", "response_done", "stream_id"} <= set(Http1Connection.__annotations__) | set(
-        Http1Server.__annotations__
-    ):
-        found.append("Http1Server no longer keeps .response, .response_done and .stream_id")
+    if not {"request", "response", "request_done", "response_done", "stream_id"} <= set(
+        Http1Connection.__annotations__
+    ) | set(Http1Server.__annotations__):
+        found.append("Http1Server no longer keeps .request, .response, .request_done, .response_done and .stream_id")
     if "response" not in Http1Server.send.__code__.co_names:
         found.append("Http1Server.send no longer frames its body by .response")
     if "our_stream_id" not in Http2Client.__init__.__code__.co_names:

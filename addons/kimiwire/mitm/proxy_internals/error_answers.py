@@ -1,6 +1,7 @@
 """Error answers on HTTP/1 client connections (technique 3 of the package): a client connection for
 which kimiwire registers an answer gets its own `send`, so that a protocol error there sends that
-answer instead of mitmproxy's HTML error page; other connections keep mitmproxy's send untouched."""
+answer instead of mitmproxy's HTML error page, and the connection then serves the client's next
+request as after any response; other connections keep mitmproxy's send untouched."""
 
 from __future__ import annotations
 
