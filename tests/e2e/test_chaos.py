@@ -4,6 +4,7 @@ non-streamed turns). Every client answer is well framed and exactly what its fau
 request is captured once and counted with one ending; memory stays flat; no addon error."""
 
 import asyncio
+import os
 import re
 from collections import Counter
 
@@ -16,7 +17,7 @@ from tests.support.proxied import proxied
 from tests.support.upstream import RecordingUpstream, json_reply
 
 SEED = 24
-REQUESTS = 300
+REQUESTS = int(os.environ.get("KIMIWIRE_CHAOS_REQUESTS", "300"))  # the soak: 2000
 CONCURRENCY = 16
 # The defaults (done grace 1 s, idle 120 s, first byte 600 s, retry budget 120 s, backoff 0.5 s,
 # shutdown grace 2 s) divided by one factor, so their ratios stay those of the defaults.
@@ -48,6 +49,7 @@ def test_chaos_through_mitmdump(tmp_path):
     upstream_plan = chaos.ChaosUpstream(SEED)
     with proxied(upstream_plan, tmp_path, OPTIONS, save_flows=False) as p:
         half = REQUESTS // 2
+        rss_at_start = _rss_mb(p.pid)
         first = asyncio.run(chaos.run(p.url, SEED, range(half), CONCURRENCY))
         rss_after_first = _rss_mb(p.pid)
         second = asyncio.run(chaos.run(p.url, SEED, range(half, REQUESTS), CONCURRENCY))
@@ -55,6 +57,13 @@ def test_chaos_through_mitmdump(tmp_path):
         stats = httpx.get(f"{p.url}/_kimiwire/health", timeout=5).json()
     report = chaos.ChaosReport(first.outcomes + second.outcomes)
     faults = report.faults
+    print(  # (pytest -s) the soak's numbers
+        f"chaos: {REQUESTS} requests, faults {dict(faults)}, lost {len(report.lost)}, "
+        f"addon errors {len(_addon_errors(p.output))}, "
+        f"RSS {rss_at_start:.0f}, {rss_after_first:.0f} at half, {rss_after_second:.0f} MB at end, "
+        f"endings {sum(stats['endings'].values())} for {stats['flows']} flows, captured {stats['captured']} "
+        f"(lost {stats['capture_lost']}), active tasks {stats['active_tasks']}"
+    )
     assert all(faults[kind] >= 3 for kind in chaos.FAULTS), faults  # the seed drives every fault
     assert not report.lost, Counter((o.plan.fault, str(o.problem)[:90]) for o in report.lost)
 

@@ -4,7 +4,9 @@ A fault-injecting upstream drives each case through mitmdump with the addon and 
 """
 
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -295,3 +297,66 @@ def test_client_disconnect_releases_everything_and_is_recorded(upstream, tmp_pat
     [flow] = p.read_flows()
     assert flow.metadata["kimiwire"]["ending"] == "client_disconnected"
     assert "active_tasks=0" in re.search(r"kimiwire stats: (.*)", p.output).group(1)
+
+
+def _post_on(client: httpx.Client, proxy, scenario: str) -> tuple[httpx.Response, bytes, tuple]:
+    """One request on a pooled client: the response, its body and the client's end of the connection."""
+    with client.stream("POST", f"{proxy.url}/v1/chat/completions", json=REQUEST, headers={"x-scenario": scenario}) as r:
+        local = r.extensions["network_stream"].get_extra_info("client_addr")
+        return r, r.read(), local
+
+
+@pytest.mark.parametrize("scenario", ["stall", "stall_mid_event", "reset_mid_stream", "slow_first_byte"])
+def test_a_pooled_client_sends_its_next_request_on_the_same_connection(proxy, scenario):
+    # A keep-alive client (httpx, which the OpenAI SDK uses; undici pools the same way) sends its next
+    # request on the connection at once: after an answer the proxy made itself (idle timeout, mid-stream
+    # failure, first-byte timeout) that connection must serve it, not reset it.
+    with httpx.Client(timeout=10) as client:
+        first, first_body, first_local = _post_on(client, proxy, scenario)
+        second, second_body, second_local = _post_on(client, proxy, "normal")
+    if first.status_code == 200:
+        assert first_body.endswith(b"data: [DONE]\n\n") and b'"error"' in first_body
+    else:
+        assert first.status_code == 504 and first.headers.get("connection") is None
+    assert second.status_code == 200 and second_body == text_events().chunk({}, "stop").done().body()
+    assert second_local == first_local  # the same connection: kept open, and no reset on it
+
+
+def test_openai_sdk_next_request_after_a_stream_the_proxy_ended(proxy):
+    with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk", max_retries=0, timeout=10) as client:
+        for _ in range(3):
+            with pytest.raises(openai.APIError) as raised:
+                for _ in client.chat.completions.create(**REQUEST, extra_headers={"x-scenario": "reset_mid_stream"}):
+                    pass
+            assert not isinstance(raised.value, openai.APIConnectionError)  # the error event, not a reset
+            chunks = list(client.chat.completions.create(**REQUEST, extra_headers={"x-scenario": "normal"}))
+            assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+_NODE_FETCH_TWICE = """
+const [url, scenario, body] = process.argv.slice(1);
+const post = (name) =>
+  fetch(url, { method: "POST", headers: { "content-type": "application/json", "x-scenario": name }, body });
+const first = await (await post(scenario)).text();
+const second = await post("normal");
+console.log(JSON.stringify({ first, status: second.status, second: await second.text() }));
+"""
+
+
+@pytest.mark.parametrize("scenario", ["stall", "reset_mid_stream", "slow_first_byte"])
+def test_node_fetch_sends_its_next_request_after_an_answer_the_proxy_ended(proxy, scenario):
+    # Node's fetch (undici) keeps its connections and sends the next request on one at once.
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    url, body = f"{proxy.url}/v1/chat/completions", orjson.dumps(REQUEST).decode()
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", _NODE_FETCH_TWICE, url, scenario, body],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr  # a reset next request: "TypeError: fetch failed"
+    got = orjson.loads(done.stdout)
+    assert "upstream" in got["first"]  # the error event, or the 504's JSON body
+    assert got["status"] == 200 and got["second"] == text_events().chunk({}, "stop").done().body().decode()

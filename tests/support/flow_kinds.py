@@ -63,9 +63,7 @@ def make_capture(tmp_path: pathlib.Path) -> pathlib.Path:
             client.post(
                 f"{proxy.url}/v1/chat/completions",
                 json=kind.body(),
-                # A connection per request: after a stream the proxy ended itself (idle timeout, mid-stream
-                # error) the client connection is closed, and a pooled client's next request would meet a reset.
-                headers={"x-kimi-sim": f"{kind.sim}, run=kind{number}", "connection": "close"},
+                headers={"x-kimi-sim": f"{kind.sim}, run=kind{number}"},
             )
     [capture] = proxy.capture_files()
     return capture

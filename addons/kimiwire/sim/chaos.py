@@ -231,9 +231,9 @@ async def run(url: str, seed: int, numbers: range, concurrency: int, timeout: fl
     import httpx
 
     gate = asyncio.Semaphore(concurrency)
-    # A connection per request: the proxy closes a client connection after an error answer it
-    # wrote itself, which a pooled connection would only learn on its next request.
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+    # Pooled keep-alive connections, as the SDKs keep them: a connection on which the proxy ended a
+    # response itself (an error event and [DONE], a JSON error) serves the next request.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
 
         async def bounded(number: int) -> Outcome:

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.addon import KimiWire
+from kimiwire.mitm.proxy_internals import error_answers
 from kimiwire.mitm.retry import UpstreamClient
 from mitmproxy import flow as mitm_flow
 from mitmproxy import http
@@ -49,8 +50,8 @@ def _answer_after_attempts(monkeypatch, content: bytes, stream: bool) -> proxy_i
         pytest.skip("mitmproxy internals not usable here: no error answers")
     # Answering wraps mitmproxy's Http1Server.send for the process (no client layer here): undone after.
     monkeypatch.setattr(Http1Server, "send", Http1Server.send)
-    monkeypatch.setattr(proxy_internals, "_CLASS_WRAPPED", proxy_internals._CLASS_WRAPPED)
-    monkeypatch.setattr(proxy_internals, "_INSTALLED", proxy_internals._INSTALLED)
+    monkeypatch.setattr(error_answers, "_CLASS_WRAPPED", error_answers._CLASS_WRAPPED)
+    monkeypatch.setattr(error_answers, "_INSTALLED", error_answers._INSTALLED)
     client = _upstream("text/event-stream" if stream else "application/json", content)
     monkeypatch.setattr(UpstreamClient, "get", lambda self: client)
     kw = KimiWire()
@@ -63,7 +64,7 @@ def _answer_after_attempts(monkeypatch, content: bytes, stream: bool) -> proxy_i
         retry = kw.error(flow)
         assert retry is not None, "the failure was not retried"
         asyncio.run(retry)
-        answer = proxy_internals._ANSWERS.pop(flow.client_conn.id)
+        answer = error_answers._ANSWERS.pop(flow.client_conn.id)
     assert kw.counts["retry.exhausted"] == 1
     return answer
 
