@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from kimiwire.mitm.capture import CaptureFile, saved_state
-from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, RETRY_ENDINGS, gave_up, retry_words
+from kimiwire.mitm.flow_endings import CUT_SHORT, RETRY_ENDINGS, kind_of
+from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs
 from kimiwire.mitm.stream_callable import RepairingStream
@@ -27,22 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("kimiwire")
 
-# Endings where the proxy cut the flow short (or answered it itself); the others are clean ends.
-CUT_SHORT = frozenset(
-    {
-        "idle_timeout",
-        "first_event_timeout",
-        "first_byte_timeout",
-        "upstream_error",
-        "upstream_error_mid_stream",
-        "client_disconnected",
-        "closed",
-        "request_too_large",
-        "request_refused",
-        "shutdown",
-    }
-)
-
 
 class FlowRecorder:
     """The flow record's writer, one per addon (`KimiWire.recorder`)."""
@@ -51,33 +36,33 @@ class FlowRecorder:
         self.kw = kw
 
     def ending(self, state: FlowState, how: str) -> None:
-        """Record how the flow ended (the first call wins); kimi.stats counts it once, when the flow is over."""
-        if state.set_ending(how):
-            kind = how.split(":", 1)[0]
+        """Record how the flow ended (the first call wins); kimi.stats counts it once, when the flow is over.
+        `how`: a FlowEnding, or one with its detail (`FlowEnding.detailed`)."""
+        if state.record.set_ending(how):
+            kind = kind_of(how)
             if kind in CUT_SHORT or kind in RETRY_ENDINGS:  # findable: ~marked, ~comment ended, ~comment retr
                 self.describe(state)
 
     def count_ending(self, state: FlowState) -> None:
         """One ending per chat flow in kimi.stats: the one its record keeps (a retry may replace the
         first attempt's), or, for a flow nothing ended early, natural (or error, when it failed)."""
-        flow = state.flow
-        ending = state.record.setdefault("ending", "natural" if flow.error is None else "error")
-        self.kw.counts[f"ending.{str(ending).split(':', 1)[0]}"] += 1
+        ending = state.record.settle_ending(natural=state.flow.error is None)
+        self.kw.counts[f"ending.{kind_of(ending)}"] += 1
 
     def repairs(self, flow: http.HTTPFlow, phase: str, log: RepairLog) -> None:
         if not log:
             return
-        record = self.kw.flows.of(flow).record
-        for entry in log.as_list():
+        entries = log.as_list()
+        for entry in entries:
             entry["phase"] = phase
-            record["repairs"].append(entry)
+        self.kw.flows.of(flow).record.add_repairs(entries)
         self.kw.counts.update(log.counts())
         self.describe(self.kw.flows.of(flow))
         logger.info("kimiwire %s %s %s: %s", phase, flow.request.method, url_for_log(flow.request.path), log.summary())
 
     def keep_repairs(self, flow: http.HTTPFlow, phase: str, recorded: RecordedRepairs) -> None:
         """`_record_repairs` for a log the request worker made ready for the record."""
-        self.kw.flows.of(flow).record["repairs"].extend(recorded.entries)
+        self.kw.flows.of(flow).record.add_repairs(recorded.entries)
         self.kw.counts.update(recorded.counts)
         self.describe(self.kw.flows.of(flow))
         logger.info(
@@ -89,14 +74,14 @@ class FlowRecorder:
         """The flow's mark and comment for humans (mitmweb): repairs by kind, a cut-short ending,
         the places where kimiwire failed."""
         flow, record = state.flow, state.record
-        counts = Counter(r["kind"] for r in record["repairs"])
-        words = [f"{k}={n}" for k, n in sorted(counts.items())] + record.get("flags", []) + retry_words(record)
-        ending = str(record.get("ending", "")).split(":", 1)[0]
+        counts = Counter(r["kind"] for r in record.repairs)
+        words = [f"{k}={n}" for k, n in sorted(counts.items())] + record.flags + retry_words(record.data)
+        ending = kind_of(record.ending)
         if ending in CUT_SHORT:
             words.append(f"ended={ending}")
         if not words and not state.failed_in:
             return
-        if gave_up(record):
+        if gave_up(record.data):
             flow.marked = ERROR_MARKER  # the client got the failure
         elif not flow.marked:
             flow.marked = MARKER
@@ -106,7 +91,7 @@ class FlowRecorder:
         logger.exception(
             "kimiwire: %s failed on %s; the flow passes through unrepaired", where, url_for_log(flow.request.url)
         )
-        self.kw.flows.of(flow).record["errors"].append(f"{where}: {type(exc).__name__}: {exc}")
+        self.kw.flows.of(flow).record.add_error(f"{where}: {type(exc).__name__}: {exc}")
         self.kw.counts["addon.error"] += 1
         flow.marked = ERROR_MARKER
         state = self.kw.flows.of(flow)
@@ -114,7 +99,7 @@ class FlowRecorder:
         self.describe(state)
 
     def note(self, flow: http.HTTPFlow, text: str) -> None:
-        self.kw.flows.of(flow).record["notes"].append(text)
+        self.kw.flows.of(flow).record.add_note(text)
         logger.info("kimiwire: %s %s: %s", flow.request.method, url_for_log(flow.request.path), text)
 
     def stream(self, state: FlowState, stream: RepairingStream) -> None:
@@ -122,15 +107,15 @@ class FlowRecorder:
         flow = state.flow
         record = state.record
         stream.settle()
-        record["delivered"] = stream.delivered_bytes()
+        record.set_delivered(stream.delivered_bytes())
         if stream.error_event is not None:
-            record["error_event"] = stream.error_event
-        record["stream"] = {
-            "events_in": stream.repairer.events_in,
-            "upstream_bytes": len(stream.upstream_bytes()),
-            "delivered_bytes": len(stream.delivered_bytes()),
-            "passthrough": stream.failed or stream.repairer.bypass,
-        }
+            record.set_error_event(stream.error_event)
+        record.set_stream(
+            stream.repairer.events_in,
+            len(stream.upstream_bytes()),
+            len(stream.delivered_bytes()),
+            stream.failed or stream.repairer.bypass,
+        )
         if stream.repairer.log:
             self.repairs(flow, "response", stream.repairer.log)
 
@@ -146,29 +131,23 @@ class FlowRecorder:
             body = state.upstream_body
             if body is None and response is not None:
                 body = response.raw_content or b""
-            record.setdefault("upstream_request", flow.request.raw_content or b"")
+            record.keep_upstream_request(flow.request.raw_content or b"")
             if response is not None:
-                delivered = record.get("delivered")
+                delivered = record.delivered
                 if delivered is None:
                     delivered = response.raw_content or b""
                 if delivered == body:
-                    # Kept once: the flow's response body (`delivered_body` reads it back).
-                    record.pop("delivered", None)
+                    record.forget_delivered()  # kept once: the flow's response body
                 else:
-                    record["delivered"] = delivered
+                    record.set_delivered(delivered)
                 stream = state.stream
+                first_byte: float | None
+                last_byte: float | None
                 if stream is not None:
-                    record["timings"] = {
-                        "request": flow.request.timestamp_start,
-                        "first_byte": stream.first_byte_at,
-                        "last_byte": stream.last_byte_at or time.time(),
-                    }
+                    first_byte, last_byte = stream.first_byte_at, stream.last_byte_at or time.time()
                 else:
-                    record["timings"] = {
-                        "request": flow.request.timestamp_start,
-                        "first_byte": response.timestamp_start,
-                        "last_byte": response.timestamp_end,
-                    }
+                    first_byte, last_byte = response.timestamp_start, response.timestamp_end
+                record.set_timings(flow.request.timestamp_start, first_byte, last_byte)
             req = flow.request
             if (
                 response is not None
@@ -178,7 +157,8 @@ class FlowRecorder:
                 streamed = state.stream is not None
                 self.kw.detector.read_answer(req.scheme, req.host, req.port, body or b"", streamed)
             self.kw.counts["bytes.upstream"] += len(body or b"")
-            self.kw.counts["bytes.delivered"] += len(record.get("delivered", body or b""))
+            delivered_now = record.delivered
+            self.kw.counts["bytes.delivered"] += len(delivered_now if delivered_now is not None else body or b"")
             if self.kw.capture is not None:
                 parts = (flow, state.client_request, state.upstream_headers, body, self.kw.redactor)
                 if loop_running() and len(flow.request.raw_content or b"") + len(body or b"") >= OFFLOAD_BYTES:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from kimiwire.mitm import proxy_internals
+from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.mitm.flow_notes import ERROR_MARKER
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, set_header
@@ -69,12 +70,9 @@ class RequestSide:
         state = self.kw.flows.start(flow)
         state.policy = policy
         state.facts = RequestFacts()  # until the body says more
-        record = state.record
-        record["limits"] = self.kw.limits.as_dict()
-        record["policy"] = self.kw.policies.as_dict(policy)
-        if detected is not None:
-            record["detection"] = detected
-        record["facts"] = state.facts.as_dict()
+        state.record.start_chat(
+            self.kw.limits.as_dict(), self.kw.policies.as_dict(policy), detected, state.facts.as_dict()
+        )
         # What the client sent goes into the capture. (Not flow.backup(): it copies the whole flow
         # state on the path to the upstream, which showed up in time to first byte.)
         if self.kw.capture is not None:
@@ -164,9 +162,9 @@ class RequestSide:
         flow.response = http.Response.make(
             413, error_body(message, "invalid_request_error", "request_too_large"), {"content-type": "application/json"}
         )
-        state.record["error_answer"] = 413
-        state.record["errors"].append(message)
-        self.kw.recorder.ending(state, "request_too_large")
+        state.record.set_error_answer(413)
+        state.record.add_error(message)
+        self.kw.recorder.ending(state, FlowEnding.REQUEST_TOO_LARGE)
 
     def _repair_request(self, state: FlowState, raw: bytes) -> None:
         if not raw:
@@ -178,7 +176,7 @@ class RequestSide:
     ) -> None:
         flow, req, record = state.flow, state.flow.request, state.record
         state.facts = result.facts
-        record["facts"] = result.facts.as_dict()
+        record.set_facts(result.facts.as_dict())
         for note in result.notes:
             self.kw.recorder.note(flow, note)
         if result.refusal is not None:
@@ -189,7 +187,7 @@ class RequestSide:
             return
         if result.body is not None:
             req.content = result.body
-            record["upstream_request"] = result.body
+            record.set_upstream_request(result.body)
         if recorded is not None and recorded.entries:
             self.kw.recorder.keep_repairs(flow, "request", recorded)
         elif result.log:
@@ -201,9 +199,9 @@ class RequestSide:
         state.flow.response = http.Response.make(
             400, error_body(message, "invalid_request_error", None), {"content-type": "application/json"}
         )
-        state.record["error_answer"] = 400
-        state.record["errors"].append(message)
-        self.kw.recorder.ending(state, "request_refused")
+        state.record.set_error_answer(400)
+        state.record.add_error(message)
+        self.kw.recorder.ending(state, FlowEnding.REQUEST_REFUSED)
 
     def restore_credentials(self, flow: http.HTTPFlow) -> None:
         """Client replay of a capture: its redacted credentials are filled from kimi_replay_auth or removed."""
@@ -226,8 +224,8 @@ class RequestSide:
             text = f"replayed without redacted credentials ({why}): {', '.join(left)}"
             logger.warning("kimiwire: %s %s %s", req.method, url_for_log(req.path), text)
             state = self.kw.flows.of(flow)
-            state.record["notes"].append(text)
-            state.record.setdefault("flags", []).append("replay_without_credentials")
+            state.record.add_note(text)
+            state.record.add_flag("replay_without_credentials")
             flow.marked = ERROR_MARKER
             self.kw.recorder.describe(state)
 
@@ -246,8 +244,8 @@ class RequestSide:
         self.kw.responses.answer_error(
             state, proxy_internals.ErrorAnswer(504, error_body(message, "upstream_timeout", 504), b"")
         )
-        self.kw.recorder.ending(state, "first_byte_timeout")
-        state.record["errors"].append(message)
+        self.kw.recorder.ending(state, FlowEnding.FIRST_BYTE_TIMEOUT)
+        state.record.add_error(message)
         if not proxy_internals.close_upstream(flow):
             proxy_internals.close_connections(flow, "no upstream connection to close after the first-byte timeout")
 

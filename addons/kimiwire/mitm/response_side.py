@@ -14,6 +14,7 @@ from mitmproxy import http
 
 from kimiwire.mitm import client_errors, proxy_internals
 from kimiwire.mitm.early_head import LateAnswer
+from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.headers import read_headers, remove_header, set_body, set_header
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
@@ -64,8 +65,8 @@ class ResponseSide:
 
         def close(_: http.HTTPFlow) -> None:
             seconds = self.kw.limits.idle_timeout
-            state.record["errors"].append(f"kimiwire: the response body did not finish within {seconds:g} s")
-            self.kw.recorder.ending(state, "idle_timeout")
+            state.record.add_error(f"kimiwire: the response body did not finish within {seconds:g} s")
+            self.kw.recorder.ending(state, FlowEnding.IDLE_TIMEOUT)
             if not proxy_internals.close_upstream(flow):
                 proxy_internals.close_connections(flow, "no upstream connection to close after the body timeout")
 
@@ -130,7 +131,7 @@ class ResponseSide:
             )
             del response.headers["content-encoding"]
             state.upstream_headers = response.headers.fields
-            state.record["upstream_content_encoding"] = encoding
+            state.record.set_upstream_content_encoding(encoding)
             decoder = BodyDecoder(encoding, max(policy.stream_buffer_limit, _MIN_DECODED_CHUNK))
             stream: RepairingStream = DecodingStream(
                 repairer, decoder, on_error=on_error, limits=self.kw.limits, gate=gate, retry_stall=retry_stall
@@ -176,7 +177,7 @@ class ResponseSide:
         outcome = await proxy_internals.end_stream(flow, before_end)
         if outcome.kind is EndKind.CLOSED:
             self.kw.recorder.ending(state, str(outcome))
-            state.record["errors"].append(f"stream could not be ended cleanly: {outcome.detail}")
+            state.record.add_error(f"stream could not be ended cleanly: {outcome.detail}")
         logger.info(
             "kimiwire: %s %s ended by the proxy (%s): %s",
             flow.request.method,
@@ -200,7 +201,7 @@ class ResponseSide:
                 late(response.raw_content or b"")
                 response.raw_content = b"".join(late(b""))
             state.upstream_body = bytes(late.body)
-            state.record["delivered"] = late.delivered
+            state.record.set_delivered(late.delivered)
             return
         if stream is not None:
             if stream.calls == 0:
@@ -237,23 +238,23 @@ class ResponseSide:
             return
         if new_body is not None:
             response.content = new_body
-            state.record["delivered"] = new_body
+            state.record.set_delivered(new_body)
         self.kw.recorder.repairs(flow, "response", log)
 
     def on_error(self, flow: http.HTTPFlow) -> None:
         state = self.kw.flows.of(flow)
         state.release()
         message = flow.error.msg if flow.error else "unknown error"
-        state.record["errors"].append(f"flow error: {message}")
+        state.record.add_error(f"flow error: {message}")
         self.kw.counts["flows.error"] += 1
         stream = state.stream
         client_gone = message == "Client disconnected." or "client disconnect" in message.lower()
         if client_gone:
-            self.kw.recorder.ending(state, "client_disconnected")
+            self.kw.recorder.ending(state, FlowEnding.CLIENT_DISCONNECTED)
         elif flow.response is None and client_errors.is_client_error(flow):
             # The client's request was refused before it was whole (both Content-Length and
             # Transfer-Encoding, CONNECT in reverse mode, a malformed body): mitmproxy answers 400.
-            self.kw.recorder.ending(state, "client_error")
+            self.kw.recorder.ending(state, FlowEnding.CLIENT_ERROR)
         elif flow.response is None or (stream is None and buffered(flow.response)):
             # Before any response: connection refused, reset, TLS or DNS failure, first-byte timeout;
             # or a whole body that broke or stalled before it was complete (nothing was sent yet).
@@ -262,19 +263,19 @@ class ResponseSide:
                 self.kw.detector.failed(req.scheme, req.host, req.port, req.path)
             cause = client_errors.upstream_cause(flow, message, self.kw.error_names_upstream)
             text = f"kimiwire: {self.kw.upstream_name(flow)} failed before responding: {cause}"
-            if state.record.get("ending") == "idle_timeout":
+            if state.record.ended(FlowEnding.IDLE_TIMEOUT):
                 answer = proxy_internals.ErrorAnswer(504, error_body(text, "upstream_timeout", 504), b"")
             else:
                 answer = proxy_internals.ErrorAnswer(502, error_body(text, "upstream_error", 502), b"")
             self.answer_error(state, answer, replace=False)
-            self.kw.recorder.ending(state, "upstream_error")
+            self.kw.recorder.ending(state, FlowEnding.UPSTREAM_ERROR)
         elif state.held_error is not None and self.kw.json_errors and proxy_internals.can_answer(flow):
             # The held error's body broke before the retry began: the client's stream (200 headers
             # sent) ends with the error event and [DONE].
             tail = b"".join(exhausted_events(Failure("connect", f"the upstream failed: {message}"), 1))
-            state.record["delivered"] = tail
+            state.record.set_delivered(tail)
             self.answer_error(state, proxy_internals.ErrorAnswer(502, b"", tail))
-            self.kw.recorder.ending(state, "upstream_error_mid_stream")
+            self.kw.recorder.ending(state, FlowEnding.UPSTREAM_ERROR_MID_STREAM)
         elif stream is not None and not stream.ended and self.kw.json_errors and proxy_internals.can_answer(flow):
             # Mid-stream reset or protocol error: end the stream cleanly with an error event. (The
             # tail counts as delivered only where it can be written: HTTP/1, client still there.)
@@ -283,7 +284,7 @@ class ResponseSide:
             )
             stream.tail_sent(tail)
             self.answer_error(state, proxy_internals.ErrorAnswer(502, b"", tail))
-            self.kw.recorder.ending(state, "upstream_error_mid_stream")
+            self.kw.recorder.ending(state, FlowEnding.UPSTREAM_ERROR_MID_STREAM)
         if stream is not None and flow.response is not None:
             flow.response.content = stream.upstream_bytes()
             self.kw.recorder.stream(state, stream)
@@ -295,9 +296,9 @@ class ResponseSide:
         if state.early_head_sent and not answer.tail and not answer.raw_sent:
             # The client has an event-stream head: the error goes out as an event, then [DONE].
             answer.tail = b"".join(events_for_error_body(answer.status, answer.body))
-        if replace or "error_answer" not in record:
+        if replace or record.answered_with is None:
             proxy_internals.set_error_answer(state.flow, answer, replace)
-            record["error_answer"] = answer.status
+            record.set_error_answer(answer.status)
 
 
 def buffered(response: http.Response) -> bool:

@@ -62,6 +62,7 @@ import orjson
 from mitmproxy import http
 
 from kimiwire.mitm.fallback import FALLBACK_KINDS, Target
+from kimiwire.mitm.flow_record import FlowRecord
 from kimiwire.mitm.retry_attempt import (
     Attempt,
     ClientGone,
@@ -136,7 +137,7 @@ class Retrier:
     async def run(
         self,
         flow: http.HTTPFlow,
-        record: dict[str, Any],
+        record: FlowRecord,
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
         sink: Sink | None = None,
@@ -161,12 +162,12 @@ class Retrier:
     async def _run(
         self,
         flow: http.HTTPFlow,
-        record: dict[str, Any],
+        record: FlowRecord,
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
         adopted: tuple[Attempt, Awaitable[Failure | None]] | None = None,
     ) -> tuple[Failure | None, int]:
-        attempts = record.setdefault("attempts", [])
+        attempts = record.attempts()
         made = len(attempts) or 1
         started = flow.request.timestamp_start
         target: Target | None = None
@@ -183,7 +184,7 @@ class Retrier:
                     elapsed = time.time() - started
                     decision = decide(self.policy, failure.kind, made, elapsed, self.rand(), failure.retry_after)
                     if not decision.retry:
-                        record["retry_gave_up"] = decision.why_not
+                        record.retry_gave_up(decision.why_not)
                 if not decision.retry:
                     target = self._fallback(flow, failure, record)
                     if target is None:
@@ -236,7 +237,7 @@ class Retrier:
     async def _settle_attempt(
         self,
         flow: http.HTTPFlow,
-        record: dict[str, Any],
+        record: FlowRecord,
         attempts: list[Any],
         current: Attempt,
         work: Awaitable[Failure | None],
@@ -262,18 +263,17 @@ class Retrier:
         return result
 
     def _answered(
-        self, flow: http.HTTPFlow, record: dict[str, Any], current: Attempt, attempts: list[Any], made: int
+        self, flow: http.HTTPFlow, record: FlowRecord, current: Attempt, attempts: list[Any], made: int
     ) -> None:
         current.outcome = "answered"
         attempts[-1] = current.as_dict()
         # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
-        for entry in current.repairs:
-            record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
-            self.counts[entry["kind"]] += 1
+        record.add_answer_repairs(current.repairs, made)
+        self.counts.update(entry["kind"] for entry in current.repairs)
         self.counts["retry.answered"] += 1
         logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
 
-    def _fallback(self, flow: http.HTTPFlow, failure: Failure, record: dict[str, Any]) -> Target | None:
+    def _fallback(self, flow: http.HTTPFlow, failure: Failure, record: FlowRecord) -> Target | None:
         """One attempt on the fallback upstream when the primary failed by itself (connect, status,
         stall) and not with a status the client caused (a final 4xx)."""
         if failure.kind not in FALLBACK_KINDS or (failure.final and (failure.status or 0) < 500):
@@ -281,7 +281,7 @@ class Retrier:
         target = self.fallback_for(flow)
         if target is None:
             return None
-        record["fallback"] = target.name
+        record.set_fallback(target.name)
         logger.info(
             "kimiwire: %s %s: the upstream failed (%s: %s); one attempt on the fallback %s",
             flow.request.method,

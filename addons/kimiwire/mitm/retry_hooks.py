@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
 from kimiwire.mitm import proxy_internals
+from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.mitm.flow_state import FlowState
 from kimiwire.mitm.hedge import HedgeRace
 from kimiwire.mitm.response_side import buffered
@@ -48,6 +51,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger("kimiwire")
 
 
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    """How a flow's retry ended: what `_record_outcome` writes once as the flow's ending."""
+
+    ending: str  # a FlowEnding, retries_exhausted with the last failure's kind
+
+    @classmethod
+    def after(cls, last: Failure | None) -> RetryOutcome:
+        """An attempt answered (no last failure), or attempts ran out with `last`."""
+        if last is None:
+            return ANSWERED
+        return cls(FlowEnding.RETRIES_EXHAUSTED.detailed(last.kind))
+
+
+ANSWERED = RetryOutcome(FlowEnding.RETRIED)
+CLIENT_LEFT = RetryOutcome(FlowEnding.CLIENT_DISCONNECTED)
+RETRY_FAILED = RetryOutcome(FlowEnding.RETRIES_EXHAUSTED.detailed("error"))  # an exception cost the retry
+
+
 class RetryHooks:
     """Retries as the response and error hooks start them (`KimiWire.retries`)."""
 
@@ -55,7 +77,26 @@ class RetryHooks:
         self.kw = kw
 
     def for_response(self, flow: http.HTTPFlow) -> Any:
-        """The retry a finished response needs (a coroutine), or None."""
+        """The retry a finished response needs (a coroutine that records its outcome), or None."""
+        return self._recorded(flow, self._response_retry(flow))
+
+    def for_error(self, flow: http.HTTPFlow) -> Any:
+        """The retry a failure before response headers needs (a coroutine that records its outcome), or None."""
+        return self._recorded(flow, self._error_retry(flow))
+
+    def _recorded(self, flow: http.HTTPFlow, retry: Coroutine[Any, Any, RetryOutcome] | None) -> Any:
+        state = self.kw.flows.get(flow)
+        return None if retry is None or state is None else self._record_outcome(state, retry)
+
+    async def _record_outcome(self, state: FlowState, retry: Coroutine[Any, Any, RetryOutcome]) -> None:
+        """The retry's outcome, recorded once: how the flow ended, in place of an attempt's timeout
+        (kimi.stats counts the flow's last ending once, when it is over); the flow is marked and
+        commented with its retries (flow_notes.retry_words: `retried=N why=...`)."""
+        outcome = await retry
+        state.record.replace_ending(outcome.ending)
+        self.kw.recorder.describe(state)
+
+    def _response_retry(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, RetryOutcome] | None:
         state = self.kw.flows.get(flow)
         if state is None:
             return None
@@ -97,7 +138,9 @@ class RetryHooks:
             return None
         return self._retry_buffered(state, facts, wire_policy, failure)
 
-    def _retry_clamped(self, state: FlowState, facts: RequestFacts, wire_policy: Policy) -> Any:
+    def _retry_clamped(
+        self, state: FlowState, facts: RequestFacts, wire_policy: Policy
+    ) -> Coroutine[Any, Any, RetryOutcome] | None:
         """A 400 stating that `max_tokens` leaves no room for the prompt: sent once more with it
         lowered to the room stated (a second refusal reaches the client as it came), or None."""
         flow = state.flow
@@ -108,7 +151,7 @@ class RetryHooks:
         if clamped is None:
             return None
         flow.request.content = clamped.body
-        state.record["upstream_request"] = clamped.body
+        state.record.set_upstream_request(clamped.body)
         log = RepairLog()
         log.add("request.max_tokens_clamped", None, {clamped.field: clamped.before}, {clamped.field: clamped.after})
         self.kw.recorder.repairs(flow, "request", log)
@@ -122,16 +165,10 @@ class RetryHooks:
         first = Attempt(1, "first", started=state.flow.request.timestamp_start, status=status)
         first.seconds = time.time() - first.started
         first.outcome, first.detail, first.body = failure.kind, failure.detail, body
-        state.record["attempts"] = [first.as_dict()]
+        state.record.first_attempt(first.as_dict())
         self.kw.counts[f"retry.failed.{failure.kind}"] += 1
 
-    def retry_ending(self, state: FlowState, how: str) -> None:
-        """How a retried flow ended, in place of an attempt's timeout (counted once, when the flow is over); the
-        flow is marked and commented with its retries (flow_notes.retry_words: `retried=N why=...`)."""
-        state.replace_ending(how)  # kimi.stats counts the flow's last ending once, when it is over
-        self.kw.recorder.describe(state)
-
-    async def _retry_stream(self, state: FlowState, stream: RepairingStream) -> None:
+    async def _retry_stream(self, state: FlowState, stream: RepairingStream) -> RetryOutcome:
         """The first attempt's streamed turn gave no answer: retry into the client's open body."""
         flow = state.flow
         gate, verdict = stream.gate, stream.failed_turn
@@ -142,21 +179,23 @@ class RetryHooks:
         )
         continuation = Continuation(gate.template, gate.role_delivered, gate.seen.reasoning_chars > 0)
         sink = Sink(flow, live=True, delivered=stream.delivered)
-        _, success = await self._live_attempts(state, failure, sink, continuation, state.hedge)
+        _, success, outcome = await self._live_attempts(state, failure, sink, continuation, state.hedge)
         if success:  # the capture's response body: what the answering attempt sent
             stream.upstream = bytearray(success[-1].body)
+        return outcome
 
-    async def _retry_status_stream(self, state: FlowState, held: HeldError) -> None:
+    async def _retry_status_stream(self, state: FlowState, held: HeldError) -> RetryOutcome:
         """The first attempt's error status was held (the client has 200 headers): the retry
         streams into the client's open body as it comes."""
         raw = bytes(held.body)
         failure = Failure("status", retry_error_message(raw, held.status), held.retry_after, held.status, raw)
         self._first_attempt(state, failure, held.status, raw)
-        success = await self._retry_live(state, failure, Sink(state.flow, live=True))
+        success, outcome = await self._retry_live(state, failure, Sink(state.flow, live=True))
         # The record: the answering (or last) attempt's status, headers and raw body.
         answer = success[-1] if success else None
         state.upstream_body = answer.body if answer else raw
         state.upstream_headers = answer.headers if answer else held.headers
+        return outcome
 
     async def _live_attempts(
         self,
@@ -165,11 +204,11 @@ class RetryHooks:
         sink: Sink,
         continuation: Continuation,
         race: HedgeRace | None,
-    ) -> tuple[Sink, list[Success]]:
+    ) -> tuple[Sink, list[Success], RetryOutcome]:
         """The retry's attempts, each one's events into the client's open body as they come (a hedge
-        under way taken as the first), the answer ended explicitly when they run out and the flow's
-        ending recorded. Never raises; returns the sink the events went to and the answering
-        attempt's Success (none when none answered)."""
+        under way taken as the first), the answer ended explicitly when they run out. Never raises;
+        returns the sink the events went to, the answering attempt's Success (none when none
+        answered) and the retry's outcome."""
         flow = state.flow
         context = state.repairs_context
         assert context is not None
@@ -194,33 +233,33 @@ class RetryHooks:
                 last = Failure("connect", "the answering attempt left no answer")
             if last is not None:
                 await sink.send(exhausted_events(last, made))
-                self.retry_ending(state, f"retries_exhausted:{last.kind}")
-            else:
-                self.retry_ending(state, "retried")
+            outcome = RetryOutcome.after(last)
         except ClientGone:
-            self.retry_ending(state, "client_disconnected")
+            outcome = CLIENT_LEFT
         except Exception as exc:
             self.kw.recorder.error(flow, "retry", exc)
-            self.retry_ending(state, "retries_exhausted:error")
+            outcome = RETRY_FAILED
             with contextlib.suppress(Exception):
                 await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
-        return sink, success
+        return sink, success, outcome
 
     async def _retry_live(
         self, state: FlowState, failure: Failure, sink: Sink, race: HedgeRace | None = None
-    ) -> list[Success]:
+    ) -> tuple[list[Success], RetryOutcome]:
         """Attempts after `failure` whose events go to the client as they come (`sink`), as after
         a first-time success; the client's answer ends with the failure made explicit when they
-        run out. Never raises; returns the answering attempt's Success (none when none answered)."""
-        sink, success = await self._live_attempts(state, failure, sink, Continuation({}, False), race or state.hedge)
+        run out. Never raises; returns the answering attempt's Success (none when none answered)
+        and the retry's outcome."""
+        continuation = Continuation({}, False)
+        sink, success, outcome = await self._live_attempts(state, failure, sink, continuation, race or state.hedge)
         with contextlib.suppress(Exception):
             await sink.finish()
-        state.record["delivered"] = bytes(sink.delivered)
-        return success
+        state.record.set_delivered(bytes(sink.delivered))
+        return success, outcome
 
     async def _retry_buffered(
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
-    ) -> None:
+    ) -> RetryOutcome:
         """Nothing has reached the client yet (a non-streamed turn, or an error status): retry and
         replace the response before mitmproxy sends it."""
         response = state.flow.response
@@ -228,24 +267,23 @@ class RetryHooks:
         self._first_attempt(state, failure, response.status_code, response.raw_content or b"")
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
-        last, made = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
-        if state.record.get("ending") == "client_disconnected":
-            return
+        last, made, outcome = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
+        if outcome is CLIENT_LEFT:
+            return outcome
         if last is None:
             answer = success[-1]
-            self.retry_ending(state, "retried")
             state.upstream_body = answer.body
             if facts.stream:
                 headers = [(k, v) for k, v in answer.headers if k.lower() != b"content-type"]
                 _replace(response, 200, [*headers, (b"content-type", b"text/event-stream")], bytes(sink.delivered))
             else:
                 _replace(response, answer.status, answer.headers, answer.body)
-            return
-        self.retry_ending(state, f"retries_exhausted:{last.kind}")
+            return outcome
         if last is failure and last.kind == "status":
-            return  # no other attempt was made: the client gets the upstream's error as it came
+            return outcome  # no other attempt was made: the client gets the upstream's error as it came
         exhausted = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), "the upstream")
         _replace(response, exhausted.status, [(b"content-type", exhausted.content_type.encode())], exhausted.body)
+        return outcome
 
     async def _attempts_settled(
         self,
@@ -255,22 +293,20 @@ class RetryHooks:
         failure: Failure,
         sink: Sink,
         success: list[Success],
-    ) -> tuple[Failure | None, int]:
-        """The attempts of a buffered retry; (None, attempts) when one answered (its Success last in
-        `success`), else the failure the client is told about. A client that leaves, or an
+    ) -> tuple[Failure | None, int, RetryOutcome]:
+        """The attempts of a buffered retry; (None, attempts, outcome) when one answered (its Success
+        last in `success`), else the failure the client is told about. A client that leaves, or an
         exception in the retry, ends the attempts as a failure: never an exception to the hook."""
         try:
             last, made = await self._buffered_attempts(state, facts, wire_policy, failure, sink, success)
         except ClientGone:
-            self.retry_ending(state, "client_disconnected")
-            return failure, len(state.record.get("attempts") or [1])
+            return failure, state.record.attempts_made, CLIENT_LEFT
         except Exception as exc:
             self.kw.recorder.error(state.flow, "retry", exc)
-            detail = f"the retry failed: {type(exc).__name__}"
-            return Failure("connect", detail), len(state.record.get("attempts") or [1])
+            last, made = Failure("connect", f"the retry failed: {type(exc).__name__}"), state.record.attempts_made
         if last is None and not success:  # (never expected: an answer always leaves its Success)
-            return Failure("connect", "the answering attempt left no answer"), made
-        return last, made
+            last = Failure("connect", "the answering attempt left no answer")
+        return last, made, RetryOutcome.after(last)
 
     def _buffered_attempts(
         self,
@@ -299,7 +335,7 @@ class RetryHooks:
             lambda current: self.kw.retrier.completion_attempt(flow, current, facts, wire_policy, success),
         )
 
-    def for_error(self, flow: http.HTTPFlow) -> Any:
+    def _error_retry(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, RetryOutcome] | None:
         """A failure before response headers (refused, reset, TLS, DNS, first-byte timeout) is
         retried when the answer can reach the client (kimi_json_errors' answer path)."""
         message = flow.error.msg if flow.error else ""
@@ -309,7 +345,8 @@ class RetryHooks:
             return None
         if flow.response is not None and (state.stream is not None or not buffered(flow.response)):
             return None  # a streamed response under way ends by its own path
-        kind = "stall" if state.record.get("ending") in ("first_byte_timeout", "idle_timeout") else "connect"
+        timed_out = state.record.ended(FlowEnding.FIRST_BYTE_TIMEOUT, FlowEnding.IDLE_TIMEOUT)
+        kind = "stall" if timed_out else "connect"
         if state.hedge is not None and state.hedge.won:
             kind = "stall"  # the hedge answered first: the first attempt was closed for it
         if not self.kw.retrier.policy.watches(kind) or not self.kw.json_errors:
@@ -322,26 +359,26 @@ class RetryHooks:
 
     async def _retry_before_headers(
         self, state: FlowState, facts: RequestFacts, wire_policy: Policy, failure: Failure
-    ) -> None:
+    ) -> RetryOutcome:
         flow = state.flow
         race, state.hedge = state.hedge, None  # (kept for the retry that adopts it)
         state.release()  # the first-byte watch must not answer while the retry runs
         response = flow.response  # (headers came when a whole body broke)
         self._first_attempt(state, failure, response.status_code if response else None, b"")
         if facts.stream and response is None and await self._stream_head_sent(state, failure):
-            answered = await self._retry_live(state, failure, Sink(flow, live=True, raw=True), race)
+            answered, outcome = await self._retry_live(state, failure, Sink(flow, live=True, raw=True), race)
             if answered:
                 state.upstream_body = answered[-1].body
                 state.upstream_headers = answered[-1].headers
-            return
+            return outcome
         if race is not None:
             race.cancel("the retry is answered whole")
         success: list[Success] = []
         sink = Sink(state.flow, live=False)
-        last, made = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
+        last, made, outcome = await self._attempts_settled(state, facts, wire_policy, failure, sink, success)
         record = state.record
-        if record.get("ending") == "client_disconnected":
-            return
+        if outcome is CLIENT_LEFT:
+            return outcome
         if last is None:
             answer = success[-1]
             if facts.stream:
@@ -353,19 +390,18 @@ class RetryHooks:
             proxy_internals.set_error_answer(
                 state.flow, proxy_internals.ErrorAnswer(answer.status, body, b"", content_type)
             )
-            record["error_answer"] = answer.status
-            record["delivered"] = body
+            record.set_error_answer(answer.status)
+            record.set_delivered(body)
             state.upstream_body = answer.body
-            self.retry_ending(state, "retried")
-            return
+            return outcome
         # As after a buffered retry: a streamed request's client gets an event stream (the calls the
         # last attempt made, or an error event); a connection failure or a stall its 502 or 504.
         exhausted = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), self.kw.upstream_name(flow))
         proxy_internals.set_error_answer(
             state.flow, proxy_internals.ErrorAnswer(exhausted.status, exhausted.body, b"", exhausted.content_type)
         )
-        record["error_answer"] = exhausted.status
-        self.retry_ending(state, f"retries_exhausted:{last.kind}")
+        record.set_error_answer(exhausted.status)
+        return outcome
 
     async def _stream_head_sent(self, state: FlowState, failure: Failure) -> bool:
         """A streamed request that failed before response headers and will be retried: an HTTP/1
@@ -384,7 +420,7 @@ class RetryHooks:
             return False
         # mitmproxy's protocol error for this flow now only closes the connection (after our end).
         proxy_internals.set_error_answer(flow, proxy_internals.ErrorAnswer(200, b"", b"", raw_sent=True))
-        state.record["error_answer"] = 200
+        state.record.set_error_answer(200)
         return True
 
     def hold_status(self, state: FlowState) -> bool:

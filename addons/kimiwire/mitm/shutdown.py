@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx
 
+from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
 
@@ -84,7 +85,7 @@ class Shutdown:
                 continue
             try:
                 state.release()
-                self.kw.recorder.ending(state, "shutdown")
+                self.kw.recorder.ending(state, FlowEnding.SHUTDOWN)
                 if state.stream is not None and flow.response is not None:
                     flow.response.content = state.stream.upstream_bytes()
                     self.kw.recorder.stream(state, state.stream)

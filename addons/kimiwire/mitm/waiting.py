@@ -57,7 +57,7 @@ class WaitingPlans:
 
         def start(_: http.HTTPFlow) -> None:
             context = state.repairs_context
-            if context is None or not flow.live or "attempts" in state.record or self._first_sent_event(state):
+            if context is None or not flow.live or state.record.attempted or self._first_sent_event(state):
                 return
             if state.stream is not None and (state.stream.ended or state.stream.failed_turn is not None):
                 return
