@@ -1,11 +1,18 @@
-"""The mitmproxy adapter: hooks, and the bookkeeping on each flow (the options: mitm/options.py).
+"""The mitmproxy adapter's entry: `KimiWire`, the hooks, the options (mitm/options.py) and kimi.stats.
 
-Hooks stay thin: they pick the flows, call the sans-IO repairs and record what happened.
+Hooks stay thin: they pick the flows and hand each to the collaborator that owns the feature
+(one feature per class, as in mitmproxy's own addons/):
+- `RequestSide` (mitm/request_side.py): chat flows, body limits, the request repair, credentials;
+- `WaitingPlans` (mitm/waiting.py): the early head and the hedge while no upstream headers came;
+- `ResponseSide` (mitm/response_side.py): the repairing stream, whole bodies, the error hook's answers;
+- `RetryHooks` (mitm/retry_hooks.py): which response or failure is retried, its outcome recorded once;
+- `FlowRecorder` (mitm/flow_recorder.py): endings, repairs, notes, errors, marks, the capture write;
+- `Shutdown` (mitm/shutdown.py): open streams ended cleanly, then the capture closed.
 An exception inside a hook never breaks a flow: the flow passes through, the error is logged
 and recorded on it. Each flow's state between hooks is one `FlowState` (mitm/flow_state.py),
-created in the request hook, found by flow id in the later hooks, dropped when the flow ends.
+created in the request hook, found by flow id in the later hooks, dropped when the flow ends;
+its record (`FlowRecord`, mitm/flow_record.py) takes every write.
 """
-
 from __future__ import annotations
 
 import asyncio
