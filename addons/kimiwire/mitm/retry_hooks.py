@@ -35,15 +35,13 @@ from kimiwire.mitm.status_stream import HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.token_limit import clamp_max_tokens
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation
-from kimiwire.wire.retry_outcome import exhausted_answer
+from kimiwire.wire.retry_outcome import as_it_came, exhausted_answer, retry_failed_events
 from kimiwire.wire.retry_policy import RETRY_STATUSES, decide, lasting_connect_failure, retry_after_seconds
-from kimiwire.wire.sse import DONE_EVENT
 
 if TYPE_CHECKING:
     from kimiwire.mitm.addon import KimiWire
@@ -240,7 +238,7 @@ class RetryHooks:
             self.kw.recorder.error(flow, "retry", exc)
             outcome = RETRY_FAILED
             with contextlib.suppress(Exception):
-                await sink.send([error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT])
+                await sink.send(retry_failed_events())
         return sink, success, outcome
 
     async def _retry_live(
@@ -279,8 +277,8 @@ class RetryHooks:
             else:
                 _replace(response, answer.status, answer.headers, answer.body)
             return outcome
-        if last is failure and last.kind == "status":
-            return outcome  # no other attempt was made: the client gets the upstream's error as it came
+        if as_it_came(last, failure):
+            return outcome
         exhausted = exhausted_answer(last, made, facts.stream, bytes(sink.delivered), "the upstream")
         _replace(response, exhausted.status, [(b"content-type", exhausted.content_type.encode())], exhausted.body)
         return outcome
