@@ -34,6 +34,9 @@ from kimiwire.wire.policy import Policy
 __all__ = ["METADATA_KEY", "FlowRecord", "FlowState", "FlowStates", "flow_record", "loop_running"]
 
 if TYPE_CHECKING:
+    from kimiwire.mitm.early_head import EarlyHead
+    from kimiwire.mitm.hedge import HedgeRace
+    from kimiwire.mitm.status_stream import HeldError
     from kimiwire.mitm.stream_callable import RepairingStream
     from kimiwire.mitm.watchdog import StreamWatchdog
 
@@ -53,12 +56,12 @@ class FlowState:
     upstream_headers: Any = None
     upstream_body: bytes | None = None
     failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
-    held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
+    held_error: HeldError | None = None  # a streamed request's retryable error status, held while the retry streams
     client_body: bytes | None = None  # the client's own decoded body (kept only for a fallback upstream)
     client_headers: list[tuple[str, str]] | None = None
-    hedge: Any = None  # a HedgeRace (kimi_hedge_after): a second attempt beside the first
+    hedge: HedgeRace | None = None  # a HedgeRace (kimi_hedge_after): a second attempt beside the first
     hedge_timer: asyncio.TimerHandle | None = None
-    early_head: Any = None  # an EarlyHead: the client's head and comments while no upstream headers came
+    early_head: EarlyHead | None = None  # an EarlyHead: the client's head and comments while no upstream headers came
 
     @property
     def early_head_sent(self) -> bool:

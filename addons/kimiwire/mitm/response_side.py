@@ -89,8 +89,10 @@ class ResponseSide:
             if response.status_code >= 400 or not chat_exchanges.is_event_stream(content_type):
                 facts, policy = context
                 repair = lambda body: repair_completion_body(body, facts, policy)[0] or body  # noqa: E731
-                state.early_head.late = LateAnswer(response.status_code, content_type, repair)
-                response.stream = state.early_head.late
+                late = LateAnswer(response.status_code, content_type, repair)
+                if state.early_head is not None:  # (it is: its head was sent)
+                    state.early_head.late = late
+                response.stream = late
                 return
         if not chat_exchanges.is_event_stream(headers.get(b"content-type", "")):
             if state is not None and state.is_chat and self.kw.limits.idle_timeout > 0 and loop_running():
