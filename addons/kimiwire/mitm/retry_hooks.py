@@ -83,8 +83,7 @@ class RetryHooks:
         return self._recorded(flow, self._error_retry(flow))
 
     def _recorded(self, flow: http.HTTPFlow, retry: Coroutine[Any, Any, RetryOutcome] | None) -> Any:
-        state = self.kw.flows.get(flow)
-        return None if retry is None or state is None else self._record_outcome(state, retry)
+        return None if retry is None else self._record_outcome(self.kw.flows.of(flow), retry)
 
     async def _record_outcome(self, state: FlowState, retry: Coroutine[Any, Any, RetryOutcome]) -> None:
         """The retry's outcome, recorded once: how the flow ended, in place of an attempt's timeout
