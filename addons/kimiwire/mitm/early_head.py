@@ -23,6 +23,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from kimiwire.mitm import proxy_internals
+from kimiwire.mitm.flow_record import FlowRecord
 from kimiwire.wire.early_answer import MAX_BODY, events_for_answer
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
@@ -35,7 +36,7 @@ class EarlyHead:
     """One flow's wait for the upstream's headers: the head, then comments, until `stop()`."""
 
     def __init__(
-        self, flow: http.HTTPFlow, record: dict[str, object], interval: float, on_comment: Callable[[], None]
+        self, flow: http.HTTPFlow, record: FlowRecord, interval: float, on_comment: Callable[[], None]
     ) -> None:
         self.flow = flow
         self.record = record  # gets `early_head: True` once the head went out
@@ -78,7 +79,7 @@ class EarlyHead:
                     logger.debug("kimiwire: no early head: %s", outcome)
                     return
                 self.sent = True
-                self.record["early_head"] = True
+                self.record.early_head_sent()
                 outcome = await proxy_internals.send_raw_to_client(self.flow, _COMMENT_CHUNK)  # body bytes at once
                 if outcome.kind is not proxy_internals.SendKind.SENT:
                     return

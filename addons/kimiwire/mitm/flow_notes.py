@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kimiwire.mitm.flow_endings import RETRY_ENDINGS, FlowEnding, kind_of
+
 MARKER = ":wrench:"  # kimiwire changed or ended the flow
 ERROR_MARKER = ":warning:"  # the client got a failure, or kimiwire failed on the flow
-RETRY_ENDINGS = frozenset({"retried", "retries_exhausted"})
+__all__ = ["ERROR_MARKER", "MARKER", "RETRY_ENDINGS", "gave_up", "retry_words"]
 
 
 def retry_words(record: dict[str, Any]) -> list[str]:
@@ -27,11 +29,11 @@ def retry_words(record: dict[str, Any]) -> list[str]:
     words = [f"retried={len(retries)}"]
     if whys:
         words.append("why=" + ",".join(whys))
-    if str(record.get("ending", "")).startswith("retries_exhausted"):
+    if gave_up(record):
         words.append("ended=retries_exhausted")
     return words
 
 
 def gave_up(record: dict[str, Any]) -> bool:
     """No attempt answered: the client got the failure."""
-    return str(record.get("ending", "")).startswith("retries_exhausted")
+    return kind_of(record.get("ending")) == FlowEnding.RETRIES_EXHAUSTED

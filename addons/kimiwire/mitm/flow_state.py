@@ -13,9 +13,9 @@ the request body could not be parsed), `stream` (the `RepairingStream` once resp
 came), `first_byte_timer` (cancelled when the response headers come), `watchdog` (the stream's
 deadline timer), `tasks` (a proxy ending under way), `client_request` (what the client sent, for
 the capture), `upstream_headers` and `upstream_body` (what the upstream sent, for the capture),
-`failed_in` (hooks that raised), and `record`: the dict stored as `flow.metadata["kimiwire"]`,
-which tests, captures and scripts read. The record is a plain dict: the methods here write some
-of it, and the adapter (`addon.py`) writes the rest directly.
+`failed_in` (hooks that raised), and `record`: the `FlowRecord` (mitm/flow_record.py) that wraps
+the dict stored as `flow.metadata["kimiwire"]`, which tests, captures and scripts read; every
+write to it goes through the record's methods.
 """
 
 from __future__ import annotations
@@ -27,28 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
+from kimiwire.mitm.flow_record import METADATA_KEY, FlowRecord, flow_record
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 
+__all__ = ["METADATA_KEY", "FlowRecord", "FlowState", "FlowStates", "flow_record", "loop_running"]
+
 if TYPE_CHECKING:
+    from kimiwire.mitm.early_head import EarlyHead
+    from kimiwire.mitm.hedge import HedgeRace
+    from kimiwire.mitm.status_stream import HeldError
     from kimiwire.mitm.stream_callable import RepairingStream
     from kimiwire.mitm.watchdog import StreamWatchdog
-
-METADATA_KEY = "kimiwire"
-
-
-def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
-    """The kimiwire entry in `flow.metadata` (created on first use)."""
-    record = flow.metadata.get(METADATA_KEY)
-    if not isinstance(record, dict):
-        record = flow.metadata[METADATA_KEY] = {"repairs": [], "errors": [], "notes": []}
-    return record
 
 
 @dataclass(eq=False)
 class FlowState:
     flow: http.HTTPFlow
-    record: dict[str, Any]
+    record: FlowRecord
     policy: Policy | None = None
     facts: RequestFacts | None = None
     stream: RepairingStream | None = None
@@ -60,12 +56,12 @@ class FlowState:
     upstream_headers: Any = None
     upstream_body: bytes | None = None
     failed_in: list[str] = field(default_factory=list)  # where kimiwire raised on this flow (for the comment)
-    held_error: Any = None  # a streamed request's retryable error status, held while the retry streams
+    held_error: HeldError | None = None  # a streamed request's retryable error status, held while the retry streams
     client_body: bytes | None = None  # the client's own decoded body (kept only for a fallback upstream)
     client_headers: list[tuple[str, str]] | None = None
-    hedge: Any = None  # a HedgeRace (kimi_hedge_after): a second attempt beside the first
+    hedge: HedgeRace | None = None  # a HedgeRace (kimi_hedge_after): a second attempt beside the first
     hedge_timer: asyncio.TimerHandle | None = None
-    early_head: Any = None  # an EarlyHead: the client's head and comments while no upstream headers came
+    early_head: EarlyHead | None = None  # an EarlyHead: the client's head and comments while no upstream headers came
 
     @property
     def early_head_sent(self) -> bool:
@@ -74,7 +70,7 @@ class FlowState:
     @property
     def is_chat(self) -> bool:
         """A chat-completions flow: repaired, captured, given the ending guarantees."""
-        return "policy" in self.record
+        return self.record.is_chat
 
     @property
     def repairs_context(self) -> tuple[RequestFacts, Policy] | None:
@@ -82,20 +78,6 @@ class FlowState:
         if self.facts is None or self.policy is None:
             return None
         return self.facts, self.policy
-
-    def set_ending(self, how: str) -> bool:
-        """Record how the flow ended; the first word counts. True when this call set it."""
-        if "ending" in self.record:
-            return False
-        self.record["ending"] = how
-        return True
-
-    def replace_ending(self, how: str) -> str | None:
-        """A retry decides how the flow ended after all (an attempt's timeout is not the flow's
-        ending): record `how` in place of any earlier ending; returns the one replaced."""
-        old = self.record.get("ending")
-        self.record["ending"] = how
-        return old
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -151,13 +133,13 @@ class FlowStates:
         if old is not None:
             old.release()
         flow.metadata.pop(METADATA_KEY, None)  # a replayed flow brings the record of its first run
-        state = self._states[flow.id] = FlowState(flow, flow_record(flow))
+        state = self._states[flow.id] = FlowState(flow, FlowRecord.of(flow))
         return state
 
     def of(self, flow: http.HTTPFlow) -> FlowState:
         state = self._states.get(flow.id)
         if state is None:
-            state = self._states[flow.id] = FlowState(flow, flow_record(flow))
+            state = self._states[flow.id] = FlowState(flow, FlowRecord.of(flow))
         return state
 
     def get(self, flow: http.HTTPFlow) -> FlowState | None:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from mitmproxy import http
 
+from kimiwire.mitm.flow_record import FlowRecord
 from kimiwire.mitm.retry import Attempt, Sink, Success
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.response.continuation import Continuation
@@ -151,9 +152,7 @@ class HedgeRace:
         self.counts["retry.hedge_cancelled"] += 1
         if self.attempt is not None:
             self.attempt.outcome, self.attempt.detail = "cancelled", why
-            record = self.flow.metadata.get("kimiwire")
-            if isinstance(record, dict):
-                record.setdefault("hedge", self.attempt.as_dict())
+            FlowRecord.of(self.flow).set_hedge(self.attempt.as_dict())
 
     def adopt(self) -> tuple[Attempt, asyncio.Task[Any]] | None:
         """The hedge as a retry's first extra attempt, or None when there is none to adopt."""

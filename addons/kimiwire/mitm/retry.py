@@ -52,21 +52,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import certifi
 import httpx
 import orjson
-from mitmproxy import ctx, http
-from mitmproxy.connection import ConnectionState
+from mitmproxy import http
 
-from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.fallback import FALLBACK_KINDS, Target
+from kimiwire.mitm.flow_record import FlowRecord
+from kimiwire.mitm.retry_attempt import (
+    Attempt,
+    ClientGone,
+    Sink,
+    Success,
+    UpstreamClient,
+    client_gone,
+    read_all,
+    read_bounded,
+    retry_error_message,
+    sent_again,
+    unless_client_leaves,
+)
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body, error_event
@@ -86,173 +95,29 @@ from kimiwire.wire.retry_policy import (
     RETRY_STATUSES,
     RetryDecision,
     RetryPolicy,
-    UpstreamError,
     decide,
     in_band_error,
     retry_after_seconds,
 )
-from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT, EndingLimits
+from kimiwire.wire.stream_endings import EndingLimits
 
 logger = logging.getLogger("kimiwire")
 
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"te", b"upgrade", b"proxy-connection"}
-)
-_MAX_ERROR_BODY = 1024 * 1024
-__all__ = ["EMPTY_TURN_MESSAGE", "Failure", "exhausted_events"]  # (re-exported for the adapter)
-
-
-class ClientGone(Exception):
-    """The client left while a retry was under way."""
-
-
-@dataclass
-class Success:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes  # the upstream's raw body
-    broken: str = ""  # the attempt answered, then its stream broke (a reset or a stall): why
-
-
-@dataclass
-class Attempt:
-    number: int
-    why: str
-    delay: float = 0.0
-    started: float = field(default_factory=time.time)
-    seconds: float = 0.0
-    status: int | None = None
-    outcome: str = ""
-    detail: str = ""
-    body: bytes = b""
-    repairs: list[dict[str, Any]] = field(default_factory=list)  # what the attempt's repairer did
-    target: Target | None = None  # not the flow's upstream: the fallback
-
-    def as_dict(self) -> dict[str, Any]:
-        where = {"upstream": self.target.name} if self.target is not None else {}
-        return where | {
-            "attempt": self.number,
-            "why": self.why,
-            "delay": round(self.delay, 3),
-            "started": self.started,
-            "seconds": round(self.seconds, 3),
-            "status": self.status,
-            "outcome": self.outcome,
-            "detail": self.detail,
-            "bytes": len(self.body),
-            "body": self.body,
-            "repairs": self.repairs,
-        }
-
-
-class UpstreamClient:
-    """One pooled httpx client, rebuilt when mitmproxy's upstream TLS options change."""
-
-    def __init__(self) -> None:
-        self._client: httpx.AsyncClient | None = None
-        self._settings: tuple[Any, ...] | None = None
-
-    def get(self) -> httpx.AsyncClient:
-        opts = ctx.options
-        settings = (
-            bool(opts.ssl_insecure),
-            opts.ssl_verify_upstream_trusted_ca,
-            opts.ssl_verify_upstream_trusted_confdir,
-        )
-        if self._client is None or settings != self._settings:
-            if self._client is not None:
-                asyncio.get_running_loop().create_task(self._client.aclose())
-            self._client = httpx.AsyncClient(
-                verify=_verification(*settings), trust_env=False, timeout=None, follow_redirects=False
-            )
-            self._settings = settings
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-
-def _verification(insecure: bool, ca_file: str | None, ca_dir: str | None) -> ssl.SSLContext | bool:
-    if insecure:
-        return False
-    return ssl.create_default_context(cafile=ca_file or certifi.where(), capath=ca_dir or None)
-
-
-def client_gone(flow: http.HTTPFlow) -> bool:
-    return not (flow.client_conn.state & ConnectionState.CAN_READ)
-
-
-def retry_body(body: bytes, stream: bool) -> bytes:
-    """The body as the proxy sent it the first time, or (kimi_retry_stream=false) non-streamed."""
-    if stream:
-        return body
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body
-    if not isinstance(request, dict):
-        return body
-    request["stream"] = False
-    request.pop("stream_options", None)
-    return orjson.dumps(request)
-
-
-def retry_error_message(body: bytes, status: int) -> str:
-    error = UpstreamError.parse(body)  # with a gateway's wrapped provider error (OpenRouter)
-    message = error.text() if error is not None else None
-    text = message if message else body[:300].decode("utf-8", "replace")
-    return f"the upstream answered HTTP {status}: {text}"
-
+# (re-exported: the adapter and the hedge import the attempt's parts from here)
+__all__ = [
+    "EMPTY_TURN_MESSAGE",
+    "Attempt",
+    "ClientGone",
+    "Failure",
+    "Sink",
+    "Success",
+    "UpstreamClient",
+    "client_gone",
+    "exhausted_events",
+    "retry_error_message",
+]
 
 final_events = exhausted_events  # what a streaming client gets when attempts run out
-
-
-class Sink:
-    """Where an attempt's repaired events go: live into the client's open body, or collected."""
-
-    def __init__(self, flow: http.HTTPFlow, live: bool, delivered: bytearray | None = None, raw: bool = False) -> None:
-        self.flow = flow
-        self.live = live
-        self.raw = raw  # live, written as chunks straight to a client that has our head (send_raw_to_client)
-        self.delivered = delivered if delivered is not None else bytearray()
-        self.last_sent = time.monotonic()
-        self.comments = 0
-
-    async def send(self, events: list[bytes]) -> None:
-        data = [e for e in events if e]
-        if not data:
-            return
-        if self.live:
-            if self.raw:
-                joined = b"".join(data)
-                result = await proxy_internals.send_raw_to_client(self.flow, b"%x\r\n%s\r\n" % (len(joined), joined))
-            else:
-                result = await proxy_internals.send_to_client(self.flow, data)
-            if result.kind is proxy_internals.SendKind.GONE:
-                raise ClientGone
-            if result.kind is not proxy_internals.SendKind.SENT:
-                raise RuntimeError(f"cannot write to the client: {result}")
-            self.last_sent = time.monotonic()
-        self.delivered += b"".join(data)
-
-    async def finish(self) -> None:
-        """A raw sink's body ends (the chunked terminator)."""
-        if self.raw:
-            await proxy_internals.send_raw_to_client(self.flow, b"0\r\n\r\n")
-
-    async def keep_alive(self, interval: float) -> None:
-        """While attempts run, a comment whenever the client heard nothing for `interval` seconds
-        (between whole events: every send is whole events). Runs until cancelled."""
-        while True:
-            await asyncio.sleep(max(0.0, self.last_sent + interval - time.monotonic()))
-            if time.monotonic() - self.last_sent >= interval:
-                try:
-                    await self.send([KEEPALIVE_COMMENT])
-                except (ClientGone, RuntimeError):
-                    return  # the attempt notices the client left by itself
-                self.comments += 1
 
 
 class Retrier:
@@ -272,7 +137,7 @@ class Retrier:
     async def run(
         self,
         flow: http.HTTPFlow,
-        record: dict[str, Any],
+        record: FlowRecord,
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
         sink: Sink | None = None,
@@ -297,12 +162,12 @@ class Retrier:
     async def _run(
         self,
         flow: http.HTTPFlow,
-        record: dict[str, Any],
+        record: FlowRecord,
         failure: Failure,
         attempt: Callable[[Attempt], Awaitable[Failure | None]],
         adopted: tuple[Attempt, Awaitable[Failure | None]] | None = None,
     ) -> tuple[Failure | None, int]:
-        attempts = record.setdefault("attempts", [])
+        attempts = record.attempts()
         made = len(attempts) or 1
         started = flow.request.timestamp_start
         target: Target | None = None
@@ -313,63 +178,24 @@ class Retrier:
                 current, work = adopted
                 current.number = made + 1
                 adopted = None
-                try:
-                    result = await self._unless_client_leaves(flow, work)
-                finally:
-                    current.seconds = time.time() - current.started
-                    attempts.append(current.as_dict())
-                made += 1
-                if result is None:
-                    self._answered(flow, record, current, attempts, made)
-                    return None, made
-                current.outcome, current.detail = result.kind, result.detail
-                attempts[-1] = current.as_dict()
-                failure = result
-                continue
-            decision = RetryDecision(False)
-            if not failure.final:
-                elapsed = time.time() - started
-                decision = decide(self.policy, failure.kind, made, elapsed, self.rand(), failure.retry_after)
+            else:
+                decision = RetryDecision(False)
+                if not failure.final:
+                    elapsed = time.time() - started
+                    decision = decide(self.policy, failure.kind, made, elapsed, self.rand(), failure.retry_after)
+                    if not decision.retry:
+                        record.retry_gave_up(decision.why_not)
                 if not decision.retry:
-                    record["retry_gave_up"] = decision.why_not
-            if not decision.retry:
-                target = self._fallback(flow, failure, record)
-                if target is None:
-                    break
-                decision = RetryDecision(True)
-            logger.info(
-                "kimiwire: %s %s: attempt %d failed (%s: %s); retrying in %.2f s",
-                flow.request.method,
-                flow.request.path,
-                made,
-                failure.kind,
-                failure.detail,
-                decision.delay,
-            )
-            current = Attempt(made + 1, failure.kind, decision.delay, target=target)
-            self.counts["retry.attempts"] += 1
-            self.counts[f"retry.why.{failure.kind}"] += 1
-            if target is not None:
-                self.counts["retry.fallback"] += 1
-            try:
-                await self._unless_client_leaves(flow, asyncio.sleep(decision.delay))
-                current.started = time.time()
-                result = await self._unless_client_leaves(flow, attempt(current))
-            except ClientGone:
-                current.outcome = "cancelled"
-                current.detail = "the client left"
-                self.counts["retry.cancelled"] += 1
-                logger.info("kimiwire: %s %s: retry cancelled, the client left", flow.request.method, flow.request.path)
-                raise
-            finally:
-                current.seconds = time.time() - current.started
-                attempts.append(current.as_dict())
+                    target = self._fallback(flow, failure, record)
+                    if target is None:
+                        break
+                    decision = RetryDecision(True)
+                current = self._next_attempt(flow, failure, made, decision.delay, target)
+                work = self._after_delay(current, attempt)
             made += 1
+            result = await self._settle_attempt(flow, record, attempts, current, work)
             if result is None:
-                self._answered(flow, record, current, attempts, made)
                 return None, made
-            current.outcome, current.detail = result.kind, result.detail
-            attempts[-1] = current.as_dict()
             failure = result
         self.counts["retry.exhausted"] += 1
         logger.info(
@@ -382,19 +208,72 @@ class Retrier:
         )
         return failure, made
 
+    def _next_attempt(
+        self, flow: http.HTTPFlow, failure: Failure, made: int, delay: float, target: Target | None
+    ) -> Attempt:
+        """The attempt after `made` failed ones, counted and logged."""
+        logger.info(
+            "kimiwire: %s %s: attempt %d failed (%s: %s); retrying in %.2f s",
+            flow.request.method,
+            flow.request.path,
+            made,
+            failure.kind,
+            failure.detail,
+            delay,
+        )
+        self.counts["retry.attempts"] += 1
+        self.counts[f"retry.why.{failure.kind}"] += 1
+        if target is not None:
+            self.counts["retry.fallback"] += 1
+        return Attempt(made + 1, failure.kind, delay, target=target)
+
+    @staticmethod
+    async def _after_delay(current: Attempt, attempt: Callable[[Attempt], Awaitable[Failure | None]]) -> Failure | None:
+        """The attempt, after its backoff (its time counts from its start, not from the wait)."""
+        await asyncio.sleep(current.delay)
+        current.started = time.time()
+        return await attempt(current)
+
+    async def _settle_attempt(
+        self,
+        flow: http.HTTPFlow,
+        record: FlowRecord,
+        attempts: list[Any],
+        current: Attempt,
+        work: Awaitable[Failure | None],
+    ) -> Failure | None:
+        """Await one attempt (a new one, or a hedge under way adopted) and record how it went:
+        None when it answered, else its failure. A client that leaves cancels it (ClientGone)."""
+        try:
+            result: Failure | None = await unless_client_leaves(flow, work)
+        except ClientGone:
+            current.outcome = "cancelled"
+            current.detail = "the client left"
+            self.counts["retry.cancelled"] += 1
+            logger.info("kimiwire: %s %s: retry cancelled, the client left", flow.request.method, flow.request.path)
+            raise
+        finally:
+            current.seconds = time.time() - current.started
+            attempts.append(current.as_dict())
+        if result is None:
+            self._answered(flow, record, current, attempts, current.number)
+            return None
+        current.outcome, current.detail = result.kind, result.detail
+        attempts[-1] = current.as_dict()
+        return result
+
     def _answered(
-        self, flow: http.HTTPFlow, record: dict[str, Any], current: Attempt, attempts: list[Any], made: int
+        self, flow: http.HTTPFlow, record: FlowRecord, current: Attempt, attempts: list[Any], made: int
     ) -> None:
         current.outcome = "answered"
         attempts[-1] = current.as_dict()
         # The answer's repairs are the flow's (counted); a failed attempt's stay on it.
-        for entry in current.repairs:
-            record.setdefault("repairs", []).append({**entry, "phase": "response", "attempt": made})
-            self.counts[entry["kind"]] += 1
+        record.add_answer_repairs(current.repairs, made)
+        self.counts.update(entry["kind"] for entry in current.repairs)
         self.counts["retry.answered"] += 1
         logger.info("kimiwire: %s %s: attempt %d answered", flow.request.method, flow.request.path, made)
 
-    def _fallback(self, flow: http.HTTPFlow, failure: Failure, record: dict[str, Any]) -> Target | None:
+    def _fallback(self, flow: http.HTTPFlow, failure: Failure, record: FlowRecord) -> Target | None:
         """One attempt on the fallback upstream when the primary failed by itself (connect, status,
         stall) and not with a status the client caused (a final 4xx)."""
         if failure.kind not in FALLBACK_KINDS or (failure.final and (failure.status or 0) < 500):
@@ -402,7 +281,7 @@ class Retrier:
         target = self.fallback_for(flow)
         if target is None:
             return None
-        record["fallback"] = target.name
+        record.set_fallback(target.name)
         logger.info(
             "kimiwire: %s %s: the upstream failed (%s: %s); one attempt on the fallback %s",
             flow.request.method,
@@ -413,31 +292,10 @@ class Retrier:
         )
         return target
 
-    @staticmethod
-    async def _unless_client_leaves(flow: http.HTTPFlow, work: Awaitable[Any]) -> Any:
-        task = asyncio.ensure_future(work)
-        try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=0.05)
-                if done:
-                    return task.result()
-                if client_gone(flow):
-                    raise ClientGone
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
     # -- one attempt ------------------------------------------------------------------------------
 
     def _request(self, flow: http.HTTPFlow, stream: bool, target: Target | None = None) -> httpx.Request:
-        if target is not None:
-            body = retry_body(target.body, stream)
-            method, url = flow.request.method, target.url
-            return self.client.get().build_request(method, url, headers=target.headers, content=body)
-        headers = [(k, v) for k, v in flow.request.headers.fields if k.lower() not in _HOP_BY_HOP]
-        body = retry_body(flow.request.raw_content or b"", stream)
-        return self.client.get().build_request(flow.request.method, flow.request.url, headers=headers, content=body)
+        return sent_again(self.client.get(), flow, stream, target)
 
     def _remaining(self, flow: http.HTTPFlow, current: Attempt | None = None) -> float:
         if current is not None and current.target is not None:  # the fallback has its own budget
@@ -462,7 +320,7 @@ class Retrier:
         if response.status_code < 400:
             return response, None
         try:
-            body = await asyncio.wait_for(self._read_bounded(response), max(1.0, self._remaining(flow, current)))
+            body = await asyncio.wait_for(read_bounded(response), max(1.0, self._remaining(flow, current)))
         except (TimeoutError, httpx.HTTPError):
             body = b""
         finally:
@@ -477,15 +335,6 @@ class Retrier:
             final=response.status_code not in RETRY_STATUSES,
         )
         return None, failure
-
-    @staticmethod
-    async def _read_bounded(response: httpx.Response) -> bytes:
-        body = bytearray()
-        async for chunk in response.aiter_raw():
-            body += chunk
-            if len(body) > _MAX_ERROR_BODY:
-                break
-        return bytes(body)
 
     async def stream_attempt(
         self,
@@ -508,7 +357,7 @@ class Retrier:
         try:
             content_type = response.headers.get("content-type", "")
             if chat_exchanges.is_json(content_type):
-                body = await self._read_bounded(response)
+                body = await read_bounded(response)
                 current.body = body
                 return await self._completion_as_stream(body, facts, policy, continuation, sink, response, success)
             repairer = StreamRepairer(facts, policy)
@@ -615,7 +464,7 @@ class Retrier:
         if self.limits.idle_timeout > 0:  # a whole body comes right after its headers, or it stalled
             wait = min(wait, self.limits.idle_timeout)
         try:
-            body = await asyncio.wait_for(self._read_bounded_all(response), max(0.001, wait))
+            body = await asyncio.wait_for(read_all(response), max(0.001, wait))
         except (TimeoutError, httpx.HTTPError) as exc:
             return Failure("stall" if isinstance(exc, TimeoutError) else "connect", f"{type(exc).__name__}")
         finally:
@@ -629,7 +478,3 @@ class Retrier:
                 return failure
         success.append(Success(response.status_code, list(response.headers.raw), body))
         return None
-
-    @staticmethod
-    async def _read_bounded_all(response: httpx.Response) -> bytes:
-        return b"".join([chunk async for chunk in response.aiter_raw()])

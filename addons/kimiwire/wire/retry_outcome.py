@@ -10,7 +10,9 @@ gets the answer a first attempt with the same failure would have got:
   attempt's answer as it came (every call the upstream made reaches the client);
 - an error status: that status and the upstream's body (an error event naming the status once a
   stream has started);
-- a stall: 504 `upstream_timeout`; a connection failure or anything else: 502 `upstream_error`.
+- a stall: 504 `upstream_timeout`; a connection failure or anything else: 502 `upstream_error`;
+- the first attempt's error status when no other attempt was made: the upstream's response as it
+  came (`as_it_came`); a retry that failed inside kimiwire: `retry_failed_events`.
 """
 
 from __future__ import annotations
@@ -86,3 +88,14 @@ def exhausted_answer(failure: Failure, attempts: int, streamed: bool, delivered:
         status, error_type = 502, "upstream_error"
     message = f"kimiwire: no answer from {upstream} after {attempts} attempt(s): {failure.kind}: {failure.detail}"
     return ClientAnswer(status, JSON, error_body(message, error_type, status))
+
+
+def as_it_came(last: Failure, first: Failure) -> bool:
+    """No other attempt was made after the first one's error status: the client gets the upstream's
+    response unchanged (its status, headers and body), not an answer made from the failure."""
+    return last is first and last.kind == "status"
+
+
+def retry_failed_events() -> list[bytes]:
+    """The events that end a client's stream when the retry itself failed (an exception in kimiwire)."""
+    return [error_event("kimiwire: the retry failed", "upstream_error", None), DONE_EVENT]

@@ -6,6 +6,7 @@ import weakref
 import orjson
 import pytest
 from kimiwire.mitm import addon as addon_module
+from kimiwire.mitm import request_side
 from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.capture import delivered_body
 from kimiwire.mitm.stream_callable import ProxyEnd
@@ -55,7 +56,7 @@ def request_repair_raises(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(addon_module, "repair_request_body", boom)
+    monkeypatch.setattr(request_side, "repair_request_body", boom)
 
 
 @pytest.mark.usefixtures("request_repair_raises")

@@ -6,8 +6,7 @@ import gzip
 import threading
 
 import orjson
-from kimiwire.mitm import addon as addon_module
-from kimiwire.mitm import request_worker
+from kimiwire.mitm import flow_recorder, request_side, request_worker
 from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES
 from mitmproxy import http
@@ -50,13 +49,13 @@ def _run_request_hook(kw: KimiWire, flow: http.HTTPFlow) -> bool:
 
 def test_a_large_body_is_repaired_in_the_worker_thread(monkeypatch):
     threads = []
-    repair = addon_module.repair_request_body
+    repair = request_side.repair_request_body
 
     def recording(*args):
         threads.append(threading.current_thread().name)
         return repair(*args)
 
-    monkeypatch.setattr(addon_module, "repair_request_body", recording)  # on the loop
+    monkeypatch.setattr(request_side, "repair_request_body", recording)  # on the loop
     monkeypatch.setattr(request_worker, "repair_request_body", recording)  # in the worker
     kw = KimiWire()
     with taddons.context(kw) as tctx:
@@ -114,7 +113,7 @@ def test_a_large_flow_is_captured_from_the_worker_redacted_and_whole(tmp_path, m
         threads.append(threading.current_thread().name)
         return saved_state(*args)
 
-    monkeypatch.setattr(addon_module, "saved_state", recording)
+    monkeypatch.setattr(flow_recorder, "saved_state", recording)
     content = _large_request()[:-1] + b', "api_key": "sk-secret"}'
     kw = KimiWire()
     with taddons.context(kw) as tctx:
@@ -127,8 +126,8 @@ def test_a_large_flow_is_captured_from_the_worker_redacted_and_whole(tmp_path, m
                 content=b'{"choices": []}', headers=http.Headers(content_type="application/json")
             )
             kw.response(flow)
-            assert kw._capture_tasks  # written later, by the worker
-            await asyncio.wait(set(kw._capture_tasks))
+            assert kw.capture_tasks  # written later, by the worker
+            await asyncio.wait(set(kw.capture_tasks))
 
         asyncio.run(exchange())
         path = kw.capture.path
