@@ -9,7 +9,7 @@ from kimiwire.mitm import addon as addon_module
 from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.capture import delivered_body
 from kimiwire.mitm.stream_callable import ProxyEnd
-from kimiwire.wire.response.choice_repair import ChoiceRepairer
+from kimiwire.wire.response.choice_calls import ChoiceCalls
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -114,7 +114,7 @@ def test_exception_mid_stream_loses_nothing(monkeypatch):
         flow.response = sse_response()
         upstream = streams.sglang([("read", READ_ARGS)]).body()
         kw.responseheaders(flow)
-        original = ChoiceRepairer.absorb
+        original = ChoiceCalls.absorb
         calls = {"n": 0}
 
         def flaky(choice, deltas):
@@ -123,7 +123,7 @@ def test_exception_mid_stream_loses_nothing(monkeypatch):
                 raise RuntimeError("repair bug")
             return original(choice, deltas)
 
-        monkeypatch.setattr(ChoiceRepairer, "absorb", flaky)
+        monkeypatch.setattr(ChoiceCalls, "absorb", flaky)
         out = []
         for i in range(0, len(upstream), 50):
             out += flow.response.stream(upstream[i : i + 50])

@@ -7,37 +7,33 @@ Every streamed repair of a choice lives here, in `repair` (what it does to a del
 path's shortcut (`passes_unchanged`) and the fast path (fast_path.FastPath) ask only those two,
 so neither can let a text past a repair that would have changed it.
 
-The class is over 400 lines because a choice's repairs share its state (the think splitter's
-state decides what the markup scanners see; recovered calls join the held ones; a call's
-delivery numbers the text's recovered calls): split apart, each piece would reach into the
-others' fields.
+The calls of the choice are its ChoiceCalls (choice_calls.py). The class is still a little over
+400 lines because the text repairs share the choice's state: the think splitter's state decides
+what the markup scanners see, text a scanner moves goes into the other field's delta, and
+recovered calls join the held ones; split apart, each piece would reach into the others' fields.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from kimiwire.wire.openrouter import details_only, reasoning_from_details
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.response.answer_in_reasoning import reasoning_as_content
+from kimiwire.wire.response.choice_calls import ChoiceCalls
 from kimiwire.wire.response.markup import (
     CONTENT,
     MARKER_PREFIX,
     REASONING,
     MarkupScanner,
-    RecoveredCall,
-    embedded_markup,
 )
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
+from kimiwire.wire.response.repeated_text import unrepeated
 from kimiwire.wire.response.think_tags import ThinkTagSplitter
-from kimiwire.wire.response.tool_call_assembly import CallState, ChoiceAssembly, Ending, HeldCall, PassedCalls
+from kimiwire.wire.response.tool_call_assembly import Ending
 from kimiwire.wire.response.tool_calls import (
     CUT_FINISH_REASONS,
-    deliver_call,
     fix_finish_reason,
     restore_streamed_names,
 )
@@ -45,7 +41,6 @@ from kimiwire.wire.response.tool_calls import (
 if TYPE_CHECKING:
     from kimiwire.wire.response.stream_repair import StreamRepairer
 
-_OPEN = CallState.OPEN
 _TEXT_ORDER = {key: position for position, key in enumerate(TEXT_KEYS)}
 
 
@@ -63,18 +58,12 @@ class ChoiceRepairer:
     def __init__(self, index: int, stream: StreamRepairer) -> None:
         self.index = index
         self.stream = stream  # what the choices share: facts, policy, log, the chunk template, text flags
-        self.calls = ChoiceAssembly(stream.log, stream.note_once)
-        self.passed = PassedCalls()  # passthrough mode: calls streamed as they came
+        self.tool_calls = ChoiceCalls(index, stream)
         self.needs_finish = False  # calls went out after the choice's last finish_reason
         self.finished = False  # its finish_reason has been seen
         self.finish_delivered: Any = None
         self.scanners: dict[str, MarkupScanner] = {}
         self.think: ThinkTagSplitter | None = None
-        self.cut = False  # the output was cut (length, body ended, reset, timeout), not ended by the model
-        self.extra_calls = 0  # calls delivered beyond those held: one whose arguments held markup becomes those inside
-        self.recovered: set[int] = set()  # id() of the held calls recovered from markup
-        self.matched: set[int] = set()  # id() of held upstream calls a recovered repeat matched
-        self.native: list[tuple[str, Any]] = []  # (name, arguments) of tool-call deltas delivered
 
     @property
     def cut_call(self) -> bool:
@@ -83,11 +72,11 @@ class ChoiceRepairer:
 
     @property
     def calls_delivered(self) -> int:
-        return self.calls.emitted + self.passed.count + self.extra_calls
+        return self.tool_calls.delivered
 
     @property
     def truncated(self) -> bool:
-        return self.calls.truncated > 0 or self.passed.any_open or self.cut_call
+        return self.tool_calls.truncated or self.cut_call
 
     # -- when a delta passes unchanged (the fast path and the full path's shortcut) ------------
 
@@ -177,10 +166,10 @@ class ChoiceRepairer:
                     tool_deltas = delta.pop("tool_calls")
                     changed = True
                     if isinstance(tool_deltas, list):
-                        self.absorb(tool_deltas)
+                        self.tool_calls.absorb(tool_deltas)
                 elif isinstance(delta["tool_calls"], list):
                     if delta["tool_calls"]:
-                        self.passed.see(delta["tool_calls"])
+                        self.tool_calls.passed.see(delta["tool_calls"])
                         changed |= restore_streamed_names(delta["tool_calls"], stream.facts, stream.log)
                     elif policy.finish == "fix":  # vllm #54701: `tool_calls: []` deltas
                         del delta["tool_calls"]
@@ -196,7 +185,7 @@ class ChoiceRepairer:
             stream.note_once("usage.hoisted", None, "usage")
         finish = choice.get("finish_reason")
         if finish is None:
-            ready = self.take_ready()
+            ready = self.tool_calls.take_ready()
             if not ready:
                 return changed, not changed or _meaningful(choice)
             after.extend(ready)
@@ -327,7 +316,7 @@ class ChoiceRepairer:
         splitter = self.think
         if splitter is None:
             return False
-        reasoning, content = splitter.end_reasoning() if self.calls.calls or self.passed.count else ("", "")
+        reasoning, content = splitter.end_reasoning() if self.tool_calls.any else ("", "")
         more_reasoning, more_content = splitter.finish()
         reasoning, content = reasoning + more_reasoning, content + more_content
         self._record_think(splitter)
@@ -335,7 +324,7 @@ class ChoiceRepairer:
             self.stream.add_reasoning(delta, reasoning)
         if content and self.stream.scan_markup:
             content, calls = self.scanner("content").feed(content)
-            self._recovered("content", calls)
+            self.tool_calls.recovered_calls("content", calls)
         if content:
             previous = delta.get("content")
             delta["content"] = (previous if isinstance(previous, str) else "") + content
@@ -370,8 +359,8 @@ class ChoiceRepairer:
             if emitted == text and not calls and not scanner.moved and not scanner.events:
                 continue
             changed = True
-            if calls and self._recovered(key, calls) and emitted and scanner.tail is not None:
-                emitted = self._unrepeated(scanner, emitted)
+            if calls and self.tool_calls.recovered_calls(key, calls) and emitted and scanner.tail is not None:
+                emitted = unrepeated(scanner, emitted, self.scanners, self.stream.log)
             if emitted:
                 delta[key] = emitted
             else:
@@ -391,82 +380,15 @@ class ChoiceRepairer:
             if not scanner.pending and not scanner.edge_close:
                 continue
             emitted, calls = scanner.finish()
-            if calls and self._recovered(key, calls) and emitted and scanner.tail is not None:
-                emitted = self._unrepeated(scanner, emitted)
+            if calls and self.tool_calls.recovered_calls(key, calls) and emitted and scanner.tail is not None:
+                emitted = unrepeated(scanner, emitted, self.scanners, self.stream.log)
             if emitted:
                 previous = delta.get(key)
                 delta[key] = (previous if isinstance(previous, str) else "") + emitted
             changed = True
         return self._moved(delta) or changed
 
-    def _recovered(self, key: str, calls: list[RecoveredCall]) -> bool:
-        """Recovered calls join the held ones, except a call that repeats one the upstream
-        already sent as a tool-call delta (same name and arguments): vLLM 0.11.1-0.13.0's Kimi
-        parser re-sends its buffer, call markup included, as content at the section end
-        (`vllm/tool_parsers/kimi_k2_tool_parser.py`: `return DeltaMessage(content=remaining)`).
-        Returns whether a call was such a repeat."""
-        log = self.stream.log
-        repeated = False
-        for recovered in calls:
-            if self._repeats_native(recovered):
-                repeated = True
-                log.add("markup.repeated_call", None, key, recovered.name)
-                continue
-            call = self.calls.add_whole(recovered.raw_id, recovered.name, recovered.arguments)
-            self.recovered.add(id(call))
-            log.add(f"markup.recovered_{recovered.form}", call.position, key, recovered.name)
-        return repeated
-
-    def _repeats_native(self, recovered: RecoveredCall) -> bool:
-        try:
-            value = orjson.loads(recovered.arguments)
-        except orjson.JSONDecodeError:
-            return False
-        for n, (name, arguments) in enumerate(self.native):
-            if name == recovered.name and arguments == value:
-                del self.native[n]  # each call the upstream sent absorbs one repeat
-                return True
-        for call in self.calls.pending:
-            if id(call) in self.recovered or call.name != recovered.name or id(call) in self.matched:
-                continue
-            try:
-                if orjson.loads(call.arguments()) == value:
-                    self.matched.add(id(call))
-                    return True
-            except orjson.JSONDecodeError:
-                continue
-        return False
-
-    def _unrepeated(self, scanner: MarkupScanner, emitted: str) -> str:
-        """Text that came with repeated calls and repeats the end of what the client already
-        got (vLLM's re-sent buffer) is dropped. With no reasoning parser, vLLM 0.13's buffer holds
-        the reasoning, `</think>` and the text (the think splitter sent the first as reasoning and
-        removed the tag): then it is the end of the reasoning followed by the end of the text."""
-        tail = scanner.tail or ""
-        before = tail[: len(tail) - len(emitted)]
-        if not emitted.strip() or scanner.field != CONTENT:
-            return emitted
-        if before.endswith(emitted):
-            scanner.tail = before
-            self.stream.log.add("text.repeated", None, "content", emitted[-200:])
-            return ""
-        if repeats_across_think(emitted, self._reasoning_tail(), before):
-            scanner.tail = before
-            self.stream.log.add("text.repeated", None, "reasoning and content", emitted[-200:])
-            return ""
-        return emitted
-
-    def _reasoning_tail(self) -> str:
-        for key in TEXT_KEYS[1:]:
-            scanner = self.scanners.get(key)
-            if scanner is not None and scanner.tail:
-                return scanner.tail
-        return ""
-
     # -- tool calls ------------------------------------------------------------------------
-
-    def absorb(self, tool_deltas: list[Any]) -> None:
-        self.calls.absorb(tool_deltas)
 
     def finish(self, ending: Ending, delta: dict[str, Any] | None, out: list[bytes]) -> bool:
         """The one way a choice ends, whatever ended it (its finish_reason, [DONE], the end of the
@@ -474,13 +396,11 @@ class ChoiceRepairer:
         calls become complete or truncated, and every ready call goes out in order. Returns
         whether text was flushed."""
         own_delta: dict[str, Any] = {} if delta is None else delta
-        self.cut = ending is Ending.CUT
         flushed = self._flush_texts(own_delta)
         if flushed and delta is None and own_delta:
             out.append(self.stream.chunk_event(self.index, own_delta))
             self.stream.see_text(own_delta)
-        self.calls.end(ending)
-        ready = self.take_ready()
+        ready = self.tool_calls.end(ending)
         if ready:
             self.needs_finish = True
             out.extend(ready)
@@ -505,80 +425,6 @@ class ChoiceRepairer:
             self.stream.finished_choices += 1
         return reason
 
-    def take_ready(self) -> list[bytes]:
-        assembly = self.calls
-        pending = assembly.pending
-        if not pending or pending[0].state is _OPEN:  # the common case, on every tool fragment
-            return []
-        events: list[bytes] = []
-        call = assembly.next_ready()
-        while call is not None:
-            events += self._call_out(call)
-            assembly.mark_emitted(call)
-            call = assembly.next_ready()
-        return events
-
-    def call_events(self, index: int, call_id: Any, name: Any, arguments: str) -> list[bytes]:
-        """One call as OpenAI streams it: a first delta with index, id, type, name and empty
-        arguments, then one delta with the complete arguments. Both a client that keeps one
-        current block (pi-ai) and one that adds up every delta's arguments (OpenAI's guide)
-        rebuild exactly these arguments."""
-        head = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
-        events = [self.stream.chunk_event(self.index, {"tool_calls": [head]})]
-        if arguments:
-            tail = {"index": index, "function": {"arguments": arguments}}
-            events.append(self.stream.chunk_event(self.index, {"tool_calls": [tail]}))
-        return events
-
-    def _call_out(self, call: HeldCall) -> list[bytes]:
-        stream = self.stream
-        offset = self.passed.indexes + self.extra_calls
-        index = self.calls.emitted + offset
-        if call.upstream_index is not None and call.upstream_index != index:
-            stream.log.add("index.renumbered", call.position, call.upstream_index, index)
-        arguments = call.arguments()
-        truncated = call.state is CallState.TRUNCATED
-        # A call the model left open to write calls inside its arguments (opencode#37297) is not cut
-        # output: the complete calls inside go out; when the output was cut, the call goes as sent.
-        items = [(call.name or "", call.id, arguments)] if self.cut and truncated else self._embedded(call, arguments)
-        if len(items) != 1 or items[0][2] is not arguments:
-            truncated = False
-            if call.state is CallState.TRUNCATED:  # not delivered: the calls inside it go out instead
-                call.state = CallState.COMPLETE
-        events: list[bytes] = []
-        for n, (name, upstream_id, call_arguments) in enumerate(items):
-            index = self.calls.emitted + offset + n
-            finished = deliver_call(
-                name, upstream_id, call_arguments, index, truncated, stream.facts, stream.policy, stream.log
-            )
-            if finished is None:  # as the upstream sent it
-                events += self.call_events(index, upstream_id, name, call_arguments)
-            else:
-                function = finished["function"]
-                events += self.call_events(index, finished["id"], function["name"], function["arguments"])
-        self.extra_calls += len(items) - 1
-        if id(call) not in self.recovered and id(call) not in self.matched and not truncated:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                self.native.append((call.name or "", orjson.loads(arguments)))
-        if call.fragments > 1:
-            stream.log.add("stream.tool_call_joined", call.position, call.fragments, 1)
-        return events
-
-    def _embedded(self, call: HeldCall, arguments: str) -> list[tuple[str, Any, str]]:
-        """The call as it goes out, or, when its complete arguments hold Kimi markup, the complete
-        calls inside them: a call whose arguments hold markup is never delivered."""
-        stream = self.stream
-        found = (
-            embedded_markup(arguments, stream.declared) if stream.scan_markup and MARKER_PREFIX in arguments else None
-        )
-        if found is None:
-            return [(call.name or "", call.id, arguments)]
-        position = self.calls.emitted + self.extra_calls
-        stream.log.add("markup.in_arguments", position, arguments, [c.name for c in found.calls])
-        for incomplete in found.incomplete:
-            stream.log.add("markup.in_arguments_incomplete", position, incomplete.name, incomplete.arguments)
-        return [(c.name, c.raw_id, c.arguments) for c in found.calls]
-
     # -- what is held ----------------------------------------------------------------------
 
     def release(self, out: list[bytes]) -> None:
@@ -596,20 +442,15 @@ class ChoiceRepairer:
                 out.append(stream.chunk_event(self.index, {key: held}))
                 stream.see_text({key: held})
                 scanner.pending = scanner.edge_close = ""
-        assembly = self.calls
-        while assembly.pending:
-            call = assembly.pending[0]
-            index = assembly.emitted + self.passed.indexes + self.extra_calls
-            out += self.call_events(index, call.id, call.name, call.arguments())
-            assembly.mark_emitted(call)
+        self.tool_calls.release(out)
 
     @property
     def holding(self) -> bool:
-        return bool(self.calls.pending) or any(scanner.pending for scanner in self.scanners.values())
+        return bool(self.tool_calls.assembly.pending) or any(scanner.pending for scanner in self.scanners.values())
 
     @property
     def buffered(self) -> int:
-        held = self.calls.buffered
+        held = self.tool_calls.assembly.buffered
         for scanner in self.scanners.values():
             if scanner.pending:
                 held += len(scanner.pending)
@@ -622,29 +463,9 @@ class ChoiceRepairer:
         """A tool call may be under way with nothing for the client to see (StreamRepairer.tool_section_open)."""
         if self.finished:
             return False
-        pending = self.calls.pending
-        if pending and pending[-1].state is _OPEN and not pending[-1].args_closed():
-            return True
-        if self.passed.any_open:
+        if self.tool_calls.open:
             return True
         return any(scanner.section_open or MARKER_PREFIX in scanner.pending for scanner in self.scanners.values())
-
-
-def repeats_across_think(text: str, reasoning_tail: str, content_tail: str) -> bool:
-    """`text` is an end of the reasoning delivered followed by an end of the content delivered
-    (the reasoning part not empty). Bounded: the tails are at most TAIL_LIMIT characters, and
-    only the split points the common end of `text` and `content_tail` allows are tried."""
-    if not reasoning_tail or len(text) > len(reasoning_tail) + len(content_tail):
-        return False
-    common = 0
-    limit = min(len(text), len(content_tail))
-    while common < limit and text[-1 - common] == content_tail[-1 - common]:
-        common += 1
-    last = reasoning_tail[-1]
-    return any(
-        text[split - 1] == last and reasoning_tail.endswith(text[:split])
-        for split in range(max(1, len(text) - common), len(text) + 1)
-    )
 
 
 def _has_reasoning(delta: dict[str, Any]) -> bool:

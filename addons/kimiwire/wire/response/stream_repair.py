@@ -25,9 +25,10 @@ from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_is_answer
-from kimiwire.wire.response.choice_repair import ChoiceRepairer, repeats_across_think
+from kimiwire.wire.response.choice_repair import ChoiceRepairer
 from kimiwire.wire.response.fast_path import FastPath, PlainText
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS
+from kimiwire.wire.response.repeated_text import repeats_across_think
 from kimiwire.wire.response.tool_call_assembly import Ending
 from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 
