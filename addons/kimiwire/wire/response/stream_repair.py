@@ -89,6 +89,10 @@ class StreamRepairer:
         # When a list, plain_read appends each event's text to it (for the turn gate, which must
         # see the texts of a turn not yet proven without parsing the events again).
         self.plain_texts: list[PlainText] | None = None
+        # ... and, when a dict, every event the full path emits from a parsed chunk is filed under
+        # its id() with that chunk (the bytes kept, so the id stays theirs): the gate reads the
+        # chunk instead of parsing our own output again (turn_pipeline.py).
+        self.handover: dict[int, tuple[bytes, dict[str, Any]]] | None = None
         # The reasoning field held the answer (a K3 response close in it): the turn is answered
         # even when the text had already gone out as reasoning.
         self.answered_in_reasoning = False
@@ -267,9 +271,17 @@ class StreamRepairer:
             {**self.template, "choices": [{"index": choice_index, "delta": delta, "finish_reason": None}]}
         )
 
-    @staticmethod
-    def encode(chunk: dict[str, Any]) -> bytes:
-        return encode_data(orjson.dumps(chunk))
+    def encode(self, chunk: dict[str, Any]) -> bytes:
+        data = encode_data(orjson.dumps(chunk))
+        if self.handover is not None:
+            self.handover[id(data)] = (data, chunk)
+        return data
+
+    def _pass(self, raw: bytes, chunk: dict[str, Any], out: list[bytes]) -> None:
+        """`raw`, the event `chunk` was parsed from, goes out as it came."""
+        out.append(raw)
+        if self.handover is not None:
+            self.handover[id(raw)] = (raw, chunk)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -318,13 +330,13 @@ class StreamRepairer:
         if not isinstance(choices, list) or not choices:
             if "error" in chunk:
                 self._upstream_error = True  # no finish_reason is made up after an error
-            out.append(raw)  # usage-only chunks, error objects
+            self._pass(raw, chunk, out)  # usage-only chunks, error objects
             return
         if not self._have_template:
             self._have_template = True
             self.template.update({k: chunk[k] for k in _CHUNK_KEYS if k in chunk})
         if len(choices) == 1 and self._passes_unchanged(choices[0]):
-            out.append(raw)
+            self._pass(raw, chunk, out)
             if chunk.get("usage") is None:
                 self.fast.learn(choices[0], raw)
             return
@@ -344,13 +356,13 @@ class StreamRepairer:
             if keep:
                 kept.append(choice)
         if not changed:
-            out.append(raw)
+            self._pass(raw, chunk, out)
             if len(choices) == 1 and type(choices[0]) is dict and chunk.get("usage") is None:
                 self.fast.learn(choices[0], raw)
             return
         if kept or chunk.get("usage") is not None:
             chunk["choices"] = kept
-            out.append(encode_data(orjson.dumps(chunk)))
+            out.append(self.encode(chunk))
         out.extend(after)
 
     def _passes_unchanged(self, choice: Any) -> bool:
