@@ -119,3 +119,14 @@ def test_the_readiness_question_answers_per_text_kind():
     renaming = StreamRepairer(NO_TOOLS, Policy.build(Flavor.SELFHOSTED, reasoning_field="reasoning"))
     renaming.feed(event({"content": "a"}))
     assert renaming.choices[0].plain_readiness() is None
+
+
+def test_thinking_off_reasoning_never_passes_the_fast_path_as_reasoning():
+    """An empty reasoning delta goes out as it came and teaches the fast path its shape; the
+    reasoning that follows is the answer and must still go out as content."""
+    facts = RequestFacts(0, {}, True, True, thinking_off=True)
+    events = [event({"role": "assistant", "content": ""}), event({"reasoning_content": ""})]
+    events += [event({"content": "a"}), event({"content": "b"}), event({"reasoning_content": "answer"})]
+    fast, _ = delivered(events, facts, True)
+    full, _ = delivered(events, facts, False)
+    assert fast == full and b'"content":"answer"' in fast

@@ -164,7 +164,10 @@ STREAMS = st.lists(st.one_of(TEXT_EVENT, TEXT_EVENT, TEXT_EVENT, OTHER_EVENT), m
 TOOLS = RequestFacts(0, {"read": {"type": "object"}}, True, True)
 K3 = RequestFacts(0, {"read": {"type": "object"}}, True, True, k3_model=True)
 K3_NO_TOOLS = RequestFacts(0, {}, False, True, k3_model=True)
-FACTS = st.sampled_from([NO_TOOLS, TOOLS, RequestFacts(0, {}, False, True, thinking_prefilled=True), K3, K3_NO_TOOLS])
+THINKING_OFF = RequestFacts(0, {}, True, True, thinking_off=True)  # reasoning deltas are the answer
+FACTS = st.sampled_from(
+    [NO_TOOLS, TOOLS, RequestFacts(0, {}, False, True, thinking_prefilled=True), K3, K3_NO_TOOLS, THINKING_OFF]
+)
 
 
 def run(body: bytes, cuts: list[int], fast: bool, facts: RequestFacts = NO_TOOLS) -> tuple[list[bytes], list, tuple]:
