@@ -50,6 +50,7 @@ timing, bytes, the raw upstream body, its repairs), counted and logged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -88,8 +89,8 @@ from kimiwire.wire.response.turn_gate import (
     TurnGate,
     completion_seen,
     judge,
-    upstream_started_calls,
 )
+from kimiwire.wire.response.turn_pipeline import TurnPipeline
 from kimiwire.wire.retry_outcome import EMPTY_TURN_MESSAGE, Failure, exhausted_events
 from kimiwire.wire.retry_policy import (
     RETRY_STATUSES,
@@ -363,10 +364,11 @@ class Retrier:
             repairer = StreamRepairer(facts, policy)
             checks = self.policy.turn_checks()
             gate = TurnGate(facts, checks, policy.tool_stream == "whole", policy.stream_buffer_limit)
+            pipeline = TurnPipeline(repairer, gate, continuation)
             raw = bytearray()
             chunks = response.aiter_raw().__aiter__()
             while True:
-                wait = self._read_wait(flow, current, first=not raw, proven=gate.proven)
+                wait = self._read_wait(flow, current, first=not raw, proven=pipeline.proven)
                 try:
                     chunk = await asyncio.wait_for(chunks.__anext__(), wait)
                 except StopAsyncIteration:
@@ -374,22 +376,21 @@ class Retrier:
                 except (TimeoutError, httpx.HTTPError) as exc:
                     why = "no event in time" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
                     current.body = bytes(raw)
-                    if not gate.proven and not gate.seen.calls and not upstream_started_calls(bytes(raw)):
+                    if pipeline.stalled_unanswered(functools.partial(bytes, raw)):
                         return Failure("stall" if isinstance(exc, TimeoutError) else "connect", why)
-                    tail = repairer.end_with_error(error_event(f"kimiwire: retry ended: {why}", "upstream_error", None))
-                    await sink.send(continuation.rewrite(gate.open() + tail))
+                    ended = error_event(f"kimiwire: retry ended: {why}", "upstream_error", None)
+                    await sink.send(pipeline.end_with_error(ended))
                     # It answered (content or a call reached the client's copy), then broke: the
                     # client gets that and the error, as after a first attempt that broke.
                     success.append(Success(response.status_code, list(response.headers.raw), bytes(raw), why))
                     return None
                 raw += chunk
                 current.body = bytes(raw)
-                await sink.send(continuation.rewrite(gate.feed(repairer.feed(chunk))))
-            out = gate.feed(repairer.end())
-            verdict = gate.verdict()
-            if verdict is not None:
-                return Failure(verdict.kind, verdict.detail, fallback=continuation.rewrite(gate.discard()))
-            await sink.send(continuation.rewrite(out + gate.open()))
+                await sink.send(pipeline.feed(chunk))
+            out = pipeline.end()
+            if (verdict := pipeline.verdict) is not None:
+                return Failure(verdict.kind, verdict.detail, fallback=pipeline.discard())
+            await sink.send(out)
             success.append(Success(response.status_code, list(response.headers.raw), bytes(raw)))
             return None
         finally:

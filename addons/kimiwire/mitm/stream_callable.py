@@ -18,7 +18,8 @@ from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.response.fast_path import PLAIN_ONLY
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict, upstream_started_calls
+from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict
+from kimiwire.wire.response.turn_pipeline import TurnPipeline
 from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
 
 logger = logging.getLogger("kimiwire")
@@ -121,6 +122,7 @@ class RepairingStream:
         # Retries: the gate holds a turn's ending until it proves to have an answer;
         # a turn that fails is left unended (`failed_turn`) for the `response` hook to retry.
         self.gate = gate
+        self.pipeline = TurnPipeline(repairer, gate)  # repair, then the gate
         self.retry_stall = retry_stall
         self.failed_turn: TurnVerdict | None = None
         self.limits = limits or EndingLimits()
@@ -239,42 +241,14 @@ class RepairingStream:
             if data:
                 self._passthrough_activity()
             return self._deliver([data] if data else [])
-        undecoded = repairer.undecoded()
         events_before = repairer.data_events_in
-        gate = self.gate
-        judging = gate if data and gate is not None and not gate.proven else None  # (the gate judging this read)
-        if judging is not None:
-            repairer.plain_texts = []  # what the fast path takes, the gate need not parse again
-        try:
-            out = repairer.feed(data) if data else self._end()
-        except Exception as exc:
-            # Nothing may be lost: what the repairer held goes out unrepaired, then the raw bytes
-            # it had not yet decoded and this chunk; the rest of the stream passes through.
+        pipeline = self.pipeline
+        # An exception in a stage costs a repair, never data (TurnPipeline): the rest passes through.
+        out = pipeline.feed(data) if data else self._end()
+        if pipeline.failed and not self.failed:
             self.failed = True
-            out = []
-            try:
-                repairer.release_held(out, include_undecoded=False)
-            except Exception:
-                logger.exception("kimiwire: could not release held stream data")
-            out.append(undecoded + data)
-            if self.gate is not None:
-                out[:0] = self.gate.open()
-            if self.on_error is not None:
-                self.on_error(exc)
-        else:
-            if repairer.failure is not None and not self.failed:
-                # The repairer caught it itself: nothing was lost; record it and pass the rest through.
-                self.failed = True
-                if data and self.gate is not None:  # (at the end, _end already passed it through the gate)
-                    out[:0] = self.gate.open()
-                if self.on_error is not None:
-                    self.on_error(repairer.failure)
-            elif judging is not None:
-                texts = repairer.plain_texts
-                out = judging.feed_plain(data, texts) if texts else judging.feed(out)
-                if repairer.answered_in_reasoning and not judging.proven:  # never retried away
-                    out += judging.open()
-        repairer.plain_texts = None
+            if self.on_error is not None and pipeline.failure is not None:
+                self.on_error(pipeline.failure)
         times = self.times
         if repairer.bypass and data:
             self._passthrough_activity()
@@ -332,23 +306,14 @@ class RepairingStream:
     def _end(self) -> list[bytes]:
         if self.end_reason is ProxyEnd.SHUTDOWN:  # never a retry: the client gets what was held and why
             return self.end_with_error(error_event(SHUTDOWN_MESSAGE, "proxy_shutdown", "proxy_shutdown"))
-        gate = self.gate
+        pipeline = self.pipeline
         timed_out = self.end_reason in (ProxyEnd.IDLE, ProxyEnd.FIRST_EVENT)
-        if (
-            gate is not None
-            and not gate.proven
-            and timed_out
-            and self.retry_stall
-            and not gate.seen.calls
-            and not upstream_started_calls(self.upstream_bytes())
-        ):
+        if timed_out and self.retry_stall and pipeline.stalled_unanswered(self.upstream_bytes):
             self.failed_turn = TurnVerdict("stall", f"no answer before the {self.end_reason} timeout")
             return []
-        if gate is not None and not gate.proven and not timed_out:
-            out = gate.feed(self.repairer.end(drop_partial=self.end_reason is not None))
-            self.failed_turn = gate.verdict()
-            if self.failed_turn is None:
-                out += gate.open()
+        if not pipeline.proven and not timed_out:
+            out = pipeline.end(drop_partial=self.end_reason is not None)
+            self.failed_turn = pipeline.verdict
             return out
         if self.end_reason is ProxyEnd.IDLE:
             message = IDLE_MESSAGE.format(seconds=self.limits.idle_timeout)
@@ -356,12 +321,11 @@ class RepairingStream:
         if self.end_reason is ProxyEnd.FIRST_EVENT:
             message = FIRST_EVENT_MESSAGE.format(seconds=self.limits.first_event_timeout)
             return self.end_with_error(error_event(message, "upstream_timeout", "upstream_first_event_timeout"))
-        return self.repairer.end(drop_partial=self.end_reason is not None)
+        return pipeline.end(drop_partial=self.end_reason is not None)
 
     def end_with_error(self, event: bytes) -> list[bytes]:
         self.error_event = event
-        held = self.gate.open() if self.gate is not None else []
-        return held + self.repairer.end_with_error(event)
+        return self.pipeline.end_with_error(event)
 
     def close_after_upstream_failure(self, message: str) -> bytes:
         """The upstream failed mid-stream: the events that end the client's stream cleanly

@@ -10,6 +10,7 @@ from kimiwire.mitm import request_side
 from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.capture import delivered_body
 from kimiwire.mitm.stream_callable import ProxyEnd
+from kimiwire.wire.response.choice_calls import ChoiceCalls
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -114,17 +115,16 @@ def test_exception_mid_stream_loses_nothing(monkeypatch):
         flow.response = sse_response()
         upstream = streams.sglang([("read", READ_ARGS)]).body()
         kw.responseheaders(flow)
-        repairer = flow.response.stream.__self__.repairer
-        original = repairer._absorb
+        original = ChoiceCalls.absorb
         calls = {"n": 0}
 
-        def flaky(state, deltas):
+        def flaky(choice, deltas):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise RuntimeError("repair bug")
-            return original(state, deltas)
+            return original(choice, deltas)
 
-        monkeypatch.setattr(repairer, "_absorb", flaky)
+        monkeypatch.setattr(ChoiceCalls, "absorb", flaky)
         out = []
         for i in range(0, len(upstream), 50):
             out += flow.response.stream(upstream[i : i + 50])

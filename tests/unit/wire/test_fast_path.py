@@ -37,7 +37,7 @@ def primed(facts: RequestFacts = NO_TOOLS, policy: Policy = POLICY) -> StreamRep
         event({"content": " Here"}),
     ):
         assert repairer.feed(chunk) == [chunk]
-    assert len(repairer._templates) == 2
+    assert len(repairer.fast.templates) == 2
     return repairer
 
 
@@ -164,7 +164,10 @@ STREAMS = st.lists(st.one_of(TEXT_EVENT, TEXT_EVENT, TEXT_EVENT, OTHER_EVENT), m
 TOOLS = RequestFacts(0, {"read": {"type": "object"}}, True, True)
 K3 = RequestFacts(0, {"read": {"type": "object"}}, True, True, k3_model=True)
 K3_NO_TOOLS = RequestFacts(0, {}, False, True, k3_model=True)
-FACTS = st.sampled_from([NO_TOOLS, TOOLS, RequestFacts(0, {}, False, True, thinking_prefilled=True), K3, K3_NO_TOOLS])
+THINKING_OFF = RequestFacts(0, {}, True, True, thinking_off=True)  # reasoning deltas are the answer
+FACTS = st.sampled_from(
+    [NO_TOOLS, TOOLS, RequestFacts(0, {}, False, True, thinking_prefilled=True), K3, K3_NO_TOOLS, THINKING_OFF]
+)
 
 
 def run(body: bytes, cuts: list[int], fast: bool, facts: RequestFacts = NO_TOOLS) -> tuple[list[bytes], list, tuple]:
@@ -234,7 +237,16 @@ def test_with_declared_tools_the_markup_scanner_sees_each_text():
     assert repairer.plain_read(event({"content": "hello "})) == 1
     assert repairer.plain_read(event({"content": "now rea"})) == 0
     assert repairer.plain_read(event({"content": "x functions."})) == 0
-    assert not StreamRepairer(NO_TOOLS, Policy.build(Flavor.SELFHOSTED, reasoning_field="reasoning")).fast_path
+
+
+def test_a_renamed_reasoning_field_never_takes_the_fast_path():
+    """Every delta's reasoning field is renamed: no plain text passes as it came."""
+    renaming = StreamRepairer(NO_TOOLS, Policy.build(Flavor.SELFHOSTED, reasoning_field="reasoning"))
+    for chunk in (Stream().chunk({"role": "assistant", "content": ""}).body(), event({"content": "Sure."})):
+        renaming.feed(chunk)
+    assert renaming.feed(event({"content": " Here"})) == [event({"content": " Here"})]
+    assert renaming.fast.templates and not renaming.fast.ready
+    assert renaming.plain_read(event({"content": " more"})) == 0
 
 
 NAME_TEXT = st.lists(

@@ -12,8 +12,8 @@ scalar fields (no usage, error or second choices): the template's rest (a Kimi s
 same bytes there in every event, `}` or `,"usage":null}`: one comparison), or any that
 EVENT_REST accepts. The full path would forward such an event as it came: it differs from one it
 did forward only in what no repair looks at, as long as the repairer's state allows it
-(`StreamRepairer.plain_read` checks that, and runs the markup scanner on the text when the
-request names tools).
+(`FastPath` asks the choice repairer, `ChoiceRepairer.plain_readiness` and `text_passes`: the
+predicates of the repairs themselves).
 
 Nothing assumes one server's layout: the head and tail are whatever bytes the stream's own first
 plain event had (field order, `json.dumps`'s `", "` and `": "` spacing, null fields such as
@@ -28,8 +28,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from kimiwire.wire.response.reasoning_field import TEXT_KEYS
+
+if TYPE_CHECKING:
+    from kimiwire.wire.response.stream_repair import StreamRepairer
 
 MAX_TEMPLATES = 4  # head shapes kept per stream: content, reasoning, and a spare or two
 
@@ -131,3 +137,208 @@ def text_of(body: bytes) -> str:
         return body.decode()
     text: str = orjson.loads(b'"' + body + b'"')  # a JSON string literal
     return text
+
+
+_TEXT_BODY = TEXT_BODY.match
+_EVENT_REST = EVENT_REST.match
+_EVENT_REST_TO_END = EVENT_REST.fullmatch
+
+
+class FastPath:
+    """The stream repairer's fast path: the templates it learned and the one readiness question,
+    asked of choice 0's repairer after each read the full path took (`refresh`). A read that is
+    nothing but plain text events matching a template passes as it came when that answer lets
+    it, each text shown to `ChoiceRepairer.text_passes` when the answer says so."""
+
+    def __init__(self, stream: StreamRepairer) -> None:
+        self.stream = stream
+        self.templates: list[PlainTemplate] = []
+        self.template_last = NO_TEMPLATE  # the template the last fast read matched, tried first
+        # The answer of the last `refresh`:
+        self.ready = False  # plain text of choice 0 may pass
+        self.content_blocked = False  # ... but not content
+        self.reasoning_blocked = False  # ... or not reasoning
+        self.look = False  # ... each text once choice 0's repairer said it passes
+
+    def refresh(self) -> None:
+        """Ask again, after a read the full path took: the stream is open and plain, and choice
+        0's repairer says which plain texts pass unchanged now."""
+        stream = self.stream
+        self.ready = False
+        if not (stream.fast_path and self.templates) or stream.bypass or stream.done or stream.decoder.pending:
+            return
+        choice = stream.choices.get(0)
+        readiness = choice.plain_readiness() if choice is not None else None
+        if readiness is None:
+            return
+        self.ready = True
+        self.content_blocked = not readiness.content
+        self.reasoning_blocked = not readiness.reasoning
+        self.look = readiness.look
+
+    def plain_read(self, data: bytes) -> int:
+        """The number of events in `data` when it is nothing but whole plain text events matching
+        a template that the full path would forward unchanged in the current state; their counts
+        and text flags are taken as the full path takes them. 0 (and nothing changed) otherwise:
+        the read goes to the full path."""
+        if not self.ready:
+            return 0
+        # The usual read: one event of the shape the last read had. Kept flat: every event of a
+        # stream passes here.
+        template = self.template_last
+        if not data.startswith(template.head) or (
+            self.reasoning_blocked if template.reasoning else self.content_blocked
+        ):
+            return self._plain_events(data)
+        start = template.text_start
+        closing = len(data) - template.end_size
+        # Most texts are plain ASCII and the bytes after them the template's own: then the text
+        # ends where those bytes begin. Anything else, the regular expressions decide.
+        if (
+            closing < start
+            or not data.endswith(template.end)
+            or (text := data[start:closing]).translate(PLAIN_ONLY) is not text
+        ):
+            body = _TEXT_BODY(data, start)
+            if body is None:
+                return self._plain_events(data)
+            closing = body.end() - 1
+            end = closing + template.tail_size
+            if not data.startswith(template.tail, closing) or not (
+                (len(data) - end == template.rest_size and data.endswith(template.rest))
+                or _EVENT_REST_TO_END(data, end)
+            ):
+                return self._plain_events(data)
+        stream = self.stream
+        if (
+            closing > start
+            and (stream.text_unseen or self.look)
+            and not self._plain_text(template, data, start, closing, record=True)
+        ):
+            return 0
+        stream.events_in += 1
+        stream.data_events_in += 1
+        if stream.plain_texts is not None:
+            stream.plain_texts.append(PlainText(template, text_of(data[start:closing])))
+        return 1
+
+    def steady_lane(self) -> tuple[bytes, bytes, int, int] | None:
+        """What lets a caller pass an event on its own until its next `feed` or `plain_read`
+        (RepairingStream's steady branch: one Python frame less per event): the last template's
+        (head, tail + rest, text start, len(tail + rest)). An event with that head and end and a
+        text of PLAIN_ASCII bytes only is one `plain_read` would take changing nothing but the two
+        event counters, which the caller then adds itself (in bulk: `RepairingStream.settle`).
+        None when a text would still change something: a repair to show it to, a text kind not
+        seen yet, a gate taking the texts."""
+        stream = self.stream
+        if not self.ready or self.look or stream.plain_texts is not None:
+            return None
+        template = self.template_last
+        if template.reasoning:
+            if self.reasoning_blocked or not stream.reasoning_seen:
+                return None
+        elif self.content_blocked or not stream.content_seen:
+            return None
+        return template.head, template.end, template.text_start, template.end_size
+
+    def _plain_events(self, data: bytes) -> int:
+        """plain_read for any number of events, each of any template."""
+        size = len(data)
+        position = events = 0
+        texts: list[tuple[PlainTemplate, int, int]] = []
+        template = NO_TEMPLATE
+        while position < size:
+            for template in self.templates:
+                if data.startswith(template.head, position):
+                    break
+            else:
+                return 0
+            if self.reasoning_blocked if template.reasoning else self.content_blocked:
+                return 0
+            start = position + template.text_start
+            body = _TEXT_BODY(data, start)
+            if body is None:
+                return 0
+            closing = body.end() - 1
+            if not data.startswith(template.tail, closing):
+                return 0
+            end = closing + template.tail_size
+            if data.startswith(template.rest, end):
+                position = end + template.rest_size
+            else:
+                rest = _EVENT_REST(data, end)
+                if rest is None:
+                    return 0
+                position = rest.end()
+            texts.append((template, start, closing))
+            events += 1
+        if not events:
+            return 0
+        stream = self.stream
+        if stream.text_unseen or self.look:
+            for seen, start, closing in texts:
+                if closing > start and not self._plain_text(seen, data, start, closing):
+                    return 0
+            if self.look:  # every text passes: now they count as delivered
+                choice = stream.choices[0]
+                for seen, start, closing in texts:
+                    if closing > start:
+                        choice.delivered(seen.key, text_of(data[start:closing]))
+        self.template_last = template
+        stream.events_in += events
+        stream.data_events_in += events
+        if stream.plain_texts is not None:
+            stream.plain_texts += [PlainText(seen, text_of(data[start:closing])) for seen, start, closing in texts]
+        return events
+
+    def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int, record: bool = False) -> bool:
+        """A matched event's non-empty text: choice 0's repairer decides when the readiness said
+        to look; the turn's text flags are set. `record`: the text counts as delivered when it
+        passes."""
+        stream = self.stream
+        if self.look:
+            choice = stream.choices[0]
+            text = text_of(data[start:closing])
+            if not choice.text_passes(template.key, text):
+                return False
+            if record:
+                choice.delivered(template.key, text)
+        if stream.text_unseen:
+            if template.reasoning:
+                stream.reasoning_seen = True
+            else:
+                stream.content_seen = True
+            stream.text_unseen = not (stream.content_seen and stream.reasoning_seen)
+        return True
+
+    def learn(self, choice: dict[str, Any], raw: bytes) -> None:
+        """`raw` went out unchanged: when its only choice is a plain text delta of choice 0, its
+        shape becomes a template (whether such a text may pass later is `refresh`'s question)."""
+        delta = choice.get("delta")
+        if (
+            choice.get("index", 0) != 0
+            or type(delta) is not dict
+            or choice.get("finish_reason") is not None
+            or "usage" in choice
+            or delta.get("tool_calls") is not None
+        ):
+            return
+        key = None
+        for name, value in delta.items():
+            if value is None:
+                continue
+            if key is None and name in TEXT_KEYS and type(value) is str:
+                key = name
+                continue
+            return
+        if key is None:
+            return
+        for known in self.templates:
+            if raw.startswith(known.head):
+                return
+        template = learn_template(raw, key, key != "content", "role" in delta)
+        if template is not None:
+            if len(self.templates) >= MAX_TEMPLATES:
+                del self.templates[0]
+            self.templates.append(template)
+            self.template_last = template

@@ -16,6 +16,11 @@ history called. What is held: a tail that may start a marker (`<|tool_call…`),
 a last word (after whitespace, `>` or `}`) that may still become `KNOWN_NAME:N` before an argument
 marker; a head is recognised only after the same boundaries, so what a stream recovers does not
 depend on where the text was cut.
+
+The module is over 500 lines for one reason: it is one concern, the Kimi markup grammar (its
+tokens, id forms and boundaries) and the scanner that reads it incrementally (a class under 400
+lines); the whole-text entries at the end (`recover_all`, `embedded_markup`) are that scanner run
+once. Split, the grammar would sit in a module that only this scanner reads.
 """
 
 from __future__ import annotations

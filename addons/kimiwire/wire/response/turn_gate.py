@@ -199,12 +199,18 @@ class TurnGate:
     def holding(self) -> bool:
         return bool(self.held)
 
-    def feed(self, events: list[bytes]) -> list[bytes]:
+    def feed(self, events: list[bytes], parsed: dict[int, tuple[bytes, dict[str, Any]]] | None = None) -> list[bytes]:
+        """`parsed`: the chunks the repairer parsed or built its events from, by the events' id()
+        (StreamRepairer.handover): read instead of parsing those events again."""
         if self.proven or not events:
             return events
         out: list[bytes] = []
         for position, event in enumerate(events):
-            proves, hold, role = self._inspect(event)
+            handed = parsed.get(id(event)) if parsed else None
+            if handed is not None and handed[0] is event and not self._decoder.pending:
+                proves, hold, role = self._inspect_chunk(handed[1])
+            else:
+                proves, hold, role = self._inspect(event)
             if proves:
                 self.proven = True
                 self.role_delivered |= role
@@ -276,16 +282,19 @@ class TurnGate:
                 continue
             if not isinstance(chunk, dict):
                 continue
-            if chunk.get("error") is not None:
-                self.seen.error = True
-                hold = True
-                continue
-            proves, chunk_hold, chunk_role = self._chunk(chunk)
+            proves, chunk_hold, chunk_role = self._inspect_chunk(chunk)
             role |= chunk_role
             if proves:
                 return True, False, role
             hold |= chunk_hold
         return False, hold, role
+
+    def _inspect_chunk(self, chunk: dict[str, Any]) -> tuple[bool, bool, bool]:
+        """`_inspect` for one parsed chunk."""
+        if chunk.get("error") is not None:
+            self.seen.error = True
+            return False, True, False
+        return self._chunk(chunk)
 
     def _call_delta(self, choice: Any, position: int, call: Any) -> None:
         """A call goes out as OpenAI streams it (a first delta with the name and `arguments: ""`,
