@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from mitmproxy import command, ctx, exceptions, http
 
-from kimiwire.mitm import client_errors, options, proxy_internals, request_limits
+from kimiwire.mitm import client_errors, large_capture, options, proxy_internals, request_limits
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.command_types import JSONObject
 from kimiwire.mitm.early_head import EarlyHead, LateAnswer
@@ -34,7 +34,7 @@ from kimiwire.mitm.hedge import HedgeRace
 from kimiwire.mitm.loaded_flows import LoadedFlows
 from kimiwire.mitm.options import Feeds, Settings
 from kimiwire.mitm.proxy_internals import EndKind, EndOutcome
-from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, RequestWorker, repair_and_record
+from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, RequestWorker
 from kimiwire.mitm.retry import (
     Attempt,
     ClientGone,
@@ -601,7 +601,7 @@ class KimiWire:
         self._start_first_byte_timer(state)
         if not raw:
             return
-        done = await self.request_worker.run(repair_and_record, raw, state.policy or self.policy_for(state.flow))
+        done = await self.request_worker.repair(raw, state.policy or self.policy_for(state.flow))
         if isinstance(done, Raised):
             self._record_error(state.flow, "request repair", done.error)
             return
@@ -1232,8 +1232,8 @@ class KimiWire:
         the request worker; the record is appended here, on the loop, like every other."""
 
         async def write(capture: CaptureFile) -> None:
-            state = await self.request_worker.run(saved_state, *parts)
-            capture.write(state.error if isinstance(state, Raised) else state)
+            record = await large_capture.encoded_record(self.request_worker, *parts)
+            capture.write(record.error if isinstance(record, Raised) else record)
 
         task = asyncio.get_running_loop().create_task(write(capture))
         self._capture_tasks.add(task)

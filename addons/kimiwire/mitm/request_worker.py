@@ -7,14 +7,25 @@ OFFLOAD_BYTES up go to one worker thread, one at a time (two would only contend 
 `request` hook awaits it, mitmproxy holds that flow meanwhile and serves the others. The repair
 code is the same sans-IO code: the worker only calls it. What is left on the loop is the GIL the
 worker takes: pure Python gives it back every switch interval, orjson holds it for one whole
-document, which for the largest bodies is the gap left (docs/design.md, "Ending streams").
+document, which for the largest bodies was the gap left.
+
+So the largest bodies (from PROCESS_BYTES) are parsed in a worker process instead, which has a GIL
+of its own: the body goes there as bytes, the repaired body comes back as bytes, and the repair log
+(a long history's hundred thousand entries) comes back as pieces of a few thousand entries each,
+unpickled here in the thread: one piece at a time holds the GIL briefly, where the whole log in one
+pickle would hold it for as long as a parse. The pool is created at the first such body and has at
+most PROCESSES workers; a worker that dies or a call that raises costs the repair only (Raised),
+and the next body gets a fresh pool. Smaller bodies stay in the thread: a process hop costs copies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import multiprocessing
+import pickle
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +37,13 @@ T = TypeVar("T")
 
 # Smaller bodies are repaired in well under a millisecond or two: a thread hop would cost more.
 OFFLOAD_BYTES = 256 * 1024
+# From this size a body is parsed in a worker process: orjson parses a few MB in tens of
+# milliseconds, all of them with the GIL held, which every stream on the loop waits for.
+PROCESS_BYTES = 2 * 1024 * 1024
+# Worker processes at most: each holds a large body's parsed documents while it works.
+PROCESSES = 2
+# Repair log entries per piece sent back from the worker process.
+_ENTRIES_PER_PIECE = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +77,64 @@ def repair_and_record(raw: bytes, policy: Policy) -> tuple[RequestRepairResult, 
     return result, RecordedRepairs.of(result.log, "request")
 
 
+@dataclass(frozen=True, slots=True)
+class RepairedElsewhere:
+    """A repair made in the worker process, as it travels back: the result with its log left empty,
+    the log's counts and summary, and its entries for the record pickled in pieces."""
+
+    result: RequestRepairResult
+    counts: dict[str, int]
+    summary: str
+    pieces: list[bytes]
+
+    def unpacked(self) -> tuple[RequestRepairResult, RecordedRepairs]:
+        """In the thread: the result and the record's repairs, one piece of entries at a time."""
+        entries: list[dict[str, Any]] = []
+        for piece in self.pieces:
+            entries.extend(pickle.loads(piece))
+        return self.result, RecordedRepairs(entries, self.counts, self.summary)
+
+
+def repair_elsewhere(raw: bytes, policy: Policy) -> RepairedElsewhere:
+    """The request repair as the worker process runs it."""
+    result, recorded = repair_and_record(raw, policy)
+    entries = recorded.entries
+    pieces = [
+        pickle.dumps(entries[start : start + _ENTRIES_PER_PIECE], pickle.HIGHEST_PROTOCOL)
+        for start in range(0, len(entries), _ENTRIES_PER_PIECE)
+    ]
+    return RepairedElsewhere(dataclasses.replace(result, log=RepairLog()), recorded.counts, recorded.summary, pieces)
+
+
 class RequestWorker:
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
+        self._processes: ProcessPoolExecutor | None = None
+
+    async def repair(self, raw: bytes, policy: Policy) -> tuple[RequestRepairResult, RecordedRepairs] | Raised:
+        """`raw` repaired off the loop: in the thread, or in a worker process from PROCESS_BYTES."""
+        if len(raw) < PROCESS_BYTES:
+            return await self.run(repair_and_record, raw, policy)
+        done = await self.in_process(repair_elsewhere, raw, policy)
+        if isinstance(done, Raised):
+            return done
+        return await self.run(RepairedElsewhere.unpacked, done)
+
+    async def in_process(self, call: Callable[..., T], *args: Any) -> T | Raised:
+        """`call(*args)` in a worker process (`call` and its arguments are pickled): its result, or
+        what it raised, or the pool's error when the worker died (as Raised)."""
+        try:
+            if self._processes is None:
+                # spawn: a fresh interpreter; forking a process that runs threads is unsafe.
+                context = multiprocessing.get_context("spawn")
+                self._processes = ProcessPoolExecutor(PROCESSES, mp_context=context)
+            future = self._processes.submit(call, *args)
+            return await asyncio.wrap_future(future)
+        except BrokenExecutor as exc:  # a worker died: this call's work is lost, the next gets a new pool
+            self._close_processes()
+            return Raised(exc)
+        except Exception as exc:
+            return Raised(exc)
 
     async def run(self, call: Callable[..., T], *args: Any) -> T | Raised:
         """`call(*args)` in the worker thread: its result, or what it raised (as Raised)."""
@@ -73,6 +146,12 @@ class RequestWorker:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        self._close_processes()
+
+    def _close_processes(self) -> None:
+        if self._processes is not None:
+            self._processes.shutdown(wait=False, cancel_futures=True)
+            self._processes = None
 
 
 def _caught(call: Callable[..., Any], args: tuple[Any, ...]) -> Any:
