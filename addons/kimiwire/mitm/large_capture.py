@@ -35,7 +35,7 @@ async def encoded_record(
     """The flow's capture record, encoded (`saved_state` with the same arguments, as tnetstring)."""
     bodies = [body for body in _redacted_bodies_of(flow, client_request) if len(body) >= PROCESS_BYTES]
     known = KnownRedactions(redactor, (), ())
-    if bodies:
+    if bodies and worker.processes_work:
         answers = await worker.in_process(redacted_bodies, redactor, bodies)
         if isinstance(answers, Raised):
             logger.warning("kimiwire: capture redaction in the worker process failed (%r); done here", answers.error)

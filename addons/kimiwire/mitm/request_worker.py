@@ -15,13 +15,16 @@ of its own: the body goes there as bytes, the repaired body comes back as bytes,
 unpickled here in the thread: one piece at a time holds the GIL briefly, where the whole log in one
 pickle would hold it for as long as a parse. The pool is created at the first such body and has at
 most PROCESSES workers; a worker that dies or a call that raises costs the repair only (Raised),
-and the next body gets a fresh pool. Smaller bodies stay in the thread: a process hop costs copies.
+and the next body gets a fresh pool. Where worker processes die one pool after another without one
+answer (an interpreter that cannot spawn itself, such as a frozen mitmdump), the large bodies go
+back to the thread. Smaller bodies stay in the thread: a process hop costs copies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import multiprocessing
 import pickle
 from collections.abc import Callable
@@ -34,6 +37,7 @@ from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import RequestRepairResult, repair_request_body
 
 T = TypeVar("T")
+logger = logging.getLogger("kimiwire")
 
 # Smaller bodies are repaired in well under a millisecond or two: a thread hop would cost more.
 OFFLOAD_BYTES = 256 * 1024
@@ -42,6 +46,9 @@ OFFLOAD_BYTES = 256 * 1024
 PROCESS_BYTES = 2 * 1024 * 1024
 # Worker processes at most: each holds a large body's parsed documents while it works.
 PROCESSES = 2
+# Pools that broke in a row, none of their workers having answered, before the worker processes
+# are given up for this run and large bodies are repaired in the thread again.
+BROKEN_POOLS_BEFORE_THREAD = 2
 # Repair log entries per piece sent back from the worker process.
 _ENTRIES_PER_PIECE = 2000
 
@@ -110,10 +117,11 @@ class RequestWorker:
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
         self._processes: ProcessPoolExecutor | None = None
+        self._broken_pools = 0  # in a row, since a worker process last answered
 
     async def repair(self, raw: bytes, policy: Policy) -> tuple[RequestRepairResult, RecordedRepairs] | Raised:
         """`raw` repaired off the loop: in the thread, or in a worker process from PROCESS_BYTES."""
-        if len(raw) < PROCESS_BYTES:
+        if len(raw) < PROCESS_BYTES or not self.processes_work:
             return await self.run(repair_and_record, raw, policy)
         done = await self.in_process(repair_elsewhere, raw, policy)
         if isinstance(done, Raised):
@@ -129,12 +137,22 @@ class RequestWorker:
                 context = multiprocessing.get_context("spawn")
                 self._processes = ProcessPoolExecutor(PROCESSES, mp_context=context)
             future = self._processes.submit(call, *args)
-            return await asyncio.wrap_future(future)
+            answer = await asyncio.wrap_future(future)
         except BrokenExecutor as exc:  # a worker died: this call's work is lost, the next gets a new pool
             self._close_processes()
+            self._broken_pools += 1
+            if not self.processes_work:
+                logger.warning("kimiwire: worker processes keep dying (%r); large bodies are repaired in a thread", exc)
             return Raised(exc)
         except Exception as exc:
             return Raised(exc)
+        self._broken_pools = 0
+        return answer
+
+    @property
+    def processes_work(self) -> bool:
+        """Worker processes are used: they have not died pool after pool without one answer."""
+        return self._broken_pools < BROKEN_POOLS_BEFORE_THREAD
 
     async def run(self, call: Callable[..., T], *args: Any) -> T | Raised:
         """`call(*args)` in the worker thread: its result, or what it raised (as Raised)."""

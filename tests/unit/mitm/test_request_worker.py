@@ -189,6 +189,35 @@ def test_a_dead_worker_process_costs_that_call_only():
     assert answered == 2  # a fresh pool after the dead one
 
 
+def test_worker_processes_that_keep_dying_are_given_up_for_the_thread(monkeypatch):
+    from kimiwire.wire.policy import Policy
+
+    threads = []
+    repair = request_worker.repair_request_body
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return repair(*args)
+
+    monkeypatch.setattr(request_worker, "repair_request_body", recording)  # seen in this process only
+    content = _request_of(request_worker.PROCESS_BYTES)
+    worker = request_worker.RequestWorker()
+
+    async def calls():
+        for _ in range(request_worker.BROKEN_POOLS_BEFORE_THREAD):
+            assert worker.processes_work
+            assert isinstance(await worker.in_process(os._exit, 3), request_worker.Raised)
+        return await worker.repair(content, Policy())
+
+    try:
+        done = asyncio.run(calls())
+    finally:
+        worker.close()
+    assert not worker.processes_work
+    assert not isinstance(done, request_worker.Raised) and done[1].counts["ids.call"] > 1000
+    assert threads == ["kimiwire-request-repair_0"]
+
+
 def test_a_dead_worker_process_costs_the_repair_never_the_request(monkeypatch):
     async def dead(*args):
         return request_worker.Raised(BrokenExecutor("a worker process died"))
