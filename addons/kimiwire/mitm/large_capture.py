@@ -33,14 +33,19 @@ async def encoded_record(
     redactor: Redactor,
 ) -> bytes | Raised:
     """The flow's capture record, encoded (`saved_state` with the same arguments, as tnetstring)."""
-    bodies = [body for body in _redacted_bodies_of(flow, client_request) if len(body) >= PROCESS_BYTES]
-    known = KnownRedactions(redactor, (), ())
-    if bodies and worker.processes_work:
-        answers = await worker.in_process(redacted_bodies, redactor, bodies)
-        if isinstance(answers, Raised):
-            logger.warning("kimiwire: capture redaction in the worker process failed (%r); done here", answers.error)
-        else:
-            known = KnownRedactions(redactor, bodies, answers)
+    bodies: list[bytes] = []
+    answers: list[bytes | None] = []
+    for body in _redacted_bodies_of(flow, client_request):
+        if len(body) < PROCESS_BYTES or not worker.processes_work:
+            continue
+        # One body per call: pickling the call for the worker holds the GIL while it copies.
+        answer = await worker.in_process(redacted_bodies, redactor, [body])
+        if isinstance(answer, Raised):
+            logger.warning("kimiwire: capture redaction in the worker process failed (%r); done here", answer.error)
+            continue
+        bodies.append(body)
+        answers += answer
+    known = KnownRedactions(redactor, bodies, answers)
     return await worker.run(_encoded, flow, client_request, upstream_headers, upstream_body, known)
 
 
