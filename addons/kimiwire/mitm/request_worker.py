@@ -41,8 +41,8 @@ logger = logging.getLogger("kimiwire")
 
 # Smaller bodies are repaired in well under a millisecond or two: a thread hop would cost more.
 OFFLOAD_BYTES = 256 * 1024
-# From this size a body is parsed in a worker process: orjson parses a few MB in tens of
-# milliseconds, all of them with the GIL held, which every stream on the loop waits for.
+# From this size a body is parsed in a worker process: orjson holds the GIL for a whole document,
+# and every stream on the loop waits for it; below it that wait is shorter than a process hop's copies.
 PROCESS_BYTES = 2 * 1024 * 1024
 # Worker processes at most: each holds a large body's parsed documents while it works.
 PROCESSES = 2
