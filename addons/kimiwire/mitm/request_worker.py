@@ -13,8 +13,8 @@ So the largest bodies (from PROCESS_BYTES) are parsed in a worker process instea
 of its own: the body goes there as bytes, the repaired body comes back as bytes, and the repair log
 (a long history's hundred thousand entries) comes back as pieces of a few thousand entries each,
 unpickled here in the thread: one piece at a time holds the GIL briefly, where the whole log in one
-pickle would hold it for as long as a parse. The pool is created at the first such body and has at
-most PROCESSES workers; a worker that dies or a call that raises costs the repair only (Raised),
+pickle would hold it for as long as a parse. The pool is created at the first such body and has
+PROCESSES workers; a worker that dies or a call that raises costs the repair only (Raised),
 and the next body gets a fresh pool. Where worker processes die one pool after another without one
 answer (an interpreter that cannot spawn itself, such as a frozen mitmdump), the large bodies go
 back to the thread. Smaller bodies stay in the thread: a process hop costs copies.
@@ -44,8 +44,9 @@ OFFLOAD_BYTES = 256 * 1024
 # From this size a body is parsed in a worker process: orjson holds the GIL for a whole document,
 # and every stream on the loop waits for it; below it that wait is shorter than a process hop's copies.
 PROCESS_BYTES = 2 * 1024 * 1024
-# Worker processes at most: each holds a large body's parsed documents while it works.
-PROCESSES = 2
+# One worker process, one large body at a time as in the thread: on a two-core machine a second
+# would take the event loop's core while both parse.
+PROCESSES = 1
 # Pools that broke in a row, none of their workers having answered, before the worker processes
 # are given up for this run and large bodies are repaired in the thread again.
 BROKEN_POOLS_BEFORE_THREAD = 2
