@@ -14,6 +14,9 @@
    a Moonshot-like and a spaced-JSON gateway layout, an agent turn with reasoning, text and two
    fragmented calls), replayed by the simulator: proxy CPU per event against plain mitmdump at 1, 16
    and 64 fast streams, and in process the stream callable's time per event, fast and full path.
+6. Loop gaps: a paced stream's event gaps (p50/p99/max) through mitmdump, captures on, next to a 30 MB
+   tool-call history, a 100 MB body refused while it arrives and a gzip bomb (tests/support/loop_gaps.py,
+   as tests/e2e/test_e2e_loop_gaps.py: target p99 under 150 ms).
 
 Prints a markdown table and writes the same figures as JSON. Run with ./scripts/bench.
 """
@@ -825,6 +828,36 @@ def chaos_row(quick: bool) -> dict[str, Any]:
     return {**report.summary(), "seconds": time.monotonic() - started, "rss_mb": rss / 2**20}
 
 
+def loop_gaps_row(repeat: int) -> dict[str, Any]:
+    """A paced stream's gaps next to one heavy request at a time; per load the median p50 and p99 over
+    `repeat` runs and the largest gap of all."""
+    from tests.support import loop_gaps
+    from tests.support.proxied import proxied
+
+    history = loop_gaps.tool_call_history(30 * loop_gaps.MB)
+    loads = {
+        "30 MB history": (history, {}),
+        "100 MB body (413)": (b"{" + b" " * (100 * loop_gaps.MB) + b"}", {}),
+        "gzip bomb (413)": (loop_gaps.gzip_bomb(200 * loop_gaps.MB), {"content-encoding": "gzip"}),
+    }
+    rows: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        proxied(loop_gaps.responder, pathlib.Path(tmp), {}, save_flows=False) as proxy,
+    ):
+        for name, (content, headers) in loads.items():
+            runs = [
+                loop_gaps.measure_gaps(proxy.url, loop_gaps.post(proxy.url, content, **headers)) for _ in range(repeat)
+            ]
+            rows[name] = {
+                "p50_ms": statistics.median(run.p50 for run in runs) * 1e3,
+                "p99_ms": statistics.median(run.p99 for run in runs) * 1e3,
+                "max_ms": max(max(run.values) for run in runs) * 1e3,
+                "statuses": sorted({run.load_status for run in runs}),
+            }
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best or median is kept)")
@@ -847,6 +880,7 @@ def main() -> int:
         e2e["scale"] = scale_out(args.repeat, args.quick)
         e2e["layouts"] = layout_rows(args.repeat, args.quick)
         e2e["chaos"] = chaos_row(args.quick)
+        e2e["loop_gaps"] = loop_gaps_row(1 if args.quick else args.repeat)
     report = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -865,6 +899,14 @@ def main() -> int:
         print("\n| chaos | requests | faults | lost | seconds | proxy RSS MB |\n|---|---|---|---|---|---|")
         faults = ", ".join(f"{k} {v}" for k, v in row["faults"].items())
         print(f"| seeded | {row['requests']} | {faults} | {row['lost']} | {row['seconds']:.0f} | {row['rss_mb']:.0f} |")
+    if e2e and e2e.get("loop_gaps"):
+        print(
+            "\n| a paced stream (event every 10 ms) next to | p50 gap | p99 gap (target < 150 ms) | max gap | status |"
+        )
+        print("|---|---|---|---|---|")
+        for name, row in e2e["loop_gaps"].items():
+            statuses = "/".join(str(status) for status in row["statuses"])
+            print(f"| {name} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms | {statuses} |")
     print(f"\n{report['seconds']:.0f} s; figures also in {args.json}")
     return 0
 
