@@ -23,6 +23,7 @@ back to the thread. Smaller bodies stay in the thread: a process hop costs copie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -137,18 +138,24 @@ class RequestWorker:
                 # spawn: a fresh interpreter; forking a process that runs threads is unsafe.
                 context = multiprocessing.get_context("spawn")
                 self._processes = ProcessPoolExecutor(PROCESSES, mp_context=context)
-            future = self._processes.submit(call, *args)
+            future = self._processes.submit(call, *args)  # starts the worker: may fail to
+        except Exception as exc:
+            return self._broken(exc)
+        try:
             answer = await asyncio.wrap_future(future)
         except BrokenExecutor as exc:  # a worker died: this call's work is lost, the next gets a new pool
-            self._close_processes()
-            self._broken_pools += 1
-            if not self.processes_work:
-                logger.warning("kimiwire: worker processes keep dying (%r); large bodies are repaired in a thread", exc)
-            return Raised(exc)
+            return self._broken(exc)
         except Exception as exc:
             return Raised(exc)
         self._broken_pools = 0
         return answer
+
+    def _broken(self, exc: Exception) -> Raised:
+        self._close_processes()
+        self._broken_pools += 1
+        if not self.processes_work:
+            logger.warning("kimiwire: worker processes keep failing (%r); large bodies are repaired in a thread", exc)
+        return Raised(exc)
 
     @property
     def processes_work(self) -> bool:
@@ -169,7 +176,8 @@ class RequestWorker:
 
     def _close_processes(self) -> None:
         if self._processes is not None:
-            self._processes.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(Exception):  # a pool that never started may not shut down cleanly
+                self._processes.shutdown(wait=False, cancel_futures=True)
             self._processes = None
 
 

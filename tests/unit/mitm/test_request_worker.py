@@ -203,10 +203,19 @@ def test_worker_processes_that_keep_dying_are_given_up_for_the_thread(monkeypatc
     content = _request_of(request_worker.PROCESS_BYTES)
     worker = request_worker.RequestWorker()
 
+    real_pool = request_worker.ProcessPoolExecutor
+
+    def unstartable(*args, **kwargs):  # as where the interpreter cannot spawn itself
+        raise OSError("cannot start a process")
+
     async def calls():
-        for _ in range(request_worker.BROKEN_POOLS_BEFORE_THREAD):
+        assert worker.processes_work
+        assert isinstance(await worker.in_process(os._exit, 3), request_worker.Raised)  # a worker dies
+        monkeypatch.setattr(request_worker, "ProcessPoolExecutor", unstartable)
+        for _ in range(request_worker.BROKEN_POOLS_BEFORE_THREAD - 1):
             assert worker.processes_work
-            assert isinstance(await worker.in_process(os._exit, 3), request_worker.Raised)
+            assert isinstance(await worker.in_process(abs, -1), request_worker.Raised)  # a pool does not start
+        monkeypatch.setattr(request_worker, "ProcessPoolExecutor", real_pool)
         return await worker.repair(content, Policy())
 
     try:
