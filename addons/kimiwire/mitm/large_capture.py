@@ -2,7 +2,7 @@
 
 Redaction parses the bodies as JSON (the client's request and the body sent upstream): orjson holds
 the GIL for a whole document, and the streams on the loop wait for it. Bodies from PROCESS_BYTES
-are redacted in a worker process (bytes there, None back when nothing was secret, which is nearly
+are redacted in a worker process of their own (bytes there, None back when nothing was secret, which is nearly
 always); the flow's state is then built with those answers and encoded (tnetstring, pure Python that
 lets the GIL go every switch interval) in the worker thread. The record is appended on the loop, as
 every other. When the worker process fails, the thread redacts those bodies itself: the record is
@@ -36,10 +36,10 @@ async def encoded_record(
     bodies: list[bytes] = []
     answers: list[bytes | None] = []
     for body in _redacted_bodies_of(flow, client_request):
-        if len(body) < PROCESS_BYTES or not worker.processes_work:
+        if len(body) < PROCESS_BYTES or not worker.captures.works:
             continue
         # One body per call: pickling the call for the worker holds the GIL while it copies.
-        answer = await worker.in_process(redacted_bodies, redactor, [body])
+        answer = await worker.captures.run(redacted_bodies, redactor, [body])
         if isinstance(answer, Raised):
             logger.warning("kimiwire: capture redaction in the worker process failed (%r); done here", answer.error)
             continue

@@ -13,11 +13,13 @@ So the largest bodies (from PROCESS_BYTES) are parsed in a worker process instea
 of its own: the body goes there as bytes, the repaired body comes back as bytes, and the repair log
 (a long history's hundred thousand entries) comes back as pieces of a few thousand entries each,
 unpickled here in the thread: one piece at a time holds the GIL briefly, where the whole log in one
-pickle would hold it for as long as a parse. The pool is created at the first such body and has
-PROCESSES workers; a worker that dies or a call that raises costs the repair only (Raised),
-and the next body gets a fresh pool. Where worker processes die one pool after another without one
-answer (an interpreter that cannot spawn itself, such as a frozen mitmdump), the large bodies go
-back to the thread. Smaller bodies stay in the thread: a process hop costs copies.
+pickle would hold it for as long as a parse. One worker process repairs, one large body at a time
+as in the thread (on two cores more would take the event loop's core), started at the first such
+body; a second one redacts large captures (mitm/large_capture.py). A worker that dies or a call that
+raises costs the repair only (Raised), and the next body gets a fresh pool. Where worker processes
+fail one pool after another without one answer (an interpreter that cannot spawn itself, such as a
+frozen mitmdump), the large bodies go back to the thread. Smaller bodies stay in the thread: a
+process hop costs copies.
 """
 
 from __future__ import annotations
@@ -45,9 +47,6 @@ OFFLOAD_BYTES = 256 * 1024
 # From this size a body is parsed in a worker process: orjson holds the GIL for a whole document,
 # and every stream on the loop waits for it; below it that wait is shorter than a process hop's copies.
 PROCESS_BYTES = 2 * 1024 * 1024
-# One worker process, one large body at a time as in the thread: on a two-core machine a second
-# would take the event loop's core while both parse.
-PROCESSES = 1
 # Pools that broke in a row, none of their workers having answered, before the worker processes
 # are given up for this run and large bodies are repaired in the thread again.
 BROKEN_POOLS_BEFORE_THREAD = 2
@@ -115,11 +114,59 @@ def repair_elsewhere(raw: bytes, policy: Policy) -> RepairedElsewhere:
     return RepairedElsewhere(dataclasses.replace(result, log=RepairLog()), recorded.counts, recorded.summary, pieces)
 
 
+class ProcessLane:
+    """One worker process, started at the first call (spawn: a fresh interpreter; forking a process
+    that runs threads is unsafe), one call at a time."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._broken_pools = 0  # in a row, since its worker last answered
+
+    @property
+    def works(self) -> bool:
+        """The lane is used: its worker processes have not failed pool after pool without one answer."""
+        return self._broken_pools < BROKEN_POOLS_BEFORE_THREAD
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T | Raised:
+        """`call(*args)` in the worker process (`call` and its arguments are pickled): its result, or
+        what it raised, or the pool's error when the worker could not start or died (as Raised)."""
+        try:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            future = self._pool.submit(call, *args)  # starts the worker: may fail to
+        except Exception as exc:
+            return self._broken(exc)
+        try:
+            answer = await asyncio.wrap_future(future)
+        except BrokenExecutor as exc:  # the worker died: this call's work is lost, the next gets a new pool
+            return self._broken(exc)
+        except Exception as exc:
+            return Raised(exc)
+        self._broken_pools = 0
+        return answer
+
+    def _broken(self, exc: Exception) -> Raised:
+        self.close()
+        self._broken_pools += 1
+        if not self.works:
+            logger.warning("kimiwire: worker processes keep failing (%r); large bodies are handled in a thread", exc)
+        return Raised(exc)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(Exception):  # a pool that never started may not shut down cleanly
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
 class RequestWorker:
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
-        self._processes: ProcessPoolExecutor | None = None
-        self._broken_pools = 0  # in a row, since a worker process last answered
+        # Repairs and capture redactions each have a worker process: the repair, which the client
+        # waits for, never queues behind the redaction of the flow before it (an agent sends its
+        # history again with every turn).
+        self.repairs = ProcessLane()
+        self.captures = ProcessLane()
 
     async def repair(self, raw: bytes, policy: Policy) -> tuple[RequestRepairResult, RecordedRepairs] | Raised:
         """`raw` repaired off the loop: in the thread, or in a worker process from PROCESS_BYTES."""
@@ -131,36 +178,12 @@ class RequestWorker:
         return await self.run(RepairedElsewhere.unpacked, done)
 
     async def in_process(self, call: Callable[..., T], *args: Any) -> T | Raised:
-        """`call(*args)` in a worker process (`call` and its arguments are pickled): its result, or
-        what it raised, or the pool's error when the worker died (as Raised)."""
-        try:
-            if self._processes is None:
-                # spawn: a fresh interpreter; forking a process that runs threads is unsafe.
-                context = multiprocessing.get_context("spawn")
-                self._processes = ProcessPoolExecutor(PROCESSES, mp_context=context)
-            future = self._processes.submit(call, *args)  # starts the worker: may fail to
-        except Exception as exc:
-            return self._broken(exc)
-        try:
-            answer = await asyncio.wrap_future(future)
-        except BrokenExecutor as exc:  # a worker died: this call's work is lost, the next gets a new pool
-            return self._broken(exc)
-        except Exception as exc:
-            return Raised(exc)
-        self._broken_pools = 0
-        return answer
-
-    def _broken(self, exc: Exception) -> Raised:
-        self._close_processes()
-        self._broken_pools += 1
-        if not self.processes_work:
-            logger.warning("kimiwire: worker processes keep failing (%r); large bodies are repaired in a thread", exc)
-        return Raised(exc)
+        """`call(*args)` in the repair worker process (ProcessLane.run)."""
+        return await self.repairs.run(call, *args)
 
     @property
     def processes_work(self) -> bool:
-        """Worker processes are used: they have not died pool after pool without one answer."""
-        return self._broken_pools < BROKEN_POOLS_BEFORE_THREAD
+        return self.repairs.works
 
     async def run(self, call: Callable[..., T], *args: Any) -> T | Raised:
         """`call(*args)` in the worker thread: its result, or what it raised (as Raised)."""
@@ -172,13 +195,8 @@ class RequestWorker:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-        self._close_processes()
-
-    def _close_processes(self) -> None:
-        if self._processes is not None:
-            with contextlib.suppress(Exception):  # a pool that never started may not shut down cleanly
-                self._processes.shutdown(wait=False, cancel_futures=True)
-            self._processes = None
+        self.repairs.close()
+        self.captures.close()
 
 
 def _caught(call: Callable[..., Any], args: tuple[Any, ...]) -> Any:

@@ -269,8 +269,8 @@ def test_a_largest_flow_is_captured_redacted_whatever_the_worker_process_does(tm
         async def exchange() -> None:
             flow = _flow(content)
             await kw.request(flow)
-            if process_fails:  # for the capture's redaction only
-                monkeypatch.setattr(kw.request_worker, "in_process", dead)
+            if process_fails:
+                monkeypatch.setattr(kw.request_worker.captures, "run", dead)
             flow.response = tutils.tresp(
                 content=b'{"choices": []}', headers=http.Headers(content_type="application/json")
             )
