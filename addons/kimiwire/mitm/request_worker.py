@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import pickle
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -50,6 +51,9 @@ PROCESS_BYTES = 2 * 1024 * 1024
 # Pools that broke in a row, none of their workers having answered, before the worker processes
 # are given up for this run and large bodies are repaired in the thread again.
 BROKEN_POOLS_BEFORE_THREAD = 2
+# The capture's worker process runs at this lower CPU priority: a capture can wait, the repair a
+# client waits for and the event loop should not (on two cores they share them).
+CAPTURE_NICENESS = 10
 # Repair log entries per piece sent back from the worker process.
 _ENTRIES_PER_PIECE = 2000
 
@@ -118,9 +122,10 @@ class ProcessLane:
     """One worker process, started at the first call (spawn: a fresh interpreter; forking a process
     that runs threads is unsafe), one call at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, niceness: int = 0) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._broken_pools = 0  # in a row, since its worker last answered
+        self._niceness = niceness  # added to the worker's: background work yields the CPU to the rest
 
     @property
     def works(self) -> bool:
@@ -132,7 +137,8 @@ class ProcessLane:
         what it raised, or the pool's error when the worker could not start or died (as Raised)."""
         try:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(1, context, _lower_priority, (self._niceness,))
             future = self._pool.submit(call, *args)  # starts the worker: may fail to
         except Exception as exc:
             return self._broken(exc)
@@ -166,7 +172,7 @@ class RequestWorker:
         # waits for, never queues behind the redaction of the flow before it (an agent sends its
         # history again with every turn).
         self.repairs = ProcessLane()
-        self.captures = ProcessLane()
+        self.captures = ProcessLane(CAPTURE_NICENESS)
 
     async def repair(self, raw: bytes, policy: Policy) -> tuple[RequestRepairResult, RecordedRepairs] | Raised:
         """`raw` repaired off the loop: in the thread, or in a worker process from PROCESS_BYTES."""
@@ -197,6 +203,12 @@ class RequestWorker:
             self._executor = None
         self.repairs.close()
         self.captures.close()
+
+
+def _lower_priority(niceness: int) -> None:
+    """A worker process's first act: its CPU priority lowered by `niceness` (where the OS has one)."""
+    if niceness and hasattr(os, "nice"):
+        os.nice(niceness)
 
 
 def _caught(call: Callable[..., Any], args: tuple[Any, ...]) -> Any:

@@ -289,3 +289,16 @@ def test_a_largest_flow_is_captured_redacted_whatever_the_worker_process_does(tm
     large = [size for size in redacted_here if size >= request_worker.PROCESS_BYTES]
     assert len(large) == (2 if process_fails else 0)  # parsed here only when the process failed
     kw.request_worker.close()
+
+
+def test_the_capture_worker_process_runs_at_a_lower_priority_than_the_repair_worker():
+    worker = request_worker.RequestWorker()
+
+    async def niceness():
+        return await worker.repairs.run(os.nice, 0), await worker.captures.run(os.nice, 0)
+
+    try:
+        repairs, captures = asyncio.run(niceness())
+    finally:
+        worker.close()
+    assert repairs == os.nice(0) and captures == min(19, os.nice(0) + request_worker.CAPTURE_NICENESS)
