@@ -14,6 +14,9 @@
    a Moonshot-like and a spaced-JSON gateway layout, an agent turn with reasoning, text and two
    fragmented calls), replayed by the simulator: proxy CPU per event against plain mitmdump at 1, 16
    and 64 fast streams, and in process the stream callable's time per event, fast and full path.
+6. Loop gaps: a paced stream's event gaps (p50/p99/max) through mitmdump, captures on, next to a 30 MB
+   tool-call history, a 100 MB body refused while it arrives and a gzip bomb (tests/support/loop_gaps.py,
+   as tests/e2e/test_e2e_loop_gaps.py: target p99 under 150 ms).
 
 Prints a markdown table and writes the same figures as JSON. Run with ./scripts/bench.
 """
@@ -30,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
 
 from bench_core import core  # noqa: E402
-from bench_e2e import chaos_row, end_to_end, layout_rows, ratios, scale_out  # noqa: E402
+from bench_e2e import chaos_row, end_to_end, layout_rows, loop_gaps_row, ratios, scale_out  # noqa: E402
 from bench_report import layout_table, machine, table  # noqa: E402
 
 
@@ -56,6 +59,7 @@ def main() -> int:
         e2e["scale"] = scale_out(args.repeat, args.quick)
         e2e["layouts"] = layout_rows(args.repeat, args.quick)
         e2e["chaos"] = chaos_row(args.quick)
+        e2e["loop_gaps"] = loop_gaps_row(args.repeat, args.quick)
     report = {
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -74,6 +78,14 @@ def main() -> int:
         print("\n| chaos | requests | faults | lost | seconds | proxy RSS MB |\n|---|---|---|---|---|---|")
         faults = ", ".join(f"{k} {v}" for k, v in row["faults"].items())
         print(f"| seeded | {row['requests']} | {faults} | {row['lost']} | {row['seconds']:.0f} | {row['rss_mb']:.0f} |")
+    if e2e and e2e.get("loop_gaps"):
+        print(
+            "\n| a paced stream (event every 10 ms) next to | p50 gap | p99 gap (target < 150 ms) | max gap | status |"
+        )
+        print("|---|---|---|---|---|")
+        for name, row in e2e["loop_gaps"].items():
+            statuses = "/".join(str(status) for status in row["statuses"])
+            print(f"| {name} | {row['p50_ms']:.1f} ms | {row['p99_ms']:.1f} ms | {row['max_ms']:.0f} ms | {statuses} |")
     print(f"\n{report['seconds']:.0f} s; figures also in {args.json}")
     return 0
 

@@ -285,3 +285,32 @@ def chaos_row(quick: bool) -> dict[str, Any]:
         report = asyncio.run(chaos.run(proxy.url, seed, range(requests), concurrency))
         rss = rss_bytes(proxy.pid)
     return {**report.summary(), "seconds": time.monotonic() - started, "rss_mb": rss / 2**20}
+
+def loop_gaps_row(repeat: int, quick: bool) -> dict[str, Any]:
+    """A paced stream's gaps next to one heavy request at a time; per load the median p50 and p99 over
+    `repeat` runs and the largest gap of all (--quick: an 8 MB history)."""
+    from tests.support import loop_gaps
+    from tests.support.proxied import proxied
+
+    megabytes = 8 if quick else 30
+    loads = {
+        f"{megabytes} MB history": (loop_gaps.tool_call_history(megabytes * loop_gaps.MB), {}),
+        "100 MB body (413)": (b"{" + b" " * (100 * loop_gaps.MB) + b"}", {}),
+        "gzip bomb (413)": (loop_gaps.gzip_bomb(200 * loop_gaps.MB), {"content-encoding": "gzip"}),
+    }
+    rows: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        proxied(loop_gaps.responder, pathlib.Path(tmp), {}, save_flows=False) as proxy,
+    ):
+        for name, (content, headers) in loads.items():
+            runs = [
+                loop_gaps.measure_gaps(proxy.url, loop_gaps.post(proxy.url, content, **headers)) for _ in range(repeat)
+            ]
+            rows[name] = {
+                "p50_ms": statistics.median(run.p50 for run in runs) * 1e3,
+                "p99_ms": statistics.median(run.p99 for run in runs) * 1e3,
+                "max_ms": max(max(run.values) for run in runs) * 1e3,
+                "statuses": sorted({run.load_status for run in runs}),
+            }
+    return rows

@@ -268,13 +268,13 @@ class CaptureFile:
         self._size = self._position = os.lseek(fd, 0, os.SEEK_END)
         return fd
 
-    def write(self, state: dict[str, Any] | BaseException) -> bool:
-        """Append one flow, given as its serialized state (see `saved_state`), whole or not at all;
-        an exception (the state could not be made) counts the flow as lost."""
+    def write(self, state: dict[str, Any] | bytes | BaseException) -> bool:
+        """Append one flow, given as its serialized state (see `saved_state`) or that state already
+        encoded, whole or not at all; an exception (the state could not be made) counts the flow as lost."""
         if isinstance(state, BaseException):
             return self._lost(state)
         try:
-            record = tnetstring.dumps(state)
+            record = state if isinstance(state, bytes) else tnetstring.dumps(state)
         except Exception as exc:
             return self._lost(exc)
         try:

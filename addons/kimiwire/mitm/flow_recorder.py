@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
+from kimiwire.mitm import large_capture
 from kimiwire.mitm.capture import CaptureFile, saved_state
 from kimiwire.mitm.flow_endings import CUT_SHORT, RETRY_ENDINGS, kind_of
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, gave_up, retry_words
@@ -173,8 +174,8 @@ class FlowRecorder:
         the request worker; the record is appended here, on the loop, like every other."""
 
         async def write(capture: CaptureFile) -> None:
-            state = await self.kw.request_worker.run(saved_state, *parts)
-            capture.write(state.error if isinstance(state, Raised) else state)
+            record = await large_capture.encoded_record(self.kw.request_worker, *parts)
+            capture.write(record.error if isinstance(record, Raised) else record)
 
         task = asyncio.get_running_loop().create_task(write(capture))
         self.kw.capture_tasks.add(task)

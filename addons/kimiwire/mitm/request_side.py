@@ -17,7 +17,7 @@ from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.mitm.flow_notes import ERROR_MARKER
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, set_header
-from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs, repair_and_record
+from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs
 from kimiwire.wire import chat_exchanges, replay_credentials
 from kimiwire.wire.content_decoding import (
     DecodedTooLarge,
@@ -110,7 +110,7 @@ class RequestSide:
         self._start_first_byte_timer(state)
         if not raw:
             return
-        done = await self.kw.request_worker.run(repair_and_record, raw, state.policy or self.kw.policy_for(state.flow))
+        done = await self.kw.request_worker.repair(raw, state.policy or self.kw.policy_for(state.flow))
         if isinstance(done, Raised):
             self.kw.recorder.error(state.flow, "request repair", done.error)
             return
