@@ -56,6 +56,9 @@ BROKEN_POOLS_BEFORE_THREAD = 2
 CAPTURE_NICENESS = 10
 # Repair log entries per piece sent back from the worker process.
 _ENTRIES_PER_PIECE = 2000
+# A worker process idle this long exits: parsing a large body leaves its interpreter holding the
+# memory it grew to, which only ending the process gives back; the next large body starts another.
+IDLE_WORKER_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,8 @@ class ProcessLane:
         self._pool: ProcessPoolExecutor | None = None
         self._broken_pools = 0  # in a row, since its worker last answered
         self._niceness = niceness  # added to the worker's: background work yields the CPU to the rest
+        self._running = 0  # calls under way
+        self._retire: asyncio.TimerHandle | None = None  # ends the idle worker
 
     @property
     def works(self) -> bool:
@@ -134,7 +139,20 @@ class ProcessLane:
 
     async def run(self, call: Callable[..., T], *args: Any) -> T | Raised:
         """`call(*args)` in the worker process (`call` and its arguments are pickled): its result, or
-        what it raised, or the pool's error when the worker could not start or died (as Raised)."""
+        what it raised, or the pool's error when the worker could not start or died (as Raised). The
+        worker exits once it has been idle for `IDLE_WORKER_SECONDS`."""
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
+        self._running += 1
+        try:
+            return await self._run(call, *args)
+        finally:
+            self._running -= 1
+            if self._running == 0 and self._pool is not None:
+                self._retire = asyncio.get_running_loop().call_later(IDLE_WORKER_SECONDS, self.close)
+
+    async def _run(self, call: Callable[..., T], *args: Any) -> T | Raised:
         try:
             if self._pool is None:
                 context = multiprocessing.get_context("spawn")
@@ -158,7 +176,15 @@ class ProcessLane:
             logger.warning("kimiwire: worker processes keep failing (%r); large bodies are handled in a thread", exc)
         return Raised(exc)
 
+    @property
+    def started(self) -> bool:
+        """A worker process is up (or starting)."""
+        return self._pool is not None
+
     def close(self) -> None:
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
         if self._pool is not None:
             with contextlib.suppress(Exception):  # a pool that never started may not shut down cleanly
                 self._pool.shutdown(wait=False, cancel_futures=True)

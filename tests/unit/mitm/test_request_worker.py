@@ -301,3 +301,25 @@ def test_the_capture_worker_process_runs_at_a_lower_priority_than_the_repair_wor
     finally:
         worker.close()
     assert repairs == os.nice(0) and captures == min(19, os.nice(0) + request_worker.CAPTURE_NICENESS)
+
+
+def test_an_idle_worker_process_exits_and_the_next_call_starts_another(monkeypatch):
+    monkeypatch.setattr(request_worker, "IDLE_WORKER_SECONDS", 0.2)
+    lane = request_worker.ProcessLane()
+
+    async def calls():
+        first = await lane.run(os.getpid)
+        assert lane.started
+        await asyncio.sleep(0.1)  # not yet idle long enough
+        second = await lane.run(os.getpid)
+        await asyncio.sleep(0.6)
+        gone = not lane.started
+        third = await lane.run(os.getpid)
+        return first, second, gone, third
+
+    try:
+        first, second, gone, third = asyncio.run(calls())
+    finally:
+        lane.close()
+    assert first == second  # one worker while calls keep coming
+    assert gone and third != first  # retired when idle; a new one for the next call
