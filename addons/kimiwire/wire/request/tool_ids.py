@@ -130,6 +130,18 @@ def _resolve(block: _Block, answer_id: Any, position: int) -> tuple[int | None, 
     return first_open, "position"
 
 
+def _first_open_exact(block: _Block, answer_id: Any) -> tuple[int | None, str]:
+    """`_resolve`'s first rule (the first open call with this very id) at C speed, for a string id
+    (`list.index` also matches by identity, which `==` does not for a NaN)."""
+    if type(answer_id) is not str:
+        return None, ""
+    try:
+        i = block.old_ids.index(answer_id)
+    except ValueError:
+        return None, ""
+    return (None, "") if block.answered[i] else (i, "exact")
+
+
 def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
     """Rewrite assistant tool-call ids and `tool_call_id`s in place, recording each change."""
     k = 0
@@ -146,22 +158,29 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
                 block = None
                 continue
             block, position = _Block(), 0
+            old_ids, new_ids = block.old_ids, block.new_ids
             for call in calls:
                 if type(call) is not dict:
                     raise UnrepairableShape(f"tool call that is not an object in message {index}")
-                new_id = f"functions.{tool_call_name(call, index)}:{k}"
+                function = call.get("function")
+                name = function.get("name") if type(function) is dict else None
+                if type(name) is not str or not name:
+                    name = tool_call_name(call, index)  # raises, or reads a str subclass
+                new_id = f"functions.{name}:{k}"
                 k += 1
                 old_id = call.get("id")
                 if old_id != new_id:
                     call["id"] = new_id
                     add("ids.call", index, old_id, new_id)
-                block.old_ids.append(old_id)
-                block.new_ids.append(new_id)
-                block.answered.append(False)
+                old_ids.append(old_id)
+                new_ids.append(new_id)
+            block.answered = [False] * len(calls)
         elif role == "tool":
             answer_id = message.get("tool_call_id")
             current = block or _NO_CALLS
-            found, how = _resolve(current, answer_id, position)
+            found, how = _first_open_exact(current, answer_id)
+            if found is None:
+                found, how = _resolve(current, answer_id, position)
             position += 1
             if found is None:
                 add("ids.orphan", index, answer_id, answer_id)
