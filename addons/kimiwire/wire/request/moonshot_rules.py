@@ -233,6 +233,11 @@ def tool_results_in_place(messages: list[Any], log: RepairLog) -> list[Any]:
             roles = [m.get("role") if isinstance(m, dict) else None for m in moved]
             log.add("compat.tool_results_moved", len(out), roles, None)
             changed = True
+        ids = [call.get("id") if isinstance(call, dict) else None for call in calls]
+        if ids == [r.get("tool_call_id") for r in results]:  # the usual block: each call answered, in order
+            out.extend(results)
+            out.extend(moved)
+            continue
         answered = {r.get("tool_call_id") for r in results if isinstance(r, dict)}
         for call in calls:
             call_id = call.get("id") if isinstance(call, dict) else None
