@@ -6,10 +6,11 @@ out-of-place and missing results, empty assistant messages and empty text parts.
 """
 
 import copy
+import re
 from typing import Any
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
@@ -23,6 +24,7 @@ from kimiwire.wire.request.tool_ids import (
     _Block,
     _resolve,
     canonicalize_tool_ids,
+    history_tool_calls,
     tool_call_name,
 )
 
@@ -206,3 +208,57 @@ def test_the_index_map_after_a_drop() -> None:
     messages = [{"role": "user", "content": "u"}, {"role": "assistant", "content": ""}, {"role": "tool"}]
     kept = moonshot_hygiene(list(messages), RepairLog())
     assert repair_module._origin_indexes(messages, kept) == [0, 2]
+
+
+def reference_history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
+    count, highest, names = 0, -1, {}
+    for message in messages:
+        if type(message) is not dict:
+            continue
+        found: list[Any] = []
+        if message.get("role") == "assistant" and type(message.get("tool_calls")) is list:
+            count += len(message["tool_calls"])
+            for call in message["tool_calls"]:
+                if type(call) is dict:
+                    found.append(call.get("id"))
+                    function = call.get("function")
+                    name = function.get("name") if type(function) is dict else None
+                    if type(name) is str and name:
+                        names[name] = None
+        elif message.get("role") == "tool":
+            found.append(message.get("tool_call_id"))
+        for call_id in found:
+            if type(call_id) is str and ":" in call_id:
+                for index in re.findall(r":(\d{1,7})", call_id):
+                    highest = max(highest, int(index))
+    return max(count, highest + 1), list(names)
+
+
+id_texts = st.one_of(
+    st.builds(lambda n, k: f"functions.{n}:{k}", st.sampled_from(NAMES), st.integers(0, 10**9)),
+    st.text(st.sampled_from(list(":0123456789a\n٣²")), max_size=14),
+    st.sampled_from(["functions.read:9:1", "read:12345678", "functions.read:٣", "x:", ":1\n", "\n2"]),
+    st.integers(),
+    st.none(),
+)
+
+
+@st.composite
+def id_histories(draw: Any) -> list[Any]:
+    messages: list[Any] = []
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.booleans()):
+            calls = [{"id": draw(id_texts), "function": {"name": "read"}} for _ in range(draw(st.integers(0, 3)))]
+            messages.append({"role": "assistant", "tool_calls": calls})
+        else:
+            messages.append({"role": "tool", "tool_call_id": draw(id_texts)})
+    return messages
+
+
+@settings(max_examples=600, deadline=None)
+@given(id_histories())
+@example([{"role": "tool", "tool_call_id": "functions.read:9:1"}])
+@example([{"role": "tool", "tool_call_id": "read:1"}, {"role": "tool", "tool_call_id": "2"}])
+@example([{"role": "tool", "tool_call_id": "read:"}, {"role": "tool", "tool_call_id": "2"}])
+def test_history_tool_calls_equal_the_per_id_reading(messages: list[Any]) -> None:
+    assert history_tool_calls(messages) == reference_history_tool_calls(messages)

@@ -28,11 +28,11 @@ def canonical_id(name: str, k: int) -> str:
 _ID_INDEX = re.compile(r":(\d{1,7})")  # the `:N` of `functions.read:N`, `read:N`, `functions.read:N:M`
 
 
-def _highest_index(call_id: Any, highest: int) -> int:
-    if type(call_id) is str and ":" in call_id:
-        for found in _ID_INDEX.findall(call_id):
-            highest = max(highest, int(found))
-    return highest
+def _highest_index(call_ids: list[str]) -> int:
+    """The highest `:N` in any of `call_ids`, -1 when none has one. One regex pass over the ids joined
+    by a newline, which is neither a colon nor a digit: no match starts in it or runs across it, so
+    the matches are those of each id in turn."""
+    return max(map(int, _ID_INDEX.findall("\n".join(call_ids))), default=-1)
 
 
 def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
@@ -42,7 +42,7 @@ def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
     trimmed or compacted its history still holds the ids it was given, and a repeated id froze
     agents and got 400s (sgl-project/sglang PR #33343, openclaw/openclaw PR #51155)."""
     count = 0
-    highest = -1
+    call_ids: list[str] = []
     names: dict[str, None] = {}
     for message in messages:
         if type(message) is not dict:
@@ -55,14 +55,18 @@ def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
                 for call in calls:
                     if type(call) is not dict:
                         continue
-                    highest = _highest_index(call.get("id"), highest)
+                    call_id = call.get("id")
+                    if type(call_id) is str:
+                        call_ids.append(call_id)
                     function = call.get("function")
                     name = function.get("name") if type(function) is dict else None
                     if type(name) is str and name:
                         names[name] = None
         elif role == "tool":
-            highest = _highest_index(message.get("tool_call_id"), highest)
-    return max(count, highest + 1), list(names)
+            answer_id = message.get("tool_call_id")
+            if type(answer_id) is str:
+                call_ids.append(answer_id)
+    return max(count, _highest_index(call_ids) + 1), list(names)
 
 
 def count_history_tool_calls(messages: list[Any]) -> int:
