@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from kimiwire.wire import json_codec
 from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request import repair as repair_module
@@ -262,3 +263,53 @@ def id_histories(draw: Any) -> list[Any]:
 @example([{"role": "tool", "tool_call_id": "read:"}, {"role": "tool", "tool_call_id": "2"}])
 def test_history_tool_calls_equal_the_per_id_reading(messages: list[Any]) -> None:
     assert history_tool_calls(messages) == reference_history_tool_calls(messages)
+
+
+def reference_may_hold_a_lost_integer(value: Any) -> bool:
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return kind is float and abs(value) >= float(2**63)
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        for item in node.values() if type(node) is dict else node:
+            if type(item) is dict or type(item) is list:
+                stack.append(item)
+            elif type(item) is float and abs(item) >= float(2**63):
+                return True
+    return False
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([float(2**63), -float(2**63), float(2**63) - 1024.0, 1e19, 0.7]),
+    st.text(max_size=5),
+)
+json_documents = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner, max_size=4)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(json_documents)
+def test_the_level_walk_finds_the_floats_the_item_walk_finds(document: Any) -> None:
+    assert json_codec._may_hold_a_lost_integer(document) == reference_may_hold_a_lost_integer(document)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_documents)
+def test_decoding_reads_big_numbers_exactly(document: Any) -> None:
+    raw = json_codec.encode_exact(document)
+    decoded = json_codec.decode(raw)
+    assert json_codec.encode_exact(decoded.value) == raw
+    try:
+        fast_reading = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # NaN, Infinity, a lone surrogate: the exact decoder reads it
+        assert decoded.fallback is not None
+        return
+    assert (decoded.fallback is not None) == reference_may_hold_a_lost_integer(fast_reading)
