@@ -313,3 +313,52 @@ def test_decoding_reads_big_numbers_exactly(document: Any) -> None:
         assert decoded.fallback is not None
         return
     assert (decoded.fallback is not None) == reference_may_hold_a_lost_integer(fast_reading)
+
+
+def reference_moonshot_hygiene(messages: list[Any], log: RepairLog) -> list[Any]:
+    def empty_part(part: Any) -> bool:
+        return isinstance(part, dict) and part.get("type") == "text" and not (part.get("text") or "").strip()
+
+    def empty(content: Any) -> bool:
+        if content is None:
+            return True
+        if isinstance(content, str):
+            return not content.strip()
+        if isinstance(content, list):
+            return all(empty_part(p) for p in content)
+        return False
+
+    kept: list[Any] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            kept.append(message)
+            continue
+        content = message.get("content")
+        if message.get("role") == "assistant" and not message.get("tool_calls") and empty(content):
+            log.add("message.dropped_empty", index, message, None)
+            continue
+        if isinstance(content, list) and any(empty_part(p) for p in content):
+            parts = [p for p in content if not empty_part(p)]
+            message["content"] = parts if parts else ""
+            log.add("content.empty_part_removed", index, content, message["content"])
+        kept.append(message)
+    return kept
+
+
+hygiene_texts = st.sampled_from(["", " ", "\n x", "\u3000", "x ", "text"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    histories(),
+    st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["assistant", "user", "tool"]), "content": st.one_of(hygiene_texts, contents)}
+        ),
+        max_size=4,
+    ),
+)
+def test_moonshot_hygiene_equals_the_reference(messages: list[Any], more: list[Any]) -> None:
+    messages = messages + more
+    fast = outcome(moonshot_hygiene, copy.deepcopy(messages))
+    assert fast == outcome(reference_moonshot_hygiene, copy.deepcopy(messages))

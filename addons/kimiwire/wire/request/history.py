@@ -60,6 +60,9 @@ def moonshot_hygiene(messages: list[Any], log: RepairLog) -> list[Any]:
             kept.append(message)
             continue
         content = message.get("content")
+        if type(content) is str and content and not content[0].isspace():  # text: nothing here applies
+            kept.append(message)
+            continue
         if message.get("role") == "assistant" and not message.get("tool_calls") and _content_is_empty(content):
             log.add("message.dropped_empty", index, message, None)
             continue
