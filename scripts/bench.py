@@ -1,7 +1,8 @@
 """kimiwire's benchmarks: what the addon costs, as ratios against baselines measured in the same run.
 
 1. Core, in process: stream repair vs an SSE decode/orjson/re-encode floor; request repair of a
-   1 MB agent history vs orjson loads+dumps; memory while a 1 MB tool argument is buffered.
+   1 MB agent history (selfhosted, and with Moonshot's rules) vs orjson loads+dumps, medians of
+   this thread's CPU time over alternated runs; memory while a 1 MB tool argument is buffered.
 2. End to end on loopback: the simulator directly, through mitmdump without the addon (streaming
    on), and through mitmdump with the addon; time to first byte, per-event latency, events/s at
    1, 16 and 64 concurrent streams; proxy CPU per 10,000 events and per event against plain mitmdump

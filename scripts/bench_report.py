@@ -28,6 +28,8 @@ def table(core_results: dict[str, Any], e2e: dict[str, Any] | None) -> str:
         f"{c['stream_ratio']:.2f}x | >= 100,000 ev/s, <= 3x |",
         f"| request repair, {c['history_bytes'] / 1e6:.2f} MB history | {c['request_repair_s'] * 1e3:.1f} ms | "
         f"{c['request_floor_s'] * 1e3:.1f} ms (orjson loads+dumps) | {c['request_ratio']:.2f}x | <= 2x |",
+        f"| request repair, same history, Moonshot rules | {c['request_repair_moonshot_s'] * 1e3:.1f} ms | "
+        f"{c['request_floor_s'] * 1e3:.1f} ms (orjson loads+dumps) | {c['request_moonshot_ratio']:.2f}x | <= 2x |",
         f"| memory, 1 MB argument held | held {m['held_peak_bytes'] / 1e6:.2f} MB, peak "
         f"{m['peak_bytes_while_buffering'] / 1e6:.2f} MB buffering, {m['peak_bytes_at_flush'] / 1e6:.2f} MB at flush "
         f"| - | {m['peak_bytes_while_buffering'] / m['argument_bytes']:.2f}x the argument | bounded |",

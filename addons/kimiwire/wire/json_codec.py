@@ -12,6 +12,7 @@ neither decoder accepts (invalid UTF-8, a byte-order mark, plain garbage) is not
 from __future__ import annotations
 
 import codecs
+import gc
 import json
 import math
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import orjson
 # float of that size in what it returned may be such an integer, so the exact decoder reads it again.
 _INTEGER_RANGE_EDGE = float(2**63)
 _SURROGATE_ESCAPES = "kimiwire.json_surrogate_escapes"
+_referents = gc.get_referents
 
 
 class NotJSON(ValueError):
@@ -60,22 +62,17 @@ _EXACT_DECODER = json.JSONDecoder(parse_float=_finite_float)
 
 
 def _may_hold_a_lost_integer(value: Any) -> bool:
-    # Strings are most of a request's leaves: they are passed over without a push and a pop.
-    kind = type(value)
-    if kind is not dict and kind is not list:
-        return kind is float and abs(value) >= _INTEGER_RANGE_EDGE
-    stack = [value]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node = pop()
-        for item in node.values() if type(node) is dict else node:
-            kind = type(item)
-            if kind is str:
-                continue
-            if kind is dict or kind is list:
-                push(item)
-            elif kind is float and abs(item) >= _INTEGER_RANGE_EDGE:
-                return True
+    """Whether what orjson returned holds a float of 2**63 or more. The document is read a level at
+    a time by `gc.get_referents` (a dict's values, a list's items, nothing of a string or number),
+    and a level is looked at in Python only when it holds a float: no Python step per string, and
+    strings are most of a request's leaves. Only for decoder output (dicts, lists, scalars)."""
+    level = [value]
+    while level:
+        if float in set(map(type, level)):
+            for item in level:
+                if type(item) is float and abs(item) >= _INTEGER_RANGE_EDGE:
+                    return True
+        level = _referents(*level)
     return False
 
 

@@ -30,7 +30,10 @@ class RepairLog:
     def add(self, kind: str, message_index: int | None = None, before: Any = None, after: Any = None) -> None:
         # Skips the dataclass __init__: a long history records hundreds of repairs per request.
         repair = _new(Repair)
-        repair.kind, repair.message_index, repair.before, repair.after = kind, message_index, before, after
+        repair.kind = kind  # one store each: a tuple assignment builds and unpacks a tuple per record
+        repair.message_index = message_index
+        repair.before = before
+        repair.after = after
         self.entries.append(repair)
 
     def extend(self, other: RepairLog) -> None:

@@ -60,10 +60,13 @@ def moonshot_hygiene(messages: list[Any], log: RepairLog) -> list[Any]:
             kept.append(message)
             continue
         content = message.get("content")
+        if type(content) is str and content and not content[0].isspace():  # text: nothing here applies
+            kept.append(message)
+            continue
         if message.get("role") == "assistant" and not message.get("tool_calls") and _content_is_empty(content):
             log.add("message.dropped_empty", index, message, None)
             continue
-        if isinstance(content, list) and any(_is_empty_text_part(p) for p in content):
+        if isinstance(content, list) and any(map(_is_empty_text_part, content)):
             parts = [p for p in content if not _is_empty_text_part(p)]
             message["content"] = parts if parts else ""
             log.add("content.empty_part_removed", index, content, message["content"])

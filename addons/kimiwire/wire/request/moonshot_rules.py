@@ -9,7 +9,6 @@ from typing import Any
 
 from kimiwire.wire.models import sampling_is_fixed
 from kimiwire.wire.repairs import RepairLog
-from kimiwire.wire.request.mfjs_rewrite import moonshot_schema
 from kimiwire.wire.request.moonshot_contract import (
     EFFORT_NEAREST,
     TOOL_NAME,
@@ -18,6 +17,7 @@ from kimiwire.wire.request.moonshot_contract import (
     ThinkingForm,
     contract_for,
 )
+from kimiwire.wire.request.schema_memo import SCHEMA_MEMO
 from kimiwire.wire.request.thinking_fields import thinking_enabled, thinking_requested
 
 FIXED_SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -120,21 +120,21 @@ def forced_tool_relaxed(log: RepairLog) -> str | None:
 
 def tool_schemas(body: dict[str, Any], log: RepairLog, kind: str) -> None:
     """Tool parameter schemas (and a response_format schema) Moonshot's validator refuses,
-    rewritten with the same meaning (mfjs_rewrite.py); the client's own schema stays the one its
-    answers are checked against."""
+    rewritten with the same meaning (mfjs_rewrite.py; each schema's answer remembered: schema_memo.py);
+    the client's own schema stays the one its answers are checked against."""
     tools = body.get("tools")
     for tool in tools if isinstance(tools, list) else ():
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or "parameters" not in function:
             continue
-        rewritten = moonshot_schema(function["parameters"])
+        rewritten = SCHEMA_MEMO.rewrite(function["parameters"])
         if rewritten is not None:
             function["parameters"], changes = rewritten
             log.add(kind, None, {"tool": function.get("name")}, {"changes": changes})
     response_format = body.get("response_format")
     json_schema = response_format.get("json_schema") if isinstance(response_format, dict) else None
     if isinstance(json_schema, dict) and "schema" in json_schema:
-        rewritten = moonshot_schema(json_schema["schema"])
+        rewritten = SCHEMA_MEMO.rewrite(json_schema["schema"])
         if rewritten is not None:
             json_schema["schema"], changes = rewritten
             log.add(kind, None, {"response_format": json_schema.get("name")}, {"changes": changes})
@@ -233,6 +233,11 @@ def tool_results_in_place(messages: list[Any], log: RepairLog) -> list[Any]:
             roles = [m.get("role") if isinstance(m, dict) else None for m in moved]
             log.add("compat.tool_results_moved", len(out), roles, None)
             changed = True
+        ids = [call.get("id") if isinstance(call, dict) else None for call in calls]
+        if ids == [r.get("tool_call_id") for r in results]:  # the usual block: each call answered, in order
+            out.extend(results)
+            out.extend(moved)
+            continue
         answered = {r.get("tool_call_id") for r in results if isinstance(r, dict)}
         for call in calls:
             call_id = call.get("id") if isinstance(call, dict) else None

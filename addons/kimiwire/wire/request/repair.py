@@ -108,12 +108,12 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
     if renames and moonshot_fixes(policy, body):
         rename_tools(body, renames, log, "compat.tool_name")
     repair_history = policy.history == "repair"
+    origin = None
     if repair_history and moonshot:
-        kept, origin = _moonshot_hygiene_with_origin(messages, log)
-        if len(kept) != len(messages):
+        kept = moonshot_hygiene(messages, log)
+        if len(kept) != len(messages):  # only a drop moves indexes: then later records are mapped back
+            origin = _origin_indexes(messages, kept)
             body["messages"] = messages = kept
-    else:
-        origin = None
     # The tool-id, reasoning and history passes act only on assistant and tool messages: a first
     # turn has none, and skips them.
     if any(isinstance(message, dict) and message.get("role") in _HISTORY_ROLES for message in messages):
@@ -149,10 +149,10 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
     return log
 
 
-def _moonshot_hygiene_with_origin(messages: list[Any], log: RepairLog) -> tuple[list[Any], list[int]]:
+def _origin_indexes(messages: list[Any], kept: list[Any]) -> list[int]:
+    """For each message of `kept` (a subsequence of `messages`), its index in `messages`."""
     ids = {id(m): i for i, m in enumerate(messages)}
-    kept = moonshot_hygiene(messages, log)
-    return kept, [ids[id(m)] for m in kept]
+    return [ids[id(m)] for m in kept]
 
 
 def _refused_before_upstream(body: dict[str, Any]) -> str | None:

@@ -28,11 +28,11 @@ def canonical_id(name: str, k: int) -> str:
 _ID_INDEX = re.compile(r":(\d{1,7})")  # the `:N` of `functions.read:N`, `read:N`, `functions.read:N:M`
 
 
-def _highest_index(call_id: Any, highest: int) -> int:
-    if type(call_id) is str and ":" in call_id:
-        for found in _ID_INDEX.findall(call_id):
-            highest = max(highest, int(found))
-    return highest
+def _highest_index(call_ids: list[str]) -> int:
+    """The highest `:N` in any of `call_ids`, -1 when none has one. One regex pass over the ids joined
+    by a newline, which is neither a colon nor a digit: no match starts in it or runs across it, so
+    the matches are those of each id in turn."""
+    return max(map(int, _ID_INDEX.findall("\n".join(call_ids))), default=-1)
 
 
 def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
@@ -42,7 +42,7 @@ def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
     trimmed or compacted its history still holds the ids it was given, and a repeated id froze
     agents and got 400s (sgl-project/sglang PR #33343, openclaw/openclaw PR #51155)."""
     count = 0
-    highest = -1
+    call_ids: list[str] = []
     names: dict[str, None] = {}
     for message in messages:
         if type(message) is not dict:
@@ -55,14 +55,18 @@ def history_tool_calls(messages: list[Any]) -> tuple[int, list[str]]:
                 for call in calls:
                     if type(call) is not dict:
                         continue
-                    highest = _highest_index(call.get("id"), highest)
+                    call_id = call.get("id")
+                    if type(call_id) is str:
+                        call_ids.append(call_id)
                     function = call.get("function")
                     name = function.get("name") if type(function) is dict else None
                     if type(name) is str and name:
                         names[name] = None
         elif role == "tool":
-            highest = _highest_index(message.get("tool_call_id"), highest)
-    return max(count, highest + 1), list(names)
+            answer_id = message.get("tool_call_id")
+            if type(answer_id) is str:
+                call_ids.append(answer_id)
+    return max(count, _highest_index(call_ids) + 1), list(names)
 
 
 def count_history_tool_calls(messages: list[Any]) -> int:
@@ -130,6 +134,18 @@ def _resolve(block: _Block, answer_id: Any, position: int) -> tuple[int | None, 
     return first_open, "position"
 
 
+def _first_open_exact(block: _Block, answer_id: Any) -> tuple[int | None, str]:
+    """`_resolve`'s first rule (the first open call with this very id) at C speed, for a string id
+    (`list.index` also matches by identity, which `==` does not for a NaN)."""
+    if type(answer_id) is not str:
+        return None, ""
+    try:
+        i = block.old_ids.index(answer_id)
+    except ValueError:
+        return None, ""
+    return (None, "") if block.answered[i] else (i, "exact")
+
+
 def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
     """Rewrite assistant tool-call ids and `tool_call_id`s in place, recording each change."""
     k = 0
@@ -146,22 +162,29 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
                 block = None
                 continue
             block, position = _Block(), 0
+            old_ids, new_ids = block.old_ids, block.new_ids
             for call in calls:
                 if type(call) is not dict:
                     raise UnrepairableShape(f"tool call that is not an object in message {index}")
-                new_id = f"functions.{tool_call_name(call, index)}:{k}"
+                function = call.get("function")
+                name = function.get("name") if type(function) is dict else None
+                if type(name) is not str or not name:
+                    name = tool_call_name(call, index)  # raises, or reads a str subclass
+                new_id = f"functions.{name}:{k}"
                 k += 1
                 old_id = call.get("id")
                 if old_id != new_id:
                     call["id"] = new_id
                     add("ids.call", index, old_id, new_id)
-                block.old_ids.append(old_id)
-                block.new_ids.append(new_id)
-                block.answered.append(False)
+                old_ids.append(old_id)
+                new_ids.append(new_id)
+            block.answered = [False] * len(calls)
         elif role == "tool":
             answer_id = message.get("tool_call_id")
             current = block or _NO_CALLS
-            found, how = _resolve(current, answer_id, position)
+            found, how = _first_open_exact(current, answer_id)
+            if found is None:
+                found, how = _resolve(current, answer_id, position)
             position += 1
             if found is None:
                 add("ids.orphan", index, answer_id, answer_id)
