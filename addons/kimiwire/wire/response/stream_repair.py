@@ -123,6 +123,14 @@ class StreamRepairer:
         finally:
             self.handing_over = None
 
+    def end_handing_over(self, drop_partial: bool = False) -> tuple[list[bytes], Handover]:
+        """`end`, and what the turn gate needs to judge its events without parsing them."""
+        handover = self.handing_over = Handover()
+        try:
+            return self.end(drop_partial), handover
+        finally:
+            self.handing_over = None
+
     def end(self, drop_partial: bool = False) -> list[bytes]:
         """The upstream body ended: flush what is held, finish every choice, end with [DONE].
         `drop_partial`: the proxy ended the stream; a half-received event is not forwarded."""

@@ -4,9 +4,10 @@ client already has, the continuation that makes it read as the rest of that resp
 
 The same pipeline runs the first attempt (mitm/stream_callable.py, with no continuation) and a
 retry's attempts (mitm/retry.py). The gate never parses the repairer's output again: while it
-judges, each read goes through `StreamRepairer.feed_handing_over`, which returns with the output
-what the gate reads instead (handover.py: the texts of the events the fast path took, the chunks
-the full path parsed or built its events from); once the turn is proven, plain `feed`.
+judges, each read goes through `StreamRepairer.feed_handing_over` (the end through
+`end_handing_over`), which returns with the output what the gate reads instead (handover.py: the
+texts of the events the fast path took, the chunks the full path parsed or built its events
+from); once the turn is proven, through plain `feed`, which hands nothing over.
 
 An exception in a stage costs a repair, never data: what the repairer held goes out unrepaired,
 then the bytes it had not yet decoded, and the rest of the stream passes through (`failed`).
@@ -76,9 +77,11 @@ class TurnPipeline:
         gate = self.gate
         undecoded = repairer.undecoded()
         try:
-            out = repairer.end(drop_partial=drop_partial)
-            if gate is not None and not gate.proven:
-                out = gate.feed(out)
+            if gate is None or gate.proven:
+                out = repairer.end(drop_partial=drop_partial)
+            else:
+                out, handover = repairer.end_handing_over(drop_partial)
+                out = gate.feed(out, handover)
                 self.verdict = gate.verdict()
                 if self.verdict is None:
                     out += gate.open()
