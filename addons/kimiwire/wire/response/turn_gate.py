@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.failure_kinds import VerdictKind
+from kimiwire.wire.failure_kinds import TurnCheck, VerdictKind
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.response.fast_path import PlainText
 from kimiwire.wire.response.handover import Handover
@@ -80,7 +80,7 @@ def forced_tool_missing(seen: TurnSeen, facts: RequestFacts) -> TurnVerdict | No
     return TurnVerdict("forced_tool", f"the client forced {wanted} (sent upstream as tool_choice auto)")
 
 
-def judge(seen: TurnSeen, facts: RequestFacts, checks: frozenset[str]) -> TurnVerdict | None:
+def judge(seen: TurnSeen, facts: RequestFacts, checks: frozenset[TurnCheck]) -> TurnVerdict | None:
     """The verdict on a finished turn (streamed or not) for the checks that are on."""
     if seen.error or any(r in _EXPLAINED_FINISHES for r in seen.finish_reasons):
         return None
@@ -172,7 +172,7 @@ class TurnGate:
     def __init__(
         self,
         facts: RequestFacts,
-        checks: frozenset[str],
+        checks: frozenset[TurnCheck],
         hold_calls: bool,
         hold_limit: int = 8 * 1024 * 1024,
         watch_stall: bool = False,
