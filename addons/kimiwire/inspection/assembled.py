@@ -5,7 +5,7 @@ mitmweb and to compare what clients received before and after a policy change.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -47,9 +47,13 @@ class AssembledChoice:
         }
 
 
+# A body read as an event stream, a JSON completion, or neither.
+BodyKind = Literal["stream", "json", "other"]
+
+
 @dataclass
 class AssembledResponse:
-    kind: str  # "stream" | "json" | "other"
+    kind: BodyKind
     choices: dict[int, AssembledChoice] = field(default_factory=dict)
     usage: Any = None
     errors: list[Any] = field(default_factory=list)

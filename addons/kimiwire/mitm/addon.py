@@ -46,7 +46,7 @@ from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.waiting import WaitingPlans
 from kimiwire.wire import chat_exchanges, replay_credentials
 from kimiwire.wire.detection import Detection
-from kimiwire.wire.policy import Policy, PolicyCache
+from kimiwire.wire.policy import AUTO, Policy, PolicyCache
 from kimiwire.wire.redaction import Redactor
 from kimiwire.wire.stream_endings import EndingLimits
 
@@ -159,7 +159,7 @@ class KimiWire:
         if updated & _POLICY_OPTION_NAMES:
             self._fallback_policies = None
             self.policies = PolicyCache(settings.flavor, **settings.policy_options())
-            self.detector.enabled = settings.flavor == "auto"
+            self.detector.enabled = settings.flavor == AUTO
             for host, detection in self.detector.each():
                 self._learned(host, detection)
 

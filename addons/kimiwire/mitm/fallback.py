@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Policy
+from kimiwire.wire.policy import FlavorOption, Policy
 from kimiwire.wire.request.repair import repair_request_body
 
 FALLBACK_KINDS = frozenset({"connect", "status", "stall"})  # failures of the primary itself, not of a turn
@@ -39,11 +39,11 @@ class Target:
 class Fallback:
     origin: str  # scheme://host[:port]
     host: str
-    flavor: str
+    flavor: FlavorOption
     key: str | None = None  # the Authorization key from the environment, when one is named
 
     @classmethod
-    def parse(cls, url: str, flavor: str, key_env: str, environ: Mapping[str, str]) -> Fallback | None:
+    def parse(cls, url: str, flavor: FlavorOption, key_env: str, environ: Mapping[str, str]) -> Fallback | None:
         """The option's value, or None when it is empty; ValueError for what cannot be used."""
         if not url:
             return None

@@ -21,7 +21,23 @@ from typing import Any
 from mitmproxy import exceptions
 
 from kimiwire.wire import chat_exchanges
-from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS
+from kimiwire.wire.policy import (
+    FLAVOR_CHOICES,
+    POLICY_OPTIONS,
+    Arguments,
+    Finish,
+    FlavorOption,
+    History,
+    Markup,
+    ReasoningField,
+    ReasoningOption,
+    RequestCompat,
+    ThinkingFields,
+    ThinkTags,
+    ToolIds,
+    ToolStream,
+    flavor_option,
+)
 from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RetryPolicy
 from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
 
@@ -65,6 +81,10 @@ def one_of(choices: tuple[str, ...]) -> Parser:
         return str(value)
 
     return choice
+
+
+def one_flavor(name: str, value: Any) -> FlavorOption:
+    return flavor_option(one_of(FLAVOR_CHOICES)(name, value))
 
 
 def count(name: str, value: Any) -> int:
@@ -124,7 +144,7 @@ OPTIONS: tuple[Option, ...] = (
         "and first answers name), selfhosted (SGLang or vLLM), sglang, vllm, moonshot, deepinfra, openrouter.",
         Feeds.POLICY,
         FLAVOR_CHOICES,
-        one_of(FLAVOR_CHOICES),
+        one_flavor,
     ),
     # the repair switches, also `--<field>` of scripts/replay (wire/policy.py)
     *(_choice(f"{PREFIX}{field}", choices, help_text) for field, (choices, help_text) in POLICY_OPTIONS.items()),
@@ -291,7 +311,7 @@ OPTIONS: tuple[Option, ...] = (
             "The fallback upstream's flavor (as kimi_flavor; auto: by its host).",
         Feeds.RETRY,
         FLAVOR_CHOICES,
-        one_of(FLAVOR_CHOICES),
+        one_flavor,
     ),
     Option(
         "kimi_fallback_key_env",
@@ -391,18 +411,18 @@ def names(feeds: Feeds) -> frozenset[str]:
 class Settings:
     """Every `kimi_*` option's value, parsed and checked; one field per `OPTIONS` row."""
 
-    flavor: str
-    tool_ids: str
-    reasoning: str
-    thinking_fields: str
-    history: str
-    request_compat: str
-    tool_stream: str
-    markup: str
-    arguments: str
-    finish: str
-    think_tags: str
-    reasoning_field: str
+    flavor: FlavorOption
+    tool_ids: ToolIds
+    reasoning: ReasoningOption
+    thinking_fields: ThinkingFields
+    history: History
+    request_compat: RequestCompat
+    tool_stream: ToolStream
+    markup: Markup
+    arguments: Arguments
+    finish: Finish
+    think_tags: ThinkTags
+    reasoning_field: ReasoningField
     stream_buffer_limit: int
     max_request_bytes: int
     done_grace: float
@@ -421,7 +441,7 @@ class Settings:
     retry_stream: bool
     hedge_after: float
     fallback_upstream: str
-    fallback_flavor: str
+    fallback_flavor: FlavorOption
     fallback_key_env: str
     lazy_connect: bool
     json_errors: bool

@@ -79,13 +79,13 @@ from kimiwire.mitm.retry_attempt import (
 )
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.failure_kinds import DELIVERED_AS_CAME
 from kimiwire.wire.openai_errors import error_body, error_event
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.turn_gate import (
-    DELIVERED_AS_CAME,
     TurnGate,
     completion_seen,
     judge,

@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import certifi
 import httpx
@@ -27,6 +27,7 @@ from mitmproxy.connection import ConnectionState
 
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.fallback import Target
+from kimiwire.wire.failure_kinds import FailureKind
 from kimiwire.wire.retry_policy import UpstreamError
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
@@ -43,15 +44,21 @@ class Success:
     broken: str = ""  # the attempt answered, then its stream broke (a reset or a stall): why
 
 
+# Why an attempt was made: the first one, a hedge sent beside it, or the failure retried.
+AttemptWhy = FailureKind | Literal["first", "hedge"]
+# How it went: under way (""), answered, cancelled (a hedge or attempt another one beat), or why it failed.
+AttemptOutcome = FailureKind | Literal["", "answered", "cancelled"]
+
+
 @dataclass
 class Attempt:
     number: int
-    why: str
+    why: AttemptWhy
     delay: float = 0.0
     started: float = field(default_factory=time.time)
     seconds: float = 0.0
     status: int | None = None
-    outcome: str = ""
+    outcome: AttemptOutcome = ""
     detail: str = ""
     body: bytes = b""
     repairs: list[dict[str, Any]] = field(default_factory=list)  # what the attempt's repairer did

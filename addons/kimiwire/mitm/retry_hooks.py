@@ -35,6 +35,7 @@ from kimiwire.mitm.status_stream import HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.failure_kinds import FailureKind
 from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.token_limit import clamp_max_tokens
@@ -343,7 +344,7 @@ class RetryHooks:
         if flow.response is not None and (state.stream is not None or not buffered(flow.response)):
             return None  # a streamed response under way ends by its own path
         timed_out = state.record.ended(FlowEnding.FIRST_BYTE_TIMEOUT, FlowEnding.IDLE_TIMEOUT)
-        kind = "stall" if timed_out else "connect"
+        kind: FailureKind = "stall" if timed_out else "connect"
         if state.hedge is not None and state.hedge.won:
             kind = "stall"  # the hedge answered first: the first attempt was closed for it
         if not self.kw.retrier.policy.watches(kind) or not self.kw.json_errors:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, overload
 
+from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.response.fast_path import PLAIN_ONLY
@@ -42,17 +43,17 @@ class ProxyEnd(StrEnum):
     SHUTDOWN = "shutdown"  # the proxy is stopping (SIGTERM, SIGINT)
 
     @property
-    def ending(self) -> str:
+    def ending(self) -> FlowEnding:
         """How the flow's record names this ending."""
-        return _ENDING_NAMES[self]
+        return _ENDINGS[self]
 
 
-_ENDING_NAMES = {
-    ProxyEnd.DONE: "proxy_done",
-    ProxyEnd.FINISHED: "proxy_finished",
-    ProxyEnd.IDLE: "idle_timeout",
-    ProxyEnd.FIRST_EVENT: "first_event_timeout",
-    ProxyEnd.SHUTDOWN: "shutdown",
+_ENDINGS = {
+    ProxyEnd.DONE: FlowEnding.PROXY_DONE,
+    ProxyEnd.FINISHED: FlowEnding.PROXY_FINISHED,
+    ProxyEnd.IDLE: FlowEnding.IDLE_TIMEOUT,
+    ProxyEnd.FIRST_EVENT: FlowEnding.FIRST_EVENT_TIMEOUT,
+    ProxyEnd.SHUTDOWN: FlowEnding.SHUTDOWN,
 }
 
 
@@ -103,7 +104,7 @@ class RepairingStream:
     """How the stream ends is decided here: `end_by_proxy(reason)` just before mitmproxy calls
     `stream(b"")` for the proxy's own end (then `_end` flushes with the closing events that
     reason calls for), `close_after_upstream_failure` when the upstream failed mid-stream, and
-    `ending` says which of them happened (or "natural")."""
+    `ending` says which of them happened (or `FlowEnding.NATURAL`)."""
 
     upstream = JoinedReads()  # every byte the upstream sent, for the capture and replays
     delivered = JoinedReads()  # every byte sent to the client
@@ -300,8 +301,8 @@ class RepairingStream:
         return not self.times.events_seen or (gate is not None and not gate.proven)
 
     @property
-    def ending(self) -> str:
-        return "natural" if self.end_reason is None else self.end_reason.ending
+    def ending(self) -> FlowEnding:
+        return FlowEnding.NATURAL if self.end_reason is None else self.end_reason.ending
 
     def _end(self) -> list[bytes]:
         if self.end_reason is ProxyEnd.SHUTDOWN:  # never a retry: the client gets what was held and why

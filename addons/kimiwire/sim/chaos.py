@@ -17,14 +17,15 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from .scripted import RecordedRequest, Reply, json_reply, sse_reply
 
+Fault = Literal["clean", "json", "gzip", "empty", "status_retried", "status_kept", "stall", "reset"]
 # The faults of a first attempt, with their weights.
-FAULTS: dict[str, int] = {
+FAULTS: dict[Fault, int] = {
     "clean": 6,
     "json": 2,  # a non-streamed request
     "gzip": 2,  # the stream compressed despite accept-encoding: identity
@@ -42,7 +43,7 @@ _ID = re.compile(rb"chaos request (\d+)")
 @dataclass(frozen=True, slots=True)
 class Plan:
     number: int
-    fault: str
+    fault: Fault
     stream: bool
     status: int = 0
     cut_after: int = 0  # content events sent before a stall or reset

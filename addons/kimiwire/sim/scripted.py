@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -28,13 +28,17 @@ class RecordedRequest:
         return orjson.loads(self.body)
 
 
+# How a reply's body is delimited: chunked, a Content-Length, or the connection closing.
+Framing = Literal["chunked", "length", "close"]
+
+
 @dataclass
 class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
     pieces: list[bytes] = field(default_factory=list)
     gap: float = 0.0  # seconds between pieces
-    framing: str = "chunked"  # chunked | length | close
+    framing: Framing = "chunked"
     hold_open: float = 0.0  # after the last piece, keep the body open this long (then end it, or reset)
     reset_after: int | None = None  # send this many pieces, then reset the connection
     header_delay: float = 0.0  # wait this long before sending the status line

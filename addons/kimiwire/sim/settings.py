@@ -8,13 +8,14 @@ Set by command-line flags (the defaults) and per request by the header
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Literal, get_args
 
 from .replay import NAME as REPLAY_NAME
 
-SHAPES = ("sglang", "vllm", "moonshot", "deepinfra")
-BROKEN_HISTORY = ("markup", "empty", "off")
+Shape = Literal["sglang", "vllm", "moonshot", "deepinfra"]
+BrokenHistory = Literal["markup", "empty", "off"]
 # How a server's tool parsing fails on a turn with calls (sources in shapes.py).
-LEAKS = (
+Leak = Literal[
     "none",
     "consumed",
     "consumed-functions",
@@ -24,22 +25,27 @@ LEAKS = (
     "k3-answer-in-reasoning",
     "resend",
     "cut-call",
-)
+]
 # How reasoning reaches the client when the engine's reasoning parser does not split it.
-THINKS = ("field", "prefilled", "block")
+Think = Literal["field", "prefilled", "block"]
 # Request validation before the model answers: off, or moonshot (Moonshot's 400s, moonshot_validator.py).
-CONTRACTS = ("off", "moonshot")
+Contract = Literal["off", "moonshot"]
+SHAPES: tuple[Shape, ...] = get_args(Shape)
+BROKEN_HISTORY: tuple[BrokenHistory, ...] = get_args(BrokenHistory)
+LEAKS: tuple[Leak, ...] = get_args(Leak)
+THINKS: tuple[Think, ...] = get_args(Think)
+CONTRACTS: tuple[Contract, ...] = get_args(Contract)
 
 
 @dataclass(frozen=True)
 class SimSettings:
-    shape: str = "sglang"
+    shape: Shape = "sglang"
     fragments: int = 4  # argument fragments per tool call
     interleave: bool = False  # parallel calls' fragments interleaved (idx0, idx1, idx0, ...)
     reasoning_between: bool = False  # a reasoning delta between argument fragments
     whole: bool = False  # every call whole, in one chunk
     reasoning: bool = True
-    broken_history: str = "markup"  # what a model fed non-canonical ids does: markup | empty | off
+    broken_history: BrokenHistory = "markup"  # what a model fed non-canonical ids does: markup | empty | off
     # none | stall:N | done-open | reset:N | status:CODE | slow-first-byte:SECONDS, or a turn fault
     # that fails the first N attempts of a turn (see TURN_FAULTS): empty:N, status:CODE:N, ...
     fault: str = "none"
@@ -47,10 +53,10 @@ class SimSettings:
     hold: float = 300.0  # how long stall and done-open keep the connection
     answer_events: int = 0  # > 0: text answers are this many one-token content events (benchmarks)
     stamp: bool = False  # end every event's text with its send time, `[sent_at=NS]` (benchmarks)
-    leak: str = "none"  # one of LEAKS (shapes.py says what each is and who reported it)
+    leak: Leak = "none"  # one of LEAKS (shapes.py says what each is and who reported it)
     held_call: float = 0.0  # seconds of silence before the first tool-call chunk (vllm PR #50627)
-    think: str = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
-    contract: str = "off"  # off | moonshot: refuse what Moonshot's API refuses, with its 400 messages
+    think: Think = "field"  # field: its own field | prefilled: content ending `</think>` | block: `<think>…</think>`
+    contract: Contract = "off"  # off | moonshot: refuse what Moonshot's API refuses, with its 400 messages
     run: str = ""  # a tag that only separates the attempt counts of otherwise identical requests
     served: str = "moonshotai/Kimi-K2-Thinking"  # the model GET /v1/models lists (its family)
     replay: str = ""  # a file of --replay-dir: a stream answers with its events as they are (sim/replay.py)

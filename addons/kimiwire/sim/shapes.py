@@ -54,7 +54,7 @@ from typing import Any
 import orjson
 
 from .model import PlannedCall, TurnPlan, copied_id
-from .settings import SimSettings
+from .settings import Shape, SimSettings
 
 DONE = "[DONE]"
 
@@ -66,11 +66,11 @@ def _pieces(text: str, n: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def server_id(shape: str, name: str, number: int) -> str:
+def server_id(shape: Shape, name: str, number: int) -> str:
     return f"{name}:{number}" if shape == "moonshot" else f"functions.{name}:{number}"
 
 
-def _reasoning_key(shape: str) -> str:
+def _reasoning_key(shape: Shape) -> str:
     return "reasoning" if shape == "vllm" else "reasoning_content"
 
 
@@ -229,7 +229,7 @@ def _renamed(call: PlannedCall) -> str:
     return orjson.dumps({f"{k}_name": v for k, v in orjson.loads(call.arguments).items()}).decode()
 
 
-def _engine_stop_fields(shape: str, finish: str | None, streamed: bool) -> dict[str, Any]:
+def _engine_stop_fields(shape: Shape, finish: str | None, streamed: bool) -> dict[str, Any]:
     """What each engine puts beside `finish_reason`. SGLang: `matched_stop` on every choice, the
     end-of-sequence token once the model stopped (sglang 0.5.23 sse_utils.py `StreamChoice`, no
     omit_defaults). vLLM: `stop_reason` on the finishing choice only (chunks dumped with
@@ -242,7 +242,7 @@ def _engine_stop_fields(shape: str, finish: str | None, streamed: bool) -> dict[
     return {}
 
 
-def model_list(shape: str, served: str) -> dict[str, Any]:
+def model_list(shape: Shape, served: str) -> dict[str, Any]:
     """`GET /v1/models` as each engine answers it: `owned_by` names the engine and `root` is the
     served model's path (vllm 0.34.0 vllm/entrypoints/serve/engine/protocol.py `ModelCard`, sglang
     0.5.23 sglang/srt/entrypoints/openai/protocol.py `ModelCard`). No `owned_by` of Moonshot's or

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 
 class Flavor(StrEnum):
@@ -29,18 +29,37 @@ class Flavor(StrEnum):
         return "reasoning" if self in (Flavor.VLLM, Flavor.OPENROUTER) else "reasoning_content"
 
 
-FLAVOR_CHOICES = ("auto", *(f.value for f in Flavor))
-TOOL_IDS_CHOICES = ("canonical", "keep")
-REASONING_CHOICES = ("auto", "strip", "loop", "keep")
-TOOL_STREAM_CHOICES = ("whole", "passthrough")
-REASONING_FIELD_CHOICES = ("keep", "reasoning_content", "reasoning", "both")
-THINKING_FIELDS_CHOICES = ("translate", "keep")
-HISTORY_CHOICES = ("repair", "keep")
-MARKUP_CHOICES = ("recover", "keep")
-ARGUMENTS_CHOICES = ("repair", "keep")
-FINISH_CHOICES = ("fix", "keep")
-REQUEST_COMPAT_CHOICES = ("fix", "off")
-THINK_TAGS_CHOICES = ("split", "keep")
+# `kimi_flavor auto`: the flavor is found from the upstream host (and its engine, detection.py).
+AUTO: Final = "auto"
+FlavorOption = Flavor | Literal["auto"]  # a `kimi_flavor` value once parsed (`flavor_option`)
+FLAVOR_CHOICES = (AUTO, *(f.value for f in Flavor))
+
+# The values of each policy option (the first is its default), typed so a misspelt comparison
+# fails the type check.
+ToolIds = Literal["canonical", "keep"]
+ReasoningOption = Literal["auto", "strip", "loop", "keep"]
+Reasoning = Literal["strip", "loop", "keep"]  # after `auto` is resolved
+ToolStream = Literal["whole", "passthrough"]
+ReasoningField = Literal["keep", "reasoning_content", "reasoning", "both"]
+ThinkingFields = Literal["translate", "keep"]
+History = Literal["repair", "keep"]
+Markup = Literal["recover", "keep"]
+Arguments = Literal["repair", "keep"]
+Finish = Literal["fix", "keep"]
+RequestCompat = Literal["fix", "off"]
+ThinkTags = Literal["split", "keep"]
+
+TOOL_IDS_CHOICES: tuple[ToolIds, ...] = get_args(ToolIds)
+REASONING_CHOICES: tuple[ReasoningOption, ...] = get_args(ReasoningOption)
+TOOL_STREAM_CHOICES: tuple[ToolStream, ...] = get_args(ToolStream)
+REASONING_FIELD_CHOICES: tuple[ReasoningField, ...] = get_args(ReasoningField)
+THINKING_FIELDS_CHOICES: tuple[ThinkingFields, ...] = get_args(ThinkingFields)
+HISTORY_CHOICES: tuple[History, ...] = get_args(History)
+MARKUP_CHOICES: tuple[Markup, ...] = get_args(Markup)
+ARGUMENTS_CHOICES: tuple[Arguments, ...] = get_args(Arguments)
+FINISH_CHOICES: tuple[Finish, ...] = get_args(Finish)
+REQUEST_COMPAT_CHOICES: tuple[RequestCompat, ...] = get_args(RequestCompat)
+THINK_TAGS_CHOICES: tuple[ThinkTags, ...] = get_args(ThinkTags)
 
 # Each choice option is `kimi_<field>` on the addon and `--<field>` for scripts/replay; the first
 # choice is the default.
@@ -116,8 +135,13 @@ def detect_flavor(host: str) -> Flavor:
     return Flavor.SELFHOSTED
 
 
+def flavor_option(value: str) -> FlavorOption:
+    """A `kimi_flavor` value: `auto` or a flavor (ValueError for anything else)."""
+    return AUTO if value == AUTO else Flavor(value)
+
+
 def resolve_flavor(option: str, host: str) -> Flavor:
-    return detect_flavor(host) if option == "auto" else Flavor(option)
+    return detect_flavor(host) if option == AUTO else Flavor(option)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,27 +150,26 @@ class Policy:
     of the `kimi_<field>` option."""
 
     flavor: Flavor = Flavor.SELFHOSTED
-    tool_ids: str = "canonical"
-    reasoning: str = "strip"  # strip | loop | keep
-    tool_stream: str = "whole"
-    reasoning_field: str = "keep"
+    tool_ids: ToolIds = "canonical"
+    reasoning: Reasoning = "strip"
+    tool_stream: ToolStream = "whole"
+    reasoning_field: ReasoningField = "keep"
     stream_buffer_limit: int = 8 * 1024 * 1024
-    thinking_fields: str = "translate"  # request: thinking / enable_thinking per flavor
-    history: str = "repair"  # request: historical arguments, Moonshot's empty messages and parts
-    request_compat: str = "fix"  # request: fields the flavor's server rejects (wire/request/compat.py)
-    markup: str = "recover"  # response: raw Kimi markup in text becomes tool calls
-    arguments: str = "repair"  # response: tool-call arguments made JSON objects
-    finish: str = "fix"  # response: finish_reason corrected, usage found in a choice also at the top
-    think_tags: str = "split"  # response: reasoning that arrives as content with think tags split out
+    thinking_fields: ThinkingFields = "translate"  # request: thinking / enable_thinking per flavor
+    history: History = "repair"  # request: historical arguments, Moonshot's empty messages and parts
+    request_compat: RequestCompat = "fix"  # request: fields the flavor's server rejects (wire/request/compat.py)
+    markup: Markup = "recover"  # response: raw Kimi markup in text becomes tool calls
+    arguments: Arguments = "repair"  # response: tool-call arguments made JSON objects
+    finish: Finish = "fix"  # response: finish_reason corrected, usage found in a choice also at the top
+    think_tags: ThinkTags = "split"  # response: reasoning that arrives as content with think tags split out
     # Model ids the upstream lists as K2.5/K2.6 (wire/detection.py, `auto` only): their thinking is
     # a switch and their template prefills <think>, whatever the id says.
     thinking_switch_models: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, flavor: Flavor, reasoning: str = "auto", **options: Any) -> Policy:
-        if reasoning == "auto":
-            reasoning = "strip" if flavor.self_hosted else "loop"
-        return cls(flavor=flavor, reasoning=reasoning, **options)
+    def build(cls, flavor: Flavor, reasoning: ReasoningOption = "auto", **options: Any) -> Policy:
+        resolved: Reasoning = ("strip" if flavor.self_hosted else "loop") if reasoning == "auto" else reasoning
+        return cls(flavor=flavor, reasoning=resolved, **options)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Policy:
@@ -170,7 +193,7 @@ class PolicyCache:
 
     MAX_HOSTS = 256  # hosts come from requests: the cache stays bounded whatever they are
 
-    def __init__(self, flavor_option: str = "auto", **options: Any) -> None:
+    def __init__(self, flavor_option: FlavorOption = AUTO, **options: Any) -> None:
         self.flavor_option = flavor_option
         self.options = options
         self._by_host: dict[str, Policy] = {}
@@ -198,7 +221,7 @@ class PolicyCache:
         """With `auto`, the flows to `host` get `flavor` (the engine behind it was found) and its
         K2.5/K2.6 model ids from now on; an explicit kimi_flavor always wins."""
         learned = (flavor, switch_models)
-        if self.flavor_option != "auto" or self._learned.get(host) == learned:
+        if self.flavor_option != AUTO or self._learned.get(host) == learned:
             return
         if len(self._learned) >= self.MAX_HOSTS:
             self._learned.clear()

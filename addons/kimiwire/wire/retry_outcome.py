@@ -18,15 +18,13 @@ gets the answer a first attempt with the same failure would have got:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
+from kimiwire.wire.failure_kinds import DELIVERED_AS_CAME, FailureKind
 from kimiwire.wire.openai_errors import error_body, error_event
-from kimiwire.wire.response.turn_gate import DELIVERED_AS_CAME
 from kimiwire.wire.sse import DONE_EVENT
 
-FailureKind = Literal["empty", "reasoning_only", "invalid_call", "schema", "forced_tool", "stall", "connect", "status"]
 EMPTY_TURN_MESSAGE = "kimiwire: the upstream ended the turn without an answer ({detail}) after {attempts} attempt(s)"
-_TURN_KINDS = frozenset({"empty", "reasoning_only"})
+_TURN_KINDS: frozenset[FailureKind] = frozenset({"empty", "reasoning_only"})
 _CALL_KINDS = DELIVERED_AS_CAME  # answers all the same: the last attempt goes out as it came
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -36,7 +34,7 @@ EVENT_STREAM = "text/event-stream"
 class Failure:
     """Why an attempt gave no answer, and what to deliver if it stays the last one."""
 
-    kind: str  # a FailureKind
+    kind: FailureKind
     detail: str
     retry_after: float | None = None
     status: int | None = None

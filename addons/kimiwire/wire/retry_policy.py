@@ -28,7 +28,19 @@ from typing import Any
 
 import orjson
 
-RETRY_REASONS = ("empty", "reasoning_only", "stall", "connect", "status", "invalid_call", "schema", "forced_tool")
+from kimiwire.wire.failure_kinds import TURN_CHECKS, FailureKind, TurnCheck
+
+RETRY_REASONS: tuple[FailureKind, ...] = (
+    "empty",
+    "reasoning_only",
+    "stall",
+    "connect",
+    "status",
+    "invalid_call",
+    "schema",
+    "forced_tool",
+)
+_REASON_NAMED: dict[str, FailureKind] = {reason: reason for reason in RETRY_REASONS}
 DEFAULT_RETRY_ON = "empty,reasoning_only,stall,connect,status,invalid_call,forced_tool"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF = 30.0
@@ -39,7 +51,7 @@ _LASTING_CONNECT_FAILURES = ("certificate verify failed", "certificate_verify_fa
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    reasons: frozenset[str] = frozenset(DEFAULT_RETRY_ON.split(","))
+    reasons: frozenset[FailureKind] = frozenset(_REASON_NAMED[name] for name in DEFAULT_RETRY_ON.split(","))
     retries: int = 2
     budget: float = 200.0  # two attempts stalled before their first event (90 s each), and a third
     backoff: float = 0.5
@@ -49,10 +61,11 @@ class RetryPolicy:
     def parse(
         cls, retry_on: str, retries: int, budget: float, backoff: float = 0.5, stream: bool = True
     ) -> RetryPolicy:
-        reasons = frozenset(item.strip() for item in retry_on.split(",") if item.strip())
-        unknown = sorted(reasons - set(RETRY_REASONS))
+        names = frozenset(item.strip() for item in retry_on.split(",") if item.strip())
+        unknown = sorted(names - _REASON_NAMED.keys())
         if unknown:
             raise ValueError(f"kimi_retry_on: unknown reason {', '.join(unknown)} (known: {', '.join(RETRY_REASONS)})")
+        reasons = frozenset(_REASON_NAMED[name] for name in names)
         if retries < 0:
             raise ValueError("kimi_retries must be 0 or more")
         return cls(reasons, retries, budget, backoff, stream)
@@ -62,12 +75,12 @@ class RetryPolicy:
         """Anything is watched at all (`kimi_retry_on=` empty: today's pass-through)."""
         return bool(self.reasons)
 
-    def watches(self, reason: str) -> bool:
+    def watches(self, reason: FailureKind) -> bool:
         return reason in self.reasons
 
-    def turn_checks(self) -> frozenset[str]:
+    def turn_checks(self) -> frozenset[TurnCheck]:
         """The turn verdicts that are acted on (retried, or made explicit when attempts run out)."""
-        return self.reasons & {"empty", "reasoning_only", "invalid_call", "schema", "forced_tool"}
+        return frozenset(check for check in TURN_CHECKS if check in self.reasons)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -121,7 +134,7 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 
 def decide(
     policy: RetryPolicy,
-    reason: str,
+    reason: FailureKind,
     attempts_made: int,
     elapsed: float,
     jitter: float,

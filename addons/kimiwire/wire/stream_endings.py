@@ -30,6 +30,7 @@ so tests run the defaults' ratios in seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 KEEPALIVE_COMMENT = b": kimiwire waiting for upstream\n\n"
 
@@ -79,7 +80,11 @@ class StreamTimes:
     keepalive_at: float | None = None  # the last comment sent to the client while it waited
 
 
-def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, str] | None:
+# The deadlines `next_deadline` decides; mitm/stream_callable.ProxyEnd names each one's ending.
+Deadline = Literal["done", "finished", "first_event", "idle"]
+
+
+def next_deadline(times: StreamTimes, limits: EndingLimits) -> tuple[float, Deadline] | None:
     """(monotonic time, reason) at which the stream must end, or None for never."""
     if times.done_at is not None:
         return times.done_at + limits.done_grace, "done"

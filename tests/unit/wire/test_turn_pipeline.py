@@ -5,9 +5,10 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kimiwire.wire.failure_kinds import TURN_CHECKS
 from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TURN_CHECKS, TurnGate
+from kimiwire.wire.response.turn_gate import TurnGate
 from kimiwire.wire.response.turn_pipeline import TurnPipeline
 
 from tests.unit.wire.test_fast_path import FIRST, GATE_STREAMS, NO_SPLIT, NO_TOOLS, POLICY, TOOLS, event
@@ -78,3 +79,42 @@ def test_an_exception_in_a_stage_costs_the_repair_never_data(monkeypatch):
     assert b"".join(pipeline.feed(partial)) == partial
     assert pipeline.failed and isinstance(pipeline.failure, ZeroDivisionError)
     assert pipeline.feed(b"rest") == [b"rest"]
+
+
+def test_the_ending_the_repairer_makes_is_handed_over_too(monkeypatch):
+    """A stream cut without finish_reason or [DONE]: the finish chunk the repairer makes at the end
+    reaches the gate as the chunk it encoded, not as bytes to parse again."""
+    parsed: list[bytes] = []
+    inspect = TurnGate._inspect
+
+    def watched(self: TurnGate, raw: bytes) -> tuple[bool, bool, bool]:
+        parsed.append(raw)
+        return inspect(self, raw)
+
+    monkeypatch.setattr(TurnGate, "_inspect", watched)
+    out, seen, proven, _, verdict, _ = run(
+        [event({"role": "assistant", "content": ""}), event({"reasoning_content": "hm"})], TurnGate
+    )
+    assert b'"finish_reason":"stop"' in out[-2] + out[-1]  # made at the end, held by the gate
+    assert not proven and seen.finish_reasons == ["stop"] and verdict is not None and verdict.kind == "reasoning_only"
+    assert parsed == [b"data: [DONE]\n\n"]
+
+
+def test_without_a_gate_to_judge_the_repairer_hands_nothing_over(monkeypatch):
+    """No gate, or a turn already proven: reads and the end go through plain `feed` and `end`,
+    the fast path keeps no texts."""
+
+    def refused(*_: object) -> None:
+        raise AssertionError("handed over with nothing to judge")
+
+    monkeypatch.setattr(StreamRepairer, "feed_handing_over", refused)
+    monkeypatch.setattr(StreamRepairer, "end_handing_over", refused)
+    events = [event({"role": "assistant", "content": ""}), event({"content": "Answer"}), event({"content": " more"})]
+    events += [event({"content": " and more"}), event({}, "stop"), b"data: [DONE]\n\n"]
+    ungated = TurnPipeline(StreamRepairer(NO_TOOLS, POLICY))
+    body = b"".join(b"".join(ungated.feed(piece)) for piece in events) + b"".join(ungated.end())
+    assert body == b"".join(events) and ungated.repairer.handing_over is None
+    gate = TurnGate(NO_TOOLS, CHECKS, True)
+    gate.open()
+    proven = TurnPipeline(StreamRepairer(NO_TOOLS, POLICY), gate)
+    assert b"".join(b"".join(proven.feed(piece)) for piece in events) + b"".join(proven.end()) == body

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kimiwire.wire.policy import Reasoning
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 
@@ -50,7 +51,7 @@ def _keep_under(key: str, message: dict[str, Any], index: int, log: RepairLog) -
 
 def apply_reasoning_policy(
     messages: list[Any],
-    mode: str,
+    mode: Reasoning,
     log: RepairLog,
     placeholder_for_tool_calls: bool = False,
     key: str = REASONING_KEYS[0],

@@ -9,7 +9,7 @@ proxy instances give the same answer for the same request.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from kimiwire.wire.repairs import RepairLog
 
@@ -114,7 +114,10 @@ def _same_after_mangling(old: Any, answer: Any) -> bool:
     return len(shorter) >= _TRUNCATED_ID_LENGTH - 8 and longer.startswith(shorter)
 
 
-def _resolve(block: _Block, answer_id: Any, position: int) -> tuple[int | None, str]:
+Resolution = Literal["exact", "orphan", "mangled", "position"]  # how a tool message was matched to its call
+
+
+def _resolve(block: _Block, answer_id: Any, position: int) -> tuple[int | None, Resolution]:
     """Which call of the block (its position) a tool message answers, and how that was decided."""
     answered = block.answered
     first_open = None

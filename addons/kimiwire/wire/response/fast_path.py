@@ -218,8 +218,8 @@ class FastPath:
             return 0
         stream.events_in += 1
         stream.data_events_in += 1
-        if stream.plain_texts is not None:
-            stream.plain_texts.append(PlainText(template, text_of(data[start:closing])))
+        if (handover := stream.handing_over) is not None:
+            handover.plain.append(PlainText(template, text_of(data[start:closing])))
         return 1
 
     def steady_lane(self) -> tuple[bytes, bytes, int, int] | None:
@@ -231,7 +231,7 @@ class FastPath:
         None when a text would still change something: a repair to show it to, a text kind not
         seen yet, a gate taking the texts."""
         stream = self.stream
-        if not self.ready or self.look or stream.plain_texts is not None:
+        if not self.ready or self.look or stream.handing_over is not None:
             return None
         template = self.template_last
         if template.reasoning:
@@ -287,8 +287,8 @@ class FastPath:
         self.template_last = template
         stream.events_in += events
         stream.data_events_in += events
-        if stream.plain_texts is not None:
-            stream.plain_texts += [PlainText(seen, text_of(data[start:closing])) for seen, start, closing in texts]
+        if (handover := stream.handing_over) is not None:
+            handover.plain += [PlainText(seen, text_of(data[start:closing])) for seen, start, closing in texts]
         return events
 
     def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int, record: bool = False) -> bool:

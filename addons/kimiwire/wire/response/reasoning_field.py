@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from kimiwire.wire.policy import ReasoningField
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 
 TEXT_KEYS = ("content", *REASONING_KEYS)
 
 
-def rename_reasoning(container: dict[str, Any], mode: str) -> bool:
+def rename_reasoning(container: dict[str, Any], mode: ReasoningField) -> bool:
     """Rename the reasoning in a delta or message in place; True when it changed."""
     if mode == "keep":
         return False

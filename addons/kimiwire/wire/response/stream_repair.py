@@ -26,7 +26,8 @@ from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_is_answer
 from kimiwire.wire.response.choice_repair import ChoiceRepairer
-from kimiwire.wire.response.fast_path import FastPath, PlainText
+from kimiwire.wire.response.fast_path import FastPath
+from kimiwire.wire.response.handover import Handover
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS
 from kimiwire.wire.response.repeated_text import repeats_across_think
 from kimiwire.wire.response.tool_call_assembly import Ending
@@ -86,13 +87,9 @@ class StreamRepairer:
         self.fast = FastPath(self)
         self.plain_read = self.fast.plain_read
         self.steady_lane = self.fast.steady_lane
-        # When a list, plain_read appends each event's text to it (for the turn gate, which must
-        # see the texts of a turn not yet proven without parsing the events again).
-        self.plain_texts: list[PlainText] | None = None
-        # ... and, when a dict, every event the full path emits from a parsed chunk is filed under
-        # its id() with that chunk (the bytes kept, so the id stays theirs): the gate reads the
-        # chunk instead of parsing our own output again (turn_pipeline.py).
-        self.handover: dict[int, tuple[bytes, dict[str, Any]]] | None = None
+        # Set only within `feed_handing_over`: what the read hands the turn gate (handover.py). A
+        # plain `feed` leaves it None, and the fast path then does nothing more per event.
+        self.handing_over: Handover | None = None
         # The reasoning field held the answer (a K3 response close in it): the turn is answered
         # even when the text had already gone out as reasoning.
         self.answered_in_reasoning = False
@@ -117,6 +114,22 @@ class StreamRepairer:
             self.release_held(out)
         self.fast.refresh()
         return out
+
+    def feed_handing_over(self, data: bytes) -> tuple[list[bytes], Handover]:
+        """`feed`, and what the turn gate needs to judge the read without parsing its output."""
+        handover = self.handing_over = Handover()
+        try:
+            return self.feed(data), handover
+        finally:
+            self.handing_over = None
+
+    def end_handing_over(self, drop_partial: bool = False) -> tuple[list[bytes], Handover]:
+        """`end`, and what the turn gate needs to judge its events without parsing them."""
+        handover = self.handing_over = Handover()
+        try:
+            return self.end(drop_partial), handover
+        finally:
+            self.handing_over = None
 
     def end(self, drop_partial: bool = False) -> list[bytes]:
         """The upstream body ended: flush what is held, finish every choice, end with [DONE].
@@ -273,15 +286,15 @@ class StreamRepairer:
 
     def encode(self, chunk: dict[str, Any]) -> bytes:
         data = encode_data(orjson.dumps(chunk))
-        if self.handover is not None:
-            self.handover[id(data)] = (data, chunk)
+        if self.handing_over is not None:
+            self.handing_over.add_chunk(data, chunk)
         return data
 
     def _pass(self, raw: bytes, chunk: dict[str, Any], out: list[bytes]) -> None:
         """`raw`, the event `chunk` was parsed from, goes out as it came."""
         out.append(raw)
-        if self.handover is not None:
-            self.handover[id(raw)] = (raw, chunk)
+        if self.handing_over is not None:
+            self.handing_over.add_chunk(raw, chunk)
 
     # -- events ----------------------------------------------------------------------------
 

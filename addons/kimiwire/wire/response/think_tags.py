@@ -35,6 +35,8 @@ What the start decides:
 
 from __future__ import annotations
 
+from typing import Literal
+
 OPEN = "<think>"
 CLOSE = "</think>"
 SECTION_BEGINS = ("<|tool_calls_section_begin|>", "<|tool_call_section_begin|>")
@@ -56,10 +58,14 @@ def _section_begin(text: str) -> int:
     return min(found, default=-1)
 
 
+# Where the splitter is: before any text, in the reasoning, in the content (after `</think>`).
+SplitState = Literal["start", "reasoning", "content"]
+
+
 class ThinkTagSplitter:
     def __init__(self, prefilled: bool = False) -> None:
         self.prefilled = prefilled
-        self.state = "start"  # start | reasoning | content
+        self.state: SplitState = "start"
         self.pending = ""
         self.copy: list[str] | None = None  # content forwarded as reasoning on the prefill assumption
         self.copy_size = 0

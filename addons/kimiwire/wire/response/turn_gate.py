@@ -24,14 +24,13 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.failure_kinds import TurnCheck, VerdictKind
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.response.fast_path import PlainText
+from kimiwire.wire.response.handover import Handover
 from kimiwire.wire.response.schema_check import schema_violation
 from kimiwire.wire.sse import DONE, SSEDecoder
 
-TURN_CHECKS = ("empty", "reasoning_only", "invalid_call", "schema", "forced_tool")
-# Failed verdicts whose output is still an answer: when attempts run out the client gets what came.
-DELIVERED_AS_CAME = frozenset({"invalid_call", "schema", "forced_tool"})
 _TEMPLATE_KEYS = ("id", "created", "model", "system_fingerprint")
 _EXPLAINED_FINISHES = frozenset({"length", "content_filter"})
 MARKUP_TOKEN = "<|"
@@ -39,7 +38,7 @@ MARKUP_TOKEN = "<|"
 
 @dataclass(frozen=True, slots=True)
 class TurnVerdict:
-    kind: str  # empty | reasoning_only | invalid_call | schema
+    kind: VerdictKind
     detail: str
 
 
@@ -81,7 +80,7 @@ def forced_tool_missing(seen: TurnSeen, facts: RequestFacts) -> TurnVerdict | No
     return TurnVerdict("forced_tool", f"the client forced {wanted} (sent upstream as tool_choice auto)")
 
 
-def judge(seen: TurnSeen, facts: RequestFacts, checks: frozenset[str]) -> TurnVerdict | None:
+def judge(seen: TurnSeen, facts: RequestFacts, checks: frozenset[TurnCheck]) -> TurnVerdict | None:
     """The verdict on a finished turn (streamed or not) for the checks that are on."""
     if seen.error or any(r in _EXPLAINED_FINISHES for r in seen.finish_reasons):
         return None
@@ -173,7 +172,7 @@ class TurnGate:
     def __init__(
         self,
         facts: RequestFacts,
-        checks: frozenset[str],
+        checks: frozenset[TurnCheck],
         hold_calls: bool,
         hold_limit: int = 8 * 1024 * 1024,
         watch_stall: bool = False,
@@ -199,16 +198,21 @@ class TurnGate:
     def holding(self) -> bool:
         return bool(self.held)
 
-    def feed(self, events: list[bytes], parsed: dict[int, tuple[bytes, dict[str, Any]]] | None = None) -> list[bytes]:
-        """`parsed`: the chunks the repairer parsed or built its events from, by the events' id()
-        (StreamRepairer.handover): read instead of parsing those events again."""
+    def take(self, data: bytes, events: list[bytes], handover: Handover) -> list[bytes]:
+        """One read of the repairer judged: `events`, what `StreamRepairer.feed_handing_over` made
+        of the upstream's `data`, with what it handed over (handover.py)."""
+        return self.feed_plain(data, handover.plain) if handover.plain else self.feed(events, handover)
+
+    def feed(self, events: list[bytes], handover: Handover | None = None) -> list[bytes]:
+        """`handover`: the chunks the repairer parsed or built `events` from, read instead of
+        parsing those events again."""
         if self.proven or not events:
             return events
         out: list[bytes] = []
         for position, event in enumerate(events):
-            handed = parsed.get(id(event)) if parsed else None
-            if handed is not None and handed[0] is event and not self._decoder.pending:
-                proves, hold, role = self._inspect_chunk(handed[1])
+            chunk = handover.chunk_of(event) if handover is not None and not self._decoder.pending else None
+            if chunk is not None:
+                proves, hold, role = self._inspect_chunk(chunk)
             else:
                 proves, hold, role = self._inspect(event)
             if proves:

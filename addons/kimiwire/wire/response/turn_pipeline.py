@@ -3,9 +3,11 @@ ending until the turn proves to have an answer, and, for a retry streamed into a
 client already has, the continuation that makes it read as the rest of that response.
 
 The same pipeline runs the first attempt (mitm/stream_callable.py, with no continuation) and a
-retry's attempts (mitm/retry.py). The gate never parses the repairer's output again: the fast
-path hands it the texts of the events it took (`StreamRepairer.plain_texts`), the full path the
-chunks it parsed or built its events from (`StreamRepairer.handover`).
+retry's attempts (mitm/retry.py). The gate never parses the repairer's output again: while it
+judges, each read goes through `StreamRepairer.feed_handing_over` (the end through
+`end_handing_over`), which returns with the output what the gate reads instead (handover.py: the
+texts of the events the fast path took, the chunks the full path parsed or built its events
+from); once the turn is proven, through plain `feed`, which hands nothing over.
 
 An exception in a stage costs a repair, never data: what the repairer held goes out unrepaired,
 then the bytes it had not yet decoded, and the rest of the stream passes through (`failed`).
@@ -47,11 +49,11 @@ class TurnPipeline:
         gate = self.gate
         judging = gate if gate is not None and not gate.proven else None
         undecoded = repairer.undecoded()
-        if judging is not None:
-            repairer.plain_texts = []
-            repairer.handover = {}
         try:
-            out = repairer.feed(data)
+            if judging is None:
+                out = repairer.feed(data)
+            else:
+                out, handover = repairer.feed_handing_over(data)
         except Exception as exc:
             out = self._fail(exc, undecoded + data)
         else:
@@ -62,13 +64,9 @@ class TurnPipeline:
                 if gate is not None:
                     out[:0] = gate.open()
             elif judging is not None:
-                texts = repairer.plain_texts
-                out = judging.feed_plain(data, texts) if texts else judging.feed(out, repairer.handover)
+                out = judging.take(data, out, handover)
                 if repairer.answered_in_reasoning and not judging.proven:  # never retried away
                     out += judging.open()
-        finally:
-            repairer.plain_texts = None
-            repairer.handover = None
         return self._continued(out)
 
     def end(self, drop_partial: bool = False) -> list[bytes]:
@@ -79,9 +77,11 @@ class TurnPipeline:
         gate = self.gate
         undecoded = repairer.undecoded()
         try:
-            out = repairer.end(drop_partial=drop_partial)
-            if gate is not None and not gate.proven:
-                out = gate.feed(out)
+            if gate is None or gate.proven:
+                out = repairer.end(drop_partial=drop_partial)
+            else:
+                out, handover = repairer.end_handing_over(drop_partial)
+                out = gate.feed(out, handover)
                 self.verdict = gate.verdict()
                 if self.verdict is None:
                     out += gate.open()
