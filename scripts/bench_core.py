@@ -11,11 +11,11 @@ import tracemalloc
 from typing import Any
 
 import orjson
+from kimiwire.wire.codecs.sse import SSEDecoder, encode_data
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.sse import SSEDecoder, encode_data
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 POLICY = Policy.build(Flavor.SELFHOSTED)
 MOONSHOT_POLICY = Policy.build(Flavor.MOONSHOT)  # its contract rules on top: hygiene, results in place, renames

@@ -31,9 +31,9 @@ from typing import Any
 from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.sim.replay import STAMP_MARK
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support import engine_corpus
 

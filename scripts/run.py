@@ -88,7 +88,7 @@ class AddonSettings:
 def validate_options(specs: list[str], upstream_host: str) -> AddonSettings:
     """Applies the `kimi_*` specs to the addon's own options as mitmdump would, without starting it."""
     from kimiwire.mitm.addon import KimiWire
-    from kimiwire.wire.policy import resolve_flavor
+    from kimiwire.wire.servers.policy import resolve_flavor
     from mitmproxy import exceptions
     from mitmproxy.test import taddons
 

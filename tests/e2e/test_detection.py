@@ -1,4 +1,4 @@
-"""`kimi_flavor=auto` finds the engine and model family: the signs (wire/detection.py) on the
+"""`kimi_flavor=auto` finds the engine and model family: the signs (wire/servers/detection.py) on the
 simulator's shapes, the policy they lead to, and the background probe of a real mitmdump."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from kimiwire.sim.model import plan_turn
 from kimiwire.sim.server import HttpServer, ServerThread, SimulatorThread
 from kimiwire.sim.settings import SimSettings
 from kimiwire.sim.shapes import DONE, completion_body, model_list, stream_chunks
-from kimiwire.wire.detection import Detection, Engine, IdForm, ModelFamily, id_form, model_family, models_path
-from kimiwire.wire.policy import Flavor, Policy, PolicyCache
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.detection import Detection, Engine, IdForm, ModelFamily, id_form, model_family, models_path
+from kimiwire.wire.servers.policy import Flavor, Policy, PolicyCache
 
 from tests.support import engine_corpus
 from tests.support.mitm import Mitmdump

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from kimiwire.mitm import proxy_internals
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 from tests.support.endings import FIRST_BYTE, GRACE, IDLE, OPTIONS, REQUEST

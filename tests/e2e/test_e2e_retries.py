@@ -14,7 +14,7 @@ import pytest
 from kimiwire.mitm.capture import delivered_body
 from kimiwire.sim.server import SimulatorThread
 from kimiwire.sim.settings import SimSettings
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.codecs.sse import SSEDecoder
 
 from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, run_openai_sdk, run_piai, tool_runs
 from tests.support.conversations import TOOLS

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 from kimiwire.wire import chat_exchanges
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.codecs.sse import SSEDecoder
 from mitmproxy.net.http import status_codes
 
 from tests.support.mitm import Mitmdump

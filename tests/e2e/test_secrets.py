@@ -8,8 +8,8 @@ import httpx
 import orjson
 import pytest
 from kimiwire.mitm.capture import upstream_request_body
-from kimiwire.wire.redaction import REDACTED, Redactor, url_for_log
-from kimiwire.wire.replay_credentials import resolve_credential, restore
+from kimiwire.wire.capture.redaction import REDACTED, Redactor, url_for_log
+from kimiwire.wire.capture.replay_credentials import resolve_credential, restore
 
 from tests.support import streams
 from tests.support.conversations import assistant, body, call, tool, user

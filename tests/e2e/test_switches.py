@@ -6,10 +6,10 @@ import httpx
 import orjson
 import pytest
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import POLICY_OPTIONS, Flavor, Policy
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import POLICY_OPTIONS, Flavor, Policy
 
 from tests.support import streams
 from tests.support.conversations import TOOLS, assistant, body, call, tool, user

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.repair import facts_from_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.piai_model import guide_accumulate, piai_parse
 from tests.support.sse_reading import content, finish_reasons

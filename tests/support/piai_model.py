@@ -10,7 +10,7 @@ from typing import Any
 
 import json_repair
 import orjson
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.codecs.sse import SSEDecoder
 
 
 def _parse_streaming_json(text: str) -> Any:

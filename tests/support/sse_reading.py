@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.codecs.sse import SSEDecoder
 
 
 def choices(body: bytes) -> Iterator[dict[str, Any]]:

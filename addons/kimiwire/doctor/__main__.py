@@ -27,7 +27,7 @@ import orjson
 from kimiwire.doctor.cases import CASES, MAX_TOKENS, Answer, Case, read_answer
 from kimiwire.launch import Mitmdump
 from kimiwire.wire.chat_exchanges import HEALTH_PATH
-from kimiwire.wire.detection import Detection, Engine, IdForm, ModelFamily
+from kimiwire.wire.servers.detection import Detection, Engine, IdForm, ModelFamily
 
 DEFAULT_MODEL = "kimi-k2-thinking"
 MAX_BODY = 8 << 20

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from kimiwire.wire.detection import id_form
+from kimiwire.wire.servers.detection import id_form
 
 MAX_TOKENS = 1024  # per request: room for a short reasoning and a call, a bound on the cost
 

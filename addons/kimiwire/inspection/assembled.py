@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import orjson
 
+from kimiwire.wire.codecs.sse import DONE, SSEDecoder
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
-from kimiwire.wire.sse import DONE, SSEDecoder
 
 
 @dataclass

@@ -21,7 +21,7 @@ from kimiwire.inspection.presentation import (
     response_title,
 )
 from kimiwire.inspection.rerun import body_content_type, rerun_exchange
-from kimiwire.wire.policy import Policy
+from kimiwire.wire.servers.policy import Policy
 
 
 def _attempts(record: dict[str, Any]) -> list[dict[str, Any]]:

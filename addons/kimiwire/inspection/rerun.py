@@ -11,11 +11,11 @@ import orjson
 from kimiwire.inspection.assembled import AssembledResponse, assemble
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Policy
 
 
 @dataclass

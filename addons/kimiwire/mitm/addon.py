@@ -44,10 +44,11 @@ from kimiwire.mitm.retry_hooks import RetryHooks
 from kimiwire.mitm.shutdown import Shutdown
 from kimiwire.mitm.upstream_probe import UpstreamDetector, reverse_upstreams
 from kimiwire.mitm.waiting import WaitingPlans
-from kimiwire.wire import chat_exchanges, replay_credentials
-from kimiwire.wire.detection import Detection
-from kimiwire.wire.policy import AUTO, Policy, PolicyCache
-from kimiwire.wire.redaction import Redactor
+from kimiwire.wire import chat_exchanges
+from kimiwire.wire.capture import replay_credentials
+from kimiwire.wire.capture.redaction import Redactor
+from kimiwire.wire.servers.detection import Detection
+from kimiwire.wire.servers.policy import AUTO, Policy, PolicyCache
 from kimiwire.wire.stream_endings import EndingLimits
 
 logger = logging.getLogger("kimiwire")

@@ -6,7 +6,7 @@ the upstream sent (status, headers, full raw body), and `metadata["kimiwire"]` h
 sent upstream, the body delivered to the client (`delivered`, left out when it is byte for byte
 the upstream's: `delivered_body` reads either; `upstream_request`, the body sent upstream, is
 likewise left out when it is the client's: `upstream_request_body`), the repairs, timings, flavor and policies.
-Credentials are redacted (`wire/redaction.py`).
+Credentials are redacted (`wire/capture/redaction.py`).
 
 The file only ever holds whole records: each flow is serialized first, then written at the end of
 the last whole record; when a write fails (a full disk) the file is cut back to its last whole
@@ -19,7 +19,7 @@ a killed proxy) when it ends, on the disk (after a power loss) within about a se
 
 Per flow the work is kept small (it runs on the event loop): the state is built from the flow's
 parts without mitmproxy's deep copies and per-field typing inspection, and encoded by
-`wire/tnetstring.py` (mitmproxy's format, byte for byte, faster).
+`wire/codecs/tnetstring.py` (mitmproxy's format, byte for byte, faster).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from mitmproxy import http
 from mitmproxy.connection import Connection
 from mitmproxy.version import FLOW_FORMAT_VERSION
 
-from kimiwire.wire import tnetstring
-from kimiwire.wire.redaction import Redactor
+from kimiwire.wire.capture.redaction import Redactor
+from kimiwire.wire.codecs import tnetstring
 
 logger = logging.getLogger("kimiwire")
 

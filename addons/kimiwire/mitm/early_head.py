@@ -8,7 +8,7 @@ a `200 OK` event-stream head (chunked) and then a comment every kimi_keepalive s
 - the upstream's event stream, repaired as ever (its own head never reaches the client);
 - a retryable error status: held and retried into the stream (status_stream.py);
 - any other answer that is not an event stream: `LateAnswer` below turns it into events
-  (wire/early_answer.py);
+  (wire/retry/early_answer.py);
 - a stall or a connection failure before headers: retried into the same stream (the error hook's
   live retry), or ended with the error event and [DONE].
 HTTP/2 clients are not given one (their stream's HEADERS frame is mitmproxy's to send).
@@ -24,7 +24,7 @@ from mitmproxy import http
 
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.flow_record import FlowRecord
-from kimiwire.wire.early_answer import MAX_BODY, events_for_answer
+from kimiwire.wire.retry.early_answer import MAX_BODY, events_for_answer
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 logger = logging.getLogger("kimiwire")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import FlavorOption, Policy
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.policy import FlavorOption, Policy
 
 FALLBACK_KINDS = frozenset({"connect", "status", "stall"})  # failures of the primary itself, not of a turn
 _DROPPED = frozenset({"host", "authorization", "content-length", "content-encoding"})

@@ -21,7 +21,7 @@ from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs
 from kimiwire.mitm.stream_callable import RepairingStream
-from kimiwire.wire.redaction import url_for_log
+from kimiwire.wire.capture.redaction import url_for_log
 from kimiwire.wire.repairs import RepairLog
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from mitmproxy import http
 
 from kimiwire.mitm.flow_record import METADATA_KEY, FlowRecord, flow_record
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Policy
+from kimiwire.wire.servers.policy import Policy
 
 __all__ = ["METADATA_KEY", "FlowRecord", "FlowState", "FlowStates", "flow_record", "loop_running"]
 

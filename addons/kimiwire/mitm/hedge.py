@@ -25,7 +25,7 @@ from mitmproxy import http
 from kimiwire.mitm.flow_record import FlowRecord
 from kimiwire.mitm.retry import Attempt, Sink, Success
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
-from kimiwire.wire.response.continuation import Continuation
+from kimiwire.wire.retry.continuation import Continuation
 
 logger = logging.getLogger("kimiwire")
 

@@ -18,8 +18,8 @@ from mitmproxy import http
 
 from kimiwire.mitm.capture import saved_state
 from kimiwire.mitm.request_worker import PROCESS_BYTES, Raised, RequestWorker
-from kimiwire.wire import tnetstring
-from kimiwire.wire.redaction import KnownRedactions, Redactor, redacted_bodies
+from kimiwire.wire.capture.redaction import KnownRedactions, Redactor, redacted_bodies
+from kimiwire.wire.codecs import tnetstring
 
 logger = logging.getLogger("kimiwire")
 

@@ -21,7 +21,8 @@ from typing import Any
 from mitmproxy import exceptions
 
 from kimiwire.wire import chat_exchanges
-from kimiwire.wire.policy import (
+from kimiwire.wire.retry.policy import DEFAULT_RETRY_ON, RetryPolicy
+from kimiwire.wire.servers.policy import (
     FLAVOR_CHOICES,
     POLICY_OPTIONS,
     Arguments,
@@ -38,7 +39,6 @@ from kimiwire.wire.policy import (
     ToolStream,
     flavor_option,
 )
-from kimiwire.wire.retry_policy import DEFAULT_RETRY_ON, RetryPolicy
 from kimiwire.wire.stream_endings import EndingLimits, parse_seconds
 
 PREFIX = "kimi_"
@@ -146,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
         FLAVOR_CHOICES,
         one_flavor,
     ),
-    # the repair switches, also `--<field>` of scripts/replay (wire/policy.py)
+    # the repair switches, also `--<field>` of scripts/replay (wire/servers/policy.py)
     *(_choice(f"{PREFIX}{field}", choices, help_text) for field, (choices, help_text) in POLICY_OPTIONS.items()),
     Option(
         "kimi_stream_buffer_limit",

@@ -18,7 +18,7 @@ from typing import Any
 from mitmproxy import http, io
 
 from kimiwire.inspection.rerun import compare, compare_retried, rerun_exchange, retry_source
-from kimiwire.wire.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Flavor, Policy, resolve_flavor
+from kimiwire.wire.servers.policy import FLAVOR_CHOICES, POLICY_OPTIONS, Flavor, Policy, resolve_flavor
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,8 +18,10 @@ from kimiwire.mitm.flow_notes import ERROR_MARKER
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, set_header
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs
-from kimiwire.wire import chat_exchanges, replay_credentials
-from kimiwire.wire.content_decoding import (
+from kimiwire.wire import chat_exchanges
+from kimiwire.wire.capture import replay_credentials
+from kimiwire.wire.capture.redaction import carries_placeholder, url_for_log
+from kimiwire.wire.codecs.content_decoding import (
     DecodedTooLarge,
     DecodingError,
     content_encoding,
@@ -27,7 +29,6 @@ from kimiwire.wire.content_decoding import (
 )
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_body
-from kimiwire.wire.redaction import carries_placeholder, url_for_log
 from kimiwire.wire.request.repair import RequestRepairResult, repair_request_body
 
 if TYPE_CHECKING:

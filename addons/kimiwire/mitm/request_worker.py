@@ -36,9 +36,9 @@ from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolEx
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.repair import RequestRepairResult, repair_request_body
+from kimiwire.wire.servers.policy import Policy
 
 T = TypeVar("T")
 logger = logging.getLogger("kimiwire")

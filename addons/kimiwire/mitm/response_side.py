@@ -26,16 +26,16 @@ from kimiwire.mitm.retry import (
 from kimiwire.mitm.stream_callable import DecodingStream, ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import StreamWatchdog
 from kimiwire.wire import chat_exchanges
-from kimiwire.wire.content_decoding import (
+from kimiwire.wire.capture.redaction import url_for_log
+from kimiwire.wire.codecs.content_decoding import (
     BodyDecoder,
     content_encoding,
 )
-from kimiwire.wire.early_answer import events_for_error_body
 from kimiwire.wire.openai_errors import error_body
-from kimiwire.wire.redaction import url_for_log
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.retry.early_answer import events_for_error_body
+from kimiwire.wire.retry.turn_gate import TurnGate
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 if TYPE_CHECKING:

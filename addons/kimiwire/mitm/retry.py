@@ -1,6 +1,6 @@
 """Retries upstream inside one flow, so a client never gets a silent empty turn while attempts
-remain. The decisions are sans-IO (`wire/retry_policy.py`, `wire/response/turn_gate.py`,
-`wire/response/continuation.py`); this module makes the extra attempts and delivers their answer.
+remain. The decisions are sans-IO (`wire/retry/policy.py`, `wire/retry/turn_gate.py`,
+`wire/retry/continuation.py`); this module makes the extra attempts and delivers their answer.
 
 Mechanism, and why
 ------------------
@@ -42,7 +42,7 @@ reasoning-only attempt the client's message holds that reasoning followed by the
 attempts run out the client gets the failure made explicit: an `upstream_empty_turn` error event
 and `[DONE]` (502 JSON non-streamed) for an empty turn, the last attempt's calls as they are for
 invalid calls, the last upstream error otherwise. A client that leaves cancels the retry (its
-upstream request is closed); the mapping to that answer is `wire/retry_outcome.py`, one for
+upstream request is closed); the mapping to that answer is `wire/retry/outcome.py`, one for
 every path. Each attempt is recorded in `flow.metadata["kimiwire"]["attempts"]` (why, status,
 timing, bytes, the raw upstream body, its repairs), counted and logged.
 """
@@ -79,20 +79,14 @@ from kimiwire.mitm.retry_attempt import (
 )
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.failure_kinds import DELIVERED_AS_CAME
 from kimiwire.wire.openai_errors import error_body, error_event
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
-from kimiwire.wire.response.continuation import Continuation, completion_events
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import (
-    TurnGate,
-    completion_seen,
-    judge,
-)
 from kimiwire.wire.response.turn_pipeline import TurnPipeline
-from kimiwire.wire.retry_outcome import EMPTY_TURN_MESSAGE, Failure, exhausted_events
-from kimiwire.wire.retry_policy import (
+from kimiwire.wire.retry.continuation import Continuation, completion_events
+from kimiwire.wire.retry.failure_kinds import DELIVERED_AS_CAME
+from kimiwire.wire.retry.outcome import EMPTY_TURN_MESSAGE, Failure, exhausted_events
+from kimiwire.wire.retry.policy import (
     RETRY_STATUSES,
     RetryDecision,
     RetryPolicy,
@@ -100,6 +94,12 @@ from kimiwire.wire.retry_policy import (
     in_band_error,
     retry_after_seconds,
 )
+from kimiwire.wire.retry.turn_gate import (
+    TurnGate,
+    completion_seen,
+    judge,
+)
+from kimiwire.wire.servers.policy import Policy
 from kimiwire.wire.stream_endings import EndingLimits
 
 logger = logging.getLogger("kimiwire")

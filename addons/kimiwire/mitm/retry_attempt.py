@@ -27,8 +27,8 @@ from mitmproxy.connection import ConnectionState
 
 from kimiwire.mitm import proxy_internals
 from kimiwire.mitm.fallback import Target
-from kimiwire.wire.failure_kinds import FailureKind
-from kimiwire.wire.retry_policy import UpstreamError
+from kimiwire.wire.retry.failure_kinds import FailureKind
+from kimiwire.wire.retry.policy import UpstreamError
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 

@@ -1,7 +1,7 @@
 """The mitmproxy side of retries, in one room: which finished response or failure is retried, the
 attempts run (mitm/retry.py) live into the client's open body or buffered before it is answered,
 and the retry's outcome recorded once on the flow (`_record_outcome`). What the client gets when
-attempts run out is decided in wire/retry_outcome.py only.
+attempts run out is decided in wire/retry/outcome.py only.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from kimiwire.mitm.status_stream import HeldError, hold_for_retry, will_retry
 from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.failure_kinds import FailureKind
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.token_limit import clamp_max_tokens
 from kimiwire.wire.response.completion_repair import repair_completion_body
-from kimiwire.wire.response.continuation import Continuation
-from kimiwire.wire.retry_outcome import as_it_came, exhausted_answer, retry_failed_events
-from kimiwire.wire.retry_policy import RETRY_STATUSES, decide, lasting_connect_failure, retry_after_seconds
+from kimiwire.wire.retry.continuation import Continuation
+from kimiwire.wire.retry.failure_kinds import FailureKind
+from kimiwire.wire.retry.outcome import as_it_came, exhausted_answer, retry_failed_events
+from kimiwire.wire.retry.policy import RETRY_STATUSES, decide, lasting_connect_failure, retry_after_seconds
+from kimiwire.wire.servers.policy import Policy
 
 if TYPE_CHECKING:
     from kimiwire.mitm.addon import KimiWire

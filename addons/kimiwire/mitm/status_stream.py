@@ -13,7 +13,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from kimiwire.mitm.headers import remove_header, set_header
-from kimiwire.wire.retry_policy import RETRY_STATUSES, RetryPolicy, decide
+from kimiwire.wire.retry.policy import RETRY_STATUSES, RetryPolicy, decide
 
 
 class HeldError:

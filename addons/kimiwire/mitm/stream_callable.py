@@ -15,12 +15,12 @@ from enum import StrEnum
 from typing import Any, overload
 
 from kimiwire.mitm.flow_endings import FlowEnding
-from kimiwire.wire.content_decoding import BodyDecoder, DecodingError
+from kimiwire.wire.codecs.content_decoding import BodyDecoder, DecodingError
 from kimiwire.wire.openai_errors import error_event
 from kimiwire.wire.response.fast_path import PLAIN_ONLY
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict
 from kimiwire.wire.response.turn_pipeline import TurnPipeline
+from kimiwire.wire.retry.turn_gate import TurnGate, TurnVerdict
 from kimiwire.wire.stream_endings import EndingLimits, StreamTimes
 
 logger = logging.getLogger("kimiwire")

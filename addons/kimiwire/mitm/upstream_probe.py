@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from kimiwire.wire.detection import Detection, models_path
+from kimiwire.wire.servers.detection import Detection, models_path
 
 logger = logging.getLogger("kimiwire")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from kimiwire.wire.json_codec import encode_exact
+from kimiwire.wire.codecs.json_codec import encode_exact
 
 _DECODER = JSONDecoder()
 

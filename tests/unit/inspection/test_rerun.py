@@ -2,9 +2,9 @@
 
 import orjson
 from kimiwire.inspection.rerun import rerun_exchange
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support import streams
 from tests.support.conversations import TOOLS, assistant, user

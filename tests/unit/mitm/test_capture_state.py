@@ -10,8 +10,8 @@ import time
 
 import pytest
 from kimiwire.mitm.capture import SYNC_INTERVAL, CaptureFile, connection_state, saved_state, upstream_request_body
-from kimiwire.wire import tnetstring
-from kimiwire.wire.redaction import REDACTED, Redactor
+from kimiwire.wire.capture.redaction import REDACTED, Redactor
+from kimiwire.wire.codecs import tnetstring
 from mitmproxy import certs, connection
 from mitmproxy.http import HTTPFlow
 from mitmproxy.io import FlowReader

@@ -5,7 +5,7 @@ from kimiwire.mitm.flow_endings import CUT_SHORT, FlowEnding, kind_of
 from kimiwire.mitm.flow_notes import gave_up, retry_words
 from kimiwire.mitm.flow_record import METADATA_KEY, FlowRecord
 from kimiwire.mitm.retry_hooks import ANSWERED, CLIENT_LEFT, RETRY_FAILED, RetryOutcome
-from kimiwire.wire.retry_outcome import Failure
+from kimiwire.wire.retry.outcome import Failure
 from mitmproxy.test import tflow
 
 

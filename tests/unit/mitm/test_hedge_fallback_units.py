@@ -6,7 +6,7 @@ import orjson
 import pytest
 from kimiwire.mitm.fallback import Fallback
 from kimiwire.mitm.hedge import shows_content
-from kimiwire.wire.policy import PolicyCache
+from kimiwire.wire.servers.policy import PolicyCache
 
 
 def chunk(delta: dict) -> bytes:

@@ -8,8 +8,8 @@ import pytest
 from kimiwire.mitm import options
 from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.options import OPTIONS, Feeds, Settings
-from kimiwire.wire.policy import POLICY_OPTIONS
-from kimiwire.wire.retry_policy import RetryPolicy
+from kimiwire.wire.retry.policy import RetryPolicy
+from kimiwire.wire.servers.policy import POLICY_OPTIONS
 from kimiwire.wire.stream_endings import EndingLimits
 from mitmproxy import exceptions
 from mitmproxy.test import taddons

@@ -107,7 +107,7 @@ def test_an_exception_in_the_worker_costs_the_repair_only(monkeypatch):
 def test_a_large_flow_is_captured_from_the_worker_redacted_and_whole(tmp_path, monkeypatch):
     from kimiwire.mitm import capture as capture_module
     from kimiwire.mitm import large_capture
-    from kimiwire.wire.redaction import REDACTED
+    from kimiwire.wire.capture.redaction import REDACTED
     from mitmproxy.io import FlowReader
 
     threads = []
@@ -152,7 +152,7 @@ def _request_of(size: int, **extra: str) -> bytes:
 
 
 def test_the_largest_bodies_are_repaired_in_a_worker_process_with_the_same_result():
-    from kimiwire.wire.policy import Policy
+    from kimiwire.wire.servers.policy import Policy
 
     content = _request_of(request_worker.PROCESS_BYTES)
     worker = request_worker.RequestWorker()
@@ -189,7 +189,7 @@ def test_a_dead_worker_process_costs_that_call_only():
 
 
 def test_worker_processes_that_keep_dying_are_given_up_for_the_thread(monkeypatch):
-    from kimiwire.wire.policy import Policy
+    from kimiwire.wire.servers.policy import Policy
 
     threads = []
     repair = request_worker.repair_request_body
@@ -245,7 +245,7 @@ def test_a_dead_worker_process_costs_the_repair_never_the_request(monkeypatch):
 @pytest.mark.parametrize("process_fails", [False, True])
 def test_a_largest_flow_is_captured_redacted_whatever_the_worker_process_does(tmp_path, monkeypatch, process_fails):
     from kimiwire.mitm import large_capture
-    from kimiwire.wire.redaction import REDACTED
+    from kimiwire.wire.capture.redaction import REDACTED
     from mitmproxy.io import FlowReader
 
     redacted_here = []

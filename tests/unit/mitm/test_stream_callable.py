@@ -7,10 +7,10 @@ import zlib
 
 import pytest
 from kimiwire.mitm.stream_callable import DecodingStream, RepairingStream
-from kimiwire.wire.content_decoding import BodyDecoder
+from kimiwire.wire.codecs.content_decoding import BodyDecoder
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 from kimiwire.wire.stream_endings import EndingLimits, next_deadline
 
 from tests.support.streams import READ_ARGS, Stream, tool_delta

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from kimiwire.mitm.stream_callable import ProxyEnd, RepairingStream
 from kimiwire.mitm.watchdog import IDLE_LOOKS, StreamWatchdog
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 from kimiwire.wire.stream_endings import EndingLimits
 
 IDLE = 8.0

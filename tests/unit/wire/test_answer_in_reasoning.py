@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.repair import facts_from_body
 from kimiwire.wire.response.completion_repair import repair_completion_object
 from kimiwire.wire.response.stream_repair import StreamRepairer, repeats_across_think
-from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.retry.turn_gate import TurnGate
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.piai_model import guide_accumulate, piai_parse
 from tests.support.streams import Stream

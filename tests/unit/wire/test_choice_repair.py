@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response import stream_repair
 from kimiwire.wire.response.choice_repair import ChoiceRepairer
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.unit.wire.test_fast_path import NO_TOOLS, POLICY, TOOLS, event, primed
 

@@ -7,13 +7,13 @@ import json
 import orjson
 import pytest
 from kimiwire.inspection.rerun import rerun_exchange
+from kimiwire.wire.codecs.sse import SSEDecoder
 from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.openai_errors import error_event
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response import stream_repair, tool_calls
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.stream_repair import StreamRepairer, TurnSummary
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support import streams
 from tests.support.conversations import TOOLS

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kimiwire.mitm.stream_callable import RepairingStream
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.failure_kinds import TURN_CHECKS
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.fast_path import PLAIN_ASCII, PLAIN_ONLY, TEXT_BODY, learn_template
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate
+from kimiwire.wire.retry.failure_kinds import TURN_CHECKS
+from kimiwire.wire.retry.turn_gate import TurnGate
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.streams import Stream, tool_delta
 

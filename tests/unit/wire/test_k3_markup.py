@@ -4,11 +4,11 @@ calls sent twice, and cut calls, through the stream repairer at every cut across
 import orjson
 import pytest
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response import k3_markup as k3
 from kimiwire.wire.response.completion_repair import repair_completion_object
 from kimiwire.wire.response.markup import CONTENT, REASONING, MarkupScanner
 from kimiwire.wire.response.stream_repair import StreamRepairer
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.conversations import TOOLS
 from tests.support.piai_model import guide_accumulate, piai_parse
@@ -284,7 +284,7 @@ def test_an_answer_found_in_reasoning_opens_the_retry_gate(model_is_k3):
     """Even when the answer had already gone out as reasoning and could not be sent again (a model
     name that does not say K3), the turn is answered: never retried as reasoning-only."""
     from kimiwire.mitm.stream_callable import RepairingStream
-    from kimiwire.wire.response.turn_gate import TurnGate
+    from kimiwire.wire.retry.turn_gate import TurnGate
 
     facts = RequestFacts(0, {}, False, True, k3_model=model_is_k3)
     gate = TurnGate(facts, frozenset({"empty", "reasoning_only"}), hold_calls=False)

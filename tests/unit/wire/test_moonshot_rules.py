@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kimiwire.sim.moonshot_validator import moonshot_refusal
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.mfjs import schema_refusal
 from kimiwire.wire.request.mfjs_rewrite import moonshot_schema
 from kimiwire.wire.request.moonshot_rules import INTERRUPTED_RESULT
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.moonshot_requests import HARNESS_REQUESTS
 
@@ -403,7 +403,7 @@ def test_a_relaxed_forced_choice_is_remembered_in_the_facts():
 
 def test_the_turn_verdict_on_a_forced_tool():
     from kimiwire.wire.facts import RequestFacts
-    from kimiwire.wire.response.turn_gate import TurnSeen, judge
+    from kimiwire.wire.retry.turn_gate import TurnSeen, judge
 
     checks = frozenset({"forced_tool"})
     text = TurnSeen(content=True, finish_reasons=["stop"])
@@ -417,7 +417,7 @@ def test_the_turn_verdict_on_a_forced_tool():
 
 def test_the_gate_holds_content_while_a_forced_tool_is_awaited():
     from kimiwire.wire.facts import RequestFacts
-    from kimiwire.wire.response.turn_gate import TurnGate
+    from kimiwire.wire.retry.turn_gate import TurnGate
 
     def event(delta, finish=None):
         chunk = {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}

@@ -4,11 +4,11 @@ with think tags. Each shape is the public report's bytes; streams are checked at
 
 import orjson
 import pytest
+from kimiwire.wire.codecs.sse import SSEDecoder
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.completion_repair import repair_completion_object
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.conversations import TOOLS
 from tests.support.streams import Stream, fragments, tool_delta

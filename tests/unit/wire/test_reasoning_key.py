@@ -4,8 +4,8 @@ SGLang only `reasoning_content` (sglang protocol.py `ChatCompletionMessageGeneri
 
 import orjson
 import pytest
-from kimiwire.wire.policy import FLAVOR_CHOICES, Flavor, Policy, detect_flavor
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.policy import FLAVOR_CHOICES, Flavor, Policy, detect_flavor
 
 from tests.support.conversations import assistant, body, call, tool, user
 

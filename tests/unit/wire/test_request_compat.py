@@ -3,9 +3,9 @@ harness behind the proxy cannot tell it talks to Moonshot. Shapes from the sourc
 
 import orjson
 import pytest
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.compat import RULES
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.conversations import READ_TOOL, assistant, call, tool, user
 

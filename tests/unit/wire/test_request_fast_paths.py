@@ -12,8 +12,7 @@ from typing import Any
 import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from kimiwire.wire import json_codec
-from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.codecs import json_codec
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request import repair as repair_module
 from kimiwire.wire.request.history import moonshot_hygiene
@@ -28,6 +27,7 @@ from kimiwire.wire.request.tool_ids import (
     history_tool_calls,
     tool_call_name,
 )
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 NAMES = ["read", "exec", "a-b", ""]
 ids = st.one_of(

@@ -5,10 +5,10 @@ import copy
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.moonshot_rules import INTERRUPTED_RESULT
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.request.tool_ids import count_history_tool_calls
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 NAMES = ["read", "exec", "web_search", "a-b"]
 id_shapes = st.one_of(

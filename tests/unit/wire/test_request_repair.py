@@ -1,9 +1,9 @@
 import orjson
 import pytest
 from kimiwire.wire.arguments import fix_history_arguments, fix_response_arguments
-from kimiwire.wire.policy import Flavor, Policy, detect_flavor
 from kimiwire.wire.request.reasoning import current_loop_start
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.policy import Flavor, Policy, detect_flavor
 
 from tests.support.conversations import assistant, body, call, tool, user
 

@@ -1,7 +1,7 @@
 import orjson
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.completion_repair import repair_completion_body
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.conversations import TOOLS
 from tests.support.streams import READ_ARGS

@@ -150,9 +150,9 @@ def test_draft07_definitions_refs_resolve_without_any_registry():
 
 def test_a_call_whose_schema_cannot_be_checked_is_recorded_and_delivered_unchanged():
     from kimiwire.wire.facts import RequestFacts
-    from kimiwire.wire.policy import Flavor, Policy
     from kimiwire.wire.repairs import RepairLog
     from kimiwire.wire.response.tool_calls import finalize_call
+    from kimiwire.wire.servers.policy import Flavor, Policy
 
     facts = RequestFacts(tools={"read": {"$ref": "#/$defs/missing"}}, tools_declared=True)
     log = RepairLog()

@@ -9,11 +9,11 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request import moonshot_rules
 from kimiwire.wire.request.mfjs_rewrite import moonshot_schema
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.request.schema_memo import SchemaMemo
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
 MCP = json.loads((FIXTURES / "mcp_tool_sets.json").read_text())

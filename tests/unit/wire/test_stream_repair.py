@@ -2,10 +2,10 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kimiwire.wire.codecs.sse import SSEDecoder
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support import streams
 from tests.support.conversations import TOOLS

@@ -4,8 +4,8 @@ import hashlib
 import re
 
 import orjson
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.conversations import assistant, body, call, tool, user
 from tests.support.template import ASSISTANT_TURN, CALL_ID, RETURN_OF, TEMPLATE, THINK, render

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.response import tool_call_assembly
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.response.tool_call_assembly import ArgumentsScanner, arguments_closed
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='ab"\\{}[]:, é\n'),

@@ -5,11 +5,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kimiwire.wire.failure_kinds import TURN_CHECKS
-from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate
 from kimiwire.wire.response.turn_pipeline import TurnPipeline
+from kimiwire.wire.retry.continuation import Continuation
+from kimiwire.wire.retry.failure_kinds import TURN_CHECKS
+from kimiwire.wire.retry.turn_gate import TurnGate
 
 from tests.unit.wire.test_fast_path import FIRST, GATE_STREAMS, NO_SPLIT, NO_TOOLS, POLICY, TOOLS, event
 

@@ -14,8 +14,8 @@ from mitmproxy.connection import ConnectionState
 
 from kimiwire.mitm.proxy_internals.core import handler_of, layers, logger, usable
 from kimiwire.mitm.proxy_internals.early_heads import is_early_head
-from kimiwire.wire.early_answer import events_for_error_body
 from kimiwire.wire.openai_errors import error_body
+from kimiwire.wire.retry.early_answer import events_for_error_body
 
 try:
     from mitmproxy.proxy import commands

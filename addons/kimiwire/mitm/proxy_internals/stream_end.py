@@ -20,7 +20,7 @@ from kimiwire.mitm.proxy_internals.core import (
     upstream_parser,
     usable,
 )
-from kimiwire.wire.redaction import url_for_log
+from kimiwire.wire.capture.redaction import url_for_log
 
 try:
     from mitmproxy.proxy.layers.http import SendHttp

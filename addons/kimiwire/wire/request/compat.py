@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kimiwire.wire.policy import Flavor
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.moonshot_rules import fixed_sampling, forced_tool_choice, thinking_and_effort, tool_schemas
+from kimiwire.wire.servers.policy import Flavor
 
 
 def _developer_role(body: dict[str, Any], log: RepairLog, kind: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kimiwire.wire.models import sampling_is_fixed
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.moonshot_contract import (
     EFFORT_NEAREST,
@@ -19,6 +18,7 @@ from kimiwire.wire.request.moonshot_contract import (
 )
 from kimiwire.wire.request.schema_memo import SCHEMA_MEMO
 from kimiwire.wire.request.thinking_fields import thinking_enabled, thinking_requested
+from kimiwire.wire.servers.models import sampling_is_fixed
 
 FIXED_SAMPLING_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 INTERRUPTED_RESULT = "[interrupted: this tool call has no recorded result]"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kimiwire.wire.policy import Reasoning
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.servers.policy import Reasoning
 
 # Moonshot rejects a request with a tool-call turn (in any loop of the history) whose reasoning is
 # missing or empty with HTTP 400 when thinking is on; a single space is accepted (kimi-agent-sdk#169,

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kimiwire.wire import json_codec, openrouter
+from kimiwire.wire.codecs import json_codec
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.models import id_handling, is_k3, thinking_is_a_switch
-from kimiwire.wire.policy import Flavor, Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.compat import apply_request_compat
 from kimiwire.wire.request.history import moonshot_hygiene, repair_history_arguments
@@ -23,6 +21,9 @@ from kimiwire.wire.request.moonshot_rules import (
 from kimiwire.wire.request.reasoning import apply_reasoning_policy
 from kimiwire.wire.request.thinking_fields import thinking_requested, translate_thinking_fields
 from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, history_tool_calls
+from kimiwire.wire.servers import openrouter
+from kimiwire.wire.servers.models import id_handling, is_k3, thinking_is_a_switch
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 
 @dataclass
@@ -87,7 +88,7 @@ def moonshot_behind(policy: Policy, body: dict[str, Any]) -> bool:
     )
 
 
-# OpenRouter has its own thinking and effort fields (wire/openrouter.py): Moonshot's forms of them
+# OpenRouter has its own thinking and effort fields (wire/servers/openrouter.py): Moonshot's forms of them
 # are not sent there.
 _NOT_THROUGH_OPENROUTER = frozenset({"compat.reasoning_effort"})
 

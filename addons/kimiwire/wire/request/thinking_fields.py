@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kimiwire.wire.openrouter import switch_refused, thinking_as_reasoning
-from kimiwire.wire.policy import Flavor
 from kimiwire.wire.repairs import RepairLog
+from kimiwire.wire.servers.openrouter import switch_refused, thinking_as_reasoning
+from kimiwire.wire.servers.policy import Flavor
 
 
 def thinking_enabled(value: Any) -> bool | None:

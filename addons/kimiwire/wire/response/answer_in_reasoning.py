@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
+from kimiwire.wire.servers.policy import Policy
 
 
 @dataclass(frozen=True, slots=True)

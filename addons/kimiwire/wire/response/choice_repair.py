@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kimiwire.wire.openrouter import details_only, reasoning_from_details
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.response.answer_in_reasoning import reasoning_as_content
 from kimiwire.wire.response.choice_calls import ChoiceCalls
@@ -37,6 +36,7 @@ from kimiwire.wire.response.tool_calls import (
     fix_finish_reason,
     restore_streamed_names,
 )
+from kimiwire.wire.servers.openrouter import details_only, reasoning_from_details
 
 if TYPE_CHECKING:
     from kimiwire.wire.response.stream_repair import StreamRepairer

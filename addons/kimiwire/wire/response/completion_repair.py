@@ -11,8 +11,6 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.openrouter import reasoning_from_details
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_as_content, reasoning_is_answer
@@ -20,6 +18,8 @@ from kimiwire.wire.response.markup import CONTENT, REASONING, MarkupScanner, Rec
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS, rename_reasoning
 from kimiwire.wire.response.think_tags import split_think_tags
 from kimiwire.wire.response.tool_calls import CUT_FINISH_REASONS, deliver_call, fix_finish_reason, is_truncated
+from kimiwire.wire.servers.openrouter import reasoning_from_details
+from kimiwire.wire.servers.policy import Policy
 
 
 def _recover_markup(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kimiwire.wire.policy import ReasoningField
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
+from kimiwire.wire.servers.policy import ReasoningField
 
 TEXT_KEYS = ("content", *REASONING_KEYS)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
+from kimiwire.wire.codecs.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_is_answer
 from kimiwire.wire.response.choice_repair import ChoiceRepairer
@@ -31,7 +31,7 @@ from kimiwire.wire.response.handover import Handover
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS
 from kimiwire.wire.response.repeated_text import repeats_across_think
 from kimiwire.wire.response.tool_call_assembly import Ending
-from kimiwire.wire.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
+from kimiwire.wire.servers.policy import Policy
 
 __all__ = ["StreamRepairer", "TurnSummary", "repeats_across_think"]
 

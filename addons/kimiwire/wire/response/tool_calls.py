@@ -9,11 +9,11 @@ import orjson
 
 from kimiwire.wire.arguments import fix_response_arguments, unrepaired_arguments
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Policy
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request.tool_ids import canonical_id
 from kimiwire.wire.response.schema_check import check_arguments
 from kimiwire.wire.response.tool_call_assembly import arguments_closed
+from kimiwire.wire.servers.policy import Policy
 
 
 def finalize_call(

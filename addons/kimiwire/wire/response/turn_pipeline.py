@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, TurnVerdict, upstream_started_calls
+from kimiwire.wire.retry.continuation import Continuation
+from kimiwire.wire.retry.turn_gate import TurnGate, TurnVerdict, upstream_started_calls
 
 logger = logging.getLogger("kimiwire")
 

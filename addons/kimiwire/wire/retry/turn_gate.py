@@ -23,13 +23,13 @@ from typing import Any
 
 import orjson
 
+from kimiwire.wire.codecs.sse import DONE, SSEDecoder
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.failure_kinds import TurnCheck, VerdictKind
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.response.fast_path import PlainText
 from kimiwire.wire.response.handover import Handover
 from kimiwire.wire.response.schema_check import schema_violation
-from kimiwire.wire.sse import DONE, SSEDecoder
+from kimiwire.wire.retry.failure_kinds import TurnCheck, VerdictKind
 
 _TEMPLATE_KEYS = ("id", "created", "model", "system_fingerprint")
 _EXPLAINED_FINISHES = frozenset({"length", "content_filter"})

@@ -7,9 +7,9 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kimiwire.wire import json_codec
-from kimiwire.wire.policy import Flavor, Policy
+from kimiwire.wire.codecs import json_codec
 from kimiwire.wire.request.repair import repair_request_body
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 POLICY = Policy.build(Flavor.SELFHOSTED)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import orjson
-from kimiwire.wire.early_answer import events_for_answer, events_for_error_body
-from kimiwire.wire.sse import DONE_EVENT
+from kimiwire.wire.codecs.sse import DONE_EVENT
+from kimiwire.wire.retry.early_answer import events_for_answer, events_for_error_body
 
 from tests.support.upstream import TEXT_COMPLETION
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from kimiwire.wire.failure_kinds import TURN_CHECKS, FailureKind, TurnCheck
+from kimiwire.wire.retry.failure_kinds import TURN_CHECKS, FailureKind, TurnCheck
 
 RETRY_REASONS: tuple[FailureKind, ...] = (
     "empty",

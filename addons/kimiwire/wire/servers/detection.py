@@ -23,7 +23,7 @@ Engines, from their released source:
   SGLang's kimi_k3 parser writes `NAME:N`, as Moonshot's API does (shapes in sim/shapes.py), so
   SGLang answering `NAME:N` serves K3;
   any other SGLang parser `call_` + 24 hex digits.
-Hosts (wire/policy.py has the Moonshot and DeepInfra suffixes): OpenRouter is openrouter.ai.
+Hosts (wire/servers/policy.py has the Moonshot and DeepInfra suffixes): OpenRouter is openrouter.ai.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from kimiwire.wire.policy import Flavor, detect_flavor
+from kimiwire.wire.servers.policy import Flavor, detect_flavor
 
 VLLM_SOURCE = "vllm 0.34.0 vllm/entrypoints/serve/engine/protocol.py ModelCard.owned_by"
 SGLANG_SOURCE = "sglang 0.5.23 sglang/srt/entrypoints/openai/protocol.py ModelCard.owned_by"
@@ -212,10 +212,11 @@ class Detection:
             if any(host_lower == s or host_lower.endswith("." + s) for s in suffixes):
                 self.add(Evidence(f"host {host}", f"engine {engine.value}", "the provider's API host"), engine)
         flavor = detect_flavor(host)
+        suffixes_source = "wire/servers/policy.py host suffixes"
         if flavor is Flavor.MOONSHOT:
-            self.add(Evidence(f"host {host}", "engine moonshot", "wire/policy.py host suffixes"), Engine.MOONSHOT)
+            self.add(Evidence(f"host {host}", "engine moonshot", suffixes_source), Engine.MOONSHOT)
         elif flavor is Flavor.DEEPINFRA:
-            self.add(Evidence(f"host {host}", "engine deepinfra", "wire/policy.py host suffixes"), Engine.DEEPINFRA)
+            self.add(Evidence(f"host {host}", "engine deepinfra", suffixes_source), Engine.DEEPINFRA)
 
     def read_models(self, body: bytes) -> bool:
         """A `/v1/models` answer; False when it is not an OpenAI model list."""

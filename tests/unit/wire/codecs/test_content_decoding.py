@@ -8,7 +8,13 @@ import zlib
 import brotli
 import pytest
 import zstandard
-from kimiwire.wire.content_decoding import BodyDecoder, DecodedTooLarge, DecodingError, content_encoding, decode_body
+from kimiwire.wire.codecs.content_decoding import (
+    BodyDecoder,
+    DecodedTooLarge,
+    DecodingError,
+    content_encoding,
+    decode_body,
+)
 
 BODY = b"".join(b'data: {"choices":[{"index":0,"delta":{"content":"tok%d"}}]}\n\n' % i for i in range(300))
 ENCODERS = {

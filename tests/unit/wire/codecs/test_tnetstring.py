@@ -9,7 +9,7 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kimiwire.wire import tnetstring
+from kimiwire.wire.codecs import tnetstring
 from mitmproxy.io import tnetstring as mitmproxy_tnetstring
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
+from kimiwire.wire.codecs.sse import DONE_EVENT, SSEDecoder, encode_data
 from kimiwire.wire.reasoning_keys import REASONING_KEYS
-from kimiwire.wire.sse import DONE_EVENT, SSEDecoder, encode_data
 
 
 class Continuation:

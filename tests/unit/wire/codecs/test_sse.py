@@ -1,6 +1,6 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kimiwire.wire.sse import SSEDecoder, encode_data
+from kimiwire.wire.codecs.sse import SSEDecoder, encode_data
 
 
 def decode_all(pieces):

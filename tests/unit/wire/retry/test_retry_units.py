@@ -11,20 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kimiwire.sim.server import SimulatorThread
 from kimiwire.sim.settings import SimSettings
+from kimiwire.wire.codecs.sse import SSEDecoder
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy
-from kimiwire.wire.response.continuation import Continuation
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.response.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
-from kimiwire.wire.retry_outcome import Failure, exhausted_answer, exhausted_events
-from kimiwire.wire.retry_policy import (
+from kimiwire.wire.retry.continuation import Continuation
+from kimiwire.wire.retry.outcome import Failure, exhausted_answer, exhausted_events
+from kimiwire.wire.retry.policy import (
     DEFAULT_RETRY_ON,
     RetryPolicy,
     backoff_delay,
     decide,
     retry_after_seconds,
 )
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.retry.turn_gate import TurnGate, completion_seen, judge, upstream_started_calls
+from kimiwire.wire.servers.policy import Flavor, Policy
 
 from tests.support.conversations import TOOLS
 from tests.support.streams import READ_ARGS, Stream, tool_delta

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 
 from kimiwire.wire.chat_exchanges import is_json
+from kimiwire.wire.codecs.sse import DONE_EVENT
 from kimiwire.wire.openai_errors import error_event
-from kimiwire.wire.response.continuation import completion_events
-from kimiwire.wire.sse import DONE_EVENT
+from kimiwire.wire.retry.continuation import completion_events
 
 MAX_BODY = 1024 * 1024  # a late answer that is not a stream is kept up to this; more is not read
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kimiwire.wire.redaction import REDACTED
+from kimiwire.wire.capture.redaction import REDACTED
 
 _KEY_NAME = re.compile(r"key$", re.IGNORECASE)
 

@@ -1,4 +1,4 @@
-"""OpenRouter as an upstream (wire/openrouter.py): its flavor, Moonshot's rules for its Kimi models,
+"""OpenRouter as an upstream (wire/servers/openrouter.py): its flavor, Moonshot's rules for its Kimi models,
 reasoning kept the way it takes it back. Wire shapes from OpenRouterTeam/ai-sdk-provider
 (src/chat/schemas.ts, src/schemas/reasoning-details.ts) and openrouter.ai/docs."""
 
@@ -9,14 +9,14 @@ from typing import Any
 import orjson
 import pytest
 from kimiwire.mitm.retry import retry_error_message
+from kimiwire.wire.codecs.sse import SSEDecoder
 from kimiwire.wire.facts import RequestFacts
-from kimiwire.wire.policy import Flavor, Policy, resolve_flavor
 from kimiwire.wire.request.moonshot_contract import TOOL_NAME
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
-from kimiwire.wire.retry_policy import UpstreamError, in_band_error
-from kimiwire.wire.sse import SSEDecoder
+from kimiwire.wire.retry.policy import UpstreamError, in_band_error
+from kimiwire.wire.servers.policy import Flavor, Policy, resolve_flavor
 
 OPENROUTER = Policy.build(Flavor.OPENROUTER)
 

@@ -1,7 +1,7 @@
 """Redaction answers computed elsewhere (a worker process) and used by the capture in their place."""
 
 import orjson
-from kimiwire.wire.redaction import REDACTED, KnownRedactions, Redactor, redacted_bodies
+from kimiwire.wire.capture.redaction import REDACTED, KnownRedactions, Redactor, redacted_bodies
 
 
 def test_redacted_bodies_answers_none_where_nothing_is_secret():

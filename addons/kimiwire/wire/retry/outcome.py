@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kimiwire.wire.failure_kinds import DELIVERED_AS_CAME, FailureKind
+from kimiwire.wire.codecs.sse import DONE_EVENT
 from kimiwire.wire.openai_errors import error_body, error_event
-from kimiwire.wire.sse import DONE_EVENT
+from kimiwire.wire.retry.failure_kinds import DELIVERED_AS_CAME, FailureKind
 
 EMPTY_TURN_MESSAGE = "kimiwire: the upstream ended the turn without an answer ({detail}) after {attempts} attempt(s)"
 _TURN_KINDS: frozenset[FailureKind] = frozenset({"empty", "reasoning_only"})

@@ -1,5 +1,5 @@
 """Typed netstrings as mitmproxy writes its flow files: `dumps(value)` returns, byte for byte, what
-`mitmproxy.io.tnetstring.dumps(value)` returns (tests/unit/wire/test_tnetstring.py proves it against
+`mitmproxy.io.tnetstring.dumps(value)` returns (tests/unit/wire/codecs/test_tnetstring.py proves it against
 mitmproxy's own), three to four times faster on a capture's flow state: one list of pieces in
 writing order and a single join (mitmproxy prepends to a deque piece by piece), and the encodings
 of what repeats from flow to flow (keys, short texts, header pairs, constant floats) remembered.

@@ -25,7 +25,7 @@ class Flavor(StrEnum):
         only `reasoning` (vllm entrypoints/chat_utils.py `_parse_chat_message_content`, which
         hands it to the template as both keys; vllm#27752, #33402, #38488); SGLang's message
         model declares only `reasoning_content` (sglang entrypoints/openai/protocol.py), as does
-        Moonshot. OpenRouter takes `reasoning` (with `reasoning_details`: wire/openrouter.py)."""
+        Moonshot. OpenRouter takes `reasoning` (with `reasoning_details`: wire/servers/openrouter.py)."""
         return "reasoning" if self in (Flavor.VLLM, Flavor.OPENROUTER) else "reasoning_content"
 
 
@@ -162,7 +162,7 @@ class Policy:
     arguments: Arguments = "repair"  # response: tool-call arguments made JSON objects
     finish: Finish = "fix"  # response: finish_reason corrected, usage found in a choice also at the top
     think_tags: ThinkTags = "split"  # response: reasoning that arrives as content with think tags split out
-    # Model ids the upstream lists as K2.5/K2.6 (wire/detection.py, `auto` only): their thinking is
+    # Model ids the upstream lists as K2.5/K2.6 (wire/servers/detection.py, `auto` only): their thinking is
     # a switch and their template prefills <think>, whatever the id says.
     thinking_switch_models: tuple[str, ...] = ()
 

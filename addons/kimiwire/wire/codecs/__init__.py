@@ -1,0 +1,1 @@
+"""Byte formats in and out: JSON bodies, server-sent events, content encodings, mitmproxy's flow files."""

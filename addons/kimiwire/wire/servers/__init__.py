@@ -1,0 +1,1 @@
+"""What an upstream is: its flavor and repair policy, what it says about itself, model families."""
