@@ -19,7 +19,8 @@ from kimiwire.wire.sse import SSEDecoder
 from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, run_openai_sdk, run_piai, tool_runs
 from tests.support.conversations import TOOLS
 from tests.support.mitm import Mitmdump, free_port
-from tests.support.upstream import RecordingUpstream, sse_reply
+from tests.support.proxied import proxied
+from tests.support.upstream import sse_reply
 
 OPTIONS = {
     "kimi_retry_backoff": "0.1",
@@ -287,7 +288,8 @@ def test_a_client_that_leaves_mid_attempt_closes_the_upstream_request(tmp_path):
             return sse_reply([role, stop, b"data: [DONE]\n\n"])  # an empty turn: retried
         return sse_reply([role, *[b": ping\n\n"] * 60], gap=0.1)  # a slow second attempt (6 s)
 
-    with RecordingUpstream(respond) as upstream, Mitmdump(upstream.url, tmp_path, OPTIONS) as proxy:
+    with proxied(respond, tmp_path, OPTIONS) as proxy:
+        upstream = proxy.upstream
         body = {"model": "kimi-k2-thinking", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=5) as response:
             started = time.monotonic()
