@@ -18,6 +18,7 @@ from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 from tests.support.conversations import TOOLS
 from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import Stream
 from tests.support.upstream import RecordingUpstream, json_reply, sse_reply
 
@@ -36,7 +37,7 @@ def simulator():
 @pytest.fixture(scope="module")
 def proxy(simulator, tmp_path_factory):
     options = {"kimi_timeout_scale": str(SCALE)}
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("defaults"), options, save_flows=False) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("defaults"), options, save_flows=False) as p:
         yield p
 
 
