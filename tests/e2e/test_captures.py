@@ -421,12 +421,6 @@ def test_stats_command():
     assert stats["endings"] == {"natural": 2}
 
 
-def test_captures_off_when_the_option_is_empty(upstream, tmp_path):
-    with proxied(upstream, tmp_path, {"kimi_capture_dir": ""}) as proxy:
-        httpx.post(f"{proxy.url}/v1/chat/completions", json=REQUEST, timeout=10)
-    assert not proxy.capture_files() and not (tmp_path / "captures").exists()
-
-
 def test_repaired_flows_are_found_by_mitmproxy_filters(live):
     from mitmproxy import flowfilter
 
