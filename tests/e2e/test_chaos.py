@@ -12,9 +12,8 @@ import httpx
 from kimiwire.sim import chaos
 from kimiwire.sim.scripted import sse_reply
 
-from tests.support.mitm import Mitmdump
 from tests.support.proxied import proxied
-from tests.support.upstream import RecordingUpstream, json_reply
+from tests.support.upstream import json_reply
 
 SEED = 24
 REQUESTS = int(os.environ.get("KIMIWIRE_CHAOS_REQUESTS", "300"))  # the soak: 2000
@@ -110,7 +109,8 @@ torn_retry_attempts: list = []
 def test_a_retry_that_breaks_partway_ends_well_formed_captured_and_counted_once(tmp_path):
     torn_retry_attempts.clear()
     p_plan = TORN_RETRY
-    with RecordingUpstream(_status_then_torn_retry) as upstream, Mitmdump(upstream.url, tmp_path, OPTIONS) as p:
+    with proxied(_status_then_torn_retry, tmp_path, OPTIONS) as p:
+        upstream = p.upstream
         response = httpx.post(
             f"{p.url}/v1/chat/completions",
             content=chaos.request_body(p_plan),

@@ -20,6 +20,7 @@ from kimiwire.wire.servers.policy import Flavor, Policy, PolicyCache
 
 from tests.support import engine_corpus
 from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.upstream import TEXT_COMPLETION
 
 READ = {"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}
@@ -265,7 +266,7 @@ class _HangingListing(HttpServer):
 
 
 def test_a_listing_that_never_comes_is_never_in_a_clients_path(tmp_path) -> None:
-    with ServerThread(_HangingListing()) as upstream, Mitmdump(upstream.url, tmp_path) as proxy:
+    with ServerThread(_HangingListing()) as upstream, proxied(upstream, tmp_path) as proxy:
         started = time.monotonic()
         response = httpx.post(
             proxy.url + "/v1/chat/completions",
@@ -304,7 +305,7 @@ def _chat(proxy: Mitmdump) -> None:
 
 def test_mitmdump_asks_the_listing_at_start_and_its_flows_get_the_engine(tmp_path) -> None:
     with SimulatorThread(SimSettings(shape="vllm", served="moonshotai/Kimi-K2.6")) as sim:
-        with Mitmdump(sim.url, tmp_path) as proxy:
+        with proxied(sim, tmp_path) as proxy:
             found = _wait_for_engine(proxy)  # no client request: the probe ran at start
             assert found["engine"] == "vllm" and found["family"] == "k2.5/k2.6"
             assert any(e["sign"] == "/v1/models owned_by=vllm" for e in found["evidence"])
@@ -321,7 +322,7 @@ def test_mitmdump_asks_the_listing_at_start_and_its_flows_get_the_engine(tmp_pat
 def test_answers_teach_what_a_missing_listing_did_not(tmp_path) -> None:
     """The moonshot shape lists no engine; an SGLang answer (header override) names it."""
     with SimulatorThread(SimSettings(shape="moonshot")) as sim:
-        with Mitmdump(sim.url, tmp_path) as proxy:
+        with proxied(sim, tmp_path) as proxy:
             body = {
                 "model": "kimi-k2-thinking@shape=sglang",
                 "stream": True,
@@ -340,7 +341,7 @@ def test_answers_teach_what_a_missing_listing_did_not(tmp_path) -> None:
 
 def test_an_explicit_flavor_wins_and_nothing_is_asked(tmp_path) -> None:
     with SimulatorThread(SimSettings(shape="vllm")) as sim:
-        with Mitmdump(sim.url, tmp_path, {"kimi_flavor": "sglang"}) as proxy:
+        with proxied(sim, tmp_path, {"kimi_flavor": "sglang"}) as proxy:
             _chat(proxy)
             _chat(proxy)
             upstream = next(iter(_health(proxy)["upstreams"].values()))

@@ -23,8 +23,9 @@ from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 from tests.support.endings import FIRST_BYTE, GRACE, IDLE, OPTIONS, REQUEST
 from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import READ_ARGS, Stream, tool_delta
-from tests.support.upstream import RecordingUpstream, Reply, json_reply, sse_reply
+from tests.support.upstream import Reply, json_reply, sse_reply
 
 
 def text_events(n=3):
@@ -72,14 +73,8 @@ def respond(request):
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with RecordingUpstream(respond) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def proxy(upstream, tmp_path_factory):
-    with Mitmdump(upstream.url, tmp_path_factory.mktemp("endings"), OPTIONS) as p:
+def proxy(tmp_path_factory):
+    with proxied(respond, tmp_path_factory.mktemp("endings"), OPTIONS) as p:
         yield p
 
 
@@ -178,11 +173,11 @@ def test_reset_mid_stream_gets_error_event_and_clean_end(proxy):
     assert not [line for line in proxy.lines if proxy_internals.FALLBACK in line]
 
 
-def test_headers_then_no_event_uses_the_first_event_timeout(upstream, tmp_path):
+def test_headers_then_no_event_uses_the_first_event_timeout(tmp_path):
     # Prefill can take long after the headers: before the first event its own (longer) timeout
     # applies, not the idle one; the client hears a comment meanwhile.
     options = {**OPTIONS, "kimi_idle_timeout": 1, "kimi_first_byte_timeout": 1, "kimi_first_event_timeout": 2.5}
-    with Mitmdump(upstream.url, tmp_path, {**options, "kimi_keepalive": 0.5}) as p:
+    with proxied(respond, tmp_path, {**options, "kimi_keepalive": 0.5}) as p:
         slow = fetch(p, "first_event_slow")
         silent = fetch(p, "headers_then_nothing")
     comment = KEEPALIVE_COMMENT
@@ -256,7 +251,7 @@ def test_openai_sdk_finishes_when_the_upstream_keeps_the_body_open(proxy, scenar
     assert chunks and time.monotonic() - start < GRACE + 1.5
 
 
-def test_faulty_streams_do_not_disturb_healthy_ones_and_nothing_leaks(upstream, tmp_path):
+def test_faulty_streams_do_not_disturb_healthy_ones_and_nothing_leaks(tmp_path):
     results: dict[str, list] = {}
 
     def run(name, scenario):
@@ -269,7 +264,7 @@ def test_faulty_streams_do_not_disturb_healthy_ones_and_nothing_leaks(upstream, 
             results.setdefault(scenario, []).append(("error", repr(exc), 0))
 
     plan = ["normal", "stall", "done_open", "reset_mid_stream", "slow_first_byte"] * 3
-    with Mitmdump(upstream.url, tmp_path, OPTIONS) as p:
+    with proxied(respond, tmp_path, OPTIONS) as p:
         threads = [threading.Thread(target=run, args=(f"t{i}", s)) for i, s in enumerate(plan)]
         for t in threads:
             t.start()
@@ -286,8 +281,8 @@ def test_faulty_streams_do_not_disturb_healthy_ones_and_nothing_leaks(upstream, 
     assert "ending.idle_timeout=3" in stats and "ending.first_byte_timeout=3" in stats
 
 
-def test_client_disconnect_releases_everything_and_is_recorded(upstream, tmp_path):
-    with Mitmdump(upstream.url, tmp_path, OPTIONS) as p:
+def test_client_disconnect_releases_everything_and_is_recorded(tmp_path):
+    with proxied(respond, tmp_path, OPTIONS) as p:
         with (
             httpx.Client(timeout=10) as client,
             client.stream("POST", f"{p.url}/v1/chat/completions", json=REQUEST, headers={"x-scenario": "stall"}) as r,

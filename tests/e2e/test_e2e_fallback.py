@@ -7,6 +7,7 @@ from __future__ import annotations
 import openai
 
 from tests.support.mitm import Mitmdump, free_port
+from tests.support.proxied import proxied
 from tests.support.streams import Stream
 from tests.support.upstream import TEXT_COMPLETION, RecordingUpstream, Reply, json_reply, sse_reply
 
@@ -50,9 +51,10 @@ def test_a_primary_that_never_answers_is_answered_by_the_fallback(tmp_path):
 
 def test_a_silent_primary_streams_the_fallbacks_answer_into_the_early_head(tmp_path):
     with (
-        RecordingUpstream(lambda request: Reply(header_delay=300 * SCALE)) as primary,
         RecordingUpstream(lambda request: answer()) as fallback,
-        Mitmdump(primary.url, tmp_path, options(fallback.url), save_flows=False) as proxy,
+        proxied(
+            lambda request: Reply(header_delay=300 * SCALE), tmp_path, options(fallback.url), save_flows=False
+        ) as proxy,
     ):
         assert streamed_text(proxy.url) == "From B."
         assert len(fallback.requests) == 1

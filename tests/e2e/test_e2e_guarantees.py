@@ -5,9 +5,7 @@ request is never inflated past kimi_max_request_bytes (9)."""
 
 from __future__ import annotations
 
-import gzip
 import pathlib
-import re
 import shutil
 import subprocess
 import time
@@ -19,8 +17,8 @@ import orjson
 import pytest
 import zstandard
 from kimiwire.mitm.capture import delivered_body
+from mitmproxy import exceptions
 
-from tests.support.conversations import user
 from tests.support.endings import FIRST_BYTE, IDLE, OPTIONS, REQUEST
 from tests.support.mitm import Mitmdump
 from tests.support.piai_model import piai_parse
@@ -85,15 +83,24 @@ def scenario(request):
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with RecordingUpstream(scenario) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def proxy(upstream, tmp_path_factory):
-    with Mitmdump(upstream.url, tmp_path_factory.mktemp("guarantees"), OPTIONS) as p:
+def proxy(tmp_path_factory):
+    with proxied(scenario, tmp_path_factory.mktemp("guarantees"), OPTIONS) as p:
         yield p
+
+
+def captured(proxy, name: str, timeout: float = 10.0) -> list:
+    """The flows of the proxy's capture sent with `x-scenario: name`, once the capture holds one (it is
+    written after the response ends, while the proxy keeps running and appending to it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            [path] = proxy.capture_files()
+            found = [f for f in proxy.read_flows(path) if f.request.headers.get("x-scenario") == name]
+        except (ValueError, exceptions.FlowReadException):  # no file yet, or a record still being written
+            found = []
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def post(proxy, name: str, content: bytes, headers: dict[str, str] | None = None, timeout: float = 10.0):
@@ -113,24 +120,23 @@ UNPARSABLE = {
 
 
 @pytest.mark.parametrize("body", UNPARSABLE)
-def test_an_unparsable_request_still_gets_the_first_byte_timeout(proxy, upstream, body):
+def test_an_unparsable_request_still_gets_the_first_byte_timeout(proxy, body):
     content, headers = UNPARSABLE[body]
     r, elapsed = post(proxy, "slow_first_byte", content, headers)
     assert r.status_code == 504 and r.json()["error"]["type"] == "upstream_timeout"
     assert FIRST_BYTE <= elapsed < FIRST_BYTE + 3
-    assert upstream.requests[-1].body == content  # forwarded byte for byte
+    assert proxy.upstream.requests[-1].body == content  # forwarded byte for byte
 
 
 # -- 7: compressed SSE ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("encoding", COMPRESSORS)
-def test_a_compressed_stream_is_decoded_repaired_and_captured(upstream, tmp_path, encoding):
-    with Mitmdump(upstream.url, tmp_path, OPTIONS) as p:
-        r, _ = post(p, f"compressed:{encoding}", orjson.dumps(REQUEST))
+def test_a_compressed_stream_is_decoded_repaired_and_captured(proxy, encoding):
+    r, _ = post(proxy, f"compressed:{encoding}", orjson.dumps(REQUEST))
     assert r.status_code == 200 and "content-encoding" not in r.headers
     assert [c[1] for c in piai_parse(r.content)["calls"]] == ["read", "exec"]  # repaired: the two calls whole
-    [flow] = p.read_flows(p.capture_files()[0])
+    [flow] = captured(proxy, f"compressed:{encoding}")
     record = flow.metadata["kimiwire"]
     assert delivered_body(flow) == r.content
     assert flow.response.content == interleaved(TWO).body()  # the upstream's stream, readable
@@ -145,9 +151,9 @@ def test_a_compressed_stream_that_stalls_is_ended_by_the_idle_timeout(proxy, enc
     assert IDLE <= elapsed < IDLE + 3
 
 
-def test_a_stream_past_the_buffer_limit_is_not_cut_by_the_idle_timeout(upstream, tmp_path):
+def test_a_stream_past_the_buffer_limit_is_not_cut_by_the_idle_timeout(tmp_path):
     # Passed through from the limit on; its bytes still count as activity (3 s of 0.5 s gaps, idle 1.5 s).
-    with Mitmdump(upstream.url, tmp_path, {**OPTIONS, "kimi_stream_buffer_limit": 1024}) as p:
+    with proxied(scenario, tmp_path, {**OPTIONS, "kimi_stream_buffer_limit": 1024}) as p:
         r, elapsed = post(p, "past_buffer_limit", orjson.dumps(REQUEST))
     assert b"upstream_idle_timeout" not in r.content and r.content.endswith(b"data: [DONE]\n\n")
     assert b"tok5" in r.content and elapsed > 2.5
@@ -208,27 +214,18 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def test_a_compressed_request_past_the_limit_is_refused_without_inflating_it(upstream, tmp_path):
+def test_a_compressed_request_past_the_limit_is_refused_without_inflating_it(tmp_path):
     bomb = gzip_bomb(320 << 20)  # 320 MiB once inflated, 10x the default limit
     assert len(bomb) < 2 << 20
-    with Mitmdump(upstream.url, tmp_path, OPTIONS) as p:
+    with proxied(scenario, tmp_path, OPTIONS) as p:
         before = peak_rss_mb(p.pid)
         r, _ = post(p, "normal", bomb, {"content-encoding": "gzip"}, timeout=30)
         growth = peak_rss_mb(p.pid) - before
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     assert growth < 100, f"peak RSS grew by {growth:.0f} MB"
-    assert not [q for q in upstream.requests if q.body == bomb]
+    assert not [q for q in p.upstream.requests if q.body == bomb]
     [flow] = p.read_flows(p.capture_files()[0])
     assert flow.metadata["kimiwire"]["ending"] == "request_too_large"
-
-
-def test_the_request_limit_is_an_option(upstream, tmp_path):
-    body = orjson.dumps({**REQUEST, "messages": [user("x" * 5000)]})
-    with Mitmdump(upstream.url, tmp_path, {**OPTIONS, "kimi_max_request_bytes": 4096}) as p:
-        big, _ = post(p, "normal", body)
-        small, _ = post(p, "normal", gzip.compress(orjson.dumps(REQUEST)), {"content-encoding": "gzip"})
-    assert big.status_code == 413 and small.status_code == 200
-    assert re.search(rb"data: \[DONE\]", small.content)
 
 
 # -- the record says what happened ----------------------------------------------------------------
@@ -242,6 +239,8 @@ def stalled_reply(request):
 
 def test_sigterm_ends_open_streams_cleanly_and_captures_what_the_client_received(tmp_path):
     received = bytearray()
+    # Stopped by hand in the middle of a stream: mitmproxy itself may log a cancelled connection task
+    # then, so this proxy is not under tests.support.mitm's check for a traceback-free exit.
     with RecordingUpstream(stalled_reply) as up:
         p = Mitmdump(up.url, tmp_path, {**OPTIONS, "kimi_idle_timeout": 60}).start()
         try:

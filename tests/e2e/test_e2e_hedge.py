@@ -10,9 +10,9 @@ import time
 import openai
 import pytest
 
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import Stream
-from tests.support.upstream import RecordingUpstream, Reply, sse_reply
+from tests.support.upstream import Reply, sse_reply
 
 SCALE = 0.05
 REQUEST = {"model": "kimi-k2", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -48,8 +48,7 @@ def test_the_hedge_answers_a_stalled_first_attempt_within_60_seconds(tmp_path, s
     replies = iter([sse_reply(events("warm")), STALLS[stall], sse_reply(events("From the hedge."))])
     options = {"kimi_timeout_scale": str(SCALE), "kimi_hedge_after": "30"}
     with (
-        RecordingUpstream(lambda request: next(replies)) as upstream,
-        Mitmdump(upstream.url, tmp_path, options) as proxy,
+        proxied(lambda request: next(replies), tmp_path, options) as proxy,
         openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk", max_retries=0, timeout=30) as client,
     ):
         assert read(client)[0] == "warm"  # (a cold proxy is slow on its first request)
@@ -69,11 +68,11 @@ def test_a_first_attempt_that_shows_content_first_keeps_the_turn(tmp_path):
     replies = iter([sse_reply(events("warm")), first, hedge])
     options = {"kimi_timeout_scale": str(SCALE), "kimi_hedge_after": "30"}
     with (
-        RecordingUpstream(lambda request: next(replies)) as upstream,
-        Mitmdump(upstream.url, tmp_path, options) as proxy,
+        proxied(lambda request: next(replies), tmp_path, options) as proxy,
         openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk", max_retries=0, timeout=30) as client,
     ):
         assert read(client)[0] == "warm"
+        upstream = proxy.upstream
         before = connections_to(upstream.port)  # the proxy's own (kept alive or not)
         text, _ = read(client)
         assert len(upstream.requests) == 3  # the hedge was sent

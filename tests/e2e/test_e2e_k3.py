@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from tests.support.clients import TOOLS
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 
 TASK = [{"role": "user", "content": "read /w/a.txt and read /w/b.txt"}]
 BOTH = [("functions.read:0", "read", {"path": "/w/a.txt"}), ("functions.read:1", "read", {"path": "/w/b.txt"})]
@@ -19,7 +19,7 @@ SCALED = {"kimi_timeout_scale": "0.01"}
 
 @pytest.fixture(scope="module")
 def proxy(simulator, tmp_path_factory):
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("k3"), SCALED, save_flows=False) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("k3"), SCALED, save_flows=False) as p:
         yield p
 
 

@@ -13,7 +13,7 @@ from kimiwire.sim.settings import SimSettings
 
 from tests.support.clients import run_piai
 from tests.support.conversations import READ_TOOL, assistant, call, tool
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 
 SIM = "shape=moonshot,contract=moonshot"
 # An MCP tool as a harness exposes it: a dotted name and a zod-style nullable union with `type` beside `anyOf`.
@@ -52,7 +52,7 @@ def simulator():
 
 @pytest.fixture(scope="module")
 def proxy(simulator, tmp_path_factory):
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("moonshot"), {"kimi_flavor": "moonshot"}) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("moonshot"), {"kimi_flavor": "moonshot"}) as p:
         yield p
 
 

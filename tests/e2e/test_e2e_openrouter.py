@@ -10,8 +10,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.mitm import Mitmdump
-from tests.support.upstream import TEXT_COMPLETION, RecordedRequest, RecordingUpstream, Reply, json_reply, sse_reply
+from tests.support.proxied import proxied
+from tests.support.upstream import TEXT_COMPLETION, RecordedRequest, Reply, json_reply, sse_reply
 from tests.unit.wire.test_openrouter import DETAILS_STREAM
 
 MODEL = "moonshotai/kimi-k2.6"
@@ -63,10 +63,8 @@ def test_kimi_through_openrouter_request_rules_and_reasoning_details(tmp_path) -
     def answer(_: RecordedRequest) -> Reply:
         return sse_reply(DETAILS_STREAM)
 
-    with (
-        RecordingUpstream(answer) as upstream,
-        Mitmdump(upstream.url, tmp_path, {"kimi_flavor": "openrouter"}) as proxy,
-    ):
+    with proxied(answer, tmp_path, {"kimi_flavor": "openrouter"}) as proxy:
+        upstream = proxy.upstream
         with _client(proxy.url) as client:
             stream = client.chat.completions.create(
                 model=MODEL, messages=HISTORY, tools=TOOLS, temperature=0.3, stream=True
@@ -97,10 +95,8 @@ def test_an_error_openrouter_reports_in_a_200_is_retried(tmp_path) -> None:
     def answer(_: RecordedRequest) -> Reply:
         return replies.pop(0) if len(replies) > 1 else replies[0]
 
-    with (
-        RecordingUpstream(answer) as upstream,
-        Mitmdump(upstream.url, tmp_path, {"kimi_flavor": "openrouter"}) as proxy,
-    ):
+    with proxied(answer, tmp_path, {"kimi_flavor": "openrouter"}) as proxy:
+        upstream = proxy.upstream
         with _client(proxy.url) as client:
             reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         [flow] = proxy.read_flows()
@@ -111,10 +107,9 @@ def test_an_error_openrouter_reports_in_a_200_is_retried(tmp_path) -> None:
 
 def test_when_attempts_run_out_the_client_gets_openrouters_error(tmp_path) -> None:
     with (
-        RecordingUpstream(lambda _: json_reply(IN_BAND)) as upstream,
-        Mitmdump(upstream.url, tmp_path, {"kimi_flavor": "openrouter", "kimi_retries": 1}) as proxy,
+        proxied(lambda _: json_reply(IN_BAND), tmp_path, {"kimi_flavor": "openrouter", "kimi_retries": 1}) as proxy,
         _client(proxy.url) as client,
         pytest.raises(openai.InternalServerError, match="Provider returned error") as raised,
     ):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    assert raised.value.status_code == 502 and len(upstream.requests) == 2
+    assert raised.value.status_code == 502 and len(proxy.upstream.requests) == 2

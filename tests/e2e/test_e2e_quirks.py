@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, PIAI_VERSIONS, TOOLS, run_piai, tool_runs
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 
 TASK = [{"role": "user", "content": "read /w/a.txt and read /w/b.txt"}]
 HISTORY = [
@@ -26,7 +26,7 @@ BOTH = [("functions.read:0", "read", {"path": "/w/a.txt"}), ("functions.read:1",
 
 @pytest.fixture(scope="module")
 def proxy(simulator, tmp_path_factory):
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("quirks"), {"kimi_done_grace": 0.3}, save_flows=False) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("quirks"), {"kimi_done_grace": 0.3}, save_flows=False) as p:
         yield p
 
 
@@ -74,7 +74,7 @@ def test_leaked_calls_become_real_calls_through_the_proxy(proxy, simulator, leak
 
 
 def test_repairs_are_recorded_on_the_flow(simulator, tmp_path):
-    with Mitmdump(simulator.url, tmp_path) as p:
+    with proxied(simulator, tmp_path) as p:
         calls_of(p.url, "shape=vllm,leak=in-arguments", TASK, TOOLS)
         calls_of(p.url, "shape=sglang,leak=consumed", TASK, TOOLS)
         httpx.post(

@@ -9,7 +9,8 @@ import pytest
 
 from tests.support.conversations import assistant, body, call, tool, user
 from tests.support.mitm import Mitmdump
-from tests.support.upstream import TEXT_COMPLETION, RecordingUpstream, json_reply
+from tests.support.proxied import proxied
+from tests.support.upstream import TEXT_COMPLETION, json_reply
 
 
 def openclaw_request(**extra):
@@ -28,10 +29,21 @@ def openclaw_request(**extra):
     )
 
 
-@pytest.fixture
-def upstream():
-    with RecordingUpstream(lambda req: json_reply(TEXT_COMPLETION)) as up:
-        yield up
+def answer(request):
+    return json_reply(TEXT_COMPLETION)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    """One proxy with the default options, for the tests that look only at what the upstream got."""
+    with proxied(answer, tmp_path_factory.mktemp("request"), save_flows=False) as p:
+        yield p
+
+
+def received_one(proxy, before: int):
+    """The one request the upstream got since it had `before`."""
+    [received] = proxy.upstream.requests[before:]
+    return received
 
 
 KNOWN_FIELDS = {
@@ -59,8 +71,9 @@ KNOWN_FIELDS = {
         ("deepinfra", [None, None, "r2"], False),
     ],
 )
-def test_upstream_receives_repaired_request(upstream, tmp_path, flavor, expect_reasoning, expect_thinking_field):
-    with Mitmdump(upstream.url, tmp_path, {"kimi_flavor": flavor}) as proxy:
+def test_upstream_receives_repaired_request(tmp_path, flavor, expect_reasoning, expect_thinking_field):
+    with proxied(answer, tmp_path, {"kimi_flavor": flavor}) as proxy:
+        upstream = proxy.upstream
         r = httpx.post(
             f"{proxy.url}/v1/chat/completions",
             json=openclaw_request(thinking={"type": "enabled"}, store=False, reasoning_effort="medium"),
@@ -96,13 +109,13 @@ def test_upstream_receives_repaired_request(upstream, tmp_path, flavor, expect_r
     assert "kimiwire request POST /v1/chat/completions:" in proxy.output
 
 
-def test_nothing_to_repair_is_forwarded_byte_for_byte(upstream, tmp_path):
+def test_nothing_to_repair_is_forwarded_byte_for_byte(proxy):
     raw = b'{"model": "k",   "messages": [{"role": "user", "content": "caf\\u00e9"}], "stream": false}'
-    with Mitmdump(upstream.url, tmp_path) as proxy:
-        httpx.post(
-            f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"}, timeout=10
-        )
-    assert upstream.requests[0].body == raw
+    before = len(proxy.upstream.requests)
+    httpx.post(
+        f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"}, timeout=10
+    )
+    assert received_one(proxy, before).body == raw
 
 
 @pytest.mark.parametrize(
@@ -119,8 +132,9 @@ def test_nothing_to_repair_is_forwarded_byte_for_byte(upstream, tmp_path):
         (b'{"messages": [{"role": "user"}]}', "text/plain", "is not JSON"),
     ],
 )
-def test_bad_input_passes_through_and_says_why(upstream, tmp_path, raw, content_type, reason):
-    with Mitmdump(upstream.url, tmp_path) as proxy:
+def test_bad_input_passes_through_and_says_why(tmp_path, raw, content_type, reason):
+    with proxied(answer, tmp_path) as proxy:
+        upstream = proxy.upstream
         r = httpx.post(
             f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": content_type}, timeout=10
         )
@@ -131,39 +145,37 @@ def test_bad_input_passes_through_and_says_why(upstream, tmp_path, raw, content_
     assert reason in proxy.output
 
 
-def test_gzip_request_is_repaired_as_decoded(upstream, tmp_path):
+def test_gzip_request_is_repaired_as_decoded(proxy):
     raw = orjson.dumps(openclaw_request())
-    with Mitmdump(upstream.url, tmp_path) as proxy:
-        httpx.post(
-            f"{proxy.url}/v1/chat/completions",
-            content=gzip.compress(raw),
-            headers={"content-type": "application/json", "content-encoding": "gzip"},
-            timeout=10,
-        )
-    received = upstream.requests[0]
+    before = len(proxy.upstream.requests)
+    httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        content=gzip.compress(raw),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+        timeout=10,
+    )
+    received = received_one(proxy, before)
     data = gzip.decompress(received.body) if received.headers.get("content-encoding") == "gzip" else received.body
     assert b"functions.read:1" in data
 
 
-def test_other_paths_are_untouched(upstream, tmp_path):
+def test_other_paths_are_untouched(proxy):
     raw = orjson.dumps(openclaw_request())
-    with Mitmdump(upstream.url, tmp_path) as proxy:
-        httpx.post(f"{proxy.url}/v1/completions", content=raw, headers={"content-type": "application/json"}, timeout=10)
-    assert upstream.requests[0].body == raw
-    assert (
-        "accept-encoding" not in upstream.requests[0].headers
-        or upstream.requests[0].headers["accept-encoding"] != "identity"
-    )
+    before = len(proxy.upstream.requests)
+    httpx.post(f"{proxy.url}/v1/completions", content=raw, headers={"content-type": "application/json"}, timeout=10)
+    received = received_one(proxy, before)
+    assert received.body == raw
+    assert "accept-encoding" not in received.headers or received.headers["accept-encoding"] != "identity"
 
 
-def test_bad_option_value_stops_startup(upstream, tmp_path):
-    proxy = Mitmdump(upstream.url, tmp_path, {"kimi_flavor": "bogus"})
-    done = subprocess.run(proxy.args, capture_output=True, text=True, timeout=30)
+def test_bad_option_value_stops_startup(proxy, tmp_path):
+    refused = Mitmdump(proxy.upstream.url, tmp_path, {"kimi_flavor": "bogus"})
+    done = subprocess.run(refused.args, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "kimi_flavor must be one of auto, selfhosted, sglang, vllm, moonshot, deepinfra" in done.stdout + done.stderr
 
 
-def test_bodies_orjson_refuses_are_still_repaired_exactly(upstream, tmp_path):
+def test_bodies_orjson_refuses_are_still_repaired_exactly(tmp_path):
     """Node's JSON.stringify writes `\\ud83d` for an emoji cut by .slice(); an integer past 64 bits
     must stay that integer. Both reach the upstream as sent, with the history repaired."""
     cut = b'"see \\ud83d"'
@@ -174,7 +186,8 @@ def test_bodies_orjson_refuses_are_still_repaired_exactly(upstream, tmp_path):
         b'"type":"function","function":{"name":"read","arguments":"{\\"path\\":\\"a\\"}"}}]},'
         b'{"role":"tool","tool_call_id":"functionsread0","content":"A"}]}'
     )
-    with Mitmdump(upstream.url, tmp_path) as proxy:
+    with proxied(answer, tmp_path) as proxy:
+        upstream = proxy.upstream
         r = httpx.post(
             f"{proxy.url}/v1/chat/completions", content=raw, headers={"content-type": "application/json"}, timeout=10
         )

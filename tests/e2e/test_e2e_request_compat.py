@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from tests.support.conversations import READ_TOOL
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.upstream import TEXT_COMPLETION, RecordingUpstream, json_reply
 
 
@@ -64,12 +64,12 @@ def test_direct_and_compat_off_fail_with_moonshots_400(upstream, tmp_path):
     with pytest.raises(openai.BadRequestError, match="ROLE_UNSPECIFIED"):
         openai_sdk_turn(upstream.url)
     options = {"kimi_flavor": "moonshot", "kimi_request_compat": "off"}
-    with Mitmdump(upstream.url, tmp_path, options) as proxy, pytest.raises(openai.BadRequestError):
+    with proxied(upstream, tmp_path, options) as proxy, pytest.raises(openai.BadRequestError):
         openai_sdk_turn(proxy.url)
 
 
 def test_through_kimiwire_the_turn_succeeds(upstream, tmp_path):
-    with Mitmdump(upstream.url, tmp_path, {"kimi_flavor": "moonshot"}) as proxy:
+    with proxied(upstream, tmp_path, {"kimi_flavor": "moonshot"}) as proxy:
         reply = openai_sdk_turn(proxy.url)
     assert reply.choices[0].message.content == "hi"
     sent = upstream.requests[-1].json()

@@ -8,11 +8,10 @@ from kimiwire.mitm.capture import delivered_body
 
 from tests.support import streams
 from tests.support.conversations import TOOLS, assistant, call, tool, user
-from tests.support.mitm import Mitmdump
 from tests.support.piai_model import piai_parse
 from tests.support.proxied import proxied
 from tests.support.streams import EXEC_ARGS, READ_ARGS
-from tests.support.upstream import RecordingUpstream, Reply, json_reply, sse_reply
+from tests.support.upstream import Reply, json_reply, sse_reply
 
 TWO = [("read", READ_ARGS), ("exec", EXEC_ARGS)]
 SHAPES = {
@@ -30,19 +29,14 @@ EXPECTED = {name: TWO for name in SHAPES} | {"reasoning_between": [("read", READ
 HISTORY = [user("go"), assistant(call("functionsread0", "read")), tool("functionsread0", "x")]
 
 
-@pytest.fixture(scope="module")
-def shape_server():
-    def respond(request):
-        shape = request.headers.get("x-shape", "sglang")
-        return sse_reply(SHAPES[shape]().events)
-
-    with RecordingUpstream(respond) as up:
-        yield up
+def shaped(request):
+    shape = request.headers.get("x-shape", "sglang")
+    return sse_reply(SHAPES[shape]().events)
 
 
 @pytest.fixture(scope="module")
-def proxy(shape_server, tmp_path_factory):
-    with Mitmdump(shape_server.url, tmp_path_factory.mktemp("proxy")) as p:
+def proxy(tmp_path_factory):
+    with proxied(shaped, tmp_path_factory.mktemp("proxy")) as p:
         yield p
 
 
@@ -86,8 +80,8 @@ def test_one_current_block_client_through_the_proxy(proxy, shape):
     assert r.content.endswith(b"data: [DONE]\n\n")
 
 
-def test_flow_keeps_upstream_body_and_delivered_copy(shape_server, tmp_path):
-    with Mitmdump(shape_server.url, tmp_path) as p:
+def test_flow_keeps_upstream_body_and_delivered_copy(tmp_path):
+    with proxied(shaped, tmp_path) as p:
         r = httpx.post(
             f"{p.url}/v1/chat/completions",
             headers={"x-shape": "interleaved"},
@@ -116,8 +110,7 @@ def test_non_streaming_markup_is_repaired(tmp_path):
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
     }
     with (
-        RecordingUpstream(lambda req: json_reply(body)) as up,
-        Mitmdump(up.url, tmp_path) as p,
+        proxied(lambda req: json_reply(body), tmp_path) as p,
         openai.OpenAI(base_url=f"{p.url}/v1", api_key="sk", max_retries=0, timeout=15) as client,
     ):
         result = client.chat.completions.create(model="k", messages=HISTORY, tools=TOOLS)

@@ -19,7 +19,8 @@ from kimiwire.wire.codecs.sse import SSEDecoder
 from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, run_openai_sdk, run_piai, tool_runs
 from tests.support.conversations import TOOLS
 from tests.support.mitm import Mitmdump, free_port
-from tests.support.upstream import RecordingUpstream, sse_reply
+from tests.support.proxied import proxied
+from tests.support.upstream import sse_reply
 
 OPTIONS = {
     "kimi_retry_backoff": "0.1",
@@ -37,7 +38,7 @@ def simulator():
 
 @pytest.fixture(scope="module")
 def proxy(simulator, tmp_path_factory):
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("retry"), OPTIONS, save_flows=False) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("retry"), OPTIONS, save_flows=False) as p:
         yield p
 
 
@@ -145,7 +146,7 @@ def test_streamed_failures_before_an_answer_are_retried(proxy, simulator, fault)
 
 
 def test_attempts_run_out_explicitly(simulator, tmp_path):
-    with Mitmdump(simulator.url, tmp_path, {**OPTIONS, "kimi_retries": 0}, save_flows=False) as proxy:
+    with proxied(simulator, tmp_path, {**OPTIONS, "kimi_retries": 0}, save_flows=False) as proxy:
         header, run = sim_header("empty:5")
         streamed = post(proxy.url, header, True)
         events = sse_chunks(streamed.content)
@@ -177,7 +178,7 @@ def test_two_retries_then_the_explicit_error_in_bounded_time(proxy, simulator):
 
 def test_the_budget_bounds_the_attempts(simulator, tmp_path):
     options = {**OPTIONS, "kimi_retries": 10, "kimi_retry_budget": "1.5", "kimi_retry_backoff": "0.4"}
-    with Mitmdump(simulator.url, tmp_path, options, save_flows=False) as proxy:
+    with proxied(simulator, tmp_path, options, save_flows=False) as proxy:
         assert post(proxy.url, sim_header("none")[0], False).status_code == 200  # a fresh proxy warms up
         header, run = sim_header("status:503:50")
         started = time.monotonic()
@@ -189,7 +190,7 @@ def test_the_budget_bounds_the_attempts(simulator, tmp_path):
 
 
 def test_no_checks_is_todays_pass_through(simulator, tmp_path):
-    with Mitmdump(simulator.url, tmp_path, {**OPTIONS, "kimi_retry_on": ""}, save_flows=False) as proxy:
+    with proxied(simulator, tmp_path, {**OPTIONS, "kimi_retry_on": ""}, save_flows=False) as proxy:
         header, run = sim_header("empty:1")
         events = sse_chunks(post(proxy.url, header, True).content)
         assert b"error" not in b"".join(events) and events[-1] == b"[DONE]"
@@ -198,7 +199,7 @@ def test_no_checks_is_todays_pass_through(simulator, tmp_path):
 
 def test_a_client_that_leaves_cancels_the_retry(simulator, tmp_path):
     options = {**OPTIONS, "kimi_retry_backoff": "3", "kimi_retries": 1}
-    with Mitmdump(simulator.url, tmp_path, options, save_flows=False) as proxy:
+    with proxied(simulator, tmp_path, options, save_flows=False) as proxy:
         header, run = sim_header("status:503:1")
         # full jitter may pick a short wait: a slow enough backoff is very likely, retry a few times
         for _ in range(5):
@@ -247,7 +248,7 @@ def test_every_attempt_is_on_the_flow_and_in_the_capture(proxy, simulator):
 
 def test_retries_sent_non_streamed_reach_a_streaming_client_as_sse(simulator, tmp_path):
     """vllm#54701: the streamed turn loses its calls, the same request non-streamed has them."""
-    with Mitmdump(simulator.url, tmp_path, {**OPTIONS, "kimi_retry_stream": "false"}, save_flows=False) as proxy:
+    with proxied(simulator, tmp_path, {**OPTIONS, "kimi_retry_stream": "false"}, save_flows=False) as proxy:
         header, run = sim_header("empty-tool-arrays:1", "vllm")
         events = sse_chunks(post(proxy.url, header, True).content)
         chunks = [orjson.loads(e) for e in events[:-1]]
@@ -287,7 +288,8 @@ def test_a_client_that_leaves_mid_attempt_closes_the_upstream_request(tmp_path):
             return sse_reply([role, stop, b"data: [DONE]\n\n"])  # an empty turn: retried
         return sse_reply([role, *[b": ping\n\n"] * 60], gap=0.1)  # a slow second attempt (6 s)
 
-    with RecordingUpstream(respond) as upstream, Mitmdump(upstream.url, tmp_path, OPTIONS) as proxy:
+    with proxied(respond, tmp_path, OPTIONS) as proxy:
+        upstream = proxy.upstream
         body = {"model": "kimi-k2-thinking", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, timeout=5) as response:
             started = time.monotonic()

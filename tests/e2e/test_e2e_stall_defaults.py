@@ -17,9 +17,9 @@ from kimiwire.sim.settings import SimSettings
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
 from tests.support.conversations import TOOLS
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import Stream
-from tests.support.upstream import RecordingUpstream, json_reply, sse_reply
+from tests.support.upstream import json_reply, sse_reply
 
 SCALE = 0.05  # 150 s -> 7.5 s
 ANSWER_WITHIN = 150 * SCALE
@@ -36,7 +36,7 @@ def simulator():
 @pytest.fixture(scope="module")
 def proxy(simulator, tmp_path_factory):
     options = {"kimi_timeout_scale": str(SCALE)}
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("defaults"), options, save_flows=False) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("defaults"), options, save_flows=False) as p:
         yield p
 
 
@@ -134,10 +134,9 @@ def test_a_retry_waiting_for_its_own_prefill_keeps_the_client_hearing_comments(t
             sse_reply(answer.chunk({}, "stop").done().events, first_gap=40 * SCALE),
         ]
     )
-    with (
-        RecordingUpstream(lambda request: next(replies)) as upstream,
-        Mitmdump(upstream.url, tmp_path, {"kimi_timeout_scale": str(SCALE)}, save_flows=False) as proxy,
-    ):
+    with proxied(
+        lambda request: next(replies), tmp_path, {"kimi_timeout_scale": str(SCALE)}, save_flows=False
+    ) as proxy:
         reads, headers_at = timed_stream(proxy.url, "none")
     body = b"".join(piece for _, piece in reads)
     assert b'"content":"Hello."' in body and body.endswith(b"data: [DONE]\n\n")

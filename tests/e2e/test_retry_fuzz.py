@@ -20,9 +20,9 @@ from kimiwire.wire import chat_exchanges
 from kimiwire.wire.codecs.sse import SSEDecoder
 from mitmproxy.net.http import status_codes
 
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import Stream
-from tests.support.upstream import RecordingUpstream, Reply, json_reply, sse_reply
+from tests.support.upstream import Reply, json_reply, sse_reply
 
 # Every timeout of the defaults' ratios, scaled down so a stall costs two or three seconds.
 SCALE = 0.03
@@ -204,7 +204,7 @@ def test_random_attempt_outcomes_end_well_are_captured_and_counted_once(tmp_path
         outcome = outcomes[attempt - 1] if attempt <= len(outcomes) else "ok_stream"
         return reply_for(outcome, streamed)
 
-    with RecordingUpstream(respond) as upstream, Mitmdump(upstream.url, tmp_path, OPTIONS, save_flows=False) as proxy:
+    with proxied(respond, tmp_path, OPTIONS, save_flows=False) as proxy:
 
         def run(case: int) -> None:
             outcomes, streamed = plan[case]
@@ -241,9 +241,6 @@ def test_random_attempt_outcomes_end_well_are_captured_and_counted_once(tmp_path
 def test_the_reason_phrase_follows_the_status_sent(tmp_path):
     """A retried 429 answered 200 says `200 OK`, not the first attempt's `Too Many Requests`."""
     answers = iter([reply_for("s429", False), reply_for("ok_json", False)])
-    with (
-        RecordingUpstream(lambda request: next(answers)) as upstream,
-        Mitmdump(upstream.url, tmp_path, OPTIONS, save_flows=False) as proxy,
-    ):
+    with proxied(lambda request: next(answers), tmp_path, OPTIONS, save_flows=False) as proxy:
         body = orjson.dumps({"model": "kimi", "messages": [{"role": "user", "content": "hi"}], "stream": False})
         assert raw_status_line(proxy.url, body) == b"HTTP/1.1 200 OK"

@@ -14,6 +14,7 @@ from kimiwire.wire.capture.replay_credentials import resolve_credential, restore
 from tests.support import streams
 from tests.support.conversations import assistant, body, call, tool, user
 from tests.support.mitm import ROOT, Mitmdump
+from tests.support.proxied import proxied
 from tests.support.streams import EXEC_ARGS, READ_ARGS
 from tests.support.upstream import RecordingUpstream, sse_reply
 
@@ -68,7 +69,7 @@ def planted(upstream, tmp_path_factory):
     # flow_detail=0: mitmproxy's own per-flow listing prints URLs as sent (see README); the rest of
     # the log, debug lines included, is checked.
     options = {"kimi_redact": "X-Custom-Thing", "flow_detail": 0}
-    with Mitmdump(upstream.url, tmp, options, save_flows=False) as proxy:
+    with proxied(upstream, tmp, options, save_flows=False) as proxy:
         r = httpx.post(
             f"{proxy.url}/v1/chat/completions?{QUERY}",
             content=orjson.dumps(chat_request()),

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from kimiwire.wire.request.token_limit import clamp_max_tokens
 
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 from tests.support.upstream import TEXT_COMPLETION, RecordingUpstream, json_reply
 
 REQUEST = orjson.dumps({"model": "kimi-k2.6", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32000})
@@ -79,7 +79,7 @@ def test_through_kimiwire_the_request_is_sent_once_more_with_the_room_stated(tmp
             direct.chat.completions.create(
                 model="kimi-k2.6", messages=[{"role": "user", "content": "hi"}], max_tokens=32000
             )
-        with Mitmdump(upstream.url, tmp_path, {"kimi_flavor": "moonshot"}) as proxy:
+        with proxied(upstream, tmp_path, {"kimi_flavor": "moonshot"}) as proxy:
             with openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0, timeout=15) as client:
                 reply = client.chat.completions.create(
                     model="kimi-k2.6", messages=[{"role": "user", "content": "hi"}], max_tokens=32000

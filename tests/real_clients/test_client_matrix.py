@@ -15,7 +15,7 @@ from kimiwire.sim.server import SimulatorThread
 
 from tests.support.client_matrix import NODE_VARIANTS, PYTHON_CLIENTS, Report, run_node_cells
 from tests.support.clients import EXPECTED_ANSWER, EXPECTED_TOOL_RUNS, tool_runs
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 
 SHAPES = {
     "sglang": "shape=sglang",
@@ -74,7 +74,7 @@ def urls(tmp_path_factory):
     }
     with (
         SimulatorThread() as sim,
-        Mitmdump(sim.url, tmp_path_factory.mktemp("matrix"), options, save_flows=False) as proxy,
+        proxied(sim, tmp_path_factory.mktemp("matrix"), options, save_flows=False) as proxy,
     ):
         yield {"direct": sim.url, "kimiwire": proxy.url}
 

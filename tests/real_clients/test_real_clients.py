@@ -12,7 +12,6 @@ from tests.support.clients import (
     run_piai,
     tool_runs,
 )
-from tests.support.mitm import Mitmdump
 from tests.support.proxied import proxied
 from tests.support.streams import Stream
 from tests.support.upstream import RecordingUpstream, sse_reply
@@ -67,7 +66,7 @@ def proxy(simulator, tmp_path_factory):
         "kimi_first_event_timeout": 2,
         "kimi_done_grace": 0.3,
     }
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("real"), options, save_flows=False) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("real"), options, save_flows=False) as p:
         yield p
 
 
@@ -82,7 +81,7 @@ def proxy_without_retries(simulator, tmp_path_factory):
         "kimi_done_grace": 0.3,
         "kimi_retry_on": "",
     }
-    with Mitmdump(simulator.url, tmp_path_factory.mktemp("real-noretry"), options, save_flows=False) as p:
+    with proxied(simulator, tmp_path_factory.mktemp("real-noretry"), options, save_flows=False) as p:
         yield p
 
 
@@ -147,7 +146,7 @@ def test_piai_1x_gets_a_finish_reason_through_the_proxy(tmp_path):
 def test_markup_leak_from_an_already_poisoned_model_becomes_tool_calls(simulator, tmp_path):
     # With kimi_tool_ids=keep the mangled ids reach the model, which then leaks raw markup;
     # the response repair still turns it into real calls and the task completes.
-    with Mitmdump(simulator.url, tmp_path, {"kimi_tool_ids": "keep"}, save_flows=False) as proxy:
+    with proxied(simulator, tmp_path, {"kimi_tool_ids": "keep"}, save_flows=False) as proxy:
         report = run_piai("0.67.68", proxy.url, "shape=sglang", sanitize="strict")
     assert tool_runs(report) == EXPECTED_TOOL_RUNS
     assert report["finalText"] == EXPECTED_ANSWER

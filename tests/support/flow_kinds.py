@@ -14,7 +14,7 @@ from kimiwire.sim.server import SimulatorThread
 from kimiwire.sim.settings import SimSettings
 
 from tests.support.conversations import TOOLS, assistant, call, tool, user
-from tests.support.mitm import Mitmdump
+from tests.support.proxied import proxied
 
 SCALE = 1 / 60  # of every default timeout, retry budget and backoff (kimi_timeout_scale): their ratios kept
 OPTIONS = {"kimi_timeout_scale": f"{SCALE:g}"}
@@ -56,7 +56,7 @@ def make_capture(tmp_path: pathlib.Path) -> pathlib.Path:
     """Send one request of each kind through mitmdump + kimiwire; return the capture file."""
     with (
         SimulatorThread(SimSettings()) as sim,
-        Mitmdump(sim.url, tmp_path, OPTIONS, save_flows=False) as proxy,
+        proxied(sim, tmp_path, OPTIONS, save_flows=False) as proxy,
         httpx.Client(timeout=30) as client,
     ):
         for number, kind in enumerate(KINDS):
