@@ -11,33 +11,11 @@ import orjson
 import pytest
 from kimiwire.mitm.addon import KimiWire
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import taddons, tutils
 
 from tests.support.conversations import user
 from tests.support.endings import REQUEST
-
-
-def _chat_flow(content: bytes, **headers: str) -> http.HTTPFlow:
-    req = tutils.treq(
-        method=b"POST",
-        path=b"/v1/chat/completions",
-        content=content,
-        headers=http.Headers(content_type="application/json", **headers),
-    )
-    flow = tflow.tflow(req=req)
-    flow.live = True
-    return flow
-
-
-def _request_hook(kw: KimiWire, flow: http.HTTPFlow) -> None:
-    """The `request` hook as mitmproxy runs it: on a loop, awaited when it returns a coroutine."""
-
-    async def hook() -> None:
-        pending = kw.request(flow)
-        if pending is not None:
-            await pending
-
-    asyncio.run(hook())
+from tests.support.in_process import chat_flow, run_request_hook
 
 
 def test_the_request_limit_is_an_option():
@@ -46,10 +24,10 @@ def test_the_request_limit_is_an_option():
     kw = KimiWire()
     with taddons.context(kw) as tctx:
         tctx.configure(kw, kimi_capture_dir="", kimi_max_request_bytes=4096)
-        big = _chat_flow(body)
-        _request_hook(kw, big)
-        small = _chat_flow(small_gzipped, content_encoding="gzip")
-        _request_hook(kw, small)
+        big = chat_flow(body)
+        run_request_hook(kw, big)
+        small = chat_flow(small_gzipped, content_encoding="gzip")
+        run_request_hook(kw, small)
     assert big.response is not None and big.response.status_code == 413
     assert orjson.loads(big.response.content)["error"]["code"] == "request_too_large"
     assert small.response is None  # goes upstream
@@ -67,7 +45,7 @@ def test_captures_off_when_the_option_is_empty(tmp_path, monkeypatch, capture_di
         tctx.configure(kw, kimi_capture_dir=capture_dir)
 
         async def exchange() -> None:
-            flow = _chat_flow(orjson.dumps(REQUEST))
+            flow = chat_flow(orjson.dumps(REQUEST))
             pending = kw.request(flow)
             if pending is not None:
                 await pending

@@ -13,9 +13,10 @@ from kimiwire.mitm import request_side, request_worker
 from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES
 from mitmproxy import http
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import taddons, tutils
 
 from tests.support.conversations import assistant, body, call, tool, user
+from tests.support.in_process import chat_flow, run_request_hook
 
 
 def _large_request() -> bytes:
@@ -23,31 +24,6 @@ def _large_request() -> bytes:
     for i in range(OFFLOAD_BYTES // 1000 + 1):
         messages += [assistant(call(f"functionsread{i}", "read")), tool(f"functionsread{i}", "x" * 900)]
     return orjson.dumps(body(messages))
-
-
-def _flow(content: bytes, **headers: str) -> http.HTTPFlow:
-    req = tutils.treq(
-        method=b"POST",
-        path=b"/v1/chat/completions",
-        content=content,
-        headers=http.Headers(content_type="application/json", **headers),
-    )
-    flow = tflow.tflow(req=req)
-    flow.live = True
-    return flow
-
-
-def _run_request_hook(kw: KimiWire, flow: http.HTTPFlow) -> bool:
-    """The hook as mitmproxy runs it: on a loop, awaited when it returns a coroutine. True when it did."""
-
-    async def hook() -> bool:
-        pending = kw.request(flow)
-        if pending is None:
-            return False
-        await pending
-        return True
-
-    return asyncio.run(hook())
 
 
 def test_a_large_body_is_repaired_in_the_worker_thread(monkeypatch):
@@ -63,13 +39,13 @@ def test_a_large_body_is_repaired_in_the_worker_thread(monkeypatch):
     kw = KimiWire()
     with taddons.context(kw) as tctx:
         tctx.configure(kw, kimi_capture_dir="")
-        flow = _flow(_large_request())
-        assert _run_request_hook(kw, flow)
+        flow = chat_flow(_large_request())
+        assert run_request_hook(kw, flow)
         sent = orjson.loads(flow.request.content)
         assert sent["messages"][1]["tool_calls"][0]["id"] == "functions.read:0"
         assert kw.counts["ids.call"] > OFFLOAD_BYTES // 1000
-        small = _flow(orjson.dumps(body([user()])))
-        assert not _run_request_hook(kw, small)  # a small body stays on the loop
+        small = chat_flow(orjson.dumps(body([user()])))
+        assert not run_request_hook(kw, small)  # a small body stays on the loop
     assert threads[0].startswith("kimiwire-request-repair") and threads[1] == "MainThread"
     kw.request_worker.close()
 
@@ -80,8 +56,8 @@ def test_a_compressed_bomb_of_any_size_is_refused_from_the_worker():
         tctx.configure(kw, kimi_capture_dir="", kimi_max_request_bytes=4 * OFFLOAD_BYTES)
         bomb = gzip.compress(b'{"pad": "' + b" " * (32 * OFFLOAD_BYTES) + b'"}', 9)
         assert len(bomb) < OFFLOAD_BYTES // 8  # small, yet decoded in the worker: it may inflate to the limit
-        flow = _flow(bomb, content_encoding="gzip")
-        assert _run_request_hook(kw, flow)
+        flow = chat_flow(bomb, content_encoding="gzip")
+        assert run_request_hook(kw, flow)
         assert flow.response is not None and flow.response.status_code == 413
     kw.request_worker.close()
 
@@ -95,8 +71,8 @@ def test_an_exception_in_the_worker_costs_the_repair_only(monkeypatch):
     with taddons.context(kw) as tctx:
         tctx.configure(kw, kimi_capture_dir="")
         content = _large_request()
-        flow = _flow(content)
-        assert _run_request_hook(kw, flow)
+        flow = chat_flow(content)
+        assert run_request_hook(kw, flow)
         assert flow.request.content == content  # forwarded as it came
         assert kw.counts["addon.error"] == 1 and "request repair: RuntimeError: bug" in str(
             flow.metadata["kimiwire"]["errors"]
@@ -124,7 +100,7 @@ def test_a_large_flow_is_captured_from_the_worker_redacted_and_whole(tmp_path, m
         tctx.configure(kw, kimi_capture_dir=str(tmp_path))
 
         async def exchange() -> None:
-            flow = _flow(content)
+            flow = chat_flow(content)
             await kw.request(flow)
             flow.response = tutils.tresp(
                 content=b'{"choices": []}', headers=http.Headers(content_type="application/json")
@@ -235,8 +211,8 @@ def test_a_dead_worker_process_costs_the_repair_never_the_request(monkeypatch):
     with taddons.context(kw) as tctx:
         tctx.configure(kw, kimi_capture_dir="")
         content = _request_of(request_worker.PROCESS_BYTES)
-        flow = _flow(content)
-        assert _run_request_hook(kw, flow)
+        flow = chat_flow(content)
+        assert run_request_hook(kw, flow)
         assert flow.request.content == content and flow.response is None  # forwarded as it came
         assert "request repair: BrokenExecutor" in str(flow.metadata["kimiwire"]["errors"])
     kw.request_worker.close()
@@ -266,7 +242,7 @@ def test_a_largest_flow_is_captured_redacted_whatever_the_worker_process_does(tm
         tctx.configure(kw, kimi_capture_dir=str(tmp_path))
 
         async def exchange() -> None:
-            flow = _flow(content)
+            flow = chat_flow(content)
             await kw.request(flow)
             if process_fails:
                 monkeypatch.setattr(kw.request_worker.captures, "run", dead)

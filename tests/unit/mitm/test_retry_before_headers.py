@@ -3,7 +3,6 @@ retried and the attempts run out: the retry loop and its attempts run for real, 
 an httpx mock upstream (no sockets)."""
 
 import asyncio
-import time
 
 import httpx
 import orjson
@@ -15,10 +14,11 @@ from kimiwire.mitm.retry import UpstreamClient
 from mitmproxy import flow as mitm_flow
 from mitmproxy import http
 from mitmproxy.proxy.layers.http._http1 import Http1Server
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.test import taddons, tutils
 
 from tests.support import streams
 from tests.support.conversations import body, user
+from tests.support.in_process import chat_flow
 
 NOT_AN_OBJECT = "[1, 2]"  # arguments that parse, but not to an object: an invalid call
 
@@ -33,16 +33,7 @@ def _upstream(content_type: str, content: bytes):
 def _broken_buffered_flow(stream: bool) -> http.HTTPFlow:
     """A chat request whose upstream sent JSON headers, then broke its body: the client has heard
     nothing yet (the body is buffered), so the error hook retries it before answering."""
-    req = tutils.treq(
-        method=b"POST",
-        path=b"/v1/chat/completions",
-        content=orjson.dumps(body([user()], stream=stream)),
-        headers=http.Headers(content_type="application/json"),
-    )
-    req.timestamp_start = time.time()  # (the retry budget counts from it)
-    flow = tflow.tflow(req=req)
-    flow.live = True
-    return flow
+    return chat_flow(orjson.dumps(body([user()], stream=stream)))
 
 
 def _answer_after_attempts(monkeypatch, content: bytes, stream: bool) -> proxy_internals.ErrorAnswer:

@@ -78,15 +78,10 @@ async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
     with `raw_sent` then only closes the connection."""
     if not data:
         return SendOutcome(SendKind.NOTHING)
-    if not usable() or not flow.request.http_version.startswith("HTTP/1"):
-        return SendOutcome(SendKind.REFUSED, "not an HTTP/1 client")
-    if not flow.client_conn.state & ConnectionState.CAN_WRITE:
-        return SendOutcome(SendKind.GONE)
-    handler = handler_of(flow)
-    found = locate(handler, flow) if handler is not None else None
-    if found is None:
-        return SendOutcome(SendKind.GONE)
-    http_layer, stream_id = found
+    found = _writable_http1_stream(flow)
+    if isinstance(found, SendOutcome):
+        return found
+    handler, http_layer, stream_id = found
     outcome: list[SendOutcome] = []
 
     def body() -> Iterator[Any]:
@@ -115,15 +110,10 @@ async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
     event-stream head now; the upstream's head, when it comes, does not reach the client (the body
     goes on in the chunks begun). Later chunks: `send_raw_to_client` until the upstream's head,
     mitmproxy's own ResponseData after it."""
-    if not usable() or not flow.request.http_version.startswith("HTTP/1"):
-        return SendOutcome(SendKind.REFUSED, "not an HTTP/1 client")
-    if not flow.client_conn.state & ConnectionState.CAN_WRITE:
-        return SendOutcome(SendKind.GONE)
-    handler = handler_of(flow)
-    found = locate(handler, flow) if handler is not None else None
-    if found is None:
-        return SendOutcome(SendKind.GONE)
-    http_layer, stream_id = found
+    found = _writable_http1_stream(flow)
+    if isinstance(found, SendOutcome):
+        return found
+    handler, http_layer, stream_id = found
     outcome: list[SendOutcome] = []
 
     def body() -> Iterator[Any]:
@@ -151,3 +141,18 @@ async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
     if outcome:
         return outcome[0]
     return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
+
+
+def _writable_http1_stream(flow: http.HTTPFlow) -> tuple[Any, Any, int] | SendOutcome:
+    """The proxy handler, HTTP layer and stream id of an HTTP/1 client that can still be written to,
+    or why there is none (what a send then answers)."""
+    if not usable() or not flow.request.http_version.startswith("HTTP/1"):
+        return SendOutcome(SendKind.REFUSED, "not an HTTP/1 client")
+    if not flow.client_conn.state & ConnectionState.CAN_WRITE:
+        return SendOutcome(SendKind.GONE)
+    handler = handler_of(flow)
+    found = locate(handler, flow) if handler is not None else None
+    if found is None:
+        return SendOutcome(SendKind.GONE)
+    http_layer, stream_id = found
+    return handler, http_layer, stream_id
