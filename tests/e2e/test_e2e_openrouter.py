@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.proxied import proxied
 from tests.support.upstream import TEXT_COMPLETION, RecordedRequest, Reply, json_reply, sse_reply
-from tests.unit.wire.test_openrouter import DETAILS_STREAM
+from tests.unit.wire.servers.test_openrouter import DETAILS_STREAM
 
 MODEL = "moonshotai/kimi-k2.6"
 TOOLS: list[Any] = [
