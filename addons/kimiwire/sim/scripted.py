@@ -94,6 +94,7 @@ async def send_reply(writer: asyncio.StreamWriter, reply: Reply) -> bool:
         await asyncio.sleep(reply.first_gap)
     for n, piece in enumerate(reply.pieces):
         if reply.reset_after is not None and n >= reply.reset_after:
+            await _sent(writer)
             _reset(writer)
             return False
         if n and reply.gap:
@@ -103,6 +104,7 @@ async def send_reply(writer: asyncio.StreamWriter, reply: Reply) -> bool:
     if reply.hold_open:
         await asyncio.sleep(reply.hold_open)
     if reply.reset_after is not None:  # after every piece: reset once the hold is over
+        await _sent(writer)
         _reset(writer)
         return False
     if reply.framing == "chunked":
@@ -125,3 +127,11 @@ class ScriptedUpstream(ServerThread):
     def __enter__(self) -> ScriptedUpstream:
         super().__enter__()
         return self
+
+
+async def _sent(writer: asyncio.StreamWriter) -> None:
+    """Wait until every piece written has left for the kernel: `drain` returns below the transport's
+    high-water mark, and a reset (an abort) throws away what is still buffered, so "n pieces, then a
+    reset" would otherwise sometimes send fewer under load."""
+    writer.transport.set_write_buffer_limits(high=0)
+    await writer.drain()
