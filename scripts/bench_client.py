@@ -18,6 +18,37 @@ import orjson
 _SENT = re.compile(rb"\[sent_at=(\d+)\]")  # the simulator's stamp (sim/server.py STAMP_FORMAT)
 
 
+class Dechunked:
+    """A chunked HTTP/1 body's payload as it arrives: the chunk framing taken out, so a stamp split
+    across two chunks is still one stamp."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._left = 0  # payload bytes of the current chunk still to come
+        self.ended = False  # the last (zero-size) chunk came
+
+    def feed(self, data: bytes) -> bytes:
+        self._pending += data
+        out = []
+        while self._pending and not self.ended:
+            if self._left:
+                piece = self._pending[: self._left]
+                out.append(piece)
+                self._left -= len(piece)
+                self._pending = self._pending[len(piece) :]
+                continue
+            line_end = self._pending.find(b"\r\n", 2 if self._pending.startswith(b"\r\n") else 0)
+            if line_end < 0:
+                break
+            size_line = self._pending[:line_end].strip()
+            self._pending = self._pending[line_end + 2 :]
+            if not size_line:
+                continue
+            self._left = int(size_line.split(b";")[0], 16)
+            self.ended = self._left == 0
+        return b"".join(out)
+
+
 async def one_stream(port: int, settings: str, expect: int) -> dict[str, Any]:
     body = orjson.dumps(
         {"model": "kimi-k2-thinking", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
@@ -33,23 +64,22 @@ async def one_stream(port: int, settings: str, expect: int) -> dict[str, Any]:
     headers = await reader.readuntil(b"\r\n\r\n")
     ttfb = time.monotonic_ns() - start
     latencies: list[int] = []
-    carry = b""
+    body_bytes = Dechunked()
+    carry = b""  # the end of the body read so far: a stamp may begin in it
     done = False
     status_ok = headers.startswith(b"HTTP/1.1 200")
     try:
-        while True:
+        while not body_bytes.ended:
             data = await asyncio.wait_for(reader.read(65536), 30)
             now = time.monotonic_ns()
             if not data:
                 break
-            window = carry + data
-            for match in _SENT.finditer(window, max(0, len(carry) - 40) if carry else 0):
-                if match.end() > len(carry) - 1 or not carry:
+            window = carry + body_bytes.feed(data)
+            for match in _SENT.finditer(window):
+                if match.end() > len(carry):  # (one that ended in the carry was counted before)
                     latencies.append(now - int(match.group(1)))
             carry = window[-48:]
-            if b"[DONE]" in window and window.endswith(b"0\r\n\r\n"):
-                done = True
-                break
+        done = body_bytes.ended and b"[DONE]" in carry
     finally:
         writer.close()
     return {"ttfb_ns": ttfb, "latencies": latencies, "ok": status_ok and done and len(latencies) >= expect}
