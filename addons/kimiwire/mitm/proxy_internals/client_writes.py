@@ -4,7 +4,7 @@ waits in its `error` hook, and an early event-stream head while it waits for the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from types import MethodType
 from typing import Any
@@ -41,15 +41,10 @@ async def send_to_client(flow: http.HTTPFlow, chunks: list[bytes]) -> SendOutcom
     data = [chunk for chunk in chunks if chunk]  # an empty chunk would end a chunked body
     if not data:
         return SendOutcome(SendKind.NOTHING)
-    if not usable():
-        return SendOutcome(SendKind.REFUSED, "mitmproxy internals not usable")
-    if not flow.client_conn.state & ConnectionState.CAN_WRITE:
-        return SendOutcome(SendKind.GONE)
-    handler = handler_of(flow)
-    found = locate(handler, flow) if handler is not None else None
-    if found is None:
-        return SendOutcome(SendKind.GONE)
-    http_layer, stream_id = found
+    found = _writable_stream(flow, http1_only=False)
+    if isinstance(found, SendOutcome):
+        return found
+    handler, http_layer, stream_id = found
     outcome: list[SendOutcome] = []
 
     def body() -> Iterator[Any]:
@@ -65,10 +60,7 @@ async def send_to_client(flow: http.HTTPFlow, chunks: list[bytes]) -> SendOutcom
         for chunk in data:
             yield SendHttp(ResponseData(stream_id, chunk), flow.client_conn)
 
-    ran = await run_inside(handler, http_layer, body)
-    if outcome:
-        return outcome[0]
-    return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
+    return await _sent(handler, http_layer, body, outcome)
 
 
 async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
@@ -78,7 +70,7 @@ async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
     with `raw_sent` then only closes the connection."""
     if not data:
         return SendOutcome(SendKind.NOTHING)
-    found = _writable_http1_stream(flow)
+    found = _writable_stream(flow)
     if isinstance(found, SendOutcome):
         return found
     handler, http_layer, stream_id = found
@@ -99,10 +91,7 @@ async def send_raw_to_client(flow: http.HTTPFlow, data: bytes) -> SendOutcome:
         outcome.append(SendOutcome(SendKind.SENT))
         yield commands.SendData(flow.client_conn, data)
 
-    ran = await run_inside(handler, http_layer, body)
-    if outcome:
-        return outcome[0]
-    return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
+    return await _sent(handler, http_layer, body, outcome)
 
 
 async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
@@ -110,7 +99,7 @@ async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
     event-stream head now; the upstream's head, when it comes, does not reach the client (the body
     goes on in the chunks begun). Later chunks: `send_raw_to_client` until the upstream's head,
     mitmproxy's own ResponseData after it."""
-    found = _writable_http1_stream(flow)
+    found = _writable_stream(flow)
     if isinstance(found, SendOutcome):
         return found
     handler, http_layer, stream_id = found
@@ -137,16 +126,15 @@ async def send_early_head(flow: http.HTTPFlow) -> SendOutcome:
         outcome.append(SendOutcome(SendKind.SENT))
         yield commands.SendData(flow.client_conn, http1.assemble_response_head(head))
 
-    ran = await run_inside(handler, http_layer, body)
-    if outcome:
-        return outcome[0]
-    return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
+    return await _sent(handler, http_layer, body, outcome)
 
 
-def _writable_http1_stream(flow: http.HTTPFlow) -> tuple[Any, Any, int] | SendOutcome:
-    """The proxy handler, HTTP layer and stream id of an HTTP/1 client that can still be written to,
-    or why there is none (what a send then answers)."""
-    if not usable() or not flow.request.http_version.startswith("HTTP/1"):
+def _writable_stream(flow: http.HTTPFlow, http1_only: bool = True) -> tuple[Any, Any, int] | SendOutcome:
+    """The proxy handler, HTTP layer and stream id of a client that can still be written to (an
+    HTTP/1 client unless `http1_only` is off), or why there is none (what a send then answers)."""
+    if not usable():
+        return SendOutcome(SendKind.REFUSED, "mitmproxy internals not usable")
+    if http1_only and not flow.request.http_version.startswith("HTTP/1"):
         return SendOutcome(SendKind.REFUSED, "not an HTTP/1 client")
     if not flow.client_conn.state & ConnectionState.CAN_WRITE:
         return SendOutcome(SendKind.GONE)
@@ -156,3 +144,14 @@ def _writable_http1_stream(flow: http.HTTPFlow) -> tuple[Any, Any, int] | SendOu
         return SendOutcome(SendKind.GONE)
     http_layer, stream_id = found
     return handler, http_layer, stream_id
+
+
+async def _sent(
+    handler: Any, http_layer: Any, body: Callable[[], Iterator[Any]], outcome: list[SendOutcome]
+) -> SendOutcome:
+    """Run a send's `body` inside mitmproxy's HTTP layer: what the body decided, or GONE when it
+    could not run there (the connection went away first)."""
+    ran = await run_inside(handler, http_layer, body)
+    if outcome:
+        return outcome[0]
+    return SendOutcome(SendKind.GONE) if not ran else SendOutcome(SendKind.REFUSED, "no outcome")
