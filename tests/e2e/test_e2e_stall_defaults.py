@@ -94,34 +94,28 @@ def test_no_headers_at_all_is_retried_in_time_and_streamed(proxy, fault):
 
 def test_the_openai_sdk_reads_an_early_head_and_the_retry_after_it(proxy):
     """An upstream that sends no headers for the first attempt: the SDK's stream is clean."""
-    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
-    header = f"fault=silent:1, run={uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    with client:
-        stream = client.chat.completions.create(**request_body(), extra_headers={"x-kimi-sim": header})
-        arguments = "".join(
-            call.function.arguments or ""
-            for chunk in stream
-            for choice in chunk.choices
-            for call in choice.delta.tool_calls or []
-        )
-    assert arguments == '{"path":"/w/a.txt"}'
+    assert _sdk_streamed_arguments(proxy, "silent:1") == '{"path":"/w/a.txt"}'
     assert time.monotonic() - started < ANSWER_WITHIN
 
 
 def test_the_openai_sdk_takes_the_comments_in_its_stride(proxy):
     """The SDK (like openai-node and eventsource-parser) skips comment lines: no event, no error."""
+    assert _sdk_streamed_arguments(proxy, "headers-stall:1") == '{"path":"/w/a.txt"}'
+
+
+def _sdk_streamed_arguments(proxy, fault: str) -> str:
+    """The OpenAI SDK streams one request with the simulator's `fault`; the tool arguments it read."""
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
-    header = f"fault=headers-stall:1, run={uuid.uuid4().hex[:8]}"
+    header = f"fault={fault}, run={uuid.uuid4().hex[:8]}"
     with client:
         stream = client.chat.completions.create(**request_body(), extra_headers={"x-kimi-sim": header})
-        arguments = "".join(
+        return "".join(
             call.function.arguments or ""
             for chunk in stream
             for choice in chunk.choices
             for call in choice.delta.tool_calls or []
         )
-    assert arguments == '{"path":"/w/a.txt"}'
 
 
 def test_a_retry_waiting_for_its_own_prefill_keeps_the_client_hearing_comments(tmp_path):
