@@ -78,8 +78,20 @@ def end_to_end(repeat: int, quick: bool) -> dict[str, Any]:
                     )
                     results["runs"].append(merged)
         results["cpu_pairs"] = [
-            cpu_pairs(plain, addon, concurrency, events, quick, 1 if quick else max(3, PAIRS_PER_REPEAT * repeat))
-            for concurrency, events, _ in plans["fast"]
+            {
+                "mode": mode,
+                **cpu_pairs(
+                    plain,
+                    addon,
+                    concurrency,
+                    events,
+                    quick,
+                    1 if quick else max(3, PAIRS_PER_REPEAT * repeat),
+                    delay=delay,
+                ),
+            }
+            for mode, plan in plans.items()
+            for concurrency, events, delay in plan
         ]
         results["ttfb"] = {name: ttfb_samples(port, 10 if quick else 40) for name, (port, _) in paths.items()}
         results["rss"] = rss_growth(addon.port, addon.pid, 200 if quick else 1000)
@@ -98,21 +110,24 @@ def cpu_pairs(
     quick: bool,
     pairs: int,
     replay: str = "",
+    delay: float = 0.0,
 ) -> dict[str, Any]:
     """The headline: proxy CPU per event, kimiwire over plain mitmdump, with both proxies serving
-    the same fast streams at the same time, `pairs` times. Run one after the other, the two sides
+    the same streams (fast, or paced with `delay` seconds between events) at the same time, `pairs`
+    times; for paced streams also each pair's p99 event latency ratio. Run one after the other, the two sides
     of a pair saw different moments of this shared VM (plain mitmdump against itself varied
     0.84-1.21x that way); served together they see the same ones (0.75-1.23x per pair, the median
     of six 1.005-1.021x)."""
     procs = {"mitmdump": plain, "kimiwire": addon}
-    rounds = fast_rounds(concurrency, events, quick)
+    rounds = 1 if delay else fast_rounds(concurrency, events, quick)
 
     async def together() -> list[dict[str, Any]]:
         return await asyncio.gather(
-            *(run_streams(proc.port, concurrency, events, 0.0, rounds, replay) for proc in procs.values())
+            *(run_streams(proc.port, concurrency, events, delay, rounds, replay) for proc in procs.values())
         )
 
     ratios = []
+    p99_ratios = []
     errors = 0
     for _ in range(pairs):
         before = {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
@@ -124,12 +139,17 @@ def cpu_pairs(
         errors += sum(row["errors"] for row in rows.values())
         if per_event["kimiwire"] and per_event["mitmdump"]:
             ratios.append(per_event["kimiwire"] / per_event["mitmdump"])
+        p99 = {name: rows[name]["latency_ms_p99"] for name in procs}
+        if p99["kimiwire"] and p99["mitmdump"]:
+            p99_ratios.append(p99["kimiwire"] / p99["mitmdump"])
     return {
         "concurrency": concurrency,
         "events_per_stream": events,
         "rounds": rounds,
         "pairs": ratios,
         "ratio": statistics.median(ratios) if ratios else None,
+        "p99_pairs": p99_ratios,
+        "p99_ratio": statistics.median(p99_ratios) if p99_ratios else None,
         "errors": errors,
     }
 
@@ -240,19 +260,25 @@ def layout_rows(repeat: int, quick: bool) -> dict[str, Any]:
 def ratios(e2e: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     by = {(r["mode"], r["concurrency"], r["path"]): r for r in e2e["runs"]}
-    together = {pair["concurrency"]: pair for pair in e2e.get("cpu_pairs", [])}
+    together = {(pair.get("mode", "fast"), pair["concurrency"]): pair for pair in e2e.get("cpu_pairs", [])}
     for (mode, concurrency, path), row in by.items():
         if path != "kimiwire":
             continue
         base = by[(mode, concurrency, "mitmdump")]
         cpu_ratio = paired_ratio(row["cpu_per_event_runs"], base["cpu_per_event_runs"])
-        if mode == "fast" and concurrency in together:
-            cpu_ratio = together[concurrency]["ratio"]
+        pair = together.get((mode, concurrency))
+        if pair:
+            cpu_ratio = pair["ratio"]
         out.append(
             {
                 "mode": mode,
                 "concurrency": concurrency,
                 "latency_p50_ratio": row["latency_ms_p50"] / base["latency_ms_p50"],
+                "latency_p99_ratio": (
+                    pair["p99_ratio"]
+                    if pair and mode == "paced" and pair["p99_ratio"]
+                    else row["latency_ms_p99"] / base["latency_ms_p99"]
+                ),
                 "ttfb_added_ms": row["ttfb_ms_p50"] - base["ttfb_ms_p50"],
                 "throughput_ratio": row["events_per_s"] / base["events_per_s"],
                 "cpu_per_event_ratio": cpu_ratio,
@@ -278,6 +304,7 @@ def chaos_row(quick: bool) -> dict[str, Any]:
         report = asyncio.run(chaos.run(proxy.url, seed, range(requests), concurrency))
         rss = rss_bytes(proxy.pid)
     return {**report.summary(), "seconds": time.monotonic() - started, "rss_mb": rss / 2**20}
+
 
 def loop_gaps_row(repeat: int, quick: bool) -> dict[str, Any]:
     """A paced stream's gaps next to one heavy request at a time; per load the median p50 and p99 over

@@ -334,7 +334,10 @@ def test_bench_runs_end_to_end_without_errors(tmp_path):
     memory = report["core"]["memory"]
     assert memory["most_held_with_20mb_argument"] <= memory["limit_bytes"] and memory["bypassed_past_limit"]
     assert "| kimiwire vs plain mitmdump" in done.stdout
-    assert all(r["cpu_per_event_ratio"] > 0 for r in report["e2e"]["ratios"])
+    assert all(r["cpu_per_event_ratio"] > 0 and r["latency_p99_ratio"] > 0 for r in report["e2e"]["ratios"])
+    # paced rows are paired too: both proxies serve the same paced streams at once, CPU and p99 per pair
+    paced = [p for p in report["e2e"]["cpu_pairs"] if p["mode"] == "paced"]
+    assert paced and all(p["ratio"] and p["p99_ratio"] for p in paced)
     layouts = report["e2e"]["layouts"]  # real servers' bytes, replayed by the simulator
     assert set(layouts["e2e"]) == {"vllm-0.10.2", "vllm-0.13.0", "vllm-0.20.0", "vllm-0.34.0"} | {
         "sglang-0.5.5",
