@@ -88,6 +88,11 @@ class FlowRecorder:
             flow.marked = MARKER
         flow.comment = " ".join(["kimiwire:", *words, *(f"error in {where}" for where in state.failed_in)])
 
+    def flag(self, state: FlowState, flag: str) -> None:
+        """A fact about how kimiwire handled the flow, in its record's flags and its comment."""
+        state.record.add_flag(flag)
+        self.describe(state)
+
     def error(self, flow: http.HTTPFlow, where: str, exc: BaseException) -> None:
         logger.exception(
             "kimiwire: %s failed on %s; the flow passes through unrepaired", where, url_for_log(flow.request.url)

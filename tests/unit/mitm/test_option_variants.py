@@ -6,14 +6,17 @@ tests/e2e/test_captures.py."""
 
 import asyncio
 import gzip
+import threading
 
 import orjson
 import pytest
+from kimiwire.mitm import large_capture, request_worker
 from kimiwire.mitm.addon import KimiWire
+from kimiwire.mitm.request_worker import PROCESS_BYTES, WORKER_PROCESS_FLAG
 from mitmproxy import http
 from mitmproxy.test import taddons, tutils
 
-from tests.support.conversations import user
+from tests.support.conversations import assistant, body, call, tool, user
 from tests.support.endings import REQUEST
 from tests.support.in_process import chat_flow, run_request_hook
 
@@ -64,3 +67,58 @@ def test_captures_off_when_the_option_is_empty(tmp_path, monkeypatch, capture_di
     else:
         assert not captured and not (tmp_path / "captures").exists()
     kw.request_worker.close()
+
+
+@pytest.mark.parametrize("worker_processes", [True, False])
+def test_worker_processes_is_an_option_and_a_flow_repaired_in_one_says_so(tmp_path, monkeypatch, worker_processes):
+    """kimi_worker_processes=false repairs and redacts the largest bodies in the proxy's process (its
+    thread), where the calls below are seen; on (the default) they go to worker processes, which do
+    not see this process's patches, and the flow is flagged and commented."""
+    repaired_here: list[str] = []
+    repair = request_worker.repair_request_body
+
+    def recording_repair(*args):
+        repaired_here.append(threading.current_thread().name)
+        return repair(*args)
+
+    redacted_here: list[int] = []
+    json_body = large_capture.Redactor.json_body
+
+    def recording_redaction(self, content):
+        redacted_here.append(len(content))
+        return json_body(self, content)
+
+    monkeypatch.setattr(request_worker, "repair_request_body", recording_repair)
+    monkeypatch.setattr(large_capture.Redactor, "json_body", recording_redaction)
+    messages = [user()]
+    for i in range(PROCESS_BYTES // 1000 + 1):
+        messages += [assistant(call(f"functionsread{i}", "read")), tool(f"functionsread{i}", "x" * 900)]
+    content = orjson.dumps(body(messages))
+    kw = KimiWire()
+    with taddons.context(kw) as tctx:
+        tctx.configure(kw, kimi_capture_dir=str(tmp_path), kimi_worker_processes=worker_processes)
+        flow = chat_flow(content)
+
+        async def exchange() -> None:
+            await kw.request(flow)
+            flow.response = tutils.tresp(
+                content=b'{"choices": []}', headers=http.Headers(content_type="application/json")
+            )
+            kw.response(flow)
+            await asyncio.wait(set(kw.capture_tasks))
+
+        try:
+            asyncio.run(exchange())
+            kw.done()
+        finally:
+            kw.request_worker.close()
+    assert orjson.loads(flow.request.content)["messages"][1]["tool_calls"][0]["id"] == "functions.read:0"
+    record = flow.metadata["kimiwire"]
+    large_redactions = [size for size in redacted_here if size >= PROCESS_BYTES]
+    if worker_processes:
+        assert repaired_here == [] and large_redactions == []
+        assert WORKER_PROCESS_FLAG in record["flags"] and WORKER_PROCESS_FLAG in flow.comment.split()
+        assert flow.marked
+    else:
+        assert repaired_here == ["kimiwire-request-repair_0"] and len(large_redactions) == 2
+        assert WORKER_PROCESS_FLAG not in record.get("flags", []) and WORKER_PROCESS_FLAG not in flow.comment
