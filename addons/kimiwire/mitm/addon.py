@@ -157,6 +157,7 @@ class KimiWire:
         self.json_errors = settings.json_errors
         self.error_names_upstream = settings.error_names_upstream
         self.shutdown_grace = settings.shutdown_grace
+        self.request_worker.use_processes(settings.worker_processes)
         if updated & _POLICY_OPTION_NAMES:
             self._fallback_policies = None
             self.policies = PolicyCache(settings.flavor, **settings.policy_options())

@@ -16,7 +16,7 @@ from mitmproxy import http
 
 from kimiwire.mitm import large_capture
 from kimiwire.mitm.capture import CaptureFile, saved_state
-from kimiwire.mitm.flow_endings import CUT_SHORT, RETRY_ENDINGS, kind_of
+from kimiwire.mitm.flow_endings import CUT_SHORT, RETRY_ENDINGS, FlowEnding, kind_of
 from kimiwire.mitm.flow_notes import ERROR_MARKER, MARKER, gave_up, retry_words
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs
@@ -36,13 +36,12 @@ class FlowRecorder:
     def __init__(self, kw: KimiWire) -> None:
         self.kw = kw
 
-    def ending(self, state: FlowState, how: str) -> None:
+    def ending(self, state: FlowState, how: FlowEnding, detail: str = "") -> None:
         """Record how the flow ended (the first call wins); kimi.stats counts it once, when the flow is over.
-        `how`: a FlowEnding, or one with its detail (`FlowEnding.detailed`)."""
-        if state.record.set_ending(how):
-            kind = kind_of(how)
-            if kind in CUT_SHORT or kind in RETRY_ENDINGS:  # findable: ~marked, ~comment ended, ~comment retr
-                self.describe(state)
+        `detail`, when given, follows the ending's name in the record (`FlowEnding.detailed`)."""
+        recorded = state.record.set_ending(how.detailed(detail) if detail else how)
+        if recorded and (how in CUT_SHORT or how in RETRY_ENDINGS):  # findable: ~marked, ~comment ended, ~comment retr
+            self.describe(state)
 
     def count_ending(self, state: FlowState) -> None:
         """One ending per chat flow in kimi.stats: the one its record keeps (a retry may replace the
@@ -87,6 +86,11 @@ class FlowRecorder:
         elif not flow.marked:
             flow.marked = MARKER
         flow.comment = " ".join(["kimiwire:", *words, *(f"error in {where}" for where in state.failed_in)])
+
+    def flag(self, state: FlowState, flag: str) -> None:
+        """A fact about how kimiwire handled the flow, in its record's flags and its comment."""
+        state.record.add_flag(flag)
+        self.describe(state)
 
     def error(self, flow: http.HTTPFlow, where: str, exc: BaseException) -> None:
         logger.exception(

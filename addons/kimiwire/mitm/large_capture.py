@@ -5,8 +5,8 @@ the GIL for a whole document, and the streams on the loop wait for it. Bodies fr
 are redacted in a worker process of their own (bytes there, None back when nothing was secret, which is nearly
 always); the flow's state is then built with those answers and encoded (tnetstring, pure Python that
 lets the GIL go every switch interval) in the worker thread. The record is appended on the loop, as
-every other. When the worker process fails, the thread redacts those bodies itself: the record is
-whole either way.
+every other. When the worker process fails, or kimi_worker_processes is off, the thread redacts those
+bodies itself: the record is whole either way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from mitmproxy import http
 
 from kimiwire.mitm.capture import saved_state
-from kimiwire.mitm.request_worker import PROCESS_BYTES, Raised, RequestWorker
+from kimiwire.mitm.request_worker import Raised, RequestWorker
 from kimiwire.wire.capture.redaction import KnownRedactions, Redactor, redacted_bodies
 from kimiwire.wire.codecs import tnetstring
 
@@ -36,7 +36,7 @@ async def encoded_record(
     bodies: list[bytes] = []
     answers: list[bytes | None] = []
     for body in _redacted_bodies_of(flow, client_request):
-        if len(body) < PROCESS_BYTES or not worker.captures.works:
+        if not worker.captures_in_process(len(body)):
             continue
         # One body per call: pickling the call for the worker holds the GIL while it copies.
         answer = await worker.captures.run(redacted_bodies, redactor, [body])

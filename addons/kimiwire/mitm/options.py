@@ -260,6 +260,16 @@ OPTIONS: tuple[Option, ...] = (
         Feeds.PROXY,
     ),
     Option(
+        "kimi_worker_processes",
+        bool,
+        True,
+        "Repair request bodies from 2 MiB up, and redact them for the capture, in two worker processes "
+        "(started at first use, ended after a minute idle), so other streams keep their pace meanwhile; "
+        "false does it in the proxy's own process, for environments that forbid spawning processes or "
+        "where memory is tight (a worker keeps what a large body's parse grew it to until it exits).",
+        Feeds.PROXY,
+    ),
+    Option(
         "kimi_retry_budget",
         str,
         "200",
@@ -436,6 +446,7 @@ class Settings:
     retry_on: str
     retries: int
     gc_freeze: bool
+    worker_processes: bool
     retry_budget: float
     retry_backoff: float
     retry_stream: bool

@@ -17,7 +17,7 @@ from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.mitm.flow_notes import ERROR_MARKER
 from kimiwire.mitm.flow_state import FlowState, loop_running
 from kimiwire.mitm.headers import append_header, read_headers, set_header
-from kimiwire.mitm.request_worker import OFFLOAD_BYTES, Raised, RecordedRepairs
+from kimiwire.mitm.request_worker import OFFLOAD_BYTES, WORKER_PROCESS_FLAG, Raised, RecordedRepairs
 from kimiwire.wire import chat_exchanges
 from kimiwire.wire.capture import replay_credentials
 from kimiwire.wire.capture.redaction import carries_placeholder, url_for_log
@@ -111,11 +111,15 @@ class RequestSide:
         self._start_first_byte_timer(state)
         if not raw:
             return
-        done = await self.kw.request_worker.repair(raw, state.policy or self.kw.policy_for(state.flow))
+        worker = self.kw.request_worker
+        in_process = worker.repairs_in_process(len(raw))  # (what `repair` decides: no await between them)
+        done = await worker.repair(raw, state.policy or self.kw.policy_for(state.flow))
         if isinstance(done, Raised):
             self.kw.recorder.error(state.flow, "request repair", done.error)
             return
         try:
+            if in_process:
+                self.kw.recorder.flag(state, WORKER_PROCESS_FLAG)
             self._apply_request_repair(state, *done)
         except Exception as exc:
             self.kw.recorder.error(state.flow, "request repair", exc)

@@ -18,8 +18,9 @@ as in the thread (on two cores more would take the event loop's core), started a
 body; a second one redacts large captures (mitm/large_capture.py). A worker that dies or a call that
 raises costs the repair only (Raised), and the next body gets a fresh pool. Where worker processes
 fail one pool after another without one answer (an interpreter that cannot spawn itself, such as a
-frozen mitmdump), the large bodies go back to the thread. Smaller bodies stay in the thread: a
-process hop costs copies.
+frozen mitmdump), the large bodies go back to the thread, as they do when kimi_worker_processes is
+off. Smaller bodies stay in the thread: a process hop costs copies. A flow whose request was repaired
+in the worker process carries WORKER_PROCESS_FLAG.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ _ENTRIES_PER_PIECE = 2000
 # A worker process idle this long exits: parsing a large body leaves its interpreter holding the
 # memory it grew to, which only ending the process gives back; the next large body starts another.
 IDLE_WORKER_SECONDS = 60.0
+# The flag (mitm/flow_record.py) and comment word of a flow whose request was repaired in the worker process.
+WORKER_PROCESS_FLAG = "request_in_worker_process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +202,27 @@ class RequestWorker:
         # history again with every turn).
         self.repairs = ProcessLane()
         self.captures = ProcessLane(CAPTURE_NICENESS)
+        self._use_processes = True  # kimi_worker_processes
+
+    def use_processes(self, allowed: bool) -> None:
+        """kimi_worker_processes: false keeps every body in this process (the thread), and ends the
+        worker processes started already."""
+        self._use_processes = allowed
+        if not allowed:
+            self.repairs.close()
+            self.captures.close()
+
+    def repairs_in_process(self, size: int) -> bool:
+        """A body of `size` bytes is repaired in the worker process (`repair`), not in the thread."""
+        return size >= PROCESS_BYTES and self.processes_work
+
+    def captures_in_process(self, size: int) -> bool:
+        """A body of `size` bytes is redacted for the capture in its worker process (mitm/large_capture.py)."""
+        return size >= PROCESS_BYTES and self._use_processes and self.captures.works
 
     async def repair(self, raw: bytes, policy: Policy) -> tuple[RequestRepairResult, RecordedRepairs] | Raised:
         """`raw` repaired off the loop: in the thread, or in a worker process from PROCESS_BYTES."""
-        if len(raw) < PROCESS_BYTES or not self.processes_work:
+        if not self.repairs_in_process(len(raw)):
             return await self.run(repair_and_record, raw, policy)
         done = await self.in_process(repair_elsewhere, raw, policy)
         if isinstance(done, Raised):
@@ -215,7 +235,7 @@ class RequestWorker:
 
     @property
     def processes_work(self) -> bool:
-        return self.repairs.works
+        return self._use_processes and self.repairs.works
 
     async def run(self, call: Callable[..., T], *args: Any) -> T | Raised:
         """`call(*args)` in the worker thread: its result, or what it raised (as Raised)."""

@@ -178,7 +178,7 @@ class ResponseSide:
 
         outcome = await proxy_internals.end_stream(flow, before_end)
         if outcome.kind is EndKind.CLOSED:
-            self.kw.recorder.ending(state, str(outcome))
+            self.kw.recorder.ending(state, FlowEnding.CLOSED, outcome.detail)
             state.record.add_error(f"stream could not be ended cleanly: {outcome.detail}")
         logger.info(
             "kimiwire: %s %s ended by the proxy (%s): %s",

@@ -1,6 +1,7 @@
 """The typed flow record writes what captures, scripts and tests read from `flow.metadata["kimiwire"]`,
 and a retry's outcome names the flow's ending as the record keeps it."""
 
+from kimiwire.mitm.addon import KimiWire
 from kimiwire.mitm.flow_endings import CUT_SHORT, FlowEnding, kind_of
 from kimiwire.mitm.flow_notes import gave_up, retry_words
 from kimiwire.mitm.flow_record import METADATA_KEY, FlowRecord
@@ -55,3 +56,15 @@ def test_attempts_and_answer_repairs_are_read_by_the_flow_notes():
     assert record.repairs == [{"kind": "ids.call", "phase": "response", "attempt": 2}]
     record.replace_ending(ANSWERED.ending)
     assert retry_words(record.data) == ["retried=1", "why=empty"]
+
+
+def test_the_recorder_writes_a_typed_ending_with_its_detail_and_marks_a_cut_short_one():
+    kw = KimiWire()
+    closed = kw.flows.start(tflow.tflow())
+    kw.recorder.ending(closed, FlowEnding.CLOSED, "mitmproxy internals not usable")
+    kw.recorder.ending(closed, FlowEnding.UPSTREAM_ERROR)  # the first ending wins
+    assert closed.record.ending == "closed:mitmproxy internals not usable"
+    assert closed.flow.marked and closed.flow.comment == "kimiwire: ended=closed"
+    natural = kw.flows.start(tflow.tflow())
+    kw.recorder.ending(natural, FlowEnding.NATURAL)
+    assert natural.record.ending == "natural" and not natural.flow.marked and not natural.flow.comment
