@@ -43,39 +43,39 @@ def scan_messages(messages: list[Any]) -> MessageScan:
     pass says the rule may act, and the rule decides."""
     developer = hygiene = renames = out_of_place = False
     count = 0
-    call_ids: list[str] = []  # every id of a call or a result, for the facts' next call index
+    # The string ids of the calls, and of the results, in order: for the facts' next call index, and
+    # (with each block's count of results) the results' order.
+    call_ids: list[str] = []
+    result_ids: list[str] = []
     names: dict[str, None] = {}  # the names the assistant messages call, in order
-    expected: list[Any] = []  # the ids of the open tool-call message's calls
-    answered = 0  # how many of them the results after it answered, in order
-    calls_at = -1  # the index of the open tool-call message
-    index = -1
+    pending = 0  # the results the open tool-call message still waits for
+    open_calls: Any = None  # that message
     for message in messages:
-        index += 1
         if type(message) is not dict:
             return EVERY_RULE
         role = message.get("role")
+        calls = message.get("tool_calls")
         if role == "tool":
             answer_id = message.get("tool_call_id")
             if type(answer_id) is str:
-                call_ids.append(answer_id)
-            if answered < len(expected) and answer_id == expected[answered]:
-                answered += 1
+                result_ids.append(answer_id)
             else:
                 out_of_place = True
-            if message.get("tool_calls"):
+            if pending:
+                pending -= 1
+            else:  # no call left to answer: a result out of place (or an orphan)
+                out_of_place = True
+            if calls:
                 return EVERY_RULE
         else:
-            if answered != len(expected):
+            if pending:  # a block whose results are cut short (or come after this message)
                 out_of_place = True
-                expected, answered = [], 0
-            elif expected:
-                expected, answered = [], 0
-            calls = message.get("tool_calls")
             if calls:
                 if role != "assistant" or type(calls) is not list:
                     return EVERY_RULE
                 count += len(calls)
-                calls_at = index
+                pending = len(calls)
+                open_calls = message
                 for call in calls:
                     if type(call) is not dict:
                         return EVERY_RULE
@@ -84,7 +84,6 @@ def scan_messages(messages: list[Any]) -> MessageScan:
                         call_ids.append(call_id)
                     else:
                         out_of_place = True
-                    expected.append(call_id)
                     function = call.get("function")
                     name = function.get("name") if type(function) is dict else None
                     if type(name) is str:
@@ -94,34 +93,42 @@ def scan_messages(messages: list[Any]) -> MessageScan:
                             renames = True  # an empty name, which Moonshot refuses
                     elif isinstance(name, str):  # a str subclass: the rules read it themselves
                         return EVERY_RULE
-            elif role == "developer":
-                developer = True
+            else:
+                pending = 0
+                if role == "developer":
+                    developer = True
         if hygiene:
             continue
+        # The hygiene drops an assistant message without calls whose content is empty, and takes
+        # empty text parts out of any message's list of parts; other content it leaves alone.
         content = message.get("content")
-        if type(content) is str:
-            if not content or content[0].isspace():
-                hygiene = True  # maybe blank: the hygiene decides
-        elif type(content) is list:
-            if role == "assistant" and not message.get("tool_calls"):
+        if type(content) is list:
+            if role == "assistant" and not calls:
                 hygiene = True  # maybe a message of empty parts only: the hygiene decides
                 continue
             for part in content:
-                if type(part) is not dict:
-                    if isinstance(part, dict):
-                        hygiene = True
-                elif part.get("type") == "text":
-                    text = part.get("text")
-                    if type(text) is not str or not text or text[0].isspace():
-                        hygiene = True  # maybe blank: the hygiene decides
-        elif content is None:
-            hygiene = role == "assistant" and not message.get("tool_calls")
+                if type(part) is dict:
+                    if part.get("type") == "text":
+                        text = part.get("text")
+                        if type(text) is not str or not text or text[0].isspace():
+                            hygiene = True  # maybe blank: the hygiene decides
+                elif isinstance(part, dict):  # (decoded JSON holds plain dicts only)
+                    hygiene = True
+        elif role == "assistant" and not calls:
+            if content is None or (isinstance(content, str) and (not content or content[0].isspace())):
+                hygiene = True  # maybe blank: the hygiene decides
+            elif isinstance(content, list):
+                hygiene = True
+    answered_ids = call_ids
+    if pending:
+        if messages[-1] is open_calls:  # a trailing call-only message is a turn still open
+            answered_ids = call_ids[: len(call_ids) - pending]
         else:
-            hygiene = True
-    if answered != len(expected) and calls_at != len(messages) - 1:  # (a trailing call-only turn is open)
+            out_of_place = True
+    if answered_ids != result_ids:
         out_of_place = True
     renames = renames or not all(map(acceptable_name, names))
-    history = (max(count, _highest_index(call_ids) + 1), list(names))
+    history = (max(count, _highest_index(call_ids + result_ids) + 1), list(names))
     return MessageScan(developer, hygiene, renames, out_of_place, history)
 
 

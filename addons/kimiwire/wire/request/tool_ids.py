@@ -137,18 +137,6 @@ def _resolve(block: _Block, answer_id: Any, position: int) -> tuple[int | None, 
     return first_open, "position"
 
 
-def _first_open_exact(block: _Block, answer_id: Any) -> tuple[int | None, str]:
-    """`_resolve`'s first rule (the first open call with this very id) at C speed, for a string id
-    (`list.index` also matches by identity, which `==` does not for a NaN)."""
-    if type(answer_id) is not str:
-        return None, ""
-    try:
-        i = block.old_ids.index(answer_id)
-    except ValueError:
-        return None, ""
-    return (None, "") if block.answered[i] else (i, "exact")
-
-
 def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
     """Rewrite assistant tool-call ids and `tool_call_id`s in place, recording each change."""
     k = 0
@@ -185,7 +173,18 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
         elif role == "tool":
             answer_id = message.get("tool_call_id")
             current = block or _NO_CALLS
-            found, how = _first_open_exact(current, answer_id)
+            found: int | None = None
+            how: Resolution = "exact"
+            # `_resolve`'s first rule (the first open call with this very id) at C speed, for a string
+            # id (`list.index` also matches by identity, which `==` does not for a NaN)
+            if type(answer_id) is str:
+                try:
+                    first = current.old_ids.index(answer_id)
+                except ValueError:
+                    pass
+                else:
+                    if not current.answered[first]:
+                        found = first
             if found is None:
                 found, how = _resolve(current, answer_id, position)
             position += 1
