@@ -156,6 +156,16 @@ def check(messages: list[Any], policy: Policy, model: str, tools: list[Any]) -> 
     MODELS[0],
     TOOLS[0],
 )
+@example(  # a result naming another id: with ids kept as sent, its call gets a placeholder
+    [
+        {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "read"}}]},
+        {"role": "tool", "tool_call_id": "b"},
+        {"role": "assistant", "content": "done"},
+    ],
+    POLICIES[1],
+    MODELS[0],
+    TOOLS[0],
+)
 @example([{"role": "assistant", "content": []}], POLICIES[0], MODELS[0], TOOLS[0])
 @example([{"role": "tool", "content": [{"type": "text", "text": " "}]}], POLICIES[0], MODELS[0], TOOLS[0])
 def test_the_scan_gives_what_every_rule_gives(

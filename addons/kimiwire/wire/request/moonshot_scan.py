@@ -50,11 +50,12 @@ def scan_messages(messages: list[Any]) -> MessageScan:
     names: dict[str, None] = {}  # the names the assistant messages call, in order
     pending = 0  # the results the open tool-call message still waits for
     open_calls: Any = None  # that message
+    # The hygiene drops an assistant message without calls whose content is empty, and takes empty
+    # text parts out of any message's list of parts; other content it leaves alone.
     for message in messages:
         if type(message) is not dict:
             return EVERY_RULE
         role = message.get("role")
-        calls = message.get("tool_calls")
         if role == "tool":
             answer_id = message.get("tool_call_id")
             if type(answer_id) is str:
@@ -65,60 +66,54 @@ def scan_messages(messages: list[Any]) -> MessageScan:
                 pending -= 1
             else:  # no call left to answer: a result out of place (or an orphan)
                 out_of_place = True
-            if calls:
+            if message.get("tool_calls"):
                 return EVERY_RULE
-        else:
-            if pending:  # a block whose results are cut short (or come after this message)
-                out_of_place = True
-            if calls:
-                if role != "assistant" or type(calls) is not list:
-                    return EVERY_RULE
-                count += len(calls)
-                pending = len(calls)
-                open_calls = message
-                for call in calls:
-                    if type(call) is not dict:
-                        return EVERY_RULE
-                    call_id = call.get("id")
-                    if type(call_id) is str:
-                        call_ids.append(call_id)
-                    else:
-                        out_of_place = True
-                    function = call.get("function")
-                    name = function.get("name") if type(function) is dict else None
-                    if type(name) is str:
-                        if name:
-                            names[name] = None
-                        else:
-                            renames = True  # an empty name, which Moonshot refuses
-                    elif isinstance(name, str):  # a str subclass: the rules read it themselves
-                        return EVERY_RULE
-            else:
-                pending = 0
-                if role == "developer":
-                    developer = True
-        if hygiene:
+            if not hygiene and isinstance(message.get("content"), list):
+                hygiene = _may_hold_a_blank_part(message["content"])
             continue
-        # The hygiene drops an assistant message without calls whose content is empty, and takes
-        # empty text parts out of any message's list of parts; other content it leaves alone.
+        if pending:  # a block whose results are cut short (or come after this message)
+            out_of_place = True
+        calls = message.get("tool_calls")
+        if calls:
+            if role != "assistant" or type(calls) is not list:
+                return EVERY_RULE
+            count += len(calls)
+            pending = len(calls)
+            open_calls = message
+            for call in calls:
+                if type(call) is not dict:
+                    return EVERY_RULE
+                call_id = call.get("id")
+                if type(call_id) is str:
+                    call_ids.append(call_id)
+                else:
+                    out_of_place = True
+                function = call.get("function")
+                name = function.get("name") if type(function) is dict else None
+                if type(name) is str:
+                    if name:
+                        names[name] = None
+                    else:
+                        renames = True  # an empty name, which Moonshot refuses
+                elif isinstance(name, str):  # a str subclass: the rules read it themselves
+                    return EVERY_RULE
+            if not hygiene and isinstance(message.get("content"), list):
+                hygiene = _may_hold_a_blank_part(message["content"])
+            continue
+        pending = 0
+        if hygiene:
+            developer = developer or role == "developer"
+            continue
         content = message.get("content")
-        if type(content) is list:
-            if role == "assistant" and not calls:
-                hygiene = True  # maybe a message of empty parts only: the hygiene decides
-                continue
-            for part in content:
-                if type(part) is dict:
-                    if part.get("type") == "text":
-                        text = part.get("text")
-                        if type(text) is not str or not text or text[0].isspace():
-                            hygiene = True  # maybe blank: the hygiene decides
-                elif isinstance(part, dict):  # (decoded JSON holds plain dicts only)
-                    hygiene = True
-        elif role == "assistant" and not calls:
-            if content is None or (isinstance(content, str) and (not content or content[0].isspace())):
-                hygiene = True  # maybe blank: the hygiene decides
-            elif isinstance(content, list):
-                hygiene = True
+        if role == "assistant":  # without calls: dropped when its content is empty
+            if type(content) is str:
+                hygiene = not content or content[0].isspace()  # maybe blank: the hygiene decides
+            else:
+                hygiene = content is None or isinstance(content, list)
+        else:
+            developer = developer or role == "developer"
+            if isinstance(content, list):
+                hygiene = _may_hold_a_blank_part(content)
     answered_ids = call_ids
     if pending:
         if messages[-1] is open_calls:  # a trailing call-only message is a turn still open
@@ -128,8 +123,24 @@ def scan_messages(messages: list[Any]) -> MessageScan:
     if answered_ids != result_ids:
         out_of_place = True
     renames = renames or not all(map(acceptable_name, names))
-    history = (max(count, _highest_index(call_ids + result_ids) + 1), list(names))
+    # (results in place name exactly the calls' ids: their highest index is the calls')
+    ids = call_ids if not out_of_place else call_ids + result_ids
+    history = (max(count, _highest_index(ids) + 1), list(names))
     return MessageScan(developer, hygiene, renames, out_of_place, history)
+
+
+def _may_hold_a_blank_part(parts: list[Any]) -> bool:
+    """Whether a list of parts may hold a text part the hygiene takes out (text that is not a plain
+    string starting with a non-space character may be blank: the hygiene decides)."""
+    for part in parts:
+        if type(part) is dict:
+            if part.get("type") == "text":
+                text = part.get("text")
+                if type(text) is not str or not text or text[0].isspace():
+                    return True
+        elif isinstance(part, dict):  # (decoded JSON holds plain dicts only)
+            return True
+    return False
 
 
 def acceptable_name(name: str) -> bool:
