@@ -1,8 +1,10 @@
 """Which step of request repair costs what on the benchmark's 1 MB agent history (scripts/bench_core.py).
 
-Each step of `repair_request_body` is wrapped with a thread-CPU timer; the totals are medians over
-rounds, the floor (orjson loads+dumps) and both policies measured in the same rounds, so their
-ratios hold on a shared machine. Run: `.venv/bin/python scripts/profile_request_repair.py [ROUNDS]`.
+First the bench's own rows (thread-CPU medians; the floor, orjson loads+dumps, and both policies
+in the same rounds, so their ratios hold on a shared machine), then each step of
+`repair_request_body` wrapped with a thread-CPU timer, as a median and in floors (a wrapper costs
+about a microsecond: read the small steps as upper bounds). Steps a policy skips do not show.
+Run: `.venv/bin/python scripts/profile_request_repair.py [ROUNDS]` (30 by default).
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ _REPAIR_STEPS = (
     "repair_history_arguments",
     "tool_results_in_place",
     "translate_thinking_fields",
-    "moonshot_passes",
 )
 
 
