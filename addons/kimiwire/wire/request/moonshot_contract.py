@@ -184,7 +184,7 @@ def contract_for(model: Any) -> ModelContract | None:
         return None
     if len(model) > _REMEMBERED_NAME_MAX:
         return _first_match(model)
-    return _remembered_match(str(model))
+    return _remembered_match(model)
 
 
 def _first_match(model: str) -> ModelContract | None:

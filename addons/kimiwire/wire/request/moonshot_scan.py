@@ -6,6 +6,9 @@ find nothing to do. This pass reads each message once, before any of them runs, 
 rule whether it can act: a rule that cannot is skipped, which gives the same body and records as
 running it. Whatever the pass does not recognise (a message that is not an object, `tool_calls`
 that is not a list of objects, a name Moonshot refuses) leaves the rule to run as before.
+
+Why Moonshot needs each rule is cited where the rule is defined: `compat.RULES` (the developer
+role), `history.moonshot_hygiene`, `moonshot_contract.TOOL_NAME`, `moonshot_rules.tool_results_in_place`.
 """
 
 from __future__ import annotations
