@@ -13,10 +13,17 @@ import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from kimiwire.wire.codecs import json_codec
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.request import repair as repair_module
 from kimiwire.wire.request.history import moonshot_hygiene
 from kimiwire.wire.request.moonshot_rules import INTERRUPTED_RESULT, tool_results_in_place
+from kimiwire.wire.request.reasoning import (
+    MOONSHOT_REASONING_PLACEHOLDER,
+    _keep_under,
+    apply_reasoning_policy,
+    current_loop_start,
+)
 from kimiwire.wire.request.repair import repair_request_body
 from kimiwire.wire.request.tool_ids import (
     _NO_CALLS,
@@ -362,3 +369,56 @@ def test_moonshot_hygiene_equals_the_reference(messages: list[Any], more: list[A
     messages = messages + more
     fast = outcome(moonshot_hygiene, copy.deepcopy(messages))
     assert fast == outcome(reference_moonshot_hygiene, copy.deepcopy(messages))
+
+
+def reference_apply_reasoning_policy(
+    messages: list[Any], mode: str, log: RepairLog, placeholder_for_tool_calls: bool, key: str
+) -> None:
+    if mode == "keep" and key == REASONING_KEYS[0] and not placeholder_for_tool_calls:
+        return
+    loop_start = current_loop_start(messages) if mode == "loop" else 0 if mode == "keep" else len(messages)
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        if index < loop_start and not (placeholder_for_tool_calls and message.get("tool_calls")):
+            for other in REASONING_KEYS:
+                if other in message:
+                    log.add("reasoning.stripped", index, {other: message.pop(other)}, None)
+            continue
+        _keep_under(key, message, index, log)
+        if placeholder_for_tool_calls and message.get("tool_calls"):
+            value = message.get(key)
+            if not isinstance(value, str) or not value:
+                message[key] = MOONSHOT_REASONING_PLACEHOLDER
+                log.add("reasoning.placeholder", index, value, MOONSHOT_REASONING_PLACEHOLDER)
+
+
+reasoning_values = st.sampled_from(["", "r", None, 3])
+
+
+@st.composite
+def reasoning_histories(draw: Any) -> list[Any]:
+    messages = draw(histories())
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            for key in ("reasoning_content", "reasoning", "reasoning_text"):
+                if draw(st.integers(0, 2)) == 0:
+                    message[key] = draw(reasoning_values)
+    return messages
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    reasoning_histories(),
+    st.sampled_from(["strip", "loop", "keep"]),
+    st.booleans(),
+    st.sampled_from(["reasoning_content", "reasoning"]),
+)
+def test_reasoning_policy_equals_the_reference(messages: list[Any], mode: Any, placeholder: bool, key: str) -> None:
+    def fast(m: list[Any], log: RepairLog) -> None:
+        apply_reasoning_policy(m, mode, log, placeholder_for_tool_calls=placeholder, key=key)
+
+    def plain(m: list[Any], log: RepairLog) -> None:
+        reference_apply_reasoning_policy(m, mode, log, placeholder, key)
+
+    assert outcome(fast, copy.deepcopy(messages)) == outcome(plain, copy.deepcopy(messages))

@@ -7,6 +7,7 @@ them in `{"error": {"message": ..., "type": "invalid_request_error"}}` with HTTP
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -181,10 +182,22 @@ def contract_for(model: Any) -> ModelContract | None:
     """The row whose pattern the model name matches first, or None for a model not in the table."""
     if not isinstance(model, str):
         return None
+    if len(model) > _REMEMBERED_NAME_MAX:
+        return _first_match(model)
+    return _remembered_match(model)
+
+
+def _first_match(model: str) -> ModelContract | None:
     for contract in CONTRACTS:
         if contract.pattern.search(model):
             return contract
     return None
+
+
+# A request asks several rules about its model: each name's answer is kept (a few names in practice;
+# the bounds keep the store small for any input).
+_REMEMBERED_NAME_MAX = 256
+_remembered_match = functools.lru_cache(maxsize=256)(_first_match)
 
 
 # How an OpenAI `reasoning_effort` value maps onto a family's effort values when it lacks it:

@@ -29,13 +29,6 @@ def current_loop_start(messages: list[Any]) -> int:
     return 0
 
 
-def _strip(message: dict[str, Any], index: int, log: RepairLog) -> None:
-    for key in REASONING_KEYS:
-        if key in message:
-            value = message.pop(key)
-            log.add("reasoning.stripped", index, {key: value}, None)
-
-
 def _keep_under(key: str, message: dict[str, Any], index: int, log: RepairLog) -> None:
     kept = message.get(key)
     for other in REASONING_KEYS:
@@ -63,14 +56,19 @@ def apply_reasoning_policy(
     if mode == "keep" and key == REASONING_KEYS[0] and not placeholder_for_tool_calls:
         return
     loop_start = current_loop_start(messages) if mode == "loop" else 0 if mode == "keep" else len(messages)
+    others = tuple(other for other in REASONING_KEYS if other != key)
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
-        if index < loop_start and not (placeholder_for_tool_calls and message.get("tool_calls")):
-            _strip(message, index, log)
+        placeholder = placeholder_for_tool_calls and message.get("tool_calls")
+        if index < loop_start and not placeholder:
+            for reasoning_key in REASONING_KEYS:  # before the current loop: every key stripped
+                if reasoning_key in message:
+                    log.add("reasoning.stripped", index, {reasoning_key: message.pop(reasoning_key)}, None)
             continue
-        _keep_under(key, message, index, log)
-        if placeholder_for_tool_calls and message.get("tool_calls"):
+        if not message.keys().isdisjoint(others):  # (reasoning under the key alone stays as it is)
+            _keep_under(key, message, index, log)
+        if placeholder:
             value = message.get(key)
             if not isinstance(value, str) or not value:
                 message[key] = MOONSHOT_REASONING_PLACEHOLDER

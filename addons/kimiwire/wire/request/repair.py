@@ -18,6 +18,7 @@ from kimiwire.wire.request.moonshot_rules import (
     tool_name_renames,
     tool_results_in_place,
 )
+from kimiwire.wire.request.moonshot_scan import EVERY_RULE, MessageScan, renames_needed, scan_messages
 from kimiwire.wire.request.reasoning import apply_reasoning_policy
 from kimiwire.wire.request.thinking_fields import thinking_requested, translate_thinking_fields
 from kimiwire.wire.request.tool_ids import UnrepairableShape, canonicalize_tool_ids, history_tool_calls
@@ -53,12 +54,17 @@ def declared_tools(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     return declared, tools
 
 
-def facts_from_body(body: dict[str, Any], switch_models: tuple[str, ...] = ()) -> RequestFacts:
-    """`switch_models`: model ids the upstream listed as K2.5/K2.6 (their names may not say so)."""
+def facts_from_body(
+    body: dict[str, Any], switch_models: tuple[str, ...] = (), history: tuple[int, list[str]] | None = None
+) -> RequestFacts:
+    """`switch_models`: model ids the upstream listed as K2.5/K2.6 (their names may not say so).
+    `history`: `history_tool_calls` of the messages, when another pass read it already."""
     messages = body.get("messages")
     model = body.get("model")
     declared, tools = declared_tools(body)
-    count, names = history_tool_calls(messages) if isinstance(messages, list) else (0, [])
+    if history is None:
+        history = history_tool_calls(messages) if isinstance(messages, list) else (0, [])
+    count, names = history
     switch = thinking_is_a_switch(model) or (isinstance(model, str) and model in switch_models)
     return RequestFacts(
         count,
@@ -93,24 +99,31 @@ def moonshot_behind(policy: Policy, body: dict[str, Any]) -> bool:
 _NOT_THROUGH_OPENROUTER = frozenset({"compat.reasoning_effort"})
 
 
-def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[str, str] | None = None) -> RepairLog:
+_NO_DEVELOPER_MESSAGE = frozenset({"compat.developer_role"})
+
+
+def repair_request_object(
+    body: dict[str, Any], policy: Policy, renames: dict[str, str] | None = None, scan: MessageScan = EVERY_RULE
+) -> RepairLog:
     """Repair a parsed request body in place. Raises UnrepairableShape (before changing
     anything that matters: the caller forwards the original bytes then). `renames`: tool names
-    the upstream refuses, client name -> upstream name (`tool_name_renames`)."""
+    the upstream refuses, client name -> upstream name (`tool_name_renames`). `scan`: which of
+    Moonshot's message rules can act on these messages (`scan_messages`; the default runs them all)."""
     messages = body["messages"]
     log = RepairLog()
     behind_gateway = policy.flavor is Flavor.OPENROUTER
     moonshot = moonshot_behind(policy, body)
     if policy.request_compat == "fix":  # first: the thinking switch it may set decides the rest
+        skipped = frozenset() if scan.developer_role else _NO_DEVELOPER_MESSAGE
         if behind_gateway and moonshot:
-            apply_request_compat(body, Flavor.MOONSHOT, log, without=_NOT_THROUGH_OPENROUTER)
+            apply_request_compat(body, Flavor.MOONSHOT, log, without=_NOT_THROUGH_OPENROUTER | skipped)
         else:
-            apply_request_compat(body, policy.flavor, log)
+            apply_request_compat(body, policy.flavor, log, without=skipped)
     if renames and moonshot_fixes(policy, body):
         rename_tools(body, renames, log, "compat.tool_name")
     repair_history = policy.history == "repair"
     origin = None
-    if repair_history and moonshot:
+    if repair_history and moonshot and scan.hygiene:
         kept = moonshot_hygiene(messages, log)
         if len(kept) != len(messages):  # only a drop moves indexes: then later records are mapped back
             origin = _origin_indexes(messages, kept)
@@ -141,7 +154,8 @@ def repair_request_object(body: dict[str, Any], policy: Policy, renames: dict[st
                 if entry.message_index is not None:
                     entry.message_index = origin[entry.message_index]
         log.extend(later)
-        if moonshot_fixes(policy, body):  # indexes of the final list: after the others are recorded
+        if moonshot_fixes(policy, body) and (scan.results_out_of_place or origin is not None):
+            # indexes of the final list: after the others are recorded
             placed = tool_results_in_place(messages, log)
             if placed is not messages:
                 body["messages"] = placed
@@ -175,7 +189,11 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
     notes = [f"body read by the exact JSON decoder: {decoded.fallback}"] if decoded.fallback else []
     if not isinstance(body, dict):
         return RequestRepairResult(None, log, RequestFacts(), f"body is a JSON {type(body).__name__}, not an object")
-    facts = facts_from_body(body, policy.thinking_switch_models)
+    # One pass over the messages says which of Moonshot's message rules can change anything, and
+    # reads the facts' history calls on the way.
+    messages = body.get("messages")
+    scan = scan_messages(messages) if isinstance(messages, list) and moonshot_behind(policy, body) else EVERY_RULE
+    facts = facts_from_body(body, policy.thinking_switch_models, scan.history)
     if decoded.fallback:  # the facts go onto the flow, whose files hold only valid UTF-8
         facts.tools = json_codec.storable(facts.tools)
         facts.history_tool_names = json_codec.storable(facts.history_tool_names)
@@ -186,9 +204,9 @@ def repair_request_body(raw: bytes, policy: Policy) -> RequestRepairResult:
         refusal = _refused_before_upstream(body)
         if refusal is not None:
             return RequestRepairResult(None, log, facts, notes=notes, refusal=refusal)
-        renames = tool_name_renames(body)
+        renames = tool_name_renames(body) if renames_needed(body, scan) else {}
     try:
-        log = repair_request_object(body, policy, renames)
+        log = repair_request_object(body, policy, renames, scan)
     except UnrepairableShape as exc:
         return RequestRepairResult(None, RepairLog(), facts, str(exc), notes)
     facts.tool_renames = {new: old for old, new in renames.items()}

@@ -137,22 +137,14 @@ def _resolve(block: _Block, answer_id: Any, position: int) -> tuple[int | None, 
     return first_open, "position"
 
 
-def _first_open_exact(block: _Block, answer_id: Any) -> tuple[int | None, str]:
-    """`_resolve`'s first rule (the first open call with this very id) at C speed, for a string id
-    (`list.index` also matches by identity, which `==` does not for a NaN)."""
-    if type(answer_id) is not str:
-        return None, ""
-    try:
-        i = block.old_ids.index(answer_id)
-    except ValueError:
-        return None, ""
-    return (None, "") if block.answered[i] else (i, "exact")
-
-
 def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
     """Rewrite assistant tool-call ids and `tool_call_id`s in place, recording each change."""
     k = 0
-    block: _Block | None = None
+    # The open block's calls (parallel lists, in locals: a `_Block` is built only for `_resolve`'s
+    # slow rules); empty when no tool-call message is open.
+    old_ids: list[Any] = []
+    new_ids: list[str] = []
+    answered: list[bool] = []
     position = 0
     add = log.add
     for index, message in enumerate(messages):
@@ -162,10 +154,10 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
         if role == "assistant":
             calls = message.get("tool_calls")
             if type(calls) is not list or not calls:
-                block = None
+                if old_ids:
+                    old_ids, new_ids, answered = [], [], []
                 continue
-            block, position = _Block(), 0
-            old_ids, new_ids = block.old_ids, block.new_ids
+            old_ids, new_ids, position = [], [], 0
             for call in calls:
                 if type(call) is not dict:
                     raise UnrepairableShape(f"tool call that is not an object in message {index}")
@@ -181,19 +173,31 @@ def canonicalize_tool_ids(messages: list[Any], log: RepairLog) -> None:
                     add("ids.call", index, old_id, new_id)
                 old_ids.append(old_id)
                 new_ids.append(new_id)
-            block.answered = [False] * len(calls)
+            answered = [False] * len(calls)
         elif role == "tool":
             answer_id = message.get("tool_call_id")
-            current = block or _NO_CALLS
-            found, how = _first_open_exact(current, answer_id)
+            found: int | None = None
+            how: Resolution = "exact"
+            # `_resolve`'s first rule (the first open call with this very id) at C speed, for a string
+            # id (`list.index` also matches by identity, which `==` does not for a NaN)
+            if type(answer_id) is str:
+                try:
+                    first = old_ids.index(answer_id)
+                except ValueError:
+                    pass
+                else:
+                    if not answered[first]:
+                        found = first
             if found is None:
-                found, how = _resolve(current, answer_id, position)
+                block = _Block()
+                block.old_ids, block.new_ids, block.answered = old_ids, new_ids, answered
+                found, how = _resolve(block, answer_id, position)
             position += 1
             if found is None:
                 add("ids.orphan", index, answer_id, answer_id)
                 continue
-            current.answered[found] = True
-            new_id = current.new_ids[found]
+            answered[found] = True
+            new_id = new_ids[found]
             if answer_id != new_id:
                 message["tool_call_id"] = new_id
                 add("ids.result_by_position" if how == "position" else "ids.result", index, answer_id, new_id)
