@@ -10,6 +10,9 @@ reported apart), its end (`stream(b"")`), and `response` (the capture record wri
 `--burst N` starts N flows together, as the benchmark's paced rows do: every request, then every
 response head, then event by event across the flows, then every end; the hooks then run with
 the other flows' work between them (caches as cold as in a proxy serving N streams).
+The garbage collector's time is reported apart (`gc`: all of it while the measured flows ran,
+per flow; the heap is frozen once set up, as `kimi_gc_freeze` does): a collection lands in
+whichever hook allocates at that moment, so the hooks' medians mostly leave it out.
 `--code DIR` runs another checkout's addons/ (e.g. `git archive COMMIT addons | tar -x -C DIR`)
 to compare before and after in one session; `--profile` prints cProfile's top functions.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import pathlib
 import pstats
@@ -52,15 +56,26 @@ def _args() -> argparse.Namespace:
 def main() -> None:
     args = _args()
     sys.path[:0] = [str(args.code.resolve() / "addons"), str(ROOT)]
-    samples, profile = asyncio.run(run(args))
+    samples, profile, collector = asyncio.run(run(args))
     medians = {hook: statistics.median(values) / 1000 for hook, values in samples.items()}
     medians["total"] = statistics.median(sum(parts) for parts in zip(*samples.values(), strict=True)) / 1000
+    medians["all"] = collector.thread_ns / args.flows / 1000
+    medians["gc"] = collector.spent_ns / args.flows / 1000
+    medians["gc_collections"] = collector.collections / args.flows
     if args.json:
         print(json.dumps({k: round(v, 2) for k, v in medians.items()}))
     else:
         print(f"{args.code}: {args.flows} flows, {args.burst} at once, {args.events} text events each")
         for hook, value in medians.items():
-            print(f"  {hook:16} {value:8.1f} µs per flow (median)")
+            if hook == "all":
+                print(f"  {hook:16} {value:8.1f} µs per flow (the thread's CPU over the flows: the loop's, gc's,")
+                print(f"  {'':16} {'':8} and the script's own work making flows and events included)")
+            elif hook == "gc":
+                print(f"  {hook:16} {value:8.1f} µs per flow (all collections, over the flows)")
+            elif hook == "gc_collections":
+                print(f"  {'':16} {value:8.3f} collections per flow")
+            else:
+                print(f"  {hook:16} {value:8.1f} µs per flow (median)")
     if profile is not None:
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(args.top)
@@ -132,28 +147,54 @@ def response_head() -> Any:
     return http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(headers), None, None, time.time(), None)
 
 
-async def run(args: argparse.Namespace) -> tuple[dict[str, list[int]], cProfile.Profile | None]:
+class Collector:
+    """The garbage collector's time and collections while `on`."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.spent_ns = 0
+        self.collections = 0
+        self.thread_ns = 0  # the thread's CPU over the measured flows
+        self._started = 0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter_ns()
+        elif self.on:
+            self.spent_ns += time.perf_counter_ns() - self._started
+            self.collections += 1
+
+
+async def run(args: argparse.Namespace) -> tuple[dict[str, list[int]], cProfile.Profile | None, Collector]:
     from kimiwire.mitm.addon import KimiWire
     from mitmproxy.test import taddons
 
     samples: dict[str, list[int]] = {hook: [] for hook in HOOKS}
     profile = cProfile.Profile() if args.profile else None
+    collector = Collector()
     with tempfile.TemporaryDirectory(prefix="kimiwire-profile-") as folder:
         kw = KimiWire()
         with taddons.context(kw) as tctx:
             tctx.configure(kw, kimi_capture_dir="" if args.no_capture else folder, kimi_gc_freeze=False)
             tctx.options.update(server=True)
             kw.configure({"server"})
+            gc.collect()
+            gc.freeze()
             done = 0
             while done < args.warmup + args.flows:
                 burst = min(args.burst, args.warmup + args.flows - done)
-                measured = done >= args.warmup
+                measured = collector.on = done >= args.warmup
+                start = time.thread_time_ns()
                 await run_burst(kw, burst, args.events, samples if measured else None, profile)
+                if measured:
+                    collector.thread_ns += time.thread_time_ns() - start
                 done += burst
             if kw.capture is not None:
                 assert kw.capture.flows_written == done, (kw.capture.flows_written, kw.capture.last_error)
                 kw.capture.close()
-    return samples, profile
+    collector.on = False
+    return samples, profile, collector
 
 
 async def run_burst(
