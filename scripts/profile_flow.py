@@ -13,21 +13,27 @@ the other flows' work between them (caches as cold as in a proxy serving N strea
 The garbage collector's time is reported apart (`gc`: all of it while the measured flows ran,
 per flow; the heap is frozen once set up, as `kimi_gc_freeze` does): a collection lands in
 whichever hook allocates at that moment, so the hooks' medians mostly leave it out.
-`--code DIR` runs another checkout's addons/ (e.g. `git archive COMMIT addons | tar -x -C DIR`)
-to compare before and after in one session; `--profile` prints cProfile's top functions.
+`--against DIR` measures another checkout's addons/ (e.g. `git archive COMMIT addons | tar -x -C
+DIR`) in the same process, its package renamed, the two addons' bursts alternated: run one after
+the other, two copies of the same code differed by up to 40% on this shared machine; alternated
+in one process, by 1%. `--profile` prints cProfile's top functions.
 
-    .venv/bin/python scripts/profile_flow.py [--flows 2000] [--burst 64] [--events 40] [--profile]
+    .venv/bin/python scripts/profile_flow.py [--flows 2000] [--burst 64] [--events 40] [--against DIR] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
+import importlib
 import json
 import pathlib
 import pstats
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,7 +52,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=64, help="flows started together")
     parser.add_argument("--events", type=int, default=40, help="text events per flow")
     parser.add_argument("--no-capture", action="store_true", help="captures off")
-    parser.add_argument("--code", type=pathlib.Path, default=ROOT, help="checkout whose addons/ is measured")
+    parser.add_argument("--against", type=pathlib.Path, help="a checkout whose addons/ is measured beside this one")
     parser.add_argument("--profile", action="store_true", help="cProfile the measured flows; print the top")
     parser.add_argument("--top", type=int, default=40, help="functions --profile prints")
     parser.add_argument("--json", action="store_true", help="the medians as one JSON line")
@@ -55,31 +61,56 @@ def _args() -> argparse.Namespace:
 
 def main() -> None:
     args = _args()
-    sys.path[:0] = [str(args.code.resolve() / "addons"), str(ROOT)]
-    samples, profile, collector = asyncio.run(run(args))
-    medians = {hook: statistics.median(values) / 1000 for hook, values in samples.items()}
-    medians["total"] = statistics.median(sum(parts) for parts in zip(*samples.values(), strict=True)) / 1000
-    medians["all"] = collector.thread_ns / args.flows / 1000
-    medians["gc"] = collector.spent_ns / args.flows / 1000
-    medians["gc_collections"] = collector.collections / args.flows
+    sys.path[:0] = [str(ROOT / "addons"), str(ROOT)]
+    with tempfile.TemporaryDirectory(prefix="kimiwire-profile-") as folder:
+        addons = {"this": _addon_class("kimiwire")}
+        if args.against is not None:
+            addons["against"] = _against(args.against, pathlib.Path(folder))
+        results, profile = asyncio.run(run(args, addons, pathlib.Path(folder)))
+    figures = {name: result.figures(args.flows) for name, result in results.items()}
     if args.json:
-        print(json.dumps({k: round(v, 2) for k, v in medians.items()}))
+        print(json.dumps({name: {k: round(v, 2) for k, v in values.items()} for name, values in figures.items()}))
     else:
-        print(f"{args.code}: {args.flows} flows, {args.burst} at once, {args.events} text events each")
-        for hook, value in medians.items():
-            if hook == "all":
-                print(f"  {hook:16} {value:8.1f} µs per flow (the thread's CPU over the flows: the loop's, gc's,")
-                print(f"  {'':16} {'':8} and the script's own work making flows and events included)")
-            elif hook == "gc":
-                print(f"  {hook:16} {value:8.1f} µs per flow (all collections, over the flows)")
-            elif hook == "gc_collections":
-                print(f"  {'':16} {value:8.3f} collections per flow")
-            else:
-                print(f"  {hook:16} {value:8.1f} µs per flow (median)")
+        _print(args, figures)
     if profile is not None:
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
+
+
+def _print(args: argparse.Namespace, figures: dict[str, dict[str, float]]) -> None:
+    print(f"{args.flows} flows each, {args.burst} at once, {args.events} text events each; µs per flow")
+    names = list(figures)
+    header = "".join(f"{name:>10}" for name in names) + ("     ratio" if len(names) == 2 else "")
+    print(f"  {'':16}{header}")
+    notes = {
+        "total": "(median of the hooks' sum)",
+        "all": "(the thread's CPU over the flows: loop, gc, the script's own work included)",
+        "gc": "(every collection while the flows ran)",
+        "gc_collections": "(collections per flow)",
+    }
+    for key in figures[names[0]]:
+        values = [figures[name][key] for name in names]
+        ratio = f"{values[0] / values[1]:10.2f}" if len(values) == 2 and values[1] else ""
+        print(f"  {key:16}" + "".join(f"{value:10.1f}" for value in values) + ratio, notes.get(key, ""))
+
+
+def _addon_class(package: str) -> Any:
+    return importlib.import_module(f"{package}.mitm.addon").KimiWire
+
+
+def _against(checkout: pathlib.Path, folder: pathlib.Path) -> Any:
+    """`checkout`'s addons/kimiwire as the package `kimiwire_against` (its imports rewritten), so
+    that both run in this process."""
+    target = folder / "packages" / "kimiwire_against"
+    shutil.copytree(checkout / "addons" / "kimiwire", target, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in target.rglob("*.py"):
+        text = path.read_text()
+        renamed = re.sub(r"\b(from|import) kimiwire\b", r"\1 kimiwire_against", text)
+        if renamed != text:
+            path.write_text(renamed)
+    sys.path.insert(0, str(target.parent))
+    return _addon_class("kimiwire_against")
 
 
 def sim_events(events: int) -> list[bytes]:
@@ -147,54 +178,83 @@ def response_head() -> Any:
     return http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(headers), None, None, time.time(), None)
 
 
-class Collector:
-    """The garbage collector's time and collections while `on`."""
+class Result:
+    """One addon's figures: each hook's CPU per flow, the thread's over its bursts, the collector's."""
 
     def __init__(self) -> None:
-        self.on = False
-        self.spent_ns = 0
+        self.samples: dict[str, list[int]] = {hook: [] for hook in HOOKS}
+        self.thread_ns = 0
+        self.gc_ns = 0
         self.collections = 0
-        self.thread_ns = 0  # the thread's CPU over the measured flows
+
+    def figures(self, flows: int) -> dict[str, float]:
+        values = {hook: statistics.median(samples) / 1000 for hook, samples in self.samples.items()}
+        values["total"] = statistics.median(sum(parts) for parts in zip(*self.samples.values(), strict=True)) / 1000
+        values["all"] = self.thread_ns / flows / 1000
+        values["gc"] = self.gc_ns / flows / 1000
+        values["gc_collections"] = self.collections / flows
+        return values
+
+
+class Collector:
+    """The garbage collector's time and collections, counted to the result being measured."""
+
+    def __init__(self) -> None:
+        self.result: Result | None = None
         self._started = 0
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter_ns()
-        elif self.on:
-            self.spent_ns += time.perf_counter_ns() - self._started
-            self.collections += 1
+        elif self.result is not None:
+            self.result.gc_ns += time.perf_counter_ns() - self._started
+            self.result.collections += 1
 
 
-async def run(args: argparse.Namespace) -> tuple[dict[str, list[int]], cProfile.Profile | None, Collector]:
-    from kimiwire.mitm.addon import KimiWire
+async def run(
+    args: argparse.Namespace, addons: dict[str, Any], folder: pathlib.Path
+) -> tuple[dict[str, Result], cProfile.Profile | None]:
     from mitmproxy.test import taddons
 
-    samples: dict[str, list[int]] = {hook: [] for hook in HOOKS}
+    results = {name: Result() for name in addons}
     profile = cProfile.Profile() if args.profile else None
     collector = Collector()
-    with tempfile.TemporaryDirectory(prefix="kimiwire-profile-") as folder:
-        kw = KimiWire()
-        with taddons.context(kw) as tctx:
-            tctx.configure(kw, kimi_capture_dir="" if args.no_capture else folder, kimi_gc_freeze=False)
+    with contextlib.ExitStack() as stack:
+        running = {}
+        for name, addon_class in addons.items():  # (each in its own context; the hooks read their settings)
+            kw = addon_class()
+            tctx = stack.enter_context(taddons.context(kw))
+            capture = "" if args.no_capture else str(folder / f"captures-{name}")
+            tctx.configure(kw, kimi_capture_dir=capture, kimi_gc_freeze=False)
             tctx.options.update(server=True)
             kw.configure({"server"})
-            gc.collect()
-            gc.freeze()
-            done = 0
-            while done < args.warmup + args.flows:
-                burst = min(args.burst, args.warmup + args.flows - done)
-                measured = collector.on = done >= args.warmup
+            running[name] = kw
+        gc.collect()
+        gc.freeze()
+        done = 0
+        rounds = 0
+        while done < args.warmup + args.flows:
+            burst = min(args.burst, args.warmup + args.flows - done)
+            measured = done >= args.warmup
+            order = list(running.items())
+            if rounds % 2:
+                order.reverse()  # ABBA: neither goes first more often
+            for name, kw in order:
+                result = results[name]
+                collector.result = result if measured else None
                 start = time.thread_time_ns()
-                await run_burst(kw, burst, args.events, samples if measured else None, profile)
+                await run_burst(kw, burst, args.events, result.samples if measured else None, profile)
                 if measured:
-                    collector.thread_ns += time.thread_time_ns() - start
-                done += burst
+                    result.thread_ns += time.thread_time_ns() - start
+            collector.result = None
+            done += burst
+            rounds += 1
+        for kw in running.values():
             if kw.capture is not None:
                 assert kw.capture.flows_written == done, (kw.capture.flows_written, kw.capture.last_error)
                 kw.capture.close()
-    collector.on = False
-    return samples, profile, collector
+    return results, profile
 
 
 async def run_burst(
