@@ -52,6 +52,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=64, help="flows started together")
     parser.add_argument("--events", type=int, default=40, help="text events per flow")
     parser.add_argument("--no-capture", action="store_true", help="captures off")
+    parser.add_argument(
+        "--history-kb",
+        type=int,
+        default=0,
+        help="the request: an agent's history of about this size (scripts/bench_core.py's, cut), not the bench's hello",
+    )
     parser.add_argument("--against", type=pathlib.Path, help="a checkout whose addons/ is measured beside this one")
     parser.add_argument("--profile", action="store_true", help="cProfile the measured flows; print the top")
     parser.add_argument("--top", type=int, default=40, help="functions --profile prints")
@@ -83,7 +89,8 @@ def main() -> None:
 
 
 def _print(args: argparse.Namespace, figures: dict[str, dict[str, float]]) -> None:
-    print(f"{args.flows} flows each, {args.burst} at once, {args.events} text events each; µs per flow")
+    request = f"a {args.history_kb} KB agent history" if args.history_kb else "the bench's request"
+    print(f"{args.flows} flows each, {args.burst} at once, {args.events} text events each, {request}; µs per flow")
     names = list(figures)
     header = "".join(f"{name:>10}" for name in names) + ("     ratio" if len(names) == 2 else "")
     print(f"  {'':16}{header}")
@@ -142,12 +149,32 @@ def sim_events(events: int) -> list[bytes]:
 REQUEST = {"model": "kimi-k2-thinking", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
 
 
-def make_flow(port: int, events: int) -> Any:
+def request_body(history_kb: int) -> bytes:
+    """The bench's request, or an agent's history (tools, calls, reasoning) of about `history_kb` KB."""
     import orjson
+
+    if not history_kb:
+        return orjson.dumps(REQUEST)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_core
+
+    history = orjson.loads(bench_core.long_history())
+    messages = history["messages"]
+    low, high = 1, len(messages)  # the most messages whose body stays within the size
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(orjson.dumps({**history, "messages": messages[:middle]})) <= history_kb * 1024:
+            low = middle
+        else:
+            high = middle - 1
+    body: bytes = orjson.dumps({**history, "messages": messages[:low]})
+    return body
+
+
+def make_flow(port: int, events: int, body: bytes) -> Any:
     from mitmproxy import http
     from mitmproxy.test import tflow
 
-    body = orjson.dumps(REQUEST)
     flow = tflow.tflow()
     flow.request = http.Request(
         "127.0.0.1",
@@ -235,6 +262,7 @@ async def run(
             tctx.options.update(server=True)
             kw.configure({"server"})
             running[name] = kw
+        body = request_body(args.history_kb)
         gc.collect()
         gc.freeze()
         done = 0
@@ -249,7 +277,7 @@ async def run(
                 result = results[name]
                 collector.result = result if measured else None
                 start = time.thread_time_ns()
-                await run_burst(kw, burst, args.events, result.samples if measured else None, profile)
+                await run_burst(kw, burst, args.events, body, result.samples if measured else None, profile)
                 if measured:
                     result.thread_ns += time.thread_time_ns() - start
             collector.result = None
@@ -263,11 +291,16 @@ async def run(
 
 
 async def run_burst(
-    kw: Any, burst: int, events: int, samples: dict[str, list[int]] | None, profile: cProfile.Profile | None
+    kw: Any,
+    burst: int,
+    events: int,
+    body: bytes,
+    samples: dict[str, list[int]] | None,
+    profile: cProfile.Profile | None,
 ) -> None:
     clock = time.thread_time_ns
     upstream = sim_events(events)
-    flows = [make_flow(8000, events) for _ in range(burst)]
+    flows = [make_flow(8000, events, body) for _ in range(burst)]
     costs = [dict.fromkeys(HOOKS, 0) for _ in flows]
     on = profile is not None and samples is not None
     if on:
