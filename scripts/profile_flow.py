@@ -15,8 +15,8 @@ per flow; the heap is frozen once set up, as `kimi_gc_freeze` does): a collectio
 whichever hook allocates at that moment, so the hooks' medians mostly leave it out.
 `--against DIR` measures another checkout's addons/ (e.g. `git archive COMMIT addons | tar -x -C
 DIR`) in the same process, its package renamed, the two addons' bursts alternated: run one after
-the other, two copies of the same code differed by up to 40% on this shared machine; alternated
-in one process, by 1%. `--profile` prints cProfile's top functions.
+the other, two copies of the same code differ widely on a shared machine; alternated in one
+process they agree (an A/A run is the check). `--profile` prints cProfile's top functions.
 
     .venv/bin/python scripts/profile_flow.py [--flows 2000] [--burst 64] [--events 40] [--against DIR] [--profile]
 """
@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kimiwire-profile-") as folder:
         if args.against is None:
             addons = {"this": _addon_class("kimiwire")}
-        else:  # both renamed alike: the package imported first measured ~5% cheaper than its own copy
+        else:  # both renamed alike: the package imported first measured cheaper than its own copy
             addons = {
                 "this": _renamed(ROOT, "kimiwire_this", pathlib.Path(folder)),
                 "against": _renamed(args.against, "kimiwire_against", pathlib.Path(folder)),

@@ -102,7 +102,7 @@ class Redactor:
     def _redact_json(self, data: Any) -> bool:
         """Redact `data` (as orjson.loads made it: exact dicts, lists and texts) in place. Written for
         an agent's history of thousands of nodes, on the loop for every captured flow: exact type
-        tests (an `isinstance` against `dict | list` costs several times more) and the remembered
+        tests (an `isinstance` against the union `dict | list` is slow) and the remembered
         verdicts read inline."""
         changed = False
         verdicts = self._verdicts
