@@ -34,6 +34,7 @@ from kimiwire.wire.servers.policy import Policy
 __all__ = ["METADATA_KEY", "FlowRecord", "FlowState", "FlowStates", "flow_record", "loop_running"]
 
 if TYPE_CHECKING:
+    from kimiwire.mitm.deadline_queue import QueuedTimer
     from kimiwire.mitm.early_head import EarlyHead
     from kimiwire.mitm.hedge import HedgeRace
     from kimiwire.mitm.status_stream import HeldError
@@ -49,7 +50,7 @@ class FlowState:
     facts: RequestFacts | None = None
     stream: RepairingStream | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    first_byte_timer: asyncio.TimerHandle | None = None
+    first_byte_timer: asyncio.TimerHandle | QueuedTimer | None = None
     body_timer: asyncio.TimerHandle | None = None  # a whole (not streamed) response body must come in time
     watchdog: StreamWatchdog | None = None
     client_request: dict[str, Any] | None = None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from kimiwire.mitm import proxy_internals
+from kimiwire.mitm.deadline_queue import DeadlineQueue
 from kimiwire.mitm.flow_endings import FlowEnding
 from kimiwire.mitm.flow_notes import ERROR_MARKER
 from kimiwire.mitm.flow_state import FlowState, loop_running
@@ -46,6 +47,7 @@ class RequestSide:
 
     def __init__(self, kw: KimiWire) -> None:
         self.kw = kw
+        self._first_byte_timers: DeadlineQueue | None = None  # every flow's timeout has the same length
 
     def refused_while_arriving(self, received: int) -> None:
         self.kw.counts["flows.refused_too_large"] += 1
@@ -134,9 +136,12 @@ class RequestSide:
 
     def _start_first_byte_timer(self, state: FlowState) -> None:
         if self.kw.limits.first_byte_timeout > 0 and loop_running():
-            state.first_byte_timer = asyncio.get_running_loop().call_later(
-                self.kw.limits.first_byte_timeout, self._first_byte_timeout, state
-            )
+            loop = asyncio.get_running_loop()
+            timers = self._first_byte_timers
+            if timers is None or timers.loop is not loop:
+                timers = self._first_byte_timers = DeadlineQueue(loop)
+            seconds = self.kw.limits.first_byte_timeout
+            state.first_byte_timer = timers.call_later(seconds, self._first_byte_timeout, state)
 
     def _request_body(self, state: FlowState, header: str, decoded: bytes | Raised | None = None) -> bytes | None:
         """The decoded request body, None when there is none to repair. A body that decodes to

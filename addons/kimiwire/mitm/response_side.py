@@ -35,6 +35,8 @@ from kimiwire.wire.openai_errors import error_body
 from kimiwire.wire.response.completion_repair import repair_completion_body
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.retry.early_answer import events_for_error_body
+from kimiwire.wire.retry.failure_kinds import TurnCheck
+from kimiwire.wire.retry.policy import RetryPolicy
 from kimiwire.wire.retry.turn_gate import TurnGate
 from kimiwire.wire.stream_endings import KEEPALIVE_COMMENT
 
@@ -54,6 +56,16 @@ class ResponseSide:
 
     def __init__(self, kw: KimiWire) -> None:
         self.kw = kw
+        self._checks_of: tuple[RetryPolicy, frozenset[TurnCheck], bool] | None = None
+
+    def _turn_checks(self) -> tuple[frozenset[TurnCheck], bool]:
+        """The retry policy's turn checks and whether it retries a stall: made once per policy
+        (the options), not per stream."""
+        policy = self.kw.retrier.policy
+        known = self._checks_of
+        if known is None or known[0] is not policy:
+            known = self._checks_of = (policy, policy.turn_checks(), policy.watches("stall"))
+        return known[1], known[2]
 
     def _body_timeout(self, state: FlowState) -> None:
         """A whole response body did not finish in time: the upstream is closed, the error hook
@@ -120,8 +132,7 @@ class ResponseSide:
             set_header(response.headers, b"transfer-encoding", b"chunked")
         repairer = StreamRepairer(facts, policy)
         on_error = lambda exc: self.kw.recorder.error(flow, "stream repair", exc)  # noqa: E731
-        retry = self.kw.retrier.policy
-        checks, retry_stall = retry.turn_checks(), retry.watches("stall")
+        checks, retry_stall = self._turn_checks()
         gate = None
         if (checks or retry_stall) and proxy_internals.usable():
             gate = TurnGate(facts, checks, policy.tool_stream == "whole", policy.stream_buffer_limit, retry_stall)

@@ -427,6 +427,8 @@ class RetryHooks:
         flow, response = state.flow, state.flow.response
         assert response is not None
         policy = self.kw.retrier.policy
+        if response.status_code not in RETRY_STATUSES:
+            return False  # (most answers: no header or clock read for them)
         if not policy.watches("status") or not proxy_internals.usable():
             return False
         now = time.time()

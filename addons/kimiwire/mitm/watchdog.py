@@ -36,6 +36,7 @@ class StreamWatchdog:
         self.clock = clock
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0  # when the timer fires (by `clock`)
         self._stopped = False
         self._lane_seen = 0  # stream.lane_events() at the last look
         stream.on_change = self.plan  # a deadline may have moved earlier
@@ -44,13 +45,18 @@ class StreamWatchdog:
     def waiting(self) -> bool:
         return self._timer is not None
 
+    def _fired(self) -> None:
+        self._timer = None
+        self.plan()
+
     def plan(self) -> None:
-        """Set the timer for the stream's next deadline, or end the stream when it has passed."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Set the timer for the stream's next deadline, or end the stream when it has passed. A
+        timer that fires no later than the new deadline is kept: it plans again when it fires (an
+        early wake-up is cheaper than a cancelled timer and a new one, which most streams would
+        otherwise pay at every change: first event, finish_reason, [DONE])."""
         stream = self.stream
         if self._stopped or stream.ended:
+            self._cancel()
             return
         now = self.clock()
         passed = stream.lane_events()
@@ -60,6 +66,7 @@ class StreamWatchdog:
             times.last_event_at = max(times.last_event_at, now)
         planned = next_deadline(stream.times, stream.limits)
         if planned is not None and now >= planned[0]:
+            self._cancel()
             self._stopped = True
             self.spawn(self.end(ProxyEnd(planned[1])))
             return
@@ -72,6 +79,7 @@ class StreamWatchdog:
             self.spawn(self.keepalive())
             comment_due = now + stream.limits.keepalive
         if planned is None and comment_due is None:
+            self._cancel()
             return
         deadline = planned[0] if planned is not None else comment_due
         assert deadline is not None
@@ -79,12 +87,25 @@ class StreamWatchdog:
         if planned is not None and planned[1] == "idle":
             span = planned[0] - stream.times.last_event_at  # the idle wait in use (tool or plain)
             deadline = min(deadline, now + span / IDLE_LOOKS)
+        elif not stream.times.events_seen and stream.limits.idle_timeout > 0:
+            # No event yet: wake up no later than the first look after an event would, so the
+            # first event (most often right after the headers) leaves this timer as it is.
+            deadline = min(deadline, now + stream.limits.idle_timeout / IDLE_LOOKS)
         if comment_due is not None:
             deadline = min(deadline, comment_due)
-        self._timer = self._loop.call_later(max(0.0, deadline - now), self.plan)
+        if self._timer is not None:
+            if self._due <= deadline:
+                return
+            self._timer.cancel()
+        delay = max(0.0, deadline - now)
+        self._due = now + delay
+        self._timer = self._loop.call_later(delay, self._fired)
 
-    def stop(self) -> None:
-        self._stopped = True
+    def _cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._cancel()

@@ -17,6 +17,7 @@ from kimiwire.wire.stream_endings import EndingLimits
 
 IDLE = 8.0
 LIMITS = EndingLimits(done_grace=1.0, idle_timeout=IDLE, first_byte_timeout=600.0)
+DEFAULT_LIMITS = EndingLimits()
 BASE = {"id": "chatcmpl-w", "object": "chat.completion.chunk", "created": 1, "model": "kimi-k2-thinking"}
 
 
@@ -187,3 +188,38 @@ def test_plain_text_keeps_the_ordinary_idle_deadline_and_no_comments():
     opening = [event({"role": "assistant", "content": ""}), event({"content": "Hello."})]
     ended_at, comments = held_call(RequestFacts(0, TOOLS, True, True), opening)
     assert IDLE <= ended_at <= IDLE * (1 + 1 / IDLE_LOOKS) and not comments
+
+
+def test_a_plain_stream_sets_a_timer_at_its_start_and_its_finish_only():
+    """The first event and [DONE] leave the timer that fires earlier as it is (it plans again when it
+    fires); a stream whose body stays open after [DONE] is still ended `done_grace` after it."""
+    timers = FakeTimers()
+    ended: list[tuple[float, ProxyEnd]] = []
+    assert DEFAULT_LIMITS.done_grace < DEFAULT_LIMITS.idle_timeout / IDLE_LOOKS  # (finish_reason moves it earlier)
+
+    async def scenario() -> None:
+        repairer = StreamRepairer(RequestFacts(0, {}, True, True), Policy.build(Flavor.SELFHOSTED))
+        stream = RepairingStream(repairer, clock=timers.clock, limits=DEFAULT_LIMITS)
+
+        async def end(reason: ProxyEnd) -> None:
+            ended.append((timers.now, reason))
+
+        dog = StreamWatchdog(stream, end, lambda coroutine: asyncio.ensure_future(coroutine), clock=timers.clock)
+        dog._loop = timers  # type: ignore[assignment]
+        dog.plan()
+        texts = [event({"role": "assistant", "content": ""}), *(event({"content": f" w{n}"}) for n in range(5))]
+        finish = {**BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        for n, data in enumerate([*texts, b"data: " + orjson.dumps(finish) + b"\n\n", b"data: [DONE]\n\n"]):
+            timers.now = 0.01 * (n + 1)
+            stream(data)
+        assert len(timers.planned) == 2  # at the start, then at finish_reason
+        while not ended:
+            pending = timers.due(float("inf"))
+            assert pending, "the watchdog stopped watching"
+            timers.now = pending[0][0]
+            pending[0][1]()
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    done_at = 0.01 * 8
+    assert ended == [(done_at + DEFAULT_LIMITS.done_grace, ProxyEnd.DONE)]

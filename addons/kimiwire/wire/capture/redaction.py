@@ -100,19 +100,33 @@ class Redactor:
         return orjson.dumps(data)
 
     def _redact_json(self, data: Any) -> bool:
+        """Redact `data` (as orjson.loads made it: exact dicts, lists and texts) in place. Written for
+        an agent's history of thousands of nodes, on the loop for every captured flow: exact type
+        tests (an `isinstance` against the union `dict | list` is slow) and the remembered
+        verdicts read inline."""
         changed = False
+        verdicts = self._verdicts
         pending = [data]
+        push = pending.append
         while pending:
             node = pending.pop()
-            if isinstance(node, dict):
+            if type(node) is dict:
                 for key, value in node.items():
-                    if isinstance(value, str) and value != REDACTED and self.is_secret(key):
-                        node[key] = REDACTED
-                        changed = True
-                    elif isinstance(value, dict | list):
-                        pending.append(value)
-            elif isinstance(node, list):
-                pending.extend(item for item in node if isinstance(item, dict | list))
+                    kind = type(value)
+                    if kind is str:
+                        secret = verdicts.get(key)
+                        if secret is None:
+                            secret = self.is_secret(key)
+                        if secret and value != REDACTED:
+                            node[key] = REDACTED
+                            changed = True
+                    elif kind is dict or kind is list:
+                        push(value)
+            elif type(node) is list:
+                for item in node:
+                    kind = type(item)
+                    if kind is dict or kind is list:
+                        push(item)
         return changed
 
 
