@@ -311,7 +311,9 @@ class ChoiceRepairer:
             delta.pop("content", None)
         if reasoning:
             stream.add_reasoning(delta, reasoning)
-        return True
+        # The splitter gave the text back as it came (a stream's first content, no tag): the
+        # delta is unchanged, and its event goes out as the upstream wrote it, not re-encoded.
+        return bool(reasoning) or content != text
 
     def _flush_think(self, delta: dict[str, Any]) -> bool:
         splitter = self.think
