@@ -115,12 +115,13 @@ def test_the_lane_passes_events_without_reading_the_clock():
     for data in (event({"role": "assistant", "content": ""}), event({"content": "Sure."}), event({"content": "x"})):
         stream(data)
     before = len(reads)
+    lane_before = stream.lane_events()  # ("x" already: "Sure." taught the lane)
     words = [event({"content": f" word {n}"}) for n in range(20)]
     assert [stream(data) for data in words] == [[data] for data in words]
     assert len(reads) == before  # counted, not timed
-    assert stream.lane_events() == 20
+    assert stream.lane_events() == lane_before + 20
     stream(event({"content": "caf\u00e9"}))  # the steady branch times its event (and settles the lane's)
-    assert len(reads) == before + 1 and stream.lane_events() == 20
+    assert len(reads) == before + 1 and stream.lane_events() == lane_before + 20
 
 
 # -- while a tool call may be under way unseen (vllm PR #50627: the K3 parser holds a call) -----

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from kimiwire.wire.response.stream_repair import StreamRepairer
 
 _TEXT_ORDER = {key: position for position, key in enumerate(TEXT_KEYS)}
+_REASONING_KEYS = TEXT_KEYS[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +311,9 @@ class ChoiceRepairer:
             delta.pop("content", None)
         if reasoning:
             stream.add_reasoning(delta, reasoning)
-        return True
+        # The splitter gave the text back as it came (a stream's first content, no tag): the
+        # delta is unchanged, and its event goes out as the upstream wrote it, not re-encoded.
+        return bool(reasoning) or content != text
 
     def _flush_think(self, delta: dict[str, Any]) -> bool:
         splitter = self.think
@@ -469,7 +472,11 @@ class ChoiceRepairer:
 
 
 def _has_reasoning(delta: dict[str, Any]) -> bool:
-    return any(type(delta.get(key)) is str and delta[key] for key in TEXT_KEYS[1:])
+    for key in _REASONING_KEYS:
+        text = delta.get(key)
+        if type(text) is str and text:
+            return True
+    return False
 
 
 def _meaningful(choice: dict[str, Any]) -> bool:

@@ -36,6 +36,7 @@ from kimiwire.wire.servers.policy import Policy
 __all__ = ["StreamRepairer", "TurnSummary", "repeats_across_think"]
 
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
+_REASONING_KEYS = TEXT_KEYS[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,8 +271,11 @@ class StreamRepairer:
     def see_text(self, delta: dict[str, Any]) -> None:
         if not self.content_seen and delta.get("content"):
             self.content_seen = True
-        if not self.reasoning_seen and any(delta.get(key) for key in TEXT_KEYS[1:]):
-            self.reasoning_seen = True
+        if not self.reasoning_seen:
+            for key in _REASONING_KEYS:  # (a loop: no generator per delta)
+                if delta.get(key):
+                    self.reasoning_seen = True
+                    break
         self.text_unseen = not (self.content_seen and self.reasoning_seen)
 
     def add_reasoning(self, delta: dict[str, Any], text: str) -> None:
