@@ -120,6 +120,7 @@ class RepairingStream:
     ) -> None:
         self.repairer = repairer
         self._plain_read = repairer.plain_read  # (bound once: the steady branch calls it per event)
+        self._fragment_read = repairer.fragment_read
         # Retries: the gate holds a turn's ending until it proves to have an answer;
         # a turn that fails is left unended (`failed_turn`) for the `response` hook to retry.
         self.gate = gate
@@ -168,13 +169,32 @@ class RepairingStream:
                     return [data]
         if self._lane_reads:
             self.settle()
-        if not (self._steady and self._plain_read(data)):  # (0 for b"", the end)
+        if not self._steady:
             return self._full_read(data)
+        if not self._plain_read(data):  # (0 for b"", the end)
+            held = self._fragment_read(data)
+            return self._full_read(data) if held is None else self._held_fragments(data, held)
         self._lane = self.repairer.steady_lane()  # (the read may have changed the template)
         self._upstream_reads.append(data)
         self._delivered_reads.append(data)
         self.times.last_event_at = self.clock()
         return [data]
+
+    def _held_fragments(self, data: bytes, out: list[bytes]) -> list[bytes]:
+        """A read of argument fragments the repairer's fast path added to their held calls (`out`:
+        what goes out for them, usually nothing): the read is filed and timed as the full branch
+        would; and when a fragment may have closed the last call's arguments, the tool section's
+        state is asked again."""
+        self._upstream_reads.append(data)
+        times = self.times
+        times.last_event_at = self.clock()
+        fragments = self.repairer.fragments
+        if fragments.may_close:
+            fragments.may_close = False
+            if times.tool_section_open is not (section := self.repairer.tool_section_open):
+                times.tool_section_open = section
+                self._wake()
+        return self._deliver(out)
 
     def settle(self) -> None:
         """The lane's reads since the last call, filed as the upstream's and the client's bytes

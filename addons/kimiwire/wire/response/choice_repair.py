@@ -111,6 +111,20 @@ class ChoiceRepairer:
             return False
         return not stream.scan_markup or self.scanner(key).passes_unchanged(text)
 
+    def fragments_pass(self) -> bool:
+        """The fragment fast path's question (fast_fragments.py): a delta holding nothing but one
+        argument fragment of a held call, beside null fields, would only add to that call now.
+        `repair` would also end the reasoning of the think-tag splitter (unless its content has
+        begun), rename fields, and write out what a scanner moved or noted."""
+        stream = self.stream
+        policy = stream.policy
+        if self.finished or policy.tool_stream != "whole" or policy.reasoning_field != "keep":
+            return False
+        think = self.think
+        if stream.split_think and (think is None or think.state != "content" or think.pending or think.events):
+            return False
+        return not any(scanner.events or scanner.moved for scanner in self.scanners.values())
+
     def delivered(self, key: str, text: str) -> None:
         """`text` went out unchanged under `key`: the scanner that remembers what went out keeps it."""
         scanner = self.scanners.get(key)
