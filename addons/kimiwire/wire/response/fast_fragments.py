@@ -81,13 +81,12 @@ def fragment_call_index(choice: Any) -> int | None:
     the full path only appends to a held call: choice 0, not finished, no usage or logprobs, a delta
     of null fields and one tool-call delta with an integer index, no id, no name and
     string arguments. None for anything else."""
-    if type(choice) is not dict or choice.get("index", 0) != 0 or choice.get("finish_reason") is not None:
+    delta = choice.get("delta") if type(choice) is dict else None
+    if type(delta) is not dict or type(calls := delta.get("tool_calls")) is not list or len(calls) != 1:
+        return None  # (most events that come here: no call)
+    if choice.get("index", 0) != 0 or choice.get("finish_reason") is not None:
         return None
-    delta = choice.get("delta")
-    if type(delta) is not dict or "usage" in choice or choice.get("logprobs") is not None:
-        return None
-    calls = delta.get("tool_calls")
-    if type(calls) is not list or len(calls) != 1:
+    if "usage" in choice or choice.get("logprobs") is not None:
         return None
     for name, value in delta.items():
         if value is not None and name != "tool_calls":

@@ -102,8 +102,10 @@ class PlainTemplate:
         object.__setattr__(self, "copies", 2 if self.mirror else 1)
         object.__setattr__(self, "tail_size", len(self.tail))
         object.__setattr__(self, "rest_size", len(self.rest))
-        object.__setattr__(self, "end", self.tail + self.rest)
-        object.__setattr__(self, "end_size", len(self.tail) + len(self.rest))
+        # With a mirror, an `end` no event has: `plain_read`'s one-text shortcut never takes the
+        # template (an event with one text and the same head and tail is not one of its events).
+        object.__setattr__(self, "end", self.tail + self.rest if not self.mirror else b"\0")
+        object.__setattr__(self, "end_size", len(self.end))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,10 +217,8 @@ class FastPath:
         # The usual read: one event of the shape the last read had. Kept flat: every event of a
         # stream passes here.
         template = self.template_last
-        if (
-            not data.startswith(template.head)
-            or (self.reasoning_blocked if template.reasoning else self.content_blocked)
-            or template.mirror
+        if not data.startswith(template.head) or (
+            self.reasoning_blocked if template.reasoning else self.content_blocked
         ):
             return self._plain_events(data)
         start = template.text_start
@@ -230,6 +230,8 @@ class FastPath:
             or not data.endswith(template.end)
             or (text := data[start:closing]).translate(PLAIN_ONLY) is not text
         ):
+            if template.mirror:  # (its `end` matches no event: always here) two texts
+                return self._plain_events(data)
             body = _TEXT_BODY(data, start)
             if body is None:
                 return self._plain_events(data)
@@ -316,7 +318,10 @@ class FastPath:
         stream = self.stream
         if stream.text_unseen or self.look:
             for seen, start, closing in texts:
-                if closing > start and not self._plain_text(seen, data, start, closing):
+                if closing > start and (
+                    (seen.mirror_key and self.look and not self._mirror_passes(seen, data[start:closing]))
+                    or not self._plain_text(seen, data, start, closing)
+                ):
                     return 0
             if self.look:  # every text passes: now they count as delivered
                 choice = stream.choices[0]
@@ -332,6 +337,10 @@ class FastPath:
             handover.plain += [PlainText(seen, text_of(data[start:closing])) for seen, start, closing in texts]
         return events
 
+    def _mirror_passes(self, template: PlainTemplate, body: bytes) -> bool:
+        """A mirrored template's text passes under its second name too (the full path asks both)."""
+        return self.stream.choices[0].text_passes(template.mirror_key, text_of(body))
+
     def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int, record: bool = False) -> bool:
         """A matched event's non-empty text: choice 0's repairer decides when the readiness said
         to look; the turn's text flags are set. `record`: the text counts as delivered when it
@@ -342,9 +351,7 @@ class FastPath:
             text = text_of(data[start:closing])
             if not choice.text_passes(template.key, text):
                 return False
-            if template.mirror_key and not choice.text_passes(template.mirror_key, text):
-                return False
-            if record:  # (one text: `plain_read`'s own event, never a mirrored template's)
+            if record:  # (`plain_read`'s own event: never a mirrored template's)
                 choice.delivered(template.key, text)
         if stream.text_unseen:
             if template.reasoning:

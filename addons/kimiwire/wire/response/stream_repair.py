@@ -105,7 +105,7 @@ class StreamRepairer:
             return [data] if data else []
         if self.plain_read(data):
             return [data]
-        if (held := self.fragment_read(data)) is not None:
+        if self.fragments.ready and (held := self.fragment_read(data)) is not None:
             return held
         out: list[bytes] = []
         for event in self.decoder.feed(data):
@@ -119,7 +119,8 @@ class StreamRepairer:
             self.log.add("stream.buffer_limit", None, self.buffered, self.policy.stream_buffer_limit)
             self.release_held(out)
         self.fast.refresh()
-        self.fragments.refresh()
+        if self.fragments.templates:
+            self.fragments.refresh()
         return out
 
     def feed_handing_over(self, data: bytes) -> tuple[list[bytes], Handover]:
