@@ -153,6 +153,7 @@ class RepairingStream:
         self._lane: tuple[bytes, bytes, int, int] | None = None
         self._lane_reads: list[bytes] = []  # passed by the lane, not yet settled
         self._lane_settled = 0  # passed by the lane and settled
+        self._fragments = False  # held calls' argument fragments may take the fast path (`_full_read`)
 
     def __call__(self, data: bytes) -> list[bytes]:
         # Called once per upstream chunk, usually one event: the lane and the steady branch are on
@@ -172,8 +173,9 @@ class RepairingStream:
         if not self._steady:
             return self._full_read(data)
         if not self._plain_read(data):  # (0 for b"", the end)
-            held = self._fragment_read(data)
-            return self._full_read(data) if held is None else self._held_fragments(data, held)
+            if self._fragments and (held := self._fragment_read(data)) is not None:
+                return self._held_fragments(data, held)
+            return self._full_read(data)
         self._lane = self.repairer.steady_lane()  # (the read may have changed the template)
         self._upstream_reads.append(data)
         self._delivered_reads.append(data)
@@ -229,6 +231,9 @@ class RepairingStream:
             and (gate is None or gate.proven)
         )
         self._lane = self.repairer.steady_lane() if self._steady else None
+        # Whether argument fragments may take the repairer's fast path: its answer changes only
+        # on a read the full branch takes.
+        self._fragments = self.repairer.fragments.ready
         return out
 
     def upstream_bytes(self) -> bytes:

@@ -365,7 +365,7 @@ class StreamRepairer:
         kept: list[Any] = []
         after: list[bytes] = []
         # A lone argument fragment of a held call (before its repair): its shape is learned below.
-        fragment = fragment_call_index(choices[0]) if len(choices) == 1 else None
+        fragment = fragment_call_index(choices[0]) if len(choices) == 1 and self.fast_path else None
         if fragment is not None and not self._choice(0).fragments_pass():
             fragment = None
         for position, choice in enumerate(choices):
