@@ -5,7 +5,8 @@ of it, as the OpenAI SDK keeps one `ChoiceEventState` per choice. The stream rep
 Every streamed repair of a choice lives here, in `repair` (what it does to a delta) and in
 `plain_readiness` / `text_passes` (when it would leave a plain text delta unchanged). The full
 path's shortcut (`passes_unchanged`) and the fast path (fast_path.FastPath) ask only those two,
-so neither can let a text past a repair that would have changed it.
+so neither can let a text past a repair that would have changed it; the fast path for argument
+fragments (fast_fragments.py) asks `fragments_pass`.
 
 The calls of the choice are its ChoiceCalls (choice_calls.py). The class is still a little over
 400 lines because the text repairs share the choice's state: the think splitter's state decides
