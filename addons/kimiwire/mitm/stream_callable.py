@@ -120,6 +120,7 @@ class RepairingStream:
     ) -> None:
         self.repairer = repairer
         self._plain_read = repairer.plain_read  # (bound once: the steady branch calls it per event)
+        self._fragment_read = repairer.fragment_read
         # Retries: the gate holds a turn's ending until it proves to have an answer;
         # a turn that fails is left unended (`failed_turn`) for the `response` hook to retry.
         self.gate = gate
@@ -152,6 +153,7 @@ class RepairingStream:
         self._lane: tuple[bytes, bytes, int, int] | None = None
         self._lane_reads: list[bytes] = []  # passed by the lane, not yet settled
         self._lane_settled = 0  # passed by the lane and settled
+        self._fragments = False  # held calls' argument fragments may take the fast path (`_full_read`)
 
     def __call__(self, data: bytes) -> list[bytes]:
         # Called once per upstream chunk, usually one event: the lane and the steady branch are on
@@ -168,13 +170,33 @@ class RepairingStream:
                     return [data]
         if self._lane_reads:
             self.settle()
-        if not (self._steady and self._plain_read(data)):  # (0 for b"", the end)
+        if not self._steady:
+            return self._full_read(data)
+        if not self._plain_read(data):  # (0 for b"", the end)
+            if self._fragments and (held := self._fragment_read(data)) is not None:
+                return self._held_fragments(data, held)
             return self._full_read(data)
         self._lane = self.repairer.steady_lane()  # (the read may have changed the template)
         self._upstream_reads.append(data)
         self._delivered_reads.append(data)
         self.times.last_event_at = self.clock()
         return [data]
+
+    def _held_fragments(self, data: bytes, out: list[bytes]) -> list[bytes]:
+        """A read of argument fragments the repairer's fast path added to their held calls (`out`:
+        what goes out for them, usually nothing): the read is filed and timed as the full branch
+        would; and when a fragment may have closed the last call's arguments, the tool section's
+        state is asked again."""
+        self._upstream_reads.append(data)
+        times = self.times
+        times.last_event_at = self.clock()
+        fragments = self.repairer.fragments
+        if fragments.may_close:
+            fragments.may_close = False
+            if times.tool_section_open is not (section := self.repairer.tool_section_open):
+                times.tool_section_open = section
+                self._wake()
+        return self._deliver(out)
 
     def settle(self) -> None:
         """The lane's reads since the last call, filed as the upstream's and the client's bytes
@@ -209,6 +231,9 @@ class RepairingStream:
             and (gate is None or gate.proven)
         )
         self._lane = self.repairer.steady_lane() if self._steady else None
+        # Whether argument fragments may take the repairer's fast path: its answer changes only
+        # on a read the full branch takes.
+        self._fragments = self.repairer.fragments.ready
         return out
 
     def upstream_bytes(self) -> bytes:

@@ -132,9 +132,24 @@ def encoded(delta: dict, finish: str | None, index: int, top: dict, ascii_only: 
 
 
 TOP = st.sampled_from([{}, {}, {"sent_at": 17}, {"usage": None}, {"system_fingerprint": "fp"}])
+
+
+def text_delta(key: str, text: str) -> dict:
+    """`{key: text}`; `both`: the text under both reasoning names, as vLLM 0.13 writes it; `split`:
+    a different text under each."""
+    if key == "both":
+        return {"reasoning": text, "reasoning_content": text}
+    if key == "split":
+        return {"reasoning": text + "a", "reasoning_content": text + "b"}
+    return {key: text}
+
+
+TEXT_KEY = st.sampled_from(["content", "reasoning_content", "reasoning", "content", "both", "split"])
 TEXT_EVENT = st.builds(
-    lambda key, text, nulls, index, top, ascii_only: encoded({**nulls, key: text}, None, index, top, ascii_only),
-    st.sampled_from(["content", "reasoning_content", "reasoning"]),
+    lambda key, text, nulls, index, top, ascii_only: encoded(
+        {**nulls, **text_delta(key, text)}, None, index, top, ascii_only
+    ),
+    TEXT_KEY,
     TEXT,
     st.sampled_from([{}, {}, {"role": None}]),
     st.sampled_from([0, 0, 0, 1]),
@@ -270,8 +285,8 @@ def test_with_declared_tools_a_name_at_a_text_end_is_held_on_both_paths(texts, d
 
 GATE_TEXT = st.sampled_from(["", " ", "\n", "\u3000", "think", "é", "<", "done"])
 GATE_EVENT = st.builds(
-    lambda key, text, nulls, top: encoded({**nulls, key: text}, None, 0, top, False),
-    st.sampled_from(["content", "reasoning_content", "reasoning_content", "reasoning"]),
+    lambda key, text, nulls, top: encoded({**nulls, **text_delta(key, text)}, None, 0, top, False),
+    st.sampled_from(["content", "reasoning_content", "reasoning_content", "reasoning", "both", "both", "split"]),
     GATE_TEXT,
     st.sampled_from([{}, {}, {"role": None}]),
     TOP,

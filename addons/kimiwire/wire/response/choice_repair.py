@@ -5,7 +5,8 @@ of it, as the OpenAI SDK keeps one `ChoiceEventState` per choice. The stream rep
 Every streamed repair of a choice lives here, in `repair` (what it does to a delta) and in
 `plain_readiness` / `text_passes` (when it would leave a plain text delta unchanged). The full
 path's shortcut (`passes_unchanged`) and the fast path (fast_path.FastPath) ask only those two,
-so neither can let a text past a repair that would have changed it.
+so neither can let a text past a repair that would have changed it; the fast path for argument
+fragments (fast_fragments.py) asks `fragments_pass`.
 
 The calls of the choice are its ChoiceCalls (choice_calls.py). The class is still a little over
 400 lines because the text repairs share the choice's state: the think splitter's state decides
@@ -111,6 +112,20 @@ class ChoiceRepairer:
         if stream.split_think and key == "content" and not self.splitter().passes_unchanged(text):
             return False
         return not stream.scan_markup or self.scanner(key).passes_unchanged(text)
+
+    def fragments_pass(self) -> bool:
+        """The fragment fast path's question (fast_fragments.py): a delta holding nothing but one
+        argument fragment of a held call, beside null fields, would only add to that call now.
+        `repair` would also end the reasoning of the think-tag splitter (unless its content has
+        begun), rename fields, and write out what a scanner moved or noted."""
+        stream = self.stream
+        policy = stream.policy
+        if self.finished or policy.tool_stream != "whole" or policy.reasoning_field != "keep":
+            return False
+        think = self.think
+        if stream.split_think and (think is None or think.state != "content" or think.pending or think.events):
+            return False
+        return not any(scanner.events or scanner.moved for scanner in self.scanners.values())
 
     def delivered(self, key: str, text: str) -> None:
         """`text` went out unchanged under `key`: the scanner that remembers what went out keeps it."""

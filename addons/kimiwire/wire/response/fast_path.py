@@ -19,7 +19,11 @@ Nothing assumes one server's layout: the head and tail are whatever bytes the st
 plain event had (field order, `json.dumps`'s `", "` and `": "` spacing, null fields such as
 `logprobs`, `stop_reason`, `matched_stop`, `token_ids`, `kv_transfer_params`, `role`,
 `reasoning_content` or `tool_calls` null beside the text in the delta, `usage: null`), so each
-stream learns its own.
+stream learns its own. vLLM 0.13 writes each reasoning text twice, under `reasoning` and
+`reasoning_content`: its template holds the bytes between the two (`mirror`), and a later event
+matches when its second text is byte for byte its first; both names' repairs see it.
+
+Argument fragments of held tool calls have a fast path of their own (fast_fragments.py).
 
 Conservative by construction: any event that does not match sends the whole read to the full path.
 """
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from kimiwire.wire.response.stream_repair import StreamRepairer
 
 MAX_TEMPLATES = 4  # head shapes kept per stream: content, reasoning, and a spare or two
+MIRRORED = frozenset(TEXT_KEYS[1:])  # the reasoning fields, whose text a server may write under both
 
 # A JSON string's body (valid UTF-8, the escapes JSON allows) without `<`, `\u003c`, lone
 # surrogates or raw control characters, then its closing quote. Runs of plain ASCII are one
@@ -80,6 +85,12 @@ class PlainTemplate:
     key: str  # the text's field: content, reasoning_content or reasoning
     reasoning: bool  # the field is a reasoning field
     role: bool = False  # the delta has a `role` field (null)
+    # vLLM 0.13 writes each reasoning text twice, under `reasoning` and `reasoning_content`: then
+    # `mirror_key` is the second field and `mirror` the bytes from the first text's closing quote
+    # to the second's opening one (`tail` follows the second text).
+    mirror_key: str = ""
+    mirror: bytes = b""
+    copies: int = 1  # the texts of an event: 2 with a mirror
     text_start: int = 0  # len(head)
     tail_size: int = 0  # len(tail)
     rest_size: int = 0  # len(rest)
@@ -88,10 +99,13 @@ class PlainTemplate:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text_start", len(self.head))
+        object.__setattr__(self, "copies", 2 if self.mirror else 1)
         object.__setattr__(self, "tail_size", len(self.tail))
         object.__setattr__(self, "rest_size", len(self.rest))
-        object.__setattr__(self, "end", self.tail + self.rest)
-        object.__setattr__(self, "end_size", len(self.tail) + len(self.rest))
+        # With a mirror, an `end` no event has: `plain_read`'s one-text shortcut never takes the
+        # template (an event with one text and the same head and tail is not one of its events).
+        object.__setattr__(self, "end", self.tail + self.rest if not self.mirror else b"\0")
+        object.__setattr__(self, "end_size", len(self.end))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,30 +119,47 @@ class PlainText:
 NO_TEMPLATE = PlainTemplate(b"\0", b"\0", b"\0", "content", False)  # matches no event (none starts with NUL)
 
 
-def learn_template(raw: bytes, key: str, reasoning: bool, role: bool = False) -> PlainTemplate | None:
+def learn_template(
+    raw: bytes, key: str, reasoning: bool, role: bool = False, mirror_key: str = ""
+) -> PlainTemplate | None:
     """The template of `raw`, a whole single-line event the full path forwarded unchanged whose
-    only choice's delta holds nothing but `key` (a string) and null fields; None when its bytes
-    do not have the expected shape."""
+    only choice's delta holds nothing but `key` (a string; with `mirror_key`, the same string
+    under both) and null fields; None when its bytes do not have the expected shape."""
     if not raw.startswith(b"data:") or not raw.endswith(b"\n\n") or raw.count(b"\n") != 2:
         return None
     choices = _CHOICES.search(raw)
     if choices is None:
         return None
-    openings = list(re.finditer(rb'"' + re.escape(key.encode()) + rb'"' + _COLON + rb'"', raw[choices.end() :]))
-    if len(openings) != 1:
-        return None
-    head_end = choices.end() + openings[0].end()
+    found = []
+    for name in (key, mirror_key) if mirror_key else (key,):
+        openings = list(re.finditer(rb'"' + re.escape(name.encode()) + rb'"' + _COLON + rb'"', raw[choices.end() :]))
+        if len(openings) != 1:
+            return None
+        found.append((choices.end() + openings[0].start(), choices.end() + openings[0].end(), name))
+    found.sort()
+    head_end = found[0][1]
     body = TEXT_BODY.match(raw, head_end)
     if body is None:
         return None
     closing = body.end() - 1
+    mirror = b""
+    if mirror_key:
+        key, mirror_key = found[0][2], found[1][2]  # the first in the bytes is the one the head ends with
+        second_start, second = found[1][0], found[1][1]
+        text = raw[head_end:closing]
+        if second_start <= closing or not raw.startswith(text + b'"', second):
+            return None
+        mirror = raw[closing:second]
+        closing = second + len(text)
     tail_end = raw.find(b"]", closing)
     if tail_end == -1:
         return None
     rest = EVENT_REST.match(raw, tail_end + 1)
     if rest is None or rest.end() != len(raw):
         return None
-    return PlainTemplate(raw[:head_end], raw[closing : tail_end + 1], raw[tail_end + 1 :], key, reasoning, role)
+    return PlainTemplate(
+        raw[:head_end], raw[closing : tail_end + 1], raw[tail_end + 1 :], key, reasoning, role, mirror_key, mirror
+    )
 
 
 def text_of(body: bytes) -> str:
@@ -199,6 +230,8 @@ class FastPath:
             or not data.endswith(template.end)
             or (text := data[start:closing]).translate(PLAIN_ONLY) is not text
         ):
+            if template.mirror:  # (its `end` matches no event: always here) two texts
+                return self._plain_events(data)
             body = _TEXT_BODY(data, start)
             if body is None:
                 return self._plain_events(data)
@@ -234,6 +267,8 @@ class FastPath:
         if not self.ready or self.look or stream.handing_over is not None:
             return None
         template = self.template_last
+        if template.mirror:  # (the lane's one text)
+            return None
         if template.reasoning:
             if self.reasoning_blocked or not stream.reasoning_seen:
                 return None
@@ -260,6 +295,12 @@ class FastPath:
             if body is None:
                 return 0
             closing = body.end() - 1
+            text_end = closing
+            if template.mirror:  # the same text again after the mirror bytes
+                second = closing + len(template.mirror)
+                if not data.startswith(template.mirror, closing) or not data.startswith(data[start:closing], second):
+                    return 0
+                closing = second + closing - start
             if not data.startswith(template.tail, closing):
                 return 0
             end = closing + template.tail_size
@@ -270,26 +311,35 @@ class FastPath:
                 if rest is None:
                     return 0
                 position = rest.end()
-            texts.append((template, start, closing))
+            texts.append((template, start, text_end))
             events += 1
         if not events:
             return 0
         stream = self.stream
         if stream.text_unseen or self.look:
             for seen, start, closing in texts:
-                if closing > start and not self._plain_text(seen, data, start, closing):
+                if closing > start and (
+                    (seen.mirror_key and self.look and not self._mirror_passes(seen, data[start:closing]))
+                    or not self._plain_text(seen, data, start, closing)
+                ):
                     return 0
             if self.look:  # every text passes: now they count as delivered
                 choice = stream.choices[0]
                 for seen, start, closing in texts:
                     if closing > start:
-                        choice.delivered(seen.key, text_of(data[start:closing]))
+                        choice.delivered(seen.key, text := text_of(data[start:closing]))
+                        if seen.mirror_key:
+                            choice.delivered(seen.mirror_key, text)
         self.template_last = template
         stream.events_in += events
         stream.data_events_in += events
         if (handover := stream.handing_over) is not None:
             handover.plain += [PlainText(seen, text_of(data[start:closing])) for seen, start, closing in texts]
         return events
+
+    def _mirror_passes(self, template: PlainTemplate, body: bytes) -> bool:
+        """A mirrored template's text passes under its second name too (the full path asks both)."""
+        return self.stream.choices[0].text_passes(template.mirror_key, text_of(body))
 
     def _plain_text(self, template: PlainTemplate, data: bytes, start: int, closing: int, record: bool = False) -> bool:
         """A matched event's non-empty text: choice 0's repairer decides when the readiness said
@@ -301,7 +351,7 @@ class FastPath:
             text = text_of(data[start:closing])
             if not choice.text_passes(template.key, text):
                 return False
-            if record:
+            if record:  # (`plain_read`'s own event: never a mirrored template's)
                 choice.delivered(template.key, text)
         if stream.text_unseen:
             if template.reasoning:
@@ -323,12 +373,15 @@ class FastPath:
             or delta.get("tool_calls") is not None
         ):
             return
-        key = None
+        key = mirror_key = None
         for name, value in delta.items():
             if value is None:
                 continue
             if key is None and name in TEXT_KEYS and type(value) is str:
                 key = name
+                continue
+            if mirror_key is None and name in MIRRORED and key in MIRRORED and value == delta[key]:
+                mirror_key = name  # vLLM 0.13: the reasoning under both names
                 continue
             return
         if key is None:
@@ -336,7 +389,7 @@ class FastPath:
         for known in self.templates:
             if raw.startswith(known.head):
                 return
-        template = learn_template(raw, key, key != "content", "role" in delta)
+        template = learn_template(raw, key, key != "content", "role" in delta, mirror_key or "")
         if template is not None:
             if len(self.templates) >= MAX_TEMPLATES:
                 del self.templates[0]

@@ -26,6 +26,7 @@ from kimiwire.wire.facts import RequestFacts
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_is_answer
 from kimiwire.wire.response.choice_repair import ChoiceRepairer
+from kimiwire.wire.response.fast_fragments import FragmentPath, fragment_call_index
 from kimiwire.wire.response.fast_path import FastPath
 from kimiwire.wire.response.handover import Handover
 from kimiwire.wire.response.reasoning_field import TEXT_KEYS
@@ -88,6 +89,9 @@ class StreamRepairer:
         self.fast = FastPath(self)
         self.plain_read = self.fast.plain_read
         self.steady_lane = self.fast.steady_lane
+        # Argument fragments of held calls (fast_fragments.py): added to their call without parsing.
+        self.fragments = FragmentPath(self)
+        self.fragment_read = self.fragments.read
         # Set only within `feed_handing_over`: what the read hands the turn gate (handover.py). A
         # plain `feed` leaves it None, and the fast path then does nothing more per event.
         self.handing_over: Handover | None = None
@@ -102,6 +106,8 @@ class StreamRepairer:
             return [data] if data else []
         if self.plain_read(data):
             return [data]
+        if self.fragments.ready and (held := self.fragment_read(data)) is not None:
+            return held
         out: list[bytes] = []
         for event in self.decoder.feed(data):
             if self.bypass:  # turned to passthrough by an earlier event of this chunk
@@ -114,6 +120,8 @@ class StreamRepairer:
             self.log.add("stream.buffer_limit", None, self.buffered, self.policy.stream_buffer_limit)
             self.release_held(out)
         self.fast.refresh()
+        if self.fragments.templates:
+            self.fragments.refresh()
         return out
 
     def feed_handing_over(self, data: bytes) -> tuple[list[bytes], Handover]:
@@ -145,7 +153,7 @@ class StreamRepairer:
                 out.append(event.raw)
             else:
                 self._guarded_event(event, out)
-        self.fast.ready = False
+        self.fast.ready = self.fragments.ready = False
         if not self.done and not self.bypass:
             try:
                 self._finish_all(out)
@@ -178,7 +186,7 @@ class StreamRepairer:
         then [DONE]."""
         if self.done:
             return []
-        self.fast.ready = False
+        self.fast.ready = self.fragments.ready = False
         out: list[bytes] = []
         if self.bypass:
             return [b"\n\n", error_event, DONE_EVENT]
@@ -249,7 +257,7 @@ class StreamRepairer:
         """Held text and every held call go out as the upstream sent them, in order; from now on
         the stream passes through."""
         self.bypass = True
-        self.fast.ready = False
+        self.fast.ready = self.fragments.ready = False
         for state in self.choices.values():
             state.release(out)
 
@@ -360,6 +368,10 @@ class StreamRepairer:
         changed = False
         kept: list[Any] = []
         after: list[bytes] = []
+        # A lone argument fragment of a held call (before its repair): its shape is learned below.
+        fragment = fragment_call_index(choices[0]) if len(choices) == 1 and self.fast_path else None
+        if fragment is not None and not self._choice(0).fragments_pass():
+            fragment = None
         for position, choice in enumerate(choices):
             if not isinstance(choice, dict):
                 kept.append(choice)
@@ -380,6 +392,10 @@ class StreamRepairer:
         if kept or chunk.get("usage") is not None:
             chunk["choices"] = kept
             out.append(self.encode(chunk))
+            if fragment is not None and not after:
+                self.fragments.learn(raw, fragment, out[-1])
+        elif fragment is not None and not after:
+            self.fragments.learn(raw, fragment, b"")
         out.extend(after)
 
     def _passes_unchanged(self, choice: Any) -> bool:

@@ -217,15 +217,19 @@ class ChoiceAssembly:
             arguments = function.get("arguments")
             if arguments is not None and not isinstance(arguments, str):
                 arguments = orjson.dumps(arguments).decode()
-            if arguments:
-                call.parts.append(arguments)
-                call.size += len(arguments)
-                self.buffered += len(arguments)
-                if not call.dirty:
-                    call.dirty = True
-                    self._dirty.append(call)
-            call.fragments += 1
-            self.current = call
+            self.add_fragment(call, arguments)
+
+    def add_fragment(self, call: HeldCall, arguments: str | None) -> None:
+        """One fragment of `call`'s arguments came (the fast path adds those it takes here too)."""
+        if arguments:
+            call.parts.append(arguments)
+            call.size += len(arguments)
+            self.buffered += len(arguments)
+            if not call.dirty:
+                call.dirty = True
+                self._dirty.append(call)
+        call.fragments += 1
+        self.current = call
 
     def add_whole(self, raw_id: Any, name: str, arguments: str) -> HeldCall:
         """A call that arrived whole (recovered from markup): complete unless its arguments are

@@ -245,7 +245,7 @@ class TurnGate:
         for text in texts:
             self.role_delivered |= text.template.role
             if text.template.reasoning:
-                seen.reasoning_chars += len(text.text)
+                seen.reasoning_chars += len(text.text) * text.template.copies  # (counted under each name)
             elif text.text.strip():
                 seen.content = True
                 self.proven = True
