@@ -30,6 +30,7 @@ Conservative by construction: any event that does not match sends the whole read
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,13 @@ class PlainText:
 NO_TEMPLATE = PlainTemplate(b"\0", b"\0", b"\0", "content", False)  # matches no event (none starts with NUL)
 
 
+@functools.lru_cache(maxsize=64)
+def _opening(name: str) -> re.Pattern[bytes]:
+    """The bytes that open field `name`'s string value, compiled once per name (a handful of
+    field names ever reach here: content, reasoning_content, reasoning)."""
+    return re.compile(rb'"' + re.escape(name.encode()) + rb'"' + _COLON + rb'"')
+
+
 def learn_template(
     raw: bytes, key: str, reasoning: bool, role: bool = False, mirror_key: str = ""
 ) -> PlainTemplate | None:
@@ -131,11 +139,12 @@ def learn_template(
     if choices is None:
         return None
     found = []
+    after = choices.end()
     for name in (key, mirror_key) if mirror_key else (key,):
-        openings = list(re.finditer(rb'"' + re.escape(name.encode()) + rb'"' + _COLON + rb'"', raw[choices.end() :]))
+        openings = list(_opening(name).finditer(raw, after))
         if len(openings) != 1:
             return None
-        found.append((choices.end() + openings[0].start(), choices.end() + openings[0].end(), name))
+        found.append((openings[0].start(), openings[0].end(), name))
     found.sort()
     head_end = found[0][1]
     body = TEXT_BODY.match(raw, head_end)
