@@ -19,6 +19,7 @@ from kimiwire.wire.response.fast_fragments import (
     ARGS_ONLY,
     ARGS_PLAIN,
     ARGUMENTS_BODY,
+    MAX_FRAGMENT_TEMPLATES,
     FragmentPath,
     learn_fragment_template,
 )
@@ -32,6 +33,7 @@ SMALL_BUFFER = Policy.build(Flavor.SELFHOSTED, stream_buffer_limit=40)  # the li
 PASSTHROUGH = Policy.build(Flavor.SELFHOSTED, tool_stream="passthrough")
 POLICIES = st.sampled_from([POLICY, POLICY, NO_SPLIT, SMALL_BUFFER, PASSTHROUGH])
 NAMES = ("read", "exec", "write")
+TOOLS_OF_THREE = RequestFacts(0, {name: {"type": "object"} for name in NAMES}, True, True)
 
 # Pieces of arguments as models write them: JSON punctuation, escapes, markup, non-ASCII, a value
 # closed early (a duplicate or garbage after it), a fragment that is empty.
@@ -288,3 +290,30 @@ def test_args_only_tells_the_texts_made_of_plain_ascii_bytes(text):
     if plain:
         match = ARGUMENTS_BODY.match(text + b'"')
         assert match is not None and match.end() == len(text) + 1
+
+
+def test_many_interleaved_calls_are_taken_and_learning_stays_bounded():
+    """Calls whose fragments interleave, more of them than templates are kept: the first
+    MAX_FRAGMENT_TEMPLATES calls' fragments are taken after their first (no call evicts another's
+    template on each event, which cost a learn per fragment), the rest go the full path, and the
+    bytes are the full path's."""
+    layout = Layout((",", ":"), False, 0, (), ("role",), {})
+    calls = CallStream(layout, {"id": None, "type": "function", "name": True})
+    count = MAX_FRAGMENT_TEMPLATES + 4
+    events = [layout.event({"role": "assistant", "content": ""})]
+    events += [calls.head(index, "") for index in range(count)]
+    rounds = 5
+    events += [calls.fragment(index, "xyz") for _ in range(rounds) for index in range(count)]
+    events += [layout.event({}, "tool_calls"), b"data: [DONE]\n\n"]
+    fast = StreamRepairer(TOOLS_OF_THREE, POLICY)
+    out, taken = [], 0
+    for raw in events:
+        held = fast.fragment_read(raw)
+        taken += held is not None
+        out.append(b"".join(fast.feed(raw) if held is None else held))
+    out.append(b"".join(fast.end()))
+    full = StreamRepairer(TOOLS_OF_THREE, POLICY)
+    full.fast_path = False
+    assert out == [*(b"".join(full.feed(raw)) for raw in events), b"".join(full.end())]
+    assert taken == MAX_FRAGMENT_TEMPLATES * (rounds - 1)
+    assert len(fast.fragments.templates) == MAX_FRAGMENT_TEMPLATES

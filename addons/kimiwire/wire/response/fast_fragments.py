@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     from kimiwire.wire.response.stream_repair import StreamRepairer
     from kimiwire.wire.response.tool_call_assembly import ChoiceAssembly
 
-MAX_FRAGMENT_TEMPLATES = 4  # call indexes whose fragment shape is kept per stream
+# Call indexes whose fragment shape is kept per stream. Once full, no more are learned (none is
+# evicted): calls whose fragments interleave, more of them than this, would otherwise evict each
+# other's on every event and pay a learn per fragment on top of the full path.
+MAX_FRAGMENT_TEMPLATES = 16
 
 _OPEN = CallState.OPEN
 _ARGS_ASCII = rb"[\x20\x21\x23-\x5b\x5d-\x7f]*"
@@ -238,12 +241,12 @@ class FragmentPath:
         """`raw`, a lone fragment of choice 0's call `call_index`, went the full path while
         `ChoiceRepairer.fragments_pass` held, which sent `output` for it: its shape becomes a
         template (whether a later one may be taken is `refresh`'s and `read`'s question)."""
+        if len(self.templates) >= MAX_FRAGMENT_TEMPLATES:
+            return
         for known in self.templates:
             if raw.startswith(known.head):
                 return
         template = learn_fragment_template(raw, call_index, output)
         if template is not None:
-            if len(self.templates) >= MAX_FRAGMENT_TEMPLATES:
-                del self.templates[0]
             self.templates.append(template)
             self.template_last = template
