@@ -79,6 +79,8 @@ def main() -> int:
         print("\n| chaos | requests | faults | lost | seconds | proxy RSS MB |\n|---|---|---|---|---|---|")
         faults = ", ".join(f"{k} {v}" for k, v in row["faults"].items())
         print(f"| seeded | {row['requests']} | {faults} | {row['lost']} | {row['seconds']:.0f} | {row['rss_mb']:.0f} |")
+        for lost in row.get("lost_detail", []):
+            print(f"\nLost: a `{lost['fault']}` request, status {lost['status']}: {lost['problem']} ({lost})")
     if e2e and e2e.get("loop_gaps"):
         print(
             "\n| a paced stream (event every 10 ms) next to | p50 gap | p99 gap (target < 150 ms) | max gap | status |"

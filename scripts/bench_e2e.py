@@ -303,7 +303,13 @@ def chaos_row(quick: bool) -> dict[str, Any]:
     ):
         report = asyncio.run(chaos.run(proxy.url, seed, range(requests), concurrency))
         rss = rss_bytes(proxy.pid)
-    return {**report.summary(), "seconds": time.monotonic() - started, "rss_mb": rss / 2**20}
+    lost = [  # what each lost request's plan was and why it counts as lost, to tell a flake from a fault
+        {"fault": o.plan.fault, "status": o.status, "problem": o.problem, "errors": o.errors, "done": o.done}
+        for o in report.lost
+    ]
+    if lost:  # the proxy's own account of those flows, for whoever reads the report
+        (pathlib.Path(tempfile.gettempdir()) / "kimiwire-bench-chaos-proxy.log").write_text(proxy.output)
+    return {**report.summary(), "lost_detail": lost, "seconds": time.monotonic() - started, "rss_mb": rss / 2**20}
 
 
 def loop_gaps_row(repeat: int, quick: bool) -> dict[str, Any]:
