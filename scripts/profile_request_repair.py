@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from bench_core import MOONSHOT_POLICY, POLICY, long_history
+from bench_core import MOONSHOT_POLICY, POLICY, cpu_medians, long_history
 from kimiwire.wire.codecs import json_codec
 from kimiwire.wire.request import compat, repair
 
@@ -88,19 +88,11 @@ def measure(rounds: int) -> None:
         "selfhosted": lambda b: repair.repair_request_body(b, POLICY),
         "moonshot": lambda b: repair.repair_request_body(b, MOONSHOT_POLICY),
     }
-    totals: dict[str, list[int]] = {name: [] for name in fns}
-    names = list(fns)
-    for round_ in range(rounds):
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            gc.collect()
-            start = time.thread_time_ns()
-            fns[name](body)
-            totals[name].append(time.thread_time_ns() - start)
-    medians = {name: statistics.median(values) for name, values in totals.items()}
+    medians = cpu_medians(fns, body, rounds)  # the bench's own alternated rounds (seconds)
     floor = medians["floor"]
     print(f"history {len(body)} bytes, {rounds} rounds, thread CPU medians")
     for name, value in medians.items():
-        print(f"  {name:<12} {value / 1e6:7.3f} ms  {value / floor:5.2f}x floor")
+        print(f"  {name:<12} {value * 1e3:7.3f} ms  {value / floor:5.2f}x floor")
 
     undo = _instrument()
     try:

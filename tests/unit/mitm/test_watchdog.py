@@ -47,6 +47,15 @@ class FakeTimers:
             due[0][2] = True  # it fires now (the caller calls it)
         return due
 
+    async def fire_until(self, ended: list) -> None:
+        """Move the clock to each next timer and fire it until `ended` holds something."""
+        while not ended:
+            pending = self.due(float("inf"))
+            assert pending, "the watchdog stopped watching"
+            self.now = pending[0][0]
+            pending[0][1]()
+            await asyncio.sleep(0)
+
 
 @dataclass
 class FakeHandle:
@@ -81,12 +90,7 @@ def run(event_times: list[float]) -> tuple[float, int]:
                 due[0][1]()
             timers.now = at
             stream(data)
-        while not ended:
-            pending = timers.due(float("inf"))
-            assert pending, "the watchdog stopped watching"
-            timers.now = pending[0][0]
-            pending[0][1]()
-            await asyncio.sleep(0)
+        await timers.fire_until(ended)
         stream.settle()
         passed.append(stream.lane_events())
 
@@ -158,12 +162,7 @@ def held_call(facts: RequestFacts, opening: list[bytes]) -> tuple[float, list[fl
         dog.plan()
         for data in opening:
             stream(data)
-        while not ended:
-            pending = timers.due(float("inf"))
-            assert pending, "the watchdog stopped watching"
-            timers.now = pending[0][0]
-            pending[0][1]()
-            await asyncio.sleep(0)
+        await timers.fire_until(ended)
 
     asyncio.run(scenario())
     return ended[0], comments
@@ -214,12 +213,7 @@ def test_a_plain_stream_sets_a_timer_at_its_start_and_its_finish_only():
             timers.now = 0.01 * (n + 1)
             stream(data)
         assert len(timers.planned) == 2  # at the start, then at finish_reason
-        while not ended:
-            pending = timers.due(float("inf"))
-            assert pending, "the watchdog stopped watching"
-            timers.now = pending[0][0]
-            pending[0][1]()
-            await asyncio.sleep(0)
+        await timers.fire_until(ended)
 
     asyncio.run(scenario())
     done_at = 0.01 * 8

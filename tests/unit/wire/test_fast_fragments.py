@@ -26,7 +26,7 @@ from kimiwire.wire.response.fast_fragments import (
 from kimiwire.wire.response.stream_repair import StreamRepairer
 from kimiwire.wire.servers.policy import Flavor, Policy
 
-from tests.unit.wire.test_fast_path import FACTS, NO_SPLIT, NO_TOOLS, POLICY, TEXT, gated
+from tests.unit.wire.test_fast_path import FACTS, NO_SPLIT, NO_TOOLS, POLICY, TEXT, gated, run
 from tests.unit.wire.test_fast_path_layouts import LAYOUTS, Layout
 
 SMALL_BUFFER = Policy.build(Flavor.SELFHOSTED, stream_buffer_limit=40)  # the limit falls mid-call
@@ -144,27 +144,11 @@ def cut(events: list[bytes], data: st.DataObject, anywhere: bool = True) -> tupl
     return body, sorted(cuts)
 
 
-def repaired(body: bytes, cuts: list[int], fast: bool, facts: RequestFacts, policy: Policy) -> tuple:
-    """`run` (test_fast_path.py) under `policy`."""
-    repairer = StreamRepairer(facts, policy)
-    repairer.fast_path = fast
-    per_read = []
-    for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True):
-        out = repairer.feed(body[a:b])
-        assert all(out), "never an empty chunk mid-stream"
-        per_read.append(b"".join(out))
-        state = (repairer.all_finished, repairer.done, repairer.buffered, repairer.turn, repairer.tool_section_open)
-        per_read.append(repr(state).encode())
-    per_read.append(b"".join(repairer.end()))
-    kinds = [(r.kind, r.message_index, r.before, r.after) for r in repairer.log.entries]
-    return per_read, kinds, (repairer.events_in, repairer.data_events_in), repairer.turn
-
-
 @settings(max_examples=400, deadline=None)
 @given(LAYOUTS, FACTS, POLICIES, st.data())
 def test_call_streams_in_any_layout_deliver_identical_bytes_on_both_paths(layout, facts, policy, data):
     body, cuts = cut(data.draw(call_streams(layout)), data)
-    assert repaired(body, cuts, True, facts, policy) == repaired(body, cuts, False, facts, policy)
+    assert run(body, cuts, True, facts, policy) == run(body, cuts, False, facts, policy)
 
 
 @settings(max_examples=300, deadline=None)
@@ -210,8 +194,8 @@ def test_a_fragment_whose_accounting_the_fast_path_dropped_shows(monkeypatch):
     events += [layout.event({}, "tool_calls"), b"data: [DONE]\n\n"]
     body = b"".join(events)
     cuts = [sum(len(e) for e in events[:i]) for i in range(1, len(events))]
-    full = repaired(body, cuts, False, NO_TOOLS, POLICY)
-    assert repaired(body, cuts, True, NO_TOOLS, POLICY) == full
+    full = run(body, cuts, False, NO_TOOLS, POLICY)
+    assert run(body, cuts, True, NO_TOOLS, POLICY) == full
     assert b'"arguments":"{\\"path\\": \\"/a\\"}"' in b"".join(full[0])
     take = FragmentPath._take
 
@@ -224,7 +208,19 @@ def test_a_fragment_whose_accounting_the_fast_path_dropped_shows(monkeypatch):
             del assembly.add_fragment  # type: ignore[union-attr]
 
     monkeypatch.setattr(FragmentPath, "_take", dropping)
-    assert repaired(body, cuts, True, NO_TOOLS, POLICY)[0] != full[0]
+    assert run(body, cuts, True, NO_TOOLS, POLICY)[0] != full[0]
+
+
+def fragment_reads(facts: RequestFacts, events: list[bytes]) -> tuple[StreamRepairer, list[bytes], int]:
+    """`events` one read each through a repairer, its fragment path asked first: the repairer, what
+    each read delivered, and how many reads the fragment path took."""
+    fast = StreamRepairer(facts, POLICY)
+    out, taken = [], 0
+    for raw in events:
+        held = fast.fragment_read(raw)
+        taken += held is not None
+        out.append(b"".join(fast.feed(raw) if held is None else held))
+    return fast, out, taken
 
 
 def test_fragments_are_learned_and_taken_in_every_layout_of_the_corpus():
@@ -241,12 +237,7 @@ def test_fragments_are_learned_and_taken_in_every_layout_of_the_corpus():
         events += ex.call(1, "exec", ['{"co', "mmand", '": "l', 's"}'])
         events += [ex.encode(ex.calls_finish), b"data: [DONE]\n\n"]
         for facts in (NO_TOOLS, bench_layouts.TOOLS):
-            fast = StreamRepairer(facts, POLICY)
-            out, taken = [], 0
-            for raw in events:
-                held = fast.fragment_read(raw)
-                taken += held is not None
-                out.append(b"".join(fast.feed(raw) if held is None else held))
+            _, out, taken = fragment_reads(facts, events)
             full = StreamRepairer(facts, POLICY)
             full.fast_path = False
             assert out == [b"".join(full.feed(raw)) for raw in events], row
@@ -305,12 +296,7 @@ def test_many_interleaved_calls_are_taken_and_learning_stays_bounded():
     rounds = 5
     events += [calls.fragment(index, "xyz") for _ in range(rounds) for index in range(count)]
     events += [layout.event({}, "tool_calls"), b"data: [DONE]\n\n"]
-    fast = StreamRepairer(TOOLS_OF_THREE, POLICY)
-    out, taken = [], 0
-    for raw in events:
-        held = fast.fragment_read(raw)
-        taken += held is not None
-        out.append(b"".join(fast.feed(raw) if held is None else held))
+    fast, out, taken = fragment_reads(TOOLS_OF_THREE, events)
     out.append(b"".join(fast.end()))
     full = StreamRepairer(TOOLS_OF_THREE, POLICY)
     full.fast_path = False

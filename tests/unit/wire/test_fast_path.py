@@ -186,15 +186,20 @@ FACTS = st.sampled_from(
 )
 
 
-def run(body: bytes, cuts: list[int], fast: bool, facts: RequestFacts = NO_TOOLS) -> tuple[list[bytes], list, tuple]:
-    repairer = StreamRepairer(facts, POLICY)
+def run(
+    body: bytes, cuts: list[int], fast: bool, facts: RequestFacts = NO_TOOLS, policy: Policy = POLICY
+) -> tuple[list[bytes], list, tuple]:
+    """`body` in reads cut at `cuts`: what each read delivered and the repairer's state after it
+    (the tool section's too: the adapter's idle deadline reads it), the end, the log, the counters."""
+    repairer = StreamRepairer(facts, policy)
     repairer.fast_path = fast
     per_read = []
     for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True):
         out = repairer.feed(body[a:b])
         assert all(out), "never an empty chunk mid-stream"
         per_read.append(b"".join(out))
-        per_read.append(repr((repairer.all_finished, repairer.done, repairer.buffered, repairer.turn)).encode())
+        state = (repairer.all_finished, repairer.done, repairer.buffered, repairer.turn, repairer.tool_section_open)
+        per_read.append(repr(state).encode())
     per_read.append(b"".join(repairer.end()))
     kinds = [(r.kind, r.message_index, r.before, r.after) for r in repairer.log.entries]
     return per_read, kinds, (repairer.events_in, repairer.data_events_in)
