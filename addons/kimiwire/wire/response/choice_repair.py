@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from kimiwire.wire.response.stream_repair import StreamRepairer
 
 _TEXT_ORDER = {key: position for position, key in enumerate(TEXT_KEYS)}
-_REASONING_KEYS = TEXT_KEYS[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,7 +486,7 @@ class ChoiceRepairer:
 
 
 def _has_reasoning(delta: dict[str, Any]) -> bool:
-    for key in _REASONING_KEYS:
+    for key in REASONING_KEYS:
         text = delta.get(key)
         if type(text) is str and text:
             return True

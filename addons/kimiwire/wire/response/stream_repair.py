@@ -23,13 +23,13 @@ import orjson
 
 from kimiwire.wire.codecs.sse import DONE, DONE_EVENT, SSEDecoder, SSEEvent, encode_data
 from kimiwire.wire.facts import RequestFacts
+from kimiwire.wire.reasoning_keys import REASONING_KEYS
 from kimiwire.wire.repairs import RepairLog
 from kimiwire.wire.response.answer_in_reasoning import reasoning_is_answer
 from kimiwire.wire.response.choice_repair import ChoiceRepairer
 from kimiwire.wire.response.fast_fragments import FragmentPath, fragment_call_index
 from kimiwire.wire.response.fast_path import FastPath
 from kimiwire.wire.response.handover import Handover
-from kimiwire.wire.response.reasoning_field import TEXT_KEYS
 from kimiwire.wire.response.repeated_text import repeats_across_think
 from kimiwire.wire.response.tool_call_assembly import Ending
 from kimiwire.wire.servers.policy import Policy
@@ -37,7 +37,6 @@ from kimiwire.wire.servers.policy import Policy
 __all__ = ["StreamRepairer", "TurnSummary", "repeats_across_think"]
 
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
-_REASONING_KEYS = TEXT_KEYS[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +279,7 @@ class StreamRepairer:
         if not self.content_seen and delta.get("content"):
             self.content_seen = True
         if not self.reasoning_seen:
-            for key in _REASONING_KEYS:  # (a loop: no generator per delta)
+            for key in REASONING_KEYS:  # (a loop: no generator per delta)
                 if delta.get(key):
                     self.reasoning_seen = True
                     break
